@@ -1,0 +1,239 @@
+#include "codec/bs_reader.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/string_view.h"
+#include "absl/strings/str_cat.h"
+#include "codec/byte_io.h"
+#include "codec/status_macros.h"
+#include "zstd.h"
+
+namespace bigsmall {
+namespace {
+
+absl::Status Corrupt(absl::string_view what, absl::string_view message) {
+  return absl::DataLossError(absl::StrCat(what, ": ", message));
+}
+
+}  // namespace
+
+absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl::string_view what) {
+  if (bytes.size() < kFileHeaderSize) return Corrupt(what, "too short to be a .bs file");
+  if (!std::equal(kMagic.begin(), kMagic.end(), bytes.begin())) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": not a .bs file (bad magic)"));
+  }
+  const uint64_t stored_checksum = LoadLe64(bytes.data() + 56);
+  if (HashBytes64(bytes.subspan(0, 56)) != stored_checksum) {
+    return Corrupt(what, "header checksum mismatch");
+  }
+  ByteReader r(bytes.subspan(8, 48), what);
+  FileHeader h;
+  ASSIGN_OR_RETURN(h.version_major, r.U16("version"));
+  ASSIGN_OR_RETURN(h.version_minor, r.U16("version"));
+  ASSIGN_OR_RETURN(h.flags, r.U32("flags"));
+  ASSIGN_OR_RETURN(h.index_offset, r.U64("index offset"));
+  ASSIGN_OR_RETURN(h.index_stored_size, r.U64("index size"));
+  ASSIGN_OR_RETURN(h.index_raw_size, r.U64("index size"));
+  ASSIGN_OR_RETURN(h.index_checksum, r.U64("index checksum"));
+  ASSIGN_OR_RETURN(h.file_size, r.U64("file size"));
+  if (h.version_major != kFormatVersionMajor) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": format version ", h.version_major, ".", h.version_minor,
+        " is not supported (this build reads ", kFormatVersionMajor, ".x)"));
+  }
+  if ((h.flags & ~kFlagDelta) != 0) return Corrupt(what, "unknown header flags");
+  if (h.index_raw_size > kMaxIndexSize || h.index_stored_size > kMaxIndexSize) {
+    return Corrupt(what, "index size out of range");
+  }
+  if (h.index_offset < kGroupAlignment || h.index_offset > h.file_size ||
+      h.index_stored_size > h.file_size - h.index_offset) {
+    return Corrupt(what, "index lies outside the file");
+  }
+  return h;
+}
+
+absl::StatusOr<BsIndex> ParseIndex(absl::Span<const uint8_t> raw, const FileHeader& header,
+                                   absl::string_view what) {
+  const std::string where = absl::StrCat(what, " index");
+  ByteReader r(raw, where);
+  BsIndex ix;
+  ix.version_major = header.version_major;
+  ix.version_minor = header.version_minor;
+  ix.flags = header.flags;
+  ix.stored_size = header.file_size;
+  ix.index_offset = header.index_offset;
+  ix.index_stored_size = header.index_stored_size;
+  ASSIGN_OR_RETURN(ix.writer, r.String("writer", 4096));
+  ASSIGN_OR_RETURN(uint8_t mode, r.U8("mode"));
+  if (mode > static_cast<uint8_t>(Mode::kInference)) return Corrupt(where, "unknown mode");
+  ix.mode = static_cast<Mode>(mode);
+  ASSIGN_OR_RETURN(ix.original_size, r.U64("original size"));
+  ASSIGN_OR_RETURN(auto ohash, r.Bytes(16, "original hash"));
+  std::copy(ohash.begin(), ohash.end(), ix.original_hash.begin());
+  ASSIGN_OR_RETURN(ix.base_name, r.String("base name", 4096));
+  ASSIGN_OR_RETURN(uint64_t prefix_len, r.U64("safetensors header length"));
+  if (prefix_len < 8 || prefix_len > kMaxSafetensorsHeader + 8 || prefix_len > ix.original_size) {
+    return Corrupt(where, "safetensors header length out of range");
+  }
+  ASSIGN_OR_RETURN(auto prefix, r.Bytes(prefix_len, "safetensors header"));
+  ix.safetensors_prefix.assign(prefix.begin(), prefix.end());
+  {
+    auto st = ParseSafetensorsHeader(prefix, ix.original_size, absl::StrCat(what, " (stored safetensors header)"));
+    if (!st.ok()) return Corrupt(where, st.status().message());
+    ix.safetensors = *std::move(st);
+  }
+  ASSIGN_OR_RETURN(uint32_t num_groups, r.U32("group count"));
+  ASSIGN_OR_RETURN(uint32_t num_tensors, r.U32("tensor count"));
+  if (num_tensors != ix.safetensors.tensors.size()) {
+    return Corrupt(where, "tensor count differs from the stored safetensors header");
+  }
+  if (num_groups > num_tensors) return Corrupt(where, "more groups than tensors");
+  ix.tensors.resize(num_tensors);
+  for (uint32_t t = 0; t < num_tensors; ++t) {
+    BsTensor& bt = ix.tensors[t];
+    bt.info = ix.safetensors.tensors[t];
+    ASSIGN_OR_RETURN(bt.group, r.U32("tensor group"));
+    ASSIGN_OR_RETURN(bt.blob_offset, r.U64("blob offset"));
+    ASSIGN_OR_RETURN(bt.blob_size, r.U64("blob size"));
+    ASSIGN_OR_RETURN(auto h, r.Bytes(16, "tensor hash"));
+    std::copy(h.begin(), h.end(), bt.hash.begin());
+    ASSIGN_OR_RETURN(bt.flags, r.U8("tensor flags"));
+    if ((bt.flags & ~kTensorFlagDelta) != 0) return Corrupt(where, "unknown tensor flags");
+    if (bt.is_delta()) {
+      if (!ix.is_delta()) return Corrupt(where, "delta tensor in a non-delta file");
+      ASSIGN_OR_RETURN(auto bh, r.Bytes(16, "base hash"));
+      std::copy(bh.begin(), bh.end(), bt.base_hash.begin());
+    }
+    if (bt.group >= num_groups) return Corrupt(where, absl::StrCat("tensor ", bt.info.name, ": bad group"));
+  }
+  ix.groups.resize(num_groups);
+  uint64_t prev_end = kGroupAlignment;
+  for (uint32_t g = 0; g < num_groups; ++g) {
+    BsGroup& grp = ix.groups[g];
+    ASSIGN_OR_RETURN(grp.name, r.String("group name", 4096));
+    ASSIGN_OR_RETURN(grp.layer, r.I64("group layer"));
+    ASSIGN_OR_RETURN(grp.offset, r.U64("group offset"));
+    ASSIGN_OR_RETURN(grp.size, r.U64("group size"));
+    ASSIGN_OR_RETURN(uint32_t n, r.U32("group tensor count"));
+    if (n > num_tensors) return Corrupt(where, "group tensor count out of range");
+    if (grp.layer < -1) return Corrupt(where, "bad layer number");
+    if (grp.offset % kGroupAlignment != 0 || grp.offset < prev_end ||
+        grp.size > header.index_offset || grp.offset > header.index_offset - grp.size) {
+      return Corrupt(where, absl::StrCat("group ", g, " has a bad byte range"));
+    }
+    prev_end = grp.offset + grp.size;
+    uint64_t cursor = grp.offset;
+    for (uint32_t k = 0; k < n; ++k) {
+      ASSIGN_OR_RETURN(uint32_t t, r.U32("group tensor"));
+      if (t >= num_tensors || ix.tensors[t].group != g) {
+        return Corrupt(where, absl::StrCat("group ", g, " lists a tensor of another group"));
+      }
+      const BsTensor& bt = ix.tensors[t];
+      // Blobs are packed in listed order: this also rules out duplicates.
+      if (bt.blob_offset != cursor || bt.blob_size > grp.offset + grp.size - cursor) {
+        return Corrupt(where, absl::StrCat("tensor ", bt.info.name, ": blob outside its group"));
+      }
+      cursor += bt.blob_size;
+      grp.tensors.push_back(t);
+    }
+    if (cursor != grp.offset + grp.size) return Corrupt(where, absl::StrCat("group ", g, " size mismatch"));
+  }
+  uint64_t listed = 0;
+  for (const auto& g : ix.groups) listed += g.tensors.size();
+  if (listed != num_tensors) return Corrupt(where, "some tensors belong to no group");
+  if (!r.done()) return Corrupt(where, "trailing bytes");
+  return ix;
+}
+
+BsReader::BsReader(std::unique_ptr<ByteSource> source, BsIndex index)
+    : source_(std::move(source)), index_(std::move(index)), name_(source_->name()) {}
+
+absl::StatusOr<std::unique_ptr<BsReader>> BsReader::OpenFile(const std::string& path) {
+  ASSIGN_OR_RETURN(auto source, OpenFileSource(path));
+  return Open(std::move(source));
+}
+
+absl::StatusOr<std::unique_ptr<BsReader>> BsReader::Open(std::unique_ptr<ByteSource> source) {
+  const std::string what = source->name();
+  if (source->size() < kFileHeaderSize) return Corrupt(what, "too short to be a .bs file");
+  uint8_t head[kFileHeaderSize];
+  RETURN_IF_ERROR(source->ReadAt(0, absl::MakeSpan(head, kFileHeaderSize)));
+  ASSIGN_OR_RETURN(FileHeader header, ParseFileHeader(absl::MakeConstSpan(head, kFileHeaderSize), what));
+  if (header.file_size != source->size()) {
+    return Corrupt(what, absl::StrCat("file is ", source->size(), " bytes, header says ",
+                                      header.file_size, " (truncated or appended to)"));
+  }
+  ASSIGN_OR_RETURN(auto stored, ReadRange(*source, header.index_offset, header.index_stored_size));
+  if (HashBytes64(stored) != header.index_checksum) return Corrupt(what, "index checksum mismatch");
+  std::vector<uint8_t> raw(header.index_raw_size);
+  const size_t got = ZSTD_decompress(raw.data(), raw.size(), stored.data(), stored.size());
+  if (ZSTD_isError(got) || got != raw.size()) return Corrupt(what, "index does not decompress");
+  ASSIGN_OR_RETURN(BsIndex index, ParseIndex(raw, header, what));
+  return std::unique_ptr<BsReader>(new BsReader(std::move(source), std::move(index)));
+}
+
+absl::StatusOr<std::vector<uint8_t>> BsReader::ReadGroup(uint32_t group) const {
+  if (group >= index_.groups.size()) {
+    return absl::OutOfRangeError(absl::StrCat(name_, ": no group ", group));
+  }
+  const BsGroup& g = index_.groups[group];
+  return ReadRange(*source_, g.offset, g.size);
+}
+
+absl::Status BsReader::DecodeBlob(const BsTensor& bt, absl::Span<const uint8_t> blob,
+                                  absl::Span<uint8_t> out, const DecodeOptions& options,
+                                  absl::Span<const uint8_t> base) const {
+  if (out.size() != bt.info.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": output buffer for '", bt.info.name,
+                                                   "' has the wrong size"));
+  }
+  if (bt.is_delta()) {
+    if (base.size() != out.size()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          name_, ": tensor '", bt.info.name, "' is stored as a delta and needs its base tensor (--base)"));
+    }
+    if (HashBytes128(base) != bt.base_hash) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          name_, ": base tensor '", bt.info.name,
+          "' does not match the base this file was made against (wrong --base?)"));
+    }
+  }
+  absl::Status st = DecodeTensorBlob(blob, out, options);
+  if (!st.ok()) return Corrupt(name_, absl::StrCat("tensor '", bt.info.name, "': ", st.message()));
+  if (bt.is_delta()) {
+    for (size_t i = 0; i < out.size(); ++i) out[i] ^= base[i];
+  }
+  if (HashBytes128(out) != bt.hash) {
+    return Corrupt(name_, absl::StrCat("tensor '", bt.info.name, "' failed its hash check"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BsReader::DecodeTensor(uint32_t t, absl::Span<const uint8_t> group_bytes,
+                                    absl::Span<uint8_t> out, const DecodeOptions& options,
+                                    absl::Span<const uint8_t> base) const {
+  if (t >= index_.tensors.size()) return absl::OutOfRangeError(absl::StrCat(name_, ": no tensor ", t));
+  const BsTensor& bt = index_.tensors[t];
+  const BsGroup& g = index_.groups[bt.group];
+  if (group_bytes.size() != g.size) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": group bytes have the wrong size"));
+  }
+  return DecodeBlob(bt, group_bytes.subspan(bt.blob_offset - g.offset, bt.blob_size), out, options, base);
+}
+
+absl::StatusOr<std::vector<uint8_t>> BsReader::ReadTensor(uint32_t t, const DecodeOptions& options,
+                                                          const BaseTensorFetcher& base) const {
+  if (t >= index_.tensors.size()) return absl::OutOfRangeError(absl::StrCat(name_, ": no tensor ", t));
+  const BsTensor& bt = index_.tensors[t];
+  ASSIGN_OR_RETURN(auto blob, ReadRange(*source_, bt.blob_offset, bt.blob_size));
+  std::vector<uint8_t> base_bytes;
+  if (bt.is_delta() && base) {
+    ASSIGN_OR_RETURN(base_bytes, base(bt));
+  }
+  std::vector<uint8_t> out(bt.info.size());
+  RETURN_IF_ERROR(DecodeBlob(bt, blob, absl::MakeSpan(out), options, base_bytes));
+  return out;
+}
+
+}  // namespace bigsmall

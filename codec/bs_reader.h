@@ -1,0 +1,123 @@
+// Reading a .bs file: header, checksummed index, layer groups, tensors.
+// This is the decode side the daemon, the client tools and the CLI share.
+#ifndef BIGSMALL_CODEC_BS_READER_H_
+#define BIGSMALL_CODEC_BS_READER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "codec/byte_source.h"
+#include "codec/format.h"
+#include "codec/hash.h"
+#include "codec/safetensors.h"
+#include "codec/tensor_codec.h"
+
+namespace bigsmall {
+
+struct BsTensor {
+  SafetensorsTensor info;  // name, dtype, shape, range in the original data section
+  uint32_t group = 0;
+  uint64_t blob_offset = 0;  // absolute offset of the encoded blob in the .bs file
+  uint64_t blob_size = 0;
+  Hash128 hash{};  // XXH3-128 of the original tensor bytes
+  uint8_t flags = 0;
+  Hash128 base_hash{};  // with kTensorFlagDelta: hash of the base tensor's bytes
+  bool is_delta() const { return (flags & kTensorFlagDelta) != 0; }
+};
+
+struct BsGroup {
+  std::string name;    // e.g. "model.layers.3"; "" for the non-layer group
+  int64_t layer = -1;  // layer number, or -1 for non-layer tensors
+  uint64_t offset = 0;  // 4 KiB-aligned absolute offset in the .bs file
+  uint64_t size = 0;    // bytes, unpadded
+  std::vector<uint32_t> tensors;  // indexes into BsIndex::tensors, blob order
+};
+
+struct BsIndex {
+  uint16_t version_major = 0;
+  uint16_t version_minor = 0;
+  uint32_t flags = 0;
+  Mode mode = Mode::kBalanced;
+  std::string writer;  // software that wrote the file
+  // The original safetensors file: its exact header bytes, size and hash.
+  std::vector<uint8_t> safetensors_prefix;
+  SafetensorsHeader safetensors;
+  uint64_t original_size = 0;
+  Hash128 original_hash{};
+  // Delta files: the base's name as given at compress time (informational;
+  // the per-tensor base hashes are what identify the base).
+  std::string base_name;
+  std::vector<BsGroup> groups;    // non-layer group (if any) first, then layers ascending
+  std::vector<BsTensor> tensors;  // in safetensors data order
+  bool is_delta() const { return (flags & kFlagDelta) != 0; }
+  uint64_t stored_size = 0;  // size of the .bs file
+  uint64_t index_offset = 0;
+  uint64_t index_stored_size = 0;
+};
+
+// Parses the fixed 64-byte header; returns (index offset, stored size, raw size, checksum).
+struct FileHeader {
+  uint16_t version_major = 0;
+  uint16_t version_minor = 0;
+  uint32_t flags = 0;
+  uint64_t index_offset = 0;
+  uint64_t index_stored_size = 0;
+  uint64_t index_raw_size = 0;
+  uint64_t index_checksum = 0;
+  uint64_t file_size = 0;
+};
+absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl::string_view what);
+// Parses and validates a decompressed index against the header.
+absl::StatusOr<BsIndex> ParseIndex(absl::Span<const uint8_t> raw, const FileHeader& header,
+                                   absl::string_view what);
+
+// Resolves base tensors for delta files: returns the bytes of the base
+// tensor with that name (the reader checks them against the stored hash).
+using BaseTensorFetcher =
+    std::function<absl::StatusOr<std::vector<uint8_t>>(const BsTensor& tensor)>;
+
+class BsReader {
+ public:
+  // Reads and checks the header and index. Errors name the source.
+  static absl::StatusOr<std::unique_ptr<BsReader>> Open(std::unique_ptr<ByteSource> source);
+  static absl::StatusOr<std::unique_ptr<BsReader>> OpenFile(const std::string& path);
+
+  const BsIndex& index() const { return index_; }
+  ByteSource& source() { return *source_; }
+  const std::string& name() const { return name_; }
+
+  // Reads one group's bytes (one contiguous read).
+  absl::StatusOr<std::vector<uint8_t>> ReadGroup(uint32_t group) const;
+
+  // Decodes tensor `t` from `group_bytes` (as returned by ReadGroup for its
+  // group) into `out` (exactly the tensor's size) and verifies its hash.
+  // Delta tensors need `base` (the base tensor's bytes, checked against the
+  // stored base hash). A mismatch is kDataLoss naming the tensor.
+  absl::Status DecodeTensor(uint32_t t, absl::Span<const uint8_t> group_bytes,
+                            absl::Span<uint8_t> out, const DecodeOptions& options = {},
+                            absl::Span<const uint8_t> base = {}) const;
+
+  // Reads and decodes a single tensor (one read of its blob).
+  absl::StatusOr<std::vector<uint8_t>> ReadTensor(uint32_t t, const DecodeOptions& options = {},
+                                                  const BaseTensorFetcher& base = nullptr) const;
+
+ private:
+  BsReader(std::unique_ptr<ByteSource> source, BsIndex index);
+  absl::Status DecodeBlob(const BsTensor& tensor, absl::Span<const uint8_t> blob,
+                          absl::Span<uint8_t> out, const DecodeOptions& options,
+                          absl::Span<const uint8_t> base) const;
+  std::unique_ptr<ByteSource> source_;
+  BsIndex index_;
+  std::string name_;
+};
+
+}  // namespace bigsmall
+
+#endif  // BIGSMALL_CODEC_BS_READER_H_

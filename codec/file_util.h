@@ -1,0 +1,72 @@
+// Files written atomically: data goes to a temporary sibling and is renamed
+// into place only after a successful fsync, so a failure or crash never
+// leaves a half-written output under the final name.
+#ifndef BIGSMALL_CODEC_FILE_UTIL_H_
+#define BIGSMALL_CODEC_FILE_UTIL_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace bigsmall {
+
+// An output file under construction. Write/WriteAt go to "<path>.tmp.<pid>.<n>";
+// Commit() fsyncs and renames; the destructor removes the temporary unless
+// committed.
+class AtomicFile {
+ public:
+  static absl::StatusOr<AtomicFile> Create(const std::string& path, bool overwrite);
+  AtomicFile(AtomicFile&& other) noexcept;
+  AtomicFile& operator=(AtomicFile&& other) noexcept;
+  ~AtomicFile();
+
+  absl::Status Write(absl::Span<const uint8_t> bytes);  // appends
+  absl::Status WriteAt(uint64_t offset, absl::Span<const uint8_t> bytes);
+  absl::Status PadTo(uint64_t offset);  // appends zeros up to offset
+  uint64_t size() const { return size_; }
+  absl::Status Commit();
+  const std::string& path() const { return path_; }
+
+ private:
+  AtomicFile(std::string path, std::string temp_path, int fd, bool overwrite);
+  void Abandon();
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  uint64_t size_ = 0;
+  bool overwrite_ = false;
+};
+
+// A directory built under a temporary sibling name and renamed into place.
+class AtomicDirectory {
+ public:
+  static absl::StatusOr<AtomicDirectory> Create(const std::string& path, bool overwrite);
+  AtomicDirectory(AtomicDirectory&& other) noexcept;
+  AtomicDirectory& operator=(AtomicDirectory&& other) = delete;
+  ~AtomicDirectory();
+  // Where to write the contents before Commit().
+  const std::string& temp_path() const { return temp_path_; }
+  absl::Status Commit();
+
+ private:
+  AtomicDirectory(std::string path, std::string temp_path, bool overwrite);
+  std::string path_;
+  std::string temp_path_;
+  bool overwrite_ = false;
+  bool committed_ = false;
+};
+
+bool PathExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+// Same file (device + inode), following symlinks; false when either is missing.
+bool SameFile(const std::string& a, const std::string& b);
+// Copies a regular file byte for byte (used for the non-tensor files of a model directory).
+absl::Status CopyFile(const std::string& from, const std::string& to);
+absl::Status ErrnoStatus(int err, const std::string& what);
+
+}  // namespace bigsmall
+
+#endif  // BIGSMALL_CODEC_FILE_UTIL_H_

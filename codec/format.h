@@ -1,0 +1,64 @@
+// .bs container format constants and on-disk enums. docs/FORMAT.md is the
+// specification; every value here is named there. Changing a value here is a
+// format change: bump kFormatVersionMajor/Minor and update docs/FORMAT.md.
+#ifndef BIGSMALL_CODEC_FORMAT_H_
+#define BIGSMALL_CODEC_FORMAT_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+namespace bigsmall {
+
+// "\x89BSM\r\n\x1a\n": the high byte catches 7-bit transports, CRLF/LF catch
+// text-mode line-ending rewrites, ^Z stops DOS `type` (same idea as PNG's).
+inline constexpr std::array<uint8_t, 8> kMagic = {0x89, 'B', 'S', 'M', '\r', '\n', 0x1a, '\n'};
+inline constexpr uint16_t kFormatVersionMajor = 1;
+inline constexpr uint16_t kFormatVersionMinor = 0;
+
+inline constexpr size_t kFileHeaderSize = 64;
+// Layer groups start on this boundary so one aligned (O_DIRECT) read fetches
+// one layer.
+inline constexpr uint64_t kGroupAlignment = 4096;
+
+// Limits a decoder enforces on untrusted input (before allocating anything).
+inline constexpr uint64_t kMaxIndexSize = 1ull << 30;         // decompressed index
+inline constexpr uint64_t kMaxSafetensorsHeader = 100ull << 20;  // as safetensors itself
+inline constexpr uint32_t kMaxTensors = 1u << 22;
+inline constexpr uint32_t kMaxPlanes = 8;
+inline constexpr uint32_t kMaxChunkElements = 1u << 24;
+
+// File header flags.
+inline constexpr uint32_t kFlagDelta = 1u << 0;  // tensors may be XOR deltas against a base
+
+// Per-tensor flags in the index.
+inline constexpr uint8_t kTensorFlagDelta = 1u << 0;  // blob codes (tensor XOR base tensor)
+
+// How a tensor's elements are split into byte planes (docs/FORMAT.md §4).
+enum class PlaneSplit : uint8_t {
+  kBytes = 0,  // element width W: plane p holds byte (W-1-p) of each element (MSB first)
+  kBf16 = 1,   // 2 planes: exponent (8 bits), sign<<7 | mantissa (7 bits)
+  kFp32 = 2,   // 4 planes: exponent, sign<<7 | mantissa[22:16], mantissa[15:8], mantissa[7:0]
+};
+
+// How one plane is stored (docs/FORMAT.md §5).
+enum class PlaneCoder : uint8_t {
+  kRaw = 0,       // bytes as they are
+  kConstant = 1,  // every byte equals one value
+  kRans = 2,      // order-0 rANS, 32 interleaved lanes, one table per plane
+  kRansConditional = 3,  // rANS with a table chosen by another plane's byte at the same element
+  kZstd = 4,      // zstd frame per chunk (zero runs, repeats, sparse planes)
+};
+
+// Compression presets. All produce files the same decoder reads.
+enum class Mode : uint8_t {
+  kBalanced = 0,
+  kStorage = 1,
+  kInference = 2,
+};
+
+const char* ModeName(Mode mode);
+
+}  // namespace bigsmall
+
+#endif  // BIGSMALL_CODEC_FORMAT_H_

@@ -1,0 +1,49 @@
+// Model directories: listing a Hugging Face-style directory, and the
+// manifest a compressed directory carries (docs/FORMAT.md §8).
+#ifndef BIGSMALL_CODEC_MODEL_DIR_H_
+#define BIGSMALL_CODEC_MODEL_DIR_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace bigsmall {
+
+inline constexpr char kManifestName[] = "bigsmall-manifest.json";
+
+struct DirEntry {
+  std::string relative;  // path relative to the directory, '/'-separated
+  uint64_t size = 0;
+};
+
+// Regular files under `dir` (recursively, following symlinks), sorted.
+absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir);
+
+bool IsSafetensorsName(const std::string& path);
+
+enum class ManifestKind { kCompressed, kCopied };
+
+struct ManifestEntry {
+  std::string original;  // path in the original directory
+  std::string stored;    // path in the compressed directory
+  ManifestKind kind = ManifestKind::kCopied;
+};
+
+struct ModelManifest {
+  std::vector<ManifestEntry> entries;
+};
+
+// Writes DIR/bigsmall-manifest.json; returns its size.
+absl::StatusOr<uint64_t> WriteManifest(const std::string& dir, const ModelManifest& manifest);
+// Reads and validates it: relative paths only, no "..", no duplicates.
+absl::StatusOr<ModelManifest> ReadManifest(const std::string& dir);
+
+absl::StatusOr<uint64_t> FileSize(const std::string& path);
+// Creates the parent directories of root/relative.
+absl::Status MakeParentDirs(const std::string& root, const std::string& relative);
+
+}  // namespace bigsmall
+
+#endif  // BIGSMALL_CODEC_MODEL_DIR_H_

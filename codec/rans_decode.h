@@ -1,0 +1,71 @@
+// Decoding one rANS chunk (docs/FORMAT.md §6). The reference decoder follows
+// the spec line by line and is the oracle; the fast decoders (scalar
+// unrolled, AVX2, AVX-512, chosen at run time) must produce the same bytes
+// and the same errors.
+#ifndef BIGSMALL_CODEC_RANS_DECODE_H_
+#define BIGSMALL_CODEC_RANS_DECODE_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "codec/rans.h"
+#include "codec/tensor_codec.h"
+
+namespace bigsmall::rans {
+
+// Frequencies of one order-0 model: freq[s] for every byte value, summing to
+// kProbScale (symbols that never occur have 0).
+using Frequencies = std::array<uint16_t, 256>;
+
+// Slot table: slot[x & 4095] = PackSlot(symbol, freq, cum).
+struct DecodeTable {
+  alignas(64) std::array<uint32_t, kProbScale> slot;
+};
+
+}  // namespace bigsmall::rans
+namespace bigsmall {
+class ByteReader;
+}  // namespace bigsmall
+namespace bigsmall::rans {
+
+// Reads a serialised frequency table (docs/FORMAT.md §5.2): 32-byte presence
+// bitmap, then freq - 1 as u16 for each present symbol. kDataLoss unless the
+// frequencies sum to kProbScale.
+absl::StatusOr<Frequencies> ReadFrequencies(ByteReader& reader);
+
+// Builds a decode table; kDataLoss unless the frequencies sum to kProbScale.
+absl::Status BuildDecodeTable(const Frequencies& freqs, DecodeTable* table);
+
+// Decodes `out.size()` symbols from one chunk stream (32 u32 states + u16
+// words). kDataLoss when the stream is too short, has words left over, or the
+// final states are not all kRansLow.
+absl::Status DecodeChunk(DecoderImpl impl, const DecodeTable& table,
+                         absl::Span<const uint8_t> chunk, absl::Span<uint8_t> out);
+
+// Conditional variant: symbol i is decoded with tables[context_map[context[i]]].
+// `context` has out.size() bytes; context_map has 256 entries, each < num_tables.
+absl::Status DecodeChunkConditional(DecoderImpl impl, const DecodeTable* tables,
+                                    size_t num_tables, const uint8_t* context_map,
+                                    absl::Span<const uint8_t> context,
+                                    absl::Span<const uint8_t> chunk, absl::Span<uint8_t> out);
+
+// Implementations (rans_decode_reference.cc, rans_decode_fast.cc). Exposed
+// for tests and benchmarks; use DecodeChunk in product code.
+absl::Status DecodeChunkReference(const DecodeTable& table, absl::Span<const uint8_t> chunk,
+                                  absl::Span<uint8_t> out);
+absl::Status DecodeChunkScalar(const DecodeTable& table, absl::Span<const uint8_t> chunk,
+                               absl::Span<uint8_t> out);
+absl::Status DecodeChunkAvx2(const DecodeTable& table, absl::Span<const uint8_t> chunk,
+                             absl::Span<uint8_t> out);
+absl::Status DecodeChunkAvx512(const DecodeTable& table, absl::Span<const uint8_t> chunk,
+                               absl::Span<uint8_t> out);
+bool CpuHasAvx2();
+bool CpuHasAvx512();
+
+}  // namespace bigsmall::rans
+
+#endif  // BIGSMALL_CODEC_RANS_DECODE_H_

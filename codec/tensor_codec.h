@@ -1,0 +1,71 @@
+// Encoding and decoding of one tensor's bytes as a self-describing blob
+// (docs/FORMAT.md §5). The decoder half is in tensor_decoder.cc and never
+// depends on the encoder half (tensor_encoder.cc).
+#ifndef BIGSMALL_CODEC_TENSOR_CODEC_H_
+#define BIGSMALL_CODEC_TENSOR_CODEC_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "codec/dtype.h"
+#include "codec/format.h"
+
+namespace bigsmall {
+
+class ThreadPool;
+
+// Which rANS chunk decoder to run. kAuto picks the fastest this CPU supports.
+enum class DecoderImpl : uint8_t { kAuto = 0, kReference = 1, kScalar = 2, kAvx2 = 3, kAvx512 = 4 };
+const char* DecoderImplName(DecoderImpl impl);
+// The implementation kAuto resolves to on this CPU.
+DecoderImpl BestDecoderImpl();
+
+struct DecodeOptions {
+  DecoderImpl impl = DecoderImpl::kAuto;
+  ThreadPool* pool = nullptr;  // chunk-parallel decode when set
+};
+
+// Summary of one plane as stored, for `info` and benchmarks.
+struct PlaneSummary {
+  PlaneCoder coder = PlaneCoder::kRaw;
+  uint64_t raw_bytes = 0;
+  uint64_t stored_bytes = 0;
+  int context_plane = -1;  // for kRansConditional
+};
+
+struct BlobSummary {
+  PlaneSplit split = PlaneSplit::kBytes;
+  uint32_t width = 1;
+  uint64_t num_bytes = 0;
+  uint32_t chunk_elements = 0;
+  uint32_t num_chunks = 0;
+  std::vector<PlaneSummary> planes;
+};
+
+// Parses only the blob's header (no payload decode).
+absl::StatusOr<BlobSummary> SummarizeTensorBlob(absl::Span<const uint8_t> blob);
+
+// Decodes `blob` into `out`, which must be exactly the tensor's byte size.
+// Hostile blobs give kDataLoss/kInvalidArgument, never out-of-bounds access.
+// Does not hash: callers check the tensor hash (DecodeAndVerify in bs_reader).
+absl::Status DecodeTensorBlob(absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
+                              const DecodeOptions& options = {});
+
+struct EncodeOptions {
+  Mode mode = Mode::kBalanced;
+  uint32_t chunk_elements = 0;  // 0: the mode's default
+  ThreadPool* pool = nullptr;
+};
+
+// Encodes `bytes` (one tensor of `dtype`) into a blob.
+absl::StatusOr<std::vector<uint8_t>> EncodeTensorBlob(absl::Span<const uint8_t> bytes,
+                                                      const DtypeInfo& dtype,
+                                                      const EncodeOptions& options = {});
+
+}  // namespace bigsmall
+
+#endif  // BIGSMALL_CODEC_TENSOR_CODEC_H_

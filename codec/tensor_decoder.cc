@@ -1,0 +1,235 @@
+// Tensor blob parsing and CPU decoding (decode side).
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "codec/byte_io.h"
+#include "codec/planes.h"
+#include "codec/rans_decode.h"
+#include "codec/status_macros.h"
+#include "codec/tensor_blob.h"
+#include "codec/tensor_codec.h"
+#include "codec/thread_pool.h"
+#include "zstd.h"
+
+namespace bigsmall {
+namespace {
+
+absl::Status Corrupt(const std::string& what) {
+  return absl::DataLossError(absl::StrCat("tensor blob corrupt: ", what));
+}
+
+}  // namespace
+
+absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob) {
+  ByteReader r(blob, "tensor blob");
+  ParsedBlob b;
+  ASSIGN_OR_RETURN(uint8_t version, r.U8("blob version"));
+  if (version != kBlobVersion) return Corrupt(absl::StrCat("unknown blob version ", version));
+  ASSIGN_OR_RETURN(uint8_t split, r.U8("plane split"));
+  ASSIGN_OR_RETURN(uint8_t width, r.U8("element width"));
+  ASSIGN_OR_RETURN(uint8_t num_planes, r.U8("plane count"));
+  b.split = static_cast<PlaneSplit>(split);
+  b.width = width;
+  if (!ValidSplit(b.split, b.width)) {
+    return Corrupt(absl::StrCat("bad plane split ", split, " for width ", width));
+  }
+  const uint32_t expect_planes = b.split == PlaneSplit::kBf16 ? 2 : b.split == PlaneSplit::kFp32 ? 4 : b.width;
+  if (num_planes != expect_planes) return Corrupt(absl::StrCat("bad plane count ", num_planes));
+  ASSIGN_OR_RETURN(b.num_bytes, r.U64("byte count"));
+  ASSIGN_OR_RETURN(b.chunk_elements, r.U32("chunk size"));
+  ASSIGN_OR_RETURN(b.num_chunks, r.U32("chunk count"));
+  if (b.num_bytes % b.width != 0) return Corrupt("byte count not a multiple of the element width");
+  b.num_elements = b.num_bytes / b.width;
+  if (b.chunk_elements == 0 || b.chunk_elements > kMaxChunkElements) {
+    return Corrupt(absl::StrCat("bad chunk size ", b.chunk_elements));
+  }
+  const uint64_t expect_chunks = (b.num_elements + b.chunk_elements - 1) / b.chunk_elements;
+  if (b.num_chunks != expect_chunks) return Corrupt(absl::StrCat("bad chunk count ", b.num_chunks));
+  b.planes.resize(num_planes);
+  // Payload sizes per plane and chunk, filled as headers are read.
+  std::vector<std::vector<uint64_t>> sizes(num_planes);
+  for (uint32_t p = 0; p < num_planes; ++p) {
+    BlobPlane& plane = b.planes[p];
+    ASSIGN_OR_RETURN(uint8_t coder, r.U8("plane coder"));
+    plane.coder = static_cast<PlaneCoder>(coder);
+    auto& sz = sizes[p];
+    sz.resize(b.num_chunks);
+    switch (plane.coder) {
+      case PlaneCoder::kRaw:
+        for (uint32_t c = 0; c < b.num_chunks; ++c) sz[c] = b.ChunkCount(c);
+        break;
+      case PlaneCoder::kConstant: {
+        ASSIGN_OR_RETURN(plane.constant, r.U8("constant"));
+        break;  // no payload
+      }
+      case PlaneCoder::kRansConditional: {
+        ASSIGN_OR_RETURN(uint8_t ctx, r.U8("context plane"));
+        if (ctx >= p) return Corrupt("context plane must precede the plane it conditions");
+        if (b.planes[ctx].coder == PlaneCoder::kRansConditional) {
+          return Corrupt("context plane is itself conditional");
+        }
+        plane.context_plane = ctx;
+        ASSIGN_OR_RETURN(uint16_t num_tables, r.U16("table count"));
+        if (num_tables == 0 || num_tables > 256) return Corrupt("bad table count");
+        ASSIGN_OR_RETURN(auto map, r.Bytes(256, "context map"));
+        for (int i = 0; i < 256; ++i) {
+          if (map[i] >= num_tables) return Corrupt("context map entry out of range");
+          plane.context_map[i] = map[i];
+        }
+        for (uint16_t t = 0; t < num_tables; ++t) {
+          ASSIGN_OR_RETURN(auto f, rans::ReadFrequencies(r));
+          plane.tables.push_back(f);
+        }
+        [[fallthrough]];
+      }
+      case PlaneCoder::kRans:
+        if (plane.coder == PlaneCoder::kRans) {
+          ASSIGN_OR_RETURN(auto f, rans::ReadFrequencies(r));
+          plane.tables.push_back(f);
+        }
+        [[fallthrough]];
+      case PlaneCoder::kZstd:
+        for (uint32_t c = 0; c < b.num_chunks; ++c) {
+          ASSIGN_OR_RETURN(uint32_t s, r.U32("chunk size"));
+          sz[c] = s;
+        }
+        break;
+      default:
+        return Corrupt(absl::StrCat("unknown plane coder ", coder));
+    }
+  }
+  uint64_t offset = r.position();
+  for (uint32_t p = 0; p < num_planes; ++p) {
+    auto& offs = b.planes[p].chunk_offsets;
+    offs.resize(b.num_chunks + 1);
+    for (uint32_t c = 0; c < b.num_chunks; ++c) {
+      offs[c] = offset;
+      offset += sizes[p][c];
+      if (offset > blob.size()) return Corrupt("payload extends past the end of the blob");
+    }
+    offs[b.num_chunks] = offset;
+  }
+  if (offset != blob.size()) return Corrupt("trailing bytes after the payload");
+  return b;
+}
+
+absl::StatusOr<BlobSummary> SummarizeTensorBlob(absl::Span<const uint8_t> blob) {
+  ASSIGN_OR_RETURN(ParsedBlob b, ParseTensorBlob(blob));
+  BlobSummary s;
+  s.split = b.split;
+  s.width = b.width;
+  s.num_bytes = b.num_bytes;
+  s.chunk_elements = b.chunk_elements;
+  s.num_chunks = b.num_chunks;
+  for (const BlobPlane& p : b.planes) {
+    PlaneSummary ps;
+    ps.coder = p.coder;
+    ps.raw_bytes = b.num_elements;
+    ps.stored_bytes = p.chunk_offsets.back() - p.chunk_offsets.front();
+    ps.context_plane = p.context_plane;
+    s.planes.push_back(ps);
+  }
+  return s;
+}
+
+namespace {
+
+struct PlaneTables {
+  std::vector<rans::DecodeTable> tables;
+};
+
+// Per-thread scratch for one chunk's decoded planes.
+uint8_t* Scratch(size_t bytes) {
+  thread_local std::vector<uint8_t> scratch;
+  if (scratch.size() < bytes) scratch.resize(bytes);
+  return scratch.data();
+}
+
+ZSTD_DCtx* ThreadDctx() {
+  struct Holder {
+    ZSTD_DCtx* ctx = ZSTD_createDCtx();
+    ~Holder() { ZSTD_freeDCtx(ctx); }
+  };
+  thread_local Holder holder;
+  return holder.ctx;
+}
+
+absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>& tables,
+                            absl::Span<const uint8_t> blob, uint32_t c, DecoderImpl impl,
+                            uint8_t* out) {
+  const size_t count = b.ChunkCount(c);
+  const size_t np = b.planes.size();
+  uint8_t* scratch = Scratch(count * np);
+  const uint8_t* plane_ptr[kMaxPlanes];
+  for (size_t p = 0; p < np; ++p) {
+    const BlobPlane& plane = b.planes[p];
+    const uint64_t begin = plane.chunk_offsets[c];
+    const auto payload = blob.subspan(begin, plane.chunk_offsets[c + 1] - begin);
+    // Single-plane tensors decode straight into the output.
+    uint8_t* dst = np == 1 ? out : scratch + p * count;
+    switch (plane.coder) {
+      case PlaneCoder::kRaw:
+        plane_ptr[p] = payload.data();
+        continue;
+      case PlaneCoder::kConstant:
+        std::memset(dst, plane.constant, count);
+        break;
+      case PlaneCoder::kRans:
+        RETURN_IF_ERROR(rans::DecodeChunk(impl, tables[p].tables[0], payload,
+                                          absl::MakeSpan(dst, count)));
+        break;
+      case PlaneCoder::kRansConditional:
+        RETURN_IF_ERROR(rans::DecodeChunkConditional(
+            impl, tables[p].tables.data(), tables[p].tables.size(), plane.context_map.data(),
+            absl::MakeConstSpan(plane_ptr[plane.context_plane], count), payload,
+            absl::MakeSpan(dst, count)));
+        break;
+      case PlaneCoder::kZstd: {
+        const size_t got = ZSTD_decompressDCtx(ThreadDctx(), dst, count, payload.data(), payload.size());
+        if (ZSTD_isError(got) || got != count) {
+          return Corrupt(absl::StrCat("zstd chunk ", c, " of plane ", p, ": ",
+                                      ZSTD_isError(got) ? ZSTD_getErrorName(got) : "wrong size"));
+        }
+        break;
+      }
+    }
+    plane_ptr[p] = dst;
+  }
+  if (np == 1) {
+    if (plane_ptr[0] != out) std::memcpy(out, plane_ptr[0], count);
+    return absl::OkStatus();
+  }
+  MergePlanes(b.split, b.width, plane_ptr, count, out);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status DecodeTensorBlob(absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
+                              const DecodeOptions& options) {
+  ASSIGN_OR_RETURN(ParsedBlob b, ParseTensorBlob(blob));
+  if (b.num_bytes != out.size()) {
+    return Corrupt(absl::StrCat("blob holds ", b.num_bytes, " bytes, tensor has ", out.size()));
+  }
+  std::vector<PlaneTables> tables(b.planes.size());
+  for (size_t p = 0; p < b.planes.size(); ++p) {
+    tables[p].tables.resize(b.planes[p].tables.size());
+    for (size_t t = 0; t < b.planes[p].tables.size(); ++t) {
+      RETURN_IF_ERROR(rans::BuildDecodeTable(b.planes[p].tables[t], &tables[p].tables[t]));
+    }
+  }
+  const DecoderImpl impl = options.impl == DecoderImpl::kAuto ? BestDecoderImpl() : options.impl;
+  auto decode = [&](size_t c) {
+    return DecodeOneChunk(b, tables, blob, static_cast<uint32_t>(c), impl,
+                          out.data() + uint64_t{c} * b.chunk_elements * b.width);
+  };
+  if (options.pool != nullptr && b.num_chunks > 1) {
+    return options.pool->ParallelFor(b.num_chunks, decode);
+  }
+  for (uint32_t c = 0; c < b.num_chunks; ++c) RETURN_IF_ERROR(decode(c));
+  return absl::OkStatus();
+}
+
+}  // namespace bigsmall

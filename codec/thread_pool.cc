@@ -1,0 +1,130 @@
+#include "codec/thread_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <memory>
+#include <utility>
+
+namespace bigsmall {
+
+ThreadPool::ThreadPool(int threads) {
+  if (threads <= 0) threads = DefaultThreads();
+  workers_.reserve(static_cast<size_t>(threads));
+  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  // Workers drain the queue before they exit, so every scheduled task runs.
+  for (std::thread& worker : workers_) worker.join();
+}
+
+void ThreadPool::Schedule(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(task));
+  }
+  cv_.notify_one();
+}
+
+int ThreadPool::DefaultThreads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+bool ThreadPool::RunOne() {
+  std::function<void()> task;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queue_.empty()) return false;
+    task = std::move(queue_.front());
+    queue_.pop_front();
+  }
+  task();
+  return true;
+}
+
+void ThreadPool::WorkerLoop() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_ and nothing left to run
+    }
+    RunOne();  // may find the queue emptied by another worker: harmless
+  }
+}
+
+namespace {
+
+// Shared by the calling thread and the helper tasks of one ParallelFor call.
+// Helpers hold it by shared_ptr: a helper that starts after the call has
+// returned finds no index left and never touches `fn`.
+struct ParallelForState {
+  ParallelForState(size_t n, const std::function<absl::Status(size_t)>* fn) : n(n), fn(fn) {}
+  const size_t n;
+  const std::function<absl::Status(size_t)>* const fn;
+  std::atomic<size_t> next{0};
+  // Lowest index that failed so far (n: none). Indices above it are skipped:
+  // every lower index was claimed earlier and still runs, so the lowest-index
+  // error is still found.
+  std::atomic<size_t> first_error_index;
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t finished = 0;  // indices claimed and done (guarded by mu)
+  absl::Status first_error;  // status at first_error_index (guarded by mu)
+
+  // Claims and runs indices until none is left.
+  void Drain() {
+    size_t ran = 0;
+    for (;;) {
+      const size_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= n) break;
+      ++ran;
+      if (i > first_error_index.load(std::memory_order_relaxed)) continue;
+      absl::Status status = (*fn)(i);
+      if (!status.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (i < first_error_index.load(std::memory_order_relaxed)) {
+          first_error_index.store(i, std::memory_order_relaxed);
+          first_error = std::move(status);
+        }
+      }
+    }
+    if (ran == 0) return;
+    std::lock_guard<std::mutex> lock(mu);
+    finished += ran;
+    if (finished == n) cv.notify_all();
+  }
+};
+
+}  // namespace
+
+absl::Status ThreadPool::ParallelFor(size_t n, const std::function<absl::Status(size_t)>& fn) {
+  if (n == 0) return absl::OkStatus();
+  if (n == 1 || workers_.empty()) {
+    for (size_t i = 0; i < n; ++i) {
+      if (absl::Status s = fn(i); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  auto state = std::make_shared<ParallelForState>(n, &fn);
+  state->first_error_index.store(n);
+  // One helper per worker at most; the calling thread is the extra one. If
+  // every worker is busy (e.g. we are a worker ourselves), the caller drains
+  // all indices alone and the helpers later find nothing to do.
+  const size_t helpers = std::min(n - 1, workers_.size());
+  for (size_t h = 0; h < helpers; ++h) Schedule([state] { state->Drain(); });
+  state->Drain();
+  std::unique_lock<std::mutex> lock(state->mu);
+  // Only indices already claimed by running helpers remain: they finish.
+  state->cv.wait(lock, [&] { return state->finished == n; });
+  return state->first_error;
+}
+
+}  // namespace bigsmall

@@ -1,0 +1,47 @@
+// A fixed-size worker pool with a ParallelFor helper. Tasks must not throw.
+#ifndef BIGSMALL_CODEC_THREAD_POOL_H_
+#define BIGSMALL_CODEC_THREAD_POOL_H_
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace bigsmall {
+
+class ThreadPool {
+ public:
+  // threads <= 0: one per hardware thread.
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()); }
+  void Schedule(std::function<void()> task);
+
+  // Runs fn(i) for i in [0, n) on the pool and the calling thread; returns
+  // the first error (by index order) or OK. Safe to call from a pool thread
+  // (the caller helps, so nested calls cannot deadlock).
+  absl::Status ParallelFor(size_t n, const std::function<absl::Status(size_t)>& fn);
+
+  static int DefaultThreads();
+
+ private:
+  void WorkerLoop();
+  bool RunOne();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stop_ = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace bigsmall
+
+#endif  // BIGSMALL_CODEC_THREAD_POOL_H_

@@ -1,0 +1,129 @@
+#include "codec/thread_pool.h"
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace bigsmall {
+namespace {
+
+TEST(ThreadPoolTest, DefaultThreadsIsPositive) {
+  EXPECT_GE(ThreadPool::DefaultThreads(), 1);
+  ThreadPool pool(0);
+  EXPECT_EQ(pool.size(), ThreadPool::DefaultThreads());
+}
+
+TEST(ThreadPoolTest, ScheduleRunsEveryTaskBeforeDestruction) {
+  std::atomic<int> count{0};
+  {
+    ThreadPool pool(3);
+    for (int i = 0; i < 1000; ++i) pool.Schedule([&] { count.fetch_add(1); });
+  }
+  EXPECT_EQ(count.load(), 1000);
+}
+
+TEST(ThreadPoolTest, ParallelForRunsEveryIndexOnce) {
+  ThreadPool pool(4);
+  for (size_t n : {size_t{0}, size_t{1}, size_t{2}, size_t{7}, size_t{10000}}) {
+    std::vector<std::atomic<int>> hits(n);
+    ASSERT_TRUE(pool.ParallelFor(n, [&](size_t i) {
+                      hits[i].fetch_add(1);
+                      return absl::OkStatus();
+                    }).ok());
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
+  }
+}
+
+TEST(ThreadPoolTest, ParallelForUsesWorkersAndCaller) {
+  ThreadPool pool(2);
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  ASSERT_TRUE(pool.ParallelFor(64, [&](size_t) {
+                    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                    std::lock_guard<std::mutex> lock(mu);
+                    ids.insert(std::this_thread::get_id());
+                    return absl::OkStatus();
+                  }).ok());
+  EXPECT_GE(ids.size(), 2u);
+  EXPECT_LE(ids.size(), 3u);
+}
+
+TEST(ThreadPoolTest, ParallelForReturnsLowestIndexError) {
+  ThreadPool pool(4);
+  for (int trial = 0; trial < 20; ++trial) {
+    absl::Status s = pool.ParallelFor(1000, [](size_t i) {
+      if (i % 100 == 37) return absl::InternalError(absl::StrCat("fail ", i));
+      return absl::OkStatus();
+    });
+    EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+    EXPECT_EQ(s.message(), "fail 37");
+  }
+}
+
+TEST(ThreadPoolTest, ErrorAtLastIndexIsReported) {
+  ThreadPool pool(2);
+  absl::Status s = pool.ParallelFor(50, [](size_t i) {
+    return i == 49 ? absl::DataLossError("last") : absl::OkStatus();
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(ThreadPoolTest, NestedParallelForDoesNotDeadlock) {
+  ThreadPool pool(2);
+  std::atomic<int> count{0};
+  ASSERT_TRUE(pool.ParallelFor(8, [&](size_t) {
+                    return pool.ParallelFor(8, [&](size_t) {
+                      return pool.ParallelFor(4, [&](size_t) {
+                        count.fetch_add(1);
+                        return absl::OkStatus();
+                      });
+                    });
+                  }).ok());
+  EXPECT_EQ(count.load(), 8 * 8 * 4);
+}
+
+TEST(ThreadPoolTest, ParallelForFromScheduledTaskDoesNotDeadlock) {
+  ThreadPool pool(1);  // the only worker calls ParallelFor: it must drain alone
+  std::atomic<int> count{0};
+  std::atomic<bool> done{false};
+  absl::Status inner;
+  pool.Schedule([&] {
+    inner = pool.ParallelFor(100, [&](size_t) {
+      count.fetch_add(1);
+      return absl::OkStatus();
+    });
+    done = true;
+  });
+  for (int i = 0; i < 5000 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(done.load());
+  EXPECT_TRUE(inner.ok());
+  EXPECT_EQ(count.load(), 100);
+}
+
+TEST(ThreadPoolTest, ManyCallersShareOnePool) {
+  ThreadPool pool(3);
+  std::atomic<int> count{0};
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 4; ++c) {
+    callers.emplace_back([&] {
+      for (int r = 0; r < 50; ++r) {
+        EXPECT_TRUE(pool.ParallelFor(20, [&](size_t) {
+                          count.fetch_add(1);
+                          return absl::OkStatus();
+                        }).ok());
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  EXPECT_EQ(count.load(), 4 * 50 * 20);
+}
+
+}  // namespace
+}  // namespace bigsmall
