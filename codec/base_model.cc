@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "codec/file_util.h"
+#include "codec/model_dir.h"
 #include "codec/status_macros.h"
 
 namespace bigsmall {
@@ -19,8 +20,12 @@ absl::StatusOr<SafetensorsFile> OpenSafetensors(const std::string& path) {
   }
   uint8_t first8[8];
   RETURN_IF_ERROR(f.source->ReadAt(0, absl::MakeSpan(first8, 8)));
-  ASSIGN_OR_RETURN(uint64_t header_len,
-                   ParseSafetensorsHeaderLength(absl::MakeConstSpan(first8, 8), size));
+  auto header_len_or = ParseSafetensorsHeaderLength(absl::MakeConstSpan(first8, 8), size);
+  if (!header_len_or.ok()) {
+    return absl::Status(header_len_or.status().code(),
+                        absl::StrCat(path, ": ", header_len_or.status().message()));
+  }
+  const uint64_t header_len = *header_len_or;
   ASSIGN_OR_RETURN(f.prefix, ReadRange(*f.source, 0, 8 + header_len));
   ASSIGN_OR_RETURN(f.header, ParseSafetensorsHeader(f.prefix, size, path));
   return f;
@@ -31,14 +36,10 @@ absl::StatusOr<BaseModel> BaseModel::Open(const std::string& path) {
   m.path_ = path;
   std::vector<std::string> paths;
   if (IsDirectory(path)) {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::recursive_directory_iterator(path, ec)) {
-      if (e.is_regular_file() && absl::EndsWith(e.path().string(), ".safetensors")) {
-        paths.push_back(e.path().string());
-      }
+    ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListModelDirectory(path));
+    for (const auto& e : entries) {
+      if (IsSafetensorsName(e.relative)) paths.push_back((std::filesystem::path(path) / e.relative).string());
     }
-    if (ec) return ErrnoStatus(ec.value(), absl::StrCat("cannot list ", path));
-    std::sort(paths.begin(), paths.end());
     if (paths.empty()) return absl::NotFoundError(absl::StrCat(path, ": no .safetensors files in base"));
   } else {
     paths.push_back(path);

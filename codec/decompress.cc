@@ -106,6 +106,29 @@ absl::StatusOr<std::optional<BaseModel>> OpenBase(const std::string& path) {
   return std::optional<BaseModel>(std::move(b));
 }
 
+// Output size and tensor count of each manifest entry (opening each index once),
+// so directory jobs can report progress against the whole directory.
+struct EntryPlan {
+  uint64_t original_size = 0;
+  uint64_t tensors = 0;
+};
+absl::StatusOr<std::vector<EntryPlan>> PlanDirectory(const std::string& dir, const ModelManifest& m) {
+  std::vector<EntryPlan> plan;
+  for (const auto& e : m.entries) {
+    const std::string src = (std::filesystem::path(dir) / e.stored).string();
+    EntryPlan p;
+    if (e.kind == ManifestKind::kCompressed) {
+      ASSIGN_OR_RETURN(auto reader, BsReader::OpenFile(src));
+      p.original_size = reader->index().original_size;
+      p.tensors = reader->index().tensors.size();
+    } else {
+      ASSIGN_OR_RETURN(p.original_size, FileSize(src));
+    }
+    plan.push_back(p);
+  }
+  return plan;
+}
+
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -149,19 +172,26 @@ absl::StatusOr<DecompressStats> DecompressPath(const std::string& input, const s
     RETURN_IF_ERROR(one_file(input, output, options.force));
   } else {
     ASSIGN_OR_RETURN(ModelManifest m, ReadManifest(input));
+    ASSIGN_OR_RETURN(std::vector<EntryPlan> plan, PlanDirectory(input, m));
+    ctx.progress_total = 0;
+    for (const auto& p : plan) ctx.progress_total += p.original_size;
     ASSIGN_OR_RETURN(AtomicDirectory dir, AtomicDirectory::Create(output, options.force));
-    for (const auto& e : m.entries) {
+    for (size_t i = 0; i < m.entries.size(); ++i) {
+      const auto& e = m.entries[i];
       const std::string src = (std::filesystem::path(input) / e.stored).string();
       const std::string dst = (std::filesystem::path(dir.temp_path()) / e.original).string();
       RETURN_IF_ERROR(MakeParentDirs(dir.temp_path(), e.original));
+      stats.tensors += plan[i].tensors;
       if (e.kind == ManifestKind::kCompressed) {
-        ctx.progress_total = 0;
         RETURN_IF_ERROR(one_file(src, dst, false));
+        ctx.progress_offset += plan[i].original_size;
       } else {
         RETURN_IF_ERROR(CopyFile(src, dst));
         ASSIGN_OR_RETURN(uint64_t s, FileSize(src));
         stats.input_bytes += s;
         stats.output_bytes += s;
+        ctx.progress_offset += s;
+        if (ctx.progress) ctx.progress(ctx.progress_offset, ctx.progress_total);
       }
     }
     RETURN_IF_ERROR(dir.Commit());
@@ -193,10 +223,21 @@ absl::StatusOr<DecompressStats> VerifyPath(const std::string& input, const Verif
     return absl::OkStatus();
   };
   if (!IsDirectory(input)) {
+    {
+      ASSIGN_OR_RETURN(auto reader, BsReader::OpenFile(input));
+      ctx.progress_total = reader->index().original_size;
+      stats.tensors = reader->index().tensors.size();
+    }
     RETURN_IF_ERROR(one_file(input, options.against));
   } else {
     ASSIGN_OR_RETURN(ModelManifest m, ReadManifest(input));
-    for (const auto& e : m.entries) {
+    ASSIGN_OR_RETURN(std::vector<EntryPlan> plan, PlanDirectory(input, m));
+    for (const auto& p : plan) {
+      ctx.progress_total += p.original_size;
+      stats.tensors += p.tensors;
+    }
+    for (size_t i = 0; i < m.entries.size(); ++i) {
+      const auto& e = m.entries[i];
       const std::string src = (std::filesystem::path(input) / e.stored).string();
       const std::string orig =
           options.against.empty() ? "" : (std::filesystem::path(options.against) / e.original).string();
@@ -209,6 +250,8 @@ absl::StatusOr<DecompressStats> VerifyPath(const std::string& input, const Verif
         RETURN_IF_ERROR(cmp(bytes));
         RETURN_IF_ERROR(cmp.Finish());
       }
+      ctx.progress_offset += plan[i].original_size;
+      if (ctx.progress) ctx.progress(ctx.progress_offset, ctx.progress_total);
     }
     if (!options.against.empty()) {
       // Every original file must be accounted for.

@@ -69,7 +69,7 @@ absl::StatusOr<AtomicFile> AtomicFile::Create(const std::string& path, bool over
   }
   std::string temp = TempName(path);
   int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot create ", temp));
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot create ", path));
   return AtomicFile(path, std::move(temp), fd, overwrite);
 }
 
@@ -155,7 +155,7 @@ absl::StatusOr<AtomicDirectory> AtomicDirectory::Create(const std::string& path,
     return absl::AlreadyExistsError(absl::StrCat(path, ": output exists (use --force to overwrite)"));
   }
   std::string temp = TempName(path);
-  if (mkdir(temp.c_str(), 0755) != 0) return ErrnoStatus(errno, absl::StrCat("cannot create ", temp));
+  if (mkdir(temp.c_str(), 0755) != 0) return ErrnoStatus(errno, absl::StrCat("cannot create ", path));
   return AtomicDirectory(path, std::move(temp), overwrite);
 }
 

@@ -35,8 +35,9 @@ absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir)
     if (ec) return ErrnoStatus(ec.value(), absl::StrCat("cannot list ", dir));
     if (!it->is_regular_file(ec)) continue;
     DirEntry e;
-    e.relative = fs::relative(it->path(), dir, ec).generic_string();
-    if (ec) return ErrnoStatus(ec.value(), absl::StrCat("cannot list ", dir));
+    // Lexical, not fs::relative: a symlinked file (as in a Hugging Face cache
+    // snapshot) keeps its own name, not its target's.
+    e.relative = it->path().lexically_relative(dir).generic_string();
     ASSIGN_OR_RETURN(e.size, FileSize(it->path().string()));
     out.push_back(std::move(e));
   }

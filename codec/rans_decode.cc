@@ -2,6 +2,9 @@
 // dispatch to the fast decoders.
 #include "codec/rans_decode.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "codec/byte_io.h"
 
@@ -134,6 +137,18 @@ const char* DecoderImplName(DecoderImpl impl) {
 }
 
 DecoderImpl BestDecoderImpl() {
+  // BIGSMALL_DECODER=reference|scalar|avx2|avx512 overrides the choice (for
+  // benchmarks and for ruling a SIMD path out in the field).
+  static const DecoderImpl forced = [] {
+    const char* env = std::getenv("BIGSMALL_DECODER");
+    const std::string v = env ? env : "";
+    if (v == "reference") return DecoderImpl::kReference;
+    if (v == "scalar") return DecoderImpl::kScalar;
+    if (v == "avx2" && rans::CpuHasAvx2()) return DecoderImpl::kAvx2;
+    if (v == "avx512" && rans::CpuHasAvx512()) return DecoderImpl::kAvx512;
+    return DecoderImpl::kAuto;
+  }();
+  if (forced != DecoderImpl::kAuto) return forced;
   if (rans::CpuHasAvx512()) return DecoderImpl::kAvx512;
   if (rans::CpuHasAvx2()) return DecoderImpl::kAvx2;
   return DecoderImpl::kScalar;

@@ -25,3 +25,10 @@ if ((${#missing[@]})); then
 else
   echo "install_deps: all packages present"
 fi
+
+# Python side (corpus script, benchmarks): numpy only; ZipNN is optional and
+# installed by bench/run_bench.sh when benchmarking.
+if ! python3 -c "import numpy" 2>/dev/null; then
+  echo "install_deps: installing numpy (pip)"
+  python3 -m pip install --quiet numpy
+fi

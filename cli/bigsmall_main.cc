@@ -1,0 +1,151 @@
+// bigsmall: lossless compression of safetensors model weights into .bs files.
+//
+//   bigsmall compress INPUT [-o OUT] [--storage|--inference] [--base BASE] ...
+//   bigsmall decompress INPUT.bs [-o OUT] [--base BASE] ...
+//   bigsmall info FILE.bs [--json] [--tensors]
+//   bigsmall verify FILE.bs [--against ORIGINAL] [--base BASE] ...
+//   bigsmall help [COMMAND] | --version
+//
+// Exit codes (see cli/exit_codes.h, printed by `bigsmall help`):
+//   0 ok, 1 other failure (I/O etc.), 2 usage error, 3 corrupt or mismatching
+//   data, 4 not found, 5 wrong or missing base / precondition, 6 output exists.
+//
+// CLI11 reports parse problems by throwing; those exceptions are caught here
+// and nowhere else. Everything below main works with absl::Status.
+
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+#include "cli/exit_codes.h"
+#include "codec/format.h"
+#include "codec/tensor_codec.h"
+
+#ifndef BIGSMALL_VERSION
+#define BIGSMALL_VERSION "0.0.0"
+#endif
+
+namespace bigsmall::cli {
+namespace {
+
+std::string VersionText() {
+  return absl::StrCat("bigsmall ", BIGSMALL_VERSION, " (.bs format ", kFormatVersionMajor, ".",
+                      kFormatVersionMinor, ", rANS decoder ", DecoderImplName(BestDecoderImpl()), ")");
+}
+
+constexpr char kDescription[] =
+    "BigSmall: lossless compression of safetensors model weights into .bs files.\n"
+    "Every tensor and the whole file are hashed; decompress rebuilds the original byte for byte.";
+
+constexpr char kNotes[] =
+    "Notes:\n"
+    "  INPUT may be a .safetensors file or a model directory (every *.safetensors\n"
+    "  shard is compressed, every other file is copied).\n"
+    "  Default outputs: X.safetensors -> X.safetensors.bs, DIR -> DIR.bs, and back.\n"
+    "  Outputs are written atomically; an existing output needs --force.\n"
+    "  'ratio' in --json output is stored bytes / original bytes.\n"
+    "  Progress goes to stderr (only on a terminal); summaries and --json to stdout.\n";
+
+int Main(int argc, char** argv) {
+  CLI::App app{kDescription, "bigsmall"};
+  app.set_version_flag("--version", VersionText(), "Print the version and exit");
+  app.footer(absl::StrCat("\n", kNotes, "\n", ExitCodeHelp()));
+  app.require_subcommand(1);
+
+  CompressArgs ca;
+  CLI::App* compress = app.add_subcommand("compress", "Compress a .safetensors file or a model directory");
+  compress->add_option("INPUT", ca.input, ".safetensors file or model directory")->required();
+  compress->add_option("-o,--output", ca.output, "Output path (default: INPUT.bs)");
+  CLI::Option* storage =
+      compress->add_flag("--storage", ca.storage, "Smallest output: exponent-conditioned mantissa tables, larger chunks, zstd level 9");
+  CLI::Option* inference =
+      compress->add_flag("--inference", ca.inference, "Fastest decode: plain rANS/raw planes only (no zstd); default is balanced");
+  storage->excludes(inference);
+  compress->add_option("--base", ca.base, "Store a fine-tune as a delta against this base file or directory");
+  compress->add_option("--threads", ca.threads, "Worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  compress->add_option("--layer-pattern", ca.layer_pattern,
+                       "Custom layer grouping: a prefix with one {N}, e.g. 'decoder.block.{N}.'");
+  compress->add_option("--chunk-elements", ca.chunk_elements, "Elements per coded chunk (default: the mode's)")
+      ->check(CLI::Range(uint32_t{1}, kMaxChunkElements));
+  compress->add_flag("-f,--force", ca.force, "Overwrite an existing output");
+  compress->add_flag("--json", ca.json, "Print one JSON object with the stats");
+  compress->add_flag("-q,--quiet", ca.quiet, "No progress bar, no summary");
+
+  DecompressArgs da;
+  CLI::App* decompress = app.add_subcommand("decompress", "Rebuild the original file or directory from .bs");
+  decompress->add_option("INPUT", da.input, ".bs file or compressed directory")->required();
+  decompress->add_option("-o,--output", da.output, "Output path (default: INPUT without .bs)");
+  decompress->add_option("--base", da.base, "The base model a fine-tune delta was made against");
+  decompress->add_option("--threads", da.threads, "Worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  decompress->add_flag("-f,--force", da.force, "Overwrite an existing output");
+  decompress->add_flag("--json", da.json, "Print one JSON object with the stats");
+  decompress->add_flag("-q,--quiet", da.quiet, "No progress bar, no summary");
+
+  InfoArgs ia;
+  CLI::App* info = app.add_subcommand("info", "Describe a .bs file or a compressed directory");
+  info->add_option("INPUT", ia.input, ".bs file or compressed directory")->required();
+  info->add_flag("--json", ia.json, "Print one JSON object");
+  info->add_flag("--tensors", ia.tensors, "Add a per-tensor table (reads every tensor's blob header)");
+
+  VerifyArgs va;
+  CLI::App* verify = app.add_subcommand("verify", "Decode everything and check every hash");
+  verify->add_option("INPUT", va.input, ".bs file or compressed directory")->required();
+  verify->add_option("--against", va.against, "Also compare the rebuilt bytes with this original");
+  verify->add_option("--base", va.base, "The base model a fine-tune delta was made against");
+  verify->add_option("--threads", va.threads, "Worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  verify->add_flag("--json", va.json, "Print one JSON object with the stats");
+  verify->add_flag("-q,--quiet", va.quiet, "No progress bar, no summary");
+
+  std::string help_topic;
+  CLI::App* help = app.add_subcommand("help", "Show help for bigsmall or one command");
+  help->add_option("COMMAND", help_topic, "Command to describe");
+
+  // After parsing, App::help() describes the selected subcommand; keep the top-level text.
+  const std::string main_help = app.help();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);  // --help, --version
+    std::fprintf(stderr, "bigsmall: error: %s\nRun 'bigsmall help' for usage.\n", e.what());
+    return kExitUsage;
+  }
+
+  if (help->parsed()) {
+    if (help_topic.empty()) {
+      std::fputs(main_help.c_str(), stdout);
+      return kExitOk;
+    }
+    for (CLI::App* sub : {compress, decompress, info, verify, help}) {
+      if (sub->get_name() == help_topic) {
+        std::fputs(sub->help().c_str(), stdout);  // the footer lists the exit codes
+        return kExitOk;
+      }
+    }
+    std::fprintf(stderr, "bigsmall: error: unknown command '%s'\nRun 'bigsmall help' for usage.\n",
+                 help_topic.c_str());
+    return kExitUsage;
+  }
+  if (compress->parsed()) return RunCompress(ca);
+  if (decompress->parsed()) return RunDecompress(da);
+  if (info->parsed()) return RunInfo(ia);
+  if (verify->parsed()) return RunVerify(va);
+  std::fputs(main_help.c_str(), stderr);
+  return kExitUsage;
+}
+
+}  // namespace
+}  // namespace bigsmall::cli
+
+int main(int argc, char** argv) {
+  // Last line of defence: nothing below throws by design, but std::bad_alloc
+  // (or a CLI11 formatting exception) must not abort the process.
+  try {
+    return bigsmall::cli::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bigsmall: error: %s\n", e.what());
+    return bigsmall::cli::kExitFailure;
+  }
+}

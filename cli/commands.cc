@@ -1,0 +1,247 @@
+#include "cli/commands.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <system_error>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "cli/exit_codes.h"
+#include "cli/format_util.h"
+#include "cli/info_command.h"
+#include "cli/progress_bar.h"
+#include "codec/compress.h"
+#include "codec/decompress.h"
+#include "codec/file_util.h"
+#include "codec/format.h"
+#include "nlohmann/json.hpp"
+
+namespace bigsmall::cli {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+void PrintJson(const Json& j) {
+  // Paths from the command line need not be UTF-8: replace bad bytes rather than throw.
+  const std::string text = j.dump(2, ' ', false, Json::error_handler_t::replace);
+  std::fprintf(stdout, "%s\n", text.c_str());
+  std::fflush(stdout);
+}
+
+void PrintLine(const std::string& line) {
+  std::fprintf(stdout, "%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+int Fail(const std::string& command, const absl::Status& status, bool json) {
+  return ReportError(command, std::string(status.message()), ExitCodeFor(status), json,
+                     absl::StatusCodeToString(status.code()));
+}
+
+// True when writing `output` would replace `input` (the same path, or the same file).
+bool SamePath(const std::string& input, const std::string& output) {
+  if (SameFile(input, output)) return true;
+  std::error_code ec1, ec2;
+  const auto a = std::filesystem::weakly_canonical(input, ec1);
+  const auto b = std::filesystem::weakly_canonical(output, ec2);
+  if (ec1 || ec2) return false;
+  return a == b;
+}
+
+// True when `output` would lie inside the directory `input` (it would be
+// picked up by the next compression of that directory).
+bool InsideDirectory(const std::string& input, const std::string& output) {
+  if (!IsDirectory(input)) return false;
+  std::error_code ec1, ec2;
+  const auto dir = std::filesystem::weakly_canonical(input, ec1);
+  const auto out = std::filesystem::weakly_canonical(output, ec2);
+  if (ec1 || ec2) return false;
+  const auto rel = out.lexically_relative(dir);
+  return !rel.empty() && *rel.begin() != "..";
+}
+
+int RefuseSamePath(const std::string& command, const std::string& input, const std::string& output,
+                   bool json) {
+  return ReportError(command,
+                     absl::StrCat(output, ": output would overwrite the input (choose another -o)"),
+                     kExitUsage, json, "INVALID_ARGUMENT");
+}
+
+// Original bytes and tensor count of the compressed data under a .bs path,
+// from the index only; zeros when it cannot be read (the command itself will
+// then report why).
+struct Preflight {
+  uint64_t compressed_original_bytes = 0;
+  uint64_t tensors = 0;
+};
+Preflight ReadPreflight(const std::string& path) {
+  Preflight p;
+  absl::StatusOr<Json> info = BuildInfo(path, /*with_tensors=*/false);
+  if (!info.ok()) return p;
+  p.tensors = (*info)["tensor_count"].get<uint64_t>();
+  if ((*info)["kind"] == "directory") {
+    for (const Json& f : (*info)["files"]) p.compressed_original_bytes += f["original_bytes"].get<uint64_t>();
+  } else {
+    p.compressed_original_bytes = (*info)["original_bytes"].get<uint64_t>();
+  }
+  return p;
+}
+
+bool ShowProgress(bool json, bool quiet) { return !json && !quiet && ProgressBar::StderrIsTerminal(); }
+
+}  // namespace
+
+int ReportError(const std::string& command, const std::string& message, int exit_code, bool json,
+                const std::string& status_code) {
+  std::fprintf(stderr, "bigsmall: error: %s\n", message.c_str());
+  std::fflush(stderr);
+  if (json) {
+    Json j;
+    j["ok"] = false;
+    j["command"] = command;
+    j["error"] = message;
+    if (!status_code.empty()) j["code"] = status_code;
+    j["exit_code"] = exit_code;
+    PrintJson(j);
+  }
+  return exit_code;
+}
+
+int RunCompress(const CompressArgs& args) {
+  const std::string output = args.output.empty() ? DefaultCompressedName(args.input) : args.output;
+  if (SamePath(args.input, output)) return RefuseSamePath("compress", args.input, output, args.json);
+  if (InsideDirectory(args.input, output)) {
+    return ReportError("compress", absl::StrCat(output, ": output would be inside the input directory ", args.input),
+                       kExitUsage, args.json, "INVALID_ARGUMENT");
+  }
+  CompressOptions options;
+  options.mode = args.storage ? Mode::kStorage : args.inference ? Mode::kInference : Mode::kBalanced;
+  options.threads = args.threads;
+  options.base = args.base;
+  options.layer_pattern = args.layer_pattern;
+  options.chunk_elements = args.chunk_elements;
+  options.force = args.force;
+  ProgressBar bar("compressing", ShowProgress(args.json, args.quiet));
+  options.progress = bar.Callback();
+  absl::StatusOr<CompressStats> stats = CompressPath(args.input, output, options);
+  bar.Finish();
+  if (!stats.ok()) return Fail("compress", stats.status(), args.json);
+  const double rate = Rate(stats->input_bytes, stats->seconds);
+  if (args.json) {
+    Json j;
+    j["ok"] = true;
+    j["command"] = "compress";
+    j["input"] = args.input;
+    j["output"] = output;
+    j["mode"] = ModeName(options.mode);
+    j["base"] = args.base;
+    j["input_bytes"] = stats->input_bytes;
+    j["output_bytes"] = stats->output_bytes;
+    j["ratio"] = Ratio(stats->output_bytes, stats->input_bytes);
+    j["tensors"] = stats->tensors;
+    j["files"] = stats->files;
+    j["seconds"] = stats->seconds;
+    j["bytes_per_second"] = rate;
+    PrintJson(j);
+  } else if (!args.quiet) {
+    PrintLine(absl::StrCat("compressed ", args.input, " -> ", output, ": ", HumanBytes(stats->input_bytes),
+                           " -> ", HumanBytes(stats->output_bytes), " (",
+                           Percent(stats->output_bytes, stats->input_bytes), "), ",
+                           HumanDuration(stats->seconds), ", ", HumanRate(rate)));
+  }
+  return kExitOk;
+}
+
+int RunDecompress(const DecompressArgs& args) {
+  const std::string output = args.output.empty() ? DefaultDecompressedName(args.input) : args.output;
+  if (SamePath(args.input, output)) return RefuseSamePath("decompress", args.input, output, args.json);
+  const bool show = ShowProgress(args.json, args.quiet);
+  const Preflight pre = ReadPreflight(args.input);
+  DecompressOptions options;
+  options.threads = args.threads;
+  options.base = args.base;
+  options.force = args.force;
+  ProgressBar bar("decompressing", show, pre.compressed_original_bytes);
+  options.progress = bar.Callback();
+  absl::StatusOr<DecompressStats> stats = DecompressPath(args.input, output, options);
+  bar.Finish();
+  if (!stats.ok()) return Fail("decompress", stats.status(), args.json);
+  const uint64_t tensors = stats->tensors != 0 ? stats->tensors : pre.tensors;
+  const double rate = Rate(stats->output_bytes, stats->seconds);
+  if (args.json) {
+    Json j;
+    j["ok"] = true;
+    j["command"] = "decompress";
+    j["input"] = args.input;
+    j["output"] = output;
+    j["base"] = args.base;
+    j["input_bytes"] = stats->input_bytes;
+    j["output_bytes"] = stats->output_bytes;
+    j["tensors"] = tensors;
+    j["files"] = stats->files;
+    j["seconds"] = stats->seconds;
+    j["bytes_per_second"] = rate;
+    PrintJson(j);
+  } else if (!args.quiet) {
+    PrintLine(absl::StrCat("decompressed ", args.input, " -> ", output, ": ", HumanBytes(stats->input_bytes),
+                           " -> ", HumanBytes(stats->output_bytes), ", ", HumanDuration(stats->seconds), ", ",
+                           HumanRate(rate)));
+  }
+  return kExitOk;
+}
+
+int RunInfo(const InfoArgs& args) {
+  absl::StatusOr<Json> info = BuildInfo(args.input, args.tensors);
+  if (!info.ok()) return Fail("info", info.status(), args.json);
+  if (args.json) {
+    PrintJson(*info);
+  } else {
+    std::fputs(FormatInfo(*info).c_str(), stdout);
+    std::fflush(stdout);
+  }
+  return kExitOk;
+}
+
+int RunVerify(const VerifyArgs& args) {
+  const bool show = ShowProgress(args.json, args.quiet);
+  const Preflight pre = ReadPreflight(args.input);
+  VerifyOptions options;
+  options.threads = args.threads;
+  options.base = args.base;
+  options.against = args.against;
+  ProgressBar bar("verifying", show, pre.compressed_original_bytes);
+  options.progress = bar.Callback();
+  absl::StatusOr<DecompressStats> stats = VerifyPath(args.input, options);
+  bar.Finish();
+  if (!stats.ok()) return Fail("verify", stats.status(), args.json);
+  const uint64_t tensors = stats->tensors != 0 ? stats->tensors : pre.tensors;
+  const double rate = Rate(stats->output_bytes, stats->seconds);
+  if (args.json) {
+    Json j;
+    j["ok"] = true;
+    j["command"] = "verify";
+    j["input"] = args.input;
+    j["against"] = args.against;
+    j["base"] = args.base;
+    j["input_bytes"] = stats->input_bytes;
+    j["output_bytes"] = stats->output_bytes;
+    j["tensors"] = tensors;
+    j["files"] = stats->files;
+    j["seconds"] = stats->seconds;
+    j["bytes_per_second"] = rate;
+    PrintJson(j);
+  } else if (!args.quiet) {
+    std::string line = absl::StrCat("verified ", args.input, ": OK, ", stats->files,
+                                    stats->files == 1 ? " file, " : " files, ", tensors, " tensors, ",
+                                    HumanBytes(stats->output_bytes), ", every hash matches");
+    if (!args.against.empty()) absl::StrAppend(&line, ", identical to ", args.against);
+    absl::StrAppend(&line, ", ", HumanDuration(stats->seconds), ", ", HumanRate(rate));
+    PrintLine(line);
+  }
+  return kExitOk;
+}
+
+}  // namespace bigsmall::cli

@@ -1,0 +1,63 @@
+// The `bigsmall` subcommands, parsed arguments in, exit code out. Each prints
+// its summary (text, or one JSON object with --json) to stdout and errors to
+// stderr as "bigsmall: error: <message>".
+#ifndef BIGSMALL_CLI_COMMANDS_H_
+#define BIGSMALL_CLI_COMMANDS_H_
+
+#include <cstdint>
+#include <string>
+
+namespace bigsmall::cli {
+
+struct CompressArgs {
+  std::string input;
+  std::string output;  // empty: DefaultCompressedName(input)
+  bool storage = false;
+  bool inference = false;
+  std::string base;
+  int threads = 0;
+  std::string layer_pattern;
+  uint32_t chunk_elements = 0;
+  bool force = false;
+  bool json = false;
+  bool quiet = false;
+};
+
+struct DecompressArgs {
+  std::string input;
+  std::string output;  // empty: DefaultDecompressedName(input)
+  std::string base;
+  int threads = 0;
+  bool force = false;
+  bool json = false;
+  bool quiet = false;
+};
+
+struct InfoArgs {
+  std::string input;
+  bool json = false;
+  bool tensors = false;
+};
+
+struct VerifyArgs {
+  std::string input;
+  std::string against;
+  std::string base;
+  int threads = 0;
+  bool json = false;
+  bool quiet = false;
+};
+
+int RunCompress(const CompressArgs& args);
+int RunDecompress(const DecompressArgs& args);
+int RunInfo(const InfoArgs& args);
+int RunVerify(const VerifyArgs& args);
+
+// Prints "bigsmall: error: <message>" to stderr (and with `json` a JSON
+// error object to stdout); returns `exit_code`.
+int ReportError(const std::string& command, const std::string& message, int exit_code, bool json,
+                const std::string& status_code = "");
+
+}  // namespace bigsmall::cli
+
+#endif  // BIGSMALL_CLI_COMMANDS_H_

@@ -1,0 +1,34 @@
+// Process exit codes of the `bigsmall` command-line tool.
+//
+//   0  success
+//   1  any other failure (I/O error, not a .bs file, bad input, ...)
+//   2  usage error (bad flags or arguments, output would overwrite the input)
+//   3  corrupt or mismatching data (a hash check failed, truncated file,
+//      rebuilt bytes differ from --against)                     [kDataLoss]
+//   4  an input was not found                                   [kNotFound]
+//   5  wrong or missing --base, unsupported format version      [kFailedPrecondition]
+//   6  the output exists and --force was not given              [kAlreadyExists]
+#ifndef BIGSMALL_CLI_EXIT_CODES_H_
+#define BIGSMALL_CLI_EXIT_CODES_H_
+
+#include "absl/status/status.h"
+
+namespace bigsmall::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+inline constexpr int kExitDataLoss = 3;
+inline constexpr int kExitNotFound = 4;
+inline constexpr int kExitPrecondition = 5;
+inline constexpr int kExitAlreadyExists = 6;
+
+// The exit code for a failed (or ok) status.
+int ExitCodeFor(const absl::Status& status);
+
+// Text for `bigsmall help`, one code per line.
+const char* ExitCodeHelp();
+
+}  // namespace bigsmall::cli
+
+#endif  // BIGSMALL_CLI_EXIT_CODES_H_

@@ -1,0 +1,76 @@
+// Writes seed inputs for the decoder fuzzers: small tensor blobs of every
+// split and coder, and small .bs files (plain and delta), into
+// corpus/tensor_blob/ and corpus/bs_file/. Run once; the seeds are committed.
+//
+// usage: make_seeds OUT_DIR
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codec/compress.h"
+#include "codec/dtype.h"
+#include "codec/tensor_codec.h"
+
+namespace fs = std::filesystem;
+using namespace bigsmall;
+
+static void Write(const fs::path& p, const std::vector<uint8_t>& b) {
+  std::ofstream o(p, std::ios::binary);
+  o.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+static std::vector<uint8_t> Values(size_t bytes, uint32_t seed, int spread) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> v(bytes);
+  for (size_t i = 0; i < bytes; ++i) v[i] = static_cast<uint8_t>(i % 2 ? 60 + rng() % spread : rng());
+  return v;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2) return 2;
+  const fs::path out = argv[1];
+  fs::create_directories(out / "tensor_blob");
+  fs::create_directories(out / "bs_file");
+  int k = 0;
+  for (const char* dtype : {"BF16", "F32", "F16", "U8", "I64"}) {
+    for (Mode mode : {Mode::kBalanced, Mode::kStorage, Mode::kInference}) {
+      EncodeOptions eo;
+      eo.mode = mode;
+      eo.chunk_elements = 96;
+      const DtypeInfo info = ResolveDtype(dtype);
+      auto blob = EncodeTensorBlob(Values(info.width * 300, k, 5), info, eo);
+      if (!blob.ok()) return 1;
+      Write(out / "tensor_blob" / (std::string(dtype) + "_" + ModeName(mode)), *blob);
+      ++k;
+    }
+  }
+  // A tiny safetensors file, compressed plain and as a delta.
+  const fs::path tmp = fs::temp_directory_path() / "bigsmall_seeds";
+  fs::create_directories(tmp);
+  std::string json = R"({"model.layers.0.w":{"dtype":"BF16","shape":[64],"data_offsets":[0,128]},"embed":{"dtype":"F32","shape":[8],"data_offsets":[128,160]}})";
+  while (json.size() % 8) json.push_back(' ');
+  for (int variant = 0; variant < 2; ++variant) {
+    std::vector<uint8_t> f(8);
+    const uint64_t n = json.size();
+    std::memcpy(f.data(), &n, 8);
+    f.insert(f.end(), json.begin(), json.end());
+    auto data = Values(160, 100 + variant, 7);
+    f.insert(f.end(), data.begin(), data.end());
+    Write(tmp / ("m" + std::to_string(variant) + ".safetensors"), f);
+  }
+  CompressOptions co;
+  co.force = true;
+  if (!CompressPath((tmp / "m0.safetensors").string(), (out / "bs_file" / "plain.bs").string(), co).ok()) return 1;
+  co.mode = Mode::kStorage;
+  if (!CompressPath((tmp / "m0.safetensors").string(), (out / "bs_file" / "storage.bs").string(), co).ok()) return 1;
+  co.base = (tmp / "m0.safetensors").string();
+  if (!CompressPath((tmp / "m1.safetensors").string(), (out / "bs_file" / "delta.bs").string(), co).ok()) return 1;
+  fs::remove_all(tmp);
+  std::printf("seeds written to %s\n", out.c_str());
+  return 0;
+}
