@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <random>
 #include <thread>
@@ -77,14 +78,21 @@ class Daemon {
     mkdir(dir_.c_str(), 0700);
     socket_ = dir_ + "/bigsmall.sock";
     std::vector<std::string> args = {BIGSMALLD_PATH, "--socket", socket_, "--shm-dir",
-                                     dir_ + "/shm", "--log-level", "info", "--drain-seconds", "3"};
+                                     dir_ + "/shm", "--log-level", "info", "--drain-seconds", "1"};
     args.insert(args.end(), extra.begin(), extra.end());
     pid_ = testing::Spawn(args, "", dir_ + "/daemon.log");
+    struct stat st;
+    for (int i = 0; i < 300 && stat(socket_.c_str(), &st) != 0 && alive(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     auto c = Client::Connect(socket_);
     if (c.ok()) client_ = std::move(*c);
     ready_ = client_ != nullptr && client_->WaitReady(15s).ok();
   }
-  ~Daemon() { Stop(); }
+  ~Daemon() {
+    Stop();
+    if (std::getenv("BIGSMALL_SHOW_LOG")) std::cerr << log();
+  }
 
   // SIGTERM; returns true on a clean exit with everything removed.
   bool Stop() {
@@ -553,6 +561,7 @@ TEST_F(IntegrationTest, HealthServiceAndSocketPermissions) {
   if (s2 == -1) testing::StopProcess(second, SIGKILL, 2s);
   EXPECT_NE(testing::ReadFile(d.dir() + "/second.log").find("another daemon"), std::string::npos);
   EXPECT_TRUE(d.Stop()) << d.log();
+  if (std::getenv("BIGSMALL_SHOW_LOG")) std::cerr << d.log();
 }
 
 }  // namespace

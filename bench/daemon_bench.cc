@@ -1,0 +1,212 @@
+// daemon_bench: streams a large LLM-shaped model through bigsmalld to an
+// in-process client and compares, in the same run, with `bigsmall
+// decompress` of the same file and a plain read of the uncompressed
+// safetensors. Prints a markdown table and writes it to --out.
+//
+//   python3 bench/gen_llm.py --out /tmp/llm-2g.safetensors --size-gb 2
+//   build/bench/daemon_bench --input /tmp/llm-2g.safetensors
+//
+// Page cache: every path reads files that were just written or read, so the
+// numbers are warm-cache decode/serve throughput (what the daemon adds on
+// top of storage), not storage speed.
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/client.h"
+#include "codec/compress.h"
+#include "tests/integration/daemon_process.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
+
+struct Row {
+  std::string path;
+  double seconds = 0;
+  double gbps = 0;
+  std::string layers_per_s = "-";
+  std::string first_layer_ms = "-";
+  std::string rss = "-";
+};
+
+uint64_t FileSize(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+// Runs a command; returns wall seconds and the child's peak RSS (kB).
+bool RunTimed(const std::vector<std::string>& args, double* seconds, long* maxrss_kb) {
+  auto start = Clock::now();
+  pid_t pid = bigsmall::testing::Spawn(args, "/dev/null", "");
+  int status = 0;
+  rusage ru{};
+  if (wait4(pid, &status, 0, &ru) != pid) return false;
+  *seconds = Seconds(start);
+  *maxrss_kb = ru.ru_maxrss;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"daemon_bench: bigsmalld streaming vs bigsmall decompress vs plain read"};
+  std::string input, bs, out = "bench/results/daemon.md", work = "/dev/shm";
+  std::string bigsmalld = BIGSMALLD_PATH, cli = BIGSMALL_CLI_PATH, budget = "2G";
+  uint32_t window = 4;
+  int prefetch = 2;
+  app.add_option("--input", input, "LLM-shaped .safetensors (bench/gen_llm.py)")->required();
+  app.add_option("--bs", bs, "its .bs (default INPUT.bs, compressed if missing)");
+  app.add_option("--out", out, "markdown output")->capture_default_str();
+  app.add_option("--work", work, "scratch dir for the decompress output and socket")
+      ->capture_default_str();
+  app.add_option("--budget", budget, "daemon cache budget")->capture_default_str();
+  app.add_option("--window", window, "client window")->capture_default_str();
+  app.add_option("--prefetch", prefetch, "daemon prefetch depth")->capture_default_str();
+  app.add_option("--bigsmalld", bigsmalld)->capture_default_str();
+  app.add_option("--bigsmall", cli)->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (bs.empty()) bs = input + ".bs";
+  if (FileSize(bs) == 0) {
+    std::fprintf(stderr, "compressing %s ...\n", input.c_str());
+    bigsmall::CompressOptions options;
+    auto st = bigsmall::CompressPath(input, bs, options);
+    if (!st.ok()) {
+      std::fprintf(stderr, "compress: %s\n", st.status().ToString().c_str());
+      return 1;
+    }
+  }
+  const uint64_t original = FileSize(input);
+  std::vector<Row> rows;
+
+  // 1. Plain read of the uncompressed file.
+  {
+    std::vector<char> buf(16 << 20);
+    int fd = ::open(input.c_str(), O_RDONLY);
+    auto start = Clock::now();
+    uint64_t total = 0;
+    ssize_t n;
+    while ((n = ::read(fd, buf.data(), buf.size())) > 0) total += static_cast<uint64_t>(n);
+    ::close(fd);
+    Row r;
+    r.path = "plain read of .safetensors (16 MiB reads)";
+    r.seconds = Seconds(start);
+    r.gbps = total / r.seconds / 1e9;
+    rows.push_back(r);
+  }
+  // 2. bigsmall decompress of the same .bs.
+  double cli_gbps = 0;
+  {
+    std::string dest = work + "/daemon_bench_out.safetensors";
+    Row r;
+    long rss = 0;
+    r.path = "`bigsmall decompress` (to tmpfs)";
+    if (!RunTimed({cli, "decompress", bs, "-o", dest, "--force", "--quiet"}, &r.seconds, &rss)) {
+      std::fprintf(stderr, "bigsmall decompress failed\n");
+      return 1;
+    }
+    ::unlink(dest.c_str());
+    r.gbps = original / r.seconds / 1e9;
+    r.rss = absl::StrFormat("%.0f MiB", rss / 1024.0);
+    cli_gbps = r.gbps;
+    rows.push_back(r);
+  }
+  // 3. The daemon, streamed to this process.
+  double daemon_gbps = 0, ttfl_ms = 0;
+  {
+    std::string dir = work + "/daemon_bench." + std::to_string(getpid());
+    ::mkdir(dir.c_str(), 0700);
+    std::string socket = dir + "/s.sock";
+    pid_t pid = bigsmall::testing::Spawn(
+        {bigsmalld, "--socket", socket, "--shm-dir", dir + "/shm", "--cache-budget", budget,
+         "--prefetch", std::to_string(prefetch), "--log-level", "warn"},
+        "", dir + "/daemon.log");
+    auto client = bigsmall::client::Client::Connect(socket);
+    if (!client.ok() || !(*client)->WaitReady(std::chrono::seconds(20)).ok()) {
+      std::fprintf(stderr, "daemon did not start: %s\n",
+                   bigsmall::testing::ReadFile(dir + "/daemon.log").c_str());
+      bigsmall::testing::StopProcess(pid, SIGKILL, std::chrono::seconds(5));
+      return 1;
+    }
+    auto open_start = Clock::now();
+    auto desc = (*client)->OpenModel(bs);
+    double open_ms = Seconds(open_start) * 1000;
+    if (!desc.ok()) {
+      std::fprintf(stderr, "open: %s\n", desc.status().ToString().c_str());
+      return 1;
+    }
+    bigsmall::client::StreamOptions so;
+    so.include_non_layer = true;
+    so.window = window;
+    auto start = Clock::now();
+    auto stream = (*client)->Stream(desc->model_id(), so);
+    uint64_t bytes = 0, layers = 0;
+    double first = -1;
+    volatile uint8_t sink = 0;
+    while (true) {
+      auto layer = (*stream)->Next();
+      if (!layer.ok()) {
+        std::fprintf(stderr, "stream: %s\n", layer.status().ToString().c_str());
+        return 1;
+      }
+      if (*layer == nullptr) break;
+      if (first < 0) first = Seconds(start) * 1000;
+      for (const auto& t : (*layer)->tensors()) {
+        bytes += t.size;
+        // Touch one byte per page so the client really maps the layer.
+        for (uint64_t i = 0; i < t.size; i += 4096) sink = sink + t.data[i];
+      }
+      ++layers;
+    }
+    double secs = Seconds(start);
+    long daemon_hwm = bigsmall::testing::ProcStatusKb(pid, "VmHWM");
+    stream->reset();
+    bigsmall::testing::StopProcess(pid, SIGTERM, std::chrono::seconds(20));
+    rusage self{};
+    getrusage(RUSAGE_SELF, &self);
+    std::string cmd = "rm -rf " + dir;
+    (void)!system(cmd.c_str());
+    Row r;
+    r.path = absl::StrFormat("bigsmalld -> client (budget %s, window %d, prefetch %d)", budget,
+                             window, prefetch);
+    r.seconds = secs;
+    r.gbps = bytes / secs / 1e9;
+    r.layers_per_s = absl::StrFormat("%.1f", layers / secs);
+    r.first_layer_ms = absl::StrFormat("%.1f (open %.1f)", first, open_ms);
+    r.rss = absl::StrFormat("daemon %.0f MiB, client %.0f MiB", daemon_hwm / 1024.0,
+                            self.ru_maxrss / 1024.0);
+    daemon_gbps = r.gbps;
+    ttfl_ms = first;
+    rows.push_back(r);
+  }
+
+  std::string md = absl::StrFormat(
+      "# daemon_bench\n\nInput: `%s` (%.2f GB, %.2f GB stored), %d cores, warm page cache.\n\n"
+      "| path | seconds | GB/s (decoded output) | layers/s | first layer ms | peak RSS |\n"
+      "|---|---|---|---|---|---|\n",
+      input, original / 1e9, FileSize(bs) / 1e9, std::thread::hardware_concurrency());
+  for (const Row& r : rows) {
+    md += absl::StrFormat("| %s | %.3f | %.2f | %s | %s | %s |\n", r.path, r.seconds, r.gbps,
+                          r.layers_per_s, r.first_layer_ms, r.rss);
+  }
+  md += absl::StrFormat(
+      "\nDaemon throughput = %.0f%% of the CLI's decode throughput (target >= 90%%); time to "
+      "first layer %.1f ms (target < 100 ms for a 7B-shaped model).\n",
+      cli_gbps > 0 ? 100 * daemon_gbps / cli_gbps : 0, ttfl_ms);
+  std::fputs(md.c_str(), stdout);
+  std::ofstream(out) << md;
+  return 0;
+}

@@ -1,0 +1,308 @@
+#include "client/client.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace bigsmall::client {
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+std::string TargetFor(const std::string& s) {
+  if (absl::StartsWith(s, "unix:") || absl::StartsWith(s, "dns:") ||
+      absl::StartsWith(s, "ipv4:") || absl::StartsWith(s, "ipv6:")) {
+    return s;
+  }
+  if (s.find('/') != std::string::npos || s.find(':') == std::string::npos) {
+    return "unix:" + s;
+  }
+  return s;  // host:port
+}
+
+std::string DefaultSocketPath() {
+  const char* env = std::getenv("BIGSMALL_SOCKET");
+  return env != nullptr && *env != '\0' ? env : "/run/bigsmall/bigsmall.sock";
+}
+
+// The sync bidi call shared by a LayerStream and the Layers it handed out
+// (a Layer may outlive its stream; then releasing is a no-op: the call's end
+// already dropped every lease).
+class StreamCore {
+ public:
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> rw;
+  std::mutex write_mu;
+  bool writes_done = false;
+  std::atomic<uint32_t> held{0};
+
+  bool Write(const v1::SessionRequest& request) {
+    std::lock_guard<std::mutex> lock(write_mu);
+    if (writes_done) return false;
+    return rw->Write(request);
+  }
+  void Release(int32_t layer) {
+    v1::SessionRequest request;
+    request.mutable_release()->add_layers(layer);
+    Write(request);
+    held.fetch_sub(1);
+  }
+  void CloseWrites() {
+    std::lock_guard<std::mutex> lock(write_mu);
+    if (!writes_done) {
+      writes_done = true;
+      rw->WritesDone();
+    }
+  }
+};
+
+Layer::~Layer() { Release(); }
+
+void Layer::Release() {
+  if (released_) return;
+  released_ = true;
+  tensors_.clear();
+  if (map_ != nullptr) munmap(map_, map_size_);
+  map_ = nullptr;
+  if (core_ != nullptr) core_->Release(handle_.layer().index());
+  core_.reset();
+}
+
+const Tensor* Layer::Find(const std::string& name) const {
+  for (const Tensor& t : tensors_) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+LayerStream::~LayerStream() {
+  if (core_ == nullptr) return;
+  if (!complete_) core_->ctx.TryCancel();
+  core_->CloseWrites();
+  v1::SessionResponse discard;
+  while (core_->rw->Read(&discard)) {
+  }
+  core_->rw->Finish();
+}
+
+absl::StatusOr<std::unique_ptr<Layer>> LayerStream::Next() {
+  if (complete_) return nullptr;
+  if (window_ > 0 && core_->held.load() >= window_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "holding ", core_->held.load(), " layers = the window; release one before Next()"));
+  }
+  v1::SessionResponse response;
+  if (!core_->rw->Read(&response)) {
+    core_->CloseWrites();
+    absl::Status st = FromGrpc(core_->rw->Finish());
+    complete_ = true;
+    core_.reset();
+    if (st.ok()) return absl::UnavailableError("the daemon ended the stream early");
+    return st;
+  }
+  if (response.has_end()) {
+    complete_ = true;
+    return nullptr;
+  }
+  if (!response.has_layer() || !response.layer().memory().has_host()) {
+    return absl::UnimplementedError("the daemon sent a memory kind this client cannot map");
+  }
+  auto layer = std::unique_ptr<Layer>(new Layer());
+  layer->handle_ = std::move(*response.mutable_layer());
+  layer->core_ = core_;
+  core_->held.fetch_add(1);
+  const v1::HostMemory& host = layer->handle_.memory().host();
+  int fd = ::open(host.path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot open layer memory ", host.path(), ": ", std::strerror(errno)));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < host.size()) {
+    ::close(fd);
+    return absl::DataLossError(absl::StrCat("layer memory ", host.path(), " is short"));
+  }
+  if (host.size() > 0) {
+    void* p = mmap(nullptr, host.size(), PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      ::close(fd);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("mmap ", host.path(), ": ", std::strerror(e)));
+    }
+    layer->map_ = p;
+    layer->map_size_ = host.size();
+  }
+  ::close(fd);
+  const auto* base = static_cast<const uint8_t*>(layer->map_);
+  for (const v1::TensorInfo& info : layer->handle_.layer().tensors()) {
+    if (info.offset() > layer->map_size_ || info.size() > layer->map_size_ - info.offset()) {
+      return absl::DataLossError(absl::StrCat("tensor ", info.name(), " lies outside its layer"));
+    }
+    Tensor t;
+    t.name = info.name();
+    t.dtype = info.dtype();
+    t.shape.assign(info.shape().begin(), info.shape().end());
+    t.data = base + info.offset();
+    t.size = info.size();
+    if (info.hash().size() == t.hash.size()) std::memcpy(t.hash.data(), info.hash().data(), 16);
+    layer->tensors_.push_back(std::move(t));
+  }
+  return layer;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socket_or_address,
+                                                        const ClientOptions& options) {
+  std::unique_ptr<Client> client(new Client());
+  client->options_ = options;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  // Reconnect quickly when the daemon (re)starts.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  client->channel_ = grpc::CreateCustomChannel(TargetFor(socket_or_address),
+                                               grpc::InsecureChannelCredentials(), args);
+  if (client->channel_ == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("bad daemon address ", socket_or_address));
+  }
+  client->stub_ = v1::BigSmall::NewStub(client->channel_);
+  return client;
+}
+
+absl::Status Client::WaitReady(std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::system_clock::now() + timeout;
+  while (std::chrono::system_clock::now() < deadline) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::min(deadline, std::chrono::system_clock::now() +
+                                            std::chrono::milliseconds(500)));
+    v1::GetStatsRequest request;
+    v1::StatsResponse response;
+    grpc::Status st = stub_->GetStats(&ctx, request, &response);
+    if (st.ok()) return absl::OkStatus();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError("the daemon did not answer in time");
+}
+
+void Client::SetDeadline(grpc::ClientContext* ctx) const {
+  if (options_.rpc_timeout.count() > 0) {
+    ctx->set_deadline(std::chrono::system_clock::now() + options_.rpc_timeout);
+  }
+}
+
+absl::StatusOr<v1::ModelDescription> Client::OpenModel(const std::string& path) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::OpenModelRequest request;
+  request.set_model(path);
+  v1::OpenModelResponse response;
+  grpc::Status st = stub_->OpenModel(&ctx, request, &response);
+  if (!st.ok()) return FromGrpc(st);
+  return std::move(*response.mutable_model());
+}
+
+absl::StatusOr<v1::ModelDescription> Client::Describe(const std::string& model_id) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::DescribeModelRequest request;
+  request.set_model_id(model_id);
+  v1::ModelDescription response;
+  grpc::Status st = stub_->DescribeModel(&ctx, request, &response);
+  if (!st.ok()) return FromGrpc(st);
+  return response;
+}
+
+absl::StatusOr<std::unique_ptr<LayerStream>> Client::Stream(const std::string& model_id,
+                                                            const StreamOptions& options) {
+  auto core = std::make_shared<StreamCore>();
+  core->rw = stub_->Session(&core->ctx);
+  v1::SessionRequest request;
+  v1::StartStream* start = request.mutable_start();
+  start->set_model_id(model_id);
+  start->set_from_layer(options.from_layer);
+  start->set_to_layer(options.to_layer);
+  start->set_window(options.window);
+  start->set_include_non_layer(options.include_non_layer);
+  std::unique_ptr<LayerStream> stream(new LayerStream());
+  stream->window_ = options.window;
+  stream->core_ = core;
+  if (!core->Write(request)) {
+    // The call failed at once; Next() reports the daemon's status.
+  }
+  return stream;
+}
+
+absl::StatusOr<std::vector<Client::OwnedTensor>> Client::GetTensors(
+    const std::string& model_id, const std::vector<std::string>& names) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::GetTensorsRequest request;
+  request.set_model_id(model_id);
+  for (const auto& n : names) request.add_names(n);
+  auto reader = stub_->GetTensors(&ctx, request);
+  std::vector<OwnedTensor> out;
+  v1::TensorChunk chunk;
+  while (reader->Read(&chunk)) {
+    if (chunk.has_info()) {
+      out.push_back({chunk.info(), {}});
+      out.back().bytes.reserve(chunk.info().size());
+    }
+    if (out.empty() || chunk.offset() != out.back().bytes.size()) {
+      ctx.TryCancel();
+      while (reader->Read(&chunk)) {
+      }
+      reader->Finish();
+      return absl::DataLossError("GetTensors: chunks out of order");
+    }
+    out.back().bytes.insert(out.back().bytes.end(), chunk.data().begin(), chunk.data().end());
+  }
+  grpc::Status st = reader->Finish();
+  if (!st.ok()) return FromGrpc(st);
+  return out;
+}
+
+absl::StatusOr<v1::ListModelsResponse> Client::ListModels() {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::ListModelsResponse response;
+  grpc::Status st = stub_->ListModels(&ctx, v1::ListModelsRequest(), &response);
+  if (!st.ok()) return FromGrpc(st);
+  return response;
+}
+
+absl::StatusOr<v1::StatsResponse> Client::Stats() {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::StatsResponse response;
+  grpc::Status st = stub_->GetStats(&ctx, v1::GetStatsRequest(), &response);
+  if (!st.ok()) return FromGrpc(st);
+  return response;
+}
+
+absl::StatusOr<v1::EvictResponse> Client::Evict(const std::string& model_id, bool unload) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::EvictRequest request;
+  request.set_model_id(model_id);
+  request.set_unload(unload);
+  v1::EvictResponse response;
+  grpc::Status st = stub_->Evict(&ctx, request, &response);
+  if (!st.ok()) return FromGrpc(st);
+  return response;
+}
+
+}  // namespace bigsmall::client

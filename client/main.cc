@@ -1,0 +1,285 @@
+// bigsmall-client: talks to bigsmalld (stream, ls, stats, evict, ...).
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_format.h"
+#include "client/client.h"
+#include "codec/hash.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using bigsmall::client::Client;
+using nlohmann::json;
+
+int Fail(const absl::Status& status, bool as_json) {
+  if (as_json) {
+    std::cout << json{{"error", {{"code", absl::StatusCodeToString(status.code())},
+                                 {"message", std::string(status.message())}}}}
+                     .dump()
+              << std::endl;
+  }
+  std::fprintf(stderr, "bigsmall-client: %s\n", status.ToString().c_str());
+  return 1;
+}
+
+bool PathExists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+// MODEL is a path (opened on the daemon) or a model id from `ls`.
+absl::StatusOr<bigsmall::v1::ModelDescription> Resolve(Client& client, const std::string& model) {
+  if (PathExists(model)) {
+    char resolved[PATH_MAX];
+    return client.OpenModel(realpath(model.c_str(), resolved) ? resolved : model);
+  }
+  auto described = client.Describe(model);
+  if (described.ok() || described.status().code() != absl::StatusCode::kNotFound) {
+    return described;
+  }
+  return client.OpenModel(model);  // let the daemon say what is wrong
+}
+
+json SummaryJson(const bigsmall::v1::ModelSummary& m) {
+  return {{"model_id", m.model_id()},         {"path", m.path()},
+          {"num_layers", m.num_layers()},     {"original_bytes", m.original_bytes()},
+          {"stored_bytes", m.stored_bytes()}, {"cached_layers", m.cached_layers()},
+          {"cached_bytes", m.cached_bytes()}, {"active_leases", m.active_leases()},
+          {"active_sessions", m.active_sessions()}, {"layer_decodes", m.layer_decodes()},
+          {"layers_served", m.layers_served()}};
+}
+
+std::string Mib(uint64_t b) { return absl::StrFormat("%.1f MiB", b / 1048576.0); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bigsmall-client: streams model layers from bigsmalld"};
+  app.require_subcommand(1);
+  std::string socket = bigsmall::client::DefaultSocketPath();
+  double timeout_s = 30;
+  bool as_json = false;
+  app.add_option("--socket", socket, "daemon socket path (or host:port)")->capture_default_str();
+  app.add_option("--timeout", timeout_s, "seconds per request (0: none)")->capture_default_str();
+  app.add_flag("--json", as_json, "machine-readable output");
+
+  std::string model;
+  int32_t from = 0, to = 0;
+  uint32_t window = 0;
+  bool verify = false, non_layer = false, unload = false;
+  int delay_ms = 0;
+  auto* stream = app.add_subcommand("stream", "stream a model's layers in order");
+  stream->add_option("model", model, "model path or id")->required();
+  stream->add_option("--from", from, "first layer index");
+  stream->add_option("--to", to, "one past the last layer (0: end)");
+  stream->add_option("--window", window, "unreleased layers (0: daemon default)");
+  stream->add_flag("--non-layer", non_layer, "also receive the non-layer tensors first");
+  stream->add_flag("--verify", verify, "re-hash every tensor (XXH3-128) and compare");
+  stream->add_option("--delay-ms", delay_ms, "hold each layer this long (a slow consumer)");
+  stream->add_flag("--json", as_json, "one JSON object per line");
+  auto* open = app.add_subcommand("open", "open a model and print its description");
+  open->add_option("model", model, "model path")->required();
+  open->add_flag("--json", as_json, "JSON output");
+  auto* ls = app.add_subcommand("ls", "list loaded models");
+  ls->add_flag("--json", as_json, "JSON output");
+  auto* stats = app.add_subcommand("stats", "daemon statistics");
+  stats->add_flag("--json", as_json, "JSON output");
+  auto* evict = app.add_subcommand("evict", "drop cached, unleased layers");
+  evict->add_option("model", model, "model path or id (default: all)");
+  evict->add_flag("--unload", unload, "also close the model");
+  evict->add_flag("--json", as_json, "JSON output");
+  CLI11_PARSE(app, argc, argv);
+
+  bigsmall::client::ClientOptions options;
+  options.rpc_timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  auto connected = Client::Connect(socket, options);
+  if (!connected.ok()) return Fail(connected.status(), as_json);
+  Client& client = **connected;
+
+  if (*stream) {
+    auto desc = Resolve(client, model);
+    if (!desc.ok()) return Fail(desc.status(), as_json);
+    bigsmall::client::StreamOptions so;
+    so.from_layer = from;
+    so.to_layer = to;
+    so.window = window;
+    so.include_non_layer = non_layer;
+    auto start = std::chrono::steady_clock::now();
+    auto s = client.Stream(desc->model_id(), so);
+    if (!s.ok()) return Fail(s.status(), as_json);
+    uint64_t layers = 0, bytes = 0, tensors = 0, verified = 0, mismatches = 0, hits = 0;
+    double first_ms = -1;
+    auto last = start;
+    while (true) {
+      auto layer = (*s)->Next();
+      if (!layer.ok()) return Fail(layer.status(), as_json);
+      if (*layer == nullptr) break;
+      auto now = std::chrono::steady_clock::now();
+      double ms = std::chrono::duration<double, std::milli>(now - last).count();
+      last = now;
+      if (first_ms < 0) first_ms = std::chrono::duration<double, std::milli>(now - start).count();
+      uint64_t layer_bytes = 0, layer_bad = 0;
+      for (const auto& t : (*layer)->tensors()) {
+        layer_bytes += t.size;
+        if (verify) {
+          auto h = bigsmall::HashBytes128({t.data, t.size});
+          if (h == t.hash) {
+            ++verified;
+          } else {
+            ++layer_bad;
+            std::fprintf(stderr, "bigsmall-client: tensor %s: hash mismatch (%s != %s)\n",
+                         t.name.c_str(), bigsmall::HashToHex(h).c_str(),
+                         bigsmall::HashToHex(t.hash).c_str());
+          }
+        }
+      }
+      ++layers;
+      bytes += layer_bytes;
+      tensors += (*layer)->tensors().size();
+      mismatches += layer_bad;
+      hits += (*layer)->cache_hit() ? 1 : 0;
+      if (as_json) {
+        json line = {{"layer", (*layer)->index()},
+                     {"name", (*layer)->name()},
+                     {"tensors", (*layer)->tensors().size()},
+                     {"bytes", layer_bytes},
+                     {"ms", ms},
+                     {"cache_hit", (*layer)->cache_hit()}};
+        if (verify) line["verified"] = layer_bad == 0;
+        std::cout << line.dump() << std::endl;
+      } else {
+        std::cout << absl::StrFormat("layer %4d %-24s %3d tensors %12s %8.2f ms%s%s\n",
+                                     (*layer)->index(), (*layer)->name(),
+                                     (*layer)->tensors().size(), Mib(layer_bytes), ms,
+                                     (*layer)->cache_hit() ? "  cached" : "",
+                                     verify ? (layer_bad == 0 ? "  verified" : "  MISMATCH") : "")
+                  << std::flush;
+      }
+      if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    }
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double gbps = secs > 0 ? bytes / secs / 1e9 : 0;
+    if (as_json) {
+      json summary = {{"model_id", desc->model_id()}, {"layers", layers},
+                      {"tensors", tensors},           {"bytes", bytes},
+                      {"seconds", secs},              {"gbps", gbps},
+                      {"first_layer_ms", first_ms},   {"cache_hits", hits}};
+      if (verify) {
+        summary["verified_tensors"] = verified;
+        summary["mismatches"] = mismatches;
+      }
+      std::cout << json{{"summary", summary}}.dump() << std::endl;
+    } else {
+      std::cout << absl::StrFormat(
+          "%d layers, %d tensors, %s in %.3f s (%.2f GB/s), first layer %.1f ms%s\n", layers,
+          tensors, Mib(bytes), secs, gbps, first_ms,
+          verify ? absl::StrFormat(", %d tensors verified, %d mismatches", verified, mismatches)
+                 : "");
+    }
+    return mismatches == 0 ? 0 : 3;
+  }
+
+  if (*open) {
+    auto desc = client.OpenModel(model);
+    if (!desc.ok()) return Fail(desc.status(), as_json);
+    if (as_json) {
+      json layers = json::array();
+      for (const auto& l : desc->layers()) {
+        layers.push_back({{"index", l.index()}, {"name", l.name()}, {"size", l.size()},
+                          {"tensors", l.tensors_size()}});
+      }
+      std::cout << json{{"model_id", desc->model_id()}, {"path", desc->path()},
+                        {"num_layers", desc->num_layers()}, {"num_tensors", desc->num_tensors()},
+                        {"original_bytes", desc->original_bytes()},
+                        {"stored_bytes", desc->stored_bytes()}, {"layers", layers}}
+                       .dump()
+                << std::endl;
+    } else {
+      std::cout << absl::StrFormat("%s  %s\n  %d layers, %d tensors, %s (stored %s)\n",
+                                   desc->model_id(), desc->path(), desc->num_layers(),
+                                   desc->num_tensors(), Mib(desc->original_bytes()),
+                                   Mib(desc->stored_bytes()));
+    }
+    return 0;
+  }
+
+  if (*ls) {
+    auto list = client.ListModels();
+    if (!list.ok()) return Fail(list.status(), as_json);
+    if (as_json) {
+      json models = json::array();
+      for (const auto& m : list->models()) models.push_back(SummaryJson(m));
+      std::cout << json{{"models", models}}.dump() << std::endl;
+    } else {
+      std::cout << absl::StrFormat("%-14s %7s %12s %7s %7s %8s  %s\n", "MODEL", "LAYERS", "SIZE",
+                                   "CACHED", "LEASES", "SESSIONS", "PATH");
+      for (const auto& m : list->models()) {
+        std::cout << absl::StrFormat("%-14s %7d %12s %7d %7d %8d  %s\n", m.model_id(),
+                                     m.num_layers(), Mib(m.original_bytes()), m.cached_layers(),
+                                     m.active_leases(), m.active_sessions(), m.path());
+      }
+    }
+    return 0;
+  }
+
+  if (*stats) {
+    auto s = client.Stats();
+    if (!s.ok()) return Fail(s.status(), as_json);
+    json models = json::array();
+    for (const auto& m : s->models()) models.push_back(SummaryJson(m));
+    json j = {{"version", s->version()},
+              {"io_backend", s->io_backend()},
+              {"uptime_seconds", s->uptime_seconds()},
+              {"bytes_read", s->bytes_read()},
+              {"bytes_decoded", s->bytes_decoded()},
+              {"layers_served", s->layers_served()},
+              {"layer_decodes", s->layer_decodes()},
+              {"cache_hits", s->cache_hits()},
+              {"cache_misses", s->cache_misses()},
+              {"cache_evictions", s->cache_evictions()},
+              {"cache_bytes", s->cache_bytes()},
+              {"peak_cache_bytes", s->peak_cache_bytes()},
+              {"cache_budget_bytes", s->cache_budget_bytes()},
+              {"cache_entries", s->cache_entries()},
+              {"active_leases", s->active_leases()},
+              {"active_sessions", s->active_sessions()},
+              {"errors", s->errors()},
+              {"decode_seconds", s->decode_seconds()},
+              {"decode_gbps", s->decode_gbps()},
+              {"models", models}};
+    std::cout << (as_json ? j.dump() : j.dump(2)) << std::endl;
+    return 0;
+  }
+
+  if (*evict) {
+    std::string id;
+    if (!model.empty()) {
+      auto desc = Resolve(client, model);
+      if (!desc.ok()) return Fail(desc.status(), as_json);
+      id = desc->model_id();
+    }
+    auto r = client.Evict(id, unload);
+    if (!r.ok()) return Fail(r.status(), as_json);
+    if (as_json) {
+      std::cout << json{{"layers_evicted", r->layers_evicted()},
+                        {"bytes_evicted", r->bytes_evicted()},
+                        {"models_unloaded", r->models_unloaded()}}
+                       .dump()
+                << std::endl;
+    } else {
+      std::cout << absl::StrFormat("evicted %d layers (%s), unloaded %d models\n",
+                                   r->layers_evicted(), Mib(r->bytes_evicted()),
+                                   r->models_unloaded());
+    }
+    return 0;
+  }
+  return 0;
+}

@@ -1,0 +1,62 @@
+#include "daemon/fault_source.h"
+
+#include <numeric>
+
+#include "gtest/gtest.h"
+
+namespace bigsmall::daemon {
+namespace {
+
+std::unique_ptr<ByteSource> Bytes(size_t n) {
+  std::vector<uint8_t> v(n);
+  std::iota(v.begin(), v.end(), 0);
+  return MakeMemorySource(std::move(v), "mem");
+}
+
+TEST(FaultSourceTest, ParsesSpecs) {
+  auto spec = ParseFaultSpec("short=7,eio=100,eio_after=2,truncate=50,stall_ms=1,flip=3");
+  ASSERT_TRUE(spec.ok());
+  EXPECT_EQ(spec->short_read_bytes, 7u);
+  EXPECT_EQ(*spec->eio_offset, 100u);
+  EXPECT_EQ(spec->eio_after, 2u);
+  EXPECT_EQ(*spec->truncate_at, 50u);
+  EXPECT_EQ(spec->stall_ms, 1u);
+  EXPECT_EQ(*spec->flip_offset, 3u);
+  EXPECT_FALSE(ParseFaultSpec("bogus=1").ok());
+  EXPECT_FALSE(ParseFaultSpec("short").ok());
+}
+
+TEST(FaultSourceTest, ShortReadsReassemble) {
+  FaultSpec spec;
+  spec.short_read_bytes = 7;
+  FaultInjectingSource src(Bytes(200), spec);
+  std::vector<uint8_t> out(100);
+  ASSERT_TRUE(src.ReadAt(50, absl::MakeSpan(out)).ok());
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i], static_cast<uint8_t>(50 + i));
+}
+
+TEST(FaultSourceTest, EioAfterNReads) {
+  FaultSpec spec;
+  spec.eio_offset = 10;
+  spec.eio_after = 1;
+  FaultInjectingSource src(Bytes(100), spec);
+  std::vector<uint8_t> out(20);
+  EXPECT_TRUE(src.ReadAt(0, absl::MakeSpan(out)).ok());  // first read passes
+  auto st = src.ReadAt(0, absl::MakeSpan(out));
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(src.ReadAt(50, absl::MakeSpan(out)).ok());  // elsewhere is fine
+}
+
+TEST(FaultSourceTest, TruncationAndFlip) {
+  FaultSpec spec;
+  spec.truncate_at = 60;
+  spec.flip_offset = 5;
+  FaultInjectingSource src(Bytes(100), spec);
+  std::vector<uint8_t> out(10);
+  ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out[5], static_cast<uint8_t>(5 ^ 0xff));
+  EXPECT_EQ(src.ReadAt(55, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace bigsmall::daemon

@@ -1,0 +1,105 @@
+// bigsmalld: the streaming loader daemon.
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "daemon/config.h"
+#include "daemon/server.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+int main(int argc, char** argv) {
+  using bigsmall::daemon::DaemonConfig;
+  DaemonConfig config;
+  std::string config_file, cache_budget, read_chunk, socket_mode = "0660";
+  bool print_config = false;
+
+  CLI::App app{"bigsmalld: serves model layers decoded from .bs files to local clients"};
+  app.set_version_flag("--version", "bigsmalld 0.1.0");
+  app.add_option("--config", config_file, "JSON config file (flags override it)");
+  app.add_option("--socket", config.socket,
+                 "Unix socket path (default $BIGSMALL_SOCKET, else /run/bigsmall/bigsmall.sock)");
+  app.add_option("--socket-group", config.socket_group, "group owning the socket and shm files");
+  app.add_option("--socket-mode", socket_mode, "socket permissions, octal")->capture_default_str();
+  app.add_option("--tcp", config.tcp, "also listen on TCP host:port (no authentication!)");
+  app.add_option("--shm-dir", config.shm_dir, "directory for layer memory (tmpfs)");
+  app.add_option("--cache-budget", cache_budget, "host memory for decoded layers, e.g. 16G");
+  app.add_option("--prefetch", config.prefetch, "layers read and decoded ahead")
+      ->capture_default_str();
+  app.add_option("--window", config.default_window, "default unreleased layers per session")
+      ->capture_default_str();
+  app.add_option("--max-window", config.max_window, "largest window a client may ask for")
+      ->capture_default_str();
+  app.add_option("--decode-threads", config.decode_threads, "decode threads (0: all cores)");
+  app.add_option("--load-threads", config.load_threads, "concurrent layer loads (0: prefetch+2)");
+  app.add_option("--io", config.io, "auto | io_uring | pread")->capture_default_str();
+  app.add_flag("!--no-direct", config.direct, "do not use O_DIRECT");
+  app.add_option("--uring-depth", config.uring_depth, "reads in flight per request")
+      ->capture_default_str();
+  app.add_option("--read-chunk", read_chunk, "bytes per read, e.g. 1M");
+  app.add_option("--decoder", config.decoder, "auto | reference | scalar | avx2 | avx512")
+      ->capture_default_str();
+  app.add_option("--metrics", config.metrics, "serve Prometheus /metrics on host:port");
+  app.add_option("--log-level", config.log_level, "trace|debug|info|warn|error")
+      ->capture_default_str();
+  app.add_option("--drain-seconds", config.drain_seconds, "SIGTERM grace period")
+      ->capture_default_str();
+  app.add_option("--allowed-root", config.allowed_roots, "only open models under these dirs");
+  app.add_option("--debug-fault", config.debug_fault, "(tests) inject faults into every read")
+      ->group("");
+  app.add_flag("--print-config", print_config, "print the effective config as JSON and exit");
+  CLI11_PARSE(app, argc, argv);
+
+  auto fail = [](const std::string& msg) {
+    std::fprintf(stderr, "bigsmalld: %s\n", msg.c_str());
+    return 2;
+  };
+  if (!config_file.empty()) {
+    // Flags given on the command line win over the file.
+    auto overridden = [&](const std::string& key) {
+      std::string flag = "--" + key;
+      for (char& c : flag) c = c == '_' ? '-' : c;
+      if (key == "default_window") flag = "--window";
+      if (key == "direct") flag = "--no-direct";
+      if (key == "allowed_roots") flag = "--allowed-root";
+      const CLI::Option* opt = app.get_option_no_throw(flag);
+      return opt != nullptr && opt->count() > 0;
+    };
+    absl::Status st = bigsmall::daemon::LoadConfigFile(config_file, &config, overridden);
+    if (!st.ok()) return fail(st.ToString());
+  }
+  if (!cache_budget.empty()) {
+    auto v = bigsmall::daemon::ParseByteSize(cache_budget);
+    if (!v.ok()) return fail(v.status().ToString());
+    config.cache_budget = *v;
+  }
+  if (!read_chunk.empty()) {
+    auto v = bigsmall::daemon::ParseByteSize(read_chunk);
+    if (!v.ok()) return fail(v.status().ToString());
+    config.read_chunk = *v;
+  }
+  if (app.get_option("--socket-mode")->count() > 0) {
+    config.socket_mode = static_cast<uint32_t>(std::stoul(socket_mode, nullptr, 8));
+  }
+  absl::Status st = bigsmall::daemon::FinalizeConfig(&config);
+  if (!st.ok()) return fail(st.ToString());
+  if (print_config) {
+    std::cout << bigsmall::daemon::ConfigToJson(config).dump(2) << "\n";
+    return 0;
+  }
+
+  auto logger = spdlog::stderr_color_mt("bigsmalld");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(config.log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  bigsmall::daemon::BlockShutdownSignals();  // before any thread starts
+  st = bigsmall::daemon::RunDaemon(config);
+  if (!st.ok()) {
+    spdlog::error("{}", st.ToString());
+    return 1;
+  }
+  return 0;
+}
