@@ -101,16 +101,18 @@ int Run(int argc, char** argv) {
   std::string json_out;
   int repeat = 3;
   bool zstd19 = true;
+  std::string only_mode;
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--json-out" && i + 1 < argc) json_out = argv[++i];
     else if (a == "--repeat" && i + 1 < argc) repeat = std::max(1, std::atoi(argv[++i]));
     else if (a == "--skip-zstd19") zstd19 = false;
+    else if (a == "--mode" && i + 1 < argc) only_mode = argv[++i];
     else files.push_back(a);
   }
   if (files.empty()) {
-    std::fprintf(stderr, "usage: codec_bench [--json-out FILE] [--repeat N] [--skip-zstd19] FILE...\n");
+    std::fprintf(stderr, "usage: codec_bench [--json-out FILE] [--repeat N] [--skip-zstd19] [--mode M] FILE...\n");
     return 2;
   }
   const int threads = ThreadPool::DefaultThreads();
@@ -141,6 +143,7 @@ int Run(int argc, char** argv) {
     const double z3 = ZstdSize(all, 3, 1) / total;
     const double z19 = zstd19 ? ZstdSize(all, 19, threads) / total : NAN;
     for (Mode mode : {Mode::kBalanced, Mode::kStorage, Mode::kInference}) {
+      if (!only_mode.empty() && only_mode != ModeName(mode)) continue;
       Timing tm;
       std::vector<std::vector<uint8_t>> blobs(tensors.size());
       for (int pass = 0; pass < 2; ++pass) {

@@ -134,18 +134,18 @@ __attribute__((target("avx2"))) absl::Status DecodeChunkAvx2(const DecodeTable& 
   const __m256i kMaskF = _mm256_set1_epi32(0xfff);
   const __m256i kOne = _mm256_set1_epi32(1);
   const __m256i kZero = _mm256_setzero_si256();
-  // Picks byte 0 of each 32-bit lane into the low 4 bytes of each 128-bit half.
-  const __m256i kPick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                         0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  // After packus_epi32 then packus_epi16, 32-bit group k of the result holds
+  // lanes: 0-3, 8-11, 16-19, 24-27, 4-7, 12-15, 20-23, 28-31.
+  const __m256i kOrder = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   const size_t groups = out.size() / kLanes;
   size_t g = 0;
   const uint8_t* wp = c.words + 2 * c.next;
   const uint8_t* const wend = c.words + 2 * c.num_words;
   for (; g < groups && (wend - wp) >= 2 * kLanes; ++g) {
-    uint8_t* o = out.data() + g * kLanes;
+    __m256i sym[4];
     for (int v = 0; v < 4; ++v) {
       const __m256i slot = _mm256_i32gather_epi32(slots, _mm256_and_si256(x[v], kMask12), 4);
-      const __m256i sym = _mm256_and_si256(slot, kMask8);
+      sym[v] = _mm256_and_si256(slot, kMask8);
       const __m256i freq = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(slot, 8), kMaskF), kOne);
       const __m256i cum = _mm256_srli_epi32(slot, 20);
       __m256i nx = _mm256_mullo_epi32(freq, _mm256_srli_epi32(x[v], kProbBits));
@@ -158,12 +158,13 @@ __attribute__((target("avx2"))) absl::Status DecodeChunkAvx2(const DecodeTable& 
       const __m256i renormed = _mm256_or_si256(_mm256_slli_epi32(nx, 16), wl);
       x[v] = _mm256_blendv_epi8(nx, renormed, need);
       wp += 2 * __builtin_popcount(static_cast<unsigned>(m));
-      const __m256i packed = _mm256_shuffle_epi8(sym, kPick);
-      const uint32_t lo = static_cast<uint32_t>(_mm256_extract_epi32(packed, 0));
-      const uint32_t hi = static_cast<uint32_t>(_mm256_extract_epi32(packed, 4));
-      std::memcpy(o + 8 * v, &lo, 4);
-      std::memcpy(o + 8 * v + 4, &hi, 4);
     }
+    // 4 x 8 u32 symbols -> 32 bytes in lane order (packs work per 128-bit half,
+    // the final permute restores the order).
+    const __m256i p01 = _mm256_packus_epi32(sym[0], sym[1]);
+    const __m256i p23 = _mm256_packus_epi32(sym[2], sym[3]);
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p01, p23), kOrder);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.data() + g * kLanes), bytes);
   }
   for (int v = 0; v < 4; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(c.x + 8 * v), x[v]);
   c.next = static_cast<size_t>(wp - c.words) / 2;

@@ -29,6 +29,9 @@ fi
 # Python side (corpus script, benchmarks): numpy only; ZipNN is optional and
 # installed by bench/run_bench.sh when benchmarking.
 if ! python3 -c "import numpy" 2>/dev/null; then
-  echo "install_deps: installing numpy (pip)"
-  python3 -m pip install --quiet numpy
+  echo "install_deps: installing numpy"
+  # pip for a user Python (pyenv, venv); Debian's package for the system one
+  # (PEP 668 refuses pip there).
+  python3 -m pip install --quiet numpy 2>/dev/null ||
+    { [[ $(id -u) -ne 0 ]] && SUDO=sudo || SUDO=""; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-numpy; }
 fi
