@@ -26,13 +26,27 @@ absl::Status CudaError(cudaError_t err, const char* what) {
     if (_err != cudaSuccess) return CudaError(_err, #call); \
   } while (0)
 
-constexpr int kWarpsPerBlock = 4;
+constexpr int kWarpsPerBlock = 8;
 
-__global__ void RansChunkKernel(const uint8_t* __restrict__ input, const ChunkTask* __restrict__ tasks,
-                                uint32_t num_tasks, const uint32_t* __restrict__ tables,
-                                uint8_t* __restrict__ scratch, uint8_t* __restrict__ output,
-                                uint32_t* __restrict__ error) {
-  const uint32_t warp = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+// One warp per chunk. Tasks are ordered by table (the planner appends the
+// chunks of one plane together), so most blocks decode chunks of a single
+// plane: they stage its 16 KiB slot table in shared memory, where the
+// 32 lanes' random lookups are far cheaper than L1 gathers from global.
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    RansChunkKernel(const uint8_t* __restrict__ input, const ChunkTask* __restrict__ tasks, uint32_t num_tasks,
+                    const uint32_t* __restrict__ tables, uint8_t* __restrict__ scratch,
+                    uint8_t* __restrict__ output, uint32_t* __restrict__ error) {
+  __shared__ uint32_t shared_table[rans::kProbScale];
+  const uint32_t first = blockIdx.x * kWarpsPerBlock;
+  const uint32_t last = min(first + kWarpsPerBlock, num_tasks) - 1;
+  const uint32_t block_table = tasks[first].table;
+  const bool uniform = tasks[last].table == block_table;
+  if (uniform) {
+    const uint32_t* src = tables + uint64_t{block_table} * rans::kProbScale;
+    for (uint32_t k = threadIdx.x; k < rans::kProbScale; k += blockDim.x) shared_table[k] = src[k];
+  }
+  __syncthreads();
+  const uint32_t warp = first + threadIdx.x / 32;
   const uint32_t lane = threadIdx.x & 31u;
   if (warp >= num_tasks) return;
   const ChunkTask t = tasks[warp];
@@ -43,9 +57,16 @@ __global__ void RansChunkKernel(const uint8_t* __restrict__ input, const ChunkTa
   const uint8_t* chunk = input + t.in_offset;
   const uint8_t* words = chunk + rans::kChunkHeaderBytes;
   const uint32_t num_words = (t.in_size - rans::kChunkHeaderBytes) / 2;
-  const uint32_t* table = tables + uint64_t{t.table} * rans::kProbScale;
+  const uint32_t* table = uniform ? shared_table : tables + uint64_t{t.table} * rans::kProbScale;
   uint8_t* out = (t.target == kTargetOutput ? output : scratch) + t.out_offset;
   uint32_t x = LoadU32(chunk + 4 * lane);
+  // Word window: lane l holds words wbase + l (w0) and wbase + 32 + l (w1),
+  // loaded one window ahead, so a renormalisation is a register shuffle
+  // instead of a dependent global load. Invariant: pos - wbase < 32.
+  auto load = [&](uint32_t k) { return k < num_words ? LoadWord(words, k) : 0u; };
+  uint32_t wbase = 0;
+  uint32_t w0 = load(lane);
+  uint32_t w1 = load(32 + lane);
   uint32_t pos = 0;
   bool ok = true;
   for (uint32_t base = 0; base < t.count; base += 32) {
@@ -54,8 +75,20 @@ __global__ void RansChunkKernel(const uint8_t* __restrict__ input, const ChunkTa
     const bool need = LaneDecode(x, i < t.count, table, &sym);
     if (i < t.count) out[i] = sym;
     const uint32_t ballot = __ballot_sync(0xffffffffu, need);
-    ok &= LaneRenorm(x, need, ballot, lane, pos, words, num_words);
+    const uint32_t k = pos + __popc(ballot & ((1u << lane) - 1u));
+    const uint32_t rel = k - wbase;  // < 64
+    const uint32_t v0 = __shfl_sync(0xffffffffu, w0, rel & 31u);
+    const uint32_t v1 = __shfl_sync(0xffffffffu, w1, rel & 31u);
+    if (need) {
+      ok &= k < num_words;
+      x = (x << rans::kWordBits) | (rel < 32 ? v0 : v1);
+    }
     pos += __popc(ballot);
+    if (pos - wbase >= 32) {
+      wbase += 32;
+      w0 = w1;
+      w1 = load(wbase + 32 + lane);
+    }
   }
   ok &= x == rans::kRansLow && pos == num_words;
   if (__any_sync(0xffffffffu, !ok) && lane == 0) atomicOr(error, 1u);

@@ -17,8 +17,16 @@ absl::Status EmulateChunk(const uint8_t* input, const ChunkTask& t, const uint32
   }
   const uint8_t* words = chunk + rans::kChunkHeaderBytes;
   const uint32_t num_words = (t.in_size - rans::kChunkHeaderBytes) / 2;
-  uint32_t x[rans::kLanes];
-  for (uint32_t l = 0; l < rans::kLanes; ++l) x[l] = LoadU32(chunk + 4 * l);
+  // Mirrors RansChunkKernel step for step, including its two-window word
+  // cache (w0/w1 per lane) and the shuffles that read it.
+  auto load = [&](uint32_t k) { return k < num_words ? LoadWord(words, k) : 0u; };
+  uint32_t x[rans::kLanes], w0[rans::kLanes], w1[rans::kLanes];
+  for (uint32_t l = 0; l < rans::kLanes; ++l) {
+    x[l] = LoadU32(chunk + 4 * l);
+    w0[l] = load(l);
+    w1[l] = load(32 + l);
+  }
+  uint32_t wbase = 0;
   uint32_t pos = 0;
   bool bad = false;
   for (uint32_t base = 0; base < t.count; base += rans::kLanes) {
@@ -30,9 +38,23 @@ absl::Status EmulateChunk(const uint8_t* input, const ChunkTask& t, const uint32
       ballot |= uint32_t{need[l]} << l;
     }
     for (uint32_t l = 0; l < rans::kLanes; ++l) {
-      bad |= !LaneRenorm(x[l], need[l], ballot, l, pos, words, num_words);
+      const uint32_t k = pos + PopCount(ballot & ((1u << l) - 1u));
+      const uint32_t rel = k - wbase;
+      const uint32_t v0 = w0[rel & 31u];  // __shfl_sync(w0, rel & 31)
+      const uint32_t v1 = w1[rel & 31u];
+      if (need[l]) {
+        bad |= k >= num_words;
+        x[l] = (x[l] << rans::kWordBits) | (rel < 32 ? v0 : v1);
+      }
     }
     pos += PopCount(ballot);
+    if (pos - wbase >= 32) {
+      wbase += 32;
+      for (uint32_t l = 0; l < rans::kLanes; ++l) {
+        w0[l] = w1[l];
+        w1[l] = load(wbase + 32 + l);
+      }
+    }
   }
   for (uint32_t l = 0; l < rans::kLanes; ++l) bad |= x[l] != rans::kRansLow;
   bad |= pos != num_words;

@@ -46,6 +46,9 @@ absl::StatusOr<DecodePlan> PlanDecode(absl::Span<const uint8_t> input, const std
         plan.scratch_bytes += b.num_elements;
       }
     }
+    // Chunk tasks are appended plane by plane, so the chunks of one table
+    // are adjacent (the kernel stages a block's table in shared memory).
+    std::vector<ChunkTask> plane_tasks[8];
     for (uint32_t c = 0; c < b.num_chunks; ++c) {
       const uint64_t first = uint64_t{c} * b.chunk_elements;
       const uint32_t count = static_cast<uint32_t>(b.ChunkCount(c));
@@ -75,7 +78,7 @@ absl::StatusOr<DecodePlan> PlanDecode(absl::Span<const uint8_t> input, const std
             t.table = plane_table[p];
             t.target = direct ? kTargetOutput : kTargetScratch;
             t.out_offset = direct ? job.out_offset + first : plane_scratch[p] + first;
-            plan.chunks.push_back(t);
+            plane_tasks[p].push_back(t);
             m.kind[p] = kSourceScratch;
             m.source[p] = plane_scratch[p] + first;
             break;
@@ -83,6 +86,9 @@ absl::StatusOr<DecodePlan> PlanDecode(absl::Span<const uint8_t> input, const std
         }
       }
       if (!direct) plan.merges.push_back(m);
+    }
+    for (size_t p = 0; p < np; ++p) {
+      plan.chunks.insert(plan.chunks.end(), plane_tasks[p].begin(), plane_tasks[p].end());
     }
   }
   return plan;

@@ -7,7 +7,10 @@
 // for each group of 32 symbols every lane decodes its symbol, the lanes whose
 // state fell below 2^16 form a ballot, and lane l takes word
 // pos + popcount(ballot & lanes_below(l)); pos advances by popcount(ballot).
-// That is exactly the order the reference decoder consumes words in.
+// That is exactly the order the reference decoder consumes words in. The
+// kernel reads words from a two-window register cache (32 words per window,
+// one lane each, refilled a window ahead) with shuffles; the emulator mirrors
+// that cache lane by lane.
 #ifndef BIGSMALL_KERNELS_WARP_RANS_H_
 #define BIGSMALL_KERNELS_WARP_RANS_H_
 
@@ -61,25 +64,14 @@ BIGSMALL_HD uint32_t PopCount(uint32_t v) {
 #endif
 }
 
-// Lane step, phase 1: decode this lane's symbol (if active); returns whether
-// the lane needs a word.
+// Lane step: decode this lane's symbol (if active); returns whether the lane
+// needs a renormalisation word.
 BIGSMALL_HD bool LaneDecode(uint32_t& x, bool active, const uint32_t* table, uint8_t* out_symbol) {
   if (!active) return false;
   const uint32_t slot = table[x & (rans::kProbScale - 1)];
   *out_symbol = static_cast<uint8_t>(rans::SlotSymbol(slot));
   x = rans::DecodeAdvance(x, slot);
   return x < rans::kRansLow;
-}
-
-// Lane step, phase 2: given the warp's ballot, take this lane's word.
-// Returns false when the stream has no word left for it (corrupt stream).
-BIGSMALL_HD bool LaneRenorm(uint32_t& x, bool need, uint32_t ballot, uint32_t lane, uint32_t pos,
-                            const uint8_t* words, uint32_t num_words) {
-  if (!need) return true;
-  const uint32_t k = pos + PopCount(ballot & ((1u << lane) - 1u));
-  if (k >= num_words) return false;
-  x = (x << rans::kWordBits) | LoadWord(words, k);
-  return true;
 }
 
 // Byte b of element k, rebuilt from its plane bytes v[0..num_planes).

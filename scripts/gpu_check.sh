@@ -44,7 +44,7 @@ run)
   step "$stage/codec_test" --gtest_brief=1
   echo "== benchmark data"
   step python3 bench/gen_llm.py --out /tmp/llm.safetensors --size-gb "${GPU_BENCH_GB:-4}"
-  for mode in inference balanced; do
+  for mode in ${GPU_CHECK_MODES:-inference balanced}; do
     flag=""; [[ $mode == inference ]] && flag=--inference
     step "$stage/bigsmall" compress /tmp/llm.safetensors $flag -o /tmp/llm.$mode.bs --force -q
   done
@@ -52,11 +52,14 @@ run)
   md="$out/gpu_bench.md"
   : > "$md"
   for f in /tmp/llm.inference.bs /tmp/llm.balanced.bs "$stage/minilm-bf16.inference.bs"; do
-    [[ -f $f ]] && step "$stage/gpu_bench" "$f" --repeat 5 --markdown "$md"
+    [[ -f $f ]] || continue
+    for batch in 1 8; do step "$stage/gpu_bench" "$f" --repeat 5 --batch $batch --markdown "$md"; done
   done
+  if [[ ${GPU_CHECK_CPU_BENCH:-1} == 1 ]]; then
   echo "== CPU codec on this machine's CPU (synthetic LLM file: speed only)"
   step python3 bench/gen_llm.py --out /tmp/llm-small.safetensors --size-gb 0.5
   step "$stage/codec_bench" --skip-zstd19 --repeat 2 /tmp/llm-small.safetensors
+  fi
   echo "gpu_check: $failures step(s) failed"
   [[ $failures -eq 0 ]]
   ;;

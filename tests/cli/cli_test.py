@@ -902,6 +902,51 @@ def tree_digest(root):
     return out
 
 
+def peak_rss_kib(args):
+    """Runs bigsmall ARGS to completion; returns (exit code, the child's own peak RSS in KiB)."""
+    proc = subprocess.Popen([BIGSMALL] + [str(a) for a in args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stderr.close()
+    return proc.returncode, usage.ru_maxrss
+
+
+def test_bounded_memory(env):
+    """decompress and verify stream tensor by tensor: a 256 MiB file of 8 MiB tensors needs far
+    less than 256 MiB more memory than a tiny file does."""
+    d = env.scratch()
+    big = os.path.join(d, "big.safetensors")
+    # Written by a child process, so this process stays small: ru_maxrss of a
+    # forked child counts the parent pages it started with.
+    subprocess.run([sys.executable, "-c", """if True:
+        import json, random, struct, sys
+        rng, n, size = random.Random(7), 32, 8 << 20  # 8 MiB each, incompressible
+        header = {"model.layers.%d.w" % i: {"dtype": "U8", "shape": [size],
+                  "data_offsets": [i * size, (i + 1) * size]} for i in range(n)}
+        text = json.dumps(header).encode()
+        text += b" " * (-len(text) % 8)
+        with open(sys.argv[1], "wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text)
+            for _ in range(n):
+                f.write(rng.randbytes(size))
+        """, big], check=True)
+    small = os.path.join(d, "small.safetensors")
+    write_safetensors(small, [("model.layers.0.w", "U8", [16], bytes(16))])
+    for f in (big, small):
+        run(["compress", f, "-o", f + ".bs", "-q", "--threads", "2"], expect=0)
+    rc, base = peak_rss_kib(["decompress", small + ".bs", "-o", os.path.join(d, "s.out"), "-q", "--threads", "2"])
+    check(rc == 0, "small decompress failed")
+    for cmd in (["decompress", big + ".bs", "-o", os.path.join(d, "b.out"), "-q", "--threads", "2"],
+                ["verify", big + ".bs", "-q", "--threads", "2"]):
+        rc, peak = peak_rss_kib(cmd)
+        check(rc == 0, "%s failed" % cmd[0])
+        grown_mib = (peak - base) / 1024.0
+        print("  %s: peak RSS %.0f MiB (+%.0f MiB over a tiny file) for a 256 MiB file" % (cmd[0], peak / 1024.0, grown_mib))
+        check(grown_mib < 96, "%s grew %.0f MiB for a 256 MiB file: not streaming" % (cmd[0], grown_mib))
+    check(sha256(os.path.join(d, "b.out")) == sha256(big), "big round trip differs")
+
+
 class Skipped(Exception):
     """A case that cannot run here (it says why); counted apart, never as passed."""
 
