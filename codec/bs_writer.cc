@@ -16,6 +16,8 @@ namespace bigsmall {
 namespace {
 
 constexpr char kWriter[] = "bigsmall 0.1.0";
+// Bytes of tensors encoded concurrently (one tensor when it is larger).
+constexpr uint64_t kBatchBytes = 64ull << 20;
 
 struct GroupPlan {
   std::string name;
@@ -126,30 +128,43 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
     const uint64_t aligned = (out.size() + kGroupAlignment - 1) / kGroupAlignment * kGroupAlignment;
     RETURN_IF_ERROR(out.PadTo(aligned));
     g.offset = aligned;
-    for (uint32_t t : g.tensors) {
-      const SafetensorsTensor& st = tensors[t];
-      TensorRecord& rec = records[t];
-      ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
-                       ReadRange(*file.source, file.header.header_bytes + st.begin, st.size()));
-      rec.hash = HashBytes128(bytes);
-      if (base != nullptr && base->Find(st) != nullptr) {
-        ASSIGN_OR_RETURN(std::vector<uint8_t> base_bytes, base->Read(st));
-        rec.base_hash = HashBytes128(base_bytes);
-        rec.flags |= kTensorFlagDelta;
-        for (size_t i = 0; i < bytes.size(); ++i) bytes[i] ^= base_bytes[i];
-        ++result.delta_tensors;
-      }
-      auto blob = EncodeTensorBlob(bytes, st.dtype, eo);
-      if (!blob.ok()) {
-        return absl::Status(blob.status().code(),
-                            absl::StrCat(input, ": tensor '", st.name, "': ", blob.status().message()));
-      }
-      rec.blob_offset = out.size();
-      rec.blob_size = blob->size();
-      RETURN_IF_ERROR(out.Write(*blob));
-      done += st.size();
-      if (options.progress) options.progress(progress_offset + done, progress_total);
-    }
+    // Tensors of a group are encoded concurrently in batches of bounded size
+    // and written in order.
+    std::vector<std::vector<uint8_t>> blobs(g.tensors.size());
+    RETURN_IF_ERROR(pool.OrderedBatches(
+        g.tensors.size(), kBatchBytes, [&](size_t k) { return tensors[g.tensors[k]].size(); },
+        [&](size_t k) -> absl::Status {
+          const SafetensorsTensor& st = tensors[g.tensors[k]];
+          TensorRecord& rec = records[g.tensors[k]];
+          ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
+                           ReadRange(*file.source, file.header.header_bytes + st.begin, st.size()));
+          rec.hash = HashBytes128(bytes);
+          if (base != nullptr && base->Find(st) != nullptr) {
+            ASSIGN_OR_RETURN(std::vector<uint8_t> base_bytes, base->Read(st));
+            rec.base_hash = HashBytes128(base_bytes);
+            rec.flags |= kTensorFlagDelta;
+            for (size_t i = 0; i < bytes.size(); ++i) bytes[i] ^= base_bytes[i];
+          }
+          auto blob = EncodeTensorBlob(bytes, st.dtype, eo);
+          if (!blob.ok()) {
+            return absl::Status(blob.status().code(),
+                                absl::StrCat(input, ": tensor '", st.name, "': ", blob.status().message()));
+          }
+          blobs[k] = *std::move(blob);
+          return absl::OkStatus();
+        },
+        [&](size_t k) -> absl::Status {
+          const SafetensorsTensor& st = tensors[g.tensors[k]];
+          TensorRecord& rec = records[g.tensors[k]];
+          rec.blob_offset = out.size();
+          rec.blob_size = blobs[k].size();
+          RETURN_IF_ERROR(out.Write(blobs[k]));
+          std::vector<uint8_t>().swap(blobs[k]);
+          result.delta_tensors += (rec.flags & kTensorFlagDelta) ? 1 : 0;
+          done += st.size();
+          if (options.progress) options.progress(progress_offset + done, progress_total);
+          return absl::OkStatus();
+        }));
     g.size = out.size() - g.offset;
   }
   const std::vector<uint8_t> raw =

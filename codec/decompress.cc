@@ -29,8 +29,13 @@ struct RebuildContext {
   uint64_t progress_total = 0;
 };
 
-// Decodes every tensor of one .bs file in file order, checking each hash and
-// finally the whole-file hash; memory stays at one tensor.
+// Tensors decoded concurrently are bounded by this many bytes (or one tensor
+// when it is larger): many small tensors keep every thread busy, memory stays
+// at one batch.
+constexpr uint64_t kBatchBytes = 64ull << 20;
+
+// Decodes every tensor of one .bs file, emitting them in file order, checking
+// each hash and finally the whole-file hash; memory stays at one batch.
 absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& ctx, const Sink& sink) {
   ASSIGN_OR_RETURN(auto reader, BsReader::OpenFile(path));
   const BsIndex& ix = reader->index();
@@ -54,12 +59,20 @@ absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& 
   BaseTensorFetcher fetch;
   if (ctx.base != nullptr) fetch = [&](const BsTensor& t) { return ctx.base->Read(t.info); };
   uint64_t done = ix.safetensors_prefix.size();
-  for (uint32_t t = 0; t < ix.tensors.size(); ++t) {
-    ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, reader->ReadTensor(t, opts, fetch));
-    RETURN_IF_ERROR(emit(bytes));
-    done += bytes.size();
-    if (ctx.progress) ctx.progress(ctx.progress_offset + done, ctx.progress_total);
-  }
+  std::vector<std::vector<uint8_t>> decoded(ix.tensors.size());
+  RETURN_IF_ERROR(ctx.pool->OrderedBatches(
+      ix.tensors.size(), kBatchBytes, [&](size_t t) { return ix.tensors[t].info.size(); },
+      [&](size_t t) -> absl::Status {
+        ASSIGN_OR_RETURN(decoded[t], reader->ReadTensor(static_cast<uint32_t>(t), opts, fetch));
+        return absl::OkStatus();
+      },
+      [&](size_t t) -> absl::Status {
+        RETURN_IF_ERROR(emit(decoded[t]));
+        done += decoded[t].size();
+        std::vector<uint8_t>().swap(decoded[t]);
+        if (ctx.progress) ctx.progress(ctx.progress_offset + done, ctx.progress_total);
+        return absl::OkStatus();
+      }));
   if (done != ix.original_size || whole.Finish() != ix.original_hash) {
     return absl::DataLossError(absl::StrCat(path, ": rebuilt file does not match the stored whole-file hash"));
   }

@@ -127,4 +127,24 @@ absl::Status ThreadPool::ParallelFor(size_t n, const std::function<absl::Status(
   return state->first_error;
 }
 
+absl::Status ThreadPool::OrderedBatches(size_t n, uint64_t max_bytes,
+                                        const std::function<uint64_t(size_t)>& size,
+                                        const std::function<absl::Status(size_t)>& work,
+                                        const std::function<absl::Status(size_t)>& finish) {
+  size_t begin = 0;
+  while (begin < n) {
+    size_t end = begin;
+    uint64_t bytes = 0;
+    while (end < n && (end == begin || bytes + size(end) <= max_bytes)) bytes += size(end++);
+    absl::Status st = ParallelFor(end - begin, [&](size_t k) { return work(begin + k); });
+    if (!st.ok()) return st;
+    for (size_t i = begin; i < end; ++i) {
+      st = finish(i);
+      if (!st.ok()) return st;
+    }
+    begin = end;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace bigsmall

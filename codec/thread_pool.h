@@ -32,6 +32,15 @@ class ThreadPool {
 
   static int DefaultThreads();
 
+  // Splits items [0, n) into consecutive batches of at most `max_bytes`
+  // (by size(i); an item larger than that is a batch of its own), runs
+  // work(i) for a batch's items in parallel, then finish(i) for them in
+  // order, batch after batch. Bounds memory to one batch while keeping every
+  // thread busy on many small items. Stops at the first error.
+  absl::Status OrderedBatches(size_t n, uint64_t max_bytes, const std::function<uint64_t(size_t)>& size,
+                              const std::function<absl::Status(size_t)>& work,
+                              const std::function<absl::Status(size_t)>& finish);
+
  private:
   void WorkerLoop();
   bool RunOne();
