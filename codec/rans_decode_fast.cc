@@ -117,6 +117,76 @@ const ExpandTable& Expand8() {
   static const ExpandTable table;
   return table;
 }
+
+// State of one chunk in the AVX2 decoder: 4 vectors of 8 lanes.
+struct Avx2Lanes {
+  __m256i x[4];
+  const uint8_t* wp;
+};
+
+// Decodes one group of 32 symbols (needs >= 32 words left at wp).
+// kScalarLookup: load the 8 table slots with scalar loads instead of
+// vpgatherdd, which is faster on AMD Zen (measured 1.2-1.4 vs 1.07 G symbols/s
+// on this project's build machine); Intel's gather is fast.
+template <bool kScalarLookup>
+__attribute__((target("avx2"), always_inline)) inline void Avx2Group(const int* slots, const ExpandTable& expand,
+                                                                     Avx2Lanes& s, uint8_t* out) {
+  const __m256i kMask12 = _mm256_set1_epi32(kProbScale - 1);
+  const __m256i kMask8 = _mm256_set1_epi32(0xff);
+  const __m256i kMaskF = _mm256_set1_epi32(0xfff);
+  const __m256i kOne = _mm256_set1_epi32(1);
+  const __m256i kZero = _mm256_setzero_si256();
+  // After packus_epi32 then packus_epi16, 32-bit group k of the result holds
+  // lanes: 0-3, 8-11, 16-19, 24-27, 4-7, 12-15, 20-23, 28-31.
+  const __m256i kOrder = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i sym[4];
+  for (int v = 0; v < 4; ++v) {
+    __m256i slot;
+    if constexpr (kScalarLookup) {
+      alignas(32) uint32_t idx[8];
+      alignas(32) int32_t got[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(idx), _mm256_and_si256(s.x[v], kMask12));
+      for (int k = 0; k < 8; ++k) got[k] = slots[idx[k]];
+      slot = _mm256_load_si256(reinterpret_cast<const __m256i*>(got));
+    } else {
+      slot = _mm256_i32gather_epi32(slots, _mm256_and_si256(s.x[v], kMask12), 4);
+    }
+    sym[v] = _mm256_and_si256(slot, kMask8);
+    const __m256i freq = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(slot, 8), kMaskF), kOne);
+    const __m256i cum = _mm256_srli_epi32(slot, 20);
+    __m256i nx = _mm256_mullo_epi32(freq, _mm256_srli_epi32(s.x[v], kProbBits));
+    nx = _mm256_sub_epi32(_mm256_add_epi32(nx, _mm256_and_si256(s.x[v], kMask12)), cum);
+    const __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(nx, 16), kZero);
+    const int m = _mm256_movemask_ps(_mm256_castsi256_ps(need));
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s.wp)));
+    const __m256i wl = _mm256_permutevar8x32_epi32(
+        w, _mm256_load_si256(reinterpret_cast<const __m256i*>(expand.idx[m])));
+    const __m256i renormed = _mm256_or_si256(_mm256_slli_epi32(nx, 16), wl);
+    s.x[v] = _mm256_blendv_epi8(nx, renormed, need);
+    s.wp += 2 * __builtin_popcount(static_cast<unsigned>(m));
+  }
+  // 4 x 8 u32 symbols -> 32 bytes in lane order (packs work per 128-bit half,
+  // the final permute restores the order).
+  const __m256i p01 = _mm256_packus_epi32(sym[0], sym[1]);
+  const __m256i p23 = _mm256_packus_epi32(sym[2], sym[3]);
+  const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p01, p23), kOrder);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), bytes);
+}
+
+__attribute__((target("avx2"))) void Avx2Load(const ChunkCursor& c, Avx2Lanes* s) {
+  for (int v = 0; v < 4; ++v) s->x[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.x + 8 * v));
+  s->wp = c.words + 2 * c.next;
+}
+
+__attribute__((target("avx2"))) void Avx2Store(const Avx2Lanes& s, ChunkCursor* c) {
+  for (int v = 0; v < 4; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(c->x + 8 * v), s.x[v]);
+  c->next = static_cast<size_t>(s.wp - c->words) / 2;
+}
+
+bool HasWordsForGroup(const ChunkCursor& c, const Avx2Lanes& s) {
+  return (c.words + 2 * c.num_words) - s.wp >= 2 * kLanes;
+}
+
 }  // namespace
 
 __attribute__((target("avx2"))) absl::Status DecodeChunkAvx2(const DecodeTable& table,
@@ -127,47 +197,17 @@ __attribute__((target("avx2"))) absl::Status DecodeChunkAvx2(const DecodeTable& 
   if (!st.ok()) return st;
   const ExpandTable& expand = Expand8();
   const int* slots = reinterpret_cast<const int*>(table.slot.data());
-  __m256i x[4];
-  for (int v = 0; v < 4; ++v) x[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.x + 8 * v));
-  const __m256i kMask12 = _mm256_set1_epi32(kProbScale - 1);
-  const __m256i kMask8 = _mm256_set1_epi32(0xff);
-  const __m256i kMaskF = _mm256_set1_epi32(0xfff);
-  const __m256i kOne = _mm256_set1_epi32(1);
-  const __m256i kZero = _mm256_setzero_si256();
-  // After packus_epi32 then packus_epi16, 32-bit group k of the result holds
-  // lanes: 0-3, 8-11, 16-19, 24-27, 4-7, 12-15, 20-23, 28-31.
-  const __m256i kOrder = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  Avx2Lanes s;
+  Avx2Load(c, &s);
   const size_t groups = out.size() / kLanes;
   size_t g = 0;
-  const uint8_t* wp = c.words + 2 * c.next;
-  const uint8_t* const wend = c.words + 2 * c.num_words;
-  for (; g < groups && (wend - wp) >= 2 * kLanes; ++g) {
-    __m256i sym[4];
-    for (int v = 0; v < 4; ++v) {
-      const __m256i slot = _mm256_i32gather_epi32(slots, _mm256_and_si256(x[v], kMask12), 4);
-      sym[v] = _mm256_and_si256(slot, kMask8);
-      const __m256i freq = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(slot, 8), kMaskF), kOne);
-      const __m256i cum = _mm256_srli_epi32(slot, 20);
-      __m256i nx = _mm256_mullo_epi32(freq, _mm256_srli_epi32(x[v], kProbBits));
-      nx = _mm256_sub_epi32(_mm256_add_epi32(nx, _mm256_and_si256(x[v], kMask12)), cum);
-      const __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(nx, 16), kZero);
-      const int m = _mm256_movemask_ps(_mm256_castsi256_ps(need));
-      const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wp)));
-      const __m256i wl = _mm256_permutevar8x32_epi32(
-          w, _mm256_load_si256(reinterpret_cast<const __m256i*>(expand.idx[m])));
-      const __m256i renormed = _mm256_or_si256(_mm256_slli_epi32(nx, 16), wl);
-      x[v] = _mm256_blendv_epi8(nx, renormed, need);
-      wp += 2 * __builtin_popcount(static_cast<unsigned>(m));
-    }
-    // 4 x 8 u32 symbols -> 32 bytes in lane order (packs work per 128-bit half,
-    // the final permute restores the order).
-    const __m256i p01 = _mm256_packus_epi32(sym[0], sym[1]);
-    const __m256i p23 = _mm256_packus_epi32(sym[2], sym[3]);
-    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p01, p23), kOrder);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.data() + g * kLanes), bytes);
+  static const bool scalar_lookup = __builtin_cpu_is("amd");
+  if (scalar_lookup) {
+    for (; g < groups && HasWordsForGroup(c, s); ++g) Avx2Group<true>(slots, expand, s, out.data() + g * kLanes);
+  } else {
+    for (; g < groups && HasWordsForGroup(c, s); ++g) Avx2Group<false>(slots, expand, s, out.data() + g * kLanes);
   }
-  for (int v = 0; v < 4; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(c.x + 8 * v), x[v]);
-  c.next = static_cast<size_t>(wp - c.words) / 2;
+  Avx2Store(s, &c);
   return FinishChunk(table, &c, g * kLanes, out);
 }
 
