@@ -49,6 +49,20 @@ constexpr char kNotes[] =
     "  'ratio' in --json output is stored bytes / original bytes.\n"
     "  Progress goes to stderr (only on a terminal); summaries and --json to stdout.\n";
 
+constexpr char kBsInput[] = ".bs file or compressed directory";
+
+// Options shared by the commands that run a job.
+void AddThreadsOption(CLI::App* cmd, int& threads) {
+  cmd->add_option("--threads", threads, "Worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
+}
+void AddForceFlag(CLI::App* cmd, bool& force) {
+  cmd->add_flag("-f,--force", force, "Overwrite an existing output");
+}
+void AddReportFlags(CLI::App* cmd, bool& json, bool& quiet) {
+  cmd->add_flag("--json", json, "Print one JSON object with the stats");
+  cmd->add_flag("-q,--quiet", quiet, "No progress bar, no summary");
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{kDescription, "bigsmall"};
   app.set_version_flag("--version", VersionText(), "Print the version and exit");
@@ -65,39 +79,36 @@ int Main(int argc, char** argv) {
       compress->add_flag("--inference", ca.inference, "Fastest decode: plain rANS/raw planes only (no zstd); default is balanced");
   storage->excludes(inference);
   compress->add_option("--base", ca.base, "Store a fine-tune as a delta against this base file or directory");
-  compress->add_option("--threads", ca.threads, "Worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  AddThreadsOption(compress, ca.threads);
   compress->add_option("--layer-pattern", ca.layer_pattern,
                        "Custom layer grouping: a prefix with one {N}, e.g. 'decoder.block.{N}.'");
   compress->add_option("--chunk-elements", ca.chunk_elements, "Elements per coded chunk (default: the mode's)")
       ->check(CLI::Range(uint32_t{1}, kMaxChunkElements));
-  compress->add_flag("-f,--force", ca.force, "Overwrite an existing output");
-  compress->add_flag("--json", ca.json, "Print one JSON object with the stats");
-  compress->add_flag("-q,--quiet", ca.quiet, "No progress bar, no summary");
+  AddForceFlag(compress, ca.force);
+  AddReportFlags(compress, ca.json, ca.quiet);
 
   DecompressArgs da;
   CLI::App* decompress = app.add_subcommand("decompress", "Rebuild the original file or directory from .bs");
-  decompress->add_option("INPUT", da.input, ".bs file or compressed directory")->required();
+  decompress->add_option("INPUT", da.input, kBsInput)->required();
   decompress->add_option("-o,--output", da.output, "Output path (default: INPUT without .bs)");
   decompress->add_option("--base", da.base, "The base model a fine-tune delta was made against");
-  decompress->add_option("--threads", da.threads, "Worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
-  decompress->add_flag("-f,--force", da.force, "Overwrite an existing output");
-  decompress->add_flag("--json", da.json, "Print one JSON object with the stats");
-  decompress->add_flag("-q,--quiet", da.quiet, "No progress bar, no summary");
+  AddThreadsOption(decompress, da.threads);
+  AddForceFlag(decompress, da.force);
+  AddReportFlags(decompress, da.json, da.quiet);
 
   InfoArgs ia;
   CLI::App* info = app.add_subcommand("info", "Describe a .bs file or a compressed directory");
-  info->add_option("INPUT", ia.input, ".bs file or compressed directory")->required();
+  info->add_option("INPUT", ia.input, kBsInput)->required();
   info->add_flag("--json", ia.json, "Print one JSON object");
   info->add_flag("--tensors", ia.tensors, "Add a per-tensor table (reads every tensor's blob header)");
 
   VerifyArgs va;
   CLI::App* verify = app.add_subcommand("verify", "Decode everything and check every hash");
-  verify->add_option("INPUT", va.input, ".bs file or compressed directory")->required();
+  verify->add_option("INPUT", va.input, kBsInput)->required();
   verify->add_option("--against", va.against, "Also compare the rebuilt bytes with this original");
   verify->add_option("--base", va.base, "The base model a fine-tune delta was made against");
-  verify->add_option("--threads", va.threads, "Worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
-  verify->add_flag("--json", va.json, "Print one JSON object with the stats");
-  verify->add_flag("-q,--quiet", va.quiet, "No progress bar, no summary");
+  AddThreadsOption(verify, va.threads);
+  AddReportFlags(verify, va.json, va.quiet);
 
   std::string help_topic;
   CLI::App* help = app.add_subcommand("help", "Show help for bigsmall or one command");

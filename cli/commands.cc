@@ -70,27 +70,27 @@ int RefuseSamePath(const std::string& command, const std::string& input, const s
                      kExitUsage, json, "INVALID_ARGUMENT");
 }
 
-// Original bytes and tensor count of the compressed data under a .bs path,
-// from the index only; zeros when it cannot be read (the command itself will
-// then report why).
-struct Preflight {
-  uint64_t compressed_original_bytes = 0;
-  uint64_t tensors = 0;
-};
-Preflight ReadPreflight(const std::string& path) {
-  Preflight p;
-  absl::StatusOr<Json> info = BuildInfo(path, /*with_tensors=*/false);
-  if (!info.ok()) return p;
-  p.tensors = (*info)["tensor_count"].get<uint64_t>();
-  if ((*info)["kind"] == "directory") {
-    for (const Json& f : (*info)["files"]) p.compressed_original_bytes += f["original_bytes"].get<uint64_t>();
-  } else {
-    p.compressed_original_bytes = (*info)["original_bytes"].get<uint64_t>();
-  }
-  return p;
-}
-
 bool ShowProgress(bool json, bool quiet) { return !json && !quiet && ProgressBar::StderrIsTerminal(); }
+
+// The --json summary of a decompress or verify job; `target_key` ("output" or
+// "against") names the path that follows the input.
+Json RebuildJson(const std::string& command, const std::string& input, const char* target_key,
+                 const std::string& target, const std::string& base, const DecompressStats& stats,
+                 double rate) {
+  Json j;
+  j["ok"] = true;
+  j["command"] = command;
+  j["input"] = input;
+  j[target_key] = target;
+  j["base"] = base;
+  j["input_bytes"] = stats.input_bytes;
+  j["output_bytes"] = stats.output_bytes;
+  j["tensors"] = stats.tensors;
+  j["files"] = stats.files;
+  j["seconds"] = stats.seconds;
+  j["bytes_per_second"] = rate;
+  return j;
+}
 
 }  // namespace
 
@@ -158,33 +158,18 @@ int RunCompress(const CompressArgs& args) {
 int RunDecompress(const DecompressArgs& args) {
   const std::string output = args.output.empty() ? DefaultDecompressedName(args.input) : args.output;
   if (SamePath(args.input, output)) return RefuseSamePath("decompress", args.input, output, args.json);
-  const bool show = ShowProgress(args.json, args.quiet);
-  const Preflight pre = ReadPreflight(args.input);
   DecompressOptions options;
   options.threads = args.threads;
   options.base = args.base;
   options.force = args.force;
-  ProgressBar bar("decompressing", show, pre.compressed_original_bytes);
+  ProgressBar bar("decompressing", ShowProgress(args.json, args.quiet));
   options.progress = bar.Callback();
   absl::StatusOr<DecompressStats> stats = DecompressPath(args.input, output, options);
   bar.Finish();
   if (!stats.ok()) return Fail("decompress", stats.status(), args.json);
-  const uint64_t tensors = stats->tensors != 0 ? stats->tensors : pre.tensors;
   const double rate = Rate(stats->output_bytes, stats->seconds);
   if (args.json) {
-    Json j;
-    j["ok"] = true;
-    j["command"] = "decompress";
-    j["input"] = args.input;
-    j["output"] = output;
-    j["base"] = args.base;
-    j["input_bytes"] = stats->input_bytes;
-    j["output_bytes"] = stats->output_bytes;
-    j["tensors"] = tensors;
-    j["files"] = stats->files;
-    j["seconds"] = stats->seconds;
-    j["bytes_per_second"] = rate;
-    PrintJson(j);
+    PrintJson(RebuildJson("decompress", args.input, "output", output, args.base, *stats, rate));
   } else if (!args.quiet) {
     PrintLine(absl::StrCat("decompressed ", args.input, " -> ", output, ": ", HumanBytes(stats->input_bytes),
                            " -> ", HumanBytes(stats->output_bytes), ", ", HumanDuration(stats->seconds), ", ",
@@ -206,36 +191,21 @@ int RunInfo(const InfoArgs& args) {
 }
 
 int RunVerify(const VerifyArgs& args) {
-  const bool show = ShowProgress(args.json, args.quiet);
-  const Preflight pre = ReadPreflight(args.input);
   VerifyOptions options;
   options.threads = args.threads;
   options.base = args.base;
   options.against = args.against;
-  ProgressBar bar("verifying", show, pre.compressed_original_bytes);
+  ProgressBar bar("verifying", ShowProgress(args.json, args.quiet));
   options.progress = bar.Callback();
   absl::StatusOr<DecompressStats> stats = VerifyPath(args.input, options);
   bar.Finish();
   if (!stats.ok()) return Fail("verify", stats.status(), args.json);
-  const uint64_t tensors = stats->tensors != 0 ? stats->tensors : pre.tensors;
   const double rate = Rate(stats->output_bytes, stats->seconds);
   if (args.json) {
-    Json j;
-    j["ok"] = true;
-    j["command"] = "verify";
-    j["input"] = args.input;
-    j["against"] = args.against;
-    j["base"] = args.base;
-    j["input_bytes"] = stats->input_bytes;
-    j["output_bytes"] = stats->output_bytes;
-    j["tensors"] = tensors;
-    j["files"] = stats->files;
-    j["seconds"] = stats->seconds;
-    j["bytes_per_second"] = rate;
-    PrintJson(j);
+    PrintJson(RebuildJson("verify", args.input, "against", args.against, args.base, *stats, rate));
   } else if (!args.quiet) {
     std::string line = absl::StrCat("verified ", args.input, ": OK, ", stats->files,
-                                    stats->files == 1 ? " file, " : " files, ", tensors, " tensors, ",
+                                    stats->files == 1 ? " file, " : " files, ", stats->tensors, " tensors, ",
                                     HumanBytes(stats->output_bytes), ", every hash matches");
     if (!args.against.empty()) absl::StrAppend(&line, ", identical to ", args.against);
     absl::StrAppend(&line, ", ", HumanDuration(stats->seconds), ", ", HumanRate(rate));

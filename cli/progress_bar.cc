@@ -19,10 +19,9 @@ constexpr int kBarWidth = 24;
 
 }  // namespace
 
-ProgressBar::ProgressBar(std::string label, bool enabled, uint64_t known_total)
+ProgressBar::ProgressBar(std::string label, bool enabled)
     : label_(std::move(label)),
       enabled_(enabled),
-      known_total_(known_total),
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_ - kRedrawInterval) {}
 
@@ -42,13 +41,6 @@ ProgressFn ProgressBar::Callback() {
 void ProgressBar::Update(uint64_t done, uint64_t total) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!enabled_) return;
-  if (total == 0) {
-    // Per-file progress: a smaller value means the next file started.
-    if (done < last_raw_) carried_ += last_raw_;
-    last_raw_ = done;
-    done += carried_;
-    total = known_total_;
-  }
   const auto now = std::chrono::steady_clock::now();
   if (now - last_draw_ < kRedrawInterval && !(total != 0 && done >= total)) return;
   last_draw_ = now;

@@ -15,9 +15,10 @@ namespace bigsmall::cli {
 
 class ProgressBar {
  public:
-  // `label` prefixes the bar (e.g. "compress"). `known_total` is used when the
-  // library reports a total of 0 (per-file progress inside a directory).
-  ProgressBar(std::string label, bool enabled, uint64_t known_total = 0);
+  // `label` prefixes the bar (e.g. "compressing"). The codec reports progress
+  // over the whole job, so each update carries its own total (0: unknown,
+  // shown as bytes and rate only).
+  ProgressBar(std::string label, bool enabled);
   ~ProgressBar();
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
@@ -37,11 +38,6 @@ class ProgressBar {
   std::mutex mu_;
   std::string label_;
   bool enabled_;
-  uint64_t known_total_;
-  // Per-file progress (total 0) restarts at each file: `carried_` holds the
-  // bytes of files already finished.
-  uint64_t carried_ = 0;
-  uint64_t last_raw_ = 0;
   bool drawn_ = false;
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_draw_;

@@ -16,6 +16,7 @@ import json
 import os
 import pty
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -740,12 +741,11 @@ def test_options(env):
     run(["verify", t5p + ".bs", "--against", t5p, "-q"], expect=0)
 
 
-def test_progress_on_terminal(env):
-    d = env.scratch()
-    m = env.copy_model(d)
+def run_on_pty(args):
+    """Runs bigsmall with stderr on a pseudo-terminal; returns (exit code, stdout, terminal text)."""
     master, slave = os.openpty()
     try:
-        proc = subprocess.Popen([BIGSMALL, "compress", m], stdout=subprocess.PIPE, stderr=slave,
+        proc = subprocess.Popen([BIGSMALL] + args, stdout=subprocess.PIPE, stderr=slave,
                                 env=dict(os.environ, TERM="xterm"))
         os.close(slave)
         slave = -1
@@ -763,11 +763,30 @@ def test_progress_on_terminal(env):
         os.close(master)
         if slave >= 0:
             os.close(slave)
-    check(proc.returncode == 0, "exit %d" % proc.returncode)
+    return proc.returncode, stdout, tty
+
+
+def check_bar(label, code, stdout, tty, summary):
+    check(code == 0, "%s: exit %d" % (label, code))
     text = tty.decode("utf-8", "replace")
-    check("compressing" in text and "%" in text and "\r" in text, "no progress bar on a terminal: %r" % text)
+    check(label in text and "%" in text and "\r" in text, "no %s progress bar on a terminal: %r" % (label, text))
     check(b"\r" not in stdout and b"\033" not in stdout, "progress leaked to stdout: %r" % stdout)
-    check(stdout.decode().startswith("compressed "), "summary: %r" % stdout)
+    check(stdout.decode().startswith(summary), "summary: %r" % stdout)
+    # One bar over the whole job: the percentage never goes back and ends at 100.
+    percents = [float(x) for x in re.findall(r"(\d+\.\d)% ", text)]
+    check(percents and percents == sorted(percents) and percents[-1] == 100.0,
+          "%s: bar percentages %r" % (label, percents))
+
+
+def test_progress_on_terminal(env):
+    d = env.scratch()
+    m = env.copy_model(d)
+    check_bar("compressing", *run_on_pty(["compress", m]), "compressed ")
+    # A directory job: the bar covers every file of the directory.
+    bs = os.path.join(d, "dir.bs")
+    run(["compress", env.model_dir, "-o", bs, "-q"], expect=0)
+    check_bar("decompressing", *run_on_pty(["decompress", bs, "-o", os.path.join(d, "dir")]), "decompressed ")
+    check_bar("verifying", *run_on_pty(["verify", bs, "--against", env.model_dir]), "verified ")
     # --quiet: no bar even on a terminal.
     master, slave = os.openpty()
     proc = subprocess.Popen([BIGSMALL, "verify", m + ".bs", "--quiet"], stdout=subprocess.PIPE, stderr=slave)
