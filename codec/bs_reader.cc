@@ -38,7 +38,7 @@ absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl
   ASSIGN_OR_RETURN(h.index_checksum, r.U64("index checksum"));
   ASSIGN_OR_RETURN(h.file_size, r.U64("file size"));
   if (h.version_major != kFormatVersionMajor) {
-    return absl::FailedPreconditionError(absl::StrCat(
+    return absl::UnimplementedError(absl::StrCat(
         what, ": format version ", h.version_major, ".", h.version_minor,
         " is not supported (this build reads ", kFormatVersionMajor, ".x)"));
   }

@@ -77,7 +77,10 @@ absl::StatusOr<ModelManifest> ReadManifest(const std::string& dir) {
   if (!in) return absl::NotFoundError(absl::StrCat(dir, ": not a compressed model directory (no ", kManifestName, ")"));
   std::stringstream ss;
   ss << in.rdbuf();
-  const std::string text = ss.str();
+  return ParseManifest(ss.str(), path);
+}
+
+absl::StatusOr<ModelManifest> ParseManifest(const std::string& text, const std::string& path) {
   auto doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   auto bad = [&](const std::string& why) { return absl::DataLossError(absl::StrCat(path, ": ", why)); };
   if (doc.is_discarded() || !doc.is_object()) return bad("not a JSON object");

@@ -39,6 +39,8 @@ struct ModelManifest {
 absl::StatusOr<uint64_t> WriteManifest(const std::string& dir, const ModelManifest& manifest);
 // Reads and validates it: relative paths only, no "..", no duplicates.
 absl::StatusOr<ModelManifest> ReadManifest(const std::string& dir);
+// The same checks on manifest text (`path` names it in errors).
+absl::StatusOr<ModelManifest> ParseManifest(const std::string& text, const std::string& path);
 
 absl::StatusOr<uint64_t> FileSize(const std::string& path);
 // Creates the parent directories of root/relative.

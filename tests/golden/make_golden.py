@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Regenerates the golden files (run only when the format version changes):
+
+    python3 tests/golden/make_golden.py path/to/bigsmall
+
+valid/*.safetensors   small originals of several dtypes (deterministic)
+valid/*.bs            their compressed forms (balanced, storage, inference) written by this version;
+                      golden_test.py checks every future build still decodes them byte for byte
+corrupt/*.bs          damaged copies; expected.json gives the exit code and a message fragment
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write_st(path, tensors):
+    header, off = {"__metadata__": {"format": "pt"}}, 0
+    for name, dtype, shape, data in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for t in tensors:
+            f.write(t[3])
+
+
+def weights(rng, n, width):
+    out = bytearray()
+    for _ in range(n):
+        v = struct.pack("<f", rng.gauss(0, 0.02))
+        out += v[4 - width:] if width < 4 else v
+    return bytes(out)
+
+
+def main():
+    bigsmall = sys.argv[1]
+    rng = random.Random(2026)
+    valid, corrupt = os.path.join(HERE, "valid"), os.path.join(HERE, "corrupt")
+    for d in (valid, corrupt):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+    files = {
+        "bf16_llama.safetensors": [
+            ("model.embed_tokens.weight", "BF16", [64, 32], weights(rng, 2048, 2)),
+            ("model.layers.0.self_attn.q_proj.weight", "BF16", [32, 32], weights(rng, 1024, 2)),
+            ("model.layers.0.input_layernorm.weight", "BF16", [32], b"\x80\x3f" * 32),
+            ("model.layers.1.mlp.down_proj.weight", "BF16", [32, 64], weights(rng, 2048, 2)),
+            ("model.norm.weight", "BF16", [32], b"\x80\x3f" * 32)],
+        "mixed_dtypes.safetensors": [
+            ("encoder.layer.0.w", "F32", [300], weights(rng, 300, 4)),
+            ("encoder.layer.0.h", "F16", [100], bytes(rng.getrandbits(8) for _ in range(200))),
+            ("encoder.layer.1.q", "F8_E4M3", [257], bytes(rng.randrange(40, 60) for _ in range(257))),
+            ("encoder.layer.1.packed", "U8", [64], bytes(rng.getrandbits(8) for _ in range(64))),
+            ("ids", "I64", [16], struct.pack("<16q", *range(16))),
+            ("mask", "BOOL", [8], bytes([1, 0] * 4)),
+            ("future", "F4", [6], bytes([0x12, 0x34, 0x56]))],
+    }
+    expected = {"valid": {}, "corrupt": {}}
+    for name, tensors in files.items():
+        path = os.path.join(valid, name)
+        write_st(path, tensors)
+        expected["valid"][name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+        for mode, flag in (("balanced", []), ("storage", ["--storage"]), ("inference", ["--inference"])):
+            out = os.path.join(valid, "%s.%s.bs" % (name[:-len(".safetensors")], mode))
+            subprocess.run([bigsmall, "compress", path, "-o", out, "-q", "--chunk-elements", "100"] + flag,
+                           check=True)
+            expected["valid"][os.path.basename(out)] = name
+    good = open(os.path.join(valid, "bf16_llama.balanced.bs"), "rb").read()
+    hdr_index_offset = struct.unpack_from("<Q", good, 16)[0]
+
+    def put(name, data, exit_code, fragment):
+        open(os.path.join(corrupt, name), "wb").write(data)
+        expected["corrupt"][name] = {"exit": exit_code, "message": fragment}
+
+    put("bad_magic.bs", b"X" + good[1:], 1, "not a .bs file")
+    flipped = bytearray(good)
+    flipped[20] ^= 1
+    put("header_checksum.bs", bytes(flipped), 3, "header checksum mismatch")
+    put("truncated.bs", good[:len(good) - 10], 3, "truncated or appended to")
+    put("appended.bs", good + b"\0", 3, "truncated or appended to")
+    flipped = bytearray(good)
+    flipped[hdr_index_offset + 5] ^= 0x40
+    put("index_checksum.bs", bytes(flipped), 3, "index checksum mismatch")
+    flipped = bytearray(good)
+    flipped[4096 + 200] ^= 0x01  # inside the first group's blobs
+    put("blob_flip.bs", bytes(flipped), 3, "model.embed_tokens.weight")
+    put("empty.bs", b"", 3, "too short")
+    version = bytearray(good)
+    version[8] = 9  # major version 9, header checksum fixed up below
+    import importlib
+    try:
+        xxhash = importlib.import_module("xxhash")
+        struct.pack_into("<Q", version, 56, xxhash.xxh3_64_intdigest(bytes(version[:56])))
+        put("future_version.bs", bytes(version), 1, "is not supported")
+    except ImportError:
+        pass
+    json.dump(expected, open(os.path.join(HERE, "expected.json"), "w"), indent=1, sort_keys=True)
+    print("golden files written")
+
+
+if __name__ == "__main__":
+    main()
