@@ -1,6 +1,13 @@
 #include "daemon/metrics.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <exception>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "prometheus/counter.h"
@@ -47,9 +54,46 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   decode_gbps_ = NewGauge(r, "bigsmall_decode_gbps", "Decode throughput of the last layer, GB/s");
 }
 
-Metrics::~Metrics() = default;
+// Connects once to host:port of the exposer and hangs up.
+static void Poke(const std::string& address, int port) {
+  std::string host = address.substr(0, address.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  if (host.empty() || host == "0.0.0.0" || host == "*") host = "127.0.0.1";
+  if (host == "::") host = "::1";
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    bool connected = ::connect(fd, a->ai_addr, a->ai_addrlen) == 0;
+    ::close(fd);
+    if (connected) break;
+  }
+  freeaddrinfo(found);
+}
+
+Metrics::~Metrics() {
+  if (exposer_ == nullptr) return;
+  // civetweb's mg_stop waits for its listener thread, which only notices
+  // the stop when its poll() returns: after up to 2 s, or at once when a
+  // connection arrives. Connect until the exposer is gone.
+  std::vector<int> ports = exposer_->GetListeningPorts();
+  std::atomic<bool> stopped{false};
+  std::thread waker([&] {
+    while (!stopped.load()) {
+      for (int port : ports) Poke(address_, port);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  exposer_.reset();
+  stopped.store(true);
+  waker.join();
+}
 
 absl::Status Metrics::Serve(const std::string& address) {
+  address_ = address;
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(address);
     exposer_->RegisterCollectable(registry_);

@@ -59,6 +59,7 @@ class Metrics {
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
+  std::string address_;  // as given to Serve
   prometheus::Counter* bytes_read_;
   prometheus::Counter* bytes_decoded_;
   prometheus::Counter* decode_seconds_;

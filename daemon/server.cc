@@ -9,8 +9,10 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
@@ -21,6 +23,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/grpcpp.h"
+#include "grpc/grpc.h"
 #include "spdlog/spdlog.h"
 
 namespace bigsmall::daemon {
@@ -61,6 +64,49 @@ absl::Status PrepareSocketPath(const std::string& path) {
     ::unlink(path.c_str());  // stale socket of a dead daemon
   }
   return absl::OkStatus();
+}
+
+// Stops the server: no new calls, running calls of the service get up to
+// `drain_seconds` to finish, then whatever is left is cancelled.
+//
+// Server::Shutdown(deadline) alone is not enough: it waits for every
+// connection to close, and a graceful HTTP/2 shutdown (GOAWAY + PING, final
+// GOAWAY on the PING ack) needs the client to read its socket. A client with
+// no call in flight does that only when its backup poller runs (every 5 s by
+// default) or never (poller disabled, process stopped), so a single idle
+// channel kept the daemon up for the whole grace period with 0 sessions.
+// Here the drain waits for the service's own calls (calls_in_flight: every
+// method until OnDone) and, once none is left, cancels the rest at once: idle
+// connections, health watches, reflection streams.
+void DrainAndShutdown(grpc::Server* server, BigSmallService& service, double drain_seconds) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto grace = std::chrono::milliseconds(static_cast<int64_t>(drain_seconds * 1000));
+  // Shutdown blocks until the server is down; it refuses new calls at once
+  // and cancels every call itself when the grace period ends.
+  std::promise<void> stopped;
+  std::future<void> stopped_future = stopped.get_future();
+  std::thread stopper([&] {
+    server->Shutdown(std::chrono::system_clock::now() + grace);
+    stopped.set_value();
+  });
+  bool cancelled = false;
+  while (true) {
+    if (service.calls_in_flight.load() == 0) {
+      if (!cancelled) {
+        spdlog::info("no calls in flight after {} ms; closing connections",
+                     std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::steady_clock::now() - start)
+                         .count());
+      }
+      cancelled = true;
+      // Idempotent; repeated in case it ran before Shutdown began refusing
+      // new connections.
+      grpc_server_cancel_all_calls(server->c_server());
+    }
+    auto wait = std::chrono::milliseconds(cancelled ? 50 : 10);
+    if (stopped_future.wait_for(wait) == std::future_status::ready) break;
+  }
+  stopper.join();
 }
 
 }  // namespace
@@ -143,9 +189,7 @@ absl::Status RunDaemon(const DaemonConfig& config) {
                  service->active_sessions.load(), config.drain_seconds);
     server->GetHealthCheckService()->SetServingStatus(kServiceName, false);
     server->GetHealthCheckService()->SetServingStatus("", false);
-    auto deadline = std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(static_cast<int64_t>(config.drain_seconds * 1000));
-    server->Shutdown(deadline);
+    DrainAndShutdown(server.get(), *service, config.drain_seconds);
     server->Wait();
     spdlog::info("server stopped; {} sessions left", service->active_sessions.load());
     server.reset();

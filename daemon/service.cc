@@ -37,13 +37,31 @@ bool UnderRoot(const std::string& path, const std::string& root) {
   return path == r || absl::StartsWith(path, r + "/");
 }
 
+// A unary reactor that counts its call in `calls_in_flight` until OnDone,
+// i.e. until the response and status have left (or the call was cancelled).
+class CountedUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit CountedUnaryReactor(std::atomic<int32_t>* counter) : counter_(counter) {
+    counter_->fetch_add(1);
+  }
+  void OnDone() override {
+    counter_->fetch_sub(1);
+    delete this;
+  }
+
+ private:
+  std::atomic<int32_t>* const counter_;
+};
+
 // ---------------------------------------------------------------------------
 // Session: the streaming loader call. One StartStream, then Release
 // messages; layers go out in order with at most `window` unreleased. Every
 // lease of the call is dropped when the call ends, whatever the reason.
 class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
-  SessionReactor(BigSmallService* service) : core_(std::make_shared<Core>(service, this)) {
+  SessionReactor(BigSmallService* service)
+      : service_(service), core_(std::make_shared<Core>(service, this)) {
+    service->calls_in_flight.fetch_add(1);
     service->active_sessions.fetch_add(1);
     if (service->metrics() != nullptr) service->metrics()->SetSessions(service->active_sessions);
     StartRead(&request_);
@@ -61,7 +79,9 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
   void OnCancel() override { core_->Fail(absl::CancelledError("cancelled by the client")); }
   void OnDone() override {
     core_->Done();
+    BigSmallService* service = service_;
     delete this;
+    service->calls_in_flight.fetch_sub(1);
   }
 
  private:
@@ -112,6 +132,10 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
         return;
       }
       if (!error_.ok()) {
+        if (drain_queue_ && !queue_.empty()) {
+          WriteLocked();
+          return;
+        }
         FinishLocked(error_);
         return;
       }
@@ -136,17 +160,13 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
         reactor_ = nullptr;
         held.swap(held_);
         ready.swap(ready_);
-        if (model_ != nullptr) model_->active_sessions.fetch_sub(1);
+        EndCountsLocked();
       }
       if (!held.empty()) {
         spdlog::debug("session ended holding {} leases; released", held.size());
       }
       held.clear();
       ready.clear();
-      service_->active_sessions.fetch_sub(1);
-      if (service_->metrics() != nullptr) {
-        service_->metrics()->SetSessions(service_->active_sessions);
-      }
     }
 
    private:
@@ -199,7 +219,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 
     // Chooses layers to acquire now that the window has room.
     void PlanLocked(std::vector<int32_t>* to_acquire, std::vector<int32_t>* to_prefetch) {
-      if (!started_ || finished_ || !error_.ok()) return;
+      if (!started_ || finished_ || !error_.ok() || !failed_.empty()) return;
       while (next_acquire_ < order_.size() &&
              held_.size() + ready_.size() + pending_ < window_) {
         to_acquire->push_back(static_cast<int32_t>(next_acquire_));
@@ -237,14 +257,21 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
         if (lease.ok()) drop = std::move(*lease);
         return;
       }
-      if (!lease.ok()) {
-        FailLocked(lease.status());
-        return;
+      if (lease.ok()) {
+        hits_[pos] = hit;
+        ready_.emplace(pos, std::move(*lease));
+      } else {
+        // Reported in order: the layers before this one still go out first
+        // (loads finish out of order; the client must not lose them).
+        failed_.emplace(pos, lease.status());
       }
-      hits_[pos] = hit;
-      ready_.emplace(pos, std::move(*lease));
       // Hand out, in order, every layer that is ready.
-      while (!ready_.empty() && ready_.begin()->first == next_send_) {
+      while (true) {
+        if (!failed_.empty() && failed_.begin()->first == next_send_) {
+          FailAfterQueuedLocked(failed_.begin()->second);
+          return;
+        }
+        if (ready_.empty() || ready_.begin()->first != next_send_) break;
         LayerCache::Lease l = std::move(ready_.begin()->second);
         ready_.erase(ready_.begin());
         int32_t layer = order_[next_send_];
@@ -298,9 +325,39 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
       if (!write_in_flight_ || absl::IsCancelled(status)) FinishLocked(error_);
     }
 
+    // A load failed at the position next to send: the handles already
+    // queued are written, then the call ends with `status`.
+    void FailAfterQueuedLocked(const absl::Status& status) {
+      if (finished_ || !error_.ok()) return;
+      error_ = status;
+      drain_queue_ = true;
+      service_->RecordError(status);
+      spdlog::info("session on {}: {}", model_->id(), status.ToString());
+      if (!write_in_flight_ && queue_.empty()) {
+        FinishLocked(error_);
+      } else {
+        WriteLocked();
+      }
+    }
+
+    // The session stops counting as active (for the model: Evict's unload
+    // check; for the daemon: stats, metrics) once its final status is
+    // decided, i.e. before the client can see it, not when gRPC gets round
+    // to OnDone. Once only.
+    void EndCountsLocked() {
+      if (counts_ended_) return;
+      counts_ended_ = true;
+      if (model_ != nullptr) model_->active_sessions.fetch_sub(1);
+      service_->active_sessions.fetch_sub(1);
+      if (service_->metrics() != nullptr) {
+        service_->metrics()->SetSessions(service_->active_sessions);
+      }
+    }
+
     void FinishLocked(const absl::Status& status) {
       if (finished_) return;
       finished_ = true;
+      EndCountsLocked();
       if (reactor_ != nullptr) reactor_->Finish(ToGrpcStatus(status));
     }
 
@@ -321,12 +378,16 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
     uint32_t sent_ = 0;
     std::map<size_t, LayerCache::Lease> ready_;  // position -> lease, not yet sent
     std::map<size_t, bool> hits_;
+    std::map<size_t, absl::Status> failed_;      // position -> load error, not yet reported
+    bool drain_queue_ = false;  // error_ is sent after the queued handles
+    bool counts_ended_ = false;
     std::map<int32_t, LayerCache::Lease> held_;  // layer -> lease, sent and unreleased
     std::vector<LayerCache::Lease> graveyard_;   // released, dropped outside the lock
     std::deque<v1::SessionResponse> queue_;
     bool write_in_flight_ = false;
   };
 
+  BigSmallService* const service_;
   v1::SessionRequest request_;
   std::shared_ptr<Core> core_;
 };
@@ -337,7 +398,9 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 class GetTensorsReactor final : public grpc::ServerWriteReactor<v1::TensorChunk> {
  public:
   GetTensorsReactor(BigSmallService* service, const v1::GetTensorsRequest& request)
-      : service_(service), request_(request) {}
+      : service_(service), request_(request) {
+    service_->calls_in_flight.fetch_add(1);
+  }
 
   void Run() {
     absl::Status st = RunImpl();
@@ -360,7 +423,11 @@ class GetTensorsReactor final : public grpc::ServerWriteReactor<v1::TensorChunk>
     broken_ = true;
     cv_.notify_all();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    BigSmallService* service = service_;
+    delete this;
+    service->calls_in_flight.fetch_sub(1);
+  }
 
  private:
   absl::Status RunImpl() {
@@ -605,7 +672,7 @@ void BigSmallService::FillStats(v1::StatsResponse* r) {
 grpc::ServerUnaryReactor* BigSmallService::OpenModel(grpc::CallbackServerContext* ctx,
                                                      const v1::OpenModelRequest* request,
                                                      v1::OpenModelResponse* response) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
   // Opening reads and checks the index: off the gRPC threads.
   rpc_pool_.Schedule([this, reactor, request, response] {
     bool already = false;
@@ -626,7 +693,7 @@ grpc::ServerUnaryReactor* BigSmallService::OpenModel(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* BigSmallService::DescribeModel(grpc::CallbackServerContext* ctx,
                                                          const v1::DescribeModelRequest* request,
                                                          v1::ModelDescription* response) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
   auto model = Find(request->model_id());
   if (!model.ok()) {
     RecordError(model.status());
@@ -659,7 +726,7 @@ grpc::ServerUnaryReactor* BigSmallService::ListModels(grpc::CallbackServerContex
     for (const auto& [id, m] : by_id_) models.push_back(m);
   }
   for (const auto& m : models) FillSummary(*m, response->add_models());
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -667,7 +734,7 @@ grpc::ServerUnaryReactor* BigSmallService::ListModels(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* BigSmallService::Evict(grpc::CallbackServerContext* ctx,
                                                  const v1::EvictRequest* request,
                                                  v1::EvictResponse* response) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
   std::string key;
   std::shared_ptr<Model> model;
   if (!request->model_id().empty()) {
@@ -714,7 +781,7 @@ grpc::ServerUnaryReactor* BigSmallService::GetStats(grpc::CallbackServerContext*
                                                     const v1::GetStatsRequest* request,
                                                     v1::StatsResponse* response) {
   FillStats(response);
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

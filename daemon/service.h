@@ -66,6 +66,10 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
   LayerCache& cache() { return *cache_; }
   Metrics* metrics() { return metrics_; }
   std::atomic<int32_t> active_sessions{0};
+  // Calls of this service that have started and not reached OnDone (every
+  // method, unary ones included). The SIGTERM drain waits for these only:
+  // idle connections, health watches and reflection streams do not hold it.
+  std::atomic<int32_t> calls_in_flight{0};
   std::atomic<uint64_t> next_lease_id{1};
 
  private:

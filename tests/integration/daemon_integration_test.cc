@@ -1,6 +1,8 @@
 // End-to-end tests: a real bigsmalld process on a real Unix socket, driven by
 // the client library and the bigsmall-client CLI.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -12,6 +14,7 @@
 #include <iostream>
 #include <map>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -22,6 +25,8 @@
 #include "codec/safetensors.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "google/protobuf/unknown_field_set.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/integration/daemon_process.h"
@@ -72,13 +77,19 @@ TestModel MakeModel(const std::string& name, const testing::SyntheticModelSpec& 
 
 class Daemon {
  public:
-  explicit Daemon(std::vector<std::string> extra = {}) {
+  // `short_drain`: --drain-seconds 1 (tests that stop the daemon while a
+  // stream runs); false keeps the daemon's default grace period.
+  explicit Daemon(std::vector<std::string> extra = {}, bool short_drain = true) {
     static std::atomic<int> n{0};
     dir_ = absl::StrCat(g_dir, "/d", n.fetch_add(1));
     mkdir(dir_.c_str(), 0700);
     socket_ = dir_ + "/bigsmall.sock";
     std::vector<std::string> args = {BIGSMALLD_PATH, "--socket", socket_, "--shm-dir",
-                                     dir_ + "/shm", "--log-level", "info", "--drain-seconds", "1"};
+                                     dir_ + "/shm", "--log-level", "info"};
+    if (short_drain) {
+      args.push_back("--drain-seconds");
+      args.push_back("1");
+    }
     args.insert(args.end(), extra.begin(), extra.end());
     pid_ = testing::Spawn(args, "", dir_ + "/daemon.log");
     struct stat st;
@@ -91,17 +102,31 @@ class Daemon {
   }
   ~Daemon() {
     Stop();
+    client_.reset();
     if (std::getenv("BIGSMALL_SHOW_LOG")) std::cerr << log();
   }
 
   // SIGTERM; returns true on a clean exit with everything removed.
-  bool Stop() {
+  // `took`, when set, receives how long the daemon took to exit.
+  bool Stop(std::chrono::milliseconds* took = nullptr) {
     if (pid_ <= 0) return true;
+    auto start = std::chrono::steady_clock::now();
     int status = testing::StopProcess(pid_, SIGTERM, 15s);
+    if (took != nullptr) {
+      *took = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - start);
+    }
     pid_ = -1;
     struct stat st;
     bool socket_gone = stat(socket_.c_str(), &st) != 0;
     return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 && socket_gone;
+  }
+  // Waits for the daemon to exit by itself (after a signal sent with kill);
+  // returns its wait status, or -1 if it is still running.
+  int WaitExit(std::chrono::milliseconds timeout) {
+    int status = testing::WaitFor(pid_, timeout);
+    if (status >= 0) pid_ = -1;
+    return status;
   }
   bool ready() const { return ready_; }
   bool alive() const { return pid_ > 0 && kill(pid_, 0) == 0; }
@@ -156,6 +181,146 @@ absl::StatusOr<size_t> StreamAndCompare(Client& client, const TestModel& model,
     if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
   }
   return compared;
+}
+
+// The server ends a session (OnDone) just after its client saw the final
+// status: waits (up to 2 s) until no session and no lease remains.
+bool WaitIdle(Client& client) {
+  for (int i = 0; i < 200; ++i) {
+    auto stats = client.Stats();
+    if (stats.ok() && stats->active_sessions() == 0 && stats->active_leases() == 0) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+// A TCP port on 127.0.0.1 that nothing listens on right now.
+int FreeTcpPort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// GET http://127.0.0.1:port/path; the response body, or an error.
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("connect 127.0.0.1:", port, " failed"));
+  }
+  std::string request =
+      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return absl::UnavailableError("short write");
+  }
+  std::string response;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) response.append(buf, static_cast<size_t>(n));
+  close(fd);
+  size_t body = response.find("\r\n\r\n");
+  if (response.rfind("HTTP/1.", 0) != 0 || body == std::string::npos) {
+    return absl::DataLossError("not an HTTP response: " + response.substr(0, 200));
+  }
+  if (response.find(" 200 ") == std::string::npos ||
+      response.find(" 200 ") > response.find("\r\n")) {
+    return absl::UnavailableError("HTTP status: " + response.substr(0, response.find("\r\n")));
+  }
+  return response.substr(body + 4);
+}
+
+// The value of an unlabelled sample in Prometheus text, or -1 if absent.
+double MetricValue(const std::string& text, const std::string& name) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.size() > name.size() && line.substr(0, name.size()) == name &&
+        line[name.size()] == ' ') {
+      return std::strtod(std::string(line.substr(name.size() + 1)).c_str(), nullptr);
+    }
+  }
+  return -1;
+}
+
+// One grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo exchange
+// through the generic stub (the reflection client stubs are not installed):
+// sends `request` (a serialized ServerReflectionRequest), returns the
+// serialized response.
+absl::StatusOr<std::string> ReflectionCall(const std::shared_ptr<grpc::Channel>& channel,
+                                           const std::string& request) {
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+  grpc::CompletionQueue cq;
+  auto call = generic.PrepareCall(
+      &ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  auto step = [&](intptr_t want) {
+    void* tag = nullptr;
+    bool ok = false;
+    auto r = cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now() + 10s);
+    return r == grpc::CompletionQueue::GOT_EVENT && reinterpret_cast<intptr_t>(tag) == want && ok;
+  };
+  grpc::Slice slice(request);
+  grpc::ByteBuffer out(&slice, 1), in;
+  grpc::Status status;
+  call->StartCall(reinterpret_cast<void*>(1));
+  bool ok = step(1);
+  if (ok) {
+    call->Write(out, reinterpret_cast<void*>(2));
+    ok = step(2);
+  }
+  if (ok) {
+    call->Read(&in, reinterpret_cast<void*>(3));
+    ok = step(3);
+  }
+  if (ok) {
+    call->WritesDone(reinterpret_cast<void*>(4));
+    ok = step(4);
+  }
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  void* tag;
+  bool fin_ok;
+  cq.AsyncNext(&tag, &fin_ok, std::chrono::system_clock::now() + 10s);
+  cq.Shutdown();
+  while (cq.Next(&tag, &fin_ok)) {
+  }
+  if (!status.ok()) return client::FromGrpc(status);
+  if (!ok) return absl::UnavailableError("reflection call failed");
+  std::vector<grpc::Slice> slices;
+  if (!in.Dump(&slices).ok()) return absl::DataLossError("bad reflection response");
+  std::string bytes;
+  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  return bytes;
+}
+
+// Field `number` of a serialized message, as raw length-delimited values.
+std::vector<std::string> Fields(const std::string& bytes, int number) {
+  google::protobuf::UnknownFieldSet set;
+  std::vector<std::string> out;
+  if (!set.ParseFromString(bytes)) return out;
+  for (int i = 0; i < set.field_count(); ++i) {
+    const auto& f = set.field(i);
+    if (f.number() == number && f.type() == google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) {
+      out.push_back(f.length_delimited());
+    }
+  }
+  return out;
 }
 
 class IntegrationTest : public ::testing::Test {
@@ -562,6 +727,347 @@ TEST_F(IntegrationTest, HealthServiceAndSocketPermissions) {
   EXPECT_NE(testing::ReadFile(d.dir() + "/second.log").find("another daemon"), std::string::npos);
   EXPECT_TRUE(d.Stop()) << d.log();
   if (std::getenv("BIGSMALL_SHOW_LOG")) std::cerr << d.log();
+}
+
+
+TEST_F(IntegrationTest, GetTensorsReturnsOriginalBytes) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  // Default: every non-layer tensor.
+  auto all = d.client().GetTensors(desc->model_id(), {});
+  ASSERT_TRUE(all.ok()) << all.status();
+  std::set<std::string> names;
+  for (const auto& t : *all) {
+    names.insert(t.info.name());
+    auto it = small_->tensors.find(t.info.name());
+    ASSERT_NE(it, small_->tensors.end()) << t.info.name();
+    EXPECT_EQ(t.info.size(), it->second.size()) << t.info.name();
+    EXPECT_TRUE(t.bytes == it->second) << "bytes differ in " << t.info.name();
+    EXPECT_EQ(t.info.layer(), -1) << t.info.name();
+    EXPECT_FALSE(t.info.dtype().empty());
+    EXPECT_EQ(HashBytes128({t.bytes.data(), t.bytes.size()}),
+              [&] {
+                Hash128 h{};
+                if (t.info.hash().size() == h.size()) memcpy(h.data(), t.info.hash().data(), 16);
+                return h;
+              }())
+        << t.info.name();
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"model.embed_tokens.weight", "model.norm.weight",
+                                          "lm_head.weight"}));
+  // Named tensors, from layers too, in the order asked.
+  std::vector<std::string> wanted = {"model.layers.3.mlp.down_proj.weight", "lm_head.weight",
+                                     "model.layers.0.input_layernorm.weight"};
+  auto some = d.client().GetTensors(desc->model_id(), wanted);
+  ASSERT_TRUE(some.ok()) << some.status();
+  ASSERT_EQ(some->size(), wanted.size());
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    EXPECT_EQ((*some)[i].info.name(), wanted[i]);
+    EXPECT_TRUE((*some)[i].bytes == small_->tensors.at(wanted[i])) << wanted[i];
+  }
+  EXPECT_EQ((*some)[0].info.layer(), 3);
+  EXPECT_EQ((*some)[0].info.dtype(), "F32");
+  // Small chunks: a tensor arrives in several, reassembled exactly.
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+    v1::GetTensorsRequest request;
+    request.set_model_id(desc->model_id());
+    request.add_names("model.embed_tokens.weight");
+    request.set_chunk_bytes(4096);
+    auto reader = d.client().stub().GetTensors(&ctx, request);
+    v1::TensorChunk chunk;
+    std::string bytes;
+    int chunks = 0;
+    while (reader->Read(&chunk)) {
+      EXPECT_EQ(chunk.offset(), bytes.size());
+      EXPECT_EQ(chunk.has_info(), chunks == 0);
+      EXPECT_EQ(chunk.name(), "model.embed_tokens.weight");
+      bytes += chunk.data();
+      ++chunks;
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    const auto& original = small_->tensors.at("model.embed_tokens.weight");
+    EXPECT_EQ(chunks, static_cast<int>((original.size() + 4095) / 4096));
+    EXPECT_TRUE(bytes == std::string(original.begin(), original.end()));
+  }
+  // No lease remains.
+  auto stats = d.client().Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->active_leases(), 0u);
+  EXPECT_EQ(stats->active_sessions(), 0u);
+  EXPECT_TRUE(d.Stop()) << d.log();
+}
+
+TEST_F(IntegrationTest, MetricsOverHttpMoveWithStreaming) {
+  int port = FreeTcpPort();
+  ASSERT_GT(port, 0);
+  Daemon d({"--metrics", absl::StrCat("127.0.0.1:", port)});
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto before = HttpGet(port, "/metrics");
+  ASSERT_TRUE(before.ok()) << before.status();
+  for (const char* name :
+       {"bigsmall_bytes_read_total", "bigsmall_bytes_decoded_total", "bigsmall_layers_served_total",
+        "bigsmall_cache_hits_total", "bigsmall_cache_misses_total", "bigsmall_leases_active",
+        "bigsmall_sessions_active", "bigsmall_models_open", "bigsmall_cache_budget_bytes"}) {
+    EXPECT_GE(MetricValue(*before, name), 0) << name << " missing:\n" << *before;
+  }
+  EXPECT_EQ(MetricValue(*before, "bigsmall_bytes_read_total"), 0);
+  EXPECT_EQ(MetricValue(*before, "bigsmall_layers_served_total"), 0);
+  EXPECT_EQ(MetricValue(*before, "bigsmall_cache_misses_total"), 0);
+
+  const double groups = 6 + 1;  // layers + the non-layer group
+  auto n = StreamAndCompare(d.client(), *small_);
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_TRUE(WaitIdle(d.client()));
+  auto first = HttpGet(port, "/metrics");
+  ASSERT_TRUE(first.ok()) << first.status();
+  double read1 = MetricValue(*first, "bigsmall_bytes_read_total");
+  double misses1 = MetricValue(*first, "bigsmall_cache_misses_total");
+  double hits1 = MetricValue(*first, "bigsmall_cache_hits_total");
+  uint64_t total = 0;
+  for (const auto& [name, bytes] : small_->tensors) total += bytes.size();
+  struct stat st;
+  ASSERT_EQ(stat(small_->bs.c_str(), &st), 0);
+  EXPECT_GT(read1, 0);
+  EXPECT_LE(read1, static_cast<double>(st.st_size));
+  EXPECT_GE(MetricValue(*first, "bigsmall_bytes_decoded_total"), static_cast<double>(total));
+  EXPECT_EQ(MetricValue(*first, "bigsmall_layers_served_total"), groups);
+  EXPECT_EQ(MetricValue(*first, "bigsmall_layer_decodes_total"), groups);
+  EXPECT_GT(misses1, 0);
+  EXPECT_EQ(misses1 + hits1, groups) << *first;  // every acquire is one or the other
+  EXPECT_EQ(MetricValue(*first, "bigsmall_models_open"), 1);
+  EXPECT_EQ(MetricValue(*first, "bigsmall_leases_active"), 0);
+  EXPECT_EQ(MetricValue(*first, "bigsmall_sessions_active"), 0);
+  EXPECT_GT(MetricValue(*first, "bigsmall_cache_bytes"), 0);
+
+  // Again: everything from cache; nothing read or decoded.
+  ASSERT_TRUE(StreamAndCompare(d.client(), *small_).ok());
+  auto second = HttpGet(port, "/metrics");
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(MetricValue(*second, "bigsmall_layers_served_total"), 2 * groups);
+  EXPECT_EQ(MetricValue(*second, "bigsmall_cache_hits_total"), hits1 + groups);
+  EXPECT_EQ(MetricValue(*second, "bigsmall_cache_misses_total"), misses1);
+  EXPECT_EQ(MetricValue(*second, "bigsmall_bytes_read_total"), read1);
+  EXPECT_EQ(MetricValue(*second, "bigsmall_layer_decodes_total"), groups);
+  // GetStats reports the same counters.
+  auto stats = d.client().Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(static_cast<double>(stats->layers_served()), 2 * groups);
+  EXPECT_EQ(static_cast<double>(stats->bytes_read()), read1);
+  EXPECT_EQ(static_cast<double>(stats->cache_hits()), hits1 + groups);
+  // Errors are counted by code.
+  EXPECT_FALSE(d.client().OpenModel(g_dir + "/nope.bs").ok());
+  auto third = HttpGet(port, "/metrics");
+  ASSERT_TRUE(third.ok());
+  EXPECT_NE(third->find("bigsmall_errors_total{code=\"NOT_FOUND\"} 1"), std::string::npos)
+      << *third;
+  EXPECT_TRUE(d.Stop()) << d.log();
+}
+
+TEST_F(IntegrationTest, ServerReflectionListsAndDescribesTheService) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  // ServerReflectionRequest{list_services (7): ""}
+  auto listed = ReflectionCall(d.client().channel(), std::string("\x3a\x00", 2));
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  // ServerReflectionResponse.list_services_response (6) -> service (1) -> name (1)
+  std::set<std::string> services;
+  for (const auto& list : Fields(*listed, 6)) {
+    for (const auto& service : Fields(list, 1)) {
+      for (const auto& name : Fields(service, 1)) services.insert(name);
+    }
+  }
+  EXPECT_TRUE(services.count("bigsmall.v1.BigSmall")) << services.size();
+  EXPECT_TRUE(services.count("grpc.health.v1.Health"));
+  // ServerReflectionRequest{file_containing_symbol (4): "bigsmall.v1.BigSmall"}
+  std::string symbol = "bigsmall.v1.BigSmall";
+  auto file = ReflectionCall(d.client().channel(), std::string("\x22") +
+                                                       static_cast<char>(symbol.size()) + symbol);
+  ASSERT_TRUE(file.ok()) << file.status();
+  // file_descriptor_response (4) -> file_descriptor_proto (1)
+  bool found = false;
+  for (const auto& response : Fields(*file, 4)) {
+    for (const auto& proto : Fields(response, 1)) {
+      google::protobuf::FileDescriptorProto fd;
+      ASSERT_TRUE(fd.ParseFromString(proto));
+      if (fd.package() != "bigsmall.v1") continue;
+      for (const auto& service : fd.service()) {
+        if (service.name() != "BigSmall") continue;
+        found = true;
+        std::map<std::string, std::pair<bool, bool>> methods;
+        for (const auto& m : service.method()) {
+          methods[m.name()] = {m.client_streaming(), m.server_streaming()};
+        }
+        for (const char* m : {"OpenModel", "DescribeModel", "Session", "GetTensors",
+                              "ListModels", "Evict", "GetStats"}) {
+          EXPECT_TRUE(methods.count(m)) << m;
+        }
+        EXPECT_EQ(methods["Session"], std::make_pair(true, true));
+        EXPECT_EQ(methods["GetTensors"], std::make_pair(false, true));
+        EXPECT_EQ(methods["OpenModel"], std::make_pair(false, false));
+      }
+    }
+  }
+  EXPECT_TRUE(found) << "no FileDescriptorProto with service bigsmall.v1.BigSmall";
+  EXPECT_TRUE(d.Stop()) << d.log();
+}
+
+TEST_F(IntegrationTest, MultiShardDirectoryWithLayersSplitAcrossShards) {
+  // Two shards; layer 2's attention in the first, its MLP in the second;
+  // the embeddings in the first, the final norm and head in the second.
+  auto tensors = testing::MakeSyntheticTensors({.layers = 4, .hidden = 64, .vocab = 128, .seed = 7});
+  std::vector<testing::SyntheticTensor> first, second;
+  bool in_second = false;
+  for (auto& t : tensors) {
+    if (t.name == "model.layers.2.mlp.up_proj.weight") in_second = true;
+    (in_second ? second : first).push_back(std::move(t));
+  }
+  std::string dir = g_dir + "/sharded_ok";
+  ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
+  const std::string shard1 = "model-00001-of-00002.safetensors";
+  const std::string shard2 = "model-00002-of-00002.safetensors";
+  ASSERT_TRUE(testing::WriteSafetensors(dir + "/" + shard1, first));
+  ASSERT_TRUE(testing::WriteSafetensors(dir + "/" + shard2, second));
+  nlohmann::json index;
+  index["metadata"] = {{"total_size", 0}};
+  for (const auto& t : first) index["weight_map"][t.name] = shard1;
+  for (const auto& t : second) index["weight_map"][t.name] = shard2;
+  std::ofstream(dir + "/model.safetensors.index.json") << index.dump();
+  TestModel m;
+  m.safetensors = dir;
+  m.bs = dir + ".bs";
+  CompressOptions options;
+  options.threads = 2;
+  auto compressed = CompressPath(dir, m.bs, options);
+  ASSERT_TRUE(compressed.ok()) << compressed.status();
+  ASSERT_TRUE(LoadOriginal(dir + "/" + shard1, &m).ok());
+  ASSERT_TRUE(LoadOriginal(dir + "/" + shard2, &m).ok());
+  ASSERT_EQ(m.tensors.size(), 1 + 4 * 7 + 2u);
+
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(m.bs);
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  EXPECT_EQ(desc->num_layers(), 4u);
+  EXPECT_EQ(desc->shards_size(), 2);
+  std::set<std::string> layer2_shards;
+  for (const auto& t : desc->layers(2).tensors()) layer2_shards.insert(t.shard());
+  EXPECT_EQ(layer2_shards.size(), 2u) << "layer 2 should span both shards";
+  std::set<std::string> non_layer_shards;
+  for (const auto& t : desc->non_layer().tensors()) non_layer_shards.insert(t.shard());
+  EXPECT_EQ(non_layer_shards.size(), 2u);
+  // Every tensor, streamed, byte for byte; with io_uring (auto) and window 1.
+  client::StreamOptions narrow;
+  narrow.window = 1;
+  auto n = StreamAndCompare(d.client(), m, narrow);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, m.tensors.size());
+  // Again from the cache, wider window.
+  n = StreamAndCompare(d.client(), m);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, m.tensors.size());
+  // Non-layer tensors from both shards through GetTensors.
+  auto nl = d.client().GetTensors(desc->model_id(), {});
+  ASSERT_TRUE(nl.ok()) << nl.status();
+  EXPECT_EQ(nl->size(), 3u);
+  for (const auto& t : *nl) EXPECT_TRUE(t.bytes == m.tensors.at(t.info.name())) << t.info.name();
+  auto stats = d.client().Stats();
+  ASSERT_TRUE(stats.ok());
+  ASSERT_EQ(stats->models_size(), 1);
+  EXPECT_EQ(stats->models(0).layer_decodes(), 4u + 1);
+  EXPECT_EQ(stats->active_leases(), 0u);
+  EXPECT_TRUE(d.Stop()) << d.log();
+}
+
+// A client that holds a layer and never finishes: the grace period ends,
+// its call is cancelled, the daemon exits cleanly and the client sees an
+// error rather than hanging.
+TEST_F(IntegrationTest, SigtermCancelsAStuckStreamAfterTheGracePeriod) {
+  Daemon d({"--drain-seconds", "1"}, /*short_drain=*/false);
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  client::StreamOptions options;
+  options.window = 1;
+  auto stream = d.client().Stream(desc->model_id(), options);
+  ASSERT_TRUE(stream.ok());
+  auto held = (*stream)->Next();
+  ASSERT_TRUE(held.ok() && *held != nullptr) << held.status();
+  auto sigterm = std::chrono::steady_clock::now();
+  kill(d.pid(), SIGTERM);
+  int status = d.WaitExit(10s);
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - sigterm);
+  EXPECT_TRUE(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << d.log();
+  EXPECT_GE(took.count(), 900) << "the stream did not get its grace period";
+  EXPECT_LT(took.count(), 4000) << d.log();
+  // The call is gone: releasing and asking for more gives an error, not a hang.
+  (*held)->Release();
+  auto next = (*stream)->Next();
+  EXPECT_FALSE(next.ok());
+}
+
+// SIGTERM with the default --drain-seconds (10 s) after a client streamed,
+// fetched tensors and kept its channel open: nothing is in flight, so the
+// daemon must not sit out the grace period.
+TEST_F(IntegrationTest, SigtermAfterStreamingExitsPromptly) {
+  Daemon d({}, /*short_drain=*/false);
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto n = StreamAndCompare(d.client(), *small_);
+  ASSERT_TRUE(n.ok()) << n.status();
+  // Nothing at all in flight.
+  EXPECT_TRUE(WaitIdle(d.client()));
+  // GetTensors too, then the channel stays open and idle.
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok());
+  ASSERT_TRUE(d.client().GetTensors(desc->model_id(), {}).ok());
+  std::chrono::milliseconds took{0};
+  EXPECT_TRUE(d.Stop(&took)) << d.log();
+  EXPECT_LT(took.count(), 2000) << d.log();
+}
+
+// SIGTERM while a slow client streams: the stream gets the grace period and
+// completes; the daemon exits as soon as it has, not when the grace period
+// (default 10 s) ends.
+TEST_F(IntegrationTest, SigtermDrainsARunningStreamThenExitsAtOnce) {
+  Daemon d({}, /*short_drain=*/false);
+  ASSERT_TRUE(d.ready()) << d.log();
+  absl::Status streamed = absl::UnknownError("not run");
+  std::chrono::steady_clock::time_point stream_end;
+  std::thread t([&] {
+    auto c = Client::Connect(d.socket());
+    if (!c.ok()) {
+      streamed = c.status();
+      return;
+    }
+    client::StreamOptions options;
+    options.window = 1;
+    auto n = StreamAndCompare(**c, *small_, options, /*delay_ms=*/150);
+    stream_end = std::chrono::steady_clock::now();
+    streamed = n.ok() ? absl::OkStatus() : n.status();
+  });
+  bool holding = false;
+  for (int i = 0; i < 200 && !holding; ++i) {
+    auto s = d.client().Stats();
+    holding = s.ok() && s->active_leases() > 0;
+    if (!holding) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(holding);
+  auto sigterm = std::chrono::steady_clock::now();
+  kill(d.pid(), SIGTERM);
+  t.join();
+  EXPECT_TRUE(streamed.ok()) << streamed << "\n" << d.log();
+  int status = d.WaitExit(15s);
+  auto exited = std::chrono::steady_clock::now();
+  EXPECT_TRUE(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << d.log();
+  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(exited - stream_end).count(),
+            2000)
+      << d.log();
+  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(exited - sigterm).count(), 8000)
+      << d.log();
 }
 
 }  // namespace
