@@ -923,8 +923,13 @@ def tree_digest(root):
 
 def peak_rss_kib(args):
     """Runs bigsmall ARGS to completion; returns (exit code, the child's own peak RSS in KiB)."""
+    env = dict(os.environ)
+    # Under AddressSanitizer freed memory sits in a quarantine (256 MiB by
+    # default) and would count as resident: keep it small for this measurement.
+    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"), "quarantine_size_mb=4",
+                                                 "thread_local_quarantine_size_kb=64"]))
     proc = subprocess.Popen([BIGSMALL] + [str(a) for a in args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     proc.stderr.close()
@@ -932,8 +937,8 @@ def peak_rss_kib(args):
 
 
 def test_bounded_memory(env):
-    """decompress and verify stream tensor by tensor: a 256 MiB file of 8 MiB tensors needs far
-    less than 256 MiB more memory than a tiny file does."""
+    """decompress and verify stream in bounded batches (64 MiB of tensors at a time): a 256 MiB
+    file of 8 MiB tensors must need well under 256 MiB more memory than a tiny file does."""
     d = env.scratch()
     big = os.path.join(d, "big.safetensors")
     # Written by a child process, so this process stays small: ru_maxrss of a
@@ -962,7 +967,7 @@ def test_bounded_memory(env):
         check(rc == 0, "%s failed" % cmd[0])
         grown_mib = (peak - base) / 1024.0
         print("  %s: peak RSS %.0f MiB (+%.0f MiB over a tiny file) for a 256 MiB file" % (cmd[0], peak / 1024.0, grown_mib))
-        check(grown_mib < 96, "%s grew %.0f MiB for a 256 MiB file: not streaming" % (cmd[0], grown_mib))
+        check(grown_mib < 160, "%s grew %.0f MiB for a 256 MiB file: not streaming" % (cmd[0], grown_mib))
     check(sha256(os.path.join(d, "b.out")) == sha256(big), "big round trip differs")
 
 
