@@ -20,9 +20,11 @@ namespace {
 
 // Chunk sizes in elements. 64 Ki elements keep the 128-byte lane states under
 // 0.02 bits/weight of BF16 and give a 1 GB tensor thousands of chunks for
-// threads and GPU blocks; --storage trades some parallelism for smaller
-// overhead.
+// threads and GPU blocks; 1-byte types (FP8, int8, packed 4-bit) get 128 Ki
+// so each chunk still covers 128 KiB and the states cost half as much per
+// byte; --storage trades some parallelism for smaller overhead.
 constexpr uint32_t kDefaultChunkElements = 1u << 16;
+constexpr uint32_t kByteChunkElements = 1u << 17;
 constexpr uint32_t kStorageChunkElements = 1u << 18;
 // A context (exponent value) gets its own mantissa table in --storage when
 // it covers at least this many elements; rarer contexts share table 0.
@@ -181,8 +183,9 @@ absl::StatusOr<PlaneChoice> ChoosePlane(const std::vector<std::vector<uint8_t>>&
   }
   // zstd for zero-heavy or structured planes (runs, repeats): order-0 cannot
   // see those. Not in --inference, whose planes must decode fastest.
-  const bool try_zstd = mode != Mode::kInference &&
-                        (p_max >= 0.5 || (mode == Mode::kStorage && rans_estimate > 0.85 * n));
+  // Also for near-incompressible planes (rANS saves < 15%): low mantissa
+  // bytes of real FP32 checkpoints often repeat in ways order-0 cannot see.
+  const bool try_zstd = mode != Mode::kInference && (p_max >= 0.5 || rans_estimate > 0.85 * n);
   if (try_zstd) {
     const int level = mode == Mode::kStorage ? 9 : 3;
     ASSIGN_OR_RETURN(PlaneChoice pc, EncodeZstd(plane, ce, num_chunks, level, pool));
@@ -212,7 +215,11 @@ absl::StatusOr<std::vector<uint8_t>> EncodeTensorBlob(absl::Span<const uint8_t> 
   }
   const uint64_t n = bytes.size() / width;
   uint32_t ce = options.chunk_elements;
-  if (ce == 0) ce = options.mode == Mode::kStorage ? kStorageChunkElements : kDefaultChunkElements;
+  if (ce == 0) {
+    ce = options.mode == Mode::kStorage ? kStorageChunkElements
+         : width == 1                   ? kByteChunkElements
+                                        : kDefaultChunkElements;
+  }
   if (ce > kMaxChunkElements) ce = kMaxChunkElements;
   const uint64_t num_chunks64 = (n + ce - 1) / ce;
   if (num_chunks64 > UINT32_MAX) return absl::InvalidArgumentError("tensor too large for chunk size");
