@@ -75,15 +75,8 @@ void LayerCache::Acquire(const LayerKey& key, uint64_t size, LoadFn load, Callba
     if (metrics_ != nullptr) metrics_->AddCacheMiss();
     // A reader is waiting: load even when nothing more can be evicted.
     MakeRoomLocked(size, /*evict_unclaimed=*/true, &graveyard);
-    to_load = std::make_shared<Entry>();
-    to_load->key = key;
-    to_load->reserved = size;
+    to_load = NewLoadingEntryLocked(key, size);
     to_load->waiters.push_back(std::move(done));
-    entries_.emplace(key, to_load);
-    stats_.bytes += size;
-    stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.bytes);
-    ++loads_in_flight_;
-    UpdateGaugesLocked();
   }
   graveyard.clear();
   StartLoad(std::move(to_load), std::move(load));
@@ -108,18 +101,23 @@ bool LayerCache::Prefetch(const LayerKey& key, uint64_t size, LoadFn load) {
     std::lock_guard<std::mutex> lock(mu_);
     if (entries_.count(key) != 0) return false;
     if (!MakeRoomLocked(size, /*evict_unclaimed=*/false, &graveyard)) return false;
-    to_load = std::make_shared<Entry>();
-    to_load->key = key;
-    to_load->reserved = size;
-    entries_.emplace(key, to_load);
-    stats_.bytes += size;
-    stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.bytes);
-    ++loads_in_flight_;
-    UpdateGaugesLocked();
+    to_load = NewLoadingEntryLocked(key, size);
   }
   graveyard.clear();
   StartLoad(std::move(to_load), std::move(load));
   return true;
+}
+
+std::shared_ptr<LayerCache::Entry> LayerCache::NewLoadingEntryLocked(const LayerKey& key, uint64_t size) {
+  auto entry = std::make_shared<Entry>();
+  entry->key = key;
+  entry->reserved = size;
+  entries_.emplace(key, entry);
+  stats_.bytes += size;
+  stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.bytes);
+  ++loads_in_flight_;
+  UpdateGaugesLocked();
+  return entry;
 }
 
 void LayerCache::StartLoad(std::shared_ptr<Entry> entry, LoadFn load) {

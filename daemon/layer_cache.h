@@ -133,6 +133,8 @@ class LayerCache {
     std::list<Entry*>::iterator lru_it;
   };
 
+  // Registers a new entry being loaded (reserving `size` bytes). mu_ held.
+  std::shared_ptr<Entry> NewLoadingEntryLocked(const LayerKey& key, uint64_t size);
   void StartLoad(std::shared_ptr<Entry> entry, LoadFn load);
   void FinishLoad(const std::shared_ptr<Entry>& entry,
                   absl::StatusOr<std::shared_ptr<LayerData>> result);
