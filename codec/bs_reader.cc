@@ -166,7 +166,7 @@ absl::StatusOr<std::unique_ptr<BsReader>> BsReader::Open(std::unique_ptr<ByteSou
   }
   ASSIGN_OR_RETURN(auto stored, ReadRange(*source, header.index_offset, header.index_stored_size));
   if (HashBytes64(stored) != header.index_checksum) return Corrupt(what, "index checksum mismatch");
-  std::vector<uint8_t> raw(header.index_raw_size);
+  ASSIGN_OR_RETURN(std::vector<uint8_t> raw, AllocateBytes(header.index_raw_size, absl::StrCat(what, " index")));
   const size_t got = ZSTD_decompress(raw.data(), raw.size(), stored.data(), stored.size());
   if (ZSTD_isError(got) || got != raw.size()) return Corrupt(what, "index does not decompress");
   ASSIGN_OR_RETURN(BsIndex index, ParseIndex(raw, header, what));
@@ -231,7 +231,8 @@ absl::StatusOr<std::vector<uint8_t>> BsReader::ReadTensor(uint32_t t, const Deco
   if (bt.is_delta() && base) {
     ASSIGN_OR_RETURN(base_bytes, base(bt));
   }
-  std::vector<uint8_t> out(bt.info.size());
+  ASSIGN_OR_RETURN(std::vector<uint8_t> out,
+                   AllocateBytes(bt.info.size(), absl::StrCat(name_, ": tensor '", bt.info.name, "'")));
   RETURN_IF_ERROR(DecodeBlob(bt, blob, absl::MakeSpan(out), options, base_bytes));
   return out;
 }

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include "absl/strings/string_view.h"
 #include <vector>
@@ -30,6 +32,17 @@ inline uint64_t LoadLe64(const uint8_t* p) {
 }
 inline void StoreLe32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
 inline void StoreLe64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
+
+// Allocates `n` zero bytes without throwing: sizes often come from untrusted
+// headers, and a failed allocation must be an error, not a crash.
+inline absl::StatusOr<std::vector<uint8_t>> AllocateBytes(uint64_t n, absl::string_view what) {
+  try {
+    return std::vector<uint8_t>(n);
+  } catch (const std::bad_alloc&) {
+  } catch (const std::length_error&) {
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(what, ": cannot allocate ", n, " bytes"));
+}
 
 class ByteWriter {
  public:

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "codec/byte_io.h"
 
 namespace bigsmall {
 namespace {
@@ -135,8 +136,9 @@ absl::StatusOr<std::vector<uint8_t>> ReadRange(ByteSource& source, uint64_t offs
                                                uint64_t size) {
   // Checked before allocating, so a corrupt length cannot ask for terabytes.
   if (absl::Status s = CheckRange(source, offset, size); !s.ok()) return s;
-  std::vector<uint8_t> out(static_cast<size_t>(size));
-  if (absl::Status s = source.ReadAt(offset, absl::MakeSpan(out)); !s.ok()) return s;
+  auto out = AllocateBytes(size, source.name());
+  if (!out.ok()) return out.status();
+  if (absl::Status s = source.ReadAt(offset, absl::MakeSpan(*out)); !s.ok()) return s;
   return out;
 }
 

@@ -22,7 +22,8 @@ struct BlobPlane {
   std::vector<rans::Frequencies> tables;      // kRans: 1; kRansConditional: >= 1
   std::array<uint8_t, 256> context_map{};     // kRansConditional
   // Byte offsets (within the blob) of each chunk's payload; chunk c is
-  // [chunk_offsets[c], chunk_offsets[c + 1]). Raw planes have them too.
+  // [chunk_offsets[c], chunk_offsets[c + 1]). Raw planes have them too;
+  // constant planes (no payload) have none.
   std::vector<uint64_t> chunk_offsets;
 };
 

@@ -54,10 +54,14 @@ absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob) {
     BlobPlane& plane = b.planes[p];
     ASSIGN_OR_RETURN(uint8_t coder, r.U8("plane coder"));
     plane.coder = static_cast<PlaneCoder>(coder);
+    // Per-chunk tables are allocated only once the blob is known to be long
+    // enough to hold what they describe (a hostile count cannot make us
+    // allocate more than the blob's size).
     auto& sz = sizes[p];
-    sz.resize(b.num_chunks);
     switch (plane.coder) {
       case PlaneCoder::kRaw:
+        if (b.num_elements > blob.size()) return Corrupt("raw plane larger than the blob");
+        sz.resize(b.num_chunks);
         for (uint32_t c = 0; c < b.num_chunks; ++c) sz[c] = b.ChunkCount(c);
         break;
       case PlaneCoder::kConstant: {
@@ -91,6 +95,8 @@ absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob) {
         }
         [[fallthrough]];
       case PlaneCoder::kZstd:
+        if (r.remaining() / 4 < b.num_chunks) return Corrupt("chunk size table past the end of the blob");
+        sz.resize(b.num_chunks);
         for (uint32_t c = 0; c < b.num_chunks; ++c) {
           ASSIGN_OR_RETURN(uint32_t s, r.U32("chunk size"));
           sz[c] = s;
@@ -102,6 +108,7 @@ absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob) {
   }
   uint64_t offset = r.position();
   for (uint32_t p = 0; p < num_planes; ++p) {
+    if (b.planes[p].coder == PlaneCoder::kConstant) continue;  // no payload, no offsets
     auto& offs = b.planes[p].chunk_offsets;
     offs.resize(b.num_chunks + 1);
     for (uint32_t c = 0; c < b.num_chunks; ++c) {
@@ -127,7 +134,7 @@ absl::StatusOr<BlobSummary> SummarizeTensorBlob(absl::Span<const uint8_t> blob) 
     PlaneSummary ps;
     ps.coder = p.coder;
     ps.raw_bytes = b.num_elements;
-    ps.stored_bytes = p.chunk_offsets.back() - p.chunk_offsets.front();
+    ps.stored_bytes = p.chunk_offsets.empty() ? 0 : p.chunk_offsets.back() - p.chunk_offsets.front();
     ps.context_plane = p.context_plane;
     s.planes.push_back(ps);
   }
@@ -165,17 +172,21 @@ absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>&
   const uint8_t* plane_ptr[kMaxPlanes];
   for (size_t p = 0; p < np; ++p) {
     const BlobPlane& plane = b.planes[p];
-    const uint64_t begin = plane.chunk_offsets[c];
-    const auto payload = blob.subspan(begin, plane.chunk_offsets[c + 1] - begin);
     // Single-plane tensors decode straight into the output.
     uint8_t* dst = np == 1 ? out : scratch + p * count;
+    if (plane.coder == PlaneCoder::kConstant) {
+      std::memset(dst, plane.constant, count);
+      plane_ptr[p] = dst;
+      continue;
+    }
+    const uint64_t begin = plane.chunk_offsets[c];
+    const auto payload = blob.subspan(begin, plane.chunk_offsets[c + 1] - begin);
     switch (plane.coder) {
       case PlaneCoder::kRaw:
         plane_ptr[p] = payload.data();
         continue;
       case PlaneCoder::kConstant:
-        std::memset(dst, plane.constant, count);
-        break;
+        break;  // handled above
       case PlaneCoder::kRans:
         RETURN_IF_ERROR(rans::DecodeChunk(impl, tables[p].tables[0], payload,
                                           absl::MakeSpan(dst, count)));

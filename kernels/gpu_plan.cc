@@ -60,7 +60,7 @@ absl::StatusOr<DecodePlan> PlanDecode(absl::Span<const uint8_t> input, const std
       m.num_planes = static_cast<uint8_t>(np);
       for (size_t p = 0; p < np; ++p) {
         const BlobPlane& plane = b.planes[p];
-        const uint64_t begin = plane.chunk_offsets[c];
+        const uint64_t begin = plane.chunk_offsets.empty() ? 0 : plane.chunk_offsets[c];
         switch (plane.coder) {
           case PlaneCoder::kRaw:
             m.kind[p] = kSourceInput;
