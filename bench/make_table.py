@@ -7,18 +7,10 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import subprocess
+import sys
 
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import st_io  # noqa: E402
 
 
 def main():
@@ -44,7 +36,7 @@ def main():
     out.append("# Codec benchmark\n")
     out.append("Measured %s on %s (%d threads, load average %.1f at the end), decoder `%s`. "
                "Everything in a row was measured in the same run of `bench/run_bench.sh`.\n" % (
-                   datetime.date.today().isoformat(), cpu_name(), rows[0]["threads"], load[0], rows[0]["decoder"]))
+                   datetime.date.today().isoformat(), st_io.cpu_model(), rows[0]["threads"], load[0], rows[0]["decoder"]))
     out.append("Ratios are stored bytes / original bytes (lower is better): ours is the whole `.bs` file "
                "(index and 4 KiB alignment included) over the whole safetensors file; zstd and ZipNN "
                "compress the data section. The floor is the per-tensor order-0 entropy of the whole "

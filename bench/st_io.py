@@ -38,6 +38,18 @@ ST_DTYPES = {
 }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (for benchmark tables)."""
+    import platform
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def itemsize(dtype: str) -> int:
     return ST_DTYPES[dtype][1]
 

@@ -27,7 +27,6 @@ import contextlib
 import importlib.metadata
 import json
 import os
-import platform
 import sys
 import time
 
@@ -38,16 +37,6 @@ import st_io  # noqa: E402
 
 ZIPNN_DTYPE = {"F32": "float32", "BF16": "bfloat16", "F16": "float16",
                "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def corpus_files(cache: str | None) -> list[tuple[str, dict]]:
@@ -139,7 +128,7 @@ def bench_file(path: str, threads_mt: int, repeat: int, info: dict | None) -> di
         row.update(nulls)
         notes.append(f"ZipNN failed: {type(ex).__name__}: {ex}")
     row["repeat"] = repeat
-    row["cpu"] = cpu_model()
+    row["cpu"] = st_io.cpu_model()
     row["host_cpus"] = os.cpu_count()
     if notes:
         row["note"] = "; ".join(notes)
