@@ -12,26 +12,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
+#include "codec/status_util.h"
 
 namespace bigsmall::daemon {
-namespace {
-
-absl::Status ErrnoError(int err, const std::string& what) {
-  std::string msg = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-      return absl::NotFoundError(msg);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(msg);
-    case EIO:
-      return absl::DataLossError(msg);
-    default:
-      return absl::UnavailableError(msg);
-  }
-}
-
-}  // namespace
 
 const char* IoBackendName(IoBackend backend) {
   switch (backend) {
@@ -99,36 +82,76 @@ bool IoUringAvailable() {
 
 absl::StatusOr<std::unique_ptr<IoUringSource>> IoUringSource::Open(const std::string& path,
                                                                    const IoOptions& options) {
-  IoBackend backend = options.backend;
-  if (backend == IoBackend::kAuto) {
-    backend = IoUringAvailable() ? IoBackend::kIoUring : IoBackend::kPread;
-  } else if (backend == IoBackend::kIoUring && !IoUringAvailable()) {
-    return absl::UnavailableError("io_uring is not available in this process (try --io pread)");
-  }
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("open ", path));
+  // O_NONBLOCK: opening a FIFO with no writer (or some devices) would block
+  // forever; O_NOCTTY: a tty never becomes our controlling terminal.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", EscapeForLog(path)));
   struct stat st;
   if (fstat(fd, &st) != 0) {
     int err = errno;
     ::close(fd);
-    return ErrnoError(err, absl::StrCat("stat ", path));
+    return ErrnoToStatus(err, absl::StrCat("stat ", EscapeForLog(path)));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(EscapeForLog(path), " is not a regular file"));
+  }
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    int err = errno;
+    ::close(fd);
+    return ErrnoToStatus(err, absl::StrCat("fcntl ", EscapeForLog(path)));
+  }
+  return OpenFd(fd, path, options);
+}
+
+absl::StatusOr<std::unique_ptr<IoUringSource>> IoUringSource::OpenFd(int fd, std::string name,
+                                                                     const IoOptions& options) {
+  if (fd < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid descriptor for ", EscapeForLog(name)));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return ErrnoToStatus(err, absl::StrCat("stat ", EscapeForLog(name)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(EscapeForLog(name), " is not a regular file"));
+  }
+  IoBackend backend = options.backend;
+  if (backend == IoBackend::kAuto) {
+    backend = IoUringAvailable() ? IoBackend::kIoUring : IoBackend::kPread;
+  } else if (backend == IoBackend::kIoUring && !IoUringAvailable()) {
+    ::close(fd);
+    return absl::UnavailableError("io_uring is not available in this process (try --io pread)");
   }
   int direct_fd = -1;
   if (options.direct) {
-    // tmpfs and some overlay filesystems refuse O_DIRECT: then buffered only.
-    direct_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    // Reopen the open file itself, not the path: /proc/self/fd/N names the
+    // inode this descriptor holds even after a rename or replacement. tmpfs
+    // and some overlay filesystems refuse O_DIRECT: then buffered only.
+    std::string self = absl::StrCat("/proc/self/fd/", fd);
+    direct_fd = ::open(self.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT | O_NOCTTY | O_NONBLOCK);
+    if (direct_fd >= 0) {
+      struct stat dst;
+      int flags = fcntl(direct_fd, F_GETFL);
+      if (fstat(direct_fd, &dst) != 0 || dst.st_dev != st.st_dev || dst.st_ino != st.st_ino ||
+          flags < 0 || fcntl(direct_fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        ::close(direct_fd);
+        direct_fd = -1;
+      }
+    }
   }
   return std::unique_ptr<IoUringSource>(new IoUringSource(
-      path, fd, direct_fd, static_cast<uint64_t>(st.st_size), options, backend));
+      std::move(name), fd, direct_fd, static_cast<uint64_t>(st.st_size), options, backend));
 }
 
 IoUringSource::IoUringSource(std::string path, int fd, int direct_fd, uint64_t size,
                              IoOptions options, IoBackend backend)
     : path_(std::move(path)),
+      log_name_(EscapeForLog(path_)),
       fd_(fd),
       direct_fd_(direct_fd),
       size_(size),
@@ -148,7 +171,7 @@ IoUringSource::~IoUringSource() {
 
 absl::Status IoUringSource::ReadAt(uint64_t offset, absl::Span<uint8_t> out) {
   if (offset > size_ || out.size() > size_ - offset) {
-    return absl::OutOfRangeError(absl::StrCat(path_, ": read of ", out.size(), " bytes at ",
+    return absl::OutOfRangeError(absl::StrCat(log_name_, ": read of ", out.size(), " bytes at ",
                                               offset, " is past the end (", size_, " bytes)"));
   }
   if (out.empty()) return absl::OkStatus();
@@ -186,10 +209,10 @@ absl::Status IoUringSource::ReadPread(int fd, uint64_t offset, absl::Span<uint8_
     ssize_t n = ::pread(fd, out.data() + done, want, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
-      return ErrnoError(errno, absl::StrCat("pread ", path_, " at ", offset + done));
+      return ErrnoToStatus(errno, absl::StrCat("pread ", log_name_, " at ", offset + done));
     }
     if (n == 0) {
-      return absl::DataLossError(absl::StrCat(path_, ": truncated (end of file at ",
+      return absl::DataLossError(absl::StrCat(log_name_, ": truncated (end of file at ",
                                               offset + done, ", expected ", size_, " bytes)"));
     }
     done += static_cast<size_t>(n);
@@ -261,7 +284,7 @@ absl::Status IoUringSource::ReadUring(int fd, uint64_t offset, absl::Span<uint8_
     if (in_flight == 0) break;
     int ret = io_uring_submit_and_wait(&ring->ring, 1);
     if (ret < 0 && ret != -EINTR) {
-      status = ErrnoError(-ret, absl::StrCat("io_uring_submit ", path_));
+      status = ErrnoToStatus(-ret, absl::StrCat("io_uring_submit ", log_name_));
       // The kernel owns the submitted buffers until their completions arrive.
     }
     io_uring_cqe* cqe = nullptr;
@@ -277,11 +300,11 @@ absl::Status IoUringSource::ReadUring(int fd, uint64_t offset, absl::Span<uint8_
         retry.push_back(i);
       } else if (res < 0) {
         if (status.ok()) {
-          status = ErrnoError(-res, absl::StrCat("read ", path_, " at ", p.offset));
+          status = ErrnoToStatus(-res, absl::StrCat("read ", log_name_, " at ", p.offset));
         }
       } else if (res == 0) {
         if (status.ok()) {
-          status = absl::DataLossError(absl::StrCat(path_, ": truncated (end of file at ",
+          status = absl::DataLossError(absl::StrCat(log_name_, ": truncated (end of file at ",
                                                     p.offset, ", expected ", size_, " bytes)"));
         }
       } else {

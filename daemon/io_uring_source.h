@@ -59,8 +59,18 @@ class IoUringSource final : public ByteSource {
  public:
   // Opens `path`. With kAuto, a refused io_uring falls back to pread;
   // with kIoUring it is an error (kUnavailable).
+  // Opens `path` without blocking on a FIFO or device (O_NONBLOCK until the
+  // descriptor is known to be a regular file), then as OpenFd.
   static absl::StatusOr<std::unique_ptr<IoUringSource>> Open(const std::string& path,
                                                              const IoOptions& options);
+  // Takes ownership of `fd` (closed on every error). It must be a regular
+  // file (else kInvalidArgument). The O_DIRECT descriptor is reopened
+  // through the descriptor itself (/proc/self/fd/<fd>) and kept only when it
+  // is the same inode, never by path, so a path renamed or replaced after
+  // the first open cannot substitute another file. Without /proc: buffered
+  // only. `name` is used in messages and name().
+  static absl::StatusOr<std::unique_ptr<IoUringSource>> OpenFd(int fd, std::string name,
+                                                               const IoOptions& options);
   ~IoUringSource() override;
 
   uint64_t size() const override { return size_; }
@@ -82,6 +92,7 @@ class IoUringSource final : public ByteSource {
   void ReturnRing(std::unique_ptr<Ring> ring);
 
   std::string path_;
+  std::string log_name_;  // path_ escaped for messages
   int fd_ = -1;
   int direct_fd_ = -1;
   uint64_t size_ = 0;
