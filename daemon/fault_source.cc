@@ -34,12 +34,30 @@ absl::StatusOr<FaultSpec> ParseFaultSpec(const std::string& text) {
       spec.stall_ms = static_cast<uint32_t>(value);
     } else if (key == "flip") {
       spec.flip_offset = value;
+    } else if (key.rfind("uring_", 0) == 0) {
+      if (value > UINT32_MAX) {
+        return absl::InvalidArgumentError(absl::StrCat("fault item '", item, "' out of range"));
+      }
+      const uint32_t n = static_cast<uint32_t>(value);
+      if (key == "uring_submit_fail") {
+        spec.uring.submit_fail = n;
+      } else if (key == "uring_short_submit") {
+        spec.uring.short_submit = n;
+      } else if (key == "uring_wait_fail") {
+        spec.uring.wait_fail = n;
+      } else if (key == "uring_wait_fail_count") {
+        spec.uring.wait_fail_count = n;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat("unknown fault '", key, "'"));
+      }
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown fault '", key, "'"));
     }
   }
   return spec;
 }
+
+void ApplyUringFaults(const FaultSpec& spec, IoOptions* io) { io->uring_faults = spec.uring; }
 
 FaultInjectingSource::FaultInjectingSource(std::unique_ptr<ByteSource> inner, FaultSpec spec)
     : inner_(std::move(inner)), spec_(spec) {}

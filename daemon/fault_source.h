@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "codec/byte_source.h"
+#include "daemon/io_uring_source.h"
 
 namespace bigsmall::daemon {
 
@@ -29,10 +30,18 @@ struct FaultSpec {
   uint32_t stall_ms = 0;
   // XOR this byte with 0xff in every read that covers it.
   std::optional<uint64_t> flip_offset;
+  // io_uring faults inside an IoUringSource (not this wrapper): see
+  // IoOptions::UringFaults; applied with ApplyUringFaults.
+  IoOptions::UringFaults uring;
 };
 
-// Parses "short=4096,eio=123,eio_after=2,truncate=1000,stall_ms=5,flip=77".
+// Parses "short=4096,eio=123,eio_after=2,truncate=1000,stall_ms=5,flip=77",
+// and "uring_submit_fail=N,uring_short_submit=N,uring_wait_fail=N,
+// uring_wait_fail_count=K" (io_uring calls counted from 1 per source).
 absl::StatusOr<FaultSpec> ParseFaultSpec(const std::string& text);
+
+// Copies the io_uring faults of `spec` into `io` (for IoUringSource::Open).
+void ApplyUringFaults(const FaultSpec& spec, IoOptions* io);
 
 class FaultInjectingSource final : public ByteSource {
  public:

@@ -26,6 +26,35 @@ TEST(FaultSourceTest, ParsesSpecs) {
   EXPECT_FALSE(ParseFaultSpec("short").ok());
 }
 
+TEST(FaultSourceTest, UringFaultsParseAndReachTheSource) {
+  auto spec = ParseFaultSpec(
+      "uring_submit_fail=3,uring_short_submit=2,uring_wait_fail=5,uring_wait_fail_count=9");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  IoOptions io;
+  ApplyUringFaults(*spec, &io);
+  EXPECT_EQ(io.uring_faults.submit_fail, 3u);
+  EXPECT_EQ(io.uring_faults.short_submit, 2u);
+  EXPECT_EQ(io.uring_faults.wait_fail, 5u);
+  EXPECT_EQ(io.uring_faults.wait_fail_count, 9u);
+  EXPECT_FALSE(ParseFaultSpec("uring_bogus=1").ok());
+  EXPECT_FALSE(ParseFaultSpec("uring_wait_fail=99999999999").ok());
+  if (!IoUringAvailable()) {
+    GTEST_SKIP() << "io_uring refused in this process: " << IoUringStatus();
+  }
+  // End to end: the first submit of a real source fails.
+  auto one = ParseFaultSpec("uring_submit_fail=1");
+  ASSERT_TRUE(one.ok());
+  IoOptions options;
+  options.backend = IoBackend::kIoUring;
+  options.direct = false;
+  ApplyUringFaults(*one, &options);
+  auto src = IoUringSource::Open("/proc/self/exe", options);
+  ASSERT_TRUE(src.ok()) << src.status();
+  std::vector<uint8_t> out(std::min<uint64_t>((*src)->size(), 8192));
+  EXPECT_EQ((*src)->ReadAt(0, absl::MakeSpan(out)).code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE((*src)->ReadAt(0, absl::MakeSpan(out)).ok());
+}
+
 TEST(FaultSourceTest, ShortReadsReassemble) {
   FaultSpec spec;
   spec.short_read_bytes = 7;

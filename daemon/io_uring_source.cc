@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -65,20 +67,46 @@ struct IoUringSource::Ring {
   io_uring ring;
   uint32_t depth = 0;
   bool initialized = false;
+  // Bounce memory, one chunk per read in flight (allocated when first used).
+  std::vector<AlignedBuffer> slots;
   ~Ring() {
     if (initialized) io_uring_queue_exit(&ring);
   }
 };
 
-bool IoUringAvailable() {
-  static const bool available = [] {
+namespace {
+
+// Rings that broke with reads in flight: never destroyed, since the kernel
+// may still write their bounce memory. Held here (reachable, so leak
+// checkers stay quiet) for the life of the process.
+std::mutex g_quarantine_mu;
+std::vector<void*>* g_quarantine = new std::vector<void*>;
+
+const absl::Status& ProbeStatus() {
+  static const absl::Status* status = [] {
     io_uring ring;
-    if (io_uring_queue_init(4, &ring, 0) < 0) return false;
+    int ret = io_uring_queue_init(4, &ring, 0);
+    if (ret < 0) {
+      return new absl::Status(ErrnoToStatus(-ret, "io_uring_queue_init (io_uring refused here)"));
+    }
+    const bool ext_arg = (ring.features & IORING_FEAT_EXT_ARG) != 0;
     io_uring_queue_exit(&ring);
-    return true;
+    if (!ext_arg) {
+      // Without it a timed wait submits a timeout SQE, flushing whatever is
+      // queued: a broken ring could then not be kept quiet.
+      return new absl::Status(absl::UnavailableError(
+          "io_uring lacks IORING_FEAT_EXT_ARG (kernel older than 5.11)"));
+    }
+    return new absl::Status();
   }();
-  return available;
+  return *status;
 }
+
+}  // namespace
+
+bool IoUringAvailable() { return ProbeStatus().ok(); }
+
+absl::Status IoUringStatus() { return ProbeStatus(); }
 
 absl::StatusOr<std::unique_ptr<IoUringSource>> IoUringSource::Open(const std::string& path,
                                                                    const IoOptions& options) {
@@ -220,7 +248,7 @@ absl::Status IoUringSource::ReadPread(int fd, uint64_t offset, absl::Span<uint8_
   return absl::OkStatus();
 }
 
-std::unique_ptr<IoUringSource::Ring> IoUringSource::AcquireRing() {
+absl::StatusOr<std::unique_ptr<IoUringSource::Ring>> IoUringSource::AcquireRing() {
   {
     std::lock_guard<std::mutex> lock(rings_mu_);
     if (!free_rings_.empty()) {
@@ -230,9 +258,12 @@ std::unique_ptr<IoUringSource::Ring> IoUringSource::AcquireRing() {
     }
   }
   auto ring = std::make_unique<Ring>();
-  if (io_uring_queue_init(options_.queue_depth, &ring->ring, 0) < 0) return nullptr;
+  int ret = io_uring_queue_init(options_.queue_depth, &ring->ring, 0);
+  if (ret < 0) return ErrnoToStatus(-ret, "io_uring_queue_init");
   ring->initialized = true;
   ring->depth = options_.queue_depth;
+  ring->slots.resize(ring->depth);
+  rings_created_.fetch_add(1);
   return ring;
 }
 
@@ -241,97 +272,230 @@ void IoUringSource::ReturnRing(std::unique_ptr<Ring> ring) {
   if (free_rings_.size() < 8) free_rings_.push_back(std::move(ring));
 }
 
+void IoUringSource::DiscardRing(std::unique_ptr<Ring> ring, size_t in_flight) {
+  if (in_flight == 0) {
+    // Nothing in flight: unsubmitted SQEs (after a failed or short submit)
+    // die with the ring, which is never reused.
+    rings_discarded_.fetch_add(1);
+    return;  // ~Ring
+  }
+  rings_quarantined_.fetch_add(1);
+  std::lock_guard<std::mutex> lock(g_quarantine_mu);
+  g_quarantine->push_back(ring.release());
+}
+
+int IoUringSource::Submit(Ring& ring, const std::vector<size_t>& batch,
+                          const std::function<void(size_t)>& prep) {
+  const uint32_t call = submit_calls_.fetch_add(1) + 1;
+  const IoOptions::UringFaults& f = options_.uring_faults;
+  if (f.submit_fail == call) {
+    for (size_t i : batch) prep(i);  // queued, never handed to the kernel
+    return -EIO;
+  }
+  if (f.short_submit == call && batch.size() > 1) {
+    // The kernel takes the first read only; the others stay queued in the
+    // SQ, as after a real partial submit.
+    prep(batch[0]);
+    int ret = io_uring_submit(&ring.ring);
+    for (size_t k = 1; k < batch.size(); ++k) prep(batch[k]);
+    return ret;
+  }
+  for (size_t i : batch) prep(i);
+  return io_uring_submit(&ring.ring);
+}
+
+int IoUringSource::Wait(Ring& ring, io_uring_cqe** cqe, uint32_t timeout_ms) {
+  const uint32_t call = wait_calls_.fetch_add(1) + 1;
+  const IoOptions::UringFaults& f = options_.uring_faults;
+  if (f.wait_fail > 0 && call >= f.wait_fail &&
+      call - f.wait_fail < std::max<uint32_t>(f.wait_fail_count, 1)) {
+    *cqe = nullptr;
+    return -EIO;
+  }
+  __kernel_timespec ts;
+  ts.tv_sec = timeout_ms / 1000;
+  ts.tv_nsec = static_cast<long long>(timeout_ms % 1000) * 1000000;
+  return io_uring_wait_cqe_timeout(&ring.ring, cqe, &ts);
+}
+
 absl::Status IoUringSource::ReadUring(int fd, uint64_t offset, absl::Span<uint8_t> out) {
-  std::unique_ptr<Ring> ring = AcquireRing();
-  if (ring == nullptr) {
+  absl::StatusOr<std::unique_ptr<Ring>> acquired = AcquireRing();
+  if (!acquired.ok()) {
     // Ring creation refused now (e.g. memlock limit): this read goes by pread.
     return ReadPread(fd, offset, out);
   }
+  std::unique_ptr<Ring> ring = std::move(*acquired);
+  const size_t chunk = options_.chunk_bytes;
   struct Piece {
-    uint64_t offset;
-    uint8_t* data;
-    size_t remaining;
+    uint64_t offset;  // file offset of the piece
+    uint8_t* dst;     // its place in `out`
+    size_t len;
+    size_t done = 0;  // bytes read into the slot so far
+    int slot = -1;
   };
   std::vector<Piece> pieces;
-  for (size_t pos = 0; pos < out.size(); pos += options_.chunk_bytes) {
-    size_t len = std::min<size_t>(options_.chunk_bytes, out.size() - pos);
-    pieces.push_back({offset + pos, out.data() + pos, len});
+  pieces.reserve(out.size() / chunk + 1);
+  for (size_t pos = 0; pos < out.size(); pos += chunk) {
+    pieces.push_back({offset + pos, out.data() + pos, std::min(chunk, out.size() - pos)});
   }
-  size_t next = 0;      // next piece not yet submitted
-  size_t in_flight = 0;
-  std::vector<size_t> retry;  // pieces to resubmit (short reads, EAGAIN)
-  absl::Status status;
-  auto submit = [&](size_t i) {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring->ring);
+  std::vector<int> free_slots;
+  for (int s = static_cast<int>(ring->depth) - 1; s >= 0; --s) free_slots.push_back(s);
+
+  size_t next = 0;            // next piece never submitted
+  std::vector<size_t> retry;  // pieces to resubmit (short reads, EAGAIN); they hold a slot
+  size_t in_flight = 0;       // reads the kernel accepted and has not completed
+  absl::Status status;        // first error; once set, nothing new is submitted
+  bool broken = false;        // the ring itself failed: never reuse it
+
+  auto prep = [&](size_t i) {
     Piece& p = pieces[i];
-    size_t want = p.remaining;
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring->ring);
+    size_t want = p.len - p.done;
     if (options_.max_read_bytes > 0 && want > options_.max_read_bytes) {
       want = options_.max_read_bytes;
     }
-    io_uring_prep_read(sqe, fd, p.data, static_cast<unsigned>(want), p.offset);
+    io_uring_prep_read(sqe, fd, ring->slots[p.slot].data() + p.done, static_cast<unsigned>(want),
+                       p.offset + p.done);
     io_uring_sqe_set_data64(sqe, i);
-    ++in_flight;
   };
-  while ((next < pieces.size() || !retry.empty() || in_flight > 0)) {
-    while (status.ok() && in_flight < ring->depth && (!retry.empty() || next < pieces.size())) {
-      if (!retry.empty()) {
-        submit(retry.back());
+  auto complete = [&](io_uring_cqe* cqe) {
+    size_t i = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
+    int res = cqe->res;
+    --in_flight;
+    if (i >= pieces.size()) return;  // not ours (cannot happen: the ring is exclusive)
+    Piece& p = pieces[i];
+    if (res == -EINTR || res == -EAGAIN) {
+      retry.push_back(i);
+      return;
+    }
+    if (res < 0) {
+      if (status.ok()) {
+        status = ErrnoToStatus(-res, absl::StrCat("read ", log_name_, " at ", p.offset + p.done));
+      }
+    } else if (res == 0) {
+      if (status.ok()) {
+        status = absl::DataLossError(absl::StrCat(log_name_, ": truncated (end of file at ",
+                                                  p.offset + p.done, ", expected ", size_,
+                                                  " bytes)"));
+      }
+    } else {
+      p.done += static_cast<size_t>(std::min<int64_t>(res, p.len - p.done));
+      if (p.done < p.len) {
+        retry.push_back(i);  // short read: continue where it stopped
+        return;
+      }
+      std::memcpy(p.dst, ring->slots[p.slot].data(), p.len);
+    }
+    free_slots.push_back(p.slot);
+    p.slot = -1;
+  };
+
+  std::vector<size_t> batch;
+  while (!broken) {
+    // Queue what fits: retries first (they hold their slot), then new pieces.
+    batch.clear();
+    if (status.ok()) {
+      while (in_flight + batch.size() < ring->depth && !retry.empty()) {
+        batch.push_back(retry.back());
         retry.pop_back();
-      } else {
-        submit(next++);
+      }
+      while (in_flight + batch.size() < ring->depth && next < pieces.size() &&
+             !free_slots.empty()) {
+        Piece& p = pieces[next];
+        p.slot = free_slots.back();
+        AlignedBuffer& slot = ring->slots[p.slot];
+        if (slot.size() < chunk) slot = AlignedBuffer(chunk);
+        if (!slot.ok() || slot.size() < chunk) {
+          status = absl::ResourceExhaustedError(
+              absl::StrCat("out of memory for a ", chunk, "-byte io_uring buffer"));
+          p.slot = -1;
+          break;
+        }
+        free_slots.pop_back();
+        batch.push_back(next++);
+      }
+    }
+    if (!batch.empty()) {
+      int ret = Submit(*ring, batch, prep);
+      for (int tries = 0; ret == -EINTR && tries < 3; ++tries) ret = io_uring_submit(&ring->ring);
+      if (ret < 0) {
+        // The kernel took none of them: they are never waited for, and the
+        // ring (whose SQ still holds them) is never reused.
+        status = ErrnoToStatus(-ret, absl::StrCat("io_uring_submit ", log_name_));
+        if (status.code() != absl::StatusCode::kUnavailable) {
+          status = absl::UnavailableError(status.message());
+        }
+        broken = true;
+        break;
+      }
+      in_flight += static_cast<size_t>(ret);
+      if (static_cast<size_t>(ret) < batch.size()) {
+        // Only the first `ret` were accepted (the kernel consumes SQEs in
+        // order); the rest stay queued in this ring, which is dropped.
+        status = absl::UnavailableError(absl::StrCat("io_uring_submit ", log_name_, ": the kernel took ",
+                                                     ret, " of ", batch.size(), " reads"));
+        broken = true;
+        break;
       }
     }
     if (in_flight == 0) break;
-    int ret = io_uring_submit_and_wait(&ring->ring, 1);
-    if (ret < 0 && ret != -EINTR) {
-      status = ErrnoToStatus(-ret, absl::StrCat("io_uring_submit ", log_name_));
-      // The kernel owns the submitted buffers until their completions arrive.
-    }
     io_uring_cqe* cqe = nullptr;
+    int ret = Wait(*ring, &cqe, options_.wait_timeout_ms);
+    if (ret == -EINTR) continue;
+    if (ret < 0) {
+      if (status.ok()) {
+        status = ret == -ETIME
+                     ? absl::UnavailableError(absl::StrCat("io_uring: no completion for ",
+                                                           log_name_, " in ",
+                                                           options_.wait_timeout_ms, " ms"))
+                     : absl::UnavailableError(absl::StrCat(
+                           "io_uring_wait_cqe ", log_name_, ": ",
+                           ErrnoToStatus(-ret, "wait").message()));
+      }
+      broken = true;
+      break;
+    }
+    // Reap everything that is ready.
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(&ring->ring, head, cqe) {
+      ++seen;
+      complete(cqe);
+    }
+    io_uring_cq_advance(&ring->ring, seen);
+  }
+  if (!broken) {
+    ReturnRing(std::move(ring));
+    return status;
+  }
+  // Broken ring: wait, bounded, for the reads the kernel did accept, so the
+  // bounce memory is quiet before the ring goes; if they cannot be drained,
+  // the ring is quarantined. `out` holds only completed pieces' bytes (copied
+  // from the bounce memory), and the kernel never had it.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.drain_timeout_ms);
+  int errors = 0;
+  while (in_flight > 0 && errors < 3) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    io_uring_cqe* cqe = nullptr;
+    int ret = Wait(*ring, &cqe, static_cast<uint32_t>(left.count()));
+    if (ret == -EINTR) continue;
+    if (ret == -ETIME) break;
+    if (ret < 0) {
+      ++errors;
+      continue;
+    }
     unsigned head;
     unsigned seen = 0;
     io_uring_for_each_cqe(&ring->ring, head, cqe) {
       ++seen;
       --in_flight;
-      size_t i = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
-      Piece& p = pieces[i];
-      int res = cqe->res;
-      if (res == -EINTR || res == -EAGAIN) {
-        retry.push_back(i);
-      } else if (res < 0) {
-        if (status.ok()) {
-          status = ErrnoToStatus(-res, absl::StrCat("read ", log_name_, " at ", p.offset));
-        }
-      } else if (res == 0) {
-        if (status.ok()) {
-          status = absl::DataLossError(absl::StrCat(log_name_, ": truncated (end of file at ",
-                                                    p.offset, ", expected ", size_, " bytes)"));
-        }
-      } else {
-        p.offset += static_cast<uint64_t>(res);
-        p.data += res;
-        p.remaining -= static_cast<size_t>(res);
-        if (p.remaining > 0) retry.push_back(i);  // short read: continue where it stopped
-      }
     }
     io_uring_cq_advance(&ring->ring, seen);
-    if (!status.ok()) {
-      retry.clear();
-      next = pieces.size();
-      if (ret < 0 && ret != -EINTR && in_flight > 0 && seen == 0) {
-        // Submission is broken; drop this ring rather than reuse it.
-        // Wait for outstanding completions so no buffer is written later.
-        while (in_flight > 0) {
-          io_uring_cqe* c = nullptr;
-          if (io_uring_wait_cqe(&ring->ring, &c) < 0) break;
-          io_uring_cqe_seen(&ring->ring, c);
-          --in_flight;
-        }
-        return status;
-      }
-    }
   }
-  ReturnRing(std::move(ring));
+  DiscardRing(std::move(ring), in_flight);
   return status;
 }
 

@@ -3,12 +3,21 @@
 // an O_DIRECT descriptor when the filesystem allows it, and everything falls
 // back cleanly to pread(2) where io_uring is refused (seccomp, old kernels,
 // io_uring_disabled) or when the caller forces it.
+//
+// Buffer safety: io_uring reads land in bounce memory owned by the ring
+// (queue_depth x chunk_bytes, allocated as used) and are copied to the
+// caller's buffer once complete. So when a ring breaks (a failed wait with
+// reads in flight that cannot be drained), the kernel can only ever write
+// memory that is quarantined with the ring, never the caller's buffer, which
+// the caller may free as soon as ReadAt returns, whatever it returned. The
+// copy costs far less than the read it follows.
 #ifndef BIGSMALL_DAEMON_IO_URING_SOURCE_H_
 #define BIGSMALL_DAEMON_IO_URING_SOURCE_H_
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,6 +25,8 @@
 
 #include "absl/status/statusor.h"
 #include "codec/byte_source.h"
+
+struct io_uring_cqe;
 
 namespace bigsmall::daemon {
 
@@ -31,6 +42,21 @@ struct IoOptions {
   // Tests only: cap every read the kernel is asked for, to exercise the
   // short-read path (0: no cap).
   uint32_t max_read_bytes = 0;
+  // How long one wait for an io_uring completion may take before the ring is
+  // given up as broken (the read fails kUnavailable), and how long the
+  // in-flight reads of a broken ring are then waited for before the ring and
+  // its buffers are quarantined (never reused, never freed).
+  uint32_t wait_timeout_ms = 60000;
+  uint32_t drain_timeout_ms = 5000;
+  // Tests only (also reachable through the fault spec, see fault_source.h):
+  // io_uring faults, counted over this source's submit and wait calls from 1
+  // (0: off).
+  struct UringFaults {
+    uint32_t submit_fail = 0;   // the Nth submit fails (-EIO); the kernel took none
+    uint32_t short_submit = 0;  // the Nth submit: the kernel takes only its first read
+    uint32_t wait_fail = 0;     // waits N .. N+wait_fail_count-1 fail (-EIO)
+    uint32_t wait_fail_count = 1;
+  } uring_faults;
 };
 
 // Memory aligned for O_DIRECT (kAlignment), sized in whole bytes.
@@ -54,6 +80,9 @@ class AlignedBuffer {
 
 // True when this process may create an io_uring (probed once).
 bool IoUringAvailable();
+// OK, or why io_uring is refused here (the probe's error: seccomp, an old
+// kernel, io_uring_disabled, memlock), for skips and logs.
+absl::Status IoUringStatus();
 
 class IoUringSource final : public ByteSource {
  public:
@@ -80,6 +109,12 @@ class IoUringSource final : public ByteSource {
   IoBackend backend() const { return backend_; }
   bool direct() const { return direct_fd_ >= 0; }
   uint64_t bytes_read() const { return bytes_read_.load(std::memory_order_relaxed); }
+  // Rings created, and rings given up after a fault: destroyed once their
+  // reads were drained, or quarantined (leaked on purpose, with the bounce
+  // memory the kernel may still write) when they could not be.
+  uint64_t rings_created() const { return rings_created_.load(); }
+  uint64_t rings_discarded() const { return rings_discarded_.load(); }
+  uint64_t rings_quarantined() const { return rings_quarantined_.load(); }
 
  private:
   struct Ring;
@@ -88,8 +123,15 @@ class IoUringSource final : public ByteSource {
   // One contiguous range on one descriptor.
   absl::Status ReadPread(int fd, uint64_t offset, absl::Span<uint8_t> out);
   absl::Status ReadUring(int fd, uint64_t offset, absl::Span<uint8_t> out);
-  std::unique_ptr<Ring> AcquireRing();
+  absl::StatusOr<std::unique_ptr<Ring>> AcquireRing();
   void ReturnRing(std::unique_ptr<Ring> ring);
+  // The io_uring calls, through the test fault seam.
+  int Submit(Ring& ring, const std::vector<size_t>& batch,
+             const std::function<void(size_t)>& prep);
+  int Wait(Ring& ring, ::io_uring_cqe** cqe, uint32_t timeout_ms);
+  // A ring after a fault: destroyed when nothing is in flight, else never
+  // freed (the kernel may still write its bounce memory).
+  void DiscardRing(std::unique_ptr<Ring> ring, size_t in_flight);
 
   std::string path_;
   std::string log_name_;  // path_ escaped for messages
@@ -99,6 +141,11 @@ class IoUringSource final : public ByteSource {
   IoOptions options_;
   IoBackend backend_;
   std::atomic<uint64_t> bytes_read_{0};
+  std::atomic<uint64_t> rings_created_{0};
+  std::atomic<uint64_t> rings_discarded_{0};
+  std::atomic<uint64_t> rings_quarantined_{0};
+  std::atomic<uint32_t> submit_calls_{0};
+  std::atomic<uint32_t> wait_calls_{0};
   std::mutex rings_mu_;
   std::vector<std::unique_ptr<Ring>> free_rings_;
 };
