@@ -6,6 +6,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 #include "codec/byte_io.h"
+#include "codec/error_kind.h"
 #include "codec/status_macros.h"
 #include "zstd.h"
 
@@ -18,10 +19,16 @@ absl::Status Corrupt(absl::string_view what, absl::string_view message) {
 
 }  // namespace
 
+uint64_t MaxIndexRawSize(uint64_t index_stored_size) {
+  const uint64_t by_ratio =
+      index_stored_size > kMaxIndexSize / kMaxIndexRatio ? kMaxIndexSize : index_stored_size * kMaxIndexRatio;
+  return std::min(kMaxIndexSize, std::max(kIndexRatioFloor, by_ratio));
+}
+
 absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl::string_view what) {
   if (bytes.size() < kFileHeaderSize) return Corrupt(what, "too short to be a .bs file");
   if (!std::equal(kMagic.begin(), kMagic.end(), bytes.begin())) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": not a .bs file (bad magic)"));
+    return WithErrorKind(Corrupt(what, "not a .bs file (bad magic)"), ErrorKind::kNotBsFile);
   }
   const uint64_t stored_checksum = LoadLe64(bytes.data() + 56);
   if (HashBytes64(bytes.subspan(0, 56)) != stored_checksum) {
@@ -38,9 +45,10 @@ absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl
   ASSIGN_OR_RETURN(h.index_checksum, r.U64("index checksum"));
   ASSIGN_OR_RETURN(h.file_size, r.U64("file size"));
   if (h.version_major != kFormatVersionMajor) {
-    return absl::UnimplementedError(absl::StrCat(
-        what, ": format version ", h.version_major, ".", h.version_minor,
-        " is not supported (this build reads ", kFormatVersionMajor, ".x)"));
+    return WithErrorKind(
+        Corrupt(what, absl::StrCat("format version ", h.version_major, ".", h.version_minor,
+                                   " is not supported (this build reads ", kFormatVersionMajor, ".x)")),
+        ErrorKind::kUnsupportedVersion);
   }
   if ((h.flags & ~kFlagDelta) != 0) return Corrupt(what, "unknown header flags");
   if (h.index_raw_size > kMaxIndexSize || h.index_stored_size > kMaxIndexSize) {
@@ -49,6 +57,11 @@ absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl
   if (h.index_offset < kGroupAlignment || h.index_offset > h.file_size ||
       h.index_stored_size > h.file_size - h.index_offset) {
     return Corrupt(what, "index lies outside the file");
+  }
+  if (h.index_raw_size > MaxIndexRawSize(h.index_stored_size)) {
+    return Corrupt(what, absl::StrCat("index of ", h.index_stored_size, " stored bytes claims ",
+                                      h.index_raw_size, " bytes decompressed (more than ",
+                                      MaxIndexRawSize(h.index_stored_size), " allowed)"));
   }
   return h;
 }
@@ -166,6 +179,14 @@ absl::StatusOr<std::unique_ptr<BsReader>> BsReader::Open(std::unique_ptr<ByteSou
   }
   ASSIGN_OR_RETURN(auto stored, ReadRange(*source, header.index_offset, header.index_stored_size));
   if (HashBytes64(stored) != header.index_checksum) return Corrupt(what, "index checksum mismatch");
+  // The zstd frame must be one frame filling the stored bytes and declaring
+  // exactly index_raw_size: checked before the output buffer is allocated.
+  const unsigned long long content = ZSTD_getFrameContentSize(stored.data(), stored.size());
+  if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN ||
+      content != header.index_raw_size ||
+      ZSTD_findFrameCompressedSize(stored.data(), stored.size()) != stored.size()) {
+    return Corrupt(what, "index is not one zstd frame of the size the header declares");
+  }
   ASSIGN_OR_RETURN(std::vector<uint8_t> raw, AllocateBytes(header.index_raw_size, absl::StrCat(what, " index")));
   const size_t got = ZSTD_decompress(raw.data(), raw.size(), stored.data(), stored.size());
   if (ZSTD_isError(got) || got != raw.size()) return Corrupt(what, "index does not decompress");

@@ -73,7 +73,14 @@ struct FileHeader {
   uint64_t index_checksum = 0;
   uint64_t file_size = 0;
 };
+// Errors are DATA_LOSS (docs/FORMAT.md "Errors"); a bad magic carries
+// ErrorKind::kNotBsFile, an unknown major version kUnsupportedVersion.
 absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl::string_view what);
+// The largest index_raw_size a decoder accepts for an index of
+// `index_stored_size` bytes (docs/FORMAT.md §2): kMaxIndexSize, and at most
+// kMaxIndexRatio times the stored size (but always kIndexRatioFloor), so a
+// small file cannot make a reader allocate and inflate a huge index.
+uint64_t MaxIndexRawSize(uint64_t index_stored_size);
 // Parses and validates a decompressed index against the header.
 absl::StatusOr<BsIndex> ParseIndex(absl::Span<const uint8_t> raw, const FileHeader& header,
                                    absl::string_view what);

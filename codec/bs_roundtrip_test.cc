@@ -2,6 +2,7 @@
 // / VerifyPath, fine-tune deltas, and hostile .bs files.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -9,7 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "codec/alloc_hook_for_test.h"
 #include "codec/bs_reader.h"
+#include "codec/byte_source.h"
+#include "codec/error_kind.h"
+#include "codec/format.h"
+#include "codec/hash.h"
 #include "codec/compress.h"
 #include "codec/decompress.h"
 #include "gmock/gmock.h"
@@ -21,6 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 struct TestTensor {
   std::string name;
@@ -230,44 +238,170 @@ TEST_F(RoundTripTest, DeltaAgainstBase) {
   EXPECT_EQ(ReadAll(Path("x.safetensors")), ReadAll(Path("ft.safetensors")));
 }
 
+// Each damage on its own must be caught with DATA_LOSS naming the file
+// (docs/FORMAT.md "Errors"), leaving nothing behind; a flip that lands only in
+// alignment padding (which no decoder reads) must change nothing.
 TEST_F(RoundTripTest, CorruptFilesFailCleanlyAndLeaveNothing) {
   WriteAll(Path("m.safetensors"), MakeSafetensors(LlamaLike(8)));
   ASSERT_TRUE(CompressPath(Path("m.safetensors"), Path("m.bs"), {}).ok());
   const auto good = ReadAll(Path("m.bs"));
+  // Which bytes a decoder reads: the header, the groups, the index.
+  std::vector<bool> read(good.size(), false);
+  {
+    auto reader = BsReader::OpenFile(Path("m.bs"));
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    const BsIndex& ix = (*reader)->index();
+    for (size_t i = 0; i < kFileHeaderSize; ++i) read[i] = true;
+    for (const BsGroup& g : ix.groups) {
+      for (uint64_t i = g.offset; i < g.offset + g.size; ++i) read[i] = true;
+    }
+    for (uint64_t i = ix.index_offset; i < good.size(); ++i) read[i] = true;
+  }
   std::mt19937 rng(1);
-  int failures = 0;
-  for (int trial = 0; trial < 60; ++trial) {
+  int data_flips = 0, padding_flips = 0;
+  for (int trial = 0; trial < 90; ++trial) {
     auto bad = good;
+    std::string what;
+    bool harmless = false;
     if (trial % 3 == 0) {
       bad.resize(rng() % bad.size());
+      what = absl::StrCat("truncated to ", bad.size());
     } else {
-      // Flip a byte that carries data (header, a blob or the index), never only padding.
+      // Alternate: a byte the decoder reads, then a padding byte.
+      const bool want_data = trial % 3 == 1;
       size_t pos;
       do {
         pos = rng() % bad.size();
-      } while (good[pos] == 0 && pos > 64 && rng() % 8);
+      } while (read[pos] != want_data);
       bad[pos] ^= static_cast<uint8_t>(1 + rng() % 255);
+      harmless = !want_data;
+      (harmless ? padding_flips : data_flips)++;
+      what = absl::StrCat(harmless ? "padding" : "data", " flip at ", pos);
     }
     WriteAll(Path("bad.bs"), bad);
     auto st = DecompressPath(Path("bad.bs"), Path("out.safetensors"), {});
-    if (!st.ok()) {
-      ++failures;
-      EXPECT_THAT(std::string(st.status().message()), HasSubstr("bad.bs"));
-      EXPECT_FALSE(fs::exists(Path("out.safetensors")));
-    } else {
-      // A flip in alignment padding changes nothing the decoder reads.
-      EXPECT_EQ(ReadAll(Path("out.safetensors")), ReadAll(Path("m.safetensors")));
+    if (harmless) {
+      ASSERT_TRUE(st.ok()) << what << ": " << st.status();
+      EXPECT_EQ(ReadAll(Path("out.safetensors")), ReadAll(Path("m.safetensors"))) << what;
       fs::remove(Path("out.safetensors"));
+    } else {
+      EXPECT_EQ(st.status().code(), absl::StatusCode::kDataLoss) << what << ": " << st.status();
+      EXPECT_THAT(std::string(st.status().message()), HasSubstr("bad.bs")) << what;
+      EXPECT_FALSE(fs::exists(Path("out.safetensors"))) << what;
+      auto vst = VerifyPath(Path("bad.bs"), {});
+      EXPECT_EQ(vst.status().code(), absl::StatusCode::kDataLoss) << what << ": " << vst.status();
     }
   }
-  EXPECT_GT(failures, 30);
+  EXPECT_EQ(data_flips, 30);
+  EXPECT_EQ(padding_flips, 30);
   EXPECT_EQ(Listing(), (std::vector<std::string>{"bad.bs", "m.bs", "m.safetensors"}));
+}
+
+// A zstd frame of `n` zero bytes made of RLE blocks (RFC 8878): 4 bytes per
+// 128 KiB, so 1 GiB takes 32 KiB, with the content size in the frame header.
+std::vector<uint8_t> ZeroFrame(uint64_t n) {
+  std::vector<uint8_t> f = {0x28, 0xb5, 0x2f, 0xfd, 0xe0};  // magic; FCS 8 bytes, single segment
+  for (int i = 0; i < 8; ++i) f.push_back(static_cast<uint8_t>(n >> (8 * i)));
+  uint64_t left = n;
+  do {
+    const uint32_t size = static_cast<uint32_t>(std::min<uint64_t>(left, 128 << 10));
+    left -= size;
+    const uint32_t header = (left == 0 ? 1u : 0u) | (1u << 1) | (size << 3);  // last | RLE | size
+    f.insert(f.end(), {static_cast<uint8_t>(header), static_cast<uint8_t>(header >> 8),
+                       static_cast<uint8_t>(header >> 16), 0});
+  } while (left > 0);
+  return f;
+}
+
+// A .bs whose header declares an index of `raw_size` bytes stored as `frame`.
+std::vector<uint8_t> FileWithIndex(const std::vector<uint8_t>& frame, uint64_t raw_size) {
+  std::vector<uint8_t> file(kGroupAlignment, 0);
+  std::copy(kMagic.begin(), kMagic.end(), file.begin());
+  file[8] = kFormatVersionMajor;
+  file.insert(file.end(), frame.begin(), frame.end());
+  auto put = [&](size_t at, uint64_t v) { std::memcpy(file.data() + at, &v, 8); };
+  put(16, kGroupAlignment);
+  put(24, frame.size());
+  put(32, raw_size);
+  put(40, HashBytes64(frame));
+  put(48, file.size());
+  put(56, HashBytes64(absl::MakeConstSpan(file.data(), 56)));
+  return file;
+}
+
+// Regression: a 36 KB file declaring a 1 GiB index made BsReader allocate
+// (and zero, and inflate into) 1 GiB before finding the index invalid.
+TEST(BsReaderLimits, SmallFileDeclaringHugeIndexFailsFastWithoutAllocating) {
+  const std::vector<uint8_t> file = FileWithIndex(ZeroFrame(kMaxIndexSize), kMaxIndexSize);
+  ASSERT_LT(file.size(), 40u << 10);
+  test::ResetLargestAllocation();
+  auto reader = BsReader::Open(MakeMemorySource(file, "huge_index.bs"));
+  const size_t largest = test::LargestAllocation();
+  EXPECT_EQ(reader.status().code(), absl::StatusCode::kDataLoss) << reader.status();
+  EXPECT_THAT(std::string(reader.status().message()), HasSubstr("huge_index.bs"));
+  EXPECT_LT(largest, size_t{64} << 20) << "largest single allocation while opening";
+}
+
+// The frame must declare exactly index_raw_size (checked before allocating),
+// and be one frame filling the stored bytes.
+TEST(BsReaderLimits, FrameContentSizeMustMatchTheHeader) {
+  for (uint64_t declared : {uint64_t{1000}, uint64_t{4000}}) {
+    auto st = BsReader::Open(MakeMemorySource(FileWithIndex(ZeroFrame(2000), declared), "x.bs")).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("zstd frame")) << st;
+  }
+  auto two = ZeroFrame(1000);
+  const auto second = ZeroFrame(1000);
+  two.insert(two.end(), second.begin(), second.end());
+  auto st = BsReader::Open(MakeMemorySource(FileWithIndex(two, 1000), "x.bs")).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("zstd frame")) << st;
+  // Within the limits the frame is inflated and the (empty) index rejected.
+  st = BsReader::Open(MakeMemorySource(FileWithIndex(ZeroFrame(2000), 2000), "x.bs")).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_THAT(std::string(st.message()), Not(HasSubstr("zstd frame"))) << st;
+}
+
+TEST(BsReaderLimits, MaxIndexRawSize) {
+  EXPECT_EQ(MaxIndexRawSize(0), kIndexRatioFloor);
+  EXPECT_EQ(MaxIndexRawSize(100), kIndexRatioFloor);
+  EXPECT_EQ(MaxIndexRawSize(1 << 20), uint64_t{1} << 30);
+  EXPECT_EQ(MaxIndexRawSize(uint64_t{1} << 40), kMaxIndexSize);
+  EXPECT_EQ(MaxIndexRawSize(~uint64_t{0}), kMaxIndexSize);
+}
+
+// docs/FORMAT.md "Errors": bad magic and an unknown major version are
+// DATA_LOSS (§3), with a kind the CLI turns into its own exit code.
+TEST(BsReaderLimits, BadMagicAndUnknownVersionAreDataLossWithAKind) {
+  auto file = FileWithIndex(ZeroFrame(2000), 2000);
+  auto magic = file;
+  magic[0] = 'X';
+  auto st = BsReader::Open(MakeMemorySource(magic, "m.bs")).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_EQ(GetErrorKind(st), ErrorKind::kNotBsFile);
+  auto version = file;
+  version[8] = 9;
+  const uint64_t sum = HashBytes64(absl::MakeConstSpan(version.data(), 56));
+  std::memcpy(version.data() + 56, &sum, 8);
+  st = BsReader::Open(MakeMemorySource(version, "v.bs")).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_EQ(GetErrorKind(st), ErrorKind::kUnsupportedVersion);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("not supported"));
+  // Other damage carries no kind.
+  auto flags = file;
+  flags[12] = 0x80;
+  const uint64_t flags_sum = HashBytes64(absl::MakeConstSpan(flags.data(), 56));
+  std::memcpy(flags.data() + 56, &flags_sum, 8);
+  st = BsReader::Open(MakeMemorySource(flags, "f.bs")).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_EQ(GetErrorKind(st), ErrorKind::kNone);
 }
 
 TEST_F(RoundTripTest, RejectsNonBsAndMissingFiles) {
   WriteAll(Path("junk.bs"), std::vector<uint8_t>(100, 'x'));
   auto st = DecompressPath(Path("junk.bs"), Path("o"), {});
-  EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(GetErrorKind(st.status()), ErrorKind::kNotBsFile);
   EXPECT_THAT(std::string(st.status().message()), HasSubstr("not a .bs file"));
   EXPECT_EQ(DecompressPath(Path("nope.bs"), Path("o"), {}).status().code(), absl::StatusCode::kNotFound);
   WriteAll(Path("bad.safetensors"), {1, 2, 3});

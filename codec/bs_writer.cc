@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "codec/bs_reader.h"
 #include "codec/byte_io.h"
 #include "codec/format.h"
 #include "codec/hash.h"
@@ -173,6 +174,12 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
   const size_t n = ZSTD_compress(stored.data(), stored.size(), raw.data(), raw.size(), 9);
   if (ZSTD_isError(n)) return absl::InternalError(ZSTD_getErrorName(n));
   stored.resize(n);
+  if (raw.size() > MaxIndexRawSize(stored.size())) {
+    // A reader would refuse it (docs/FORMAT.md §2): fail here, not there.
+    return absl::InvalidArgumentError(absl::StrCat(
+        input, ": the .bs index would be ", raw.size(), " bytes (", stored.size(),
+        " compressed), beyond what a reader accepts (", MaxIndexRawSize(stored.size()), ")"));
+  }
   const uint64_t index_offset = out.size();
   RETURN_IF_ERROR(out.Write(stored));
 

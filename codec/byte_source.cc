@@ -11,29 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/byte_io.h"
+#include "codec/status_util.h"
 
 namespace bigsmall {
 namespace {
-
-// Maps an errno from open/fstat/pread to a status naming the file.
-absl::Status ErrnoStatus(int err, const std::string& what) {
-  std::string message = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    case EISDIR:
-    case EINVAL:
-      return absl::InvalidArgumentError(message);
-    case EIO:
-      return absl::DataLossError(message);  // the medium failed under us
-    default:
-      return absl::UnavailableError(message);  // EAGAIN, ENOMEM, ENFILE, ...: may pass
-  }
-}
 
 absl::Status CheckRange(const ByteSource& source, uint64_t offset, uint64_t size) {
   const uint64_t total = source.size();
@@ -68,7 +49,7 @@ class FileSource final : public ByteSource {
           ::pread(fd_, out.data() + done, want, static_cast<off_t>(offset + done));
       if (got < 0) {
         if (errno == EINTR) continue;
-        return ErrnoStatus(errno, absl::StrCat(path_, ": read of ", want, " bytes at offset ",
+        return ErrnoToStatus(errno, absl::StrCat(path_, ": read of ", want, " bytes at offset ",
                                                offset + done));
       }
       if (got == 0) {
@@ -113,12 +94,12 @@ absl::StatusOr<std::unique_ptr<ByteSource>> OpenFileSource(const std::string& pa
   do {
     fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", path));
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
-    return ErrnoStatus(err, absl::StrCat("cannot stat ", path));
+    return ErrnoToStatus(err, absl::StrCat("cannot stat ", path));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "codec/status_util.h"
 
 namespace bigsmall {
 namespace {
@@ -32,20 +33,6 @@ absl::Status FsyncParent(const std::string& path) {
 }
 
 }  // namespace
-
-absl::Status ErrnoStatus(int err, const std::string& what) {
-  const std::string msg = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT: return absl::NotFoundError(msg);
-    case EEXIST: return absl::AlreadyExistsError(msg);
-    case EACCES:
-    case EPERM: return absl::PermissionDeniedError(msg);
-    case ENOSPC:
-    case EDQUOT: return absl::ResourceExhaustedError(msg);
-    case EINVAL: return absl::InvalidArgumentError(msg);
-    default: return absl::UnavailableError(msg);
-  }
-}
 
 bool PathExists(const std::string& path) {
   struct stat st;
@@ -69,7 +56,7 @@ absl::StatusOr<AtomicFile> AtomicFile::Create(const std::string& path, bool over
   }
   std::string temp = TempName(path);
   int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot create ", path));
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("cannot create ", path));
   return AtomicFile(path, std::move(temp), fd, overwrite);
 }
 
@@ -116,7 +103,7 @@ absl::Status AtomicFile::WriteAt(uint64_t offset, absl::Span<const uint8_t> byte
     ssize_t n = pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoStatus(errno, absl::StrCat("write to ", temp_path_));
+      return ErrnoToStatus(errno, absl::StrCat("write to ", temp_path_));
     }
     done += static_cast<size_t>(n);
   }
@@ -134,17 +121,17 @@ absl::Status AtomicFile::PadTo(uint64_t offset) {
 
 absl::Status AtomicFile::Commit() {
   if (fd_ < 0) return absl::FailedPreconditionError("file already closed");
-  if (fsync(fd_) != 0) return ErrnoStatus(errno, absl::StrCat("fsync ", temp_path_));
+  if (fsync(fd_) != 0) return ErrnoToStatus(errno, absl::StrCat("fsync ", temp_path_));
   if (close(fd_) != 0) {
     fd_ = -1;
-    return ErrnoStatus(errno, absl::StrCat("close ", temp_path_));
+    return ErrnoToStatus(errno, absl::StrCat("close ", temp_path_));
   }
   fd_ = -1;
   if (!overwrite_ && PathExists(path_)) {
     return absl::AlreadyExistsError(absl::StrCat(path_, ": output appeared while writing"));
   }
   if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("rename to ", path_));
+    return ErrnoToStatus(errno, absl::StrCat("rename to ", path_));
   }
   temp_path_.clear();
   return FsyncParent(path_);
@@ -155,7 +142,7 @@ absl::StatusOr<AtomicDirectory> AtomicDirectory::Create(const std::string& path,
     return absl::AlreadyExistsError(absl::StrCat(path, ": output exists (use --force to overwrite)"));
   }
   std::string temp = TempName(path);
-  if (mkdir(temp.c_str(), 0755) != 0) return ErrnoStatus(errno, absl::StrCat("cannot create ", path));
+  if (mkdir(temp.c_str(), 0755) != 0) return ErrnoToStatus(errno, absl::StrCat("cannot create ", path));
   return AtomicDirectory(path, std::move(temp), overwrite);
 }
 
@@ -183,15 +170,15 @@ absl::Status AtomicDirectory::Commit() {
     if (!overwrite_) return absl::AlreadyExistsError(absl::StrCat(path_, ": output appeared while writing"));
     // Move the old one aside, put the new one in, then delete the old one.
     std::string old = TempName(path_ + ".old");
-    if (rename(path_.c_str(), old.c_str()) != 0) return ErrnoStatus(errno, absl::StrCat("rename ", path_));
+    if (rename(path_.c_str(), old.c_str()) != 0) return ErrnoToStatus(errno, absl::StrCat("rename ", path_));
     if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
       int err = errno;
       rename(old.c_str(), path_.c_str());
-      return ErrnoStatus(err, absl::StrCat("rename to ", path_));
+      return ErrnoToStatus(err, absl::StrCat("rename to ", path_));
     }
     std::filesystem::remove_all(old, ec);
   } else if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("rename to ", path_));
+    return ErrnoToStatus(errno, absl::StrCat("rename to ", path_));
   }
   committed_ = true;
   return FsyncParent(path_);
@@ -200,7 +187,7 @@ absl::Status AtomicDirectory::Commit() {
 absl::Status CopyFile(const std::string& from, const std::string& to) {
   std::error_code ec;
   std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("copy ", from, " -> ", to, ": ", ec.message()));
+  if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("copy ", from, " -> ", to));
   return absl::OkStatus();
 }
 

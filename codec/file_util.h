@@ -65,7 +65,6 @@ bool IsDirectory(const std::string& path);
 bool SameFile(const std::string& a, const std::string& b);
 // Copies a regular file byte for byte (used for the non-tensor files of a model directory).
 absl::Status CopyFile(const std::string& from, const std::string& to);
-absl::Status ErrnoStatus(int err, const std::string& what);
 
 }  // namespace bigsmall
 

@@ -23,6 +23,10 @@ inline constexpr uint64_t kGroupAlignment = 4096;
 
 // Limits a decoder enforces on untrusted input (before allocating anything).
 inline constexpr uint64_t kMaxIndexSize = 1ull << 30;         // decompressed index
+// A decompressed index may exceed this floor only by kMaxIndexRatio times its
+// stored (zstd) size (see MaxIndexRawSize in bs_reader.h).
+inline constexpr uint64_t kIndexRatioFloor = 16ull << 20;
+inline constexpr uint64_t kMaxIndexRatio = 1024;
 inline constexpr uint64_t kMaxSafetensorsHeader = 100ull << 20;  // as safetensors itself
 inline constexpr uint32_t kMaxTensors = 1u << 22;
 inline constexpr uint32_t kMaxPlanes = 8;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/file_util.h"
 #include "codec/status_macros.h"
+#include "codec/status_util.h"
 #include "nlohmann/json.hpp"
 
 namespace bigsmall {
@@ -21,7 +22,7 @@ bool IsSafetensorsName(const std::string& path) { return absl::EndsWith(path, ".
 
 absl::StatusOr<uint64_t> FileSize(const std::string& path) {
   struct stat st;
-  if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, path);
+  if (stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, path);
   return static_cast<uint64_t>(st.st_size);
 }
 
@@ -30,9 +31,9 @@ absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir)
   std::vector<DirEntry> out;
   std::error_code ec;
   fs::recursive_directory_iterator it(dir, fs::directory_options::follow_directory_symlink, ec);
-  if (ec) return ErrnoStatus(ec.value(), absl::StrCat("cannot list ", dir));
+  if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
   for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (ec) return ErrnoStatus(ec.value(), absl::StrCat("cannot list ", dir));
+    if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
     if (!it->is_regular_file(ec)) continue;
     DirEntry e;
     // Lexical, not fs::relative: a symlinked file (as in a Hugging Face cache
@@ -123,7 +124,7 @@ absl::Status MakeParentDirs(const std::string& root, const std::string& relative
   std::error_code ec;
   const auto parent = (std::filesystem::path(root) / relative).parent_path();
   std::filesystem::create_directories(parent, ec);
-  if (ec) return ErrnoStatus(ec.value(), absl::StrCat("cannot create ", parent.string()));
+  if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot create ", parent.string()));
   return absl::OkStatus();
 }
 

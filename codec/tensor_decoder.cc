@@ -1,5 +1,6 @@
 // Tensor blob parsing and CPU decoding (decode side).
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <vector>
 
@@ -45,7 +46,10 @@ absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob) {
   if (b.chunk_elements == 0 || b.chunk_elements > kMaxChunkElements) {
     return Corrupt(absl::StrCat("bad chunk size ", b.chunk_elements));
   }
-  const uint64_t expect_chunks = (b.num_elements + b.chunk_elements - 1) / b.chunk_elements;
+  // ceil(n / chunk_elements) without forming n + chunk_elements - 1, which
+  // wraps for n near 2^64 (and would make a huge tensor look like 0 chunks).
+  const uint64_t expect_chunks =
+      b.num_elements / b.chunk_elements + (b.num_elements % b.chunk_elements != 0 ? 1 : 0);
   if (b.num_chunks != expect_chunks) return Corrupt(absl::StrCat("bad chunk count ", b.num_chunks));
   b.planes.resize(num_planes);
   // Payload sizes per plane and chunk, filled as headers are read.
@@ -147,10 +151,18 @@ struct PlaneTables {
   std::vector<rans::DecodeTable> tables;
 };
 
-// Per-thread scratch for one chunk's decoded planes.
+// Per-thread scratch for one chunk's decoded planes; nullptr when it cannot
+// be allocated (decoding runs on pool threads and must not throw).
 uint8_t* Scratch(size_t bytes) {
   thread_local std::vector<uint8_t> scratch;
-  if (scratch.size() < bytes) scratch.resize(bytes);
+  if (scratch.size() < bytes) {
+    try {
+      scratch.resize(bytes);
+    } catch (const std::exception&) {  // bad_alloc, length_error
+      std::vector<uint8_t>().swap(scratch);
+      return nullptr;
+    }
+  }
   return scratch.data();
 }
 
@@ -168,7 +180,11 @@ absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>&
                             uint8_t* out) {
   const size_t count = b.ChunkCount(c);
   const size_t np = b.planes.size();
-  uint8_t* scratch = Scratch(count * np);
+  uint8_t* scratch = np == 1 ? out : Scratch(count * np);
+  if (scratch == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("tensor blob: cannot allocate ", count * np, " bytes of decode scratch"));
+  }
   const uint8_t* plane_ptr[kMaxPlanes];
   for (size_t p = 0; p < np; ++p) {
     const BlobPlane& plane = b.planes[p];

@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <exception>
 #include <memory>
+#include <new>
 #include <utility>
+
+#include "absl/strings/str_cat.h"
 
 namespace bigsmall {
 
@@ -45,7 +49,13 @@ bool ThreadPool::RunOne() {
     task = std::move(queue_.front());
     queue_.pop_front();
   }
-  task();
+  // Scheduled tasks must not throw (the header says so); if one does anyway,
+  // the pool thread survives instead of taking the process down. Tasks that
+  // report errors use ParallelFor, which turns an exception into a status.
+  try {
+    task();
+  } catch (...) {
+  }
   return true;
 }
 
@@ -61,6 +71,25 @@ void ThreadPool::WorkerLoop() {
 }
 
 namespace {
+
+// The task boundary: a task that throws (std::bad_alloc from a vector or a
+// scratch buffer growing, anything else) fails its index with a status
+// instead of unwinding into a pool thread (std::terminate).
+absl::Status RunTask(const std::function<absl::Status(size_t)>& fn, size_t i) noexcept {
+  try {
+    return fn(i);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory in a worker task");
+  } catch (const std::exception& e) {
+    try {
+      return absl::InternalError(absl::StrCat("worker task threw: ", e.what()));
+    } catch (...) {
+      return absl::InternalError("worker task threw");
+    }
+  } catch (...) {
+    return absl::InternalError("worker task threw");
+  }
+}
 
 // Shared by the calling thread and the helper tasks of one ParallelFor call.
 // Helpers hold it by shared_ptr: a helper that starts after the call has
@@ -87,7 +116,7 @@ struct ParallelForState {
       if (i >= n) break;
       ++ran;
       if (i > first_error_index.load(std::memory_order_relaxed)) continue;
-      absl::Status status = (*fn)(i);
+      absl::Status status = RunTask(*fn, i);
       if (!status.ok()) {
         std::lock_guard<std::mutex> lock(mu);
         if (i < first_error_index.load(std::memory_order_relaxed)) {
@@ -107,19 +136,32 @@ struct ParallelForState {
 
 absl::Status ThreadPool::ParallelFor(size_t n, const std::function<absl::Status(size_t)>& fn) {
   if (n == 0) return absl::OkStatus();
-  if (n == 1 || workers_.empty()) {
+  auto serial = [&]() -> absl::Status {
     for (size_t i = 0; i < n; ++i) {
-      if (absl::Status s = fn(i); !s.ok()) return s;
+      if (absl::Status s = RunTask(fn, i); !s.ok()) return s;
     }
     return absl::OkStatus();
+  };
+  if (n == 1 || workers_.empty()) return serial();
+  std::shared_ptr<ParallelForState> state;
+  try {
+    state = std::make_shared<ParallelForState>(n, &fn);
+  } catch (const std::bad_alloc&) {
+    return serial();  // no memory for the shared state: run on this thread
   }
-  auto state = std::make_shared<ParallelForState>(n, &fn);
   state->first_error_index.store(n);
   // One helper per worker at most; the calling thread is the extra one. If
   // every worker is busy (e.g. we are a worker ourselves), the caller drains
-  // all indices alone and the helpers later find nothing to do.
+  // all indices alone and the helpers later find nothing to do. A helper that
+  // cannot be queued (no memory) is simply not there: the caller drains more.
   const size_t helpers = std::min(n - 1, workers_.size());
-  for (size_t h = 0; h < helpers; ++h) Schedule([state] { state->Drain(); });
+  for (size_t h = 0; h < helpers; ++h) {
+    try {
+      Schedule([state] { state->Drain(); });
+    } catch (const std::bad_alloc&) {
+      break;
+    }
+  }
   state->Drain();
   std::unique_lock<std::mutex> lock(state->mu);
   // Only indices already claimed by running helpers remain: they finish.
@@ -139,7 +181,7 @@ absl::Status ThreadPool::OrderedBatches(size_t n, uint64_t max_bytes,
     absl::Status st = ParallelFor(end - begin, [&](size_t k) { return work(begin + k); });
     if (!st.ok()) return st;
     for (size_t i = begin; i < end; ++i) {
-      st = finish(i);
+      st = RunTask(finish, i);
       if (!st.ok()) return st;
     }
     begin = end;

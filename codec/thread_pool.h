@@ -1,4 +1,7 @@
-// A fixed-size worker pool with a ParallelFor helper. Tasks must not throw.
+// A fixed-size worker pool with a ParallelFor helper. Tasks should not throw;
+// if a ParallelFor/OrderedBatches task does (std::bad_alloc from a growing
+// buffer), its index fails with RESOURCE_EXHAUSTED (INTERNAL for other
+// exceptions) instead of std::terminate; a throwing Schedule() task is dropped.
 #ifndef BIGSMALL_CODEC_THREAD_POOL_H_
 #define BIGSMALL_CODEC_THREAD_POOL_H_
 

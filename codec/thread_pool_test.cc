@@ -3,6 +3,8 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <new>
+#include <stdexcept>
 #include <set>
 #include <thread>
 #include <string>
@@ -123,6 +125,34 @@ TEST(ThreadPoolTest, ManyCallersShareOnePool) {
   }
   for (std::thread& t : callers) t.join();
   EXPECT_EQ(count.load(), 4 * 50 * 20);
+}
+
+// Regression: a task that throws std::bad_alloc (a scratch buffer or vector
+// growing) used to unwind into a pool thread: std::terminate. Every index may
+// land on a worker or on the caller; both paths must give a status.
+TEST(ThreadPoolTest, ThrowingTaskIsResourceExhaustedNotTerminate) {
+  ThreadPool pool(3);
+  for (size_t n : {size_t{1}, size_t{2}, size_t{64}}) {
+    absl::Status st = pool.ParallelFor(n, [&](size_t i) -> absl::Status {
+      if (i == n - 1) throw std::bad_alloc();
+      std::this_thread::sleep_for(std::chrono::microseconds(50));  // let workers take some
+      return absl::OkStatus();
+    });
+    EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << "n=" << n << ": " << st;
+  }
+  absl::Status st = pool.ParallelFor(8, [](size_t) -> absl::Status { throw std::runtime_error("boom"); });
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  EXPECT_NE(st.message().find("boom"), absl::string_view::npos) << st;
+  // OrderedBatches: work and finish both at the boundary.
+  st = pool.OrderedBatches(
+      4, 1, [](size_t) { return uint64_t{1}; }, [](size_t) { return absl::OkStatus(); },
+      [](size_t i) -> absl::Status {
+        if (i == 2) throw std::bad_alloc();
+        return absl::OkStatus();
+      });
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  // The pool still works afterwards.
+  EXPECT_TRUE(pool.ParallelFor(100, [](size_t) { return absl::OkStatus(); }).ok());
 }
 
 }  // namespace
