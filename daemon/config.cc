@@ -6,11 +6,15 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
+#include <type_traits>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
+#include "codec/status_util.h"
+#include "daemon/io_uring_source.h"
 
 namespace bigsmall::daemon {
 
@@ -28,7 +32,7 @@ absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
   }
   double value = 0;
   if (pos == 0 || !absl::SimpleAtod(s.substr(0, pos), &value) || value < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("bad size '", text, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("bad size '", EscapeForLog(text, 64), "'"));
   }
   std::string unit = s.substr(pos);
   double mult = 1;
@@ -43,17 +47,73 @@ absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
   } else if (unit == "t" || unit == "tb" || unit == "tib") {
     mult = 1024.0 * 1024 * 1024 * 1024;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("bad size unit in '", text, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad size unit in '", EscapeForLog(text, 64), "'"));
   }
   double bytes = value * mult;
-  if (bytes > 1.8e19) return absl::InvalidArgumentError(absl::StrCat("size too large: ", text));
+  if (!(bytes <= 1.8e19)) {
+    return absl::InvalidArgumentError(absl::StrCat("size too large: ", EscapeForLog(text, 64)));
+  }
   return static_cast<uint64_t>(std::llround(bytes));
+}
+
+absl::StatusOr<uint32_t> ParseFileMode(const std::string& text) {
+  absl::string_view digits = text;
+  bool ok = !digits.empty() && digits.size() <= 4;
+  uint32_t mode = 0;
+  for (char ch : digits) {
+    if (ch < '0' || ch > '7') {
+      ok = false;
+      break;
+    }
+    mode = mode * 8 + static_cast<uint32_t>(ch - '0');
+  }
+  if (!ok || mode > 0777) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bad socket mode '", EscapeForLog(text, 64),
+        "': expected octal permissions such as 0660 (at most 0777)"));
+  }
+  return mode;
+}
+
+absl::StatusOr<DecoderImpl> ParseDecoderImpl(const std::string& name) {
+  for (DecoderImpl impl : {DecoderImpl::kAuto, DecoderImpl::kReference, DecoderImpl::kScalar,
+                           DecoderImpl::kAvx2, DecoderImpl::kAvx512}) {
+    if (name == DecoderImplName(impl)) return impl;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown decoder '", EscapeForLog(name, 64), "' (auto, reference, scalar, avx2, avx512)"));
 }
 
 namespace {
 
 template <typename T>
 absl::Status Get(const nlohmann::json& v, const std::string& key, T* out) {
+  // Numbers strictly: no negative into unsigned, no fraction into an
+  // integer, no silent wrap (nlohmann would convert all of these).
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!v.is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': expected true/false"));
+    }
+  } else if constexpr (std::is_integral_v<T>) {
+    bool fits = false;
+    if (v.is_number_unsigned()) {
+      fits = v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+    } else if (v.is_number_integer()) {
+      const int64_t x = v.get<int64_t>();
+      fits = x >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+             (x < 0 || static_cast<uint64_t>(x) <= static_cast<uint64_t>(std::numeric_limits<T>::max()));
+    }
+    if (!fits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config key '", key, "': expected an integer in ", std::numeric_limits<T>::min(), "..",
+          std::numeric_limits<T>::max(), ", got ", EscapeForLog(v.dump(), 64)));
+    }
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!v.is_number()) {
+      return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': expected a number"));
+    }
+  }
   try {
     *out = v.get<T>();
   } catch (const std::exception& e) {
@@ -67,7 +127,12 @@ absl::Status GetSize(const nlohmann::json& v, const std::string& key, uint64_t* 
   if (!v.is_string()) {
     return absl::InvalidArgumentError(absl::StrCat("config key '", key, "': expected a size"));
   }
-  ASSIGN_OR_RETURN(*out, ParseByteSize(v.get<std::string>()));
+  auto size = ParseByteSize(v.get<std::string>());
+  if (!size.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config key '", key, "': ", size.status().message()));
+  }
+  *out = *size;
   return absl::OkStatus();
 }
 
@@ -83,11 +148,18 @@ absl::Status ApplyConfigJson(const nlohmann::json& json, DaemonConfig* c,
     } else if (key == "socket_group") {
       RETURN_IF_ERROR(Get(v, key, &c->socket_group));
     } else if (key == "socket_mode") {
-      if (v.is_string()) {
-        c->socket_mode = static_cast<uint32_t>(std::strtoul(v.get<std::string>().c_str(), nullptr, 8));
-      } else {
-        RETURN_IF_ERROR(Get(v, key, &c->socket_mode));
+      // A string only: JSON has no octal numbers, and 660 read as decimal
+      // would be a different mode.
+      if (!v.is_string()) {
+        return absl::InvalidArgumentError(
+            "config key 'socket_mode': expected an octal string such as \"0660\"");
       }
+      auto mode = ParseFileMode(v.get<std::string>());
+      if (!mode.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("config key 'socket_mode': ", mode.status().message()));
+      }
+      c->socket_mode = *mode;
     } else if (key == "tcp") {
       RETURN_IF_ERROR(Get(v, key, &c->tcp));
     } else if (key == "shm_dir") {
@@ -122,8 +194,30 @@ absl::Status ApplyConfigJson(const nlohmann::json& json, DaemonConfig* c,
       RETURN_IF_ERROR(Get(v, key, &c->drain_seconds));
     } else if (key == "allowed_roots") {
       RETURN_IF_ERROR(Get(v, key, &c->allowed_roots));
+    } else if (key == "model_dirs") {
+      RETURN_IF_ERROR(Get(v, key, &c->model_dirs));
+    } else if (key == "max_models") {
+      RETURN_IF_ERROR(Get(v, key, &c->max_models));
+    } else if (key == "max_description_bytes") {
+      RETURN_IF_ERROR(GetSize(v, key, &c->max_description_bytes));
+    } else if (key == "open_threads") {
+      RETURN_IF_ERROR(Get(v, key, &c->open_threads));
+    } else if (key == "max_pending_opens") {
+      RETURN_IF_ERROR(Get(v, key, &c->max_pending_opens));
+    } else if (key == "max_sessions") {
+      RETURN_IF_ERROR(Get(v, key, &c->max_sessions));
+    } else if (key == "max_total_window") {
+      RETURN_IF_ERROR(Get(v, key, &c->max_total_window));
+    } else if (key == "session_idle_seconds") {
+      RETURN_IF_ERROR(Get(v, key, &c->session_idle_seconds));
+    } else if (key == "admin_group") {
+      RETURN_IF_ERROR(Get(v, key, &c->admin_group));
+    } else if (key == "max_connections") {
+      RETURN_IF_ERROR(Get(v, key, &c->max_connections));
+    } else if (key == "max_connections_per_uid") {
+      RETURN_IF_ERROR(Get(v, key, &c->max_connections_per_uid));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("config: unknown key '", key, "'"));
+      return absl::InvalidArgumentError(absl::StrCat("config: unknown key '", EscapeForLog(key, 64), "'"));
     }
   }
   return absl::OkStatus();
@@ -143,6 +237,23 @@ absl::Status LoadConfigFile(const std::string& path, DaemonConfig* config,
   return absl::OkStatus();
 }
 
+namespace {
+
+absl::Status Bad(absl::string_view key, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(key, " ", what));
+}
+
+bool KnownLogLevel(const std::string& level) {
+  // spdlog's names (level::from_str silently turns anything else into off).
+  for (const char* name : {"trace", "debug", "info", "warn", "warning", "error", "err",
+                           "critical", "off"}) {
+    if (level == name) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::Status FinalizeConfig(DaemonConfig* c) {
   if (c->socket.empty()) c->socket = DefaultSocketPath();
   if (c->shm_dir.empty()) c->shm_dir = absl::StrCat("/dev/shm/bigsmall-", geteuid());
@@ -151,17 +262,59 @@ absl::Status FinalizeConfig(DaemonConfig* c) {
     long page = sysconf(_SC_PAGESIZE);
     c->cache_budget = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * page / 2 : 8ull << 30;
   }
-  if (c->default_window == 0) c->default_window = 1;
-  if (c->max_window < c->default_window) c->max_window = c->default_window;
-  if (c->load_threads <= 0) c->load_threads = static_cast<int>(c->prefetch) + 2;
+  if (auto io = ParseIoBackend(c->io); !io.ok()) return Bad("io:", io.status().message());
+  if (auto d = ParseDecoderImpl(c->decoder); !d.ok()) return Bad("decoder:", d.status().message());
+  if (!KnownLogLevel(c->log_level)) {
+    return Bad("log_level", absl::StrCat("'", EscapeForLog(c->log_level, 64),
+                                         "' is not one of trace, debug, info, warn, error, "
+                                         "critical, off"));
+  }
+  if (c->socket_mode > 0777) return Bad("socket_mode", "must be octal <= 0777");
+  if (c->prefetch > kMaxPrefetch) {
+    return Bad("prefetch", absl::StrCat("must be in 0..", kMaxPrefetch, " (got ", c->prefetch, ")"));
+  }
+  if (c->max_window == 0 || c->max_window > kMaxWindow) {
+    return Bad("max_window", absl::StrCat("must be in 1..", kMaxWindow, " (got ", c->max_window, ")"));
+  }
+  if (c->default_window == 0 || c->default_window > c->max_window) {
+    return Bad("default_window (--window)",
+               absl::StrCat("must be in 1..max_window (", c->max_window, "; got ",
+                            c->default_window, ")"));
+  }
+  if (c->max_total_window < c->max_window) {
+    return Bad("max_total_window", absl::StrCat("must be >= max_window (", c->max_window,
+                                                "; got ", c->max_total_window, ")"));
+  }
+  if (c->decode_threads < 0 || c->decode_threads > kMaxThreads) {
+    return Bad("decode_threads", absl::StrCat("must be in 0..", kMaxThreads, " (0: all cores; got ",
+                                              c->decode_threads, ")"));
+  }
+  if (c->load_threads < 0 || c->load_threads > kMaxThreads) {
+    return Bad("load_threads", absl::StrCat("must be in 0..", kMaxThreads,
+                                            " (0: prefetch + 2; got ", c->load_threads, ")"));
+  }
+  if (c->load_threads == 0) c->load_threads = static_cast<int>(c->prefetch) + 2;
   if (c->uring_depth == 0 || c->uring_depth > 4096) {
-    return absl::InvalidArgumentError("uring_depth must be in 1..4096");
+    return Bad("uring_depth", "must be in 1..4096");
   }
   if (c->read_chunk < 4096 || c->read_chunk > (1u << 30)) {
-    return absl::InvalidArgumentError("read_chunk must be in 4 KiB..1 GiB");
+    return Bad("read_chunk", "must be in 4 KiB..1 GiB");
   }
-  if (c->socket_mode > 0777) return absl::InvalidArgumentError("socket_mode must be octal <= 0777");
-  if (c->drain_seconds < 0) return absl::InvalidArgumentError("drain_seconds must be >= 0");
+  if (static_cast<uint64_t>(c->uring_depth) * c->read_chunk > (1ull << 30)) {
+    return Bad("uring_depth x read_chunk",
+               "must be at most 1 GiB (each read in flight has its own bounce buffer)");
+  }
+  auto finite_non_negative = [](double v) { return std::isfinite(v) && v >= 0; };
+  if (!finite_non_negative(c->drain_seconds)) return Bad("drain_seconds", "must be >= 0");
+  if (c->max_models == 0) return Bad("max_models", "must be >= 1");
+  if (c->open_threads == 0 || c->open_threads > static_cast<uint32_t>(kMaxThreads)) {
+    return Bad("open_threads", absl::StrCat("must be in 1..", kMaxThreads));
+  }
+  if (c->max_pending_opens == 0) return Bad("max_pending_opens", "must be >= 1");
+  if (c->max_sessions == 0) return Bad("max_sessions", "must be >= 1");
+  if (!finite_non_negative(c->session_idle_seconds)) {
+    return Bad("session_idle_seconds", "must be >= 0 (0: no idle timeout)");
+  }
   return absl::OkStatus();
 }
 
@@ -187,7 +340,18 @@ nlohmann::json ConfigToJson(const DaemonConfig& c) {
           {"metrics", c.metrics},
           {"log_level", c.log_level},
           {"drain_seconds", c.drain_seconds},
-          {"allowed_roots", c.allowed_roots}};
+          {"allowed_roots", c.allowed_roots},
+          {"admin_group", c.admin_group},
+          {"max_connections", c.max_connections},
+          {"max_connections_per_uid", c.max_connections_per_uid},
+          {"model_dirs", c.model_dirs},
+          {"max_models", c.max_models},
+          {"max_description_bytes", c.max_description_bytes},
+          {"open_threads", c.open_threads},
+          {"max_pending_opens", c.max_pending_opens},
+          {"max_sessions", c.max_sessions},
+          {"max_total_window", c.max_total_window},
+          {"session_idle_seconds", c.session_idle_seconds}};
 }
 
 }  // namespace bigsmall::daemon

@@ -9,11 +9,18 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "codec/tensor_codec.h"
 #include "nlohmann/json.hpp"
 
 namespace bigsmall::daemon {
 
 inline constexpr char kDefaultSocket[] = "/run/bigsmall/bigsmall.sock";
+inline constexpr char kDefaultModelDir[] = "/var/lib/bigsmall/models";
+
+// Upper bounds FinalizeConfig enforces.
+inline constexpr uint32_t kMaxPrefetch = 256;
+inline constexpr uint32_t kMaxWindow = 65536;
+inline constexpr int kMaxThreads = 1024;
 
 struct DaemonConfig {
   std::string socket;            // Unix socket path
@@ -35,7 +42,22 @@ struct DaemonConfig {
   std::string metrics;           // "127.0.0.1:9464" to serve /metrics ("" = off)
   std::string log_level = "info";
   double drain_seconds = 10;     // SIGTERM: how long running streams may finish
-  std::vector<std::string> allowed_roots;  // if set, models must live under one of these
+  // Models are opened only beneath these directories (each opened once at
+  // start; no symlinks followed beneath them). `allowed_roots`, when set,
+  // replaces `model_dirs` as the set of roots (older configs).
+  std::vector<std::string> model_dirs = {kDefaultModelDir};
+  std::vector<std::string> allowed_roots;
+  uint32_t max_models = 64;              // open models; idle ones are closed LRU
+  uint64_t max_description_bytes = 60ull << 20;  // below the 64 MiB message limit
+  uint32_t open_threads = 4;             // OpenModel's own pool
+  uint32_t max_pending_opens = 64;       // queued + running OpenModel calls
+  uint32_t max_sessions = 1024;          // started sessions at once
+  uint64_t max_total_window = 16384;     // sum of the windows of started sessions
+  double session_idle_seconds = 300;     // a session holding leases with no progress
+  // Who is asking (docs/API.md "Peers, authorization and the socket").
+  std::string admin_group;                // also may call Evict ("" = daemon's user and root only)
+  uint32_t max_connections = 256;         // live Unix socket connections
+  uint32_t max_connections_per_uid = 64;  // live Unix socket connections of one uid
   std::string debug_fault;       // tests: fault spec injected into every source
 };
 
@@ -45,6 +67,15 @@ std::string DefaultSocketPath();
 // "8G", "512MiB", "1.5g", "4096" -> bytes (powers of 1024).
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& text);
 
+// A permission mode in octal, strictly: 1 to 4 octal digits ("0660", "660",
+// "0600"), at most 0777; anything else (letters, signs, spaces, 8 or 9,
+// "0x..") is kInvalidArgument. The flag and the config key share it.
+absl::StatusOr<uint32_t> ParseFileMode(const std::string& text);
+
+// "auto" | "reference" | "scalar" | "avx2" | "avx512" (the codec's names);
+// anything else is kInvalidArgument.
+absl::StatusOr<DecoderImpl> ParseDecoderImpl(const std::string& name);
+
 // Applies the keys of a JSON config object to `config`, skipping keys for
 // which `overridden(key)` is true (set on the command line). Unknown keys and
 // wrong types are errors naming the key.
@@ -53,7 +84,10 @@ absl::Status ApplyConfigJson(const nlohmann::json& json, DaemonConfig* config,
 absl::Status LoadConfigFile(const std::string& path, DaemonConfig* config,
                             const std::function<bool(const std::string&)>& overridden);
 
-// Fills defaults that depend on the machine and checks ranges.
+// Fills defaults that depend on the machine and checks every value: io,
+// decoder and log_level names, and the ranges of the numbers (windows,
+// prefetch, threads, depths, durations); the first bad one is
+// kInvalidArgument naming its key. main() exits 2 on it.
 absl::Status FinalizeConfig(DaemonConfig* config);
 
 nlohmann::json ConfigToJson(const DaemonConfig& config);

@@ -50,5 +50,101 @@ TEST(ConfigTest, SocketDefaultsFromEnvironment) {
   EXPECT_EQ(c.load_threads, static_cast<int>(c.prefetch) + 2);
 }
 
+TEST(ConfigTest, FileModeIsStrictOctal) {
+  EXPECT_EQ(*ParseFileMode("0660"), 0660u);
+  EXPECT_EQ(*ParseFileMode("660"), 0660u);
+  EXPECT_EQ(*ParseFileMode("0"), 0u);
+  EXPECT_EQ(*ParseFileMode("0777"), 0777u);
+  for (const char* bad : {"abc", "", "0999", "8", "0x1ff", "-0660", "+660", " 0660", "0660 ",
+                          "01777", "00000", "066O", "1e3"}) {
+    SCOPED_TRACE(bad);
+    auto mode = ParseFileMode(bad);
+    ASSERT_FALSE(mode.ok());
+    EXPECT_EQ(mode.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(mode.status().message().find("octal"), std::string::npos) << mode.status();
+  }
+}
+
+absl::Status ApplyJson(const char* text, DaemonConfig* c) {
+  return ApplyConfigJson(nlohmann::json::parse(text), c, nullptr);
+}
+
+TEST(ConfigTest, BadSocketModeInJsonIsAnErrorNotZero) {
+  DaemonConfig c;
+  absl::Status st = ApplyJson(R"({"socket_mode": "abc"})", &c);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("socket_mode"), std::string::npos) << st;
+  EXPECT_EQ(c.socket_mode, 0660u);  // untouched, not 0
+  // JSON has no octal: a number is refused rather than read as decimal.
+  st = ApplyJson(R"({"socket_mode": 660})", &c);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("octal string"), std::string::npos) << st;
+  ASSERT_TRUE(ApplyJson(R"({"socket_mode": "0600"})", &c).ok());
+  EXPECT_EQ(c.socket_mode, 0600u);
+}
+
+TEST(ConfigTest, NumbersAreStrict) {
+  for (const char* bad : {R"({"prefetch": -1})", R"({"max_models": -1})", R"({"prefetch": 1.5})",
+                          R"({"uring_depth": 99999999999})", R"({"decode_threads": 1e12})",
+                          R"({"direct": 1})", R"({"drain_seconds": "ten"})",
+                          R"({"cache_budget": -5})", R"({"read_chunk": "1Q"})"}) {
+    SCOPED_TRACE(bad);
+    DaemonConfig c;
+    absl::Status st = ApplyJson(bad, &c);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("config key"), std::string::npos) << st;
+  }
+  DaemonConfig c;
+  ASSERT_TRUE(ApplyJson(R"({"decode_threads": 3, "drain_seconds": 2, "direct": false})", &c).ok());
+  EXPECT_EQ(c.decode_threads, 3);
+  EXPECT_EQ(c.drain_seconds, 2.0);
+  EXPECT_FALSE(c.direct);
+}
+
+TEST(ConfigTest, FinalizeRejectsUnknownNamesAndBadRanges) {
+  struct Case {
+    const char* json;
+    const char* key;  // named in the message
+  } cases[] = {
+      {R"({"io": "mmap"})", "io"},
+      {R"({"io": ""})", "io"},
+      {R"({"decoder": "avx9000"})", "decoder"},
+      {R"({"log_level": "loud"})", "log_level"},
+      {R"({"default_window": 0})", "default_window"},
+      {R"({"default_window": 100, "max_window": 8})", "default_window"},
+      {R"({"max_window": 0})", "max_window"},
+      {R"({"max_window": 1000000})", "max_window"},
+      {R"({"max_window": 64, "max_total_window": 10})", "max_total_window"},
+      {R"({"prefetch": 100000})", "prefetch"},
+      {R"({"decode_threads": -2})", "decode_threads"},
+      {R"({"load_threads": -1})", "load_threads"},
+      {R"({"uring_depth": 0})", "uring_depth"},
+      {R"({"read_chunk": 100})", "read_chunk"},
+      {R"({"uring_depth": 4096, "read_chunk": "1G"})", "uring_depth x read_chunk"},
+      {R"({"drain_seconds": -1})", "drain_seconds"},
+      {R"({"session_idle_seconds": -1})", "session_idle_seconds"},
+      {R"({"max_models": 0})", "max_models"},
+      {R"({"open_threads": 0})", "open_threads"},
+  };
+  for (const Case& tc : cases) {
+    SCOPED_TRACE(tc.json);
+    DaemonConfig c;
+    ASSERT_TRUE(ApplyJson(tc.json, &c).ok());
+    absl::Status st = FinalizeConfig(&c);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find(tc.key), std::string::npos) << st;
+  }
+  for (const char* good : {R"({"io": "pread", "decoder": "scalar", "log_level": "warn"})",
+                           R"({"io": "io_uring", "decoder": "avx512", "log_level": "off"})",
+                           R"({"default_window": 8, "max_window": 8, "prefetch": 0})"}) {
+    SCOPED_TRACE(good);
+    DaemonConfig c;
+    ASSERT_TRUE(ApplyJson(good, &c).ok());
+    EXPECT_TRUE(FinalizeConfig(&c).ok()) << FinalizeConfig(&c);
+  }
+  EXPECT_EQ(*ParseDecoderImpl("avx2"), DecoderImpl::kAvx2);
+  EXPECT_FALSE(ParseDecoderImpl("AVX2").ok());
+}
+
 }  // namespace
 }  // namespace bigsmall::daemon

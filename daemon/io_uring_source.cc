@@ -35,7 +35,7 @@ absl::StatusOr<IoBackend> ParseIoBackend(const std::string& name) {
   if (name == "io_uring" || name == "uring") return IoBackend::kIoUring;
   if (name == "pread") return IoBackend::kPread;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown io backend '", name, "' (auto, io_uring, pread)"));
+      absl::StrCat("unknown io backend '", EscapeForLog(name, 64), "' (auto, io_uring, pread)"));
 }
 
 AlignedBuffer::AlignedBuffer(size_t size) : size_(size) {

@@ -47,10 +47,39 @@ int main(int argc, char** argv) {
   app.add_option("--drain-seconds", config.drain_seconds, "SIGTERM grace period")
       ->capture_default_str();
   app.add_option("--allowed-root", config.allowed_roots, "only open models under these dirs");
+  app.add_option("--model-dir", config.model_dirs,
+                 "directory models are opened beneath (repeatable; default "
+                 "/var/lib/bigsmall/models)");
+  app.add_option("--max-models", config.max_models, "open models (idle ones closed LRU)")
+      ->capture_default_str();
+  app.add_option("--max-sessions", config.max_sessions, "started sessions at once")
+      ->capture_default_str();
+  app.add_option("--max-total-window", config.max_total_window,
+                 "sum of the windows of all started sessions")
+      ->capture_default_str();
+  app.add_option("--session-idle-seconds", config.session_idle_seconds,
+                 "end a session that holds leases without progress this long (0: never)")
+      ->capture_default_str();
+  app.add_option("--max-description-bytes", config.max_description_bytes,
+                 "refuse models whose description is larger")
+      ->capture_default_str();
+  app.add_option("--admin-group", config.admin_group,
+                 "group whose members may also call Evict (besides the daemon's user and root)");
+  app.add_option("--max-connections", config.max_connections,
+                 "most open Unix socket connections")->capture_default_str();
+  app.add_option("--max-connections-per-uid", config.max_connections_per_uid,
+                 "most open Unix socket connections of one uid")->capture_default_str();
   app.add_option("--debug-fault", config.debug_fault, "(tests) inject faults into every read")
       ->group("");
   app.add_flag("--print-config", print_config, "print the effective config as JSON and exit");
-  CLI11_PARSE(app, argc, argv);
+  // A bad flag (unknown, missing value, unparsable number) exits 2 with
+  // CLI11's message, like every bad value below; --help and --version exit 0.
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
 
   auto fail = [](const std::string& msg) {
     std::fprintf(stderr, "bigsmalld: %s\n", msg.c_str());
@@ -64,27 +93,30 @@ int main(int argc, char** argv) {
       if (key == "default_window") flag = "--window";
       if (key == "direct") flag = "--no-direct";
       if (key == "allowed_roots") flag = "--allowed-root";
+      if (key == "model_dirs") flag = "--model-dir";
       const CLI::Option* opt = app.get_option_no_throw(flag);
       return opt != nullptr && opt->count() > 0;
     };
     absl::Status st = bigsmall::daemon::LoadConfigFile(config_file, &config, overridden);
-    if (!st.ok()) return fail(st.ToString());
+    if (!st.ok()) return fail(std::string(st.message()));
   }
   if (!cache_budget.empty()) {
     auto v = bigsmall::daemon::ParseByteSize(cache_budget);
-    if (!v.ok()) return fail(v.status().ToString());
+    if (!v.ok()) return fail(absl::StrCat("--cache-budget: ", v.status().message()));
     config.cache_budget = *v;
   }
   if (!read_chunk.empty()) {
     auto v = bigsmall::daemon::ParseByteSize(read_chunk);
-    if (!v.ok()) return fail(v.status().ToString());
+    if (!v.ok()) return fail(absl::StrCat("--read-chunk: ", v.status().message()));
     config.read_chunk = *v;
   }
   if (app.get_option("--socket-mode")->count() > 0) {
-    config.socket_mode = static_cast<uint32_t>(std::stoul(socket_mode, nullptr, 8));
+    auto mode = bigsmall::daemon::ParseFileMode(socket_mode);
+    if (!mode.ok()) return fail(absl::StrCat("--socket-mode: ", mode.status().message()));
+    config.socket_mode = *mode;
   }
   absl::Status st = bigsmall::daemon::FinalizeConfig(&config);
-  if (!st.ok()) return fail(st.ToString());
+  if (!st.ok()) return fail(std::string(st.message()));
   if (print_config) {
     std::cout << bigsmall::daemon::ConfigToJson(config).dump(2) << "\n";
     return 0;
