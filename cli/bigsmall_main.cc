@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/exit_codes.h"
+#include "codec/file_util.h"
 #include "codec/format.h"
 #include "codec/tensor_codec.h"
 
@@ -46,6 +47,8 @@ constexpr char kNotes[] =
     "  shard is compressed, every other file is copied).\n"
     "  Default outputs: X.safetensors -> X.safetensors.bs, DIR -> DIR.bs, and back.\n"
     "  Outputs are written atomically; an existing output needs --force.\n"
+    "  An interrupted run (SIGINT, SIGTERM, SIGHUP) removes its temporary output;\n"
+    "  leftovers of a killed run are removed by the next run writing that output.\n"
     "  'ratio' in --json output is stored bytes / original bytes.\n"
     "  Progress goes to stderr (only on a terminal); summaries and --json to stdout.\n";
 
@@ -56,7 +59,8 @@ void AddThreadsOption(CLI::App* cmd, int& threads) {
   cmd->add_option("--threads", threads, "Worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
 }
 void AddForceFlag(CLI::App* cmd, bool& force) {
-  cmd->add_flag("-f,--force", force, "Overwrite an existing output");
+  cmd->add_flag("-f,--force", force,
+                "Overwrite an existing output of the same kind (a file with a file, a directory with a directory)");
 }
 void AddReportFlags(CLI::App* cmd, bool& json, bool& quiet) {
   cmd->add_flag("--json", json, "Print one JSON object with the stats");
@@ -84,6 +88,9 @@ int Main(int argc, char** argv) {
                        "Custom layer grouping: a prefix with one {N}, e.g. 'decoder.block.{N}.'");
   compress->add_option("--chunk-elements", ca.chunk_elements, "Elements per coded chunk (default: the mode's)")
       ->check(CLI::Range(uint32_t{1}, kMaxChunkElements));
+  compress->add_flag("--follow-symlinks", ca.follow_symlinks,
+                     "Directories: also follow symlinks that point outside the model directory "
+                     "(by default only links inside it, or into its Hugging Face repo's blobs/, are followed)");
   AddForceFlag(compress, ca.force);
   AddReportFlags(compress, ca.json, ca.quiet);
 
@@ -153,6 +160,7 @@ int Main(int argc, char** argv) {
 int main(int argc, char** argv) {
   // Last line of defence: nothing below throws by design, but std::bad_alloc
   // (or a CLI11 formatting exception) must not abort the process.
+  bigsmall::InstallTempCleanupOnSignals();
   try {
     return bigsmall::cli::Main(argc, argv);
   } catch (const std::exception& e) {

@@ -70,6 +70,20 @@ int RefuseSamePath(const std::string& command, const std::string& input, const s
                      kExitUsage, json, "INVALID_ARGUMENT");
 }
 
+// Before any work: the output must be creatable (docs/FORMAT.md "Errors":
+// an existing output needs --force, and --force replaces a file with a file,
+// a directory with a directory); stale temporaries of dead runs are removed.
+int CheckOutput(const std::string& command, const std::string& output, bool force, bool directory,
+                bool json) {
+  ReapStaleTemps(output);
+  absl::Status st = CheckOutputReplaceable(output, force, directory);
+  if (st.ok()) return kExitOk;
+  if (absl::IsInvalidArgument(st)) {
+    return ReportError(command, std::string(st.message()), kExitUsage, json, "INVALID_ARGUMENT");
+  }
+  return Fail(command, st, json);
+}
+
 bool ShowProgress(bool json, bool quiet) { return !json && !quiet && ProgressBar::StderrIsTerminal(); }
 
 // The --json summary of a decompress or verify job; `target_key` ("output" or
@@ -117,7 +131,13 @@ int RunCompress(const CompressArgs& args) {
     return ReportError("compress", absl::StrCat(output, ": output would be inside the input directory ", args.input),
                        kExitUsage, args.json, "INVALID_ARGUMENT");
   }
+  if (PathExists(args.input)) {
+    if (int rc = CheckOutput("compress", output, args.force, IsDirectory(args.input), args.json); rc != kExitOk) {
+      return rc;
+    }
+  }
   CompressOptions options;
+  options.follow_symlinks = args.follow_symlinks;
   options.mode = args.storage ? Mode::kStorage : args.inference ? Mode::kInference : Mode::kBalanced;
   options.threads = args.threads;
   options.base = args.base;
@@ -158,6 +178,11 @@ int RunCompress(const CompressArgs& args) {
 int RunDecompress(const DecompressArgs& args) {
   const std::string output = args.output.empty() ? DefaultDecompressedName(args.input) : args.output;
   if (SamePath(args.input, output)) return RefuseSamePath("decompress", args.input, output, args.json);
+  if (PathExists(args.input)) {
+    if (int rc = CheckOutput("decompress", output, args.force, IsDirectory(args.input), args.json); rc != kExitOk) {
+      return rc;
+    }
+  }
   DecompressOptions options;
   options.threads = args.threads;
   options.base = args.base;

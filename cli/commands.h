@@ -18,6 +18,7 @@ struct CompressArgs {
   int threads = 0;
   std::string layer_pattern;
   uint32_t chunk_elements = 0;
+  bool follow_symlinks = false;
   bool force = false;
   bool json = false;
   bool quiet = false;

@@ -1,8 +1,25 @@
 #include "cli/exit_codes.h"
 
+#include "codec/error_kind.h"
+
 namespace bigsmall::cli {
 
 int ExitCodeFor(const absl::Status& status) {
+  // docs/FORMAT.md "Errors" (CLI exit codes): the status code decides, except
+  // where the error kind says the remedy differs.
+  switch (GetErrorKind(status)) {
+    case ErrorKind::kNotBsFile:
+      return kExitFailure;  // "not a .bs file"
+    case ErrorKind::kUnsupportedVersion:
+      return kExitPrecondition;  // "unsupported format version"
+    case ErrorKind::kOutput:
+      // An output that cannot be written is an I/O failure, never "input not
+      // found" (a missing output directory is NOT_FOUND to the codec).
+      if (status.code() == absl::StatusCode::kNotFound) return kExitFailure;
+      break;
+    case ErrorKind::kNone:
+      break;
+  }
   switch (status.code()) {
     case absl::StatusCode::kOk:
       return kExitOk;
@@ -22,13 +39,15 @@ int ExitCodeFor(const absl::Status& status) {
 const char* ExitCodeHelp() {
   return "Exit codes:\n"
          "  0  success\n"
-         "  1  other failure (I/O error, not a .bs file, invalid input, ...)\n"
-         "  2  usage error (bad flags or arguments, output would overwrite the input)\n"
+         "  1  other failure (I/O error, not a .bs file, invalid input, output cannot be created, ...)\n"
+         "  2  usage error (bad flags or arguments, output would overwrite the input,\n"
+         "     --force over an output of the other kind)\n"
          "  3  corrupt or mismatching data (failed hash check, truncated file,\n"
          "     bytes differ from --against)\n"
          "  4  input not found\n"
-         "  5  wrong or missing --base, or unsupported format version\n"
-         "  6  output exists (use --force to overwrite)\n";
+         "  5  wrong or missing --base, unsupported format version, or a refused symlink\n"
+         "  6  output exists (use --force to overwrite)\n"
+         "  (docs/FORMAT.md section 10 lists every failure with its code)\n";
 }
 
 }  // namespace bigsmall::cli

@@ -1,12 +1,16 @@
 // Process exit codes of the `bigsmall` command-line tool.
 //
+// docs/FORMAT.md §10.3 is the authority:
 //   0  success
-//   1  any other failure (I/O error, not a .bs file, bad input, ...)
-//   2  usage error (bad flags or arguments, output would overwrite the input)
+//   1  any other failure (I/O error, not a .bs file [ErrorKind::kNotBsFile],
+//      bad input, an output that cannot be created [ErrorKind::kOutput])
+//   2  usage error (bad flags or arguments, output would overwrite the input,
+//      --force over an output of the other kind)
 //   3  corrupt or mismatching data (a hash check failed, truncated file,
 //      rebuilt bytes differ from --against)                     [kDataLoss]
 //   4  an input was not found                                   [kNotFound]
-//   5  wrong or missing --base, unsupported format version      [kFailedPrecondition]
+//   5  wrong or missing --base, unsupported format version [ErrorKind::
+//      kUnsupportedVersion], a refused symlink                  [kFailedPrecondition]
 //   6  the output exists and --force was not given              [kAlreadyExists]
 #ifndef BIGSMALL_CLI_EXIT_CODES_H_
 #define BIGSMALL_CLI_EXIT_CODES_H_

@@ -38,7 +38,7 @@ absl::StatusOr<BaseModel> BaseModel::Open(const std::string& path) {
   if (IsDirectory(path)) {
     ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListModelDirectory(path));
     for (const auto& e : entries) {
-      if (IsSafetensorsName(e.relative)) paths.push_back((std::filesystem::path(path) / e.relative).string());
+      if (IsSafetensorsName(e.relative)) paths.push_back(e.source);
     }
     if (paths.empty()) return absl::NotFoundError(absl::StrCat(path, ": no .safetensors files in base"));
   } else {

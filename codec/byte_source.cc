@@ -91,8 +91,10 @@ class MemorySource final : public ByteSource {
 
 absl::StatusOr<std::unique_ptr<ByteSource>> OpenFileSource(const std::string& path) {
   int fd;
+  // O_NONBLOCK: opening a FIFO without a writer (or a tty, a device) must not
+  // block; what is not a regular file is refused right after, before any read.
   do {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
   struct stat st;
@@ -103,7 +105,14 @@ absl::StatusOr<std::unique_ptr<ByteSource>> OpenFileSource(const std::string& pa
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, S_ISDIR(st.st_mode) ? ": is a directory" : ": not a regular file (a FIFO, device or socket)"));
+  }
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoToStatus(err, absl::StrCat("cannot open ", path));
   }
   return std::unique_ptr<ByteSource>(
       new FileSource(fd, static_cast<uint64_t>(st.st_size), path));

@@ -43,14 +43,16 @@ absl::StatusOr<CompressStats> CompressPath(const std::string& input, const std::
     stats.tensors = r.tensors;
     stats.files = 1;
   } else {
-    ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListModelDirectory(input));
+    ListOptions list;
+    list.follow_symlinks = options.follow_symlinks;
+    ASSIGN_OR_RETURN(std::vector<DirEntry> entries, ListModelDirectory(input, list));
     uint64_t total = 0;
     for (const auto& e : entries) total += e.size;
     ASSIGN_OR_RETURN(AtomicDirectory dir, AtomicDirectory::Create(output, options.force));
     ModelManifest manifest;
     uint64_t done = 0;
     for (const auto& e : entries) {
-      const std::string src = (std::filesystem::path(input) / e.relative).string();
+      const std::string& src = e.source;  // a checked symlink target, or the file itself
       RETURN_IF_ERROR(MakeParentDirs(dir.temp_path(), e.relative));
       if (IsSafetensorsName(e.relative)) {
         const std::string rel_out = e.relative + ".bs";

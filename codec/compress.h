@@ -18,7 +18,8 @@ struct CompressOptions {
   std::string base;             // fine-tune delta against this safetensors file or directory
   std::string layer_pattern;    // custom layer pattern, see LayerOf()
   uint32_t chunk_elements = 0;  // 0: the mode's default
-  bool force = false;           // overwrite an existing output
+  bool force = false;           // overwrite an existing output (a file, or a directory with a directory)
+  bool follow_symlinks = false; // directories: follow symlinks that leave the model directory
   ProgressFn progress;
 };
 

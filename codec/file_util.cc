@@ -1,38 +1,216 @@
 #include "codec/file_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "codec/byte_source.h"
+#include "codec/error_kind.h"
 #include "codec/status_util.h"
 
 namespace bigsmall {
 namespace {
 
+constexpr char kTempInfix[] = ".tmp.";
+
+// "<path>.tmp.<pid>.<n>": the pid lets a later run tell a dead writer's
+// leftovers (ReapStaleTemps) from a live writer's work in progress.
 std::string TempName(const std::string& path) {
   static std::atomic<uint64_t> counter{0};
-  return absl::StrCat(path, ".tmp.", getpid(), ".", counter.fetch_add(1));
+  return absl::StrCat(path, kTempInfix, getpid(), ".", counter.fetch_add(1));
+}
+
+absl::Status OutputError(absl::Status status) { return WithErrorKind(std::move(status), ErrorKind::kOutput); }
+
+std::string ParentDir(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  return dir.empty() ? "." : dir;
 }
 
 absl::Status FsyncParent(const std::string& path) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int fd = open(ParentDir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return absl::OkStatus();  // best effort
   fsync(fd);
   close(fd);
   return absl::OkStatus();
 }
 
+// "cannot create OUT": with the reason, and for a missing directory the
+// directory, so it never reads like a missing input.
+absl::Status CreateError(int err, const std::string& path) {
+  if (err == ENOENT || err == ENOTDIR) {
+    return OutputError(ErrnoToStatus(
+        err, absl::StrCat("cannot create output ", EscapeForLog(path), ": output directory ",
+                          EscapeForLog(ParentDir(path)), " does not exist")));
+  }
+  return OutputError(ErrnoToStatus(err, absl::StrCat("cannot create output ", EscapeForLog(path))));
+}
+
+// ---------------------------------------------------------------------------
+// Temporaries in progress, for removal from a signal handler. Slots are
+// claimed with atomics; the handler only reads a path and calls unlink /
+// openat / getdents64 / unlinkat (async-signal-safe system calls).
+
+constexpr int kTempSlots = 64;
+constexpr size_t kTempPathMax = 4096;
+enum SlotState : int { kFree = 0, kFilling = 1, kFile = 2, kDir = 3, kFileBusy = 4, kDirBusy = 5 };
+struct TempSlot {
+  std::atomic<int> state{kFree};
+  char path[kTempPathMax];
+};
+TempSlot g_temp_slots[kTempSlots];
+
+int RegisterTemp(const std::string& path, bool directory) {
+  if (path.size() >= kTempPathMax) return -1;  // not removed on a signal (still on error or exit)
+  for (int i = 0; i < kTempSlots; ++i) {
+    int expected = kFree;
+    if (g_temp_slots[i].state.compare_exchange_strong(expected, kFilling)) {
+      std::memcpy(g_temp_slots[i].path, path.c_str(), path.size() + 1);
+      g_temp_slots[i].state.store(directory ? kDir : kFile);
+      return i;
+    }
+  }
+  return -1;
+}
+
+void UnregisterTemp(int slot) {
+  if (slot < 0) return;
+  for (;;) {
+    int s = g_temp_slots[slot].state.load();
+    // A signal handler is removing it (and will end the process): wait.
+    if (s == kFileBusy || s == kDirBusy) continue;
+    if (g_temp_slots[slot].state.compare_exchange_weak(s, kFree)) return;
+  }
+}
+
+struct LinuxDirent64 {
+  uint64_t d_ino;
+  int64_t d_off;
+  unsigned short d_reclen;
+  unsigned char d_type;
+  char d_name[1];
+};
+
+// Removes `name` (relative to `parent_fd`) and, if it is a directory,
+// everything below it, never following a symlink. Async-signal-safe.
+void RemoveTreeAt(int parent_fd, const char* name, int depth) {
+  if (unlinkat(parent_fd, name, 0) == 0 || (errno != EISDIR && errno != EPERM)) return;
+  if (depth > 32) return;
+  const int fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return;
+  alignas(8) char buf[4096];
+  for (;;) {
+    const long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      const auto* d = reinterpret_cast<const LinuxDirent64*>(buf + off);
+      off += d->d_reclen;
+      if (std::strcmp(d->d_name, ".") == 0 || std::strcmp(d->d_name, "..") == 0) continue;
+      RemoveTreeAt(fd, d->d_name, depth + 1);
+    }
+  }
+  close(fd);
+  unlinkat(parent_fd, name, AT_REMOVEDIR);
+}
+
+void RemoveTempsOnSignal(int sig) {
+  const int saved_errno = errno;
+  for (TempSlot& slot : g_temp_slots) {
+    int s = kFile;
+    if (slot.state.compare_exchange_strong(s, kFileBusy)) {
+      unlink(slot.path);
+      continue;
+    }
+    s = kDir;
+    if (slot.state.compare_exchange_strong(s, kDirBusy)) RemoveTreeAt(AT_FDCWD, slot.path, 0);
+  }
+  errno = saved_errno;
+  // SA_RESETHAND restored the default action; SA_NODEFER lets it act now.
+  raise(sig);
+}
+
+// Parses "<pid>.<n>" (the tail of a temporary's name); 0 when it is not.
+pid_t TempPid(absl::string_view tail) {
+  std::vector<absl::string_view> parts = absl::StrSplit(tail, '.');
+  uint64_t pid = 0, n = 0;
+  if (parts.size() != 2 || parts[0].empty() || parts[1].empty()) return 0;
+  for (absl::string_view p : parts) {
+    for (char c : p) {
+      if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) return 0;
+    }
+  }
+  if (!absl::SimpleAtoi(parts[0], &pid) || !absl::SimpleAtoi(parts[1], &n) || pid == 0 || pid > 0x3fffffff) {
+    return 0;
+  }
+  return static_cast<pid_t>(pid);
+}
+
 }  // namespace
+
+void InstallTempCleanupOnSignals() {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction old {};
+    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;  // e.g. nohup
+    struct sigaction sa {};
+    sa.sa_handler = RemoveTempsOnSignal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigaction(sig, &sa, nullptr);
+  }
+}
+
+int ReapStaleTemps(const std::string& output) {
+  std::string base = std::filesystem::path(output).filename().string();
+  if (base.empty()) {
+    std::string trimmed = output;
+    while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+    base = std::filesystem::path(trimmed).filename().string();
+  }
+  if (base.empty() || base == "." || base == "..") return 0;
+  const int dir_fd = open(ParentDir(output).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return 0;
+  DIR* dir = fdopendir(dir_fd);
+  if (dir == nullptr) {
+    close(dir_fd);
+    return 0;
+  }
+  std::vector<std::string> stale;
+  const uid_t me = geteuid();
+  for (struct dirent* d = readdir(dir); d != nullptr; d = readdir(dir)) {
+    absl::string_view name(d->d_name);
+    // Ours: "<base>.tmp.<pid>.<n>" or "<base>.old.tmp.<pid>.<n>", nothing else.
+    if (!absl::ConsumePrefix(&name, base)) continue;
+    absl::ConsumePrefix(&name, ".old");
+    if (!absl::ConsumePrefix(&name, kTempInfix)) continue;
+    const pid_t pid = TempPid(name);
+    if (pid == 0 || pid == getpid()) continue;
+    struct stat st;
+    if (fstatat(dir_fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (!(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) || st.st_uid != me) continue;
+    if (kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to ask): keep
+    stale.emplace_back(d->d_name);
+  }
+  for (const std::string& name : stale) RemoveTreeAt(dir_fd, name.c_str(), 0);
+  closedir(dir);  // closes dir_fd
+  return static_cast<int>(stale.size());
+}
 
 bool PathExists(const std::string& path) {
   struct stat st;
@@ -50,14 +228,30 @@ bool SameFile(const std::string& a, const std::string& b) {
   return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
-absl::StatusOr<AtomicFile> AtomicFile::Create(const std::string& path, bool overwrite) {
-  if (!overwrite && PathExists(path)) {
-    return absl::AlreadyExistsError(absl::StrCat(path, ": output exists (use --force to overwrite)"));
+absl::Status CheckOutputReplaceable(const std::string& path, bool overwrite, bool directory) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return absl::OkStatus();  // nothing there
+  if (!overwrite) {
+    return OutputError(absl::AlreadyExistsError(
+        absl::StrCat(EscapeForLog(path), ": output exists (use --force to overwrite)")));
   }
+  // A symlink is replaced itself (rename never follows it).
+  if (!S_ISLNK(st.st_mode) && S_ISDIR(st.st_mode) != directory) {
+    return OutputError(absl::InvalidArgumentError(absl::StrCat(
+        EscapeForLog(path), ": output exists and is a ", S_ISDIR(st.st_mode) ? "directory" : "file",
+        "; --force replaces a file with a file and a directory with a directory, nothing else")));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AtomicFile> AtomicFile::Create(const std::string& path, bool overwrite) {
+  if (absl::Status s = CheckOutputReplaceable(path, overwrite, /*directory=*/false); !s.ok()) return s;
   std::string temp = TempName(path);
-  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("cannot create ", path));
-  return AtomicFile(path, std::move(temp), fd, overwrite);
+  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return CreateError(errno, path);
+  AtomicFile f(path, std::move(temp), fd, overwrite);
+  f.slot_ = RegisterTemp(f.temp_path_, /*directory=*/false);
+  return f;
 }
 
 AtomicFile::AtomicFile(std::string path, std::string temp_path, int fd, bool overwrite)
@@ -68,9 +262,11 @@ AtomicFile::AtomicFile(AtomicFile&& other) noexcept
       temp_path_(std::move(other.temp_path_)),
       fd_(other.fd_),
       size_(other.size_),
-      overwrite_(other.overwrite_) {
+      overwrite_(other.overwrite_),
+      slot_(other.slot_) {
   other.fd_ = -1;
   other.temp_path_.clear();
+  other.slot_ = -1;
 }
 
 AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
@@ -81,8 +277,10 @@ AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
     fd_ = other.fd_;
     size_ = other.size_;
     overwrite_ = other.overwrite_;
+    slot_ = other.slot_;
     other.fd_ = -1;
     other.temp_path_.clear();
+    other.slot_ = -1;
   }
   return *this;
 }
@@ -94,6 +292,8 @@ void AtomicFile::Abandon() {
   fd_ = -1;
   if (!temp_path_.empty()) unlink(temp_path_.c_str());
   temp_path_.clear();
+  UnregisterTemp(slot_);
+  slot_ = -1;
 }
 
 absl::Status AtomicFile::WriteAt(uint64_t offset, absl::Span<const uint8_t> bytes) {
@@ -103,7 +303,7 @@ absl::Status AtomicFile::WriteAt(uint64_t offset, absl::Span<const uint8_t> byte
     ssize_t n = pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, absl::StrCat("write to ", temp_path_));
+      return OutputError(ErrnoToStatus(errno, absl::StrCat("write to ", EscapeForLog(temp_path_))));
     }
     done += static_cast<size_t>(n);
   }
@@ -121,29 +321,31 @@ absl::Status AtomicFile::PadTo(uint64_t offset) {
 
 absl::Status AtomicFile::Commit() {
   if (fd_ < 0) return absl::FailedPreconditionError("file already closed");
-  if (fsync(fd_) != 0) return ErrnoToStatus(errno, absl::StrCat("fsync ", temp_path_));
+  if (fsync(fd_) != 0) return OutputError(ErrnoToStatus(errno, absl::StrCat("fsync ", EscapeForLog(temp_path_))));
   if (close(fd_) != 0) {
     fd_ = -1;
-    return ErrnoToStatus(errno, absl::StrCat("close ", temp_path_));
+    return OutputError(ErrnoToStatus(errno, absl::StrCat("close ", EscapeForLog(temp_path_))));
   }
   fd_ = -1;
   if (!overwrite_ && PathExists(path_)) {
-    return absl::AlreadyExistsError(absl::StrCat(path_, ": output appeared while writing"));
+    return OutputError(absl::AlreadyExistsError(absl::StrCat(EscapeForLog(path_), ": output appeared while writing")));
   }
   if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("rename to ", path_));
+    return OutputError(ErrnoToStatus(errno, absl::StrCat("rename to ", EscapeForLog(path_))));
   }
   temp_path_.clear();
+  UnregisterTemp(slot_);
+  slot_ = -1;
   return FsyncParent(path_);
 }
 
 absl::StatusOr<AtomicDirectory> AtomicDirectory::Create(const std::string& path, bool overwrite) {
-  if (!overwrite && PathExists(path)) {
-    return absl::AlreadyExistsError(absl::StrCat(path, ": output exists (use --force to overwrite)"));
-  }
+  if (absl::Status s = CheckOutputReplaceable(path, overwrite, /*directory=*/true); !s.ok()) return s;
   std::string temp = TempName(path);
-  if (mkdir(temp.c_str(), 0755) != 0) return ErrnoToStatus(errno, absl::StrCat("cannot create ", path));
-  return AtomicDirectory(path, std::move(temp), overwrite);
+  if (mkdir(temp.c_str(), 0755) != 0) return CreateError(errno, path);
+  AtomicDirectory d(path, std::move(temp), overwrite);
+  d.slot_ = RegisterTemp(d.temp_path_, /*directory=*/true);
+  return d;
 }
 
 AtomicDirectory::AtomicDirectory(std::string path, std::string temp_path, bool overwrite)
@@ -153,8 +355,10 @@ AtomicDirectory::AtomicDirectory(AtomicDirectory&& other) noexcept
     : path_(std::move(other.path_)),
       temp_path_(std::move(other.temp_path_)),
       overwrite_(other.overwrite_),
-      committed_(other.committed_) {
+      committed_(other.committed_),
+      slot_(other.slot_) {
   other.committed_ = true;
+  other.slot_ = -1;
 }
 
 AtomicDirectory::~AtomicDirectory() {
@@ -162,33 +366,61 @@ AtomicDirectory::~AtomicDirectory() {
     std::error_code ec;
     std::filesystem::remove_all(temp_path_, ec);
   }
+  UnregisterTemp(slot_);
 }
 
 absl::Status AtomicDirectory::Commit() {
   std::error_code ec;
   if (PathExists(path_)) {
-    if (!overwrite_) return absl::AlreadyExistsError(absl::StrCat(path_, ": output appeared while writing"));
+    if (!overwrite_) {
+      return OutputError(absl::AlreadyExistsError(absl::StrCat(EscapeForLog(path_), ": output appeared while writing")));
+    }
     // Move the old one aside, put the new one in, then delete the old one.
     std::string old = TempName(path_ + ".old");
-    if (rename(path_.c_str(), old.c_str()) != 0) return ErrnoToStatus(errno, absl::StrCat("rename ", path_));
+    if (rename(path_.c_str(), old.c_str()) != 0) {
+      return OutputError(ErrnoToStatus(errno, absl::StrCat("rename ", EscapeForLog(path_))));
+    }
     if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
       int err = errno;
       rename(old.c_str(), path_.c_str());
-      return ErrnoToStatus(err, absl::StrCat("rename to ", path_));
+      return OutputError(ErrnoToStatus(err, absl::StrCat("rename to ", EscapeForLog(path_))));
     }
+    UnregisterTemp(slot_);
+    slot_ = RegisterTemp(old, /*directory=*/true);  // the old tree, until it is gone
     std::filesystem::remove_all(old, ec);
   } else if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("rename to ", path_));
+    return OutputError(ErrnoToStatus(errno, absl::StrCat("rename to ", EscapeForLog(path_))));
   }
   committed_ = true;
+  UnregisterTemp(slot_);
+  slot_ = -1;
   return FsyncParent(path_);
 }
 
 absl::Status CopyFile(const std::string& from, const std::string& to) {
-  std::error_code ec;
-  std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing, ec);
-  if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("copy ", from, " -> ", to));
-  return absl::OkStatus();
+  // Through OpenFileSource: a FIFO or device swapped in is refused, never read.
+  auto source = OpenFileSource(from);
+  if (!source.ok()) return source.status();
+  const int fd = open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return CreateError(errno, to);
+  std::vector<uint8_t> buf(std::min<uint64_t>((*source)->size(), 4u << 20));
+  absl::Status status;
+  for (uint64_t off = 0; off < (*source)->size() && status.ok(); off += buf.size()) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), (*source)->size() - off));
+    status = (*source)->ReadAt(off, absl::MakeSpan(buf.data(), n));
+    for (size_t done = 0; status.ok() && done < n;) {
+      const ssize_t w = write(fd, buf.data() + done, n - done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) {
+        status = OutputError(ErrnoToStatus(errno, absl::StrCat("write to ", EscapeForLog(to))));
+        break;
+      }
+      done += static_cast<size_t>(w);
+    }
+  }
+  if (close(fd) != 0 && status.ok()) status = OutputError(ErrnoToStatus(errno, absl::StrCat("close ", EscapeForLog(to))));
+  if (!status.ok()) unlink(to.c_str());
+  return status;
 }
 
 }  // namespace bigsmall

@@ -15,7 +15,11 @@ namespace bigsmall {
 
 // An output file under construction. Write/WriteAt go to "<path>.tmp.<pid>.<n>";
 // Commit() fsyncs and renames; the destructor removes the temporary unless
-// committed.
+// committed. Create() refuses an existing output unless `overwrite`, and with
+// `overwrite` refuses an existing directory (kInvalidArgument) before any
+// work is done. Every error carries ErrorKind::kOutput; a missing output
+// directory is NOT_FOUND saying so. While it exists, the temporary is in the
+// registry InstallTempCleanupOnSignals() empties on SIGINT/SIGTERM/SIGHUP.
 class AtomicFile {
  public:
   static absl::StatusOr<AtomicFile> Create(const std::string& path, bool overwrite);
@@ -38,9 +42,11 @@ class AtomicFile {
   int fd_ = -1;
   uint64_t size_ = 0;
   bool overwrite_ = false;
+  int slot_ = -1;  // in the signal-cleanup registry
 };
 
-// A directory built under a temporary sibling name and renamed into place.
+// A directory built under a temporary sibling name and renamed into place;
+// with `overwrite`, replaces an existing directory (never a file).
 class AtomicDirectory {
  public:
   static absl::StatusOr<AtomicDirectory> Create(const std::string& path, bool overwrite);
@@ -57,14 +63,33 @@ class AtomicDirectory {
   std::string temp_path_;
   bool overwrite_ = false;
   bool committed_ = false;
+  int slot_ = -1;  // in the signal-cleanup registry
 };
 
 bool PathExists(const std::string& path);
 bool IsDirectory(const std::string& path);
 // Same file (device + inode), following symlinks; false when either is missing.
 bool SameFile(const std::string& a, const std::string& b);
-// Copies a regular file byte for byte (used for the non-tensor files of a model directory).
+// Copies a regular file byte for byte (used for the non-tensor files of a model
+// directory); `to` must not exist. A FIFO, device or socket is refused unread.
 absl::Status CopyFile(const std::string& from, const std::string& to);
+
+// OK when an output may be created at `path`: nothing there, or `overwrite`
+// and the same kind (file, or `directory`) or a symlink. Else
+// ALREADY_EXISTS / INVALID_ARGUMENT (with ErrorKind::kOutput).
+absl::Status CheckOutputReplaceable(const std::string& path, bool overwrite, bool directory);
+
+// Installs SIGINT/SIGTERM/SIGHUP handlers (not over an ignored signal) that
+// remove every AtomicFile/AtomicDirectory temporary still in progress, then
+// re-raise the signal with its default action. For the CLI's main().
+void InstallTempCleanupOnSignals();
+
+// Removes temporaries of `output` ("<name>.tmp.<pid>.<n>", and the
+// "<name>.old.tmp.<pid>.<n>" of a replaced directory) left in its directory
+// by processes that no longer exist (kill(pid, 0) fails with ESRCH): regular
+// files and directories owned by this user only, never through a symlink.
+// Returns how many it removed.
+int ReapStaleTemps(const std::string& output);
 
 }  // namespace bigsmall
 

@@ -2,21 +2,27 @@
 
 #include <sys/stat.h>
 
+#include <cstdlib>
+
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "codec/byte_source.h"
+#include "codec/error_kind.h"
 #include "codec/file_util.h"
 #include "codec/status_macros.h"
 #include "codec/status_util.h"
 #include "nlohmann/json.hpp"
 
 namespace bigsmall {
+namespace {
+// A manifest lists file names: 64 MiB is millions of entries.
+constexpr uint64_t kMaxManifestBytes = 64ull << 20;
+}  // namespace
 
 bool IsSafetensorsName(const std::string& path) { return absl::EndsWith(path, ".safetensors"); }
 
@@ -26,22 +32,94 @@ absl::StatusOr<uint64_t> FileSize(const std::string& path) {
   return static_cast<uint64_t>(st.st_size);
 }
 
-absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir) {
-  namespace fs = std::filesystem;
-  std::vector<DirEntry> out;
-  std::error_code ec;
-  fs::recursive_directory_iterator it(dir, fs::directory_options::follow_directory_symlink, ec);
-  if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
-  for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
-    if (!it->is_regular_file(ec)) continue;
-    DirEntry e;
-    // Lexical, not fs::relative: a symlinked file (as in a Hugging Face cache
-    // snapshot) keeps its own name, not its target's.
-    e.relative = it->path().lexically_relative(dir).generic_string();
-    ASSIGN_OR_RETURN(e.size, FileSize(it->path().string()));
-    out.push_back(std::move(e));
+namespace {
+
+// True when `path` is `dir` or lies below it (both absolute, resolved).
+bool Inside(const std::string& path, const std::string& dir) {
+  if (dir == "/") return true;
+  return path == dir ||
+         (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 && path[dir.size()] == '/');
+}
+
+absl::StatusOr<std::string> RealPath(const std::string& path) {
+  char* real = realpath(path.c_str(), nullptr);
+  if (real == nullptr) return ErrnoToStatus(errno, absl::StrCat("cannot resolve ", EscapeForLog(path)));
+  std::string out(real);
+  free(real);
+  return out;
+}
+
+struct Walk {
+  std::string root_real;   // realpath of the model directory
+  std::string repo_blobs;  // <repo>/blobs when the root is <repo>/snapshots/<rev>, else ""
+  bool follow_any = false;
+  std::set<std::pair<dev_t, ino_t>> visited;  // directories entered so far
+  std::vector<DirEntry>* out = nullptr;
+};
+
+constexpr int kMaxDepth = 64;
+
+absl::Status WalkDir(Walk& w, const std::string& dir, const std::string& prefix, int depth) {
+  struct stat ds;
+  if (stat(dir.c_str(), &ds) != 0) return ErrnoToStatus(errno, absl::StrCat("cannot list ", EscapeForLog(dir)));
+  if (!w.visited.insert({ds.st_dev, ds.st_ino}).second) {
+    return ErrnoToStatus(ELOOP, absl::StrCat(EscapeForLog(prefix.empty() ? dir : prefix),
+                                             ": directory reached twice (a symlink loop?)"));
   }
+  if (depth > kMaxDepth) {
+    return ErrnoToStatus(ELOOP, absl::StrCat(EscapeForLog(prefix), ": directories nested too deep"));
+  }
+  std::vector<std::string> names;
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec);
+  if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", EscapeForLog(dir)));
+  for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", EscapeForLog(dir)));
+    names.push_back(it->path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const std::string full = absl::StrCat(dir, "/", name);
+    const std::string rel = absl::StrCat(prefix, name);
+    struct stat st;
+    if (lstat(full.c_str(), &st) != 0) return ErrnoToStatus(errno, absl::StrCat("cannot stat ", EscapeForLog(full)));
+    std::string source = full;
+    if (S_ISLNK(st.st_mode)) {
+      ASSIGN_OR_RETURN(source, RealPath(full));
+      const bool allowed = w.follow_any || Inside(source, w.root_real) ||
+                           (!w.repo_blobs.empty() && Inside(source, w.repo_blobs));
+      if (!allowed) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            EscapeForLog(rel), " is a symlink to ", EscapeForLog(source),
+            ", outside the model directory (pass --follow-symlinks to follow it anyway)"));
+      }
+      if (stat(source.c_str(), &st) != 0) {
+        return ErrnoToStatus(errno, absl::StrCat("cannot stat ", EscapeForLog(source)));
+      }
+    }
+    if (S_ISDIR(st.st_mode)) {
+      RETURN_IF_ERROR(WalkDir(w, source, absl::StrCat(rel, "/"), depth + 1));
+    } else if (S_ISREG(st.st_mode)) {
+      w.out->push_back({rel, static_cast<uint64_t>(st.st_size), source});
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir, const ListOptions& options) {
+  std::vector<DirEntry> out;
+  Walk w;
+  w.follow_any = options.follow_symlinks;
+  w.out = &out;
+  ASSIGN_OR_RETURN(w.root_real, RealPath(dir));
+  // A Hugging Face cache snapshot: <repo>/snapshots/<rev>, files linking to <repo>/blobs/.
+  const std::filesystem::path real(w.root_real);
+  if (real.parent_path().filename() == "snapshots") {
+    w.repo_blobs = (real.parent_path().parent_path() / "blobs").string();
+  }
+  RETURN_IF_ERROR(WalkDir(w, dir, "", 0));
   std::sort(out.begin(), out.end(), [](const DirEntry& a, const DirEntry& b) { return a.relative < b.relative; });
   return out;
 }
@@ -74,11 +152,16 @@ bool SafeRelative(const std::string& p) {
 
 absl::StatusOr<ModelManifest> ReadManifest(const std::string& dir) {
   const std::string path = (std::filesystem::path(dir) / kManifestName).string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(dir, ": not a compressed model directory (no ", kManifestName, ")"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseManifest(ss.str(), path);
+  auto source = OpenFileSource(path);
+  if (absl::IsNotFound(source.status())) {
+    return absl::NotFoundError(absl::StrCat(dir, ": not a compressed model directory (no ", kManifestName, ")"));
+  }
+  if (!source.ok()) return source.status();
+  if ((*source)->size() > kMaxManifestBytes) {
+    return absl::DataLossError(absl::StrCat(path, ": ", (*source)->size(), " bytes, more than a manifest can be"));
+  }
+  ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, ReadRange(**source, 0, (*source)->size()));
+  return ParseManifest(std::string(bytes.begin(), bytes.end()), path);
 }
 
 absl::StatusOr<ModelManifest> ParseManifest(const std::string& text, const std::string& path) {
@@ -124,7 +207,10 @@ absl::Status MakeParentDirs(const std::string& root, const std::string& relative
   std::error_code ec;
   const auto parent = (std::filesystem::path(root) / relative).parent_path();
   std::filesystem::create_directories(parent, ec);
-  if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot create ", parent.string()));
+  if (ec) {
+    return WithErrorKind(ErrnoToStatus(ec.value(), absl::StrCat("cannot create ", EscapeForLog(parent.string()))),
+                         ErrorKind::kOutput);
+  }
   return absl::OkStatus();
 }
 

@@ -16,10 +16,23 @@ inline constexpr char kManifestName[] = "bigsmall-manifest.json";
 struct DirEntry {
   std::string relative;  // path relative to the directory, '/'-separated
   uint64_t size = 0;
+  std::string source;    // the path to read it from (a symlink's checked target)
 };
 
-// Regular files under `dir` (recursively, following symlinks), sorted.
-absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir);
+struct ListOptions {
+  // Follow every symlink, wherever it points (--follow-symlinks).
+  bool follow_symlinks = false;
+};
+
+// Regular files under `dir`, recursively, sorted by relative path (FIFOs,
+// sockets and devices are skipped). Symlinks (to files or directories) are
+// followed only when their target stays inside `dir`, or, for a Hugging Face
+// cache snapshot (`<repo>/snapshots/<rev>`), inside `<repo>/blobs`; any other
+// symlink is FAILED_PRECONDITION naming it, unless options.follow_symlinks.
+// A directory reached twice (a symlink loop such as `loop -> .`) is
+// FAILED_PRECONDITION too.
+absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir,
+                                                         const ListOptions& options = {});
 
 bool IsSafetensorsName(const std::string& path);
 

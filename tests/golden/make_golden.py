@@ -2,11 +2,18 @@
 """Regenerates the golden files (run only when the format version changes):
 
     python3 tests/golden/make_golden.py path/to/bigsmall
+    python3 tests/golden/make_golden.py path/to/bigsmall --expectations-only
+
+--expectations-only rewrites corrupt/ and expected.json from the committed valid/ files, leaving
+valid/ alone (run it when docs/FORMAT.md section 10 changes).
 
 valid/*.safetensors   small originals of several dtypes (deterministic)
 valid/*.bs            their compressed forms (balanced, storage, inference) written by this version;
                       golden_test.py checks every future build still decodes them byte for byte
-corrupt/*.bs          damaged copies; expected.json gives the exit code and a message fragment
+corrupt/*.bs          damaged copies; expected.json gives, for each, its failure class and the
+                      status code and CLI exit code that docs/FORMAT.md section 10.1 assigns to that
+                      class (read from the spec's table, never from what a build prints), and a
+                      message fragment
 """
 import hashlib
 import json
@@ -18,6 +25,26 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FORMAT_MD = os.path.join(HERE, "..", "..", "docs", "FORMAT.md")
+
+
+def error_table(path=FORMAT_MD):
+    """docs/FORMAT.md section 10.1 as {class id: (status code, CLI exit code)}."""
+    rows, in_section = {}, False
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("### 10.1"):
+            in_section = True
+            continue
+        if in_section and line.startswith("#"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not in_section or len(cells) != 4 or cells[0] in ("id", "---"):
+            continue
+        code = cells[2].split(",")[0].strip()
+        rows[cells[0]] = (None if code == "\u2014" else code, int(cells[3]))
+    if not rows:
+        raise SystemExit("no error table (section 10.1) in " + path)
+    return rows
 
 
 def write_st(path, tensors):
@@ -43,11 +70,18 @@ def weights(rng, n, width):
 
 def main():
     bigsmall = sys.argv[1]
+    expectations_only = "--expectations-only" in sys.argv[2:]
+    table = error_table()
     rng = random.Random(2026)
     valid, corrupt = os.path.join(HERE, "valid"), os.path.join(HERE, "corrupt")
-    for d in (valid, corrupt):
+    for d in ((corrupt,) if expectations_only else (valid, corrupt)):
+        keep = {}
+        if expectations_only and os.path.exists(os.path.join(d, "future_version.bs")):
+            keep["future_version.bs"] = open(os.path.join(d, "future_version.bs"), "rb").read()
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
+        for name, data in keep.items():  # needs xxhash to rebuild; kept when it is missing
+            open(os.path.join(d, name), "wb").write(data)
     files = {
         "bf16_llama.safetensors": [
             ("model.embed_tokens.weight", "BF16", [64, 32], weights(rng, 2048, 2)),
@@ -67,42 +101,48 @@ def main():
     expected = {"valid": {}, "corrupt": {}}
     for name, tensors in files.items():
         path = os.path.join(valid, name)
-        write_st(path, tensors)
+        if not expectations_only:
+            write_st(path, tensors)
         expected["valid"][name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
         for mode, flag in (("balanced", []), ("storage", ["--storage"]), ("inference", ["--inference"])):
             out = os.path.join(valid, "%s.%s.bs" % (name[:-len(".safetensors")], mode))
-            subprocess.run([bigsmall, "compress", path, "-o", out, "-q", "--chunk-elements", "100"] + flag,
-                           check=True)
+            if not expectations_only:
+                subprocess.run([bigsmall, "compress", path, "-o", out, "-q", "--chunk-elements", "100"] + flag,
+                               check=True)
             expected["valid"][os.path.basename(out)] = name
     good = open(os.path.join(valid, "bf16_llama.balanced.bs"), "rb").read()
     hdr_index_offset = struct.unpack_from("<Q", good, 16)[0]
 
-    def put(name, data, exit_code, fragment):
-        open(os.path.join(corrupt, name), "wb").write(data)
-        expected["corrupt"][name] = {"exit": exit_code, "message": fragment}
+    def put(name, data, failure_class, fragment):
+        if data is not None:
+            open(os.path.join(corrupt, name), "wb").write(data)
+        code, exit_code = table[failure_class]
+        expected["corrupt"][name] = {"class": failure_class, "code": code, "exit": exit_code,
+                                     "message": fragment}
 
-    put("bad_magic.bs", b"X" + good[1:], 1, "not a .bs file")
+    put("bad_magic.bs", b"X" + good[1:], "bad-magic", "not a .bs file")
     flipped = bytearray(good)
     flipped[20] ^= 1
-    put("header_checksum.bs", bytes(flipped), 3, "header checksum mismatch")
-    put("truncated.bs", good[:len(good) - 10], 3, "truncated or appended to")
-    put("appended.bs", good + b"\0", 3, "truncated or appended to")
+    put("header_checksum.bs", bytes(flipped), "header-checksum", "header checksum mismatch")
+    put("truncated.bs", good[:len(good) - 10], "file-size", "truncated or appended to")
+    put("appended.bs", good + b"\0", "file-size", "truncated or appended to")
     flipped = bytearray(good)
     flipped[hdr_index_offset + 5] ^= 0x40
-    put("index_checksum.bs", bytes(flipped), 3, "index checksum mismatch")
+    put("index_checksum.bs", bytes(flipped), "index-checksum", "index checksum mismatch")
     flipped = bytearray(good)
     flipped[4096 + 200] ^= 0x01  # inside the first group's blobs
-    put("blob_flip.bs", bytes(flipped), 3, "model.embed_tokens.weight")
-    put("empty.bs", b"", 3, "too short")
+    put("blob_flip.bs", bytes(flipped), "tensor-data", "model.embed_tokens.weight")
+    put("empty.bs", b"", "truncated", "too short")
     version = bytearray(good)
     version[8] = 9  # major version 9, header checksum fixed up below
     import importlib
     try:
         xxhash = importlib.import_module("xxhash")
         struct.pack_into("<Q", version, 56, xxhash.xxh3_64_intdigest(bytes(version[:56])))
-        put("future_version.bs", bytes(version), 1, "is not supported")
+        put("future_version.bs", bytes(version), "unknown-major-version", "is not supported")
     except ImportError:
-        pass
+        if os.path.exists(os.path.join(corrupt, "future_version.bs")):  # kept from an earlier run
+            put("future_version.bs", None, "unknown-major-version", "is not supported")
     json.dump(expected, open(os.path.join(HERE, "expected.json"), "w"), indent=1, sort_keys=True)
     print("golden files written")
 
