@@ -64,7 +64,7 @@ absl::Status WalkDir(Walk& w, const std::string& dir, const std::string& prefix,
   if (stat(dir.c_str(), &ds) != 0) return ErrnoToStatus(errno, absl::StrCat("cannot list ", EscapeForLog(dir)));
   if (!w.visited.insert({ds.st_dev, ds.st_ino}).second) {
     return ErrnoToStatus(ELOOP, absl::StrCat(EscapeForLog(prefix.empty() ? dir : prefix),
-                                             ": directory reached twice (a symlink loop?)"));
+                                             ": directory reached twice (a symlink loop, or two names for one directory)"));
   }
   if (depth > kMaxDepth) {
     return ErrnoToStatus(ELOOP, absl::StrCat(EscapeForLog(prefix), ": directories nested too deep"));

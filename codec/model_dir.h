@@ -29,8 +29,9 @@ struct ListOptions {
 // followed only when their target stays inside `dir`, or, for a Hugging Face
 // cache snapshot (`<repo>/snapshots/<rev>`), inside `<repo>/blobs`; any other
 // symlink is FAILED_PRECONDITION naming it, unless options.follow_symlinks.
-// A directory reached twice (a symlink loop such as `loop -> .`) is
-// FAILED_PRECONDITION too.
+// A directory reached twice (a symlink loop such as `loop -> .`, or two
+// links to one directory, which would store it twice) is FAILED_PRECONDITION
+// too.
 absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir,
                                                          const ListOptions& options = {});
 

@@ -312,6 +312,8 @@ absl::Status FinalizeConfig(DaemonConfig* c) {
   }
   if (c->max_pending_opens == 0) return Bad("max_pending_opens", "must be >= 1");
   if (c->max_sessions == 0) return Bad("max_sessions", "must be >= 1");
+  if (c->max_connections == 0) return Bad("max_connections", "must be >= 1");
+  if (c->max_connections_per_uid == 0) return Bad("max_connections_per_uid", "must be >= 1");
   if (!finite_non_negative(c->session_idle_seconds)) {
     return Bad("session_idle_seconds", "must be >= 0 (0: no idle timeout)");
   }

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -18,11 +19,14 @@
 #include "codec/status_macros.h"
 #include "daemon/host_arena.h"
 #include "daemon/io_uring_source.h"
+#include "daemon/listener.h"
 #include "daemon/metrics.h"
+#include "daemon/peer.h"
 #include "daemon/service.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/server_posix.h"
 #include "grpc/grpc.h"
 #include "spdlog/spdlog.h"
 
@@ -30,41 +34,6 @@ namespace bigsmall::daemon {
 namespace {
 
 constexpr char kServiceName[] = "bigsmall.v1.BigSmall";
-
-// True when something accepts connections on the socket path.
-bool SocketInUse(const std::string& path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  bool in_use = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  ::close(fd);
-  return in_use;
-}
-
-absl::Status PrepareSocketPath(const std::string& path) {
-  if (path.size() >= sizeof(sockaddr_un::sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
-  }
-  std::string dir = path.substr(0, path.find_last_of('/'));
-  if (!dir.empty() && ::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create socket directory ", dir, ": ", std::strerror(errno)));
-  }
-  struct stat st;
-  if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return absl::AlreadyExistsError(absl::StrCat(path, " exists and is not a socket"));
-    }
-    if (SocketInUse(path)) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("another daemon is listening on ", path));
-    }
-    ::unlink(path.c_str());  // stale socket of a dead daemon
-  }
-  return absl::OkStatus();
-}
 
 // Stops the server: no new calls, running calls of the service get up to
 // `drain_seconds` to finish, then whatever is left is cancelled.
@@ -129,8 +98,29 @@ absl::Status RunDaemon(const DaemonConfig& config) {
     spdlog::warn("io_uring is not available; reading with pread");
   }
   ASSIGN_OR_RETURN(int gid, LookupGroup(config.socket_group));
-  ASSIGN_OR_RETURN(std::string arena_dir, PrepareShmDir(config.shm_dir, config.socket_group));
-  RETURN_IF_ERROR(PrepareSocketPath(config.socket));
+  ASSIGN_OR_RETURN(int admin_gid, LookupGroup(config.admin_group));
+  SetAdminPolicy(AdminPolicy{::geteuid(), admin_gid >= 0 ? std::optional<gid_t>(admin_gid)
+                                                         : std::nullopt});
+  // The shm dir, held by fd (shm_dir.h); removed when the last reference
+  // goes, so every error path below leaves no instance dir behind.
+  ASSIGN_OR_RETURN(std::shared_ptr<ShmDir> arena_dir,
+                   ShmDir::Prepare(config.shm_dir, config.socket_group));
+  DaemonConfig effective = config;
+  effective.cache_budget = HostCacheBudget(config.cache_budget, *arena_dir);
+  // The Unix socket is ours, not gRPC's: it knows who connects (peer.h).
+  // Bound now, before the service's threads exist (it sets the umask).
+  ListenerOptions listen_options;
+  listen_options.path = config.socket;
+  listen_options.mode = config.socket_mode;
+  listen_options.gid = gid;
+  listen_options.max_connections = config.max_connections;
+  listen_options.max_connections_per_uid = config.max_connections_per_uid;
+  absl::StatusOr<std::unique_ptr<UnixListener>> bound = UnixListener::Bind(listen_options);
+  if (!bound.ok()) {
+    RemoveShmDir(arena_dir);
+    return bound.status();
+  }
+  std::unique_ptr<UnixListener> listener = std::move(*bound);
 
   Metrics metrics;
   if (!config.metrics.empty()) {
@@ -144,11 +134,14 @@ absl::Status RunDaemon(const DaemonConfig& config) {
 
   absl::Status result;
   {
-    auto service = std::make_unique<BigSmallService>(config, arena_dir, &metrics);
+    auto service = std::make_unique<BigSmallService>(
+        effective, MakeHostArenaPool(arena_dir), &metrics);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
-    builder.AddListeningPort("unix:" + config.socket, grpc::InsecureServerCredentials());
+    // No listening port for the Unix socket: the listener hands each
+    // accepted connection over (AddInsecureChannelFromFd). TCP, if asked,
+    // is gRPC's own port; its peers are unidentified (no admin calls).
     int tcp_port = 0;
     if (!config.tcp.empty()) {
       builder.AddListeningPort(config.tcp, grpc::InsecureServerCredentials(), &tcp_port);
@@ -156,25 +149,29 @@ absl::Status RunDaemon(const DaemonConfig& config) {
     builder.RegisterService(service.get());
     builder.SetMaxReceiveMessageSize(4 << 20);
     builder.SetMaxSendMessageSize(64 << 20);
-    // The socket appears with owner-only permissions; it is opened to the
-    // group only once its mode and group are set.
-    mode_t old_umask = umask(0177);
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-    umask(old_umask);
     if (server == nullptr) {
+      listener.reset();
       RemoveShmDir(arena_dir);
-      return absl::UnavailableError(absl::StrCat("cannot listen on unix:", config.socket,
-                                                 config.tcp.empty() ? "" : " or ", config.tcp));
+      return absl::UnavailableError(
+          absl::StrCat("cannot start the gRPC server", config.tcp.empty() ? "" : " on ",
+                       config.tcp));
     }
-    if (gid >= 0 && ::chown(config.socket.c_str(), static_cast<uid_t>(-1), gid) != 0) {
-      spdlog::warn("chgrp {} {}: {}", config.socket_group, config.socket, std::strerror(errno));
+    grpc::Server* raw_server = server.get();
+    absl::Status started = listener->Start(
+        &DaemonPeers(), [raw_server](int fd) { grpc::AddInsecureChannelFromFd(raw_server, fd); });
+    if (!started.ok()) {
+      server->Shutdown();
+      server->Wait();
+      listener.reset();
+      RemoveShmDir(arena_dir);
+      return started;
     }
-    ::chmod(config.socket.c_str(), config.socket_mode);
     server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
     server->GetHealthCheckService()->SetServingStatus("", true);
     spdlog::info("bigsmalld {} listening on unix:{}{}; cache budget {} MiB, prefetch {}, io {}",
                  kVersion, config.socket,
-                 config.tcp.empty() ? "" : absl::StrCat(" and ", config.tcp), config.cache_budget >> 20,
+                 config.tcp.empty() ? "" : absl::StrCat(" and ", config.tcp), effective.cache_budget >> 20,
                  config.prefetch, config.io);
 
     // Wait for SIGTERM / SIGINT (blocked in every thread; taken here).
@@ -189,13 +186,17 @@ absl::Status RunDaemon(const DaemonConfig& config) {
                  service->active_sessions.load(), config.drain_seconds);
     server->GetHealthCheckService()->SetServingStatus(kServiceName, false);
     server->GetHealthCheckService()->SetServingStatus("", false);
+    // No new connections; the path goes now (if it is still ours: a new
+    // daemon may already have bound it), connections already open drain.
+    listener->Stop();
     DrainAndShutdown(server.get(), *service, config.drain_seconds);
     server->Wait();
     spdlog::info("server stopped; {} sessions left", service->active_sessions.load());
     server.reset();
     service.reset();
   }
-  ::unlink(config.socket.c_str());
+  listener.reset();
+  DaemonPeers().Clear();
   RemoveShmDir(arena_dir);
   spdlog::info("bigsmalld stopped");
   return result;

@@ -10,6 +10,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
+#include "codec/status_util.h"
+#include "daemon/peer.h"
 #include "spdlog/spdlog.h"
 
 namespace bigsmall::daemon {
@@ -673,6 +675,7 @@ grpc::ServerUnaryReactor* BigSmallService::OpenModel(grpc::CallbackServerContext
                                                      const v1::OpenModelRequest* request,
                                                      v1::OpenModelResponse* response) {
   grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
+  spdlog::info("OpenModel {} by {}", EscapeForLog(request->model()), PeerForLog(ctx));
   // Opening reads and checks the index: off the gRPC threads.
   rpc_pool_.Schedule([this, reactor, request, response] {
     bool already = false;
@@ -707,6 +710,7 @@ grpc::ServerUnaryReactor* BigSmallService::DescribeModel(grpc::CallbackServerCon
 
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* BigSmallService::Session(
     grpc::CallbackServerContext* ctx) {
+  spdlog::info("session by {}", PeerForLog(ctx));
   return new SessionReactor(this);
 }
 
@@ -735,6 +739,14 @@ grpc::ServerUnaryReactor* BigSmallService::Evict(grpc::CallbackServerContext* ct
                                                  const v1::EvictRequest* request,
                                                  v1::EvictResponse* response) {
   grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
+  // Admin call: the daemon's user, root or the admin group, over the Unix
+  // socket only (daemon/peer.h).
+  absl::Status allowed = AuthorizeAdmin(ctx, request->unload() ? "Evict (unload)" : "Evict");
+  if (!allowed.ok()) {
+    RecordError(allowed);
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   std::string key;
   std::shared_ptr<Model> model;
   if (!request->model_id().empty()) {

@@ -663,8 +663,9 @@ def test_corrupt_directory(env):
     shutil.rmtree(bsd)
     run(["compress", env.model_dir, "-o", bsd, "-q"], expect=0)
     os.remove(os.path.join(bsd, "model-00001-of-00002.safetensors.bs"))
-    p = run(["decompress", bsd, "-o", out])
-    check(p.returncode in (EXIT_NOT_FOUND, EXIT_DATA_LOSS), "missing shard exit %d" % p.returncode)
+    # docs/FORMAT.md 10.1 input-not-found: a shard the manifest lists is an input.
+    p = run(["decompress", bsd, "-o", out], expect=EXIT_NOT_FOUND)
+    check_error(p, "model-00001-of-00002.safetensors.bs")
     check(not os.path.exists(out), "output dir left")
     no_temp_files(d)
 
@@ -684,21 +685,19 @@ def test_garbage(env):
     g = os.path.join(d, "garbage.bs")
     with open(g, "wb") as f:
         f.write(os.urandom(10000))
+    # docs/FORMAT.md 10.1: bad-magic exits 1, truncated (shorter than the header) exits 3.
     for args in (["decompress", g, "-o", os.path.join(d, "o")], ["info", g], ["verify", g]):
-        p = run(args)
-        check(p.returncode in (EXIT_FAILURE, EXIT_DATA_LOSS), "%s: exit %d" % (args[0], p.returncode))
+        p = run(args, expect=EXIT_FAILURE)
         check_error(p, "garbage.bs", "not a .bs file")
     empty = os.path.join(d, "empty.bs")
     open(empty, "wb").close()
-    p = run(["info", empty])
-    check(p.returncode in (EXIT_FAILURE, EXIT_DATA_LOSS), "empty: exit %d" % p.returncode)
+    p = run(["info", empty], expect=EXIT_DATA_LOSS)
     check_error(p, "empty.bs")
     # Garbage as a compress input.
     gs = os.path.join(d, "garbage.safetensors")
     with open(gs, "wb") as f:
         f.write(struct.pack("<Q", 12) + b"not json!!!!" + os.urandom(100))
-    p = run(["compress", gs])
-    check(p.returncode == EXIT_FAILURE or p.returncode == EXIT_DATA_LOSS, "compress garbage exit %d" % p.returncode)
+    p = run(["compress", gs], expect=EXIT_FAILURE)  # input-invalid: not JSON
     check_error(p, "garbage.safetensors")
     check(not os.path.exists(gs + ".bs"), "output left")
     # A directory without safetensors files.
@@ -969,6 +968,259 @@ def test_bounded_memory(env):
         print("  %s: peak RSS %.0f MiB (+%.0f MiB over a tiny file) for a 256 MiB file" % (cmd[0], peak / 1024.0, grown_mib))
         check(grown_mib < 160, "%s grew %.0f MiB for a 256 MiB file: not streaming" % (cmd[0], grown_mib))
     check(sha256(os.path.join(d, "b.out")) == sha256(big), "big round trip differs")
+
+
+# ----------------------------------------------------------------------------
+# Hardening (issue 6): error vocabulary, signals, outputs, symlinks, FIFOs.
+
+GOLDEN_CORRUPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden", "corrupt")
+
+
+def run_json_error(args, expect):
+    """Runs a failing command with --json; returns (process, its JSON error object)."""
+    p = run(list(args) + ["--json"], expect=expect)
+    return p, json.loads(p.stdout)
+
+
+def test_error_codes_follow_spec(env):
+    """docs/FORMAT.md 10.1: bad magic and an unknown major version are DATA_LOSS; the CLI gives them
+    the exit codes its help promises (1 'not a .bs file', 5 'unsupported format version')."""
+    d = env.scratch()
+    g = os.path.join(d, "garbage.bs")
+    with open(g, "wb") as f:
+        f.write(b"X" * 5000)
+    for cmd in (["decompress", g, "-o", os.path.join(d, "o")], ["info", g], ["verify", g]):
+        p, j = run_json_error(cmd, EXIT_FAILURE)
+        check(j["code"] == "DATA_LOSS", "%s bad magic: code %s" % (cmd[0], j["code"]))
+        check_error(p, "garbage.bs", "not a .bs file")
+    future = os.path.join(GOLDEN_CORRUPT, "future_version.bs")
+    for cmd in (["decompress", future, "-o", os.path.join(d, "o")], ["info", future], ["verify", future]):
+        p, j = run_json_error(cmd, EXIT_PRECONDITION)
+        check(j["code"] == "DATA_LOSS", "%s future version: code %s" % (cmd[0], j["code"]))
+        check_error(p, "future_version.bs", "not supported")
+    check(not os.path.exists(os.path.join(d, "o")), "output left")
+    p = run(["help"], expect=0)
+    check("5  wrong or missing --base, unsupported format version" in p.stdout, "help: %s" % p.stdout)
+
+
+def test_missing_output_directory(env):
+    """A missing output directory is an output failure (exit 1) saying so, never 'input not found' (4)."""
+    d = env.scratch()
+    m = env.copy_model(d)
+    run(["compress", m, "-o", os.path.join(d, "m.bs"), "-q"], expect=0)
+    cases = (["compress", m, "-o", os.path.join(d, "nope", "x.bs")],
+             ["compress", env.model_dir, "-o", os.path.join(d, "nope", "x.bs")],
+             ["decompress", os.path.join(d, "m.bs"), "-o", os.path.join(d, "nope", "x.safetensors")])
+    for args in cases:
+        p, j = run_json_error(args, EXIT_FAILURE)
+        check(j["code"] == "NOT_FOUND", "%s: code %s" % (args, j["code"]))
+        check_error(p, "output directory", os.path.join(d, "nope"), "does not exist")
+    check(not os.path.exists(os.path.join(d, "nope")), "output directory created")
+    no_temp_files(d)
+
+
+def write_slow_input(path, n=96 << 20):
+    """A U8 tensor whose skewed bytes take rANS encoding (compress: ~0.5 s here)."""
+    import math
+    table = bytes(min(255, int(-12 * math.log((i + 0.5) / 256))) for i in range(256))
+    write_safetensors(path, [("w", "U8", [n], random.Random(5).randbytes(n).translate(table))])
+
+
+def wait_for(predicate, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.002)
+    return predicate()
+
+
+def test_signal_removes_temporary(env):
+    """SIGINT/SIGTERM mid-compress: the temporary output is removed and the process dies of the signal."""
+    import signal
+    d = env.scratch()
+    src = os.path.join(d, "slow.safetensors")
+    write_slow_input(src)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        out = os.path.join(d, "slow.bs")
+        proc = subprocess.Popen([BIGSMALL, "compress", src, "-o", out, "-q", "--threads", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            appeared = wait_for(lambda: any(".tmp." in n for n in os.listdir(d)), 30)
+            check(appeared, "no temporary appeared")
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+        check(proc.returncode == -sig, "%s: exit %s (finished before the signal, or did not die of it)" %
+              (sig.name, proc.returncode))
+        no_temp_files(d)
+        check(not os.path.exists(out), "%s: output exists" % sig.name)
+
+
+def dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temporaries_reaped(env):
+    """Leftovers of a killed run (a dead pid in the name) are removed by the next run writing that output;
+    a live process's, other outputs', and symlinked ones are kept."""
+    d = env.scratch()
+    m = env.copy_model(d)
+    out = os.path.join(d, "m.bs")
+    dead = dead_pid()
+    stale_file = "%s.tmp.%d.0" % (out, dead)
+    stale_dir = "%s.tmp.%d.1" % (out, dead)
+    stale_old = "%s.old.tmp.%d.2" % (out, dead)
+    live = "%s.tmp.%d.0" % (out, os.getpid())
+    other = os.path.join(d, "other.bs.tmp.%d.0" % dead)
+    victim = os.path.join(d, "victim")
+    for f in (stale_file, live, other, victim):
+        with open(f, "wb") as fh:
+            fh.write(b"x" * 100)
+    os.makedirs(os.path.join(stale_dir, "sub"))
+    with open(os.path.join(stale_dir, "sub", "f"), "w") as fh:
+        fh.write("x")
+    os.makedirs(stale_old)
+    link = "%s.tmp.%d.3" % (out, dead)
+    os.symlink(victim, link)
+    run(["compress", m, "-o", out, "-q"], expect=0)
+    for gone in (stale_file, stale_dir, stale_old):
+        check(not os.path.lexists(gone), "stale %s kept" % gone)
+    for kept in (live, other, link, victim):
+        check(os.path.lexists(kept), "%s removed" % kept)
+    check(open(victim, "rb").read() == b"x" * 100, "symlink target changed")
+
+
+def test_force_over_other_kind_fails_first(env):
+    """--force replaces a file with a file and a directory with a directory; anything else is a usage
+    error before any work (it used to compress everything, then fail on rename)."""
+    d = env.scratch()
+    m = env.copy_model(d)
+    existing_dir = os.path.join(d, "dir_out")
+    os.makedirs(existing_dir)
+    with open(os.path.join(existing_dir, "keep"), "w") as f:
+        f.write("keep")
+    existing_file = os.path.join(d, "file_out")
+    with open(existing_file, "w") as f:
+        f.write("keep")
+    run(["compress", m, "-o", os.path.join(d, "m.bs"), "-q"], expect=0)
+    bsd = os.path.join(d, "model_dir.bs")
+    run(["compress", env.model_dir, "-o", bsd, "-q"], expect=0)
+    for args, target in ((["compress", m, "-o", existing_dir, "--force"], existing_dir),
+                         (["decompress", os.path.join(d, "m.bs"), "-o", existing_dir, "--force"], existing_dir),
+                         (["compress", env.model_dir, "-o", existing_file, "--force"], existing_file),
+                         (["decompress", bsd, "-o", existing_file, "--force"], existing_file)):
+        p, j = run_json_error(args, EXIT_USAGE)
+        check_error(p, target, "--force replaces")
+        check(j["code"] == "INVALID_ARGUMENT", "%s: code %s" % (args, j["code"]))
+    check(os.listdir(existing_dir) == ["keep"], "directory output modified")
+    check(open(existing_file).read() == "keep", "file output modified")
+    no_temp_files(d)
+    # Same kind: replaced.
+    with open(os.path.join(d, "m2.bs"), "w") as f:
+        f.write("old")
+    run(["compress", m, "-o", os.path.join(d, "m2.bs"), "--force", "-q"], expect=0)
+    run(["verify", os.path.join(d, "m2.bs"), "-q"], expect=0)
+
+
+def test_symlink_loop_refused(env):
+    """A directory symlink loop (ln -s . loop) is refused (it used to write 42 copies)."""
+    d = env.scratch()
+    src = os.path.join(d, "looped")
+    shutil.copytree(env.model_dir, src)
+    os.symlink(".", os.path.join(src, "loop"))
+    out = os.path.join(d, "looped.bs")
+    p, j = run_json_error(["compress", src, "-o", out], EXIT_PRECONDITION)
+    check(j["code"] == "FAILED_PRECONDITION", "code %s" % j["code"])
+    check_error(p, "loop", "reached twice")
+    check(not os.path.exists(out), "output written")
+    no_temp_files(d)
+    # Two names for one directory would store it twice: refused the same way.
+    os.remove(os.path.join(src, "loop"))
+    os.symlink("tokenizer", os.path.join(src, "tok2"))
+    p = run(["compress", src, "-o", out], expect=EXIT_PRECONDITION)
+    check_error(p, "reached twice")
+    os.remove(os.path.join(src, "tok2"))
+    run(["compress", src, "-o", out, "-q"], expect=0)
+
+
+def test_symlink_outside_model_dir(env):
+    """tokenizer.json -> /somewhere/secret is refused unless --follow-symlinks; links inside the dir and a
+    Hugging Face snapshot's links into its repo's blobs/ are followed (test_directory_with_symlinks)."""
+    d = env.scratch()
+    secret = os.path.join(d, "secret.txt")
+    with open(secret, "w") as f:
+        f.write("top secret\n")
+    outside_dir = os.path.join(d, "elsewhere")
+    os.makedirs(outside_dir)
+    with open(os.path.join(outside_dir, "x.json"), "w") as f:
+        f.write("{}")
+    for link_name, target in (("tokenizer/tokenizer.json", secret), ("extra", outside_dir),
+                              ("up.json", os.path.join("..", "secret.txt"))):
+        src = os.path.join(d, "model")
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(env.model_dir, src)
+        path = os.path.join(src, link_name)
+        if os.path.exists(path):
+            os.remove(path)
+        os.symlink(target, path)
+        out = os.path.join(d, "model.bs")
+        p, j = run_json_error(["compress", src, "-o", out], EXIT_PRECONDITION)
+        check(j["code"] == "FAILED_PRECONDITION", "%s: code %s" % (link_name, j["code"]))
+        check_error(p, link_name, "outside the model directory", "--follow-symlinks")
+        check(not os.path.exists(out), "%s: output written" % link_name)
+        no_temp_files(d)
+    # With the flag, links are followed (copied verbatim): a file and a directory.
+    os.symlink(outside_dir, os.path.join(src, "extra"))
+    run(["compress", src, "-o", out, "-q", "--follow-symlinks"], expect=0)
+    check(open(os.path.join(out, "up.json")).read() == "top secret\n", "followed link not copied")
+    check(open(os.path.join(out, "extra", "x.json")).read() == "{}", "followed directory not copied")
+    # A snapshot linking to another repo's blobs is refused too.
+    hf = os.path.join(d, "hf")
+    snap = os.path.join(hf, "models--a--b", "snapshots", "rev1")
+    other_blobs = os.path.join(hf, "models--c--d", "blobs")
+    os.makedirs(snap)
+    os.makedirs(other_blobs)
+    shutil.copyfile(os.path.join(env.model_dir, "model-00001-of-00002.safetensors"),
+                    os.path.join(other_blobs, "abc"))
+    os.symlink(os.path.join("..", "..", "..", "models--c--d", "blobs", "abc"),
+               os.path.join(snap, "model.safetensors"))
+    p = run(["compress", snap, "-o", os.path.join(d, "snap.bs")], expect=EXIT_PRECONDITION)
+    check_error(p, "model.safetensors", "outside the model directory")
+
+
+def test_fifo_input_does_not_hang(env):
+    """A FIFO with no writer as an input is refused at once (it used to block in open() forever)."""
+    d = env.scratch()
+    fifo = os.path.join(d, "pipe.safetensors")
+    os.mkfifo(fifo)
+    fifo_bs = os.path.join(d, "pipe.bs")
+    os.mkfifo(fifo_bs)
+    for args in (["compress", fifo, "-o", os.path.join(d, "o.bs")], ["info", fifo_bs],
+                 ["decompress", fifo_bs, "-o", os.path.join(d, "o")], ["verify", fifo_bs]):
+        try:
+            p = subprocess.run([BIGSMALL] + args + ["--json"], capture_output=True, text=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            raise Failure("%s on a FIFO hung" % args[0])
+        check(p.returncode == EXIT_FAILURE, "%s: exit %d: %s" % (args[0], p.returncode, p.stderr))
+        check(json.loads(p.stdout)["code"] == "INVALID_ARGUMENT", "%s: %s" % (args[0], p.stdout))
+        check("not a regular file" in p.stderr, "%s: %s" % (args[0], p.stderr))
+    # A FIFO inside a model directory is not a file: skipped, never opened.
+    src = os.path.join(d, "model")
+    shutil.copytree(env.model_dir, src)
+    os.mkfifo(os.path.join(src, "notes.txt"))
+    try:
+        subprocess.run([BIGSMALL, "compress", src, "-o", os.path.join(d, "model.bs"), "-q"], check=True,
+                       timeout=60)
+    except subprocess.TimeoutExpired:
+        raise Failure("compress of a directory holding a FIFO hung")
+    check(not os.path.exists(os.path.join(d, "model.bs", "notes.txt")), "FIFO copied")
 
 
 class Skipped(Exception):
