@@ -136,6 +136,20 @@ const char* DecoderImplName(DecoderImpl impl) {
   return "?";
 }
 
+bool DecoderImplAvailable(DecoderImpl impl) {
+  switch (impl) {
+    case DecoderImpl::kAuto:
+    case DecoderImpl::kReference:
+    case DecoderImpl::kScalar:
+      return true;
+    case DecoderImpl::kAvx2:
+      return rans::CpuHasAvx2();
+    case DecoderImpl::kAvx512:
+      return rans::CpuHasAvx512();
+  }
+  return false;
+}
+
 DecoderImpl BestDecoderImpl() {
   // BIGSMALL_DECODER=reference|scalar|avx2|avx512 overrides the choice (for
   // benchmarks and for ruling a SIMD path out in the field).

@@ -65,6 +65,16 @@ absl::Status DecodeChunkAvx512(const DecodeTable& table, absl::Span<const uint8_
                                absl::Span<uint8_t> out);
 bool CpuHasAvx2();
 bool CpuHasAvx512();
+// The two AVX2 variants DecodeChunkAvx2 chooses between by CPU vendor: table
+// slots fetched with vpgatherdd (Intel), or with 8 scalar loads per vector
+// (faster on AMD Zen). Exposed so tests run both on every AVX2 CPU; call only
+// when CpuHasAvx2() (elsewhere they return UNIMPLEMENTED).
+absl::Status DecodeChunkAvx2Gather(const DecodeTable& table, absl::Span<const uint8_t> chunk,
+                                   absl::Span<uint8_t> out);
+absl::Status DecodeChunkAvx2ScalarLoad(const DecodeTable& table, absl::Span<const uint8_t> chunk,
+                                       absl::Span<uint8_t> out);
+// Which variant DecodeChunkAvx2 runs here (true: scalar loads).
+bool Avx2UsesScalarLoads();
 
 }  // namespace bigsmall::rans
 

@@ -189,9 +189,10 @@ bool HasWordsForGroup(const ChunkCursor& c, const Avx2Lanes& s) {
 
 }  // namespace
 
-__attribute__((target("avx2"))) absl::Status DecodeChunkAvx2(const DecodeTable& table,
-                                                             absl::Span<const uint8_t> chunk,
-                                                             absl::Span<uint8_t> out) {
+template <bool kScalarLookup>
+__attribute__((target("avx2"))) absl::Status DecodeChunkAvx2Variant(const DecodeTable& table,
+                                                                    absl::Span<const uint8_t> chunk,
+                                                                    absl::Span<uint8_t> out) {
   ChunkCursor c;
   absl::Status st = OpenChunk(chunk, &c);
   if (!st.ok()) return st;
@@ -201,14 +202,32 @@ __attribute__((target("avx2"))) absl::Status DecodeChunkAvx2(const DecodeTable& 
   Avx2Load(c, &s);
   const size_t groups = out.size() / kLanes;
   size_t g = 0;
-  static const bool scalar_lookup = __builtin_cpu_is("amd");
-  if (scalar_lookup) {
-    for (; g < groups && HasWordsForGroup(c, s); ++g) Avx2Group<true>(slots, expand, s, out.data() + g * kLanes);
-  } else {
-    for (; g < groups && HasWordsForGroup(c, s); ++g) Avx2Group<false>(slots, expand, s, out.data() + g * kLanes);
+  for (; g < groups && HasWordsForGroup(c, s); ++g) {
+    Avx2Group<kScalarLookup>(slots, expand, s, out.data() + g * kLanes);
   }
   Avx2Store(s, &c);
   return FinishChunk(table, &c, g * kLanes, out);
+}
+
+bool Avx2UsesScalarLoads() {
+  static const bool scalar_lookup = __builtin_cpu_is("amd");
+  return scalar_lookup;
+}
+
+absl::Status DecodeChunkAvx2Gather(const DecodeTable& table, absl::Span<const uint8_t> chunk,
+                                   absl::Span<uint8_t> out) {
+  return DecodeChunkAvx2Variant<false>(table, chunk, out);
+}
+
+absl::Status DecodeChunkAvx2ScalarLoad(const DecodeTable& table, absl::Span<const uint8_t> chunk,
+                                       absl::Span<uint8_t> out) {
+  return DecodeChunkAvx2Variant<true>(table, chunk, out);
+}
+
+absl::Status DecodeChunkAvx2(const DecodeTable& table, absl::Span<const uint8_t> chunk,
+                             absl::Span<uint8_t> out) {
+  return Avx2UsesScalarLoads() ? DecodeChunkAvx2ScalarLoad(table, chunk, out)
+                               : DecodeChunkAvx2Gather(table, chunk, out);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) absl::Status DecodeChunkAvx512(
@@ -256,6 +275,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) absl::Status DecodeChunkAvx
 
 bool CpuHasAvx2() { return false; }
 bool CpuHasAvx512() { return false; }
+bool Avx2UsesScalarLoads() { return false; }
+absl::Status DecodeChunkAvx2Gather(const DecodeTable&, absl::Span<const uint8_t>, absl::Span<uint8_t>) {
+  return absl::UnimplementedError("the AVX2 decoders need x86-64");
+}
+absl::Status DecodeChunkAvx2ScalarLoad(const DecodeTable&, absl::Span<const uint8_t>, absl::Span<uint8_t>) {
+  return absl::UnimplementedError("the AVX2 decoders need x86-64");
+}
 absl::Status DecodeChunkAvx2(const DecodeTable& table, absl::Span<const uint8_t> chunk,
                              absl::Span<uint8_t> out) {
   return DecodeChunkScalar(table, chunk, out);

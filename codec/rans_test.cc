@@ -1,9 +1,12 @@
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "codec/byte_io.h"
 #include "codec/rans_decode.h"
 #include "codec/rans_encode.h"
+#include "codec/tensor_codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -20,9 +23,35 @@ std::vector<uint8_t> Skewed(size_t n, uint32_t seed, double spread) {
   return v;
 }
 
-std::vector<DecoderImpl> AllImpls() {
-  return {DecoderImpl::kReference, DecoderImpl::kScalar, DecoderImpl::kAvx2, DecoderImpl::kAvx512};
+// Every chunk decoder, called directly (not through DecodeChunk, which would
+// quietly run the scalar decoder where a SIMD one cannot run). A test of a
+// decoder this CPU cannot run is skipped, saying so.
+struct NamedDecoder {
+  const char* name;
+  absl::Status (*decode)(const DecodeTable&, absl::Span<const uint8_t>, absl::Span<uint8_t>);
+  bool (*available)();
+  const char* needs;
+};
+
+bool Always() { return true; }
+
+std::vector<NamedDecoder> AllDecoders() {
+  return {{"reference", DecodeChunkReference, Always, ""},
+          {"scalar", DecodeChunkScalar, Always, ""},
+          {"avx2_gather", DecodeChunkAvx2Gather, CpuHasAvx2, "AVX2"},
+          {"avx2_scalar_load", DecodeChunkAvx2ScalarLoad, CpuHasAvx2, "AVX2"},
+          {"avx512", DecodeChunkAvx512, CpuHasAvx512, "AVX-512 F/BW/VL"}};
 }
+
+std::string DecoderName(const ::testing::TestParamInfo<NamedDecoder>& info) { return info.param.name; }
+
+#define SKIP_UNLESS_RUNNABLE(decoder)                                                       \
+  do {                                                                                      \
+    if (!(decoder).available()) {                                                           \
+      GTEST_SKIP() << "decoder " << (decoder).name << " needs " << (decoder).needs          \
+                   << ", which this CPU lacks: not run (and no other decoder run in its place)"; \
+    }                                                                                       \
+  } while (0)
 
 TEST(NormalizeFrequencies, SumsToScaleAndKeepsEverySymbol) {
   Counts c{};
@@ -65,10 +94,11 @@ TEST(Frequencies, RejectsBadSum) {
   EXPECT_EQ(ReadFrequencies(r).status().code(), absl::StatusCode::kDataLoss);
 }
 
-class ChunkRoundTrip : public ::testing::TestWithParam<size_t> {};
+class ChunkRoundTrip : public ::testing::TestWithParam<std::tuple<NamedDecoder, size_t>> {};
 
-TEST_P(ChunkRoundTrip, AllDecodersAgree) {
-  const size_t n = GetParam();
+TEST_P(ChunkRoundTrip, DecodesWhatWasEncoded) {
+  const auto& [decoder, n] = GetParam();
+  SKIP_UNLESS_RUNNABLE(decoder);
   for (double spread : {0.3, 3.0, 40.0, 1000.0}) {
     auto sym = Skewed(n, static_cast<uint32_t>(n), spread);
     if (n == 0) sym.clear();
@@ -79,17 +109,40 @@ TEST_P(ChunkRoundTrip, AllDecodersAgree) {
     EncodeChunk(f, sym, &stream);
     DecodeTable table;
     ASSERT_TRUE(BuildDecodeTable(f, &table).ok());
-    for (DecoderImpl impl : AllImpls()) {
-      std::vector<uint8_t> out(n, 0xAA);
-      absl::Status st = DecodeChunk(impl, table, stream, absl::MakeSpan(out));
-      ASSERT_TRUE(st.ok()) << DecoderImplName(impl) << " n=" << n << ": " << st;
-      EXPECT_EQ(out, sym) << DecoderImplName(impl) << " n=" << n << " spread=" << spread;
-    }
+    std::vector<uint8_t> out(n, 0xAA);
+    absl::Status st = decoder.decode(table, stream, absl::MakeSpan(out));
+    ASSERT_TRUE(st.ok()) << decoder.name << " n=" << n << ": " << st;
+    EXPECT_EQ(out, sym) << decoder.name << " n=" << n << " spread=" << spread;
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, ChunkRoundTrip,
-                         ::testing::Values(0, 1, 31, 32, 33, 63, 64, 65, 1000, 4096, 65536, 65537));
+INSTANTIATE_TEST_SUITE_P(
+    DecodersAndSizes, ChunkRoundTrip,
+    ::testing::Combine(::testing::ValuesIn(AllDecoders()),
+                       ::testing::Values(0, 1, 31, 32, 33, 63, 64, 65, 1000, 4096, 65536, 65537)),
+    [](const ::testing::TestParamInfo<std::tuple<NamedDecoder, size_t>>& info) {
+      return std::string(std::get<0>(info.param).name) + "_" + std::to_string(std::get<1>(info.param));
+    });
+
+// DecodeChunk(impl) runs the decoder it is asked for where it can: the AVX2
+// entry point runs the vendor's variant, which must agree with both.
+TEST(ChunkDecode, DispatchRunsTheRequestedDecoder) {
+  for (DecoderImpl impl : {DecoderImpl::kAvx2, DecoderImpl::kAvx512}) {
+    EXPECT_EQ(DecoderImplAvailable(impl), impl == DecoderImpl::kAvx2 ? CpuHasAvx2() : CpuHasAvx512());
+  }
+  EXPECT_TRUE(DecoderImplAvailable(DecoderImpl::kScalar));
+  EXPECT_TRUE(DecoderImplAvailable(BestDecoderImpl()));
+  if (!CpuHasAvx2()) GTEST_SKIP() << "no AVX2 on this CPU: the AVX2 entry point cannot run";
+  auto sym = Skewed(5000, 4, 20.0);
+  Frequencies f = NormalizeFrequencies(CountSymbols(sym));
+  std::vector<uint8_t> stream;
+  EncodeChunk(f, sym, &stream);
+  DecodeTable table;
+  ASSERT_TRUE(BuildDecodeTable(f, &table).ok());
+  std::vector<uint8_t> out(sym.size());
+  ASSERT_TRUE(DecodeChunkAvx2(table, stream, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, sym) << (Avx2UsesScalarLoads() ? "avx2_scalar_load" : "avx2_gather");
+}
 
 TEST(ChunkDecode, CompressesNearEntropy) {
   auto sym = Skewed(1 << 16, 9, 3.0);
@@ -102,7 +155,11 @@ TEST(ChunkDecode, CompressesNearEntropy) {
   EXPECT_LT(stream.size(), sym.size() / 2);  // spread 3 => ~3.5 bits/symbol
 }
 
-TEST(ChunkDecode, EveryDecoderRejectsCorruptStreams) {
+class ChunkDecoder : public ::testing::TestWithParam<NamedDecoder> {};
+
+TEST_P(ChunkDecoder, RejectsCorruptStreams) {
+  const NamedDecoder& decoder = GetParam();
+  SKIP_UNLESS_RUNNABLE(decoder);
   auto sym = Skewed(5000, 3, 20.0);
   Frequencies f = NormalizeFrequencies(CountSymbols(sym));
   std::vector<uint8_t> stream;
@@ -110,30 +167,29 @@ TEST(ChunkDecode, EveryDecoderRejectsCorruptStreams) {
   DecodeTable table;
   ASSERT_TRUE(BuildDecodeTable(f, &table).ok());
   std::vector<uint8_t> out(sym.size());
-  for (DecoderImpl impl : AllImpls()) {
-    // Truncated by one word.
-    auto cut = absl::MakeConstSpan(stream.data(), stream.size() - 2);
-    EXPECT_EQ(DecodeChunk(impl, table, cut, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss)
-        << DecoderImplName(impl);
-    // Odd size.
-    auto odd = absl::MakeConstSpan(stream.data(), stream.size() - 1);
-    EXPECT_EQ(DecodeChunk(impl, table, odd, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
-    // Too short for the states.
-    EXPECT_EQ(DecodeChunk(impl, table, absl::MakeConstSpan(stream.data(), 10), absl::MakeSpan(out)).code(),
-              absl::StatusCode::kDataLoss);
-    // A flipped state bit is caught by the final-state check.
-    auto flipped = stream;
-    flipped[5] ^= 0x10;
-    absl::Status st = DecodeChunk(impl, table, flipped, absl::MakeSpan(out));
-    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << DecoderImplName(impl);
-    EXPECT_THAT(std::string(st.message()), HasSubstr("rANS chunk corrupt"));
-    // Extra words.
-    auto longer = stream;
-    longer.push_back(0);
-    longer.push_back(0);
-    EXPECT_EQ(DecodeChunk(impl, table, longer, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
-  }
+  // Truncated by one word.
+  auto cut = absl::MakeConstSpan(stream.data(), stream.size() - 2);
+  EXPECT_EQ(decoder.decode(table, cut, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+  // Odd size.
+  auto odd = absl::MakeConstSpan(stream.data(), stream.size() - 1);
+  EXPECT_EQ(decoder.decode(table, odd, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+  // Too short for the states.
+  EXPECT_EQ(decoder.decode(table, absl::MakeConstSpan(stream.data(), 10), absl::MakeSpan(out)).code(),
+            absl::StatusCode::kDataLoss);
+  // A flipped state bit is caught by the final-state check.
+  auto flipped = stream;
+  flipped[5] ^= 0x10;
+  absl::Status st = decoder.decode(table, flipped, absl::MakeSpan(out));
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("rANS chunk corrupt"));
+  // Extra words.
+  auto longer = stream;
+  longer.push_back(0);
+  longer.push_back(0);
+  EXPECT_EQ(decoder.decode(table, longer, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
 }
+
+INSTANTIATE_TEST_SUITE_P(AllDecoders, ChunkDecoder, ::testing::ValuesIn(AllDecoders()), DecoderName);
 
 TEST(ChunkDecode, ConditionalRoundTrip) {
   std::mt19937 rng(5);

@@ -23,6 +23,10 @@ enum class DecoderImpl : uint8_t { kAuto = 0, kReference = 1, kScalar = 2, kAvx2
 const char* DecoderImplName(DecoderImpl impl);
 // The implementation kAuto resolves to on this CPU.
 DecoderImpl BestDecoderImpl();
+// Whether `impl` can run on this CPU. Product code asking for one that
+// cannot gets the scalar decoder; tests use this to skip (never to test
+// another decoder under the requested one's name).
+bool DecoderImplAvailable(DecoderImpl impl);
 
 struct DecodeOptions {
   DecoderImpl impl = DecoderImpl::kAuto;
