@@ -1,7 +1,7 @@
 // CUDA implementation of kernels/gpu_decoder.h. Kernels: one warp per rANS
 // chunk (RansChunkKernel), then one block per chunk of elements to rebuild
-// them from their planes (MergeKernel). The per-lane logic is in
-// warp_rans.h, shared with the CPU emulator.
+// them from their planes (MergeKernel). Their decode loops are in
+// decode_step.h, compiled here and (as the CPU emulator) by the host compiler.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -11,13 +11,32 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/tensor_codec.h"
+#include "kernels/decode_step.h"
 #include "kernels/gpu_decoder.h"
 
 namespace bigsmall::gpu {
 namespace {
 
+// The codes CudaErrorToStatusCode (gpu_plan.cc, host-only) maps by number.
+static_assert(cudaErrorMemoryAllocation == kCudaErrorMemoryAllocation);
+static_assert(cudaErrorInitializationError == kCudaErrorInitializationError);
+static_assert(cudaErrorStubLibrary == kCudaErrorStubLibrary);
+static_assert(cudaErrorInsufficientDriver == kCudaErrorInsufficientDriver);
+static_assert(cudaErrorCallRequiresNewerDriver == kCudaErrorCallRequiresNewerDriver);
+static_assert(cudaErrorDevicesUnavailable == kCudaErrorDevicesUnavailable);
+static_assert(cudaErrorNoDevice == kCudaErrorNoDevice);
+static_assert(cudaErrorInvalidDevice == kCudaErrorInvalidDevice);
+static_assert(cudaErrorNoKernelImageForDevice == kCudaErrorNoKernelImageForDevice);
+static_assert(cudaErrorUnsupportedPtxVersion == kCudaErrorUnsupportedPtxVersion);
+static_assert(cudaErrorIllegalAddress == kCudaErrorIllegalAddress);
+static_assert(cudaErrorLaunchOutOfResources == kCudaErrorLaunchOutOfResources);
+static_assert(cudaErrorLaunchFailure == kCudaErrorLaunchFailure);
+static_assert(cudaErrorSystemNotReady == kCudaErrorSystemNotReady);
+static_assert(cudaErrorSystemDriverMismatch == kCudaErrorSystemDriverMismatch);
+static_assert(cudaErrorCompatNotSupportedOnDevice == kCudaErrorCompatNotSupportedOnDevice);
+
 absl::Status CudaError(cudaError_t err, const char* what) {
-  return absl::UnavailableError(absl::StrCat("CUDA ", what, ": ", cudaGetErrorString(err)));
+  return CudaErrorToStatus(static_cast<int>(err), what, cudaGetErrorString(err));
 }
 
 #define CUDA_RETURN_IF_ERROR(call)                 \
@@ -27,6 +46,33 @@ absl::Status CudaError(cudaError_t err, const char* what) {
   } while (0)
 
 constexpr int kWarpsPerBlock = 8;
+
+// The calling thread's lane of a full warp, for DecodeChunkOnWarp
+// (kernels/decode_step.h): one register per lane value, warp intrinsics for
+// the cross-lane steps. All 32 lanes must call every member together.
+struct DeviceWarp {
+  uint32_t lane;
+  template <class T>
+  struct Reg {
+    T v;
+    __device__ __forceinline__ T& operator[](uint32_t) { return v; }
+    __device__ __forceinline__ const T& operator[](uint32_t) const { return v; }
+  };
+  template <class F>
+  __device__ __forceinline__ void ForLanes(F&& f) {
+    f(lane);
+  }
+  __device__ __forceinline__ uint32_t Ballot(const Reg<bool>& b) const {
+    return __ballot_sync(0xffffffffu, b.v);
+  }
+  __device__ __forceinline__ void Shuffle(const Reg<uint32_t>& v, const Reg<uint32_t>& src,
+                                          Reg<uint32_t>& out) const {
+    out.v = __shfl_sync(0xffffffffu, v.v, src.v);
+  }
+  __device__ __forceinline__ bool All(const Reg<bool>& b) const {
+    return __all_sync(0xffffffffu, b.v);
+  }
+};
 
 // One warp per chunk. Tasks are ordered by table (the planner appends the
 // chunks of one plane together), so most blocks decode chunks of a single
@@ -46,66 +92,21 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     for (uint32_t k = threadIdx.x; k < rans::kProbScale; k += blockDim.x) shared_table[k] = src[k];
   }
   __syncthreads();
-  const uint32_t warp = first + threadIdx.x / 32;
-  const uint32_t lane = threadIdx.x & 31u;
-  if (warp >= num_tasks) return;
-  const ChunkTask t = tasks[warp];
-  if (t.in_size < rans::kChunkHeaderBytes || (t.in_size & 1u)) {
-    if (lane == 0) atomicOr(error, 1u);
-    return;
-  }
-  const uint8_t* chunk = input + t.in_offset;
-  const uint8_t* words = chunk + rans::kChunkHeaderBytes;
-  const uint32_t num_words = (t.in_size - rans::kChunkHeaderBytes) / 2;
+  const uint32_t warp_index = first + threadIdx.x / 32;
+  if (warp_index >= num_tasks) return;  // whole warps: num_tasks is warp-uniform
+  const ChunkTask t = tasks[warp_index];
   const uint32_t* table = uniform ? shared_table : tables + uint64_t{t.table} * rans::kProbScale;
   uint8_t* out = (t.target == kTargetOutput ? output : scratch) + t.out_offset;
-  uint32_t x = LoadU32(chunk + 4 * lane);
-  // Word window: lane l holds words wbase + l (w0) and wbase + 32 + l (w1),
-  // loaded one window ahead, so a renormalisation is a register shuffle
-  // instead of a dependent global load. Invariant: pos - wbase < 32.
-  auto load = [&](uint32_t k) { return k < num_words ? LoadWord(words, k) : 0u; };
-  uint32_t wbase = 0;
-  uint32_t w0 = load(lane);
-  uint32_t w1 = load(32 + lane);
-  uint32_t pos = 0;
-  bool ok = true;
-  for (uint32_t base = 0; base < t.count; base += 32) {
-    const uint32_t i = base + lane;
-    uint8_t sym = 0;
-    const bool need = LaneDecode(x, i < t.count, table, &sym);
-    if (i < t.count) out[i] = sym;
-    const uint32_t ballot = __ballot_sync(0xffffffffu, need);
-    const uint32_t k = pos + __popc(ballot & ((1u << lane) - 1u));
-    const uint32_t rel = k - wbase;  // < 64
-    const uint32_t v0 = __shfl_sync(0xffffffffu, w0, rel & 31u);
-    const uint32_t v1 = __shfl_sync(0xffffffffu, w1, rel & 31u);
-    if (need) {
-      ok &= k < num_words;
-      x = (x << rans::kWordBits) | (rel < 32 ? v0 : v1);
-    }
-    pos += __popc(ballot);
-    if (pos - wbase >= 32) {
-      wbase += 32;
-      w0 = w1;
-      w1 = load(wbase + 32 + lane);
-    }
-  }
-  ok &= x == rans::kRansLow && pos == num_words;
-  if (__any_sync(0xffffffffu, !ok) && lane == 0) atomicOr(error, 1u);
+  DeviceWarp warp{threadIdx.x & 31u};
+  const bool ok = DecodeChunkOnWarp(warp, input + t.in_offset, t.in_size, t.count, table, out);
+  if (!ok && warp.lane == 0) atomicOr(error, 1u);
 }
 
 __global__ void MergeKernel(const uint8_t* __restrict__ input, const uint8_t* __restrict__ scratch,
                             const MergeTask* __restrict__ tasks, uint8_t* __restrict__ output) {
   const MergeTask m = tasks[blockIdx.x];
   for (uint32_t k = threadIdx.x; k < m.count; k += blockDim.x) {
-    uint8_t v[8];
-    for (uint32_t p = 0; p < m.num_planes; ++p) {
-      const uint8_t kind = m.kind[p];
-      v[p] = kind == kSourceInput     ? input[m.source[p] + k]
-             : kind == kSourceScratch ? scratch[m.source[p] + k]
-                                      : static_cast<uint8_t>(m.source[p]);
-    }
-    MergeElement(m.split, m.width, v, output + m.out_offset + uint64_t{k} * m.width);
+    MergeTaskElement(m, k, input, scratch, output);
   }
 }
 
@@ -137,17 +138,27 @@ std::string FormatUuid(const cudaUUID_t& u) {
 
 }  // namespace
 
-int DeviceCount(std::string* why) {
+absl::StatusOr<int> CountDevices() {
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
   if (err != cudaSuccess) {
     // No driver (cudaErrorInsufficientDriver, 35), no device (100) ...: "no GPU here".
-    if (why) *why = cudaGetErrorString(err);
     cudaGetLastError();
+    const absl::Status st = CudaError(err, "cudaGetDeviceCount");
+    if (st.code() == absl::StatusCode::kFailedPrecondition) return st;
+    return absl::FailedPreconditionError(st.message());  // no usable GPU, whatever the cause
+  }
+  if (n <= 0) return absl::FailedPreconditionError("no CUDA device");
+  return n;
+}
+
+int DeviceCount(std::string* why) {
+  absl::StatusOr<int> n = CountDevices();
+  if (!n.ok()) {
+    if (why) *why = std::string(n.status().message());
     return 0;
   }
-  if (n == 0 && why) *why = "no CUDA device";
-  return n;
+  return *n;
 }
 
 absl::StatusOr<DeviceInfo> Describe(int device) {
@@ -254,8 +265,8 @@ absl::StatusOr<std::unique_ptr<GpuDecoder>> GpuDecoder::Create(int device) {
   std::string why;
   const int n = DeviceCount(&why);
   if (device < 0 || device >= n) {
-    return absl::UnavailableError(absl::StrCat("no CUDA device ", device, " (", n, " found",
-                                               why.empty() ? "" : ": " + why, ")"));
+    return absl::FailedPreconditionError(absl::StrCat("no CUDA device ", device, " (", n, " found",
+                                                      why.empty() ? "" : ": " + why, ")"));
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
   std::unique_ptr<GpuDecoder> d(new GpuDecoder(device));

@@ -1,7 +1,8 @@
 // GPU decoding of .bs tensor blobs: the CUDA-free interface. Host code
 // includes only this header; the CUDA implementation lives in
 // gpu_decoder.cu and is built only when nvcc is present (otherwise every
-// call reports kUnavailable). The same plan also runs on the CPU through an
+// call reports kFailedPrecondition, "built without CUDA"). CUDA errors map to
+// codes as kernels/cuda_status.h says (out of memory: kResourceExhausted). The same plan also runs on the CPU through an
 // exact emulation of the kernels (EmulateDecode), which is how the kernels'
 // logic is tested on machines without a GPU.
 #ifndef BIGSMALL_KERNELS_GPU_DECODER_H_
@@ -15,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/cuda_status.h"
 #include "kernels/warp_rans.h"
 
 namespace bigsmall::gpu {
@@ -55,9 +57,12 @@ struct DeviceInfo {
   int sm_count = 0;
 };
 
-// Number of usable CUDA devices; 0 (not an error) when the build has no CUDA,
-// no driver is installed ("driver version is insufficient") or no GPU exists.
-// `why` (optional) receives the reason when 0.
+// The number of usable CUDA devices (>= 1), or FAILED_PRECONDITION saying
+// why there is none: the build has no CUDA, no driver is installed ("driver
+// version is insufficient"), no GPU exists.
+absl::StatusOr<int> CountDevices();
+// The same as a count: 0 (not an error) when there is none, with the reason
+// in `why` (optional).
 int DeviceCount(std::string* why = nullptr);
 absl::StatusOr<DeviceInfo> Describe(int device);
 

@@ -1,5 +1,7 @@
 #include "kernels/gpu_decoder.h"
 
+#include <unistd.h>
+
 #include <cstring>
 #include <random>
 #include <vector>
@@ -76,7 +78,9 @@ TEST(GpuPlan, EmulatedKernelsMatchTheCpuDecoder) {
       auto plan = PlanDecode(g.input, g.jobs);
       ASSERT_TRUE(plan.ok()) << plan.status();
       EXPECT_EQ(plan->output_bytes, g.expected.size());
-      if (mode == Mode::kInference) EXPECT_TRUE(plan->cpu_fallback.empty());
+      if (mode == Mode::kInference) {
+        EXPECT_TRUE(plan->cpu_fallback.empty());
+      }
       if (ce >= 1000) {
         EXPECT_FALSE(plan->chunks.empty());  // tiny chunks may not pay for rANS
       }
@@ -134,19 +138,72 @@ TEST(WarpRans, MergeElementMatchesTheCodec) {
   }
 }
 
-TEST(GpuDevice, CountIsZeroNotAnErrorWithoutAGpu) {
+#if defined(BIGSMALL_HAVE_CUDA)
+// Whether this machine has the NVIDIA kernel driver loaded (the oracle the
+// device count is checked against).
+bool NvidiaDriverLoaded() { return access("/proc/driver/nvidia/version", F_OK) == 0; }
+#endif
+
+TEST(GpuDevice, CountAndItsReasonAgreeWithTheMachine) {
+  absl::StatusOr<int> count = CountDevices();
   std::string why;
   const int n = DeviceCount(&why);
-  EXPECT_GE(n, 0);
-  if (n == 0) {
+#if !defined(BIGSMALL_HAVE_CUDA)
+  // A build without CUDA: no device, and it says so.
+  ASSERT_FALSE(count.ok());
+  EXPECT_EQ(count.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(count.status().message().find("built without CUDA"), std::string::npos)
+      << count.status();
+  EXPECT_EQ(n, 0);
+  EXPECT_EQ(why, "built without CUDA");
+  EXPECT_EQ(GpuDecoder::Create(0).status().code(), absl::StatusCode::kFailedPrecondition);
+#else
+  if (!NvidiaDriverLoaded()) {
+    // CUDA build, no driver: 0 devices, FAILED_PRECONDITION naming the cause.
+    ASSERT_FALSE(count.ok()) << "devices found without an NVIDIA driver: " << *count;
+    EXPECT_EQ(count.status().code(), absl::StatusCode::kFailedPrecondition) << count.status();
+    EXPECT_EQ(n, 0);
     EXPECT_FALSE(why.empty());
+    EXPECT_EQ(why, count.status().message());
+    auto decoder = GpuDecoder::Create(0);
+    EXPECT_EQ(decoder.status().code(), absl::StatusCode::kFailedPrecondition) << decoder.status();
+  } else {
+    // The driver is loaded: at least one device, and the two calls agree.
+    ASSERT_TRUE(count.ok()) << count.status();
+    EXPECT_GE(*count, 1);
+    EXPECT_EQ(n, *count);
+    EXPECT_TRUE(why.empty()) << why;
   }
+#endif
+  EXPECT_EQ(DeviceCount(nullptr), n);
+}
+
+TEST(CudaStatus, ErrorsMapToTheirCodes) {
+  EXPECT_TRUE(CudaErrorToStatus(kCudaSuccess, "x", "no error").ok());
+  // Out of memory is not UNAVAILABLE.
+  absl::Status oom = CudaErrorToStatus(kCudaErrorMemoryAllocation, "cudaMalloc", "out of memory");
+  EXPECT_EQ(oom.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(oom.message(), "CUDA cudaMalloc: out of memory (error 2)");
+  EXPECT_EQ(CudaErrorToStatusCode(kCudaErrorLaunchOutOfResources),
+            absl::StatusCode::kResourceExhausted);
+  for (int no_gpu : {kCudaErrorNoDevice, kCudaErrorInsufficientDriver, kCudaErrorInvalidDevice,
+                     kCudaErrorStubLibrary, kCudaErrorCallRequiresNewerDriver,
+                     kCudaErrorDevicesUnavailable, kCudaErrorNoKernelImageForDevice,
+                     kCudaErrorUnsupportedPtxVersion, kCudaErrorInitializationError,
+                     kCudaErrorSystemDriverMismatch, kCudaErrorCompatNotSupportedOnDevice,
+                     kCudaErrorSystemNotReady}) {
+    EXPECT_EQ(CudaErrorToStatusCode(no_gpu), absl::StatusCode::kFailedPrecondition) << no_gpu;
+  }
+  EXPECT_EQ(CudaErrorToStatusCode(kCudaErrorIllegalAddress), absl::StatusCode::kInternal);
+  EXPECT_EQ(CudaErrorToStatusCode(kCudaErrorLaunchFailure), absl::StatusCode::kInternal);
+  EXPECT_EQ(CudaErrorToStatusCode(1 /* cudaErrorInvalidValue */), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(CudaErrorToStatusCode(999 /* cudaErrorUnknown */), absl::StatusCode::kUnavailable);
 }
 
 // Runs on a machine with a CUDA GPU; skipped (with the reason) elsewhere.
 TEST(GpuDevice, DecodesBitExactOnTheGpu) {
-  std::string why;
-  if (DeviceCount(&why) == 0) GTEST_SKIP() << "no CUDA GPU: " << why;
+  absl::StatusOr<int> count = CountDevices();
+  if (!count.ok()) GTEST_SKIP() << "no usable CUDA GPU: " << count.status();
   auto decoder = GpuDecoder::Create(0);
   ASSERT_TRUE(decoder.ok()) << decoder.status();
   for (Mode mode : {Mode::kBalanced, Mode::kInference, Mode::kStorage}) {
