@@ -1,6 +1,8 @@
 // Writes seed inputs for the decoder fuzzers: small tensor blobs of every
 // split and coder, and small .bs files (plain and delta), into
-// corpus/tensor_blob/ and corpus/bs_file/. Run once; the seeds are committed.
+// corpus/tensor_blob/ and corpus/bs_file/, and those .bs files plus
+// tests/golden/valid/*.bs with an uncompressed index into corpus/bs_index/.
+// Run once; the seeds are committed.
 //
 // usage: make_seeds OUT_DIR
 #include <cmath>
@@ -15,6 +17,7 @@
 #include "codec/compress.h"
 #include "codec/dtype.h"
 #include "codec/tensor_codec.h"
+#include "zstd.h"
 
 namespace fs = std::filesystem;
 using namespace bigsmall;
@@ -71,6 +74,29 @@ int main(int argc, char** argv) {
   co.base = (tmp / "m0.safetensors").string();
   if (!CompressPath((tmp / "m1.safetensors").string(), (out / "bs_file" / "delta.bs").string(), co).ok()) return 1;
   fs::remove_all(tmp);
+  // bs_index_fuzz seeds: the same files, and the golden valid files, with the
+  // index stored uncompressed (see bs_index_fuzz.cc).
+  fs::create_directories(out / "bs_index");
+  std::vector<fs::path> sources;
+  for (const auto& e : fs::directory_iterator(out / "bs_file")) sources.push_back(e.path());
+  const fs::path golden = fs::path(BIGSMALL_SOURCE_DIR) / "tests" / "golden" / "valid";
+  for (const auto& e : fs::directory_iterator(golden)) {
+    if (e.path().extension() == ".bs") sources.push_back(e.path());
+  }
+  for (const fs::path& src : sources) {
+    std::ifstream in(src, std::ios::binary);
+    std::vector<uint8_t> file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (file.size() < 64) return 1;
+    uint64_t index_offset, stored, raw_size;
+    std::memcpy(&index_offset, file.data() + 16, 8);
+    std::memcpy(&stored, file.data() + 24, 8);
+    std::memcpy(&raw_size, file.data() + 32, 8);
+    std::vector<uint8_t> raw(raw_size);
+    if (ZSTD_decompress(raw.data(), raw.size(), file.data() + index_offset, stored) != raw_size) return 1;
+    file.resize(index_offset);
+    file.insert(file.end(), raw.begin(), raw.end());
+    Write(out / "bs_index" / src.filename(), file);
+  }
   std::printf("seeds written to %s\n", out.c_str());
   return 0;
 }
