@@ -1,5 +1,8 @@
 #include "codec/thread_pool.h"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
 #include <limits>
@@ -11,11 +14,23 @@
 #include "absl/strings/str_cat.h"
 
 namespace bigsmall {
+namespace {
+const absl::Status& OutOfMemoryStatus();
+const absl::Status& ThrewStatus();
+void BlockTerminationSignals();
+}  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = DefaultThreads();
+  OutOfMemoryStatus();
+  ThrewStatus();
   workers_.reserve(static_cast<size_t>(threads));
-  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  for (int i = 0; i < threads; ++i) {
+    workers_.emplace_back([this] {
+      BlockTerminationSignals();
+      WorkerLoop();
+    });
+  }
 }
 
 ThreadPool::~ThreadPool() {
@@ -75,20 +90,42 @@ namespace {
 // The task boundary: a task that throws (std::bad_alloc from a vector or a
 // scratch buffer growing, anything else) fails its index with a status
 // instead of unwinding into a pool thread (std::terminate).
+// Made before any task runs: copying a status allocates nothing, so the
+// handlers below cannot themselves throw when memory is short.
+const absl::Status& OutOfMemoryStatus() {
+  static const absl::Status* const status =
+      new absl::Status(absl::ResourceExhaustedError("out of memory in a worker task"));
+  return *status;
+}
+const absl::Status& ThrewStatus() {
+  static const absl::Status* const status = new absl::Status(absl::InternalError("worker task threw"));
+  return *status;
+}
+
 absl::Status RunTask(const std::function<absl::Status(size_t)>& fn, size_t i) noexcept {
   try {
     return fn(i);
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError("out of memory in a worker task");
+    return OutOfMemoryStatus();
   } catch (const std::exception& e) {
     try {
       return absl::InternalError(absl::StrCat("worker task threw: ", e.what()));
     } catch (...) {
-      return absl::InternalError("worker task threw");
+      return ThrewStatus();
     }
   } catch (...) {
-    return absl::InternalError("worker task threw");
+    return ThrewStatus();
   }
+}
+
+// Worker threads leave SIGINT/SIGTERM/SIGHUP/SIGQUIT to the other threads,
+// so a handler (the CLI's temp cleanup) runs on a thread that is not in the
+// middle of pool work.
+void BlockTerminationSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&set, sig);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
 // Shared by the calling thread and the helper tasks of one ParallelFor call.
