@@ -156,8 +156,11 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const ListenerO
     }
     return ErrnoToStatus(err, absl::StrCat("bind ", shown));
   }
+  // The directory rules mean only we (or root) can have replaced the file
+  // since bind; the O_PATH fd pins its inode until UnlinkIfOurs.
+  l->path_fd_ = ::open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
   struct stat st;
-  if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
+  if (l->path_fd_ < 0 || ::fstat(l->path_fd_, &st) != 0 || !S_ISSOCK(st.st_mode)) {
     return absl::InternalError(absl::StrCat(shown, " is not the socket just bound"));
   }
   l->dev_ = st.st_dev;
@@ -177,6 +180,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const ListenerO
 
 UnixListener::~UnixListener() {
   Stop();
+  UnlinkIfOurs();
   if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
@@ -197,9 +201,6 @@ void UnixListener::Stop() {
     }
     thread_.join();
   }
-  // Unlink while the socket is still open: its inode cannot be freed and
-  // reused by a new daemon's socket before the comparison.
-  UnlinkIfOurs();
   if (listen_fd_ >= 0) {
     ::close(listen_fd_);
     listen_fd_ = -1;
@@ -209,6 +210,15 @@ void UnixListener::Stop() {
 bool UnixListener::UnlinkIfOurs() {
   if (unlinked_ || ino_ == 0) return false;
   unlinked_ = true;
+  // The O_PATH fd is closed only after the comparison (and unlink): until
+  // then our inode cannot be freed and its number given to another socket.
+  struct PathFdCloser {
+    int& fd;
+    ~PathFdCloser() {
+      if (fd >= 0) ::close(fd);
+      fd = -1;
+    }
+  } closer{path_fd_};
   const std::string shown = EscapeForLog(options_.path);
   struct stat st;
   if (::lstat(options_.path.c_str(), &st) != 0) {

@@ -29,12 +29,16 @@
 // in that window would lose its path); it cannot delete anything but a
 // socket.
 //
-// At exit (Stop, called when the drain begins): the path is unlinked only if
-// lstat shows the socket this listener bound (S_ISSOCK and the same dev/ino),
-// so a daemon finishing its drain does not delete the socket of the daemon
-// that replaced it. The same small
-// lstat-to-unlink window remains; it cannot delete a regular file or someone
-// else's socket that was there before the lstat.
+// When the drain begins, Stop() closes the listening socket (new connects are
+// refused, as gRPC's own listener did); the path stays until the drain ends
+// (clients still streaming stat it to learn the daemon's uid). At exit the
+// path is unlinked only if lstat shows the socket this listener bound
+// (S_ISSOCK and the same dev/ino as an O_PATH fd held on it since bind; that
+// fd also keeps the inode number from being reused by another socket), so a
+// daemon finishing its drain does not delete the socket of a daemon that
+// replaced it meanwhile. The same small lstat-to-unlink window remains; it
+// cannot delete a regular file or someone else's socket that was there
+// before the lstat.
 #ifndef BIGSMALL_DAEMON_LISTENER_H_
 #define BIGSMALL_DAEMON_LISTENER_H_
 
@@ -74,7 +78,7 @@ class UnixListener {
   // Directory, stale socket, bind, owner/mode, listen. Nothing is accepted
   // before Start.
   static absl::StatusOr<std::unique_ptr<UnixListener>> Bind(const ListenerOptions& options);
-  ~UnixListener();  // Stop()
+  ~UnixListener();  // Stop() and UnlinkIfOurs()
 
   UnixListener(const UnixListener&) = delete;
   UnixListener& operator=(const UnixListener&) = delete;
@@ -83,13 +87,12 @@ class UnixListener {
   // registered in `peers` and passed to `adopt` (which takes ownership of
   // the fd) on the loop's thread; others are closed with a log line.
   absl::Status Start(PeerTable* peers, std::function<void(int fd)> adopt);
-  // Stops accepting (prompt: the loop also polls an eventfd), unlinks the
-  // path if it is still this listener's socket (UnlinkIfOurs) and closes the
-  // listening socket; connections already handed over stay. Idempotent.
+  // Stops accepting (prompt: the loop also polls an eventfd) and closes the
+  // listening socket (connects are refused from now on); connections already
+  // handed over stay, and so does the path. Idempotent.
   void Stop();
   // Unlinks the path if it is still the socket this listener bound; returns
-  // whether it did. Called by Stop while the socket is still open (so its
-  // inode number cannot have been reused by another socket); once only.
+  // whether it did. Once only (later calls return false).
   bool UnlinkIfOurs();
 
   const std::string& path() const { return options_.path; }
@@ -105,6 +108,7 @@ class UnixListener {
   const ListenerOptions options_;
   int listen_fd_ = -1;
   int wake_fd_ = -1;  // eventfd: Stop() wakes the loop
+  int path_fd_ = -1;  // O_PATH on the bound socket file: pins its inode
   dev_t dev_ = 0;     // the path's inode as bound
   ino_t ino_ = 0;
   bool unlinked_ = false;

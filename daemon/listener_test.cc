@@ -185,10 +185,14 @@ TEST_F(ListenerTest, BindsWithTheModeAcceptsAndRecordsWhoConnects) {
   EXPECT_EQ(cred->pid, ::getpid());
   ::close(client);
 
-  // Stop is prompt and removes the socket it bound.
+  // Stop is prompt; connects are refused after it; the path goes at
+  // UnlinkIfOurs.
   auto start = std::chrono::steady_clock::now();
   (*listener)->Stop();
   EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
+  EXPECT_TRUE(Exists(options.path));
+  EXPECT_LT(Connect(options.path), 0);
+  EXPECT_TRUE((*listener)->UnlinkIfOurs());
   EXPECT_FALSE(Exists(options.path));
 }
 

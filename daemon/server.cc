@@ -186,8 +186,8 @@ absl::Status RunDaemon(const DaemonConfig& config) {
                  service->active_sessions.load(), config.drain_seconds);
     server->GetHealthCheckService()->SetServingStatus(kServiceName, false);
     server->GetHealthCheckService()->SetServingStatus("", false);
-    // No new connections; the path goes now (if it is still ours: a new
-    // daemon may already have bound it), connections already open drain.
+    // No new connections (connects are refused); connections already open
+    // drain. The path stays until the end: streaming clients stat it.
     listener->Stop();
     DrainAndShutdown(server.get(), *service, config.drain_seconds);
     server->Wait();
@@ -195,6 +195,8 @@ absl::Status RunDaemon(const DaemonConfig& config) {
     server.reset();
     service.reset();
   }
+  // Only if it is still ours: a new daemon may have taken the path meanwhile.
+  listener->UnlinkIfOurs();
   listener.reset();
   DaemonPeers().Clear();
   RemoveShmDir(arena_dir);
