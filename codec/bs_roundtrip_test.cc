@@ -17,6 +17,7 @@
 #include "codec/error_kind.h"
 #include "codec/format.h"
 #include "codec/hash.h"
+#include "codec/model_dir.h"
 #include "codec/compress.h"
 #include "codec/decompress.h"
 #include "gmock/gmock.h"
@@ -407,6 +408,65 @@ TEST_F(RoundTripTest, RejectsNonBsAndMissingFiles) {
   WriteAll(Path("bad.safetensors"), {1, 2, 3});
   EXPECT_FALSE(CompressPath(Path("bad.safetensors"), Path("bad.bs"), {}).ok());
   EXPECT_FALSE(fs::exists(Path("bad.bs")));
+}
+
+// docs/FORMAT.md §10.1 symlink-refused: links are followed inside the model
+// directory and from a Hugging Face snapshot into its repo's blobs/, nowhere
+// else unless asked; a directory reached twice is refused (no 42 copies).
+TEST_F(RoundTripTest, ModelDirectorySymlinkPolicy) {
+  const fs::path repo = dir_ / "models--org--m";
+  fs::create_directories(repo / "blobs");
+  fs::create_directories(repo / "snapshots" / "rev");
+  WriteAll((repo / "blobs" / "b1").string(), {1, 2, 3});
+  fs::create_symlink("../../blobs/b1", repo / "snapshots" / "rev" / "config.json");
+  auto listed = ListModelDirectory((repo / "snapshots" / "rev").string());
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].relative, "config.json");
+  EXPECT_EQ((*listed)[0].size, 3u);
+  EXPECT_EQ(fs::path((*listed)[0].source).filename(), "b1");
+
+  const fs::path model = dir_ / "model";
+  fs::create_directories(model / "sub");
+  WriteAll((model / "sub" / "a.json").string(), {7});
+  WriteAll(Path("secret"), {9, 9});
+  fs::create_symlink("sub/a.json", model / "inside.json");
+  ASSERT_TRUE(ListModelDirectory(model.string()).ok());
+  fs::create_symlink(fs::path(Path("secret")), model / "tokenizer.json");
+  auto st = ListModelDirectory(model.string()).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("tokenizer.json"));
+  ListOptions follow;
+  follow.follow_symlinks = true;
+  auto all = ListModelDirectory(model.string(), follow);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->size(), 3u);
+  fs::remove(model / "tokenizer.json");
+  // The snapshot rule is for snapshots only: a plain dir's link into a
+  // sibling blobs/ is outside.
+  fs::create_symlink(repo / "blobs" / "b1", model / "b1");
+  EXPECT_EQ(ListModelDirectory(model.string()).status().code(), absl::StatusCode::kFailedPrecondition);
+  fs::remove(model / "b1");
+  fs::create_directory_symlink(".", model / "sub" / "loop");
+  st = ListModelDirectory(model.string()).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("reached twice"));
+  st = ListModelDirectory(model.string(), follow).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << "loops are refused even when following";
+}
+
+// A missing output directory is NOT_FOUND with ErrorKind::kOutput (the CLI
+// then says so and exits 1, never "input not found").
+TEST_F(RoundTripTest, MissingOutputDirectoryIsAnOutputError) {
+  WriteAll(Path("m.safetensors"), MakeSafetensors(LlamaLike(3, 1)));
+  auto st = CompressPath(Path("m.safetensors"), Path("nope/m.bs"), {}).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  EXPECT_EQ(GetErrorKind(st), ErrorKind::kOutput);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("output directory"));
+  // A missing input has no kind.
+  st = CompressPath(Path("none.safetensors"), Path("x.bs"), {}).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(GetErrorKind(st), ErrorKind::kNone);
 }
 
 }  // namespace
