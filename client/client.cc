@@ -8,10 +8,16 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "codec/status_macros.h"
+#include "codec/status_util.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 
@@ -38,6 +44,129 @@ std::string DefaultSocketPath() {
   return env != nullptr && *env != '\0' ? env : "/run/bigsmall/bigsmall.sock";
 }
 
+namespace {
+
+// Host layer memory: ranges of a few large arena files. Each arena file is
+// mapped once per process, shared by every Layer in it, and unmapped when
+// the last of those Layers is gone. Keyed by (path, arena_id): the daemon
+// never reuses an arena id, and its file names carry a per-start tag.
+class ArenaMappings {
+ public:
+  static ArenaMappings& Get() {
+    static ArenaMappings* instance = new ArenaMappings();  // outlives every Layer
+    return *instance;
+  }
+
+  // The mapping of the arena file holding `host`, opened and checked when
+  // not mapped yet: opened without following a symlink (and without
+  // blocking on a FIFO), it must be a regular file owned by `daemon_uid`,
+  // not writable by group or others, and hold the layer's range.
+  absl::StatusOr<std::shared_ptr<const uint8_t>> Map(const v1::HostMemory& host, uid_t daemon_uid) {
+    const std::string shown = EscapeForLog(host.path());
+    Key key{host.path(), host.arena_id()};
+    // Declared before the lock: dropping the last reference unmaps, which
+    // takes the lock.
+    std::shared_ptr<const uint8_t> mapping;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = maps_.find(key);
+    if (it != maps_.end()) mapping = it->second.mapping.lock();
+    if (mapping == nullptr) {
+      int fd = ::open(host.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+      if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open layer memory ", shown));
+      struct stat st;
+      if (::fstat(fd, &st) != 0) {
+        absl::Status err = ErrnoToStatus(errno, absl::StrCat("fstat layer memory ", shown));
+        ::close(fd);
+        return err;
+      }
+      absl::Status bad;
+      if (!S_ISREG(st.st_mode)) {
+        bad = absl::PermissionDeniedError(
+            absl::StrCat("layer memory ", shown, " is not a regular file; refusing to map it"));
+      } else if (st.st_uid != daemon_uid) {
+        bad = absl::PermissionDeniedError(absl::StrCat(
+            "layer memory ", shown, " is owned by uid ", st.st_uid, ", not by the daemon (uid ",
+            daemon_uid, "); refusing to map it"));
+      } else if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        bad = absl::PermissionDeniedError(absl::StrCat(
+            "layer memory ", shown, " is writable by group or others; refusing to map it"));
+      } else if (st.st_size <= 0) {
+        bad = absl::DataLossError(absl::StrCat("layer memory ", shown, " is empty"));
+      }
+      if (!bad.ok()) {
+        ::close(fd);
+        return bad;
+      }
+      const size_t size = static_cast<size_t>(st.st_size);
+      void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+      int err = errno;
+      ::close(fd);
+      if (p == MAP_FAILED) return ErrnoToStatus(err, absl::StrCat("mmap layer memory ", shown));
+      mapping = std::shared_ptr<const uint8_t>(static_cast<const uint8_t*>(p),
+                                               [this, key, size](const uint8_t* q) {
+                                                 Unmapped(key, q, size);
+                                               });
+      maps_[key] = Entry{mapping, size};
+      it = maps_.find(key);
+    }
+    const uint64_t file_size = it->second.size;
+    if (host.offset() > file_size || host.size() > file_size - host.offset()) {
+      return absl::DataLossError(absl::StrCat("layer memory ", shown, " is short: the layer at ",
+                                              host.offset(), " of ", host.size(),
+                                              " bytes lies outside its ", file_size, " bytes"));
+    }
+    return mapping;
+  }
+
+ private:
+  struct Key {
+    std::string path;
+    uint64_t arena_id = 0;
+    auto operator<=>(const Key&) const = default;
+  };
+  struct Entry {
+    std::weak_ptr<const uint8_t> mapping;
+    size_t size = 0;
+  };
+
+  void Unmapped(const Key& key, const uint8_t* p, size_t size) {
+    ::munmap(const_cast<uint8_t*>(p), size);
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = maps_.find(key);
+    if (it != maps_.end() && it->second.mapping.expired()) maps_.erase(it);
+  }
+
+  std::mutex mu_;
+  std::map<Key, Entry> maps_;
+};
+
+// Layer memory must be owned by the daemon: the owner of its Unix socket
+// (which the daemon created). Over TCP there is no socket to ask: only files
+// of this process's own uid are accepted.
+absl::StatusOr<uid_t> DaemonUid(const std::string& socket_path) {
+  if (socket_path.empty()) return ::geteuid();
+  struct stat st;
+  if (::stat(socket_path.c_str(), &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("stat the daemon socket ", EscapeForLog(socket_path)));
+  }
+  return st.st_uid;
+}
+
+absl::StatusOr<std::shared_ptr<const uint8_t>> MapLayerMemory(const v1::HostMemory& host,
+                                                              uid_t daemon_uid) {
+  return ArenaMappings::Get().Map(host, daemon_uid);
+}
+
+// The socket path of a "unix:" target ("" for any other).
+std::string UnixSocketPath(const std::string& target) {
+  if (!absl::StartsWith(target, "unix:")) return "";
+  std::string path = target.substr(5);
+  if (absl::StartsWith(path, "//")) path = path.substr(2);
+  return path;
+}
+
+}  // namespace
+
 // The sync bidi call shared by a LayerStream and the Layers it handed out
 // (a Layer may outlive its stream; then releasing is a no-op: the call's end
 // already dropped every lease).
@@ -48,6 +177,12 @@ class StreamCore {
   std::mutex write_mu;
   bool writes_done = false;
   std::atomic<uint32_t> held{0};
+  // The daemon's Unix socket ("" over TCP): its owner is the daemon's uid,
+  // the only owner accepted for layer memory (see MapLayerMemory).
+  std::string socket_path;
+  // Its owner, read when the stream is made (the socket is gone once a
+  // draining daemon stops listening), else at the first layer.
+  std::optional<uid_t> daemon_uid;
 
   bool Write(const v1::SessionRequest& request) {
     std::lock_guard<std::mutex> lock(write_mu);
@@ -75,8 +210,7 @@ void Layer::Release() {
   if (released_) return;
   released_ = true;
   tensors_.clear();
-  if (map_ != nullptr) munmap(map_, map_size_);
-  map_ = nullptr;
+  map_.reset();  // the arena is unmapped with its last Layer
   if (core_ != nullptr) core_->Release(handle_.layer().index());
   core_.reset();
 }
@@ -125,29 +259,14 @@ absl::StatusOr<std::unique_ptr<Layer>> LayerStream::Next() {
   layer->core_ = core_;
   core_->held.fetch_add(1);
   const v1::HostMemory& host = layer->handle_.memory().host();
-  int fd = ::open(host.path().c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot open layer memory ", host.path(), ": ", std::strerror(errno)));
+  if (!core_->daemon_uid.has_value()) {
+    ASSIGN_OR_RETURN(core_->daemon_uid, DaemonUid(core_->socket_path));
   }
-  struct stat st;
-  if (fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < host.size()) {
-    ::close(fd);
-    return absl::DataLossError(absl::StrCat("layer memory ", host.path(), " is short"));
-  }
-  if (host.size() > 0) {
-    void* p = mmap(nullptr, host.size(), PROT_READ, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-      int e = errno;
-      ::close(fd);
-      return absl::ResourceExhaustedError(
-          absl::StrCat("mmap ", host.path(), ": ", std::strerror(e)));
-    }
-    layer->map_ = p;
-    layer->map_size_ = host.size();
-  }
-  ::close(fd);
-  const auto* base = static_cast<const uint8_t*>(layer->map_);
+  ASSIGN_OR_RETURN(std::shared_ptr<const uint8_t> arena,
+                   MapLayerMemory(host, *core_->daemon_uid));
+  const uint8_t* base = arena.get() + host.offset();
+  layer->map_ = std::shared_ptr<const void>(std::move(arena), base);
+  layer->map_size_ = host.size();
   for (const v1::TensorInfo& info : layer->handle_.layer().tensors()) {
     if (info.offset() > layer->map_size_ || info.size() > layer->map_size_ - info.offset()) {
       return absl::DataLossError(absl::StrCat("tensor ", info.name(), " lies outside its layer"));
@@ -168,6 +287,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socke
                                                         const ClientOptions& options) {
   std::unique_ptr<Client> client(new Client());
   client->options_ = options;
+  client->socket_path_ = UnixSocketPath(TargetFor(socket_or_address));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   // Reconnect quickly when the daemon (re)starts.
@@ -229,6 +349,8 @@ absl::StatusOr<v1::ModelDescription> Client::Describe(const std::string& model_i
 absl::StatusOr<std::unique_ptr<LayerStream>> Client::Stream(const std::string& model_id,
                                                             const StreamOptions& options) {
   auto core = std::make_shared<StreamCore>();
+  core->socket_path = socket_path_;
+  if (auto uid = DaemonUid(socket_path_); uid.ok()) core->daemon_uid = *uid;
   core->rw = stub_->Session(&core->ctx);
   v1::SessionRequest request;
   v1::StartStream* start = request.mutable_start();

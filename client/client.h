@@ -71,7 +71,9 @@ class Layer {
   Layer() = default;
   std::shared_ptr<StreamCore> core_;
   v1::LayerHandle handle_;
-  void* map_ = nullptr;
+  // The layer's start in its arena's mapping, which is shared by every Layer
+  // of that arena in this process and unmapped with the last of them.
+  std::shared_ptr<const void> map_;
   size_t map_size_ = 0;
   std::vector<Tensor> tensors_;
   bool released_ = false;
@@ -133,6 +135,7 @@ class Client {
   Client() = default;
   void SetDeadline(grpc::ClientContext* ctx) const;
   ClientOptions options_;
+  std::string socket_path_;  // of a Unix socket target: layer memory must be its owner's
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::BigSmall::Stub> stub_;
 };

@@ -1,136 +1,112 @@
 #include "daemon/host_arena.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <grp.h>
-#include <signal.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
-#include <vector>
+#include <random>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "codec/status_util.h"
+#include "daemon/layer_cache.h"
+#include "spdlog/spdlog.h"
 
 namespace bigsmall::daemon {
-namespace {
 
-absl::Status Errno(int err, const std::string& what) {
-  std::string msg = absl::StrCat(what, ": ", std::strerror(err));
-  if (err == ENOSPC || err == ENOMEM) return absl::ResourceExhaustedError(msg);
-  if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
-  return absl::InternalError(msg);
-}
-
-void RemoveTree(const std::string& dir) {
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      std::string name = e->d_name;
-      if (name == "." || name == "..") continue;
-      ::unlink((dir + "/" + name).c_str());
-    }
-    closedir(d);
-  }
-  ::rmdir(dir.c_str());
-}
-
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(const std::string& dir,
-                                                             const std::string& name,
-                                                             uint64_t size) {
-  std::string path = absl::StrCat(dir, "/", name);
-  int fd = ::open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0640);
-  if (fd < 0) return Errno(errno, absl::StrCat("create ", path));
-  ::fchmod(fd, 0640);  // independent of the umask
-  uint8_t* data = nullptr;
-  if (size > 0) {
-    int err = posix_fallocate(fd, 0, static_cast<off_t>(size));
-    if (err != 0) {
-      ::close(fd);
-      ::unlink(path.c_str());
-      return Errno(err, absl::StrCat("reserve ", size, " bytes for ", path));
-    }
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-      int e = errno;
-      ::close(fd);
-      ::unlink(path.c_str());
-      return Errno(e, absl::StrCat("mmap ", path));
-    }
-    data = static_cast<uint8_t*>(p);
-  }
-  ::close(fd);
-  return std::unique_ptr<HostArena>(new HostArena(std::move(path), data, size));
+absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(std::shared_ptr<const ShmDir> dir,
+                                                             uint64_t id, uint64_t capacity,
+                                                             const std::string& name) {
+  absl::StatusOr<int> created = dir->CreateFile(name, 0640);
+  if (!created.ok()) return MarkAllocationFailure(created.status());
+  const int fd = *created;
+  auto fail = [&](int err, const std::string& what) {
+    absl::Status st = ErrnoToStatus(err, absl::StrCat(what, " ", EscapeForLog(dir->path()), "/",
+                                                      EscapeForLog(name)));
+    ::close(fd);
+    dir->Unlink(name);
+    return MarkAllocationFailure(st);
+  };
+  // Sparse: pages are committed per block (Commit), not for the whole arena.
+  if (::ftruncate(fd, static_cast<off_t>(capacity)) != 0) return fail(errno, "truncate");
+  void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return fail(errno, "mmap");
+  return std::unique_ptr<HostArena>(
+      new HostArena(std::move(dir), id, capacity, name, fd, static_cast<uint8_t*>(p)));
 }
 
 HostArena::~HostArena() {
-  if (data_ != nullptr) munmap(data_, size_);
-  ::unlink(path_.c_str());
+  ::munmap(data_, capacity());
+  ::close(fd_);
+  dir_->Unlink(name_);
 }
 
-absl::StatusOr<int> LookupGroup(const std::string& group) {
-  if (group.empty()) return -1;
-  int gid = 0;
-  if (absl::SimpleAtoi(group, &gid)) return gid;
-  std::vector<char> buf(16384);
-  struct group g;
-  struct group* out = nullptr;
-  if (getgrnam_r(group.c_str(), &g, buf.data(), buf.size(), &out) != 0 || out == nullptr) {
-    return absl::NotFoundError(absl::StrCat("unknown group '", group, "'"));
-  }
-  return static_cast<int>(out->gr_gid);
+absl::Status HostArena::Commit(uint64_t offset, uint64_t size) {
+  int err = ::posix_fallocate(fd_, static_cast<off_t>(offset), static_cast<off_t>(size));
+  if (err == 0) return absl::OkStatus();
+  return MarkAllocationFailure(ErrnoToStatus(
+      err, absl::StrCat("reserve ", size, " bytes of shared memory in ", EscapeForLog(path()))));
 }
 
-absl::StatusOr<std::string> PrepareShmDir(const std::string& dir, const std::string& group) {
-  auto gid = LookupGroup(group);
-  if (!gid.ok()) return gid.status();
-  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
-    return Errno(errno, absl::StrCat("mkdir ", dir));
+void HostArena::Decommit(uint64_t offset, uint64_t size) {
+  if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                  static_cast<off_t>(size)) != 0) {
+    // No hole punching here: at least drop the daemon's pages.
+    ::madvise(data_ + offset, size, MADV_REMOVE);
   }
-  struct stat st;
-  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    return absl::FailedPreconditionError(absl::StrCat(dir, " is not a directory"));
-  }
-  if (st.st_uid == geteuid()) {
-    ::chmod(dir.c_str(), 0750);
-    if (*gid >= 0 && ::chown(dir.c_str(), static_cast<uid_t>(-1), *gid) != 0) {
-      return Errno(errno, absl::StrCat("chgrp ", dir));
-    }
-  }
-  // Instance directories of daemons that are gone (crash, SIGKILL).
-  if (DIR* d = opendir(dir.c_str())) {
-    std::vector<std::string> stale;
-    while (dirent* e = readdir(d)) {
-      std::string name = e->d_name;
-      int pid = 0;
-      if (name.size() > 1 && name[0] == 'd' && absl::SimpleAtoi(name.substr(1), &pid) &&
-          pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) {
-        stale.push_back(absl::StrCat(dir, "/", name));
-      }
-    }
-    closedir(d);
-    for (const std::string& s : stale) RemoveTree(s);
-  }
-  std::string instance = absl::StrCat(dir, "/d", getpid());
-  RemoveTree(instance);
-  if (::mkdir(instance.c_str(), 0750) != 0) {
-    return Errno(errno, absl::StrCat("mkdir ", instance));
-  }
-  // setgid: arenas inherit the directory's group, so group members can map them.
-  ::chmod(instance.c_str(), 02750);
-  if (*gid >= 0 && ::chown(instance.c_str(), static_cast<uid_t>(-1), *gid) != 0) {
-    return Errno(errno, absl::StrCat("chgrp ", instance));
-  }
-  return instance;
 }
 
-void RemoveShmDir(const std::string& instance_dir) {
-  if (!instance_dir.empty()) RemoveTree(instance_dir);
+std::shared_ptr<ArenaPool> MakeHostArenaPool(std::shared_ptr<const ShmDir> dir,
+                                             uint64_t arena_size) {
+  // A per-pool tag in the file names: a restarted daemon with the same pid
+  // (containers) never reuses a name a client may still have mapped.
+  std::random_device rd;
+  const uint64_t tag = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  ArenaPool::Options options;
+  options.arena_size = arena_size;
+  options.kind = "host";
+  return ArenaPool::Create(
+      options,
+      [dir = std::move(dir), tag](uint64_t id,
+                                  uint64_t capacity) -> absl::StatusOr<std::unique_ptr<Arena>> {
+        auto arena = HostArena::Create(dir, id, capacity, absl::StrFormat("a%d-%016x", id, tag));
+        if (!arena.ok()) return arena.status();
+        return std::unique_ptr<Arena>(std::move(*arena));
+      });
+}
+
+uint64_t HostCacheBudget(uint64_t configured, const ShmDir& dir) {
+  absl::StatusOr<uint64_t> free = dir.FreeBytes();
+  if (!free.ok()) {
+    spdlog::warn("cannot read the free space of {}: {}; cache budget {} MiB", EscapeForLog(dir.path()),
+                 free.status().ToString(), configured >> 20);
+    return configured;
+  }
+  uint64_t budget = DefaultHostBudget(configured, *free);
+  if (budget < configured) {
+    spdlog::warn("cache budget {} MiB capped at {} MiB: 90% of the {} MiB free in the shm "
+                 "filesystem of {}", configured >> 20, budget >> 20, *free >> 20,
+                 EscapeForLog(dir.path()));
+  } else {
+    spdlog::info("cache budget {} MiB ({} MiB free in the shm filesystem)", budget >> 20,
+                 *free >> 20);
+  }
+  return budget;
+}
+
+void RemoveShmDir(const std::shared_ptr<ShmDir>& dir) {
+  if (dir != nullptr) dir->Remove();
+}
+
+void FillHostMemory(const LayerData& data, v1::HostMemory* host) {
+  if (data.arena == nullptr) return;
+  const auto* arena = dynamic_cast<const HostArena*>(&data.arena->arena());
+  if (arena == nullptr) return;
+  host->set_path(arena->path());
+  host->set_offset(data.arena->offset());
+  host->set_size(data.arena->size());
+  host->set_arena_id(data.arena->arena_id());
 }
 
 }  // namespace bigsmall::daemon

@@ -1,7 +1,12 @@
-// Host memory for one decoded layer: a file in the daemon's shared-memory
-// directory (tmpfs), mode 0640, mapped read-write by the daemon and
-// read-only by clients. The file is unlinked when the arena is destroyed;
-// clients that still map it keep their pages until they unmap.
+// Host arenas: large files in the daemon's shared-memory instance directory
+// (tmpfs), mode 0640, mapped once read-write by the daemon and read-only by
+// clients. Layers are Blocks of these arenas (daemon/arena_allocator.h): a
+// file is sparse when created and a block's pages are committed (fallocate)
+// when the layer is loaded and released (hole punched) when it is freed, so
+// the memory in use is exactly the cached layers' page-rounded sizes.
+//
+// A file is unlinked when its arena is dropped; clients that still map it
+// keep their mapping (its freed ranges read as zeros) until they unmap.
 #ifndef BIGSMALL_DAEMON_HOST_ARENA_H_
 #define BIGSMALL_DAEMON_HOST_ARENA_H_
 
@@ -10,42 +15,55 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "absl/types/span.h"
+#include "bigsmall/v1/bigsmall.pb.h"
+#include "daemon/arena_allocator.h"
+#include "daemon/shm_dir.h"
 
 namespace bigsmall::daemon {
 
-class HostArena {
- public:
-  // Creates `dir`/`name` with `size` bytes reserved (posix_fallocate, so a
-  // full tmpfs is kResourceExhausted now rather than SIGBUS later).
-  static absl::StatusOr<std::unique_ptr<HostArena>> Create(const std::string& dir,
-                                                           const std::string& name,
-                                                           uint64_t size);
-  ~HostArena();
-  HostArena(const HostArena&) = delete;
-  HostArena& operator=(const HostArena&) = delete;
+struct LayerData;
 
-  absl::Span<uint8_t> bytes() { return {data_, size_}; }
-  absl::Span<const uint8_t> bytes() const { return {data_, size_}; }
-  const std::string& path() const { return path_; }
-  uint64_t size() const { return size_; }
+class HostArena : public Arena {
+ public:
+  // Creates `name` in `dir` (sparse, `capacity` bytes) and maps it.
+  static absl::StatusOr<std::unique_ptr<HostArena>> Create(std::shared_ptr<const ShmDir> dir,
+                                                           uint64_t id, uint64_t capacity,
+                                                           const std::string& name);
+  ~HostArena() override;
+
+  uint8_t* base() override { return data_; }
+  absl::Status Commit(uint64_t offset, uint64_t size) override;
+  void Decommit(uint64_t offset, uint64_t size) override;
+  // The file's path, for clients.
+  std::string path() const { return dir_->path() + "/" + name_; }
+  const std::string& name() const { return name_; }
 
  private:
-  HostArena(std::string path, uint8_t* data, uint64_t size)
-      : path_(std::move(path)), data_(data), size_(size) {}
-  std::string path_;
-  uint8_t* data_ = nullptr;
-  uint64_t size_ = 0;
+  HostArena(std::shared_ptr<const ShmDir> dir, uint64_t id, uint64_t capacity, std::string name,
+            int fd, uint8_t* data)
+      : Arena(id, capacity), dir_(std::move(dir)), name_(std::move(name)), fd_(fd), data_(data) {}
+  std::shared_ptr<const ShmDir> dir_;
+  const std::string name_;
+  const int fd_;
+  uint8_t* const data_;
 };
 
-// Prepares the daemon's shm directory: creates `dir` (mode 0750) and this
-// instance's subdirectory, removing subdirectories left by dead daemons.
-// Returns the instance directory.
-absl::StatusOr<std::string> PrepareShmDir(const std::string& dir, const std::string& group);
-// Resolves a group name (or numeric gid) to a gid; "" is -1 (leave as is).
-absl::StatusOr<int> LookupGroup(const std::string& group);
-// Removes an instance directory and everything in it.
-void RemoveShmDir(const std::string& instance_dir);
+// A pool of host arenas of `arena_size` bytes each in `dir`.
+std::shared_ptr<ArenaPool> MakeHostArenaPool(std::shared_ptr<const ShmDir> dir,
+                                             uint64_t arena_size = kDefaultArenaSize);
+
+// The cache budget to use: `configured` (the default is RAM / 2), capped at
+// 90% of the free space of the filesystem holding `dir` (DefaultHostBudget),
+// so the limit is one the shm filesystem can keep (a default /dev/shm is
+// RAM / 2 and other programs share it). Logs the result and any cap.
+uint64_t HostCacheBudget(uint64_t configured, const ShmDir& dir);
+
+// Removes the instance dir now (it also goes with the last reference).
+void RemoveShmDir(const std::shared_ptr<ShmDir>& dir);
+
+// Fills a layer handle's host memory from the layer's block: the arena
+// file's path, the layer's offset and size in it, the arena id.
+void FillHostMemory(const LayerData& data, v1::HostMemory* host);
 
 }  // namespace bigsmall::daemon
 

@@ -1,54 +1,144 @@
 #include "daemon/host_arena.h"
 
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "daemon/layer_cache.h"
 #include "gtest/gtest.h"
 
 namespace bigsmall::daemon {
 namespace {
 
-TEST(HostArenaTest, CreatesPrivateFileAndRemovesIt) {
-  char tmpl[] = "/tmp/arena_testXXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  auto instance = PrepareShmDir(tmpl, "");
-  ASSERT_TRUE(instance.ok()) << instance.status();
-  struct stat st;
-  ASSERT_EQ(stat(instance->c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 0777, 0750u);
-  std::string path;
-  {
-    auto arena = HostArena::Create(*instance, "a", 10000);
-    ASSERT_TRUE(arena.ok()) << arena.status();
-    path = (*arena)->path();
-    ASSERT_EQ(stat(path.c_str(), &st), 0);
-    EXPECT_EQ(st.st_mode & 0777, 0640u);
-    EXPECT_EQ(st.st_size, 10000);
-    (*arena)->bytes()[9999] = 42;
-    EXPECT_FALSE(HostArena::Create(*instance, "a", 10).ok());  // exclusive
+int CountFiles(const std::string& dir) {
+  int n = 0;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
   }
-  EXPECT_NE(stat(path.c_str(), &st), 0);  // unlinked
-  RemoveShmDir(*instance);
-  EXPECT_NE(stat(instance->c_str(), &st), 0);
-  rmdir(tmpl);
+  return n;
 }
 
-TEST(HostArenaTest, StaleInstanceDirsAreRemoved) {
-  char tmpl[] = "/tmp/arena_testXXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  std::string stale = std::string(tmpl) + "/d999999999";
-  ASSERT_EQ(mkdir(stale.c_str(), 0700), 0);
-  auto instance = PrepareShmDir(tmpl, "");
-  ASSERT_TRUE(instance.ok());
+int CountMappings(const std::string& dir) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  int n = 0;
+  while (std::getline(maps, line)) n += absl::StrContains(line, dir + "/");
+  return n;
+}
+
+class HostArenaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // tmpfs, as in production (fallocate and hole punching are cheap there).
+    std::string tmpl = access("/dev/shm", W_OK) == 0 ? "/dev/shm/arena_testXXXXXX"
+                                                     : "/tmp/arena_testXXXXXX";
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    root_ = tmpl;
+    auto dir = ShmDir::Prepare(root_ + "/shm", "");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    shm_ = std::move(*dir);
+  }
+  void TearDown() override {
+    shm_.reset();
+    std::system(absl::StrCat("rm -rf '", root_, "'").c_str());
+  }
+  std::string root_;
+  std::shared_ptr<ShmDir> shm_;
+};
+
+TEST_F(HostArenaTest, BlocksAreRangesOfAPrivateFile) {
+  auto pool = MakeHostArenaPool(shm_, 1 << 20);
+  auto a = pool->Allocate(10000);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE((*a)->Commit().ok());
+  auto b = pool->Allocate(100);
+  ASSERT_TRUE(b.ok());
+  ASSERT_TRUE((*b)->Commit().ok());
+  EXPECT_EQ((*a)->arena_id(), (*b)->arena_id());
+  EXPECT_EQ((*b)->offset(), 12288u);  // 10000 rounded up to pages
+  (*a)->bytes()[9999] = 42;
+  (*b)->bytes()[0] = 7;
+
+  LayerData data;
+  data.arena = std::move(*b);
+  v1::HostMemory host;
+  FillHostMemory(data, &host);
+  EXPECT_EQ(host.offset(), 12288u);
+  EXPECT_EQ(host.size(), 100u);
+  EXPECT_EQ(host.arena_id(), (*a)->arena_id());
+  EXPECT_TRUE(absl::StartsWith(host.path(), shm_->path() + "/")) << host.path();
   struct stat st;
-  EXPECT_NE(stat(stale.c_str(), &st), 0);
-  RemoveShmDir(*instance);
-  rmdir(tmpl);
+  ASSERT_EQ(lstat(host.path().c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  EXPECT_EQ(st.st_uid, geteuid());
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), 1u << 20);
+  std::ifstream in(host.path(), std::ios::binary);
+  in.seekg(12288);
+  EXPECT_EQ(in.get(), 7);
+  in.close();
+
+  std::string path = host.path();
+  data.arena.reset();
+  a->reset();
+  // The last (spare) arena goes with the pool.
+  pool.reset();
+  EXPECT_NE(lstat(path.c_str(), &st), 0);
+  EXPECT_EQ(CountFiles(shm_->path()), 0);
 }
 
-TEST(HostArenaTest, UnknownGroupIsNotFound) {
-  EXPECT_EQ(LookupGroup("no-such-group-bigsmall").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(*LookupGroup(""), -1);
+// Issue 6: one file and one mmap per layer hit vm.max_map_count at 65k
+// layers. Tens of thousands of tiny layers now use a handful of each.
+TEST_F(HostArenaTest, TensOfThousandsOfTinyLayersUseAFewFilesAndMappings) {
+  constexpr int kLayers = 30000;
+  auto pool = MakeHostArenaPool(shm_, 64 << 20);  // 16384 pages per arena
+  std::vector<std::unique_ptr<Block>> blocks;
+  blocks.reserve(kLayers);
+  for (int i = 0; i < kLayers; ++i) {
+    auto b = pool->Allocate(100 + i % 1000);
+    ASSERT_TRUE(b.ok()) << i << ": " << b.status();
+    ASSERT_TRUE((*b)->Commit().ok()) << i;
+    blocks.push_back(std::move(*b));
+  }
+  blocks.front()->bytes()[0] = 1;
+  blocks.back()->bytes()[99] = 2;
+  EXPECT_EQ(pool->stats().arenas, 2u);
+  EXPECT_LE(CountFiles(shm_->path()), 2);
+  EXPECT_LE(CountMappings(shm_->path()), 2);
+  // Freeing returns every arena but one spare; a restart has little to delete.
+  blocks.clear();
+  EXPECT_EQ(CountFiles(shm_->path()), 1);
+  EXPECT_EQ(pool->stats().allocated, 0u);
+}
+
+TEST_F(HostArenaTest, FreedBlocksGiveTheirPagesBack) {
+  auto pool = MakeHostArenaPool(shm_, 16 << 20);
+  auto a = pool->Allocate(8 << 20);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE((*a)->Commit().ok());
+  std::memset((*a)->bytes().data(), 0xab, (*a)->size());
+  auto keep = pool->Allocate(4096);
+  ASSERT_TRUE(keep.ok());
+  ASSERT_TRUE((*keep)->Commit().ok());
+  LayerData data;
+  data.arena = std::move(*keep);
+  v1::HostMemory host;
+  FillHostMemory(data, &host);
+  struct stat st;
+  ASSERT_EQ(stat(host.path().c_str(), &st), 0);
+  EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, 8u << 20);
+  a->reset();
+  ASSERT_EQ(stat(host.path().c_str(), &st), 0);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 1u << 20);  // hole punched
 }
 
 }  // namespace

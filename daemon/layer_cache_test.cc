@@ -2,6 +2,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
+#include <random>
 #include <thread>
 
 #include "codec/thread_pool.h"
@@ -80,20 +82,27 @@ TEST_F(LayerCacheTest, EvictsLeastRecentlyUsedUnleasedLayers) {
   EXPECT_LE(s.peak_bytes, 300u);
 }
 
-TEST_F(LayerCacheTest, LeasedLayersAreNeverEvictedAndBudgetRecovers) {
+TEST_F(LayerCacheTest, LeasedLayersAreNeverEvictedAndTheBudgetHolds) {
   LayerCache cache(200, executor_, nullptr);
   std::atomic<int> loads{0};
   std::vector<LayerCache::Lease> held;
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 2; ++i) {
     auto lease = cache.AcquireSync(Key(i), 100, Loader(100, &loads));
     ASSERT_TRUE(lease.ok());
     held.push_back(std::move(*lease));
   }
-  // A waiting reader always gets its layer: over budget while leased.
-  EXPECT_EQ(cache.stats().bytes, 400u);
-  for (int i = 0; i < 4; ++i) EXPECT_TRUE(cache.Contains(Key(i)));
+  // A third reader waits for room instead of going over budget.
+  std::promise<bool> done;
+  cache.Acquire(Key(2), 100, Loader(100, &loads),
+                [&](absl::StatusOr<LayerCache::Lease> lease, bool) { done.set_value(lease.ok()); });
+  EXPECT_EQ(cache.stats().bytes, 200u);
+  EXPECT_EQ(cache.stats().queued, 1u);
+  for (int i = 0; i < 2; ++i) EXPECT_TRUE(cache.Contains(Key(i)));
   held.clear();
-  EXPECT_LE(cache.stats().bytes, 200u);
+  auto f = done.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(f.get());
+  EXPECT_LE(cache.stats().peak_bytes, 200u);
 }
 
 TEST_F(LayerCacheTest, PrefetchRespectsBudgetAndCountsAsOneLoad) {
@@ -142,5 +151,219 @@ TEST_F(LayerCacheTest, EvictByModel) {
   EXPECT_EQ(cache.UsageOf("a").leases, 1u);
 }
 
+
+// ---------------------------------------------------------------------------
+// Admission control (issue 6): the budget is a limit.
+
+namespace admission {
+
+using namespace std::chrono_literals;
+
+// A loader that records the cache's bytes while it runs (the reservation of
+// its own layer included) and the peak over every loader.
+struct BudgetProbe {
+  LayerCache* cache = nullptr;
+  std::atomic<uint64_t> peak{0};
+  void Observe() {
+    uint64_t b = cache->stats().bytes;
+    uint64_t p = peak.load();
+    while (b > p && !peak.compare_exchange_weak(p, b)) {
+    }
+  }
+};
+
+TEST_F(LayerCacheTest, BudgetIsNeverExceededUnderConcurrentAcquires) {
+  constexpr uint64_t kBudget = 1000;
+  LayerCache cache(kBudget, executor_, nullptr);
+  BudgetProbe probe;
+  probe.cache = &cache;
+  std::atomic<int> loads{0};
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(1234 + t);
+      std::vector<LayerCache::Lease> held;
+      for (int i = 0; i < 60; ++i) {
+        int layer = static_cast<int>(rng() % 40);
+        uint64_t size = 50 + layer * 7;  // 50..323 bytes; any 3 fit
+        auto lease = cache.AcquireSync(
+            Key(layer), size, [&, size]() -> absl::StatusOr<std::shared_ptr<LayerData>> {
+              loads.fetch_add(1);
+              probe.Observe();
+              std::this_thread::sleep_for(std::chrono::microseconds(200));  // loads overlap
+              auto d = std::make_shared<LayerData>();
+              d->bytes = size;
+              return d;
+            });
+        probe.Observe();
+        if (lease.ok()) {
+          ok.fetch_add(1);
+          held.push_back(std::move(*lease));
+        }
+        // Two threads keep their last lease while acquiring the next (two
+        // such leases plus any one layer fit, so some request can always be
+        // admitted); the others release at once.
+        if (!held.empty() && (t >= 2 || held.size() > 1)) held.erase(held.begin());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 8 * 60);
+  EXPECT_LE(probe.peak.load(), kBudget);
+  EXPECT_LE(cache.stats().peak_bytes, kBudget);
+  EXPECT_EQ(cache.stats().leases, 0u);
+}
+
+TEST_F(LayerCacheTest, WaiterIsAdmittedWhenALeaseIsReleased) {
+  LayerCache cache(200, executor_, nullptr);
+  std::atomic<int> loads{0};
+  auto a = cache.AcquireSync(Key(0), 100, Loader(100, &loads));
+  auto b = cache.AcquireSync(Key(1), 100, Loader(100, &loads));
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::promise<absl::StatusOr<LayerCache::Lease>> promise;
+  auto future = promise.get_future();
+  cache.Acquire(Key(2), 100, Loader(100, &loads),
+                [&](absl::StatusOr<LayerCache::Lease> lease, bool) { promise.set_value(std::move(lease)); });
+  // No room while both leases live: the request waits (no thread blocked).
+  EXPECT_EQ(future.wait_for(100ms), std::future_status::timeout);
+  EXPECT_EQ(loads.load(), 2);
+  EXPECT_LE(cache.stats().bytes, 200u);
+  a->Reset();  // room: layer 0 is evicted and layer 2 admitted
+  ASSERT_EQ(future.wait_for(10s), std::future_status::ready);
+  auto c = future.get();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(loads.load(), 3);
+  EXPECT_FALSE(cache.Contains(Key(0)));
+  EXPECT_LE(cache.stats().peak_bytes, 200u);
+}
+
+TEST_F(LayerCacheTest, AllocationFailureEvictsUnleasedLayersAndRetries) {
+  LayerCache cache(10000, executor_, nullptr);
+  std::atomic<int> loads{0};
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(cache.AcquireSync(Key(i), 100, Loader(100, &loads)).ok());
+  auto held = cache.AcquireSync(Key(3), 100, Loader(100, &loads));
+  ASSERT_TRUE(held.ok());
+  // The shm filesystem is full (other programs use it): the first try fails
+  // with an allocation failure, the retry after evicting succeeds.
+  std::atomic<int> tries{0};
+  auto flaky = [&]() -> absl::StatusOr<std::shared_ptr<LayerData>> {
+    if (tries.fetch_add(1) == 0) {
+      return MarkAllocationFailure(absl::ResourceExhaustedError("reserve: No space left on device"));
+    }
+    auto d = std::make_shared<LayerData>();
+    d->bytes = 100;
+    return d;
+  };
+  auto lease = cache.AcquireSync(Key(9), 100, flaky);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(tries.load(), 2);
+  EXPECT_FALSE(cache.Contains(Key(0)));  // unleased: evicted to make room
+  EXPECT_TRUE(cache.Contains(Key(3)));   // leased: kept
+  // With nothing left to evict, the failure is reported.
+  auto full = [&]() -> absl::StatusOr<std::shared_ptr<LayerData>> {
+    return MarkAllocationFailure(absl::ResourceExhaustedError("reserve: No space left on device"));
+  };
+  lease->Reset();
+  held->Reset();
+  cache.Evict([](const LayerKey&) { return true; });
+  auto failed = cache.AcquireSync(Key(10), 100, full);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(cache.stats().bytes, 0u);
+}
+
+TEST_F(LayerCacheTest, WaiterTimesOutWithResourceExhausted) {
+  LayerCache::Options options;
+  options.budget = 200;
+  options.admission_timeout = 50ms;
+  LayerCache cache(options, executor_, nullptr);
+  std::atomic<int> loads{0};
+  auto a = cache.AcquireSync(Key(0), 150, Loader(150, &loads));
+  ASSERT_TRUE(a.ok());
+  auto start = std::chrono::steady_clock::now();
+  auto b = cache.AcquireSync(Key(1), 100, Loader(100, &loads));
+  auto waited = std::chrono::steady_clock::now() - start;
+  ASSERT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted) << b.status();
+  EXPECT_GE(waited, 50ms);
+  EXPECT_NE(b.status().message().find("budget 200 bytes"), absl::string_view::npos) << b.status();
+  EXPECT_NE(b.status().message().find("150 held by 1 leases"), absl::string_view::npos)
+      << b.status();
+  EXPECT_EQ(loads.load(), 1);
+  EXPECT_FALSE(cache.Contains(Key(1)));
+  auto s = cache.stats();
+  EXPECT_EQ(s.admission_timeouts, 1u);
+  EXPECT_EQ(s.queued, 0u);
+  // A layer larger than the whole budget fails at once.
+  auto huge = cache.AcquireSync(Key(2), 201, Loader(201, &loads));
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(loads.load(), 1);
+}
+
+TEST_F(LayerCacheTest, CostsAreRoundedToTheGranularity) {
+  LayerCache::Options options;
+  options.budget = 3 * 4096;
+  options.granularity = 4096;
+  options.admission_timeout = 20ms;
+  LayerCache cache(options, executor_, nullptr);
+  std::atomic<int> loads{0};
+  std::vector<LayerCache::Lease> held;
+  for (int i = 0; i < 3; ++i) {
+    auto l = cache.AcquireSync(Key(i), 10, Loader(10, &loads));
+    ASSERT_TRUE(l.ok());
+    held.push_back(std::move(*l));
+  }
+  EXPECT_EQ(cache.stats().bytes, 3u * 4096);
+  EXPECT_EQ(cache.AcquireSync(Key(3), 10, Loader(10, &loads)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(LayerCacheTest, PrefetchNeverEvictsLeasedLoadingOrUnreadLayers) {
+  LayerCache cache(300, executor_, nullptr);
+  std::atomic<int> loads{0};
+  auto leased = cache.AcquireSync(Key(0), 100, Loader(100, &loads));
+  ASSERT_TRUE(leased.ok());
+  EXPECT_TRUE(cache.Prefetch(Key(1), 100, Loader(100, &loads)));  // unread prefetch
+  // A load in flight (slow): its reservation counts.
+  std::promise<void> release_loader;
+  std::shared_future<void> gate = release_loader.get_future().share();
+  std::promise<bool> slow_done;
+  LayerCache::Lease slow_lease;
+  cache.Acquire(Key(2), 100,
+                [&, gate]() -> absl::StatusOr<std::shared_ptr<LayerData>> {
+                  gate.wait();
+                  auto d = std::make_shared<LayerData>();
+                  d->bytes = 100;
+                  return d;
+                },
+                [&](absl::StatusOr<LayerCache::Lease> l, bool) {
+                  if (l.ok()) slow_lease = std::move(*l);
+                  slow_done.set_value(l.ok());
+                });
+  // Full: leased + unread prefetch + loading. A prefetch must not evict any.
+  EXPECT_FALSE(cache.Prefetch(Key(3), 100, Loader(100, &loads)));
+  EXPECT_TRUE(cache.Contains(Key(0)));
+  EXPECT_TRUE(cache.Contains(Key(1)));
+  EXPECT_TRUE(cache.Contains(Key(2)));
+  release_loader.set_value();
+  EXPECT_TRUE(slow_done.get_future().get());
+  cache.WaitIdle();
+  EXPECT_LE(cache.stats().peak_bytes, 300u);
+  // While a demanded layer waits for admission, prefetches are refused.
+  auto read = cache.AcquireSync(Key(1), 100, Loader(100, &loads));
+  ASSERT_TRUE(read.ok());
+  std::promise<bool> waiter;
+  cache.Acquire(Key(4), 100, Loader(100, &loads),
+                [&](absl::StatusOr<LayerCache::Lease> l, bool) { waiter.set_value(l.ok()); });
+  EXPECT_EQ(cache.stats().queued, 1u);
+  EXPECT_FALSE(cache.Prefetch(Key(5), 100, Loader(100, &loads)));
+  leased->Reset();  // layer 0 read and released: the waiter gets its room
+  auto w = waiter.get_future();
+  ASSERT_EQ(w.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(w.get());
+  EXPECT_FALSE(cache.Contains(Key(5)));
+  EXPECT_LE(cache.stats().peak_bytes, 300u);
+}
+
+}  // namespace admission
 }  // namespace
 }  // namespace bigsmall::daemon

@@ -231,8 +231,7 @@ bool Model::FindTensor(const std::string& name, int32_t* layer, const TensorPlan
   return false;
 }
 
-absl::StatusOr<std::shared_ptr<LayerData>> Model::LoadLayer(int32_t index,
-                                                            const std::string& arena_dir,
+absl::StatusOr<std::shared_ptr<LayerData>> Model::LoadLayer(int32_t index, ArenaPool* arenas,
                                                             ThreadPool* pool,
                                                             Metrics* metrics) const {
   const LayerPlan* plan = layer(index);
@@ -254,10 +253,14 @@ absl::StatusOr<std::shared_ptr<LayerData>> Model::LoadLayer(int32_t index,
     if (metrics != nullptr) metrics->AddBytesRead(group.size);
     buffers.emplace(std::make_pair(s, g), std::move(buffer));
   }
-  auto arena = HostArena::Create(
-      arena_dir, absl::StrCat(cache_key_, "-L", index, "-", arena_seq_.fetch_add(1)),
-      std::max<uint64_t>(plan->size, 1));
-  if (!arena.ok()) return Annotate(arena.status(), what);
+  // The layer's block in an arena, backed now: a full shm filesystem is an
+  // allocation failure (the cache evicts and retries), not a SIGBUS later.
+  auto arena = arenas->Allocate(std::max<uint64_t>(plan->size, 1));
+  absl::Status backed = arena.ok() ? (*arena)->Commit() : arena.status();
+  if (!backed.ok()) {
+    absl::Status annotated = Annotate(backed, what);
+    return IsAllocationFailure(backed) ? MarkAllocationFailure(annotated) : annotated;
+  }
   absl::Span<uint8_t> memory = (*arena)->bytes();
   DecodeOptions decode;
   decode.impl = options_.impl;
@@ -281,7 +284,7 @@ absl::StatusOr<std::shared_ptr<LayerData>> Model::LoadLayer(int32_t index,
   double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   auto data = std::make_shared<LayerData>();
-  data->bytes = plan->size;
+  data->bytes = (*arena)->cost();
   data->decode_seconds = seconds;
   data->arena = std::move(*arena);
   if (metrics != nullptr) metrics->AddDecode(plan->size, seconds);

@@ -76,8 +76,9 @@ class Model {
   bool FindTensor(const std::string& name, int32_t* layer, const TensorPlan** plan) const;
 
   // Reads the layer's groups, decodes every tensor on `pool` into a new
-  // arena in `arena_dir`, verifying each tensor's hash.
-  absl::StatusOr<std::shared_ptr<LayerData>> LoadLayer(int32_t index, const std::string& arena_dir,
+  // block of `arenas` (committed first), verifying each tensor's hash.
+  // LayerData::bytes is the block's cost (page-rounded size).
+  absl::StatusOr<std::shared_ptr<LayerData>> LoadLayer(int32_t index, ArenaPool* arenas,
                                                        ThreadPool* pool, Metrics* metrics) const;
 
   std::atomic<uint64_t> layer_decodes{0};

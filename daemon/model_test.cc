@@ -7,6 +7,7 @@
 
 #include "codec/compress.h"
 #include "codec/thread_pool.h"
+#include "daemon/host_arena.h"
 #include "daemon/metrics.h"
 #include "gtest/gtest.h"
 #include "tests/integration/synthetic_model.h"
@@ -28,12 +29,12 @@ class ModelTest : public ::testing::Test {
     options.threads = 2;
     auto stats = CompressPath(st_path_, bs_path_, options);
     ASSERT_TRUE(stats.ok()) << stats.status();
-    auto instance = PrepareShmDir(dir_ + "/shm", "");
-    ASSERT_TRUE(instance.ok());
-    arena_dir_ = *instance;
+    auto shm = ShmDir::Prepare(dir_ + "/shm", "");
+    ASSERT_TRUE(shm.ok()) << shm.status();
+    arenas_ = MakeHostArenaPool(std::move(*shm));
   }
   void TearDown() override {
-    RemoveShmDir(arena_dir_);
+    arenas_.reset();
     std::string cmd = "rm -rf " + dir_;
     ASSERT_EQ(system(cmd.c_str()), 0);
   }
@@ -46,7 +47,7 @@ class ModelTest : public ::testing::Test {
     Metrics metrics;
     size_t seen = 0;
     for (int32_t i = -1; i < model.num_layers(); ++i) {
-      auto data = model.LoadLayer(i, arena_dir_, &pool, &metrics);
+      auto data = model.LoadLayer(i, arenas_.get(), &pool, &metrics);
       ASSERT_TRUE(data.ok()) << data.status();
       const v1::LayerInfo& info =
           i < 0 ? model.description().non_layer() : model.description().layers(i);
@@ -63,7 +64,8 @@ class ModelTest : public ::testing::Test {
     EXPECT_EQ(seen, tensors_.size());
   }
 
-  std::string dir_, st_path_, bs_path_, arena_dir_;
+  std::string dir_, st_path_, bs_path_;
+  std::shared_ptr<ArenaPool> arenas_;
   std::vector<testing::SyntheticTensor> tensors_;
 };
 
@@ -109,15 +111,15 @@ TEST_F(ModelTest, FlippedByteIsDataLossNamingTheLayer) {
   options.fault_spec = absl::StrCat("flip=", group_offset + group_size / 2);
   auto faulty = Model::Open(bs_path_, options);
   ASSERT_TRUE(faulty.ok());
-  auto bad = (*faulty)->LoadLayer(1, arena_dir_, nullptr, nullptr);
+  auto bad = (*faulty)->LoadLayer(1, arenas_.get(), nullptr, nullptr);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
   EXPECT_NE(bad.status().message().find("layer 1"), std::string::npos) << bad.status();
-  EXPECT_TRUE((*faulty)->LoadLayer(0, arena_dir_, nullptr, nullptr).ok());
+  EXPECT_TRUE((*faulty)->LoadLayer(0, arenas_.get(), nullptr, nullptr).ok());
   // EIO on that group is also a clear error.
   options.fault_spec = absl::StrCat("eio=", group_offset + 1, ",eio_after=0");
   auto eio = Model::Open(bs_path_, options);
   if (eio.ok()) {
-    EXPECT_FALSE((*eio)->LoadLayer(1, arena_dir_, nullptr, nullptr).ok());
+    EXPECT_FALSE((*eio)->LoadLayer(1, arenas_.get(), nullptr, nullptr).ok());
   }
 }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
+#include "daemon/host_arena.h"
 #include "codec/status_util.h"
 #include "daemon/peer.h"
 #include "spdlog/spdlog.h"
@@ -283,9 +284,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
         *handle->mutable_layer() = layer < 0 ? model_->description().non_layer()
                                              : model_->description().layers(layer);
         const LayerData& data = l.data();
-        v1::HostMemory* host = handle->mutable_memory()->mutable_host();
-        host->set_path(data.arena->path());
-        host->set_size(data.arena->size());
+        FillHostMemory(data, handle->mutable_memory()->mutable_host());
         handle->set_lease_id(service_->next_lease_id.fetch_add(1));
         handle->set_cache_hit(hits_[next_send_]);
         hits_.erase(next_send_);
@@ -499,10 +498,10 @@ class GetTensorsReactor final : public grpc::ServerWriteReactor<v1::TensorChunk>
 
 // ---------------------------------------------------------------------------
 
-BigSmallService::BigSmallService(const DaemonConfig& config, std::string arena_dir,
+BigSmallService::BigSmallService(const DaemonConfig& config, std::shared_ptr<ArenaPool> arenas,
                                  Metrics* metrics)
     : config_(config),
-      arena_dir_(std::move(arena_dir)),
+      arenas_(std::move(arenas)),
       metrics_(metrics),
       start_(std::chrono::steady_clock::now()),
       decode_pool_(config.decode_threads),
@@ -515,8 +514,11 @@ BigSmallService::BigSmallService(const DaemonConfig& config, std::string arena_d
   model_options_.io.chunk_bytes = static_cast<uint32_t>(config.read_chunk);
   model_options_.impl = ParseDecoder(config.decoder);
   model_options_.fault_spec = config.debug_fault;
+  LayerCache::Options cache_options;
+  cache_options.budget = config.cache_budget;
+  cache_options.granularity = kArenaAlignment;  // a layer costs whole arena pages
   cache_ = std::make_unique<LayerCache>(
-      config.cache_budget, [this](std::function<void()> task) { load_pool_.Schedule(std::move(task)); },
+      cache_options, [this](std::function<void()> task) { load_pool_.Schedule(std::move(task)); },
       metrics_);
 }
 
@@ -591,7 +593,7 @@ absl::StatusOr<std::shared_ptr<Model>> BigSmallService::Find(const std::string& 
 LayerCache::LoadFn BigSmallService::Loader(const std::shared_ptr<Model>& model, int32_t index) {
   return [this, model, index]() -> absl::StatusOr<std::shared_ptr<LayerData>> {
     model->layer_decodes.fetch_add(1);
-    auto data = model->LoadLayer(index, arena_dir_, &decode_pool_, metrics_);
+    auto data = model->LoadLayer(index, arenas_.get(), &decode_pool_, metrics_);
     if (!data.ok()) spdlog::warn("{}", data.status().ToString());
     return data;
   };

@@ -27,8 +27,9 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class BigSmallService final : public v1::BigSmall::CallbackService {
  public:
-  // `arena_dir`: this instance's shm directory (PrepareShmDir).
-  BigSmallService(const DaemonConfig& config, std::string arena_dir, Metrics* metrics);
+  // `arenas`: where decoded layers live (MakeHostArenaPool over this
+  // instance's ShmDir).
+  BigSmallService(const DaemonConfig& config, std::shared_ptr<ArenaPool> arenas, Metrics* metrics);
   ~BigSmallService() override;
 
   grpc::ServerUnaryReactor* OpenModel(grpc::CallbackServerContext* ctx,
@@ -77,7 +78,7 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
   LayerCache::LoadFn Loader(const std::shared_ptr<Model>& model, int32_t index);
 
   const DaemonConfig config_;
-  const std::string arena_dir_;
+  const std::shared_ptr<ArenaPool> arenas_;
   Metrics* metrics_;
   ModelOptions model_options_;
   const std::chrono::steady_clock::time_point start_;

@@ -1,0 +1,200 @@
+#include "daemon/arena_allocator.h"
+
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+
+namespace bigsmall::daemon {
+
+namespace {
+constexpr char kAllocationFailureUrl[] = "type.bigsmall.dev/allocation-failure";
+}  // namespace
+
+absl::Status MarkAllocationFailure(absl::Status status) {
+  if (status.code() == absl::StatusCode::kResourceExhausted) {
+    status.SetPayload(kAllocationFailureUrl, absl::Cord("1"));
+  }
+  return status;
+}
+
+bool IsAllocationFailure(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kResourceExhausted &&
+         status.GetPayload(kAllocationFailureUrl).has_value();
+}
+
+uint64_t ArenaCost(uint64_t size) {
+  if (size > std::numeric_limits<uint64_t>::max() - (kArenaAlignment - 1)) {
+    return std::numeric_limits<uint64_t>::max();
+  }
+  return (size + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
+}
+
+// ---------------------------------------------------------------------------
+
+RangeAllocator::RangeAllocator(uint64_t capacity, uint64_t alignment)
+    : capacity_(capacity / alignment * alignment), alignment_(alignment) {
+  if (capacity_ > 0) Insert(0, capacity_);
+}
+
+uint64_t RangeAllocator::Round(uint64_t size) const {
+  if (size == 0) size = 1;
+  if (size > capacity_) return 0;  // never fits
+  return (size + alignment_ - 1) / alignment_ * alignment_;
+}
+
+void RangeAllocator::Insert(uint64_t offset, uint64_t size) {
+  by_offset_.emplace(offset, size);
+  by_size_.emplace(size, offset);
+}
+
+void RangeAllocator::Erase(std::map<uint64_t, uint64_t>::iterator it) {
+  auto range = by_size_.equal_range(it->second);
+  for (auto s = range.first; s != range.second; ++s) {
+    if (s->second == it->first) {
+      by_size_.erase(s);
+      break;
+    }
+  }
+  by_offset_.erase(it);
+}
+
+std::optional<uint64_t> RangeAllocator::Allocate(uint64_t size) {
+  uint64_t need = Round(size);
+  if (need == 0) return std::nullopt;
+  // Best fit: the smallest free range that holds `need`.
+  auto fit = by_size_.lower_bound(need);
+  if (fit == by_size_.end()) return std::nullopt;
+  uint64_t offset = fit->second;
+  uint64_t have = fit->first;
+  Erase(by_offset_.find(offset));
+  if (have > need) Insert(offset + need, have - need);
+  used_ += need;
+  return offset;
+}
+
+void RangeAllocator::Free(uint64_t offset, uint64_t size) {
+  uint64_t len = Round(size);
+  used_ -= len;
+  // Coalesce with the free neighbours on both sides.
+  auto next = by_offset_.lower_bound(offset);
+  if (next != by_offset_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == offset) {
+      offset = prev->first;
+      len += prev->second;
+      Erase(prev);
+    }
+  }
+  next = by_offset_.lower_bound(offset + len);
+  if (next != by_offset_.end() && next->first == offset + len) {
+    len += next->second;
+    Erase(next);
+  }
+  Insert(offset, len);
+}
+
+uint64_t RangeAllocator::largest_free() const {
+  return by_size_.empty() ? 0 : by_size_.rbegin()->first;
+}
+
+// ---------------------------------------------------------------------------
+
+absl::Status Block::Commit() {
+  if (committed_) return absl::OkStatus();
+  absl::Status st = arena_->Commit(offset_, cost());
+  committed_ = st.ok();
+  return st;
+}
+
+Block::~Block() {
+  // Decommit before the range can be handed out again.
+  if (committed_) arena_->Decommit(offset_, cost());
+  pool_->Free(arena_.get(), offset_, size_);
+}
+
+// ---------------------------------------------------------------------------
+
+std::shared_ptr<ArenaPool> ArenaPool::Create(const Options& options, ArenaFactory factory) {
+  return std::shared_ptr<ArenaPool>(new ArenaPool(options, std::move(factory)));
+}
+
+ArenaPool::ArenaPool(const Options& options, ArenaFactory factory)
+    : arena_size_(ArenaCost(std::max<uint64_t>(options.arena_size, kArenaAlignment))),
+      kind_(options.kind),
+      factory_(std::move(factory)) {}
+
+absl::StatusOr<std::unique_ptr<Block>> ArenaPool::Allocate(uint64_t size) {
+  if (size == 0) return absl::InvalidArgumentError("empty arena allocation");
+  const uint64_t cost = ArenaCost(size);
+  if (cost == std::numeric_limits<uint64_t>::max()) {
+    return absl::ResourceExhaustedError(absl::StrCat(kind_, " allocation of ", size,
+                                                     " bytes is impossible"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const bool dedicated = cost > arena_size_;
+  if (!dedicated) {
+    for (auto& [id, slot] : arenas_) {
+      if (slot.dedicated) continue;
+      if (auto offset = slot.ranges.Allocate(size)) {
+        stats_.allocated += cost;
+        ++stats_.blocks;
+        return std::unique_ptr<Block>(new Block(shared_from_this(), slot.arena, *offset, size));
+      }
+    }
+  }
+  // A new arena: a regular one, or one of its own for a layer larger than
+  // the arena size.
+  const uint64_t capacity = dedicated ? cost : arena_size_;
+  const uint64_t id = next_id_++;
+  absl::StatusOr<std::unique_ptr<Arena>> made = factory_(id, capacity);
+  if (!made.ok()) return made.status();
+  Slot slot{std::shared_ptr<Arena>(std::move(*made)), RangeAllocator(capacity, kArenaAlignment),
+            dedicated};
+  std::optional<uint64_t> offset = slot.ranges.Allocate(size);
+  if (!offset) {
+    return absl::InternalError(absl::StrCat("a fresh ", kind_, " arena of ", capacity,
+                                            " bytes cannot hold ", size, " bytes"));
+  }
+  std::shared_ptr<Arena> arena = slot.arena;
+  arenas_.emplace(id, std::move(slot));
+  ++stats_.arenas;
+  stats_.arena_bytes += capacity;
+  stats_.allocated += cost;
+  ++stats_.blocks;
+  return std::unique_ptr<Block>(new Block(shared_from_this(), std::move(arena), *offset, size));
+}
+
+void ArenaPool::Free(Arena* arena, uint64_t offset, uint64_t size) {
+  std::shared_ptr<Arena> dropped;  // destroyed (unmapped, unlinked) outside the lock
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = arenas_.find(arena->id());
+  if (it == arenas_.end()) return;
+  Slot& slot = it->second;
+  slot.ranges.Free(offset, size);
+  stats_.allocated -= ArenaCost(size);
+  --stats_.blocks;
+  if (!slot.ranges.empty()) return;
+  // Keep one empty regular arena as a spare; drop the rest.
+  bool keep = false;
+  if (!slot.dedicated) {
+    keep = true;
+    for (const auto& [id, other] : arenas_) {
+      if (id != it->first && !other.dedicated && other.ranges.empty()) keep = false;
+    }
+  }
+  if (keep) return;
+  dropped = std::move(slot.arena);
+  stats_.arena_bytes -= slot.ranges.capacity();
+  --stats_.arenas;
+  arenas_.erase(it);
+}
+
+ArenaPool::Stats ArenaPool::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+}  // namespace bigsmall::daemon

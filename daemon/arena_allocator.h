@@ -1,0 +1,178 @@
+// Arenas and their sub-allocator, independent of the kind of memory.
+//
+// Decoded layers do not get a file (or a cudaMalloc) each: they are ranges
+// of a few large arenas. An Arena is one big region (a shared-memory file
+// for host layers; a device allocation for the CUDA arenas of the next
+// release) that can commit and decommit page ranges; an ArenaPool places
+// allocations in its arenas with a best-fit, coalescing RangeAllocator per
+// arena, creates arenas on demand through a factory, gives an allocation
+// larger than the arena size an arena of its own, and drops arenas that
+// became empty (keeping one spare). An allocation is a Block: arena id +
+// offset + size, returned to the pool when the Block is destroyed.
+//
+// Alignment: blocks start and end on kArenaAlignment (4 KiB) boundaries, so
+// no page is shared by two layers. That makes the cost of a layer exactly
+// its page-rounded size: committing a block backs exactly its pages, freeing
+// it releases exactly them (hole punching), and the cache budget counts the
+// pages really committed. It also satisfies every tensor alignment inside a
+// layer (256 B, which is also what cudaMalloc guarantees). The price is at
+// most 4 KiB - 1 of padding per layer, which matters only for models of
+// thousands of layers of a few KiB (documented in docs/API.md).
+#ifndef BIGSMALL_DAEMON_ARENA_ALLOCATOR_H_
+#define BIGSMALL_DAEMON_ARENA_ALLOCATOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace bigsmall::daemon {
+
+inline constexpr uint64_t kArenaAlignment = 4096;
+inline constexpr uint64_t kDefaultArenaSize = 256ull << 20;
+
+// Allocation failures (a full shm filesystem, no address space, too many
+// mappings) carry a payload, so the cache can tell them from other errors and
+// evict to make room. Only RESOURCE_EXHAUSTED statuses are marked.
+absl::Status MarkAllocationFailure(absl::Status status);
+bool IsAllocationFailure(const absl::Status& status);
+
+// Rounds `size` up to kArenaAlignment (0 stays 0; overflow saturates to
+// UINT64_MAX, which no pool can place).
+uint64_t ArenaCost(uint64_t size);
+
+// Best-fit allocator of aligned ranges in [0, capacity), with coalescing of
+// freed neighbours. Not thread-safe (ArenaPool locks around it).
+class RangeAllocator {
+ public:
+  RangeAllocator(uint64_t capacity, uint64_t alignment);
+  // The offset of a free range of `size` bytes (rounded up to the
+  // alignment), or nullopt when no free range is large enough.
+  std::optional<uint64_t> Allocate(uint64_t size);
+  // Returns a range given by Allocate (same size as asked).
+  void Free(uint64_t offset, uint64_t size);
+  uint64_t capacity() const { return capacity_; }
+  uint64_t used() const { return used_; }
+  bool empty() const { return used_ == 0; }
+  size_t free_ranges() const { return by_offset_.size(); }
+  uint64_t largest_free() const;
+
+ private:
+  uint64_t Round(uint64_t size) const;
+  void Insert(uint64_t offset, uint64_t size);
+  void Erase(std::map<uint64_t, uint64_t>::iterator it);
+
+  const uint64_t capacity_;
+  const uint64_t alignment_;
+  uint64_t used_ = 0;
+  std::map<uint64_t, uint64_t> by_offset_;        // free ranges: offset -> size
+  std::multimap<uint64_t, uint64_t> by_size_;     // free ranges: size -> offset
+};
+
+// One region of memory that blocks are carved from.
+class Arena {
+ public:
+  virtual ~Arena() = default;
+  uint64_t id() const { return id_; }
+  uint64_t capacity() const { return capacity_; }
+  // The region as seen by the daemon (host: its mapping).
+  virtual uint8_t* base() = 0;
+  // Backs [offset, offset + size) with memory (host: fallocate, so a full
+  // filesystem is RESOURCE_EXHAUSTED now, not SIGBUS later).
+  virtual absl::Status Commit(uint64_t offset, uint64_t size) = 0;
+  // Gives the range's memory back (host: punches a hole).
+  virtual void Decommit(uint64_t offset, uint64_t size) = 0;
+
+ protected:
+  Arena(uint64_t id, uint64_t capacity) : id_(id), capacity_(capacity) {}
+
+ private:
+  const uint64_t id_;
+  const uint64_t capacity_;
+};
+
+class ArenaPool;
+
+// One allocation: a range of one arena. Frees (and decommits) the range when
+// destroyed. The range stays readable by whoever mapped the arena, so the
+// owner must destroy a Block only when no reader (lease) is left.
+class Block {
+ public:
+  ~Block();
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+
+  Arena& arena() const { return *arena_; }
+  uint64_t arena_id() const { return arena_->id(); }
+  uint64_t offset() const { return offset_; }
+  uint64_t size() const { return size_; }  // as asked
+  uint64_t cost() const { return ArenaCost(size_); }
+  absl::Span<uint8_t> bytes() const { return {arena_->base() + offset_, size_}; }
+  // Backs the block with memory; see Arena::Commit.
+  absl::Status Commit();
+
+ private:
+  friend class ArenaPool;
+  Block(std::shared_ptr<ArenaPool> pool, std::shared_ptr<Arena> arena, uint64_t offset,
+        uint64_t size)
+      : pool_(std::move(pool)), arena_(std::move(arena)), offset_(offset), size_(size) {}
+  std::shared_ptr<ArenaPool> pool_;
+  std::shared_ptr<Arena> arena_;
+  const uint64_t offset_;
+  const uint64_t size_;
+  bool committed_ = false;
+};
+
+class ArenaPool : public std::enable_shared_from_this<ArenaPool> {
+ public:
+  // Makes a new arena of `capacity` bytes with the given (never reused) id.
+  using ArenaFactory =
+      std::function<absl::StatusOr<std::unique_ptr<Arena>>(uint64_t id, uint64_t capacity)>;
+  struct Options {
+    uint64_t arena_size = kDefaultArenaSize;  // rounded up to kArenaAlignment
+    std::string kind = "host";                // for messages
+  };
+  static std::shared_ptr<ArenaPool> Create(const Options& options, ArenaFactory factory);
+
+  // A block of `size` bytes (> 0), uncommitted. Errors: the factory's (a new
+  // arena could not be made), kResourceExhausted for an impossible size.
+  absl::StatusOr<std::unique_ptr<Block>> Allocate(uint64_t size);
+
+  struct Stats {
+    uint32_t arenas = 0;
+    uint64_t arena_bytes = 0;   // address space of every arena
+    uint64_t allocated = 0;     // cost of the live blocks
+    uint64_t blocks = 0;
+  };
+  Stats stats() const;
+  uint64_t arena_size() const { return arena_size_; }
+
+ private:
+  friend class Block;
+  ArenaPool(const Options& options, ArenaFactory factory);
+  void Free(Arena* arena, uint64_t offset, uint64_t size);
+
+  struct Slot {
+    std::shared_ptr<Arena> arena;
+    RangeAllocator ranges;
+    bool dedicated = false;
+  };
+  const uint64_t arena_size_;
+  const std::string kind_;
+  ArenaFactory factory_;
+  mutable std::mutex mu_;
+  std::map<uint64_t, Slot> arenas_;  // by id; lower ids first (first-fit across arenas)
+  uint64_t next_id_ = 1;
+  Stats stats_;
+};
+
+}  // namespace bigsmall::daemon
+
+#endif  // BIGSMALL_DAEMON_ARENA_ALLOCATOR_H_
