@@ -1056,9 +1056,13 @@ def test_signal_removes_temporary(env):
     """SIGINT/SIGTERM mid-compress: the temporary output is removed and the process dies of the signal."""
     import signal
     d = env.scratch()
-    src = os.path.join(d, "slow.safetensors")
+    src_dir = os.path.join(d, "slow_dir")
+    src = os.path.join(src_dir, "slow.safetensors")
     write_slow_input(src)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    with open(os.path.join(src_dir, "config.json"), "w") as f:
+        f.write("{}")
+    # A file output (SIGINT, SIGTERM), then a directory output (its temporary tree).
+    for sig, src in ((signal.SIGINT, src), (signal.SIGTERM, src), (signal.SIGTERM, src_dir)):
         out = os.path.join(d, "slow.bs")
         proc = subprocess.Popen([BIGSMALL, "compress", src, "-o", out, "-q", "--threads", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
