@@ -152,10 +152,14 @@ absl::StatusOr<uid_t> DaemonUid(const std::string& socket_path) {
   return st.st_uid;
 }
 
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<const uint8_t>> MapLayerMemory(const v1::HostMemory& host,
                                                               uid_t daemon_uid) {
   return ArenaMappings::Get().Map(host, daemon_uid);
 }
+
+namespace {
 
 // The socket path of a "unix:" target ("" for any other).
 std::string UnixSocketPath(const std::string& target) {

@@ -15,6 +15,8 @@
 #ifndef BIGSMALL_CLIENT_CLIENT_H_
 #define BIGSMALL_CLIENT_CLIENT_H_
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -36,6 +38,18 @@ absl::Status FromGrpc(const grpc::Status& status);
 std::string TargetFor(const std::string& socket_or_address);
 // $BIGSMALL_SOCKET, else /run/bigsmall/bigsmall.sock.
 std::string DefaultSocketPath();
+
+// The mapping of the arena file holding a layer's host memory: mapped once
+// per process per arena (keyed by path and arena_id; shared by every Layer
+// of the arena, unmapped with the last reference), after checking the file:
+// opened with O_NOFOLLOW (a symlink is FAILED_PRECONDITION), it must be a
+// regular file owned by `daemon_uid` and not writable by group or others
+// (else PERMISSION_DENIED) and hold [offset, offset + size) (else
+// DATA_LOSS); a missing file is NOT_FOUND. The layer starts at
+// mapping + host.offset(). LayerStream::Next uses it with the owner of the
+// daemon's Unix socket as `daemon_uid`.
+absl::StatusOr<std::shared_ptr<const uint8_t>> MapLayerMemory(const v1::HostMemory& host,
+                                                              uid_t daemon_uid);
 
 struct Tensor {
   std::string name;

@@ -12,7 +12,9 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/config.h"
 #include "daemon/host_arena.h"
+#include "daemon/server.h"
 #include "gtest/gtest.h"
 
 namespace bigsmall::daemon {
@@ -180,6 +182,18 @@ TEST_F(ShmDirTest, DefaultBudgetIsCappedByTheShmFilesystem) {
   auto free = (*dir)->FreeBytes();
   ASSERT_TRUE(free.ok());
   EXPECT_LE(HostCacheBudget(UINT64_MAX / 2, **dir), *free);
+}
+
+// Issue 6: a failed start left an empty instance dir behind.
+TEST_F(ShmDirTest, FailedDaemonStartLeavesNoInstanceDir) {
+  DaemonConfig config;
+  config.shm_dir = base_;
+  config.socket = root_ + "/" + std::string(200, 's') + ".sock";  // too long to bind
+  config.cache_budget = 1 << 20;
+  absl::Status st = RunDaemon(config);
+  ASSERT_FALSE(st.ok());
+  EXPECT_TRUE(Exists(base_));
+  EXPECT_FALSE(Exists(absl::StrCat(base_, "/d", getpid()))) << st;
 }
 
 TEST_F(ShmDirTest, UnknownGroupIsNotFound) {
