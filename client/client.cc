@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -181,6 +182,16 @@ class StreamCore {
   std::mutex write_mu;
   bool writes_done = false;
   std::atomic<uint32_t> held{0};
+  // Per-read idle timeout: a watchdog thread cancels the call when a read
+  // waits longer than idle_timeout (a stopped or hung daemon).
+  std::chrono::milliseconds idle_timeout{0};
+  std::mutex watch_mu;
+  std::condition_variable watch_cv;
+  bool watch_armed = false;
+  bool watch_stop = false;
+  bool timed_out = false;
+  std::chrono::steady_clock::time_point watch_deadline;
+  std::thread watchdog;
   // The daemon's Unix socket ("" over TCP): its owner is the daemon's uid,
   // the only owner accepted for layer memory (see MapLayerMemory).
   std::string socket_path;
@@ -206,6 +217,55 @@ class StreamCore {
       rw->WritesDone();
     }
   }
+
+  ~StreamCore() {
+    {
+      std::lock_guard<std::mutex> lock(watch_mu);
+      watch_stop = true;
+    }
+    watch_cv.notify_all();
+    if (watchdog.joinable()) watchdog.join();
+  }
+  // Reads one message, cancelling the call if none comes within
+  // idle_timeout. False at the end of the call (then Finish()).
+  bool TimedRead(v1::SessionResponse* response) {
+    if (idle_timeout.count() <= 0) return rw->Read(response);
+    {
+      std::lock_guard<std::mutex> lock(watch_mu);
+      if (!watchdog.joinable()) watchdog = std::thread([this] { Watch(); });
+      watch_armed = true;
+      watch_deadline = std::chrono::steady_clock::now() + idle_timeout;
+    }
+    watch_cv.notify_all();
+    bool ok = rw->Read(response);
+    std::lock_guard<std::mutex> lock(watch_mu);
+    watch_armed = false;
+    return ok;
+  }
+  bool TimedOut() {
+    std::lock_guard<std::mutex> lock(watch_mu);
+    return timed_out;
+  }
+
+ private:
+  void Watch() {
+    std::unique_lock<std::mutex> lock(watch_mu);
+    while (!watch_stop) {
+      if (!watch_armed) {
+        watch_cv.wait(lock);
+        continue;
+      }
+      if (std::chrono::steady_clock::now() < watch_deadline) {
+        watch_cv.wait_until(lock, watch_deadline);
+        continue;
+      }
+      timed_out = true;
+      watch_armed = false;
+      lock.unlock();
+      ctx.TryCancel();
+      lock.lock();
+    }
+  }
 };
 
 Layer::~Layer() { Release(); }
@@ -229,9 +289,9 @@ const Tensor* Layer::Find(const std::string& name) const {
 LayerStream::~LayerStream() {
   if (core_ == nullptr) return;
   if (!complete_) core_->ctx.TryCancel();
-  core_->CloseWrites();
+  core_->CloseWrites();  // after StreamEnd: the daemon ends the call OK
   v1::SessionResponse discard;
-  while (core_->rw->Read(&discard)) {
+  while (core_->TimedRead(&discard)) {
   }
   core_->rw->Finish();
 }
@@ -243,18 +303,31 @@ absl::StatusOr<std::unique_ptr<Layer>> LayerStream::Next() {
         "holding ", core_->held.load(), " layers = the window; release one before Next()"));
   }
   v1::SessionResponse response;
-  if (!core_->rw->Read(&response)) {
+  if (!core_->TimedRead(&response)) {
     core_->CloseWrites();
     absl::Status st = FromGrpc(core_->rw->Finish());
+    const bool timed_out = core_->TimedOut();
     complete_ = true;
     core_.reset();
-    if (st.ok()) return absl::UnavailableError("the daemon ended the stream early");
+    if (timed_out) {
+      return absl::DeadlineExceededError(
+          "no message from the daemon within the stream idle timeout; call cancelled");
+    }
+    // Every successful stream ends with StreamEnd: OK without it is a
+    // broken stream, not the end of the model.
+    if (st.ok()) return absl::UnavailableError("the stream ended without StreamEnd");
     return st;
   }
   if (response.has_end()) {
     complete_ = true;
+    if (response.end().layers_sent() != received_) {
+      return absl::DataLossError(absl::StrCat("StreamEnd says ", response.end().layers_sent(),
+                                              " layers were sent; this stream received ",
+                                              received_));
+    }
     return nullptr;
   }
+  ++received_;
   if (!response.has_layer() || !response.layer().memory().has_host()) {
     return absl::UnimplementedError("the daemon sent a memory kind this client cannot map");
   }
@@ -294,10 +367,19 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socke
   client->socket_path_ = UnixSocketPath(TargetFor(socket_or_address));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  // Reconnect quickly when the daemon (re)starts.
+  // Reconnect quickly when the daemon (re)starts. Not
+  // GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: it is also gRPC's minimum connect
+  // timeout, and 100 ms made a briefly busy daemon fail calls despite their
+  // deadline. Calls use wait_for_ready, so they wait for the daemon up to
+  // their deadline instead of failing on the first refused connect.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  if (options.keepalive_time.count() > 0) {
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options.keepalive_time.count()));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                static_cast<int>(options.keepalive_timeout.count()));
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  }
   client->channel_ = grpc::CreateCustomChannel(TargetFor(socket_or_address),
                                                grpc::InsecureChannelCredentials(), args);
   if (client->channel_ == nullptr) {
@@ -323,6 +405,9 @@ absl::Status Client::WaitReady(std::chrono::milliseconds timeout) {
 }
 
 void Client::SetDeadline(grpc::ClientContext* ctx) const {
+  // A daemon that is starting, restarting or too busy to accept at once is
+  // waited for, up to the deadline (not failed on the first refused connect).
+  ctx->set_wait_for_ready(true);
   if (options_.rpc_timeout.count() > 0) {
     ctx->set_deadline(std::chrono::system_clock::now() + options_.rpc_timeout);
   }
@@ -355,6 +440,9 @@ absl::StatusOr<std::unique_ptr<LayerStream>> Client::Stream(const std::string& m
   auto core = std::make_shared<StreamCore>();
   core->socket_path = socket_path_;
   if (auto uid = DaemonUid(socket_path_); uid.ok()) core->daemon_uid = *uid;
+  core->idle_timeout = options_.stream_idle_timeout;
+  // Wait for a starting daemon; the idle timeout bounds the wait.
+  core->ctx.set_wait_for_ready(true);
   core->rw = stub_->Session(&core->ctx);
   v1::SessionRequest request;
   v1::StartStream* start = request.mutable_start();

@@ -104,7 +104,10 @@ class LayerStream {
  public:
   ~LayerStream();
   // The next layer in order; nullptr once every requested layer was
-  // delivered. Holding `window` layers unreleased is FAILED_PRECONDITION.
+  // delivered (the daemon's StreamEnd). Holding `window` layers unreleased
+  // is FAILED_PRECONDITION. A call that ends without StreamEnd is an error
+  // (UNAVAILABLE), even when the daemon's status was OK; no message within
+  // ClientOptions::stream_idle_timeout is DEADLINE_EXCEEDED.
   absl::StatusOr<std::unique_ptr<Layer>> Next();
   uint32_t window() const { return window_; }
 
@@ -113,11 +116,24 @@ class LayerStream {
   LayerStream() = default;
   std::shared_ptr<StreamCore> core_;
   uint32_t window_ = 0;
+  uint32_t received_ = 0;  // layers handed out
   bool complete_ = false;
 };
 
 struct ClientOptions {
-  std::chrono::milliseconds rpc_timeout{30000};  // unary calls
+  // Unary calls and GetTensors: the whole call, waiting for a daemon that is
+  // starting, restarting or busy (wait_for_ready) up to this long. 0: none.
+  std::chrono::milliseconds rpc_timeout{30000};
+  // Streams: the longest a Next() (or the final drain) waits for the
+  // daemon's next message before the call is cancelled with
+  // DEADLINE_EXCEEDED; time the caller spends holding layers does not
+  // count. 0: wait forever.
+  std::chrono::milliseconds stream_idle_timeout{60000};
+  // HTTP/2 keepalive pings while a call is open (a dead peer is detected
+  // even without a Next() in progress). Not below the daemon's minimum ping
+  // interval (gRPC's default: 5 min), which would get the connection closed.
+  std::chrono::milliseconds keepalive_time{300000};
+  std::chrono::milliseconds keepalive_timeout{20000};
 };
 
 class Client {

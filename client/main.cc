@@ -68,7 +68,13 @@ int main(int argc, char** argv) {
   double timeout_s = 30;
   bool as_json = false;
   app.add_option("--socket", socket, "daemon socket path (or host:port)")->capture_default_str();
-  app.add_option("--timeout", timeout_s, "seconds per request (0: none)")->capture_default_str();
+  app.add_option("--timeout", timeout_s,
+                 "seconds per request, waiting for a starting or busy daemon (0: none)")
+      ->capture_default_str();
+  double idle_timeout_s = 60;
+  app.add_option("--idle-timeout", idle_timeout_s,
+                 "stream: seconds to wait for the daemon's next layer (0: forever)")
+      ->capture_default_str();
   app.add_flag("--json", as_json, "machine-readable output");
 
   std::string model;
@@ -100,6 +106,8 @@ int main(int argc, char** argv) {
 
   bigsmall::client::ClientOptions options;
   options.rpc_timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  options.stream_idle_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(idle_timeout_s * 1000));
   auto connected = Client::Connect(socket, options);
   if (!connected.ok()) return Fail(connected.status(), as_json);
   Client& client = **connected;

@@ -1,7 +1,9 @@
 #include "daemon/model.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -15,27 +17,24 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "codec/hash.h"
+#include "codec/status_util.h"
 #include "codec/status_macros.h"
 #include "codec/thread_pool.h"
 #include "daemon/metrics.h"
+#include "daemon/safe_open.h"
 #include "nlohmann/json.hpp"
 
 namespace bigsmall::daemon {
 namespace {
 
 std::atomic<uint64_t> g_generation{0};
+std::atomic<uint64_t> g_opens{0};
+
+constexpr char kShardIndexName[] = "model.safetensors.index.json";
+// A shard index names tensors and files: 64 MiB is far beyond any real one.
+constexpr int64_t kMaxShardIndexBytes = 64ll << 20;
 
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
-
-bool IsDir(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-bool Exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
 
 }  // namespace
 
@@ -51,79 +50,73 @@ absl::Status Annotate(const absl::Status& status, const std::string& what) {
 absl::StatusOr<std::shared_ptr<Model>> Model::Open(const std::string& path,
                                                    const ModelOptions& options) {
   if (path.empty()) return absl::InvalidArgumentError("empty model path");
-  char resolved[PATH_MAX];
-  if (realpath(path.c_str(), resolved) == nullptr) {
-    return absl::NotFoundError(absl::StrCat("model '", path, "' not found"));
+  if (path.find('\0') != std::string::npos || path.size() > PATH_MAX) {
+    return absl::InvalidArgumentError("model path contains NUL or is too long");
+  }
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      return absl::NotFoundError(absl::StrCat("model '", EscapeForLog(path), "' not found"));
+    }
+    return ErrnoToStatus(err, absl::StrCat("model '", EscapeForLog(path), "'"));
+  }
+  UniqueFd owned(fd);
+  auto real = FdPath(fd);
+  return OpenFd(std::move(owned), real.ok() ? *real : path, options);
+}
+
+absl::StatusOr<std::string> Model::Fingerprint(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, "fstat");
+  auto stamp = [](const struct stat& s) {
+    return absl::StrCat(s.st_dev, ":", s.st_ino, ":", s.st_size, ":", s.st_mtim.tv_sec, ".",
+                        s.st_mtim.tv_nsec);
+  };
+  std::string out = stamp(st);
+  if (!S_ISDIR(st.st_mode)) return out;
+  int dfd = ::openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return ErrnoToStatus(errno, "open directory");
+  DIR* d = ::fdopendir(dfd);
+  if (d == nullptr) {
+    int err = errno;
+    ::close(dfd);
+    return ErrnoToStatus(err, "fdopendir");
+  }
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (absl::EndsWith(name, ".bs") || name == kShardIndexName) names.push_back(name);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    struct stat s;
+    if (::fstatat(fd, name.c_str(), &s, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    absl::StrAppend(&out, ";", name, "=", stamp(s));
+  }
+  return out;
+}
+
+uint64_t Model::OpenCountForTesting() { return g_opens.load(); }
+
+absl::StatusOr<std::shared_ptr<Model>> Model::OpenFd(UniqueFd fd, const std::string& path,
+                                                     const ModelOptions& options) {
+  g_opens.fetch_add(1);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("model '", EscapeForLog(path), "'"));
+  }
+  if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model '", EscapeForLog(path), "' is not a regular file or a directory"));
   }
   std::shared_ptr<Model> model(new Model());
-  model->path_ = resolved;
+  model->path_ = path;
   model->options_ = options;
-  const std::string& root = model->path_;
-  if (IsDir(root)) {
-    std::vector<std::string> names;
-    if (DIR* d = opendir(root.c_str())) {
-      while (dirent* e = readdir(d)) {
-        std::string name = e->d_name;
-        if (absl::EndsWith(name, ".bs")) names.push_back(name);
-      }
-      closedir(d);
-    }
-    std::sort(names.begin(), names.end());
-    // A sharded checkpoint lists its shards: every one must be here.
-    std::string index_path = root + "/model.safetensors.index.json";
-    if (Exists(index_path)) {
-      std::ifstream in(index_path);
-      nlohmann::json index = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-      if (index.is_discarded() || !index.contains("weight_map") ||
-          !index["weight_map"].is_object()) {
-        return absl::DataLossError(absl::StrCat(index_path, ": not a valid shard index"));
-      }
-      std::set<std::string> expected;
-      for (const auto& [tensor, file] : index["weight_map"].items()) {
-        if (file.is_string()) expected.insert(file.get<std::string>());
-      }
-      for (const std::string& file : expected) {
-        if (!Exists(absl::StrCat(root, "/", file, ".bs"))) {
-          return absl::NotFoundError(
-              absl::StrCat("model '", path, "': shard ", file, ".bs is missing"));
-        }
-      }
-    }
-    if (names.empty()) {
-      return absl::NotFoundError(absl::StrCat("model '", path, "': no .bs shards in directory"));
-    }
-    for (const std::string& n : names) model->shard_paths_.push_back(root + "/" + n);
-  } else {
-    model->shard_paths_.push_back(root);
-  }
-
-  FaultSpec fault;
-  if (!options.fault_spec.empty()) {
-    ASSIGN_OR_RETURN(fault, ParseFaultSpec(options.fault_spec));
-  }
-  for (const std::string& shard : model->shard_paths_) {
-    struct stat st;
-    if (::stat(shard.c_str(), &st) != 0) {
-      return absl::NotFoundError(absl::StrCat("model '", path, "': shard ", shard, " is missing"));
-    }
-    absl::StrAppend(&model->fingerprint_, shard, ":", st.st_size, ":", st.st_mtim.tv_sec, ".",
-                    st.st_mtim.tv_nsec, ";");
-    auto source = IoUringSource::Open(shard, options.io);
-    if (!source.ok()) return Annotate(source.status(), absl::StrCat("model '", path, "'"));
-    model->io_backend_ = (*source)->backend();
-    std::unique_ptr<ByteSource> src = std::move(*source);
-    if (!options.fault_spec.empty()) {
-      src = std::make_unique<FaultInjectingSource>(std::move(src), fault);
-    }
-    auto reader = BsReader::Open(std::move(src));
-    if (!reader.ok()) return Annotate(reader.status(), absl::StrCat("model '", path, "'"));
-    if ((*reader)->index().is_delta()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "model '", path, "': ", shard,
-          " is a fine-tune delta; the daemon serves full models (decompress it with its base)"));
-    }
-    model->shards_.push_back(std::move(*reader));
-  }
+  model->file_id_ = FileId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+  ASSIGN_OR_RETURN(model->fingerprint_, Fingerprint(fd.get()));
+  RETURN_IF_ERROR(model->OpenShards(std::move(fd), st, options));
   uint64_t h = HashBytes64(absl::Span<const uint8_t>(
       reinterpret_cast<const uint8_t*>(model->path_.data()), model->path_.size()));
   model->id_ = absl::StrFormat("m%012x", h & 0xffffffffffffull);
@@ -132,8 +125,113 @@ absl::StatusOr<std::shared_ptr<Model>> Model::Open(const std::string& path,
   return model;
 }
 
+absl::Status Model::OpenShards(UniqueFd fd, const struct stat& st, const ModelOptions& options) {
+  const std::string what = absl::StrCat("model '", EscapeForLog(path_), "'");
+  FaultSpec fault;
+  if (!options.fault_spec.empty()) {
+    ASSIGN_OR_RETURN(fault, ParseFaultSpec(options.fault_spec));
+  }
+  // (descriptor, shard path) of every shard, in order.
+  std::vector<std::pair<UniqueFd, std::string>> shard_fds;
+  if (S_ISDIR(st.st_mode)) {
+    int dfd = ::openat(fd.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return ErrnoToStatus(errno, what);
+    DIR* d = ::fdopendir(dfd);
+    if (d == nullptr) {
+      int err = errno;
+      ::close(dfd);
+      return ErrnoToStatus(err, what);
+    }
+    std::set<std::string> names;
+    bool has_index = false;
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (absl::EndsWith(name, ".bs")) names.insert(name);
+      if (name == kShardIndexName) has_index = true;
+    }
+    ::closedir(d);
+    // A sharded checkpoint lists its shards: every one must be here.
+    if (has_index) {
+      auto index_fd = OpenBeneath(fd.get(), path_, kShardIndexName);
+      if (!index_fd.ok()) return Annotate(index_fd.status(), what);
+      struct stat ist;
+      if (::fstat(index_fd->get(), &ist) != 0 || !S_ISREG(ist.st_mode) ||
+          ist.st_size > kMaxShardIndexBytes) {
+        return absl::DataLossError(
+            absl::StrCat(what, ": ", kShardIndexName, " is not a regular file of at most ",
+                         kMaxShardIndexBytes, " bytes"));
+      }
+      RETURN_IF_ERROR(ClearNonBlock(index_fd->get()));
+      std::string text(static_cast<size_t>(ist.st_size), '\0');
+      size_t got = 0;
+      while (got < text.size()) {
+        ssize_t n = ::pread(index_fd->get(), text.data() + got, text.size() - got, got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return ErrnoToStatus(errno, absl::StrCat(what, ": read ", kShardIndexName));
+        if (n == 0) break;
+        got += static_cast<size_t>(n);
+      }
+      text.resize(got);
+      nlohmann::json index = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+      if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
+          !index["weight_map"].is_object()) {
+        return absl::DataLossError(absl::StrCat(what, ": ", kShardIndexName,
+                                                " is not a valid shard index"));
+      }
+      std::set<std::string> expected;
+      for (const auto& [tensor, file] : index["weight_map"].items()) {
+        if (file.is_string()) expected.insert(file.get<std::string>());
+      }
+      for (const std::string& file : expected) {
+        if (names.count(file + ".bs") == 0) {
+          return absl::NotFoundError(
+              absl::StrCat(what, ": shard ", EscapeForLog(file), ".bs is missing"));
+        }
+      }
+    }
+    if (names.empty()) return absl::NotFoundError(absl::StrCat(what, ": no .bs shards in directory"));
+    for (const std::string& name : names) {
+      // Beneath the directory, no symlinks: a shard cannot lead elsewhere.
+      auto shard_fd = OpenBeneath(fd.get(), path_, name);
+      if (!shard_fd.ok()) return Annotate(shard_fd.status(), what);
+      shard_fds.emplace_back(std::move(*shard_fd), path_ + "/" + name);
+    }
+  } else {
+    shard_fds.emplace_back(std::move(fd), path_);
+  }
+  for (auto& [shard_fd, shard_path] : shard_fds) {
+    struct stat sst;
+    if (::fstat(shard_fd.get(), &sst) != 0) return ErrnoToStatus(errno, what);
+    if (!S_ISREG(sst.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": shard ", EscapeForLog(shard_path), " is not a regular file"));
+    }
+    RETURN_IF_ERROR(ClearNonBlock(shard_fd.get()));
+    // Takes the descriptor; O_DIRECT is reopened through it, not by name.
+    auto source = IoUringSource::OpenFd(shard_fd.release(), shard_path, options.io);
+    if (!source.ok()) return Annotate(source.status(), what);
+    io_backend_ = (*source)->backend();
+    std::unique_ptr<ByteSource> src = std::move(*source);
+    if (!options.fault_spec.empty()) {
+      src = std::make_unique<FaultInjectingSource>(std::move(src), fault);
+    }
+    auto reader = BsReader::Open(std::move(src));
+    if (!reader.ok()) return Annotate(reader.status(), what);
+    if ((*reader)->index().is_delta()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, ": ", EscapeForLog(shard_path),
+          " is a fine-tune delta; the daemon serves full models (decompress it with its base)"));
+    }
+    shard_paths_.push_back(shard_path);
+    shards_.push_back(std::move(*reader));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Model::BuildPlan() {
-  std::map<int64_t, LayerPlan> by_number;
+  // Layers keyed by (number, group name): groups of one name in several
+  // shards are one layer; equal numbers in different groups are not.
+  std::map<std::pair<int64_t, std::string>, LayerPlan> by_key;
   non_layer_ = LayerPlan();
   non_layer_.index = -1;
   std::set<std::string> names;
@@ -141,7 +239,7 @@ absl::Status Model::BuildPlan() {
     const BsIndex& index = shards_[s]->index();
     for (uint32_t g = 0; g < index.groups.size(); ++g) {
       const BsGroup& group = index.groups[g];
-      LayerPlan& plan = group.layer < 0 ? non_layer_ : by_number[group.layer];
+      LayerPlan& plan = group.layer < 0 ? non_layer_ : by_key[{group.layer, group.name}];
       if (group.layer >= 0) {
         plan.number = group.layer;
         plan.name = group.name;
@@ -150,12 +248,14 @@ absl::Status Model::BuildPlan() {
       plan.stored_size += group.size;
       for (uint32_t t : group.tensors) {
         if (t >= index.tensors.size()) {
-          return absl::DataLossError(absl::StrCat(shards_[s]->name(), ": bad tensor index"));
+          return absl::DataLossError(
+              absl::StrCat(EscapeForLog(shards_[s]->name()), ": bad tensor index"));
         }
         const BsTensor& tensor = index.tensors[t];
         if (!names.insert(tensor.info.name).second) {
-          return absl::DataLossError(absl::StrCat("model '", path_, "': tensor ",
-                                                  tensor.info.name, " appears twice"));
+          return absl::DataLossError(absl::StrCat("model '", EscapeForLog(path_), "': tensor ",
+                                                  EscapeForLog(tensor.info.name),
+                                                  " appears twice"));
         }
         TensorPlan tp;
         tp.shard = s;
@@ -168,9 +268,18 @@ absl::Status Model::BuildPlan() {
     }
   }
   layers_.clear();
-  for (auto& [number, plan] : by_number) {
+  for (auto& [key, plan] : by_key) {
     plan.index = static_cast<int32_t>(layers_.size());
     layers_.push_back(std::move(plan));
+  }
+  by_name_.clear();
+  by_name_.reserve(names.size());
+  for (int32_t i = -1; i < num_layers(); ++i) {
+    const LayerPlan* lp = layer(i);
+    for (uint32_t k = 0; k < lp->tensors.size(); ++k) {
+      const TensorPlan& tp = lp->tensors[k];
+      by_name_.emplace(shards_[tp.shard]->index().tensors[tp.tensor].info.name, TensorRef{i, k});
+    }
   }
 
   description_.Clear();
@@ -217,18 +326,23 @@ const LayerPlan* Model::layer(int32_t index) const {
   return &layers_[index];
 }
 
+const TensorRef* Model::FindTensor(absl::string_view name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &it->second;
+}
+
 bool Model::FindTensor(const std::string& name, int32_t* layer, const TensorPlan** plan) const {
-  for (int32_t i = -1; i < num_layers(); ++i) {
-    const LayerPlan* lp = this->layer(i);
-    for (const TensorPlan& tp : lp->tensors) {
-      if (shards_[tp.shard]->index().tensors[tp.tensor].info.name == name) {
-        *layer = i;
-        *plan = &tp;
-        return true;
-      }
-    }
-  }
-  return false;
+  const TensorRef* ref = FindTensor(absl::string_view(name));
+  if (ref == nullptr) return false;
+  *layer = ref->layer;
+  *plan = &this->layer(ref->layer)->tensors[ref->index];
+  return true;
+}
+
+const v1::TensorInfo& Model::tensor_info(const TensorRef& ref) const {
+  const v1::LayerInfo& info =
+      ref.layer < 0 ? description_.non_layer() : description_.layers(ref.layer);
+  return info.tensors(static_cast<int>(ref.index));
 }
 
 absl::StatusOr<std::shared_ptr<LayerData>> Model::LoadLayer(int32_t index, ArenaPool* arenas,

@@ -5,19 +5,24 @@
 #ifndef BIGSMALL_DAEMON_MODEL_H_
 #define BIGSMALL_DAEMON_MODEL_H_
 
+#include <sys/stat.h>
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "bigsmall/v1/bigsmall.pb.h"
 #include "codec/bs_reader.h"
 #include "codec/tensor_codec.h"
 #include "daemon/fault_source.h"
 #include "daemon/io_uring_source.h"
 #include "daemon/layer_cache.h"
+#include "daemon/safe_open.h"
 
 namespace bigsmall {
 class ThreadPool;
@@ -44,6 +49,10 @@ struct TensorPlan {
   uint64_t size = 0;
 };
 
+// A layer is one (group name, layer number) across every shard: groups of
+// the same name in several shards make one layer; `encoder.block.0` and
+// `decoder.block.0` are two. Layers are ordered by number, then by name; the
+// non-layer groups (number < 0) are the one non-layer group, index -1.
 struct LayerPlan {
   int32_t index = 0;  // -1: non-layer group
   int64_t number = -1;
@@ -54,26 +63,63 @@ struct LayerPlan {
   std::vector<TensorPlan> tensors;
 };
 
+// Where a tensor lives: its layer and its position in that layer's
+// `tensors` (the same position in the LayerInfo of the description).
+struct TensorRef {
+  int32_t layer = 0;
+  uint32_t index = 0;
+};
+
+// The identity of an opened file or directory (hard links are one model).
+struct FileId {
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  friend bool operator==(const FileId&, const FileId&) = default;
+  template <typename H>
+  friend H AbslHashValue(H h, const FileId& id) {
+    return H::combine(std::move(h), id.dev, id.ino);
+  }
+};
+
 class Model {
  public:
-  // `path`: a .bs file or a directory with *.bs shards.
+  // `path`: a .bs file or a directory with *.bs shards, opened by name
+  // (tools and tests; the daemon opens through ModelRegistry and OpenFd).
   static absl::StatusOr<std::shared_ptr<Model>> Open(const std::string& path,
                                                      const ModelOptions& options);
+  // Opens the model that the descriptor `fd` (a regular .bs file or a
+  // directory of .bs shards, opened with O_NONBLOCK) refers to. Every read
+  // goes through `fd` or, for a directory, through shards opened beneath it
+  // without following symlinks (OpenBeneath). `path`: the real path, for the
+  // model id and messages.
+  static absl::StatusOr<std::shared_ptr<Model>> OpenFd(UniqueFd fd, const std::string& path,
+                                                       const ModelOptions& options);
+  // A cheap fingerprint of what `fd` refers to, read without touching the
+  // index: fstat (dev, inode, size, mtime) of the file, or of the directory
+  // and of every *.bs entry and the shard index in it.
+  static absl::StatusOr<std::string> Fingerprint(int fd);
+  // How many models were opened (index read) in this process: tests.
+  static uint64_t OpenCountForTesting();
 
   const std::string& id() const { return id_; }
   // Cache key: the id plus a generation, so a reopened (changed) file never
   // meets layers decoded from its old contents.
   const std::string& cache_key() const { return cache_key_; }
   const std::string& path() const { return path_; }
-  // Size and mtime of every shard: to tell whether the files changed.
+  // Fingerprint(fd) at open: to tell whether the files changed.
   const std::string& fingerprint() const { return fingerprint_; }
+  const FileId& file_id() const { return file_id_; }
   int32_t num_layers() const { return static_cast<int32_t>(layers_.size()); }
   // index -1: the non-layer group; nullptr when out of range.
   const LayerPlan* layer(int32_t index) const;
   const v1::ModelDescription& description() const { return description_; }
   IoBackend io_backend() const { return io_backend_; }
+  // Finds a tensor by name (a hash lookup); nullptr if absent.
+  const TensorRef* FindTensor(absl::string_view name) const;
   // Finds a tensor by name: its layer index and its plan; false if absent.
   bool FindTensor(const std::string& name, int32_t* layer, const TensorPlan** plan) const;
+  // The TensorInfo of a tensor of the description.
+  const v1::TensorInfo& tensor_info(const TensorRef& ref) const;
 
   // Reads the layer's groups, decodes every tensor on `pool` into a new
   // block of `arenas` (committed first), verifying each tensor's hash.
@@ -84,21 +130,25 @@ class Model {
   std::atomic<uint64_t> layer_decodes{0};
   std::atomic<uint64_t> layers_served{0};
   std::atomic<int32_t> active_sessions{0};
+  std::atomic<int32_t> active_calls{0};  // GetTensors in flight
 
  private:
   Model() = default;
+  absl::Status OpenShards(UniqueFd fd, const struct stat& st, const ModelOptions& options);
   absl::Status BuildPlan();
 
   std::string id_;
   std::string cache_key_;
   std::string path_;
   std::string fingerprint_;
+  FileId file_id_;
   ModelOptions options_;
   IoBackend io_backend_ = IoBackend::kPread;
   std::vector<std::string> shard_paths_;
   std::vector<std::unique_ptr<BsReader>> shards_;
   std::vector<LayerPlan> layers_;
   LayerPlan non_layer_;
+  absl::flat_hash_map<std::string, TensorRef> by_name_;
   v1::ModelDescription description_;
   mutable std::atomic<uint64_t> arena_seq_{0};
 };

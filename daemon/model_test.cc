@@ -1,14 +1,17 @@
 // Model: layer plan, in-process loads, and faults in the byte source.
 #include "daemon/model.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <map>
+#include <random>
 
 #include "codec/compress.h"
 #include "codec/thread_pool.h"
 #include "daemon/host_arena.h"
 #include "daemon/metrics.h"
+#include "daemon/tensor_copy.h"
 #include "gtest/gtest.h"
 #include "tests/integration/synthetic_model.h"
 
@@ -62,6 +65,29 @@ class ModelTest : public ::testing::Test {
       }
     }
     EXPECT_EQ(seen, tensors_.size());
+  }
+
+  // Loads every layer of `model` and compares each tensor with `tensors`.
+  void ExpectTensorsMatch(const Model& model, const std::vector<testing::SyntheticTensor>& tensors) {
+    std::map<std::string, const testing::SyntheticTensor*> by_name;
+    for (const auto& t : tensors) by_name[t.name] = &t;
+    size_t seen = 0;
+    for (int32_t i = -1; i < model.num_layers(); ++i) {
+      auto data = model.LoadLayer(i, arenas_.get(), nullptr, nullptr);
+      ASSERT_TRUE(data.ok()) << data.status();
+      const v1::LayerInfo& info =
+          i < 0 ? model.description().non_layer() : model.description().layers(i);
+      for (const auto& t : info.tensors()) {
+        ASSERT_EQ(by_name.count(t.name()), 1u) << t.name();
+        const auto* orig = by_name.at(t.name());
+        ASSERT_EQ(t.size(), orig->bytes.size());
+        EXPECT_EQ(0, memcmp((*data)->arena->bytes().data() + t.offset(), orig->bytes.data(),
+                            t.size()))
+            << t.name();
+        ++seen;
+      }
+    }
+    EXPECT_EQ(seen, tensors.size());
   }
 
   std::string dir_, st_path_, bs_path_;
@@ -130,8 +156,8 @@ TEST_F(ModelTest, MissingAndTruncatedFiles) {
   ASSERT_EQ(system(cmd.c_str()), 0);
   auto st = Model::Open(cut, {}).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
-  // A file that is not a .bs at all (bad magic) is a caller error.
-  EXPECT_EQ(Model::Open(st_path_, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  // A file that is not a .bs at all: bad magic is DATA_LOSS (docs/FORMAT.md).
+  EXPECT_EQ(Model::Open(st_path_, {}).status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(ModelTest, DirectoryWithMissingShardIsNotFound) {
@@ -144,6 +170,118 @@ TEST_F(ModelTest, DirectoryWithMissingShardIsNotFound) {
   auto st = Model::Open(d, {}).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(st.message().find("model-00002-of-00002"), std::string::npos) << st;
+}
+
+// A T5-style encoder-decoder: encoder.block.N and decoder.block.N are
+// different layers (they were served as one layer named encoder.block.N),
+// ordered by number, then by name; the same group split over two shards is
+// one layer.
+TEST_F(ModelTest, EncoderDecoderLayersAreKeptApartByGroup) {
+  std::vector<testing::SyntheticTensor> t5;
+  std::mt19937 rng(7);
+  auto add = [&](const std::string& name, std::vector<uint64_t> shape) {
+    uint64_t n = 1;
+    for (uint64_t d : shape) n *= d;
+    t5.push_back({name, "F32", shape, testing::RandomWeights("F32", n, rng, 0.05f)});
+  };
+  add("shared.weight", {64, 16});
+  for (int l = 0; l < 2; ++l) {
+    add(absl::StrCat("encoder.block.", l, ".layer.0.SelfAttention.q.weight"), {16, 16});
+    add(absl::StrCat("encoder.block.", l, ".layer.1.DenseReluDense.wi.weight"), {32, 16});
+    add(absl::StrCat("decoder.block.", l, ".layer.0.SelfAttention.q.weight"), {16, 16});
+    add(absl::StrCat("decoder.block.", l, ".layer.2.DenseReluDense.wi.weight"), {32, 16});
+  }
+  add("encoder.final_layer_norm.weight", {16});
+  std::string st = dir_ + "/t5.safetensors";
+  ASSERT_TRUE(testing::WriteSafetensors(st, t5));
+  CompressOptions options;
+  options.threads = 2;
+  ASSERT_TRUE(CompressPath(st, st + ".bs", options).ok());
+  auto model = Model::Open(st + ".bs", {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_EQ((*model)->num_layers(), 4);
+  std::vector<std::string> names;
+  for (int i = 0; i < 4; ++i) {
+    const LayerPlan* plan = (*model)->layer(i);
+    names.push_back(plan->name);
+    EXPECT_EQ(plan->tensors.size(), 2u) << plan->name;
+    for (const auto& info : (*model)->description().layers(i).tensors()) {
+      EXPECT_EQ(info.name().rfind(plan->name + ".", 0), 0u) << info.name() << " in " << plan->name;
+    }
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"decoder.block.0", "encoder.block.0",
+                                             "decoder.block.1", "encoder.block.1"}));
+  EXPECT_EQ((*model)->layer(-1)->tensors.size(), 2u);  // shared, final norm
+  ExpectTensorsMatch(**model, t5);
+
+  // The same layout split over two shards (encoder / decoder + the rest):
+  // still four layers, each whole.
+  std::vector<testing::SyntheticTensor> enc, dec;
+  for (const auto& t : t5) (t.name.rfind("encoder.", 0) == 0 ? enc : dec).push_back(t);
+  std::string d = dir_ + "/t5dir";
+  ASSERT_EQ(mkdir(d.c_str(), 0755), 0);
+  ASSERT_TRUE(testing::WriteSafetensors(dir_ + "/a.safetensors", enc));
+  ASSERT_TRUE(testing::WriteSafetensors(dir_ + "/b.safetensors", dec));
+  ASSERT_TRUE(CompressPath(dir_ + "/a.safetensors", d + "/a.safetensors.bs", options).ok());
+  ASSERT_TRUE(CompressPath(dir_ + "/b.safetensors", d + "/b.safetensors.bs", options).ok());
+  auto sharded = Model::Open(d, {});
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  ASSERT_EQ((*sharded)->num_layers(), 4);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ((*sharded)->layer(i)->name, names[i]);
+  ExpectTensorsMatch(**sharded, t5);
+}
+
+// GetTensors' lookup: by name, so a zero-size tensor keeps its own name,
+// dtype and shape (lookup by offset reported the next tensor's).
+TEST_F(ModelTest, TensorsAreFoundByNameEvenWhenEmpty) {
+  std::vector<testing::SyntheticTensor> ts;
+  ts.push_back({"model.embed_tokens.weight", "F32", {4, 4}, std::vector<uint8_t>(64, 1)});
+  ts.push_back({"model.empty_bias", "F32", {0}, {}});
+  ts.push_back({"model.norm.weight", "F32", {4}, std::vector<uint8_t>(16, 2)});
+  std::string st = dir_ + "/empty.safetensors";
+  ASSERT_TRUE(testing::WriteSafetensors(st, ts));
+  CompressOptions options;
+  ASSERT_TRUE(CompressPath(st, st + ".bs", options).ok());
+  auto model = Model::Open(st + ".bs", {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  for (const auto& t : ts) {
+    const TensorRef* ref = (*model)->FindTensor(absl::string_view(t.name));
+    ASSERT_NE(ref, nullptr) << t.name;
+    const v1::TensorInfo& info = (*model)->tensor_info(*ref);
+    EXPECT_EQ(info.name(), t.name);
+    EXPECT_EQ(info.size(), t.bytes.size());
+    EXPECT_EQ(info.shape_size(), static_cast<int>(t.shape.size()));
+  }
+  EXPECT_EQ((*model)->FindTensor(absl::string_view("nope")), nullptr);
+  v1::GetTensorsRequest request;
+  request.add_names("model.empty_bias");
+  request.add_names("model.norm.weight");
+  auto items = PlanTensorCopy(**model, request);
+  ASSERT_TRUE(items.ok()) << items.status();
+  ASSERT_EQ(items->size(), 2u);
+  EXPECT_EQ((*items)[0].info->name(), "model.empty_bias");
+  EXPECT_EQ((*items)[0].info->size(), 0u);
+  EXPECT_EQ((*items)[1].info->name(), "model.norm.weight");
+  // The copier: one chunk with the info for the empty tensor, then the next.
+  auto data = (*model)->LoadLayer(-1, arenas_.get(), nullptr, nullptr);
+  ASSERT_TRUE(data.ok()) << data.status();
+  TensorCopier copier(std::move(*items), 4096);
+  v1::TensorChunk chunk;
+  int32_t layer = 7;
+  ASSERT_EQ(copier.Next(&chunk, &layer), TensorCopier::Step::kNeedLayer);
+  EXPECT_EQ(layer, -1);
+  auto bytes = (*data)->arena->bytes();
+  copier.SetLayer(-1, bytes.data(), bytes.size());
+  ASSERT_EQ(copier.Next(&chunk, &layer), TensorCopier::Step::kChunk);
+  EXPECT_EQ(chunk.info().name(), "model.empty_bias");
+  EXPECT_EQ(chunk.name(), "model.empty_bias");
+  EXPECT_TRUE(chunk.data().empty());
+  ASSERT_EQ(copier.Next(&chunk, &layer), TensorCopier::Step::kChunk);
+  EXPECT_EQ(chunk.info().name(), "model.norm.weight");
+  EXPECT_EQ(chunk.data(), std::string(16, '\2'));
+  EXPECT_EQ(copier.Next(&chunk, &layer), TensorCopier::Step::kDone);
+  request.add_names("missing.weight");
+  EXPECT_EQ(PlanTensorCopy(**model, request).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

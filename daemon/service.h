@@ -1,14 +1,19 @@
-// The bigsmall.v1.BigSmall gRPC service (callback API): model registry,
-// streaming sessions with leases, and the admin calls.
+// The bigsmall.v1.BigSmall gRPC service (callback API): thin reactors over
+// the model registry (daemon/registry.h), the session protocol core
+// (daemon/session.h) and the tensor copier (daemon/tensor_copy.h), plus the
+// admin calls.
 #ifndef BIGSMALL_DAEMON_SERVICE_H_
 #define BIGSMALL_DAEMON_SERVICE_H_
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -18,6 +23,8 @@
 #include "daemon/layer_cache.h"
 #include "daemon/metrics.h"
 #include "daemon/model.h"
+#include "daemon/registry.h"
+#include "daemon/session.h"
 
 namespace bigsmall::daemon {
 
@@ -63,9 +70,17 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
   void FillStats(v1::StatsResponse* stats);
   void RecordError(const absl::Status& status);
 
+  // Session admission (max_sessions, max_total_window): RESOURCE_EXHAUSTED
+  // when over; EndSession gives the slot back.
+  absl::Status AdmitSession(uint32_t window);
+  void EndSession(uint32_t window);
+  // Sessions whose idle time is checked.
+  void TrackSession(const std::shared_ptr<SessionCore>& core);
+
   const DaemonConfig& config() const { return config_; }
   LayerCache& cache() { return *cache_; }
   Metrics* metrics() { return metrics_; }
+  // Started sessions (admitted, final status not decided yet).
   std::atomic<int32_t> active_sessions{0};
   // Calls of this service that have started and not reached OnDone (every
   // method, unary ones included). The SIGTERM drain waits for these only:
@@ -76,6 +91,9 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
  private:
   void FillSummary(const Model& model, v1::ModelSummary* summary);
   LayerCache::LoadFn Loader(const std::shared_ptr<Model>& model, int32_t index);
+  bool ModelBusy(const Model& model);
+  void ModelDropped(const std::shared_ptr<Model>& model);
+  void SweepIdleSessions();
 
   const DaemonConfig config_;
   const std::shared_ptr<ArenaPool> arenas_;
@@ -83,15 +101,23 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
   ModelOptions model_options_;
   const std::chrono::steady_clock::time_point start_;
   // Destruction order matters: the cache waits for loads that run on
-  // load_pool_ and decode on decode_pool_; blocking RPC work (rpc_pool_)
-  // may wait on the cache.
+  // load_pool_ and decode on decode_pool_.
   ThreadPool decode_pool_;
   ThreadPool load_pool_;
   std::unique_ptr<LayerCache> cache_;
-  std::mutex mu_;
-  std::map<std::string, std::shared_ptr<Model>> by_path_;  // realpath -> model
-  std::map<std::string, std::shared_ptr<Model>> by_id_;
-  ThreadPool rpc_pool_;
+  std::unique_ptr<ModelRegistry> registry_;
+  // OpenModel runs here, never on gRPC's threads; at most
+  // max_pending_opens queued or running.
+  std::atomic<uint32_t> pending_opens_{0};
+  std::mutex admit_mu_;
+  uint32_t sessions_ = 0;
+  uint64_t total_window_ = 0;
+  std::mutex sweep_mu_;
+  std::condition_variable sweep_cv_;
+  bool stopping_ = false;
+  std::vector<std::weak_ptr<SessionCore>> sessions_tracked_;
+  std::thread sweeper_;
+  ThreadPool open_pool_;  // last: its tasks use everything above
 };
 
 }  // namespace bigsmall::daemon

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "codec/bs_reader.h"
@@ -84,8 +85,11 @@ class Daemon {
     dir_ = absl::StrCat(g_dir, "/d", n.fetch_add(1));
     mkdir(dir_.c_str(), 0700);
     socket_ = dir_ + "/bigsmall.sock";
-    std::vector<std::string> args = {BIGSMALLD_PATH, "--socket", socket_, "--shm-dir",
-                                     dir_ + "/shm", "--log-level", "info"};
+    // The test models live in g_dir: the daemon serves models only beneath
+    // its model directories.
+    std::vector<std::string> args = {BIGSMALLD_PATH, "--socket",    socket_,     "--shm-dir",
+                                     dir_ + "/shm",  "--log-level", "info",      "--model-dir",
+                                     g_dir};
     if (short_drain) {
       args.push_back("--drain-seconds");
       args.push_back("1");
@@ -1068,6 +1072,370 @@ TEST_F(IntegrationTest, SigtermDrainsARunningStreamThenExitsAtOnce) {
       << d.log();
   EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(exited - sigterm).count(), 8000)
       << d.log();
+}
+
+// ---------------------------------------------------------------------------
+// Issue 6 (service, registry, session protocol, GetTensors, client).
+
+// Runs bigsmall-client with `args`; its exit status (-1: still running
+// after `timeout`, then killed).
+int RunClient(const std::vector<std::string>& args, std::chrono::milliseconds timeout,
+              const std::string& out = "", const std::string& err = "") {
+  std::vector<std::string> argv = {BIGSMALL_CLIENT_PATH};
+  argv.insert(argv.end(), args.begin(), args.end());
+  pid_t pid = testing::Spawn(argv, out, err);
+  int status = testing::WaitFor(pid, timeout);
+  if (status == -1) {
+    testing::StopProcess(pid, SIGKILL, 5s);
+    return -1;
+  }
+  return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -2;
+}
+
+TEST_F(IntegrationTest, ModelPathsOutsideTheModelDirsAreOnePermissionDenied) {
+  Daemon d;  // --model-dir g_dir
+  ASSERT_TRUE(d.ready()) << d.log();
+  char tmpl[] = "/tmp/bigsmall_outsideXXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string outside = tmpl;
+  ASSERT_EQ(system(("cp " + other_->bs + " " + outside + "/m.bs").c_str()), 0);
+  const std::string link = g_dir + "/escape.bs";
+  unlink(link.c_str());
+  ASSERT_EQ(symlink((outside + "/m.bs").c_str(), link.c_str()), 0);
+  std::string first_message;
+  for (const std::string& path :
+       {outside + "/m.bs", outside + "/missing.bs", std::string("/etc/passwd"),
+        std::string("/nonexistent/x.bs"), g_dir + "/../" + outside.substr(5) + "/m.bs", link}) {
+    auto st = d.client().OpenModel(path).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << path << ": " << st;
+    if (first_message.empty()) first_message = std::string(st.message());
+    EXPECT_EQ(st.message(), first_message) << path;
+  }
+  EXPECT_NE(first_message.find("outside the daemon's model directories"), std::string::npos);
+  EXPECT_EQ(d.client().OpenModel(g_dir + "/missing.bs").status().code(),
+            absl::StatusCode::kNotFound);
+  // NUL, 1 MB and newline paths: INVALID_ARGUMENT / escaped, small log lines.
+  std::string nul = small_->bs;
+  nul.push_back('\0');
+  nul += "x";
+  EXPECT_EQ(d.client().OpenModel(nul).status().code(), absl::StatusCode::kInvalidArgument);
+  std::string huge = g_dir + "/" + std::string(1 << 20, 'a');
+  auto st = d.client().OpenModel(huge).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st.message().substr(0, 200);
+  EXPECT_LT(st.message().size(), 1000u);
+  EXPECT_FALSE(d.client().OpenModel(g_dir + "/x\nERROR forged.bs").ok());
+  std::string log = d.log();
+  EXPECT_EQ(log.find("\nERROR forged"), std::string::npos) << log;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) EXPECT_LT(line.size(), 4096u);
+  unlink(link.c_str());
+  (void)system(("rm -rf " + outside).c_str());
+}
+
+// A thread swaps a directory beneath the model dir for a symlink to an
+// outside directory (holding another model of the same name) in a loop;
+// no OpenModel may return the outside model.
+TEST_F(IntegrationTest, SymlinkSwapRaceNeverOpensAnOutsideModel) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  char tmpl[] = "/tmp/bigsmall_outsideXXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string outside = tmpl, race = g_dir + "/race", sub = race + "/sub",
+                    parked = race + "/parked";
+  ASSERT_EQ(system(("mkdir -p " + sub + " && cp " + small_->bs + " " + sub + "/m.bs && cp " +
+                    other_->bs + " " + outside + "/m.bs")
+                       .c_str()),
+            0);
+  std::atomic<bool> stop{false};
+  std::thread swapper([&] {
+    while (!stop.load()) {
+      if (rename(sub.c_str(), parked.c_str()) != 0) continue;
+      if (symlink(outside.c_str(), sub.c_str()) == 0) {
+        std::this_thread::yield();
+        unlink(sub.c_str());
+      }
+      rename(parked.c_str(), sub.c_str());
+    }
+  });
+  int inside = 0, escaped = 0;
+  auto until = std::chrono::steady_clock::now() + 2s;
+  while (std::chrono::steady_clock::now() < until) {
+    auto desc = d.client().OpenModel(sub + "/m.bs");
+    if (!desc.ok()) continue;
+    if (desc->num_layers() == 6) ++inside;
+    if (desc->num_layers() == 3) ++escaped;
+    (void)d.client().Evict(desc->model_id(), /*unload=*/true);  // a full open next time
+  }
+  stop = true;
+  swapper.join();
+  EXPECT_EQ(escaped, 0) << "opened the outside model " << escaped << " times (" << inside
+                        << " inside)";
+  EXPECT_GT(inside, 0);
+  (void)system(("rm -rf " + outside + " " + race).c_str());
+}
+
+// OpenModel of FIFOs returns promptly (open used to block forever on the
+// RPC pool), other clients are served, and SIGTERM still exits.
+TEST_F(IntegrationTest, FifoModelsFailPromptlyAndSigtermStillExits) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  const std::string fifo = g_dir + "/fifo.bs";
+  unlink(fifo.c_str());
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0644), 0);
+  std::vector<std::thread> threads;
+  std::atomic<int> failed{0};
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&] {
+      auto c = Client::Connect(d.socket(), {.rpc_timeout = 5s});
+      if (c.ok() && !(*c)->OpenModel(fifo).ok()) failed.fetch_add(1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failed.load(), 6);
+  EXPECT_TRUE(StreamAndCompare(d.client(), *other_).ok());
+  std::chrono::milliseconds took{};
+  EXPECT_TRUE(d.Stop(&took)) << d.log();
+  EXPECT_LT(took.count(), 5000);
+  unlink(fifo.c_str());
+}
+
+// `stream --from N` with N == num_layers and `--from 3 --to 3` used to
+// never end (StreamEnd queued, never written).
+TEST_F(IntegrationTest, EmptyStreamRangesEndWithStreamEnd) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  for (const std::vector<std::string>& range :
+       {std::vector<std::string>{"--from", "6"}, std::vector<std::string>{"--from", "3", "--to", "3"}}) {
+    std::vector<std::string> args = {"--socket", d.socket(), "stream", small_->bs};
+    args.insert(args.end(), range.begin(), range.end());
+    EXPECT_EQ(RunClient(args, 10s), 0) << absl::StrJoin(range, " ");
+  }
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok());
+  auto s = d.client().Stream(desc->model_id(), {.from_layer = 6});
+  ASSERT_TRUE(s.ok());
+  auto end = (*s)->Next();
+  ASSERT_TRUE(end.ok()) << end.status();
+  EXPECT_EQ(*end, nullptr);
+}
+
+// Half-closing right after StartStream: every call that ends OK carries
+// StreamEnd (it used to end OK with 0-4 layers and no StreamEnd).
+TEST_F(IntegrationTest, HalfCloseAfterStartNeverEndsOkWithoutStreamEnd) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok());
+  for (uint32_t window : {8u, 2u}) {
+    SCOPED_TRACE(window);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+    auto rw = d.client().stub().Session(&ctx);
+    v1::SessionRequest r;
+    r.mutable_start()->set_model_id(desc->model_id());
+    r.mutable_start()->set_window(window);
+    ASSERT_TRUE(rw->Write(r));
+    rw->WritesDone();
+    v1::SessionResponse resp;
+    int layers = 0;
+    bool end = false;
+    while (rw->Read(&resp)) {
+      if (resp.has_layer()) ++layers;
+      if (resp.has_end()) end = true;
+    }
+    grpc::Status st = rw->Finish();
+    if (window >= 6) {
+      EXPECT_TRUE(st.ok()) << st.error_message();
+      EXPECT_TRUE(end);
+      EXPECT_EQ(layers, 6);
+    } else {
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+      EXPECT_FALSE(end);
+      EXPECT_EQ(layers, 2);
+    }
+  }
+  EXPECT_TRUE(WaitIdle(d.client()));
+}
+
+// GetTensors looked a tensor's info up by offset: a zero-size tensor was
+// reported under the next tensor's name, dtype and shape.
+TEST_F(IntegrationTest, GetTensorsOfAZeroSizeTensorKeepsItsOwnInfo) {
+  std::vector<testing::SyntheticTensor> ts;
+  ts.push_back({"model.embed_tokens.weight", "F32", {4, 4}, std::vector<uint8_t>(64, 1)});
+  ts.push_back({"model.empty_bias", "BF16", {0, 3}, {}});
+  ts.push_back({"model.norm.weight", "F32", {4}, std::vector<uint8_t>(16, 2)});
+  const std::string st = g_dir + "/empty.safetensors";
+  ASSERT_TRUE(testing::WriteSafetensors(st, ts));
+  CompressOptions options;
+  ASSERT_TRUE(CompressPath(st, st + ".bs", options).ok());
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(st + ".bs");
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  auto got = d.client().GetTensors(desc->model_id(), {"model.empty_bias", "model.norm.weight"});
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 2u);
+  EXPECT_EQ((*got)[0].info.name(), "model.empty_bias");
+  EXPECT_EQ((*got)[0].info.dtype(), "BF16");
+  EXPECT_EQ((*got)[0].info.shape_size(), 2);
+  EXPECT_TRUE((*got)[0].bytes.empty());
+  EXPECT_EQ((*got)[1].info.name(), "model.norm.weight");
+  EXPECT_EQ((*got)[1].bytes, std::vector<uint8_t>(16, 2));
+}
+
+// GetTensors blocked an RPC-pool thread per call on slow readers: 4 such
+// calls stalled every OpenModel. Now nothing blocks a thread.
+TEST_F(IntegrationTest, SlowGetTensorsReadersDoNotStallOtherClients) {
+  std::vector<testing::SyntheticTensor> ts;
+  std::mt19937 rng(5);
+  ts.push_back({"model.embed_tokens.weight", "F32", {1024, 1024},
+                testing::RandomWeights("F32", 1024 * 1024, rng, 0.02f)});
+  ts.push_back({"model.layers.0.mlp.weight", "F32", {4}, std::vector<uint8_t>(16, 3)});
+  const std::string st = g_dir + "/wide.safetensors";
+  ASSERT_TRUE(testing::WriteSafetensors(st, ts));
+  CompressOptions options;
+  options.threads = 2;
+  ASSERT_TRUE(CompressPath(st, st + ".bs", options).ok());
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(st + ".bs");
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  // Six clients ask for 4 MiB x 64 each and never read.
+  struct Slow {
+    std::unique_ptr<Client> client;
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<v1::TensorChunk>> reader;
+  };
+  std::vector<std::unique_ptr<Slow>> slow;
+  for (int i = 0; i < 6; ++i) {
+    auto s = std::make_unique<Slow>();
+    auto c = Client::Connect(d.socket());
+    ASSERT_TRUE(c.ok());
+    s->client = std::move(*c);
+    v1::GetTensorsRequest request;
+    request.set_model_id(desc->model_id());
+    for (int k = 0; k < 64; ++k) request.add_names("model.embed_tokens.weight");
+    s->reader = s->client->stub().GetTensors(&s->ctx, request);
+    slow.push_back(std::move(s));
+  }
+  std::this_thread::sleep_for(500ms);  // let them fill their flow-control windows
+  auto start = std::chrono::steady_clock::now();
+  auto c = Client::Connect(d.socket(), {.rpc_timeout = 10s});
+  ASSERT_TRUE(c.ok());
+  auto n = StreamAndCompare(**c, *other_);
+  EXPECT_TRUE(n.ok()) << n.status();
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - start);
+  EXPECT_LT(took.count(), 5000);
+  for (auto& s : slow) s->ctx.TryCancel();
+  for (auto& s : slow) {
+    v1::TensorChunk chunk;
+    while (s->reader->Read(&chunk)) {
+    }
+    s->reader->Finish();
+  }
+  EXPECT_TRUE(WaitIdle(d.client()));
+}
+
+// The client started before the daemon: its call waits for the daemon (up
+// to --timeout) instead of failing after ~100 ms.
+TEST_F(IntegrationTest, ClientStartedBeforeTheDaemonWaitsForIt) {
+  const std::string dir = g_dir + "/late";
+  mkdir(dir.c_str(), 0700);
+  const std::string socket = dir + "/bigsmall.sock";
+  pid_t client = testing::Spawn(
+      {BIGSMALL_CLIENT_PATH, "--socket", socket, "--timeout", "20", "stats"}, dir + "/out",
+      dir + "/err");
+  std::this_thread::sleep_for(1s);
+  pid_t daemon = testing::Spawn({BIGSMALLD_PATH, "--socket", socket, "--shm-dir", dir + "/shm",
+                                 "--model-dir", g_dir, "--drain-seconds", "1"},
+                                "", dir + "/daemon.log");
+  int status = testing::WaitFor(client, 20s);
+  EXPECT_TRUE(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << status << " " << testing::ReadFile(dir + "/err");
+  if (status == -1) testing::StopProcess(client, SIGKILL, 5s);
+  EXPECT_GE(testing::StopProcess(daemon, SIGTERM, 10s), 0);
+}
+
+// A stopped (SIGSTOP) daemon: the stream fails within the client's idle
+// timeout instead of waiting forever.
+TEST_F(IntegrationTest, StoppedDaemonFailsTheStreamWithinTheIdleTimeout) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  const std::string err = d.dir() + "/client.err";
+  pid_t client = testing::Spawn({BIGSMALL_CLIENT_PATH, "--socket", d.socket(), "--idle-timeout",
+                                 "1", "stream", small_->bs, "--window", "1", "--delay-ms", "300"},
+                                "", err);
+  std::this_thread::sleep_for(400ms);
+  kill(d.pid(), SIGSTOP);
+  int status = testing::WaitFor(client, 10s);
+  kill(d.pid(), SIGCONT);
+  if (status == -1) testing::StopProcess(client, SIGKILL, 5s);
+  EXPECT_TRUE(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) != 0)
+      << status << " " << testing::ReadFile(err);
+  EXPECT_NE(testing::ReadFile(err).find("DEADLINE_EXCEEDED"), std::string::npos)
+      << testing::ReadFile(err);
+}
+
+// The daemon ends a session that holds leases without releasing or reading.
+TEST_F(IntegrationTest, IdleSessionHoldingLeasesIsEnded) {
+  Daemon d({"--session-idle-seconds", "1"});
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 15s);
+  auto rw = d.client().stub().Session(&ctx);
+  v1::SessionRequest r;
+  r.mutable_start()->set_model_id(desc->model_id());
+  r.mutable_start()->set_window(2);
+  ASSERT_TRUE(rw->Write(r));
+  v1::SessionResponse resp;
+  int layers = 0;
+  auto start = std::chrono::steady_clock::now();
+  while (rw->Read(&resp)) layers += resp.has_layer() ? 1 : 0;
+  grpc::Status st = rw->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
+  EXPECT_EQ(layers, 2);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 8s);
+  EXPECT_TRUE(WaitIdle(d.client()));
+}
+
+TEST_F(IntegrationTest, SessionAndModelLimitsAreClearErrors) {
+  Daemon d({"--max-sessions", "1", "--max-window", "4", "--max-total-window", "4",
+            "--max-models", "1"});
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok());
+  auto held = d.client().Stream(desc->model_id(), {.window = 2});
+  ASSERT_TRUE(held.ok());
+  auto first = (*held)->Next();  // started and holding a layer
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = d.client().Stream(desc->model_id(), {.window = 1});
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ((*second)->Next().status().code(), absl::StatusCode::kResourceExhausted);
+  // max_models 1, the only model busy: another cannot open.
+  EXPECT_EQ(d.client().OpenModel(other_->bs).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  first->reset();
+  held->reset();
+  ASSERT_TRUE(WaitIdle(d.client()));
+  // Idle now: the next model closes it (LRU).
+  auto other = d.client().OpenModel(other_->bs);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(d.client().Describe(desc->model_id()).status().code(), absl::StatusCode::kNotFound);
+  auto ls = d.client().ListModels();
+  ASSERT_TRUE(ls.ok());
+  EXPECT_EQ(ls->models_size(), 1);
+}
+
+TEST_F(IntegrationTest, OversizedDescriptionIsRefusedAndNotRegistered) {
+  Daemon d({"--max-description-bytes", "1000"});
+  ASSERT_TRUE(d.ready()) << d.log();
+  EXPECT_EQ(d.client().OpenModel(small_->bs).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  auto ls = d.client().ListModels();
+  ASSERT_TRUE(ls.ok());
+  EXPECT_EQ(ls->models_size(), 0);
 }
 
 }  // namespace

@@ -1,0 +1,271 @@
+#include "daemon/registry.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "codec/status_macros.h"
+#include "codec/status_util.h"
+#include "spdlog/spdlog.h"
+
+namespace bigsmall::daemon {
+namespace {
+
+// "/a//b/./c/" -> "/a/b/c"; ".." is kept (OpenBeneath refuses an escape).
+std::string Normalize(const std::string& path) {
+  std::vector<std::string> parts;
+  for (absl::string_view part : absl::StrSplit(path, '/', absl::SkipEmpty())) {
+    if (part == ".") continue;
+    parts.emplace_back(part);
+  }
+  return "/" + absl::StrJoin(parts, "/");
+}
+
+// The part of `path` beneath `root` ("." for the root itself), or false.
+bool Beneath(const std::string& path, const std::string& root, std::string* relative) {
+  if (root == "/") {
+    *relative = path.size() > 1 ? path.substr(1) : ".";
+    return true;
+  }
+  if (path == root) {
+    *relative = ".";
+    return true;
+  }
+  if (absl::StartsWith(path, root) && path.size() > root.size() && path[root.size()] == '/') {
+    *relative = path.substr(root.size() + 1);
+    return true;
+  }
+  return false;
+}
+
+absl::Status Outside() { return absl::PermissionDeniedError(kOutsideRoots); }
+
+}  // namespace
+
+ModelRegistry::ModelRegistry(RegistryOptions options) : options_(std::move(options)) {
+  for (const std::string& configured : options_.roots) {
+    if (configured.empty() || configured[0] != '/') {
+      spdlog::warn("model directory '{}' is not an absolute path; ignored",
+                   EscapeForLog(configured));
+      continue;
+    }
+    Root root;
+    root.configured = Normalize(configured);
+    auto fd = OpenRootDir(configured, &root.real);
+    if (!fd.ok()) {
+      spdlog::warn("model directory {}: {}; no model is served from it",
+                   EscapeForLog(configured), fd.status().ToString());
+      continue;
+    }
+    root.fd = std::move(*fd);
+    roots_.push_back(std::move(root));
+  }
+  // Longest first: a nested root wins over its parent.
+  std::sort(roots_.begin(), roots_.end(), [](const Root& a, const Root& b) {
+    return a.configured.size() > b.configured.size();
+  });
+}
+
+std::vector<std::string> ModelRegistry::root_paths() const {
+  std::vector<std::string> out;
+  for (const Root& r : roots_) out.push_back(r.real);
+  return out;
+}
+
+absl::Status ModelRegistry::CheckPath(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("OpenModel: empty model path");
+  if (path.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError("OpenModel: the model path contains a NUL byte");
+  }
+  if (path.size() > kMaxPathBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("OpenModel: the model path is ", path.size(),
+                                                   " bytes; at most ", kMaxPathBytes));
+  }
+  if (path[0] != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("OpenModel: '", EscapeForLog(path), "' is not an absolute path"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<UniqueFd> ModelRegistry::OpenPath(const std::string& path,
+                                                 std::string* real) const {
+  const std::string normalized = Normalize(path);
+  for (const Root& root : roots_) {
+    std::string relative;
+    if (!Beneath(normalized, root.configured, &relative) &&
+        !Beneath(normalized, root.real, &relative)) {
+      continue;
+    }
+    auto fd = OpenBeneath(root.fd.get(), root.real, relative);
+    if (!fd.ok()) {
+      switch (fd.status().code()) {
+        case absl::StatusCode::kNotFound:
+          return absl::NotFoundError(
+              absl::StrCat("model '", EscapeForLog(path), "' not found"));
+        case absl::StatusCode::kFailedPrecondition:  // ELOOP: a symlink
+        case absl::StatusCode::kPermissionDenied:    // EXDEV: an escape; EACCES
+          return Outside();
+        default:
+          return absl::Status(fd.status().code(),
+                              absl::StrCat("model '", EscapeForLog(path), "': ",
+                                           fd.status().message()));
+      }
+    }
+    auto fd_path = FdPath(fd->get());
+    *real = fd_path.ok() ? *fd_path
+                         : (relative == "." ? root.real : root.real + "/" + relative);
+    return std::move(*fd);
+  }
+  return Outside();
+}
+
+absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Open(const std::string& path) {
+  RETURN_IF_ERROR(CheckPath(path));
+  std::string real;
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenPath(path, &real));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoToStatus(errno, "fstat");
+  const FileId file_id{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+  ASSIGN_OR_RETURN(std::string fingerprint, Model::Fingerprint(fd.get()));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = by_file_.find(file_id);
+    if (it != by_file_.end() && it->second.model->fingerprint() == fingerprint) {
+      it->second.last_used = ++clock_;
+      return Opened{it->second.model, true};
+    }
+  }
+  ASSIGN_OR_RETURN(auto model, Model::OpenFd(std::move(fd), real, options_.model_options));
+  const size_t description_bytes = model->description().ByteSizeLong();
+  if (description_bytes > options_.max_description_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "model '", EscapeForLog(real), "': its description is ", description_bytes,
+        " bytes, over the daemon's max_description_bytes ", options_.max_description_bytes));
+  }
+  std::vector<std::shared_ptr<Model>> dropped;
+  absl::Status status;
+  Opened result{model, false};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = by_file_.find(file_id);
+    if (it != by_file_.end() && it->second.model->fingerprint() == model->fingerprint()) {
+      // Opened concurrently by another call: keep the registered one.
+      it->second.last_used = ++clock_;
+      return Opened{it->second.model, true};
+    }
+    std::shared_ptr<Model> old;
+    if (it != by_file_.end()) {
+      old = it->second.model;  // the same file, changed on disk
+    } else if (auto id = by_id_.find(model->id()); id != by_id_.end()) {
+      if (id->second->path() != model->path()) {
+        return absl::InternalError(absl::StrCat("model id ", model->id(), " of ",
+                                                EscapeForLog(real), " collides with ",
+                                                EscapeForLog(id->second->path())));
+      }
+      old = id->second;  // the same path, now another file
+    }
+    if (old != nullptr) {
+      RemoveLocked(old);
+      dropped.push_back(old);
+      spdlog::info("model {} changed on disk; reopened", EscapeForLog(real));
+    } else {
+      status = MakeRoomLocked(&dropped);
+    }
+    if (status.ok()) {
+      by_file_[file_id] = Entry{model, ++clock_};
+      by_id_[model->id()] = model;
+    }
+  }
+  if (options_.dropped) {
+    for (const auto& m : dropped) options_.dropped(m);
+  }
+  if (!status.ok()) return status;
+  return result;
+}
+
+absl::Status ModelRegistry::MakeRoomLocked(std::vector<std::shared_ptr<Model>>* dropped) {
+  while (by_file_.size() >= options_.max_models) {
+    const Entry* victim = nullptr;
+    for (const auto& [id, entry] : by_file_) {
+      if (options_.busy && options_.busy(*entry.model)) continue;
+      if (victim == nullptr || entry.last_used < victim->last_used) victim = &entry;
+    }
+    if (victim == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the daemon has ", by_file_.size(), " models open (max_models ", options_.max_models,
+          "), all in use; close one (evict --unload) or raise max_models"));
+    }
+    std::shared_ptr<Model> m = victim->model;
+    spdlog::info("closing idle model {} ({}) to open another (max_models {})", m->id(),
+                 EscapeForLog(m->path()), options_.max_models);
+    RemoveLocked(m);
+    dropped->push_back(std::move(m));
+  }
+  return absl::OkStatus();
+}
+
+void ModelRegistry::RemoveLocked(const std::shared_ptr<Model>& model) {
+  by_file_.erase(model->file_id());
+  auto it = by_id_.find(model->id());
+  if (it != by_id_.end() && it->second == model) by_id_.erase(it);
+}
+
+absl::StatusOr<std::shared_ptr<Model>> ModelRegistry::Find(const std::string& model_id) {
+  if (model_id.empty()) return absl::InvalidArgumentError("model_id is empty");
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_id_.find(model_id);
+  if (it == by_id_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("unknown model id '", EscapeForLog(model_id), "' (OpenModel first)"));
+  }
+  auto entry = by_file_.find(it->second->file_id());
+  if (entry != by_file_.end()) entry->second.last_used = ++clock_;
+  return it->second;
+}
+
+std::vector<std::shared_ptr<Model>> ModelRegistry::List() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::shared_ptr<Model>> out;
+  for (const auto& [id, m] : by_id_) out.push_back(m);
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a->id() < b->id(); });
+  return out;
+}
+
+size_t ModelRegistry::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return by_id_.size();
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<Model>>> ModelRegistry::Unload(
+    const std::string& model_id) {
+  std::vector<std::shared_ptr<Model>> victims;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, m] : by_id_) {
+      if (!model_id.empty() && id != model_id) continue;
+      if (m->active_sessions.load() > 0) {
+        return absl::FailedPreconditionError(absl::StrCat("model ", m->id(), " has ",
+                                                          m->active_sessions.load(),
+                                                          " active sessions; not unloaded"));
+      }
+      victims.push_back(m);
+    }
+    if (!model_id.empty() && victims.empty()) {
+      return absl::NotFoundError(
+          absl::StrCat("unknown model id '", EscapeForLog(model_id), "' (OpenModel first)"));
+    }
+    for (const auto& m : victims) RemoveLocked(m);
+  }
+  if (options_.dropped) {
+    for (const auto& m : victims) options_.dropped(m);
+  }
+  return victims;
+}
+
+}  // namespace bigsmall::daemon

@@ -1,0 +1,109 @@
+// The daemon's open models: where a requested path may come from (the model
+// directories), opening it once and safely, and the limits on what stays
+// open.
+//
+// Path rules (docs/API.md, "Model paths"):
+//  * Each root (config `model_dirs`, or `allowed_roots` when set) is opened
+//    once at creation (O_PATH | O_DIRECTORY). A request names an absolute
+//    path lexically beneath one of them (the configured spelling or its real
+//    path); the rest is opened from the root's descriptor with OpenBeneath
+//    (no symlinks, no escape) and every read of the model goes through that
+//    one open.
+//  * Any path that is not beneath a root, or that tries to leave it, gets
+//    one PERMISSION_DENIED message whatever exists there (kOutsideRoots).
+//    Beneath a root, a missing path is NOT_FOUND.
+//  * NUL bytes and paths over kMaxPathBytes are INVALID_ARGUMENT; untrusted
+//    text is escaped (EscapeForLog) in logs and messages.
+//
+// Identity and limits: a model is keyed by the (device, inode) of what was
+// opened, so hard links are one model; reopening it costs one open + fstat
+// (Model::Fingerprint), the index is read again only when the fingerprint
+// changed. At most `max_models` stay open: when a new one needs room the
+// least recently used idle model (no session, no lease) is closed; when all
+// are busy, RESOURCE_EXHAUSTED. A description over `max_description_bytes`
+// is refused with RESOURCE_EXHAUSTED and never registered.
+#ifndef BIGSMALL_DAEMON_REGISTRY_H_
+#define BIGSMALL_DAEMON_REGISTRY_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "daemon/model.h"
+#include "daemon/safe_open.h"
+
+namespace bigsmall::daemon {
+
+inline constexpr size_t kMaxPathBytes = 4096;  // PATH_MAX
+inline constexpr char kOutsideRoots[] = "model path is outside the daemon's model directories";
+
+struct RegistryOptions {
+  std::vector<std::string> roots;
+  uint32_t max_models = 64;
+  uint64_t max_description_bytes = 60ull << 20;
+  ModelOptions model_options;
+  // True while the model must not be closed (sessions, leases, calls).
+  std::function<bool(const Model&)> busy;
+  // Called (outside the registry's lock) for each model the registry drops:
+  // replaced by a changed file, closed LRU, or unloaded.
+  std::function<void(const std::shared_ptr<Model>&)> dropped;
+};
+
+class ModelRegistry {
+ public:
+  // Roots that cannot be opened are logged and skipped (paths beneath them
+  // are then outside every root).
+  explicit ModelRegistry(RegistryOptions options);
+
+  // Checks a requested path's form: INVALID_ARGUMENT for empty, NUL,
+  // over-long.
+  static absl::Status CheckPath(const std::string& path);
+
+  struct Opened {
+    std::shared_ptr<Model> model;
+    bool already_open = false;
+  };
+  absl::StatusOr<Opened> Open(const std::string& path);
+  absl::StatusOr<std::shared_ptr<Model>> Find(const std::string& model_id);
+  std::vector<std::shared_ptr<Model>> List() const;
+  size_t size() const;
+  // Admin call: forgets one model (id) or every model (""), unless one of
+  // them is busy (FAILED_PRECONDITION, nothing unloaded). Returns those
+  // unloaded.
+  absl::StatusOr<std::vector<std::shared_ptr<Model>>> Unload(const std::string& model_id);
+
+  // The real paths of the usable roots.
+  std::vector<std::string> root_paths() const;
+
+ private:
+  struct Root {
+    std::string configured;  // as configured, without trailing '/'
+    std::string real;        // its real path
+    UniqueFd fd;
+  };
+  struct Entry {
+    std::shared_ptr<Model> model;
+    uint64_t last_used = 0;
+  };
+  // Opens `path` beneath a root: the descriptor and the model's real path.
+  absl::StatusOr<UniqueFd> OpenPath(const std::string& path, std::string* real) const;
+  // Drops LRU idle models until one more fits. mu_ held.
+  absl::Status MakeRoomLocked(std::vector<std::shared_ptr<Model>>* dropped);
+  void RemoveLocked(const std::shared_ptr<Model>& model);
+
+  const RegistryOptions options_;
+  std::vector<Root> roots_;
+  mutable std::mutex mu_;
+  uint64_t clock_ = 0;
+  absl::flat_hash_map<FileId, Entry> by_file_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Model>> by_id_;
+};
+
+}  // namespace bigsmall::daemon
+
+#endif  // BIGSMALL_DAEMON_REGISTRY_H_
