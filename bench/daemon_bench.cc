@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -129,11 +130,17 @@ int main(int argc, char** argv) {
   double layers_only_ttfl_ms = 0;
   {
     std::string dir = work + "/daemon_bench." + std::to_string(getpid());
+    char bs_real[PATH_MAX];
+    const std::string bs_abs = realpath(bs.c_str(), bs_real) != nullptr ? bs_real : bs;
+    std::string bs_dir = bs_abs;
+    bs_dir = bs_dir.substr(0, std::max<size_t>(bs_dir.find_last_of('/'), 1));
     ::mkdir(dir.c_str(), 0700);
     std::string socket = dir + "/s.sock";
     pid_t pid = bigsmall::testing::Spawn(
         {bigsmalld, "--socket", socket, "--shm-dir", dir + "/shm", "--cache-budget", budget,
-         "--prefetch", std::to_string(prefetch), "--log-level", "warn"},
+         "--prefetch", std::to_string(prefetch), "--log-level", "warn",
+         // The model must lie beneath a model directory: the .bs file's.
+         "--model-dir", bs_dir},
         "", dir + "/daemon.log");
     auto client = bigsmall::client::Client::Connect(socket);
     if (!client.ok() || !(*client)->WaitReady(std::chrono::seconds(20)).ok()) {
@@ -143,7 +150,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     auto open_start = Clock::now();
-    auto desc = (*client)->OpenModel(bs);
+    auto desc = (*client)->OpenModel(bs_abs);  // the daemon wants an absolute path
     double open_ms = Seconds(open_start) * 1000;
     if (!desc.ok()) {
       std::fprintf(stderr, "open: %s\n", desc.status().ToString().c_str());

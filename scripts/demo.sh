@@ -34,7 +34,8 @@ build/cli/bigsmall verify "$bs" --against "$model"
 
 echo "== serve with bigsmalld and stream every layer to a client (client re-hashes each tensor)"
 sock="$work/bigsmall.sock"
-build/daemon/bigsmalld --socket "$sock" --shm-dir "$work/shm" --drain-seconds 2 --log-level warn &
+build/daemon/bigsmalld --socket "$sock" --shm-dir "$work/shm" --model-dir "$work" \
+  --drain-seconds 2 --log-level warn &
 daemon_pid=$!
 for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
 build/client/bigsmall-client --socket "$sock" stream "$bs" --verify --non-layer
