@@ -165,12 +165,18 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const ListenerO
   }
   l->dev_ = st.st_dev;
   l->ino_ = st.st_ino;
-  if (options.gid >= 0 &&
-      ::lchown(path.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(options.gid)) != 0) {
+  // Group and mode through the O_PATH fd: fchownat(AT_EMPTY_PATH) takes
+  // it directly; chmod goes through /proc/self/fd (the fd's own inode),
+  // and only where /proc is missing by path (safe by the directory rule).
+  if (options.gid >= 0 && ::fchownat(l->path_fd_, "", static_cast<uid_t>(-1),
+                                     static_cast<gid_t>(options.gid), AT_EMPTY_PATH) != 0) {
     spdlog::warn("chgrp {} {}: {}", options.gid, shown, std::strerror(errno));
   }
-  if (::chmod(path.c_str(), options.mode) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("chmod ", shown));
+  const std::string by_fd = absl::StrCat("/proc/self/fd/", l->path_fd_);
+  if (::chmod(by_fd.c_str(), options.mode) != 0) {
+    if (errno != ENOENT || ::chmod(path.c_str(), options.mode) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("chmod ", shown));
+    }
   }
   if (::listen(l->listen_fd_, SOMAXCONN) != 0) {
     return ErrnoToStatus(errno, absl::StrCat("listen ", shown));

@@ -15,11 +15,14 @@
 // The socket: bind() creates it with mode 0777 & ~umask; the umask is set to
 // 0177 around bind (process-wide: done at startup, before the service's
 // threads run), so it appears as 0600, owner the daemon. Its group and mode
-// cannot be set through the fd (fchown/fchmod on a socket fd change the
-// sockfs inode, not the path), so they are set by path: lstat (must be the
-// socket just bound: S_ISSOCK, remembered dev/ino), lchown (never follows a
-// link), chmod. Safe only because of the directory rule above. listen()
-// comes last: nobody connects before the mode and group are final.
+// cannot be set through the socket fd (fchown/fchmod on it change the sockfs
+// inode, not the file), so the file is opened O_PATH|O_NOFOLLOW right after
+// bind and fstat'ed (must be a socket; its dev/ino are remembered), then its
+// group is set through that fd (fchownat AT_EMPTY_PATH) and its mode through
+// /proc/self/fd/N (by path only where /proc is missing). Between bind and
+// that open only we, root and the directory's owner could swap the file: the
+// directory rule above. listen() comes last: nobody connects before the mode
+// and group are final.
 //
 // A socket left by a dead daemon is removed at startup only if lstat says it
 // is a socket (not a link, not a file) and a connect to it is refused
