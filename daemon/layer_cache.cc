@@ -294,10 +294,10 @@ void LayerCache::FinishLoad(const std::shared_ptr<Entry>& entry,
     }
   }
   leases.clear();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    --loads_in_flight_;
-  }
+  std::lock_guard<std::mutex> lock(mu_);
+  --loads_in_flight_;
+  // Under the lock: once WaitIdle sees 0 the cache may be destroyed, so
+  // nothing here may touch it after the lock is released.
   idle_cv_.notify_all();
 }
 
