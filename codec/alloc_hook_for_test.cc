@@ -11,12 +11,13 @@ constexpr size_t kNoLimit = ~size_t{0};
 std::atomic<size_t> fail_from{kNoLimit};
 std::atomic<size_t> largest{0};
 
-void* Allocate(size_t n) {
+void* Allocate(size_t n, size_t align = 0) {
   size_t seen = largest.load(std::memory_order_relaxed);
   while (n > seen && !largest.compare_exchange_weak(seen, n, std::memory_order_relaxed)) {
   }
   if (n >= fail_from.load(std::memory_order_relaxed)) throw std::bad_alloc();
-  void* p = std::malloc(n == 0 ? 1 : n);
+  if (n == 0) n = 1;
+  void* p = align == 0 ? std::malloc(n) : std::aligned_alloc(align, (n + align - 1) / align * align);
   if (p == nullptr) throw std::bad_alloc();
   return p;
 }
@@ -31,11 +32,17 @@ size_t LargestAllocation() { return largest.load(); }
 
 }  // namespace bigsmall::test
 
-// The replaceable global allocation functions (the nothrow, array and sized
-// forms of libstdc++ forward to these).
+// The replaceable global allocation functions, plain and aligned (the
+// nothrow forms of libstdc++ forward to these).
 void* operator new(size_t n) { return bigsmall::test::Allocate(n); }
 void* operator new[](size_t n) { return bigsmall::test::Allocate(n); }
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
 void operator delete[](void* p, size_t) noexcept { std::free(p); }
+void* operator new(size_t n, std::align_val_t a) { return bigsmall::test::Allocate(n, static_cast<size_t>(a)); }
+void* operator new[](size_t n, std::align_val_t a) { return bigsmall::test::Allocate(n, static_cast<size_t>(a)); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }

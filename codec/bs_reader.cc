@@ -66,8 +66,9 @@ absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl
   return h;
 }
 
-absl::StatusOr<BsIndex> ParseIndex(absl::Span<const uint8_t> raw, const FileHeader& header,
-                                   absl::string_view what) {
+namespace {
+absl::StatusOr<BsIndex> ParseIndexImpl(absl::Span<const uint8_t> raw, const FileHeader& header,
+                                       absl::string_view what) {
   const std::string where = absl::StrCat(what, " index");
   ByteReader r(raw, where);
   BsIndex ix;
@@ -158,6 +159,12 @@ absl::StatusOr<BsIndex> ParseIndex(absl::Span<const uint8_t> raw, const FileHead
   if (!r.done()) return Corrupt(where, "trailing bytes");
   return ix;
 }
+}  // namespace
+
+absl::StatusOr<BsIndex> ParseIndex(absl::Span<const uint8_t> raw, const FileHeader& header,
+                                   absl::string_view what) {
+  return NoThrowAlloc(what, [&] { return ParseIndexImpl(raw, header, what); });
+}
 
 BsReader::BsReader(std::unique_ptr<ByteSource> source, BsIndex index)
     : source_(std::move(source)), index_(std::move(index)), name_(source_->name()) {}
@@ -168,6 +175,10 @@ absl::StatusOr<std::unique_ptr<BsReader>> BsReader::OpenFile(const std::string& 
 }
 
 absl::StatusOr<std::unique_ptr<BsReader>> BsReader::Open(std::unique_ptr<ByteSource> source) {
+  return NoThrowAlloc("opening a .bs", [&] { return OpenImpl(std::move(source)); });
+}
+
+absl::StatusOr<std::unique_ptr<BsReader>> BsReader::OpenImpl(std::unique_ptr<ByteSource> source) {
   const std::string what = source->name();
   if (source->size() < kFileHeaderSize) return Corrupt(what, "too short to be a .bs file");
   uint8_t head[kFileHeaderSize];
@@ -205,6 +216,12 @@ absl::StatusOr<std::vector<uint8_t>> BsReader::ReadGroup(uint32_t group) const {
 absl::Status BsReader::DecodeBlob(const BsTensor& bt, absl::Span<const uint8_t> blob,
                                   absl::Span<uint8_t> out, const DecodeOptions& options,
                                   absl::Span<const uint8_t> base) const {
+  return NoThrowAlloc(name_, [&] { return DecodeBlobImpl(bt, blob, out, options, base); });
+}
+
+absl::Status BsReader::DecodeBlobImpl(const BsTensor& bt, absl::Span<const uint8_t> blob,
+                                      absl::Span<uint8_t> out, const DecodeOptions& options,
+                                      absl::Span<const uint8_t> base) const {
   if (out.size() != bt.info.size()) {
     return absl::InvalidArgumentError(absl::StrCat(name_, ": output buffer for '", bt.info.name,
                                                    "' has the wrong size"));
@@ -245,6 +262,11 @@ absl::Status BsReader::DecodeTensor(uint32_t t, absl::Span<const uint8_t> group_
 
 absl::StatusOr<std::vector<uint8_t>> BsReader::ReadTensor(uint32_t t, const DecodeOptions& options,
                                                           const BaseTensorFetcher& base) const {
+  return NoThrowAlloc(name_, [&] { return ReadTensorImpl(t, options, base); });
+}
+
+absl::StatusOr<std::vector<uint8_t>> BsReader::ReadTensorImpl(uint32_t t, const DecodeOptions& options,
+                                                              const BaseTensorFetcher& base) const {
   if (t >= index_.tensors.size()) return absl::OutOfRangeError(absl::StrCat(name_, ": no tensor ", t));
   const BsTensor& bt = index_.tensors[t];
   ASSIGN_OR_RETURN(auto blob, ReadRange(*source_, bt.blob_offset, bt.blob_size));

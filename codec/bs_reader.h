@@ -117,6 +117,14 @@ class BsReader {
 
  private:
   BsReader(std::unique_ptr<ByteSource> source, BsIndex index);
+  // The public calls run these and turn an allocation failure into
+  // RESOURCE_EXHAUSTED (nothing on the decode path throws).
+  static absl::StatusOr<std::unique_ptr<BsReader>> OpenImpl(std::unique_ptr<ByteSource> source);
+  absl::StatusOr<std::vector<uint8_t>> ReadTensorImpl(uint32_t t, const DecodeOptions& options,
+                                                      const BaseTensorFetcher& base) const;
+  absl::Status DecodeBlobImpl(const BsTensor& tensor, absl::Span<const uint8_t> blob,
+                              absl::Span<uint8_t> out, const DecodeOptions& options,
+                              absl::Span<const uint8_t> base) const;
   absl::Status DecodeBlob(const BsTensor& tensor, absl::Span<const uint8_t> blob,
                           absl::Span<uint8_t> out, const DecodeOptions& options,
                           absl::Span<const uint8_t> base) const;

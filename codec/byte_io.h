@@ -44,6 +44,21 @@ inline absl::StatusOr<std::vector<uint8_t>> AllocateBytes(uint64_t n, absl::stri
   return absl::ResourceExhaustedError(absl::StrCat(what, ": cannot allocate ", n, " bytes"));
 }
 
+// Runs fn() (returning a Status or StatusOr) and turns an allocation failure
+// inside it (std::bad_alloc, std::length_error from a container growing)
+// into RESOURCE_EXHAUSTED: the decode entry points use it so no allocation
+// on the decode path can throw into a caller that must not throw (the
+// daemon, pool threads).
+template <typename Fn>
+auto NoThrowAlloc(absl::string_view what, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+  } catch (const std::length_error&) {
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory"));
+}
+
 class ByteWriter {
  public:
   explicit ByteWriter(std::vector<uint8_t>* out) : out_(out) {}

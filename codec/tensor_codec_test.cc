@@ -287,5 +287,28 @@ TEST(TensorBlob, ScratchAllocationFailureIsResourceExhausted) {
   EXPECT_EQ(out[0], 0x3c);
 }
 
+// Regression: every other allocation on the decode path (the 16 KiB rANS
+// decode tables, parse tables) threw std::bad_alloc out of DecodeTensorBlob.
+TEST(TensorBlob, AnyAllocationFailureWhileDecodingIsResourceExhausted) {
+  const auto bytes = MakeTensor("BF16", 5000, 3);
+  auto blob = EncodeTensorBlob(bytes, ResolveDtype("BF16"));
+  ASSERT_TRUE(blob.ok());
+  std::vector<uint8_t> out(bytes.size());
+  absl::Status st;
+  bool threw = false;
+  {
+    test::FailLargeAllocations fail(4096);  // a decode table is 16 KiB
+    try {
+      st = DecodeTensorBlob(*blob, absl::MakeSpan(out));
+    } catch (...) {
+      threw = true;
+    }
+  }
+  ASSERT_FALSE(threw) << "DecodeTensorBlob threw";
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  ASSERT_TRUE(DecodeTensorBlob(*blob, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, bytes);
+}
+
 }  // namespace
 }  // namespace bigsmall

@@ -23,7 +23,8 @@ absl::Status Corrupt(const std::string& what) {
 
 }  // namespace
 
-absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob) {
+namespace {
+absl::StatusOr<ParsedBlob> ParseTensorBlobImpl(absl::Span<const uint8_t> blob) {
   ByteReader r(blob, "tensor blob");
   ParsedBlob b;
   ASSIGN_OR_RETURN(uint8_t version, r.U8("blob version"));
@@ -126,7 +127,14 @@ absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob) {
   return b;
 }
 
-absl::StatusOr<BlobSummary> SummarizeTensorBlob(absl::Span<const uint8_t> blob) {
+}  // namespace
+
+absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob) {
+  return NoThrowAlloc("tensor blob", [&] { return ParseTensorBlobImpl(blob); });
+}
+
+namespace {
+absl::StatusOr<BlobSummary> SummarizeTensorBlobImpl(absl::Span<const uint8_t> blob) {
   ASSIGN_OR_RETURN(ParsedBlob b, ParseTensorBlob(blob));
   BlobSummary s;
   s.split = b.split;
@@ -143,6 +151,11 @@ absl::StatusOr<BlobSummary> SummarizeTensorBlob(absl::Span<const uint8_t> blob) 
     s.planes.push_back(ps);
   }
   return s;
+}
+}  // namespace
+
+absl::StatusOr<BlobSummary> SummarizeTensorBlob(absl::Span<const uint8_t> blob) {
+  return NoThrowAlloc("tensor blob", [&] { return SummarizeTensorBlobImpl(blob); });
 }
 
 namespace {
@@ -234,8 +247,9 @@ absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>&
 
 }  // namespace
 
-absl::Status DecodeTensorBlob(absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
-                              const DecodeOptions& options) {
+namespace {
+absl::Status DecodeTensorBlobImpl(absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
+                                  const DecodeOptions& options) {
   ASSIGN_OR_RETURN(ParsedBlob b, ParseTensorBlob(blob));
   if (b.num_bytes != out.size()) {
     return Corrupt(absl::StrCat("blob holds ", b.num_bytes, " bytes, tensor has ", out.size()));
@@ -257,6 +271,12 @@ absl::Status DecodeTensorBlob(absl::Span<const uint8_t> blob, absl::Span<uint8_t
   }
   for (uint32_t c = 0; c < b.num_chunks; ++c) RETURN_IF_ERROR(decode(c));
   return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status DecodeTensorBlob(absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
+                              const DecodeOptions& options) {
+  return NoThrowAlloc("tensor blob", [&] { return DecodeTensorBlobImpl(blob, out, options); });
 }
 
 }  // namespace bigsmall
