@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <atomic>
 #include <limits>
 #include <exception>
@@ -69,7 +70,10 @@ bool ThreadPool::RunOne() {
   // report errors use ParallelFor, which turns an exception into a status.
   try {
     task();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bigsmall: a scheduled pool task threw (%s); dropped\n", e.what());
   } catch (...) {
+    std::fputs("bigsmall: a scheduled pool task threw; dropped\n", stderr);
   }
   return true;
 }

@@ -1,7 +1,9 @@
 // A fixed-size worker pool with a ParallelFor helper. Tasks should not throw;
 // if a ParallelFor/OrderedBatches task does (std::bad_alloc from a growing
 // buffer), its index fails with RESOURCE_EXHAUSTED (INTERNAL for other
-// exceptions) instead of std::terminate; a throwing Schedule() task is dropped.
+// exceptions) instead of std::terminate. A Schedule() task that throws is
+// dropped with a line on stderr (no std::terminate): such a task must catch
+// what it can throw itself if someone waits for it to finish.
 #ifndef BIGSMALL_CODEC_THREAD_POOL_H_
 #define BIGSMALL_CODEC_THREAD_POOL_H_
 

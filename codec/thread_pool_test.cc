@@ -151,8 +151,18 @@ TEST(ThreadPoolTest, ThrowingTaskIsResourceExhaustedNotTerminate) {
         return absl::OkStatus();
       });
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  // A plain scheduled task that throws does not take the process down.
+  std::atomic<int> after{0};
+  pool.Schedule([] { throw std::bad_alloc(); });
+  pool.Schedule([&] { after.fetch_add(1); });
   // The pool still works afterwards.
   EXPECT_TRUE(pool.ParallelFor(100, [](size_t) { return absl::OkStatus(); }).ok());
+  {
+    ThreadPool drained(1);
+    drained.Schedule([] { throw std::runtime_error("x"); });
+    drained.Schedule([&] { after.fetch_add(1); });
+  }  // the destructor runs every task
+  EXPECT_GE(after.load(), 1);  // the second pool ran its task after the throwing one
 }
 
 }  // namespace
