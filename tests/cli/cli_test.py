@@ -1020,6 +1020,27 @@ def test_error_codes_follow_spec(env):
     check("5  wrong or missing --base, unsupported format version" in p.stdout, "help: %s" % p.stdout)
 
 
+def test_small_file_declaring_huge_index(env):
+    """A 37 KB .bs declaring a 1 GiB index (a real zstd frame that inflates to 1 GiB): info, verify and
+    decompress reject it (DATA_LOSS, exit 3) before allocating it: peak RSS grows < 64 MiB over a tiny
+    valid file (it used to allocate and inflate the whole 1 GiB)."""
+    d = env.scratch()
+    huge = os.path.join(GOLDEN_CORRUPT, "huge_index.bs")
+    small = os.path.join(d, "small.bs")
+    write_safetensors(os.path.join(d, "small.safetensors"), [("model.layers.0.w", "U8", [16], bytes(16))])
+    run(["compress", os.path.join(d, "small.safetensors"), "-o", small, "-q"], expect=0)
+    rc, base = peak_rss_kib(["info", small])
+    check(rc == 0, "info on a small file failed")
+    for cmd in (["info", huge], ["verify", huge], ["decompress", huge, "-o", os.path.join(d, "out")]):
+        rc, peak = peak_rss_kib(cmd)
+        check(rc == EXIT_DATA_LOSS, "%s: exit %d" % (cmd[0], rc))
+        grown = (peak - base) / 1024.0
+        check(grown < 64, "%s grew %.0f MiB on a 37 KB file declaring a 1 GiB index" % (cmd[0], grown))
+    p, j = run_json_error(["info", huge], EXIT_DATA_LOSS)
+    check(j["code"] == "DATA_LOSS", "code %s" % j["code"])
+    check_error(p, "huge_index.bs", "claims 1073741824 bytes")
+
+
 def test_missing_output_directory(env):
     """A missing output directory is an output failure (exit 1) saying so, never 'input not found' (4)."""
     d = env.scratch()

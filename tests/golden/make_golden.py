@@ -10,7 +10,7 @@ valid/ alone (run it when docs/FORMAT.md section 10 changes).
 valid/*.safetensors   small originals of several dtypes (deterministic)
 valid/*.bs            their compressed forms (balanced, storage, inference) written by this version;
                       golden_test.py checks every future build still decodes them byte for byte
-corrupt/*.bs          damaged copies; expected.json gives, for each, its failure class and the
+corrupt/*.bs          damaged copies (and huge_index.bs, a small file declaring a 1 GiB index); expected.json gives, for each, its failure class and the
                       status code and CLI exit code that docs/FORMAT.md section 10.1 assigns to that
                       class (read from the spec's table, never from what a build prints), and a
                       message fragment
@@ -76,8 +76,9 @@ def main():
     valid, corrupt = os.path.join(HERE, "valid"), os.path.join(HERE, "corrupt")
     for d in ((corrupt,) if expectations_only else (valid, corrupt)):
         keep = {}
-        if expectations_only and os.path.exists(os.path.join(d, "future_version.bs")):
-            keep["future_version.bs"] = open(os.path.join(d, "future_version.bs"), "rb").read()
+        for name in ("future_version.bs", "huge_index.bs"):  # need XXH3 to rebuild: kept
+            if os.path.exists(os.path.join(d, name)):
+                keep[name] = open(os.path.join(d, name), "rb").read()
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
         for name, data in keep.items():  # needs xxhash to rebuild; kept when it is missing
@@ -143,6 +144,11 @@ def main():
     except ImportError:
         if os.path.exists(os.path.join(corrupt, "future_version.bs")):  # kept from an earlier run
             put("future_version.bs", None, "unknown-major-version", "is not supported")
+    # 37 KB declaring a 1 GiB index (one zstd frame of RLE blocks that truly inflates to 1 GiB):
+    # rejected before allocating. Written by hand once (codec/bs_roundtrip_test.cc FileWithIndex
+    # with ZeroFrame(2^30)); kept across regenerations.
+    if os.path.exists(os.path.join(corrupt, "huge_index.bs")):
+        put("huge_index.bs", None, "index-size", "claims 1073741824 bytes")
     json.dump(expected, open(os.path.join(HERE, "expected.json"), "w"), indent=1, sort_keys=True)
     print("golden files written")
 
