@@ -128,7 +128,7 @@ struct EntryPlan {
 absl::StatusOr<std::vector<EntryPlan>> PlanDirectory(const std::string& dir, const ModelManifest& m) {
   std::vector<EntryPlan> plan;
   for (const auto& e : m.entries) {
-    const std::string src = (std::filesystem::path(dir) / e.stored).string();
+    ASSIGN_OR_RETURN(const std::string src, ResolveInside(dir, e.stored));
     EntryPlan p;
     if (e.kind == ManifestKind::kCompressed) {
       ASSIGN_OR_RETURN(auto reader, BsReader::OpenFile(src));
@@ -191,7 +191,7 @@ absl::StatusOr<DecompressStats> DecompressPath(const std::string& input, const s
     ASSIGN_OR_RETURN(AtomicDirectory dir, AtomicDirectory::Create(output, options.force));
     for (size_t i = 0; i < m.entries.size(); ++i) {
       const auto& e = m.entries[i];
-      const std::string src = (std::filesystem::path(input) / e.stored).string();
+      ASSIGN_OR_RETURN(const std::string src, ResolveInside(input, e.stored));
       const std::string dst = (std::filesystem::path(dir.temp_path()) / e.original).string();
       RETURN_IF_ERROR(MakeParentDirs(dir.temp_path(), e.original));
       stats.tensors += plan[i].tensors;
@@ -251,7 +251,7 @@ absl::StatusOr<DecompressStats> VerifyPath(const std::string& input, const Verif
     }
     for (size_t i = 0; i < m.entries.size(); ++i) {
       const auto& e = m.entries[i];
-      const std::string src = (std::filesystem::path(input) / e.stored).string();
+      ASSIGN_OR_RETURN(const std::string src, ResolveInside(input, e.stored));
       const std::string orig =
           options.against.empty() ? "" : (std::filesystem::path(options.against) / e.original).string();
       if (e.kind == ManifestKind::kCompressed) {

@@ -108,6 +108,19 @@ absl::Status WalkDir(Walk& w, const std::string& dir, const std::string& prefix,
 
 }  // namespace
 
+absl::StatusOr<std::string> ResolveInside(const std::string& root, const std::string& relative) {
+  const std::string path = (std::filesystem::path(root) / relative).string();
+  ASSIGN_OR_RETURN(const std::string root_real, RealPath(root));
+  auto real = RealPath(path);
+  if (!real.ok()) return real.status();  // missing: NOT_FOUND naming it
+  if (!Inside(*real, root_real)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        EscapeForLog(path), " leads outside the compressed directory (to ", EscapeForLog(*real),
+        "): refused"));
+  }
+  return *real;
+}
+
 absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir, const ListOptions& options) {
   std::vector<DirEntry> out;
   Walk w;

@@ -37,6 +37,12 @@ absl::StatusOr<std::vector<DirEntry>> ListModelDirectory(const std::string& dir,
 
 bool IsSafetensorsName(const std::string& path);
 
+// The path to read `relative` (a manifest's stored path) of the compressed
+// directory `root` from: FAILED_PRECONDITION when it is, or passes through,
+// a symlink leading outside `root` (our writer stores no symlinks; a
+// downloaded directory must not make decompress copy /etc/shadow).
+absl::StatusOr<std::string> ResolveInside(const std::string& root, const std::string& relative);
+
 enum class ManifestKind { kCompressed, kCopied };
 
 struct ManifestEntry {

@@ -1237,6 +1237,31 @@ def test_symlink_outside_model_dir(env):
     check_error(p, "model.safetensors", "outside the model directory")
 
 
+def test_compressed_directory_symlink_escape(env):
+    """A compressed directory (e.g. downloaded) whose stored file is a symlink out of it: decompress and
+    verify refuse it (exit 5) instead of copying the target (our writer never stores symlinks)."""
+    d = env.scratch()
+    secret = os.path.join(d, "secret.txt")
+    with open(secret, "w") as f:
+        f.write("top secret\n")
+    bsd = os.path.join(d, "model.bs")
+    run(["compress", env.model_dir, "-o", bsd, "-q"], expect=0)
+    os.remove(os.path.join(bsd, "config.json"))
+    os.symlink(secret, os.path.join(bsd, "config.json"))
+    out = os.path.join(d, "out")
+    p = run(["decompress", bsd, "-o", out], expect=EXIT_PRECONDITION)
+    check_error(p, "config.json", "outside the compressed directory")
+    check(not os.path.exists(out), "output written")
+    run(["verify", bsd], expect=EXIT_PRECONDITION)
+    no_temp_files(d)
+    # A link inside the compressed directory is fine.
+    os.remove(os.path.join(bsd, "config.json"))
+    shutil.copyfile(os.path.join(env.model_dir, "config.json"), os.path.join(bsd, "real_config"))
+    os.symlink("real_config", os.path.join(bsd, "config.json"))
+    run(["decompress", bsd, "-o", out, "-q"], expect=0)
+    check(tree_hashes(out) == tree_hashes(env.model_dir), "round trip differs")
+
+
 def test_fifo_input_does_not_hang(env):
     """A FIFO with no writer as an input is refused at once (it used to block in open() forever)."""
     d = env.scratch()
