@@ -1,6 +1,7 @@
 // End-to-end tests: a real bigsmalld process on a real Unix socket, driven by
 // the client library and the bigsmall-client CLI.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -1438,5 +1439,122 @@ TEST_F(IntegrationTest, OversizedDescriptionIsRefusedAndNotRegistered) {
   EXPECT_EQ(ls->models_size(), 0);
 }
 
+
+// Issue 6 (arenas): cached layers are ranges of a few arena files, not one
+// file and one mapping each.
+int CountEntries(const std::string& dir) {
+  int n = 0;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return n;
+}
+
+int CountMappingsOf(pid_t pid, const std::string& dir) {
+  std::ifstream maps(absl::StrCat("/proc/", pid, "/maps"));
+  std::string line;
+  int n = 0;
+  while (std::getline(maps, line)) n += line.find(dir + "/") != std::string::npos;
+  return n;
+}
+
+TEST_F(IntegrationTest, CachedLayersShareOneArenaFileAndMapping) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  client::StreamOptions options;
+  options.include_non_layer = true;
+  options.window = 8;
+  auto stream = d.client().Stream(desc->model_id(), options);
+  ASSERT_TRUE(stream.ok());
+  std::vector<std::unique_ptr<client::Layer>> held;
+  std::set<uint64_t> offsets;
+  std::set<std::string> paths;
+  while (true) {
+    auto layer = (*stream)->Next();
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    if (*layer == nullptr) break;
+    const v1::HostMemory& host = (*layer)->handle().memory().host();
+    EXPECT_EQ(host.offset() % 4096, 0u);
+    offsets.insert(host.offset());
+    paths.insert(host.path());
+    held.push_back(std::move(*layer));
+  }
+  EXPECT_EQ(held.size(), 7u);  // 6 layers and the non-layer group
+  EXPECT_EQ(offsets.size(), 7u);
+  EXPECT_EQ(paths.size(), 1u);
+  std::string instance = absl::StrCat(d.dir(), "/shm/d", d.pid());
+  EXPECT_EQ(CountEntries(instance), 1) << instance;
+  EXPECT_EQ(CountMappingsOf(d.pid(), instance), 1);
+  EXPECT_EQ(CountMappingsOf(getpid(), instance), 1);  // the client maps the arena once
+  held.clear();
+}
+
+// Issue 6 (shm dir): the base swapped after start for an attacker's 0777
+// dir holding a forged arena file: clients refuse it, and the daemon keeps
+// working in (and at exit removes) its own directory through its fds.
+TEST_F(IntegrationTest, SwappedShmDirServesNoForgedBytes) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  std::string arena;
+  uint64_t arena_size = 0;
+  {
+    auto stream = d.client().Stream(desc->model_id(), {.from_layer = 0, .to_layer = 1});
+    ASSERT_TRUE(stream.ok());
+    auto layer = (*stream)->Next();
+    ASSERT_TRUE(layer.ok() && *layer != nullptr) << layer.status();
+    arena = (*layer)->handle().memory().host().path();
+    struct stat st;
+    ASSERT_EQ(stat(arena.c_str(), &st), 0);
+    arena_size = static_cast<uint64_t>(st.st_size);
+  }
+  const std::string base = d.dir() + "/shm";
+  const std::string instance = absl::StrCat(base, "/d", d.pid());
+  ASSERT_EQ(rename(base.c_str(), (base + ".real").c_str()), 0);
+  ASSERT_EQ(mkdir(base.c_str(), 0777), 0);
+  ASSERT_EQ(chmod(base.c_str(), 0777), 0);
+  ASSERT_EQ(mkdir(instance.c_str(), 0777), 0);
+  {
+    int fd = open(arena.c_str(), O_CREAT | O_EXCL | O_RDWR, 0644);
+    ASSERT_GE(fd, 0) << arena;
+    ASSERT_EQ(ftruncate(fd, static_cast<off_t>(arena_size)), 0);
+    std::vector<uint8_t> junk(1 << 16, 0xff);
+    for (uint64_t off = 0; off < arena_size; off += junk.size()) {
+      ASSERT_GT(pwrite(fd, junk.data(), std::min<uint64_t>(junk.size(), arena_size - off), off), 0);
+    }
+    // Not the daemon's: another user's file (as root), else a writable one.
+    if (geteuid() == 0) {
+      ASSERT_EQ(fchown(fd, 65534, 65534), 0);
+    } else {
+      ASSERT_EQ(fchmod(fd, 0666), 0);
+    }
+    close(fd);
+  }
+  // The cached layer 0 now resolves to the forged file: refused.
+  {
+    auto stream = d.client().Stream(desc->model_id(), {.from_layer = 0, .to_layer = 1});
+    ASSERT_TRUE(stream.ok());
+    auto layer = (*stream)->Next();
+    ASSERT_FALSE(layer.ok()) << "mapped forged layer memory";
+    EXPECT_EQ(layer.status().code(), absl::StatusCode::kPermissionDenied) << layer.status();
+  }
+  // New layers still go to the daemon's own directory.
+  {
+    auto stream = d.client().Stream(desc->model_id(), {.from_layer = 3, .to_layer = 4});
+    ASSERT_TRUE(stream.ok());
+    auto layer = (*stream)->Next();
+    EXPECT_FALSE(layer.ok());  // the path now names the attacker's dir
+  }
+  EXPECT_EQ(CountEntries(instance), 1);  // only the forged file
+  const std::string real_instance = absl::StrCat(base, ".real/d", d.pid());
+  EXPECT_EQ(CountEntries(real_instance), 1);  // the daemon's arena
+  EXPECT_TRUE(d.Stop()) << d.log();
+  EXPECT_NE(access(real_instance.c_str(), F_OK), 0);  // removed through its fd
+  EXPECT_EQ(access(arena.c_str(), F_OK), 0);  // the attacker's file untouched
+}
 }  // namespace
 }  // namespace bigsmall
