@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -132,13 +133,13 @@ void RemoveTreeAt(int parent_fd, const char* name, int depth) {
 
 void RemoveTempsOnSignal(int sig) {
   const int saved_errno = errno;
+  // Files first (some live inside a temporary directory), then directories.
   for (TempSlot& slot : g_temp_slots) {
     int s = kFile;
-    if (slot.state.compare_exchange_strong(s, kFileBusy)) {
-      unlink(slot.path);
-      continue;
-    }
-    s = kDir;
+    if (slot.state.compare_exchange_strong(s, kFileBusy)) unlink(slot.path);
+  }
+  for (TempSlot& slot : g_temp_slots) {
+    int s = kDir;
     if (slot.state.compare_exchange_strong(s, kDirBusy)) RemoveTreeAt(AT_FDCWD, slot.path, 0);
   }
   errno = saved_errno;
@@ -247,10 +248,17 @@ absl::Status CheckOutputReplaceable(const std::string& path, bool overwrite, boo
 absl::StatusOr<AtomicFile> AtomicFile::Create(const std::string& path, bool overwrite) {
   if (absl::Status s = CheckOutputReplaceable(path, overwrite, /*directory=*/false); !s.ok()) return s;
   std::string temp = TempName(path);
+  // Registered before it exists, so a signal between creation and
+  // registration cannot leave it behind (unlinking a missing name is harmless).
+  const int slot = RegisterTemp(temp, /*directory=*/false);
   int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) return CreateError(errno, path);
+  if (fd < 0) {
+    const int err = errno;
+    UnregisterTemp(slot);
+    return CreateError(err, path);
+  }
   AtomicFile f(path, std::move(temp), fd, overwrite);
-  f.slot_ = RegisterTemp(f.temp_path_, /*directory=*/false);
+  f.slot_ = slot;
   return f;
 }
 
@@ -342,9 +350,14 @@ absl::Status AtomicFile::Commit() {
 absl::StatusOr<AtomicDirectory> AtomicDirectory::Create(const std::string& path, bool overwrite) {
   if (absl::Status s = CheckOutputReplaceable(path, overwrite, /*directory=*/true); !s.ok()) return s;
   std::string temp = TempName(path);
-  if (mkdir(temp.c_str(), 0755) != 0) return CreateError(errno, path);
+  const int slot = RegisterTemp(temp, /*directory=*/true);  // before it exists, as above
+  if (mkdir(temp.c_str(), 0755) != 0) {
+    const int err = errno;
+    UnregisterTemp(slot);
+    return CreateError(err, path);
+  }
   AtomicDirectory d(path, std::move(temp), overwrite);
-  d.slot_ = RegisterTemp(d.temp_path_, /*directory=*/true);
+  d.slot_ = slot;
   return d;
 }
 
@@ -375,7 +388,17 @@ absl::Status AtomicDirectory::Commit() {
     if (!overwrite_) {
       return OutputError(absl::AlreadyExistsError(absl::StrCat(EscapeForLog(path_), ": output appeared while writing")));
     }
-    // Move the old one aside, put the new one in, then delete the old one.
+    // Swap the new tree in atomically: the old one is then at temp_path_,
+    // still registered for signal cleanup, and is deleted.
+    if (renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, path_.c_str(), RENAME_EXCHANGE) == 0) {
+      std::filesystem::remove_all(temp_path_, ec);
+      committed_ = true;
+      UnregisterTemp(slot_);
+      slot_ = -1;
+      return FsyncParent(path_);
+    }
+    // No RENAME_EXCHANGE here (old kernel or filesystem): move the old one
+    // aside, put the new one in, then delete the old one.
     std::string old = TempName(path_ + ".old");
     if (rename(path_.c_str(), old.c_str()) != 0) {
       return OutputError(ErrnoToStatus(errno, absl::StrCat("rename ", EscapeForLog(path_))));
@@ -385,9 +408,12 @@ absl::Status AtomicDirectory::Commit() {
       rename(old.c_str(), path_.c_str());
       return OutputError(ErrnoToStatus(err, absl::StrCat("rename to ", EscapeForLog(path_))));
     }
+    // The old tree, until it is gone.
     UnregisterTemp(slot_);
-    slot_ = RegisterTemp(old, /*directory=*/true);  // the old tree, until it is gone
+    slot_ = -1;
+    const int old_slot = RegisterTemp(old, /*directory=*/true);
     std::filesystem::remove_all(old, ec);
+    UnregisterTemp(old_slot);
   } else if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
     return OutputError(ErrnoToStatus(errno, absl::StrCat("rename to ", EscapeForLog(path_))));
   }

@@ -18,7 +18,7 @@ namespace bigsmall {
 namespace {
 const absl::Status& OutOfMemoryStatus();
 const absl::Status& ThrewStatus();
-void BlockTerminationSignals();
+bool BlockTerminationSignals(sigset_t* old_mask);
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
@@ -26,12 +26,12 @@ ThreadPool::ThreadPool(int threads) {
   OutOfMemoryStatus();
   ThrewStatus();
   workers_.reserve(static_cast<size_t>(threads));
-  for (int i = 0; i < threads; ++i) {
-    workers_.emplace_back([this] {
-      BlockTerminationSignals();
-      WorkerLoop();
-    });
-  }
+  // Workers start with the termination signals blocked (a thread inherits
+  // its creator's mask), so none can land on a worker even before it runs.
+  sigset_t old_mask;
+  const bool masked = BlockTerminationSignals(&old_mask);
+  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  if (masked) pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
 }
 
 ThreadPool::~ThreadPool() {
@@ -125,11 +125,11 @@ absl::Status RunTask(const std::function<absl::Status(size_t)>& fn, size_t i) no
 // Worker threads leave SIGINT/SIGTERM/SIGHUP/SIGQUIT to the other threads,
 // so a handler (the CLI's temp cleanup) runs on a thread that is not in the
 // middle of pool work.
-void BlockTerminationSignals() {
+bool BlockTerminationSignals(sigset_t* old_mask) {
   sigset_t set;
   sigemptyset(&set);
   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&set, sig);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return pthread_sigmask(SIG_BLOCK, &set, old_mask) == 0;
 }
 
 // Shared by the calling thread and the helper tasks of one ParallelFor call.
