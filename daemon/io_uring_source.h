@@ -5,7 +5,8 @@
 // io_uring_disabled) or when the caller forces it.
 //
 // Buffer safety: io_uring reads land in bounce memory owned by the ring
-// (queue_depth x chunk_bytes, allocated as used) and are copied to the
+// (queue_depth x chunk_bytes, allocated as used; a source keeps up to 8 idle
+// rings, so at most 8 x queue_depth x chunk_bytes idle) and are copied to the
 // caller's buffer once complete. So when a ring breaks (a failed wait with
 // reads in flight that cannot be drained), the kernel can only ever write
 // memory that is quarantined with the ring, never the caller's buffer, which
