@@ -82,6 +82,10 @@ TEST(BigsmalldFlagsTest, BadFlagValuesExitTwoWithAMessage) {
       {{"--cache-budget", "lots"}, "cache-budget"},
       {{"--read-chunk", "1Q"}, "read-chunk"},
       {{"--drain-seconds", "-3"}, "drain_seconds"},
+      {{"--arena-size", "12345"}, "arena_size"},
+      {{"--arena-size", "100G"}, "arena_size"},
+      {{"--arena-size", "big"}, "arena-size"},
+      {{"--admission-timeout-seconds", "0"}, "admission_timeout_seconds"},
       {{"--no-such-flag"}, "no-such-flag"},
   };
   for (const Case& c : cases) {
@@ -106,6 +110,8 @@ TEST(BigsmalldFlagsTest, BadConfigValuesExitTwoWithAMessage) {
       {R"({"prefetch": -1})", "prefetch"},
       {R"({"max_window": 0})", "max_window"},
       {R"({"sokcet": "/x"})", "sokcet"},
+      {R"({"arena_size": "3K"})", "arena_size"},
+      {R"({"admission_timeout_seconds": -1})", "admission_timeout_seconds"},
       {R"({"io": )", "not valid JSON"},
   };
   int i = 0;
@@ -127,12 +133,21 @@ TEST(BigsmalldFlagsTest, GoodValuesAreAccepted) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("\"socket_mode\": \"0600\""), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"io\": \"pread\""), std::string::npos) << r.output;
-  std::string path = WriteConfig("good", R"({"socket_mode": "0640", "decoder": "reference"})");
+  std::string path = WriteConfig(
+      "good", R"({"socket_mode": "0640", "decoder": "reference", "arena_size": "64M",
+                  "admission_timeout_seconds": 2.5})");
   r = RunDaemon({"--config", path, "--print-config"});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("\"socket_mode\": \"0640\""), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"arena_size\": 67108864"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"admission_timeout_seconds\": 2.5"), std::string::npos) << r.output;
+  r = RunDaemon({"--arena-size", "32M", "--print-config"});
+  EXPECT_NE(r.output.find("\"arena_size\": 33554432"), std::string::npos) << r.output;
   unlink(path.c_str());
   EXPECT_EQ(RunDaemon({"--help"}).exit_code, 0);
+  // The shipped example config stays valid.
+  r = RunDaemon({"--config", BIGSMALL_SOURCE_DIR "/deploy/bigsmalld.example.json", "--print-config"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
 }  // namespace

@@ -210,6 +210,10 @@ absl::Status ApplyConfigJson(const nlohmann::json& json, DaemonConfig* c,
       RETURN_IF_ERROR(Get(v, key, &c->max_total_window));
     } else if (key == "session_idle_seconds") {
       RETURN_IF_ERROR(Get(v, key, &c->session_idle_seconds));
+    } else if (key == "arena_size") {
+      RETURN_IF_ERROR(GetSize(v, key, &c->arena_size));
+    } else if (key == "admission_timeout_seconds") {
+      RETURN_IF_ERROR(Get(v, key, &c->admission_timeout_seconds));
     } else if (key == "admin_group") {
       RETURN_IF_ERROR(Get(v, key, &c->admin_group));
     } else if (key == "max_connections") {
@@ -317,6 +321,15 @@ absl::Status FinalizeConfig(DaemonConfig* c) {
   if (!finite_non_negative(c->session_idle_seconds)) {
     return Bad("session_idle_seconds", "must be >= 0 (0: no idle timeout)");
   }
+  if (c->arena_size < kMinArenaSize || c->arena_size > kMaxArenaSize ||
+      c->arena_size % 4096 != 0) {
+    return Bad("arena_size", absl::StrCat("must be a multiple of 4 KiB in 1 MiB..64 GiB (got ",
+                                          c->arena_size, ")"));
+  }
+  if (!std::isfinite(c->admission_timeout_seconds) || c->admission_timeout_seconds <= 0 ||
+      c->admission_timeout_seconds > 86400) {
+    return Bad("admission_timeout_seconds", "must be in (0, 86400]");
+  }
   return absl::OkStatus();
 }
 
@@ -353,7 +366,12 @@ nlohmann::json ConfigToJson(const DaemonConfig& c) {
           {"max_pending_opens", c.max_pending_opens},
           {"max_sessions", c.max_sessions},
           {"max_total_window", c.max_total_window},
-          {"session_idle_seconds", c.session_idle_seconds}};
+          {"session_idle_seconds", c.session_idle_seconds},
+          {"arena_size", c.arena_size},
+          {"admission_timeout_seconds", c.admission_timeout_seconds},
+          {"admin_group", c.admin_group},
+          {"max_connections", c.max_connections},
+          {"max_connections_per_uid", c.max_connections_per_uid}};
 }
 
 }  // namespace bigsmall::daemon

@@ -21,6 +21,8 @@ inline constexpr char kDefaultModelDir[] = "/var/lib/bigsmall/models";
 inline constexpr uint32_t kMaxPrefetch = 256;
 inline constexpr uint32_t kMaxWindow = 65536;
 inline constexpr int kMaxThreads = 1024;
+inline constexpr uint64_t kMinArenaSize = 1ull << 20;
+inline constexpr uint64_t kMaxArenaSize = 64ull << 30;
 
 struct DaemonConfig {
   std::string socket;            // Unix socket path
@@ -29,6 +31,8 @@ struct DaemonConfig {
   std::string tcp;               // "host:port" to also listen on TCP ("" = off)
   std::string shm_dir;           // "" = /dev/shm/bigsmall-<uid>
   uint64_t cache_budget = 0;     // bytes; 0 = half of physical memory
+  uint64_t arena_size = 256ull << 20;     // bytes per host arena file (a bigger layer: its own)
+  double admission_timeout_seconds = 30;  // a load waits this long for room in the budget
   uint32_t prefetch = 2;         // layers read+decoded ahead of the slowest request
   uint32_t default_window = 4;   // unreleased layers per session when the client asks 0
   uint32_t max_window = 64;

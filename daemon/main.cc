@@ -26,6 +26,12 @@ int main(int argc, char** argv) {
   app.add_option("--tcp", config.tcp, "also listen on TCP host:port (no authentication!)");
   app.add_option("--shm-dir", config.shm_dir, "directory for layer memory (tmpfs)");
   app.add_option("--cache-budget", cache_budget, "host memory for decoded layers, e.g. 16G");
+  std::string arena_size;
+  app.add_option("--arena-size", arena_size,
+                 "bytes per host arena file, e.g. 256M (a larger layer gets its own)");
+  app.add_option("--admission-timeout-seconds", config.admission_timeout_seconds,
+                 "how long a layer load waits for room in the cache budget")
+      ->capture_default_str();
   app.add_option("--prefetch", config.prefetch, "layers read and decoded ahead")
       ->capture_default_str();
   app.add_option("--window", config.default_window, "default unreleased layers per session")
@@ -104,6 +110,11 @@ int main(int argc, char** argv) {
     auto v = bigsmall::daemon::ParseByteSize(cache_budget);
     if (!v.ok()) return fail(absl::StrCat("--cache-budget: ", v.status().message()));
     config.cache_budget = *v;
+  }
+  if (!arena_size.empty()) {
+    auto v = bigsmall::daemon::ParseByteSize(arena_size);
+    if (!v.ok()) return fail(absl::StrCat("--arena-size: ", v.status().message()));
+    config.arena_size = *v;
   }
   if (!read_chunk.empty()) {
     auto v = bigsmall::daemon::ParseByteSize(read_chunk);

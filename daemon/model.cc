@@ -128,8 +128,10 @@ absl::StatusOr<std::shared_ptr<Model>> Model::OpenFd(UniqueFd fd, const std::str
 absl::Status Model::OpenShards(UniqueFd fd, const struct stat& st, const ModelOptions& options) {
   const std::string what = absl::StrCat("model '", EscapeForLog(path_), "'");
   FaultSpec fault;
+  IoOptions io = options.io;
   if (!options.fault_spec.empty()) {
     ASSIGN_OR_RETURN(fault, ParseFaultSpec(options.fault_spec));
+    ApplyUringFaults(fault, &io);  // the uring_* keys act inside the source
   }
   // (descriptor, shard path) of every shard, in order.
   std::vector<std::pair<UniqueFd, std::string>> shard_fds;
@@ -208,7 +210,7 @@ absl::Status Model::OpenShards(UniqueFd fd, const struct stat& st, const ModelOp
     }
     RETURN_IF_ERROR(ClearNonBlock(shard_fd.get()));
     // Takes the descriptor; O_DIRECT is reopened through it, not by name.
-    auto source = IoUringSource::OpenFd(shard_fd.release(), shard_path, options.io);
+    auto source = IoUringSource::OpenFd(shard_fd.release(), shard_path, io);
     if (!source.ok()) return Annotate(source.status(), what);
     io_backend_ = (*source)->backend();
     std::unique_ptr<ByteSource> src = std::move(*source);

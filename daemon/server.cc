@@ -135,7 +135,7 @@ absl::Status RunDaemon(const DaemonConfig& config) {
   absl::Status result;
   {
     auto service = std::make_unique<BigSmallService>(
-        effective, MakeHostArenaPool(arena_dir), &metrics);
+        effective, MakeHostArenaPool(arena_dir, config.arena_size), &metrics);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;

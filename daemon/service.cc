@@ -10,6 +10,7 @@
 #include "daemon/host_arena.h"
 #include "daemon/peer.h"
 #include "daemon/tensor_copy.h"
+#include "daemon/tsan_annotations.h"
 #include "spdlog/spdlog.h"
 
 namespace bigsmall::daemon {
@@ -22,42 +23,45 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 namespace {
 
-DecoderImpl ParseDecoder(const std::string& name) {
-  if (name == "reference") return DecoderImpl::kReference;
-  if (name == "scalar") return DecoderImpl::kScalar;
-  if (name == "avx2") return DecoderImpl::kAvx2;
-  if (name == "avx512") return DecoderImpl::kAvx512;
-  return DecoderImpl::kAuto;
-}
+// Hands a reactor's state from the thread that starts a gRPC operation to
+// the thread that runs its callback. gRPC orders the two, but inside
+// uninstrumented libraries ThreadSanitizer cannot see it; Mark() on both
+// sides (after construction, before every StartRead/StartWrite/Finish, and
+// first in every callback) makes the order visible. An annotation, not a
+// mutex: a mutex member's own first use in the callback thread would race
+// with the allocation of the reactor. No-op outside TSan builds.
+class Handoff {
+ public:
+  void Mark() {
+    BIGSMALL_TSAN_ACQUIRE(this);
+    BIGSMALL_TSAN_RELEASE(this);
+  }
+};
 
 // A unary reactor that counts its call in `calls_in_flight` until OnDone,
 // i.e. until the response and status have left (or the call was cancelled).
+// Reply() is the one way to finish it.
 class CountedUnaryReactor final : public grpc::ServerUnaryReactor {
  public:
   explicit CountedUnaryReactor(std::atomic<int32_t>* counter) : counter_(counter) {
     counter_->fetch_add(1);
+    handoff_.Mark();
+  }
+  void Reply(const grpc::Status& status) {
+    handoff_.Mark();
+    Finish(status);  // OnDone may delete this: nothing after
   }
   void OnDone() override {
+    handoff_.Mark();
     counter_->fetch_sub(1);
     delete this;
   }
 
  private:
   std::atomic<int32_t>* const counter_;
+  Handoff handoff_;
 };
 
-// Hands a reactor's state from the thread that starts a gRPC operation to
-// the thread that runs its callback. gRPC orders the two, but inside
-// uninstrumented libraries ThreadSanitizer cannot see; an uncontended
-// lock/unlock on both sides makes the order visible (and costs nothing
-// measurable next to a gRPC operation).
-class Handoff {
- public:
-  void Mark() { std::lock_guard<std::mutex> lock(mu_); }
-
- private:
-  std::mutex mu_;
-};
 
 // ---------------------------------------------------------------------------
 // Session: SessionCore (daemon/session.h) does the protocol; this adapts it
@@ -237,7 +241,10 @@ class GetTensorsReactor final : public grpc::ServerWriteReactor<v1::TensorChunk>
     }
     Pump();
   }
-  void OnCancel() override { cancelled_.store(true); }
+  void OnCancel() override {
+    handoff_.Mark();
+    cancelled_.store(true);
+  }
   void OnDone() override {
     handoff_.Mark();
     lease_.Reset();
@@ -262,6 +269,7 @@ class GetTensorsReactor final : public grpc::ServerWriteReactor<v1::TensorChunk>
         lease_.Reset();
         service_->AcquireLayer(model_, layer,
                                [this, layer](absl::StatusOr<LayerCache::Lease> lease, bool) {
+                                 handoff_.Mark();  // a loader thread
                                  if (!lease.ok()) {
                                    End(lease.status());
                                    return;
@@ -321,11 +329,17 @@ BigSmallService::BigSmallService(const DaemonConfig& config, std::shared_ptr<Are
   model_options_.io.direct = config.direct;
   model_options_.io.queue_depth = config.uring_depth;
   model_options_.io.chunk_bytes = static_cast<uint32_t>(config.read_chunk);
-  model_options_.impl = ParseDecoder(config.decoder);
+  // FinalizeConfig has checked the name; an unchecked config (tests) that
+  // names no decoder we know decodes with the best one, and says so.
+  auto impl = ParseDecoderImpl(config.decoder);
+  if (!impl.ok()) spdlog::error("{}; decoding with the best decoder", impl.status().ToString());
+  model_options_.impl = impl.ok() ? *impl : DecoderImpl::kAuto;
   model_options_.fault_spec = config.debug_fault;
   LayerCache::Options cache_options;
   cache_options.budget = config.cache_budget;
   cache_options.granularity = kArenaAlignment;  // a layer costs whole arena pages
+  cache_options.admission_timeout = std::chrono::milliseconds(
+      static_cast<int64_t>(config.admission_timeout_seconds * 1000));
   cache_ = std::make_unique<LayerCache>(
       cache_options, [this](std::function<void()> task) { load_pool_.Schedule(std::move(task)); },
       metrics_);
@@ -523,7 +537,7 @@ void BigSmallService::FillStats(v1::StatsResponse* r) {
 grpc::ServerUnaryReactor* BigSmallService::OpenModel(grpc::CallbackServerContext* ctx,
                                                      const v1::OpenModelRequest* request,
                                                      v1::OpenModelResponse* response) {
-  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
+  auto* reactor = new CountedUnaryReactor(&calls_in_flight);
   spdlog::info("OpenModel {} by {}", EscapeForLog(request->model()), PeerForLog(ctx));
   // Opening reads and checks the index: on OpenModel's own bounded pool,
   // never on gRPC's threads (and never blocking on a FIFO: O_NONBLOCK).
@@ -532,7 +546,7 @@ grpc::ServerUnaryReactor* BigSmallService::OpenModel(grpc::CallbackServerContext
     absl::Status busy = absl::ResourceExhaustedError(absl::StrCat(
         "the daemon is already opening ", config_.max_pending_opens, " models; retry later"));
     RecordError(busy);
-    reactor->Finish(ToGrpcStatus(busy));
+    reactor->Reply(ToGrpcStatus(busy));
     return reactor;
   }
   open_pool_.Schedule([this, reactor, request, response] {
@@ -542,12 +556,12 @@ grpc::ServerUnaryReactor* BigSmallService::OpenModel(grpc::CallbackServerContext
     if (!model.ok()) {
       RecordError(model.status());
       spdlog::info("OpenModel {}: {}", EscapeForLog(request->model()), model.status().ToString());
-      reactor->Finish(ToGrpcStatus(model.status()));
+      reactor->Reply(ToGrpcStatus(model.status()));
       return;
     }
     *response->mutable_model() = (*model)->description();
     response->set_already_open(already);
-    reactor->Finish(grpc::Status::OK);
+    reactor->Reply(grpc::Status::OK);
   });
   return reactor;
 }
@@ -555,14 +569,14 @@ grpc::ServerUnaryReactor* BigSmallService::OpenModel(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* BigSmallService::DescribeModel(grpc::CallbackServerContext* ctx,
                                                          const v1::DescribeModelRequest* request,
                                                          v1::ModelDescription* response) {
-  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
+  auto* reactor = new CountedUnaryReactor(&calls_in_flight);
   auto model = Find(request->model_id());
   if (!model.ok()) {
     RecordError(model.status());
-    reactor->Finish(ToGrpcStatus(model.status()));
+    reactor->Reply(ToGrpcStatus(model.status()));
   } else {
     *response = (*model)->description();
-    reactor->Finish(grpc::Status::OK);
+    reactor->Reply(grpc::Status::OK);
   }
   return reactor;
 }
@@ -582,21 +596,21 @@ grpc::ServerUnaryReactor* BigSmallService::ListModels(grpc::CallbackServerContex
                                                       const v1::ListModelsRequest* request,
                                                       v1::ListModelsResponse* response) {
   for (const auto& m : registry_->List()) FillSummary(*m, response->add_models());
-  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
-  reactor->Finish(grpc::Status::OK);
+  auto* reactor = new CountedUnaryReactor(&calls_in_flight);
+  reactor->Reply(grpc::Status::OK);
   return reactor;
 }
 
 grpc::ServerUnaryReactor* BigSmallService::Evict(grpc::CallbackServerContext* ctx,
                                                  const v1::EvictRequest* request,
                                                  v1::EvictResponse* response) {
-  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
+  auto* reactor = new CountedUnaryReactor(&calls_in_flight);
   // Admin call: the daemon's user, root or the admin group, over the Unix
   // socket only (daemon/peer.h).
   absl::Status allowed = AuthorizeAdmin(ctx, request->unload() ? "Evict (unload)" : "Evict");
   if (!allowed.ok()) {
     RecordError(allowed);
-    reactor->Finish(ToGrpcStatus(allowed));
+    reactor->Reply(ToGrpcStatus(allowed));
     return reactor;
   }
   std::string key;
@@ -604,7 +618,7 @@ grpc::ServerUnaryReactor* BigSmallService::Evict(grpc::CallbackServerContext* ct
     auto found = Find(request->model_id());
     if (!found.ok()) {
       RecordError(found.status());
-      reactor->Finish(ToGrpcStatus(found.status()));
+      reactor->Reply(ToGrpcStatus(found.status()));
       return reactor;
     }
     key = (*found)->cache_key();
@@ -615,7 +629,7 @@ grpc::ServerUnaryReactor* BigSmallService::Evict(grpc::CallbackServerContext* ct
     auto unloaded = registry_->Unload(request->model_id());
     if (!unloaded.ok()) {
       RecordError(unloaded.status());
-      reactor->Finish(ToGrpcStatus(unloaded.status()));
+      reactor->Reply(ToGrpcStatus(unloaded.status()));
       return reactor;
     }
     response->set_models_unloaded(static_cast<uint32_t>(unloaded->size()));
@@ -625,7 +639,7 @@ grpc::ServerUnaryReactor* BigSmallService::Evict(grpc::CallbackServerContext* ct
   response->set_layers_evicted(r.layers);
   response->set_bytes_evicted(r.bytes);
   spdlog::info("evict {}: {} layers, {} bytes", key.empty() ? "all" : key, r.layers, r.bytes);
-  reactor->Finish(grpc::Status::OK);
+  reactor->Reply(grpc::Status::OK);
   return reactor;
 }
 
@@ -633,8 +647,8 @@ grpc::ServerUnaryReactor* BigSmallService::GetStats(grpc::CallbackServerContext*
                                                     const v1::GetStatsRequest* request,
                                                     v1::StatsResponse* response) {
   FillStats(response);
-  grpc::ServerUnaryReactor* reactor = new CountedUnaryReactor(&calls_in_flight);
-  reactor->Finish(grpc::Status::OK);
+  auto* reactor = new CountedUnaryReactor(&calls_in_flight);
+  reactor->Reply(grpc::Status::OK);
   return reactor;
 }
 

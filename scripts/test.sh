@@ -21,6 +21,8 @@ root=$(pwd)
 jobs=${JOBS:-$(nproc)}
 launcher=()
 if command -v ccache >/dev/null; then
+  # Paths relative to the checkout, so every clone shares the cache.
+  export CCACHE_BASEDIR=$root
   launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache
             -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
 fi
@@ -81,7 +83,7 @@ if [[ ${SKIP_FUZZ:-0} != 1 ]]; then
   begin "4. fuzz smoke (libFuzzer, ${FUZZ_SECONDS:-20}s per target)"
   CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DBIGSMALL_FUZZ=ON \
     -DBIGSMALL_BUILD_SERVICE=OFF -DBIGSMALL_CUDA=OFF "${launcher[@]}" >/dev/null
-  for target in safetensors_fuzz bs_file_fuzz tensor_blob_fuzz gpu_plan_fuzz manifest_fuzz; do
+  for target in safetensors_fuzz bs_file_fuzz bs_index_fuzz tensor_blob_fuzz gpu_plan_fuzz manifest_fuzz; do
     cmake --build build-fuzz -j "$jobs" --target "$target"
     seeds="$root/tests/fuzz/corpus/${target%_fuzz}"
     work=$(mktemp -d)
