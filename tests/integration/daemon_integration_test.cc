@@ -25,6 +25,7 @@
 #include "codec/bs_reader.h"
 #include "codec/compress.h"
 #include "codec/safetensors.h"
+#include "daemon/tsan_annotations.h"  // BIGSMALL_HAVE_TSAN
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "google/protobuf/descriptor.pb.h"
@@ -686,6 +687,10 @@ TEST_F(IntegrationTest, BudgetBelowModelSizeStillStreamsWithBoundedMemory) {
   ASSERT_TRUE(stats.ok());
   EXPECT_GT(stats->cache_evictions(), 0u);
   EXPECT_LE(stats->cache_bytes(), budget);
+#if defined(BIGSMALL_HAVE_TSAN)
+  GTEST_SKIP() << "streamed within the budget; the RSS bound is not checked under TSan "
+                  "(its shadow memory and allocator dominate the daemon's RSS)";
+#endif
   long hwm_kb = testing::ProcStatusKb(d.pid(), "VmHWM");
   // Fixed overhead: compressed read buffers and decode scratch for the
   // layers in flight, allocator slack. Far below the model's 70 MiB.

@@ -4,6 +4,7 @@
 #define BIGSMALL_TESTS_INTEGRATION_DAEMON_PROCESS_H_
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,6 +22,9 @@ inline pid_t Spawn(const std::vector<std::string>& args, const std::string& stdo
                    const std::string& stderr_path = "") {
   pid_t pid = fork();
   if (pid == 0) {
+    // A test process that dies (a failed assertion under a sanitizer's
+    // halt_on_error, a crash) takes its daemons and clients with it.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (!stdout_path.empty()) {
       if (!freopen(stdout_path.c_str(), "w", stdout)) _exit(126);
     }
