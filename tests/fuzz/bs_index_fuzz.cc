@@ -17,6 +17,7 @@
 #include "codec/byte_source.h"
 #include "codec/format.h"
 #include "codec/hash.h"
+#include "tests/fuzz/decode_every_tensor.h"
 #include "zstd.h"
 
 namespace {
@@ -45,18 +46,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Put64(file, 40, HashBytes64(absl::MakeConstSpan(frame.data(), n)));
   Put64(file, 48, file.size());
   Put64(file, 56, HashBytes64(absl::MakeConstSpan(file.data(), 56)));
-  auto reader = BsReader::Open(MakeMemorySource(std::move(file), "fuzz.bs"));
-  if (!reader.ok()) return 0;
-  const BsIndex& ix = (*reader)->index();
-  for (uint32_t g = 0; g < ix.groups.size(); ++g) {
-    auto bytes = (*reader)->ReadGroup(g);
-    if (!bytes.ok()) continue;
-    for (uint32_t t : ix.groups[g].tensors) {
-      const uint64_t tensor_bytes = ix.tensors[t].info.size();
-      if (tensor_bytes > (16u << 20)) continue;  // keep each input cheap
-      std::vector<uint8_t> out(tensor_bytes);
-      (void)(*reader)->DecodeTensor(t, *bytes, absl::MakeSpan(out));
-    }
-  }
+  fuzz::DecodeEveryTensor(std::move(file), 16u << 20);
   return 0;
 }
