@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -147,6 +148,14 @@ struct Adopted {
     std::unique_lock<std::mutex> lock(mu);
     return cv.wait_for(lock, timeout, [&] { return fds.size() >= n; });
   }
+  // The listener's adopt callback: records each handed-over fd.
+  std::function<void(int)> Sink() {
+    return [this](int fd) {
+      std::lock_guard<std::mutex> lock(mu);
+      fds.push_back(fd);
+      cv.notify_all();
+    };
+  }
 };
 
 TEST_F(ListenerTest, BindsWithTheModeAcceptsAndRecordsWhoConnects) {
@@ -164,12 +173,7 @@ TEST_F(ListenerTest, BindsWithTheModeAcceptsAndRecordsWhoConnects) {
   PeerTable table;
   Adopted adopted;
   ASSERT_TRUE((*listener)
-                  ->Start(&table,
-                          [&](int fd) {
-                            std::lock_guard<std::mutex> lock(adopted.mu);
-                            adopted.fds.push_back(fd);
-                            adopted.cv.notify_all();
-                          })
+                  ->Start(&table, adopted.Sink())
                   .ok());
   int client = Connect(options.path);
   ASSERT_GE(client, 0);
@@ -208,12 +212,7 @@ TEST_F(ListenerTest, ConnectionsBeyondTheLimitsAreClosedAtAccept) {
     PeerTable table;
     Adopted adopted;
     ASSERT_TRUE((*listener)
-                    ->Start(&table,
-                            [&](int fd) {
-                              std::lock_guard<std::mutex> lock(adopted.mu);
-                              adopted.fds.push_back(fd);
-                              adopted.cv.notify_all();
-                            })
+                    ->Start(&table, adopted.Sink())
                     .ok());
     int a = Connect(options.path), b = Connect(options.path);
     ASSERT_TRUE(adopted.WaitFor(2, 5s));

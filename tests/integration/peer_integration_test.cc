@@ -158,7 +158,7 @@ TEST_F(PeerIntegrationTest, AdminCallsOnlyForTheDaemonsUserRootOrTheAdminGroup) 
                     "setresuid; the same-uid and TCP cases run in other tests";
   }
   // The client binary must be reachable by nobody.
-  if (access(BIGSMALL_CLIENT_PATH, X_OK) != 0) GTEST_SKIP() << "no bigsmall-client";
+  ASSERT_EQ(access(BIGSMALL_CLIENT_PATH, X_OK), 0) << BIGSMALL_CLIENT_PATH << " is built with this test";
   const std::string run = dir_ + "/run";
   ASSERT_EQ(mkdir(run.c_str(), 0755), 0);  // root's, not writable by others
   const std::string socket = run + "/bigsmall.sock";
