@@ -150,7 +150,6 @@ class Model {
   LayerPlan non_layer_;
   absl::flat_hash_map<std::string, TensorRef> by_name_;
   v1::ModelDescription description_;
-  mutable std::atomic<uint64_t> arena_seq_{0};
 };
 
 // "model 'x': <message>", keeping the code; kOutOfRange from a read of a
