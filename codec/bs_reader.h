@@ -29,6 +29,10 @@ struct BsTensor {
   Hash128 hash{};  // XXH3-128 of the original tensor bytes
   uint8_t flags = 0;
   Hash128 base_hash{};  // with kTensorFlagDelta: hash of the base tensor's bytes
+  // Format 1.1: the device checksum of the original tensor bytes
+  // (codec/device_checksum.h), checked by the GPU decode path.
+  bool has_device_checksum = false;
+  uint64_t device_checksum = 0;
   bool is_delta() const { return (flags & kTensorFlagDelta) != 0; }
 };
 

@@ -25,8 +25,13 @@ namespace bigsmall::gpu {
 struct TensorJob {
   uint64_t blob_offset = 0;
   uint64_t blob_size = 0;
-  uint64_t out_offset = 0;
+  uint64_t out_offset = 0;  // a multiple of 16 (tensors are 256-aligned in a layer)
   uint64_t out_size = 0;
+  // The tensor's device checksum (codec/device_checksum.h) from a 1.1 index;
+  // the kernels compare it on the device. Without one (1.0 files) the caller
+  // must verify the tensor another way (copy back and XXH3-128).
+  bool has_checksum = false;
+  uint64_t checksum = 0;
 };
 
 // Everything the kernels need, built on the host from the blobs' headers.
@@ -38,6 +43,37 @@ struct DecodePlan {
   std::vector<uint32_t> cpu_fallback;  // jobs with coders the GPU does not run (zstd, conditional)
   uint64_t output_bytes = 0;           // max(out_offset + out_size)
 };
+
+// The plan as the kernels read it from device memory: one contiguous image
+// (header, then the task arrays, tables and expected checksums, each 16-byte
+// aligned) uploaded next to the group's bytes in the same staging buffer, so
+// one H2D copy carries a layer's input and its plan. Sizes are for the
+// launch grid and for the caller's allocations.
+struct PlanImage {
+  std::vector<uint8_t> bytes;
+  uint32_t num_jobs = 0;
+  uint32_t num_chunks = 0;
+  uint32_t num_merges = 0;
+  uint64_t scratch_bytes = 0;  // device scratch the kernels need
+  uint64_t output_bytes = 0;   // layer memory the kernels write
+  uint64_t results_bytes = 0;  // DecodeResults + per-job sums
+};
+absl::StatusOr<PlanImage> BuildPlanImage(const DecodePlan& plan, const std::vector<TensorJob>& jobs);
+
+// What the kernels report (at DecodeLaunch::results, little-endian): the
+// first corrupt rANS chunk and the first tensor whose device checksum
+// differs from the expected one. Followed by num_jobs u64 finished
+// checksums of what was written (0 for jobs without an expected checksum).
+struct DecodeResults {
+  uint32_t corrupt_chunks = 0;
+  uint32_t first_corrupt_job = 0xffffffffu;
+  uint32_t mismatches = 0;
+  uint32_t first_mismatch_job = 0xffffffffu;
+};
+// DATA_LOSS naming the job ("tensor job J: ...") when the results say a
+// chunk was corrupt or a checksum differed; OK otherwise. `results` is a
+// host copy of image.results_bytes bytes.
+absl::Status CheckDecodeResults(const uint8_t* results, const PlanImage& image);
 
 // Parses every blob (bounds-checked: kDataLoss on corrupt input) and lays out
 // the work. `input` is the buffer the blobs sit in (for example a layer group).

@@ -1,0 +1,152 @@
+// The device runtime as the daemon and the client use it: the handful of
+// CUDA runtime verbs the GPU path needs (device memory, pinned host memory,
+// IPC handles, streams, events, async copies, the decode and checksum
+// kernels), behind a CUDA-free interface with two implementations:
+//
+//  * CudaDeviceApi (device_api_cuda.cu, built when nvcc is present): the
+//    CUDA runtime itself, one call each.
+//  * EmulatedDeviceApi (device_api_emulated.cc, always built): one device,
+//    "cuda:0", whose memory is host memory in shared-memory files (so its
+//    IPC handles open in another process), whose streams are in-order work
+//    queues on their own threads (so stream order and event waits matter as
+//    on a GPU), and whose kernels are the CUDA kernels' own decode functions
+//    (kernels/decode_step.h) run by the CPU emulator.
+//
+// Everything above this interface (device arenas, staging, the load
+// pipeline, the client's IPC cache, verification) is one code path, so
+// machines without a GPU test the GPU path's whole logic.
+//
+// Errors: every call returns absl::Status with the codes of
+// kernels/cuda_status.h (out of memory: RESOURCE_EXHAUSTED; no driver or no
+// device: FAILED_PRECONDITION; a fault in a kernel: INTERNAL). An
+// asynchronous error surfaces at the next synchronising call on the stream
+// (EventSynchronize, StreamSynchronize), as with CUDA.
+#ifndef BIGSMALL_KERNELS_DEVICE_API_H_
+#define BIGSMALL_KERNELS_DEVICE_API_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/gpu_decoder.h"
+
+namespace bigsmall::gpu {
+
+// cudaIpcMemHandle_t is 64 opaque bytes; the emulated handle has the same size.
+inline constexpr size_t kIpcHandleBytes = 64;
+using IpcHandle = std::array<uint8_t, kIpcHandleBytes>;
+
+// Opaque stream and event handles (cudaStream_t / cudaEvent_t, or the
+// emulator's objects). Owned: destroyed with DestroyStream / DestroyEvent.
+struct StreamRef {
+  void* p = nullptr;
+};
+struct EventRef {
+  void* p = nullptr;
+};
+
+enum class CopyKind { kHostToDevice, kDeviceToHost, kDeviceToDevice };
+
+// Where the decode kernels find their inputs and put their outputs. All
+// pointers are device pointers except `image`, the host view of the plan.
+struct DecodeLaunch {
+  const uint8_t* input = nullptr;  // the staged group bytes
+  const uint8_t* plan = nullptr;   // device copy of image->bytes
+  const PlanImage* image = nullptr;
+  uint8_t* scratch = nullptr;  // image->scratch_bytes
+  uint8_t* output = nullptr;   // the layer's memory (image->output_bytes)
+  // image->results_bytes: written by the kernels (DecodeResults layout,
+  // gpu_decoder.h); copy it back to read the verdict.
+  uint8_t* results = nullptr;
+};
+
+class DeviceApi {
+ public:
+  virtual ~DeviceApi() = default;
+
+  // "cuda" or "emulated".
+  virtual const char* name() const = 0;
+  // Devices this process can use (>= 1), or FAILED_PRECONDITION saying why
+  // there is none (no CUDA in the build, no driver, no GPU).
+  virtual absl::StatusOr<int> DeviceCount() = 0;
+  virtual absl::StatusOr<DeviceInfo> Describe(int device) = 0;
+
+  // Device memory (cudaMalloc / cudaFree). Freeing memory that another
+  // process still has open through IPC is the caller's problem (CUDA keeps
+  // it alive until every importer closed it; so does the emulator).
+  virtual absl::StatusOr<uint8_t*> Malloc(int device, uint64_t bytes) = 0;
+  virtual absl::Status Free(int device, uint8_t* ptr) = 0;
+  // Page-locked host memory (cudaMallocHost), for staging.
+  virtual absl::StatusOr<uint8_t*> MallocHost(uint64_t bytes) = 0;
+  virtual absl::Status FreeHost(uint8_t* ptr) = 0;
+  // Page-locks an existing mapping (cudaHostRegister; `read_only` adds
+  // cudaHostRegisterReadOnly, needed for a read-only mapping).
+  virtual absl::Status HostRegister(void* ptr, uint64_t bytes, bool read_only) = 0;
+  virtual absl::Status HostUnregister(void* ptr) = 0;
+
+  // IPC (cudaIpcGetMemHandle / OpenMemHandle / CloseMemHandle). `base` must
+  // be a pointer Malloc returned. Opening is slow on real GPUs: cache it.
+  virtual absl::StatusOr<IpcHandle> IpcGetMemHandle(int device, uint8_t* base) = 0;
+  virtual absl::StatusOr<uint8_t*> IpcOpenMemHandle(int device, const IpcHandle& handle) = 0;
+  virtual absl::Status IpcCloseMemHandle(int device, uint8_t* ptr) = 0;
+
+  // Streams (non-blocking) and events (timing enabled).
+  virtual absl::StatusOr<StreamRef> CreateStream(int device) = 0;
+  virtual absl::Status DestroyStream(StreamRef stream) = 0;
+  virtual absl::StatusOr<EventRef> CreateEvent(int device) = 0;
+  virtual absl::Status DestroyEvent(EventRef event) = 0;
+  virtual absl::Status EventRecord(EventRef event, StreamRef stream) = 0;
+  // Later work on `stream` waits for the work before `event`'s last record.
+  virtual absl::Status StreamWaitEvent(StreamRef stream, EventRef event) = 0;
+  // Blocks until the work before the event's last record is done; returns
+  // the first error of that stream's work (a kernel fault, a bad copy).
+  virtual absl::Status EventSynchronize(EventRef event) = 0;
+  // True when done (without blocking); errors as EventSynchronize.
+  virtual absl::StatusOr<bool> EventQuery(EventRef event) = 0;
+  // Milliseconds between two completed events.
+  virtual absl::StatusOr<float> EventElapsedMs(EventRef start, EventRef end) = 0;
+  virtual absl::Status StreamSynchronize(StreamRef stream) = 0;
+
+  virtual absl::Status MemcpyAsync(void* dst, const void* src, uint64_t bytes, CopyKind kind,
+                                   StreamRef stream) = 0;
+  virtual absl::Status MemsetAsync(void* dst, int value, uint64_t bytes, StreamRef stream) = 0;
+
+  // Enqueues the decode kernels of `launch` (and the on-device comparison of
+  // every tensor's device checksum with the plan's expected one) on
+  // `stream`. A corrupt chunk or a checksum mismatch is reported in
+  // launch.results, never as a stream error.
+  virtual absl::Status LaunchDecode(const DecodeLaunch& launch, StreamRef stream) = 0;
+  // Enqueues the device checksum (codec/device_checksum.h) of `bytes` bytes
+  // at `data` (8-byte aligned); the finished 64-bit checksum is written to
+  // the device word `out`.
+  virtual absl::Status LaunchChecksum(const uint8_t* data, uint64_t bytes, uint64_t* out,
+                                      StreamRef stream) = 0;
+};
+
+// The real CUDA runtime, or FAILED_PRECONDITION (built without CUDA, no
+// driver, no GPU: the message says which).
+absl::StatusOr<std::unique_ptr<DeviceApi>> MakeCudaDeviceApi();
+
+struct EmulatedDeviceOptions {
+  // Where device allocations live, as files (default: /dev/shm). Must be a
+  // directory only this user can write: importers check owner and mode.
+  std::string memory_dir = "/dev/shm";
+  uint64_t memory_bytes = 80ull << 30;  // the device's reported memory
+  std::string uuid = "GPU-00000000-0000-0000-0000-00000000e001";
+  std::string device_name = "BigSmall emulated GPU";
+  // Tests: every stream operation is delayed this long before it runs, so
+  // a missing event wait shows as a wrong result.
+  uint32_t op_delay_us = 0;
+};
+std::unique_ptr<DeviceApi> MakeEmulatedDeviceApi(const EmulatedDeviceOptions& options = {});
+
+// "cuda:N" -> N, or a GPU UUID -> the ordinal with that UUID; an unknown
+// device is NOT_FOUND, a malformed name INVALID_ARGUMENT.
+absl::StatusOr<int> ResolveDevice(DeviceApi& api, const std::string& name);
+
+}  // namespace bigsmall::gpu
+
+#endif  // BIGSMALL_KERNELS_DEVICE_API_H_
