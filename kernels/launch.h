@@ -1,0 +1,34 @@
+// Internal to kernels/: the entry points of the decode and checksum kernels
+// that the DeviceApi implementations call (device_api_cuda.cu,
+// device_api_emulated.cc). Everyone else goes through DeviceApi.
+#ifndef BIGSMALL_KERNELS_LAUNCH_H_
+#define BIGSMALL_KERNELS_LAUNCH_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/device_api.h"
+
+namespace bigsmall::gpu {
+
+// Runs the kernels of `launch` on the calling thread with the kernels' own
+// decode functions (kernels/decode_step.h), every pointer being host memory
+// standing in for device memory: reads the plan from launch.plan (the
+// uploaded image, not launch.image->bytes), writes launch.output and
+// launch.results exactly as the CUDA kernels do. Errors only for a launch
+// that is malformed (a plan image that does not parse): INTERNAL.
+absl::Status EmulateDecodeLaunch(const DecodeLaunch& launch);
+// The device checksum of `bytes` bytes at `data`, into *out, as the
+// checksum kernel computes it.
+absl::Status EmulateChecksumLaunch(const uint8_t* data, uint64_t bytes, uint64_t* out);
+
+#if defined(BIGSMALL_HAVE_CUDA)
+// Enqueues the kernels on `stream` (a cudaStream_t). Launch errors are
+// returned; faults inside the kernels surface at the stream's next sync.
+absl::Status CudaDecodeLaunch(const DecodeLaunch& launch, void* stream);
+absl::Status CudaChecksumLaunch(const uint8_t* data, uint64_t bytes, uint64_t* out, void* stream);
+#endif
+
+}  // namespace bigsmall::gpu
+
+#endif  // BIGSMALL_KERNELS_LAUNCH_H_
