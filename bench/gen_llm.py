@@ -116,6 +116,43 @@ class Converter:
         raise ValueError(self.dtype)
 
 
+def tensor_blocks(args, specs, idx, scale):
+    """The bytes of tensor idx, block by block (deterministic per (seed, idx))."""
+    name, shape, kind = specs[idx]
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([args.seed, idx])))
+    n = numel(shape)
+    std = np.float32(MINILM_STD[kind] * (1.0 if kind == "norm" else scale))
+    block = args.block
+    buf = np.empty(block, np.float32)
+    conv = Converter(args.dtype, block)
+    done = 0
+    while done < n:
+        m = min(block, n - done)
+        x = buf[:m]
+        rng.standard_normal(m, dtype=np.float32, out=x)
+        np.multiply(x, std, out=x)
+        if kind == "norm":
+            np.add(x, np.float32(1.0), out=x)
+        yield conv(x)
+        done += m
+
+
+def write_tensor_at(job) -> int:
+    args, specs, idx, scale, path, offset = job
+    written = 0
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for chunk in tensor_blocks(args, specs, idx, scale):
+            mv = memoryview(np.ascontiguousarray(chunk)).cast("B")
+            while mv:
+                k = os.pwrite(fd, mv, offset + written)
+                written += k
+                mv = mv[k:]
+    finally:
+        os.close(fd)
+    return written
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -130,6 +167,8 @@ def main() -> int:
     ap.add_argument("--std-scale", choices=["fanin", "none"], default="fanin")
     ap.add_argument("--block", type=int, default=1 << 20, help="elements generated per block")
     ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="worker processes, one tensor each at a time (same bytes for any value)")
     ap.add_argument("--dry-run", action="store_true", help="print the chosen shape and size, write nothing")
     args = ap.parse_args()
 
@@ -178,24 +217,29 @@ def main() -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     t0 = time.time()
     w = st_io.StreamingWriter(args.out, [(n, st_dtype, s) for n, s, _ in specs], meta)
-    block = args.block
-    buf = np.empty(block, np.float32)
-    conv = Converter(args.dtype, block)
     try:
-        for idx, (name, shape, kind) in enumerate(specs):
-            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([args.seed, idx])))
-            n = numel(shape)
-            std = np.float32(MINILM_STD[kind] * (1.0 if kind == "norm" else scale))
-            done = 0
-            while done < n:
-                m = min(block, n - done)
-                x = buf[:m]
-                rng.standard_normal(m, dtype=np.float32, out=x)
-                np.multiply(x, std, out=x)
-                if kind == "norm":
-                    np.add(x, np.float32(1.0), out=x)
-                w.write(conv(x))
-                done += m
+        if args.jobs <= 1:
+            for idx in range(len(specs)):
+                for chunk in tensor_blocks(args, specs, idx, scale):
+                    w.write(chunk)
+        else:
+            # Each tensor has its own generator, so workers write their
+            # tensors' bytes at their offsets (pwrite) and the file is the
+            # same as a sequential run's.
+            w.f.flush()
+            data_start = w.f.tell()
+            offsets, pos = [], data_start
+            for size in w.sizes:
+                offsets.append(pos)
+                pos += size
+            os.truncate(w.tmp, pos)
+            import multiprocessing as mp
+            with mp.get_context("fork").Pool(args.jobs) as pool:
+                jobs = [(args, specs, idx, scale, w.tmp, offsets[idx]) for idx in range(len(specs))]
+                # largest tensors first, so the pool ends together
+                jobs.sort(key=lambda j: -w.sizes[j[2]])
+                for n in pool.imap_unordered(write_tensor_at, jobs):
+                    w.written += n
         w.close()
     except BaseException:
         w.f.close()
