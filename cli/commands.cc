@@ -101,6 +101,11 @@ Json RebuildJson(const std::string& command, const std::string& input, const cha
   j["output_bytes"] = stats.output_bytes;
   j["tensors"] = stats.tensors;
   j["files"] = stats.files;
+  if (command == "verify") {
+    // Format 1.1 files (docs/FORMAT.md §3.2); 0 for 1.0 files, which have none.
+    j["device_checksums"] = stats.device_checksums;
+    j["group_checksums"] = stats.group_checksums;
+  }
   j["seconds"] = stats.seconds;
   j["bytes_per_second"] = rate;
   return j;
@@ -232,6 +237,12 @@ int RunVerify(const VerifyArgs& args) {
     std::string line = absl::StrCat("verified ", args.input, ": OK, ", stats->files,
                                     stats->files == 1 ? " file, " : " files, ", stats->tensors, " tensors, ",
                                     HumanBytes(stats->output_bytes), ", every hash matches");
+    if (stats->device_checksums + stats->group_checksums > 0) {
+      absl::StrAppend(&line, " (with ", stats->device_checksums, " device checksums and ",
+                      stats->group_checksums, " group checksums of format 1.1)");
+    } else {
+      absl::StrAppend(&line, " (format 1.0: no device or group checksums)");
+    }
     if (!args.against.empty()) absl::StrAppend(&line, ", identical to ", args.against);
     absl::StrAppend(&line, ", ", HumanDuration(stats->seconds), ", ", HumanRate(rate));
     PrintLine(line);

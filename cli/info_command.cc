@@ -61,6 +61,7 @@ absl::StatusOr<Json> FileInfo(const std::string& path, bool with_tensors, DtypeM
   j["path"] = path;
   j["kind"] = "file";
   j["format_version"] = VersionString(ix);
+  j["checksums"] = ix.has_checksums();  // 1.1 device and group checksums
   j["mode"] = ModeName(ix.mode);
   j["writer"] = ix.writer;
   j["original_bytes"] = ix.original_size;
@@ -83,6 +84,7 @@ absl::StatusOr<Json> FileInfo(const std::string& path, bool with_tensors, DtypeM
                       {"original_bytes", original},
                       {"stored_bytes", g.size},
                       {"offset", g.offset}});
+    if (g.has_checksum) groups.back()["checksum"] = absl::StrFormat("%016x", g.checksum);
   }
   j["groups"] = std::move(groups);
 
@@ -122,6 +124,7 @@ absl::StatusOr<Json> FileInfo(const std::string& path, bool with_tensors, DtypeM
                        {"chunk_elements", summary->chunk_elements},
                        {"coders", absl::StrJoin(coders, "/")},
                        {"planes", std::move(planes)}});
+    if (t.has_device_checksum) tensors.back()["device_checksum"] = absl::StrFormat("%016x", t.device_checksum);
   }
   j["dtypes"] = DtypesJson(local);
   if (with_tensors) j["tensors"] = std::move(tensors);
@@ -262,8 +265,9 @@ std::string FormatFileBody(const Json& f, absl::string_view indent) {
 
 std::string FormatSummary(const Json& j) {
   std::string out;
-  absl::StrAppend(&out, "  format    .bs ", j["format_version"].get<std::string>(), ", mode ",
-                  j["mode"].get<std::string>(), ", written by ", j["writer"].get<std::string>(), "\n");
+  absl::StrAppend(&out, "  format    .bs ", j["format_version"].get<std::string>(),
+                  j.contains("checksums") && j["checksums"].get<bool>() ? " (device and group checksums)" : "",
+                  ", mode ", j["mode"].get<std::string>(), ", written by ", j["writer"].get<std::string>(), "\n");
   absl::StrAppend(&out, "  original  ", HumanBytes(U(j, "original_bytes")), " (", U(j, "original_bytes"),
                   " bytes, ", U(j, "tensor_count"), " tensors)\n");
   absl::StrAppend(&out, "  stored    ", HumanBytes(U(j, "stored_bytes")), " (", U(j, "stored_bytes"),

@@ -6,8 +6,10 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 #include "codec/byte_io.h"
+#include "codec/device_checksum.h"
 #include "codec/error_kind.h"
 #include "codec/status_macros.h"
+#include "codec/status_util.h"
 #include "zstd.h"
 
 namespace bigsmall {
@@ -48,6 +50,15 @@ absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl
     return WithErrorKind(
         Corrupt(what, absl::StrCat("format version ", h.version_major, ".", h.version_minor,
                                    " is not supported (this build reads ", kFormatVersionMajor, ".x)")),
+        ErrorKind::kUnsupportedVersion);
+  }
+  if (h.version_minor > kFormatVersionMinor) {
+    // Strict: a later minor version's additions could not be told from
+    // trailing garbage (docs/FORMAT.md §2).
+    return WithErrorKind(
+        Corrupt(what, absl::StrCat("format version ", h.version_major, ".", h.version_minor,
+                                   " is not supported (this build reads ", kFormatVersionMajor, ".0 to ",
+                                   kFormatVersionMajor, ".", kFormatVersionMinor, ")")),
         ErrorKind::kUnsupportedVersion);
   }
   if ((h.flags & ~kFlagDelta) != 0) return Corrupt(what, "unknown header flags");
@@ -156,6 +167,22 @@ absl::StatusOr<BsIndex> ParseIndexImpl(absl::Span<const uint8_t> raw, const File
   uint64_t listed = 0;
   for (const auto& g : ix.groups) listed += g.tensors.size();
   if (listed != num_tensors) return Corrupt(where, "some tensors belong to no group");
+  if (ix.has_checksums()) {
+    // docs/FORMAT.md §3.2: device checksums, then group checksums, then the end.
+    const uint64_t trailer = 8 * (uint64_t{num_tensors} + num_groups);
+    if (r.remaining() < trailer) {
+      return Corrupt(where, absl::StrCat("format 1.1 checksum trailer is truncated (", r.remaining(),
+                                         " of ", trailer, " bytes)"));
+    }
+    for (BsTensor& bt : ix.tensors) {
+      ASSIGN_OR_RETURN(bt.device_checksum, r.U64("device checksum"));
+      bt.has_device_checksum = true;
+    }
+    for (BsGroup& grp : ix.groups) {
+      ASSIGN_OR_RETURN(grp.checksum, r.U64("group checksum"));
+      grp.has_checksum = true;
+    }
+  }
   if (!r.done()) return Corrupt(where, "trailing bytes");
   return ix;
 }
@@ -211,6 +238,57 @@ absl::StatusOr<std::vector<uint8_t>> BsReader::ReadGroup(uint32_t group) const {
   }
   const BsGroup& g = index_.groups[group];
   return ReadRange(*source_, g.offset, g.size);
+}
+
+absl::Status BsReader::CheckGroup(uint32_t group, absl::Span<const uint8_t> bytes) const {
+  if (group >= index_.groups.size()) {
+    return absl::OutOfRangeError(absl::StrCat(name_, ": no group ", group));
+  }
+  const BsGroup& g = index_.groups[group];
+  if (bytes.size() != g.size) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": group ", group, " bytes have the wrong size (",
+                                                   bytes.size(), ", the index says ", g.size, ")"));
+  }
+  if (!g.has_checksum) return absl::OkStatus();
+  return HashBytes64(bytes) == g.checksum ? absl::OkStatus() : GroupMismatch(group);
+}
+
+absl::Status BsReader::GroupMismatch(uint32_t group) const {
+  return Corrupt(name_, absl::StrCat("group ", group, " ('", EscapeForLog(index_.groups[group].name),
+                                     "') failed its group checksum (stored bytes damaged)"));
+}
+
+absl::Status BsReader::CheckStoredGroup(uint32_t group) const {
+  if (group >= index_.groups.size()) {
+    return absl::OutOfRangeError(absl::StrCat(name_, ": no group ", group));
+  }
+  const BsGroup& g = index_.groups[group];
+  if (!g.has_checksum) return absl::OkStatus();
+  return NoThrowAlloc(name_, [&]() -> absl::Status {
+    constexpr uint64_t kPiece = 8ull << 20;
+    std::vector<uint8_t> buf(std::min(g.size, kPiece));
+    StreamingHash64 hash;
+    for (uint64_t off = 0; off < g.size; off += buf.size()) {
+      const uint64_t n = std::min<uint64_t>(buf.size(), g.size - off);
+      RETURN_IF_ERROR(source_->ReadAt(g.offset + off, absl::MakeSpan(buf.data(), n)));
+      hash.Update(absl::MakeConstSpan(buf.data(), n));
+    }
+    return hash.Finish() == g.checksum ? absl::OkStatus() : GroupMismatch(group);
+  });
+}
+
+absl::Status BsReader::CheckDeviceChecksum(uint32_t t, absl::Span<const uint8_t> bytes) const {
+  if (t >= index_.tensors.size()) return absl::OutOfRangeError(absl::StrCat(name_, ": no tensor ", t));
+  const BsTensor& bt = index_.tensors[t];
+  if (bytes.size() != bt.info.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": tensor '", EscapeForLog(bt.info.name),
+                                                   "' bytes have the wrong size"));
+  }
+  if (!bt.has_device_checksum) return absl::OkStatus();
+  if (DeviceChecksum(bytes.data(), bytes.size()) != bt.device_checksum) {
+    return Corrupt(name_, absl::StrCat("tensor '", EscapeForLog(bt.info.name), "' failed its device checksum"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status BsReader::DecodeBlob(const BsTensor& bt, absl::Span<const uint8_t> blob,

@@ -42,6 +42,10 @@ struct BsGroup {
   uint64_t offset = 0;  // 4 KiB-aligned absolute offset in the .bs file
   uint64_t size = 0;    // bytes, unpadded
   std::vector<uint32_t> tensors;  // indexes into BsIndex::tensors, blob order
+  // Format 1.1: XXH3-64 of the group's stored bytes [offset, offset + size),
+  // checked right after the group is read (BsReader::CheckGroup).
+  bool has_checksum = false;
+  uint64_t checksum = 0;
 };
 
 struct BsIndex {
@@ -61,6 +65,9 @@ struct BsIndex {
   std::vector<BsGroup> groups;    // non-layer group (if any) first, then layers ascending
   std::vector<BsTensor> tensors;  // in safetensors data order
   bool is_delta() const { return (flags & kFlagDelta) != 0; }
+  // Format 1.1 and later: every tensor has a device checksum and every group
+  // a group checksum (docs/FORMAT.md §3.2).
+  bool has_checksums() const { return version_minor >= kFormatVersionMinorChecksums; }
   uint64_t stored_size = 0;  // size of the .bs file
   uint64_t index_offset = 0;
   uint64_t index_stored_size = 0;
@@ -78,7 +85,8 @@ struct FileHeader {
   uint64_t file_size = 0;
 };
 // Errors are DATA_LOSS (docs/FORMAT.md "Errors"); a bad magic carries
-// ErrorKind::kNotBsFile, an unknown major version kUnsupportedVersion.
+// ErrorKind::kNotBsFile, an unknown major or minor version (this build reads
+// 1.0 and 1.1) kUnsupportedVersion.
 absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl::string_view what);
 // The largest index_raw_size a decoder accepts for an index of
 // `index_stored_size` bytes (docs/FORMAT.md §2): kMaxIndexSize, and at most
@@ -104,8 +112,24 @@ class BsReader {
   ByteSource& source() { return *source_; }
   const std::string& name() const { return name_; }
 
-  // Reads one group's bytes (one contiguous read).
+  // Reads one group's bytes (one contiguous read). It does not check them:
+  // callers that decode from the group call CheckGroup first.
   absl::StatusOr<std::vector<uint8_t>> ReadGroup(uint32_t group) const;
+
+  // Checks `bytes` (the group's stored bytes, as ReadGroup returns them)
+  // against the group's 1.1 checksum (docs/FORMAT.md §3.2): DATA_LOSS naming
+  // the file and the group on a mismatch or a wrong size; OK for 1.0 files,
+  // which have no group checksums (their tensors' hashes still catch damage).
+  absl::Status CheckGroup(uint32_t group, absl::Span<const uint8_t> bytes) const;
+  // The same check reading the group from the source in bounded pieces
+  // (for `bigsmall verify`, which decodes tensor by tensor).
+  absl::Status CheckStoredGroup(uint32_t group) const;
+
+  // Checks `bytes` (tensor `t`'s rebuilt original bytes) against its 1.1
+  // device checksum (docs/FORMAT.md §3.1): DATA_LOSS naming the file and
+  // tensor on a mismatch; OK for 1.0 files. `bigsmall verify` uses it; a GPU
+  // decoder compares its own on-device sum with BsTensor::device_checksum.
+  absl::Status CheckDeviceChecksum(uint32_t t, absl::Span<const uint8_t> bytes) const;
 
   // Decodes tensor `t` from `group_bytes` (as returned by ReadGroup for its
   // group) into `out` (exactly the tensor's size) and verifies its hash.
@@ -126,6 +150,7 @@ class BsReader {
   static absl::StatusOr<std::unique_ptr<BsReader>> OpenImpl(std::unique_ptr<ByteSource> source);
   absl::StatusOr<std::vector<uint8_t>> ReadTensorImpl(uint32_t t, const DecodeOptions& options,
                                                       const BaseTensorFetcher& base) const;
+  absl::Status GroupMismatch(uint32_t group) const;
   absl::Status DecodeBlobImpl(const BsTensor& tensor, absl::Span<const uint8_t> blob,
                               absl::Span<uint8_t> out, const DecodeOptions& options,
                               absl::Span<const uint8_t> base) const;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/bs_reader.h"
 #include "codec/byte_io.h"
+#include "codec/device_checksum.h"
 #include "codec/format.h"
 #include "codec/hash.h"
 #include "codec/status_macros.h"
@@ -26,6 +27,7 @@ struct GroupPlan {
   std::vector<uint32_t> tensors;
   uint64_t offset = 0;
   uint64_t size = 0;
+  uint64_t checksum = 0;  // XXH3-64 of the stored bytes (format 1.1)
 };
 
 struct TensorRecord {
@@ -35,6 +37,7 @@ struct TensorRecord {
   Hash128 hash{};
   uint8_t flags = 0;
   Hash128 base_hash{};
+  uint64_t device_checksum = 0;  // of the original bytes (format 1.1, §3.1)
 };
 
 // Non-layer tensors first (group ""), then layers by number, then by name.
@@ -88,6 +91,9 @@ std::vector<uint8_t> SerializeIndex(const SafetensorsFile& file, uint64_t origin
     w.U32(static_cast<uint32_t>(g.tensors.size()));
     for (uint32_t t : g.tensors) w.U32(t);
   }
+  // Format 1.1 trailer (docs/FORMAT.md §3.2).
+  for (const TensorRecord& r : records) w.U64(r.device_checksum);
+  for (const GroupPlan& g : groups) w.U64(g.checksum);
   return raw;
 }
 
@@ -132,6 +138,7 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
     // Tensors of a group are encoded concurrently in batches of bounded size
     // and written in order.
     std::vector<std::vector<uint8_t>> blobs(g.tensors.size());
+    StreamingHash64 group_hash;
     RETURN_IF_ERROR(pool.OrderedBatches(
         g.tensors.size(), kBatchBytes, [&](size_t k) { return tensors[g.tensors[k]].size(); },
         [&](size_t k) -> absl::Status {
@@ -140,6 +147,8 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
           ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
                            ReadRange(*file.source, file.header.header_bytes + st.begin, st.size()));
           rec.hash = HashBytes128(bytes);
+          // Of the original bytes, before any XOR with the base (§3.1).
+          rec.device_checksum = DeviceChecksum(bytes.data(), bytes.size());
           if (base != nullptr && base->Find(st) != nullptr) {
             ASSIGN_OR_RETURN(std::vector<uint8_t> base_bytes, base->Read(st));
             rec.base_hash = HashBytes128(base_bytes);
@@ -160,6 +169,7 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
           rec.blob_offset = out.size();
           rec.blob_size = blobs[k].size();
           RETURN_IF_ERROR(out.Write(blobs[k]));
+          group_hash.Update(blobs[k]);
           std::vector<uint8_t>().swap(blobs[k]);
           result.delta_tensors += (rec.flags & kTensorFlagDelta) ? 1 : 0;
           done += st.size();
@@ -167,6 +177,7 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
           return absl::OkStatus();
         }));
     g.size = out.size() - g.offset;
+    g.checksum = group_hash.Finish();
   }
   const std::vector<uint8_t> raw =
       SerializeIndex(file, original_size, original_hash, options, base, groups, records);

@@ -27,6 +27,10 @@ struct RebuildContext {
   ProgressFn progress;
   uint64_t progress_offset = 0;
   uint64_t progress_total = 0;
+  // Verify: also check the format 1.1 group and device checksums, counted here.
+  bool check_checksums = false;
+  uint64_t* device_checksums = nullptr;
+  uint64_t* group_checksums = nullptr;
 };
 
 // Tensors decoded concurrently are bounded by this many bytes (or one tensor
@@ -52,6 +56,12 @@ absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& 
     whole.Update(bytes);
     return sink(bytes);
   };
+  const bool checksums = ctx.check_checksums && ix.has_checksums();
+  if (checksums) {
+    // docs/FORMAT.md §3.2: a group's stored bytes are checked before decoding.
+    for (uint32_t g = 0; g < ix.groups.size(); ++g) RETURN_IF_ERROR(reader->CheckStoredGroup(g));
+    *ctx.group_checksums += ix.groups.size();
+  }
   RETURN_IF_ERROR(emit(ix.safetensors_prefix));
   DecodeOptions opts;
   opts.pool = ctx.pool;
@@ -64,6 +74,7 @@ absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& 
       ix.tensors.size(), kBatchBytes, [&](size_t t) { return ix.tensors[t].info.size(); },
       [&](size_t t) -> absl::Status {
         ASSIGN_OR_RETURN(decoded[t], reader->ReadTensor(static_cast<uint32_t>(t), opts, fetch));
+        if (checksums) RETURN_IF_ERROR(reader->CheckDeviceChecksum(static_cast<uint32_t>(t), decoded[t]));
         return absl::OkStatus();
       },
       [&](size_t t) -> absl::Status {
@@ -76,6 +87,7 @@ absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& 
   if (done != ix.original_size || whole.Finish() != ix.original_hash) {
     return absl::DataLossError(absl::StrCat(path, ": rebuilt file does not match the stored whole-file hash"));
   }
+  if (checksums) *ctx.device_checksums += ix.tensors.size();
   return done;
 }
 
@@ -220,6 +232,9 @@ absl::StatusOr<DecompressStats> VerifyPath(const std::string& input, const Verif
   ThreadPool pool(options.threads);
   RebuildContext ctx{&pool, options.impl, base ? &*base : nullptr, options.progress};
   DecompressStats stats;
+  ctx.check_checksums = true;
+  ctx.device_checksums = &stats.device_checksums;
+  ctx.group_checksums = &stats.group_checksums;
   auto one_file = [&](const std::string& in, const std::string& against) -> absl::Status {
     uint64_t n = 0;
     if (against.empty()) {

@@ -26,6 +26,10 @@ struct DecompressStats {
   uint64_t output_bytes = 0;
   uint64_t tensors = 0;
   uint64_t files = 0;
+  // VerifyPath on format 1.1 files: how many device checksums (one per
+  // tensor) and group checksums were checked (docs/FORMAT.md §3.2).
+  uint64_t device_checksums = 0;
+  uint64_t group_checksums = 0;
   double seconds = 0;
 };
 
@@ -44,7 +48,9 @@ struct VerifyOptions {
   ProgressFn progress;
 };
 
-// Decodes every tensor and checks every hash (and, with `against`, that the
+// Decodes every tensor and checks every hash: XXH3-128 of each tensor and
+// of the whole file and, in format 1.1 files, each group checksum (before
+// decoding) and each tensor's device checksum (and, with `against`, that the
 // rebuilt bytes equal the original). kDataLoss on any mismatch.
 absl::StatusOr<DecompressStats> VerifyPath(const std::string& input, const VerifyOptions& options);
 

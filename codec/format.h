@@ -14,7 +14,11 @@ namespace bigsmall {
 // text-mode line-ending rewrites, ^Z stops DOS `type` (same idea as PNG's).
 inline constexpr std::array<uint8_t, 8> kMagic = {0x89, 'B', 'S', 'M', '\r', '\n', 0x1a, '\n'};
 inline constexpr uint16_t kFormatVersionMajor = 1;
-inline constexpr uint16_t kFormatVersionMinor = 0;
+// The minor version this build writes, and the highest it reads (it reads
+// 0 and 1; docs/FORMAT.md §2). 1.1 adds the index trailer (§3.2): a device
+// checksum per tensor and an XXH3-64 per group.
+inline constexpr uint16_t kFormatVersionMinor = 1;
+inline constexpr uint16_t kFormatVersionMinorChecksums = 1;  // first minor with the trailer
 
 inline constexpr size_t kFileHeaderSize = 64;
 // Layer groups start on this boundary so one aligned (O_DIRECT) read fetches

@@ -56,4 +56,19 @@ void StreamingHash128::Update(absl::Span<const uint8_t> bytes) {
 
 Hash128 StreamingHash128::Finish() const { return ToBytes(XXH3_128bits_digest(&state_->xxh)); }
 
+struct StreamingHash64::State {
+  XXH3_state_t xxh;
+};
+
+StreamingHash64::StreamingHash64() : state_(std::make_unique<State>()) { XXH3_64bits_reset(&state_->xxh); }
+
+StreamingHash64::~StreamingHash64() = default;
+
+void StreamingHash64::Update(absl::Span<const uint8_t> bytes) {
+  if (bytes.empty()) return;
+  XXH3_64bits_update(&state_->xxh, bytes.data(), bytes.size());
+}
+
+uint64_t StreamingHash64::Finish() const { return XXH3_64bits_digest(&state_->xxh); }
+
 }  // namespace bigsmall

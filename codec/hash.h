@@ -34,6 +34,22 @@ class StreamingHash128 {
   std::unique_ptr<State> state_;
 };
 
+// Incremental XXH3-64 (format 1.1 group checksums, docs/FORMAT.md §3.2):
+// equals HashBytes64 of the concatenated updates.
+class StreamingHash64 {
+ public:
+  StreamingHash64();
+  ~StreamingHash64();
+  StreamingHash64(const StreamingHash64&) = delete;
+  StreamingHash64& operator=(const StreamingHash64&) = delete;
+  void Update(absl::Span<const uint8_t> bytes);
+  uint64_t Finish() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
 }  // namespace bigsmall
 
 #endif  // BIGSMALL_CODEC_HASH_H_

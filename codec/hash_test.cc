@@ -110,5 +110,21 @@ TEST(HashTest, HexIs32LowercaseDigits) {
   EXPECT_EQ(hex.find_first_not_of("0123456789abcdef"), std::string::npos);
 }
 
+// Format 1.1 group checksums are written blob by blob: the streaming XXH3-64
+// must equal the one-shot hash of the whole group.
+TEST(Hash, Streaming64EqualsOneShot) {
+  const std::vector<uint8_t> data = Pattern(10000);
+  for (size_t step : {size_t{1}, size_t{7}, size_t{240}, size_t{4096}, size_t{10000}}) {
+    StreamingHash64 s;
+    for (size_t off = 0; off < data.size(); off += step) {
+      s.Update(absl::MakeConstSpan(data.data() + off, std::min(step, data.size() - off)));
+    }
+    EXPECT_EQ(s.Finish(), HashBytes64(data)) << step;
+  }
+  StreamingHash64 empty;
+  empty.Update({});
+  EXPECT_EQ(empty.Finish(), HashBytes64({}));
+}
+
 }  // namespace
 }  // namespace bigsmall

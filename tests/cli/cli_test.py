@@ -25,6 +25,9 @@ import tempfile
 import time
 import traceback
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden"))
+import device_checksum  # noqa: E402  (docs/FORMAT.md 3.1, written from the spec)
+
 BIGSMALL = None
 MODES = ["balanced", "storage", "inference"]
 MODE_FLAGS = {"balanced": [], "storage": ["--storage"], "inference": ["--inference"]}
@@ -328,7 +331,8 @@ def test_info_file(env):
     run(["compress", m, "-q"], expect=0)
     j = info_json(bs)
     check(j["kind"] == "file", "kind")
-    check(j["format_version"] == "1.0", "format_version %r" % j["format_version"])
+    check(j["format_version"] == "1.1", "format_version %r" % j["format_version"])
+    check(j["checksums"] is True, "1.1 files carry device and group checksums")
     check(j["mode"] == "balanced", "mode")
     check(j["writer"].startswith("bigsmall"), "writer %r" % j["writer"])
     check(j["original_bytes"] == os.path.getsize(m), "original_bytes")
@@ -358,6 +362,10 @@ def test_info_file(env):
         t = by_name[name]
         check(t["dtype"] == dtype and t["shape"] == shape and t["original_bytes"] == len(data),
               "tensor %s: %s" % (name, t))
+        # docs/FORMAT.md 3.1, from the independent Python reference.
+        want = "%016x" % device_checksum.device_checksum(data)
+        check(t.get("device_checksum") == want, "tensor %s device checksum %s, spec says %s" %
+              (name, t.get("device_checksum"), want))
     planes = {"BF16": 2, "F16": 2, "F32": 4, "U8": 1, "I64": 8}
     for t in j["tensors"]:
         if t["original_bytes"] == 0:
@@ -368,7 +376,7 @@ def test_info_file(env):
     check("rans" in by_name["lm_head.weight"]["coders"], "lm_head coders %r" % by_name["lm_head.weight"]["coders"])
 
     p = run(["info", bs], expect=0)
-    for word in ["format", "1.0", "balanced", "model.layers.1", "by dtype", "BF16", "I64", "bits/weight"]:
+    for word in ["format", "1.1", "balanced", "model.layers.1", "by dtype", "BF16", "I64", "bits/weight"]:
         check(word in p.stdout, "info lacks %r:\n%s" % (word, p.stdout))
     check("lm_head.weight" not in p.stdout, "info without --tensors lists tensors")
     p = run(["info", bs, "--tensors"], expect=0)
@@ -423,6 +431,11 @@ def test_verify(env):
     run(["compress", m, "-q"], expect=0)
     p = run(["verify", bs], expect=0)
     check("OK" in p.stdout, p.stdout)
+    check("device checksums" in p.stdout and "group checksums" in p.stdout, "1.1 checks reported: " + p.stdout)
+    j = json.loads(run(["verify", bs, "--json"], expect=0).stdout)
+    info = info_json(bs)
+    check(j["device_checksums"] == info["tensor_count"] and j["group_checksums"] == len(info["groups"]),
+          "verify --json counts %s" % j)
     run(["verify", bs, "--against", m], expect=0)
     # One byte of tensor data differs.
     other = os.path.join(d, "other.safetensors")
