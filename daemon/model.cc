@@ -20,7 +20,9 @@
 #include "codec/status_util.h"
 #include "codec/status_macros.h"
 #include "codec/thread_pool.h"
+#include "daemon/backend.h"
 #include "daemon/metrics.h"
+#include "daemon/pipeline.h"
 #include "daemon/safe_open.h"
 #include "nlohmann/json.hpp"
 
@@ -310,6 +312,10 @@ absl::Status Model::BuildPlan() {
       ti->set_hash(std::string(t.hash.begin(), t.hash.end()));
       ti->set_layer(plan.index);
       ti->set_shard(shard_paths_[tp.shard]);
+      if (t.has_device_checksum) {
+        ti->set_device_checksum(t.device_checksum);
+        ti->set_has_device_checksum(true);
+      }
       ++tensors;
       original += tp.size;
     }
@@ -350,61 +356,9 @@ const v1::TensorInfo& Model::tensor_info(const TensorRef& ref) const {
 absl::StatusOr<std::shared_ptr<LayerData>> Model::LoadLayer(int32_t index, ArenaPool* arenas,
                                                             ThreadPool* pool,
                                                             Metrics* metrics) const {
-  const LayerPlan* plan = layer(index);
-  if (plan == nullptr) {
-    return absl::OutOfRangeError(absl::StrCat("model ", id_, " has no layer ", index));
-  }
-  const std::string what = absl::StrCat("model '", path_, "' layer ", index,
-                                        plan->name.empty() ? "" : " (", plan->name,
-                                        plan->name.empty() ? "" : ")");
-  auto start = std::chrono::steady_clock::now();
-  // Read every group of the layer: one aligned read each.
-  std::map<std::pair<uint32_t, uint32_t>, AlignedBuffer> buffers;
-  for (const auto& [s, g] : plan->groups) {
-    const BsGroup& group = shards_[s]->index().groups[g];
-    AlignedBuffer buffer(group.size);
-    if (!buffer.ok()) return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory"));
-    absl::Status st = shards_[s]->source().ReadAt(group.offset, {buffer.data(), buffer.size()});
-    if (!st.ok()) return Annotate(st, what);
-    if (metrics != nullptr) metrics->AddBytesRead(group.size);
-    buffers.emplace(std::make_pair(s, g), std::move(buffer));
-  }
-  // The layer's block in an arena, backed now: a full shm filesystem is an
-  // allocation failure (the cache evicts and retries), not a SIGBUS later.
-  auto arena = arenas->Allocate(std::max<uint64_t>(plan->size, 1));
-  absl::Status backed = arena.ok() ? (*arena)->Commit() : arena.status();
-  if (!backed.ok()) {
-    absl::Status annotated = Annotate(backed, what);
-    return IsAllocationFailure(backed) ? MarkAllocationFailure(annotated) : annotated;
-  }
-  absl::Span<uint8_t> memory = (*arena)->bytes();
-  DecodeOptions decode;
-  decode.impl = options_.impl;
-  decode.pool = pool;
-  auto decode_one = [&](size_t i) -> absl::Status {
-    const TensorPlan& tp = plan->tensors[i];
-    const BsTensor& t = shards_[tp.shard]->index().tensors[tp.tensor];
-    const AlignedBuffer& buf = buffers.at({tp.shard, t.group});
-    const BsGroup& group = shards_[tp.shard]->index().groups[t.group];
-    (void)group;
-    return shards_[tp.shard]->DecodeTensor(tp.tensor, {buf.data(), buf.size()},
-                                           memory.subspan(tp.offset, tp.size), decode);
-  };
-  absl::Status st;
-  if (pool != nullptr) {
-    st = pool->ParallelFor(plan->tensors.size(), decode_one);
-  } else {
-    for (size_t i = 0; i < plan->tensors.size() && st.ok(); ++i) st = decode_one(i);
-  }
-  if (!st.ok()) return Annotate(st, what);
-  double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  auto data = std::make_shared<LayerData>();
-  data->bytes = (*arena)->cost();
-  data->decode_seconds = seconds;
-  data->arena = std::move(*arena);
-  if (metrics != nullptr) metrics->AddDecode(plan->size, seconds);
-  return data;
+  Pipeline pipeline(PipelineOptions{}, metrics);
+  HostBackend backend(arenas, pool, options_.impl);
+  return pipeline.Load(*this, index, backend);
 }
 
 }  // namespace bigsmall::daemon

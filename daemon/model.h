@@ -121,9 +121,16 @@ class Model {
   // The TensorInfo of a tensor of the description.
   const v1::TensorInfo& tensor_info(const TensorRef& ref) const;
 
-  // Reads the layer's groups, decodes every tensor on `pool` into a new
-  // block of `arenas` (committed first), verifying each tensor's hash.
-  // LayerData::bytes is the block's cost (page-rounded size).
+  // The shards' readers (the load pipeline reads and decodes through them).
+  uint32_t num_shards() const { return static_cast<uint32_t>(shards_.size()); }
+  BsReader& shard(uint32_t s) const { return *shards_[s]; }
+  const ModelOptions& options() const { return options_; }
+
+  // Tools and tests: runs the layer through a one-layer load pipeline
+  // (daemon/pipeline.h) on the host backend: reads its groups, decodes every
+  // tensor on `pool` into a new block of `arenas` (committed first),
+  // verifying each tensor's hash. LayerData::bytes is the block's cost
+  // (page-rounded size). The daemon uses its own Pipeline.
   absl::StatusOr<std::shared_ptr<LayerData>> LoadLayer(int32_t index, ArenaPool* arenas,
                                                        ThreadPool* pool, Metrics* metrics) const;
 

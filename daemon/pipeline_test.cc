@@ -1,0 +1,219 @@
+// The load pipeline on the host backend: bit-exact layers, its depth and
+// staging bounds, staging corruption caught by verification, pread when
+// io_uring is refused.
+#include "daemon/pipeline.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "codec/thread_pool.h"
+#include "daemon/host_arena.h"
+#include "daemon/io_uring_source.h"
+#include "daemon/metrics.h"
+#include "daemon/model.h"
+#include "daemon/test_model_util.h"
+#include "gtest/gtest.h"
+
+namespace bigsmall::daemon {
+namespace {
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(model_dir_.status().ok()) << model_dir_.status();
+    auto shm = ShmDir::Prepare(model_dir_.dir() + "/shm", "");
+    ASSERT_TRUE(shm.ok()) << shm.status();
+    arenas_ = MakeHostArenaPool(std::move(*shm));
+  }
+
+  std::shared_ptr<Model> Open(const ModelOptions& options = {}) {
+    auto model = Model::Open(model_dir_.bs_path(), options);
+    EXPECT_TRUE(model.ok()) << model.status();
+    return model.ok() ? *model : nullptr;
+  }
+
+  void ExpectLayerMatches(const Model& model, int32_t index, const LayerData& data) {
+    auto originals = model_dir_.by_name();
+    const v1::LayerInfo& info =
+        index < 0 ? model.description().non_layer() : model.description().layers(index);
+    for (const auto& t : info.tensors()) {
+      const auto& orig = originals.at(t.name());
+      ASSERT_EQ(t.size(), orig.size());
+      EXPECT_EQ(0, memcmp(data.arena->bytes().data() + t.offset(), orig.data(), t.size()))
+          << t.name();
+    }
+  }
+
+  testing::SyntheticModelDir model_dir_{{.layers = 6, .hidden = 64, .vocab = 96}};
+  std::shared_ptr<ArenaPool> arenas_;
+};
+
+TEST_F(PipelineTest, LoadsEveryLayerBitExact) {
+  auto model = Open();
+  ASSERT_NE(model, nullptr);
+  ThreadPool pool(2);
+  Metrics metrics;
+  Pipeline pipeline(PipelineOptions{}, &metrics);
+  HostBackend backend(arenas_.get(), &pool, DecoderImpl::kAuto);
+  for (int32_t i = -1; i < model->num_layers(); ++i) {
+    auto data = pipeline.Load(*model, i, backend);
+    ASSERT_TRUE(data.ok()) << data.status();
+    ExpectLayerMatches(*model, i, **data);
+  }
+  EXPECT_EQ(pipeline.stats().layers, static_cast<uint64_t>(model->num_layers() + 1));
+  EXPECT_EQ(pipeline.stats().in_flight, 0u);
+  EXPECT_GT(metrics.bytes_read(), 0u);
+}
+
+TEST_F(PipelineTest, OutOfRangeLayerIsAnError) {
+  auto model = Open();
+  ASSERT_NE(model, nullptr);
+  Pipeline pipeline(PipelineOptions{}, nullptr);
+  HostBackend backend(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  EXPECT_EQ(pipeline.Load(*model, model->num_layers(), backend).status().code(),
+            absl::StatusCode::kOutOfRange);
+}
+
+// Holds every decode until Open() is called.
+class GateBackend final : public Backend {
+ public:
+  explicit GateBackend(Backend* inner) : inner_(inner) {}
+  const std::string& device() const override { return inner_->device(); }
+  absl::StatusOr<std::unique_ptr<StagingBuffer>> AllocateStaging(uint64_t bytes) override {
+    return inner_->AllocateStaging(bytes);
+  }
+  absl::StatusOr<std::shared_ptr<LayerData>> Decode(const StagedLayer& layer) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ++entered_;
+      cv_.notify_all();
+      cv_.wait_for(lock, std::chrono::seconds(10), [&] { return open_; });
+    }
+    return inner_->Decode(layer);
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  bool WaitEntered(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_ >= n; });
+  }
+
+ private:
+  Backend* const inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int entered_ = 0;
+  bool open_ = false;
+};
+
+// Waits (bounded) until `pred(stats)` holds.
+bool WaitForStats(const Pipeline& pipeline, const std::function<bool(const Pipeline::Stats&)>& pred) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred(pipeline.stats())) return true;
+    std::this_thread::yield();
+  }
+  return false;
+}
+
+TEST_F(PipelineTest, DepthBoundsLayersInFlight) {
+  auto model = Open();
+  ASSERT_NE(model, nullptr);
+  PipelineOptions options;
+  options.depth = 2;
+  Pipeline pipeline(options, nullptr);
+  HostBackend host(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  GateBackend backend(&host);
+  std::vector<std::thread> threads;
+  for (int32_t i = 0; i < model->num_layers(); ++i) {
+    threads.emplace_back([&, i] { EXPECT_TRUE(pipeline.Load(*model, i, backend).ok()); });
+  }
+  // Six loads at once: two are in the pipeline (read, decoding), four wait.
+  const uint32_t waiting = static_cast<uint32_t>(model->num_layers()) - options.depth;
+  ASSERT_TRUE(backend.WaitEntered(static_cast<int>(options.depth)));
+  EXPECT_TRUE(
+      WaitForStats(pipeline, [&](const Pipeline::Stats& s) { return s.waiting == waiting; }));
+  EXPECT_EQ(pipeline.stats().in_flight, options.depth);
+  backend.Open();
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(pipeline.stats().max_in_flight, options.depth);
+  EXPECT_EQ(pipeline.stats().in_flight, 0u);
+  EXPECT_EQ(pipeline.stats().staged_bytes, 0u);
+  EXPECT_EQ(pipeline.stats().layers, static_cast<uint64_t>(model->num_layers()));
+}
+
+TEST_F(PipelineTest, StagingBytesBoundTheBytesInFlight) {
+  auto model = Open();
+  ASSERT_NE(model, nullptr);
+  const uint64_t l0 = model->layer(0)->stored_size, l1 = model->layer(1)->stored_size;
+  PipelineOptions options;
+  options.depth = 8;
+  options.staging_bytes = std::max(l0, l1) + std::min(l0, l1) - 1;  // one layer, not two
+  Pipeline pipeline(options, nullptr);
+  HostBackend host(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  GateBackend backend(&host);
+  std::thread a([&] { EXPECT_TRUE(pipeline.Load(*model, 0, backend).ok()); });
+  ASSERT_TRUE(backend.WaitEntered(1));
+  std::thread b([&] { EXPECT_TRUE(pipeline.Load(*model, 1, backend).ok()); });
+  // Layer 1 waits for staging room while layer 0 decodes.
+  EXPECT_TRUE(WaitForStats(pipeline, [](const Pipeline::Stats& s) { return s.waiting == 1; }));
+  EXPECT_EQ(pipeline.stats().in_flight, 1u);
+  backend.Open();
+  a.join();
+  b.join();
+  EXPECT_LE(pipeline.stats().max_staged_bytes, options.staging_bytes);
+  EXPECT_EQ(pipeline.stats().max_in_flight, 1u);
+  EXPECT_EQ(pipeline.stats().layers, 2u);
+  // A layer larger than the whole staging budget still loads (alone).
+  PipelineOptions tiny;
+  tiny.staging_bytes = 1;
+  Pipeline small(tiny, nullptr);
+  EXPECT_TRUE(small.Load(*model, 0, host).ok());
+}
+
+TEST_F(PipelineTest, StagingCorruptionIsDataLossAndNothingIsReturned) {
+  auto model = Open();
+  ASSERT_NE(model, nullptr);
+  PipelineOptions options;
+  options.fault_staging_layer = 2;
+  Pipeline pipeline(options, nullptr);
+  HostBackend backend(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  auto bad = pipeline.Load(*model, 2, backend);
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
+  EXPECT_NE(bad.status().message().find("layer 2"), std::string::npos) << bad.status();
+  EXPECT_EQ(pipeline.stats().faults_injected, 1u);
+  EXPECT_EQ(pipeline.stats().errors, 1u);
+  EXPECT_EQ(arenas_->stats().blocks, 0u);  // the block went back
+  EXPECT_TRUE(pipeline.Load(*model, 1, backend).ok());  // other layers are fine
+}
+
+TEST_F(PipelineTest, PreadPathLoadsWhereIoUringIsRefused) {
+  // Forced pread (what kAuto resolves to where io_uring is refused).
+  ModelOptions pread;
+  pread.io.backend = IoBackend::kPread;
+  auto forced = Open(pread);
+  ASSERT_NE(forced, nullptr);
+  EXPECT_EQ(forced->io_backend(), IoBackend::kPread);
+  ModelOptions automatic;
+  auto model = Open(automatic);
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(model->io_backend(), IoUringAvailable() ? IoBackend::kIoUring : IoBackend::kPread);
+  Pipeline pipeline(PipelineOptions{}, nullptr);
+  HostBackend backend(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  for (const auto& m : {forced, model}) {
+    for (int32_t i = -1; i < m->num_layers(); ++i) {
+      auto data = pipeline.Load(*m, i, backend);
+      ASSERT_TRUE(data.ok()) << data.status();
+      ExpectLayerMatches(*m, i, **data);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace bigsmall::daemon
