@@ -929,6 +929,8 @@ def test_corpus(env):
             p = run(["compress", corpus, "-o", bs] + MODE_FLAGS[mode], expect=0)
             print("  " + p.stdout.strip())
             run(["verify", bs, "--against", corpus, "-q"], expect=0)
+            if not is_dir and mode == MODES[0]:
+                check_corpus_device_checksums(bs, corpus)
             run(["decompress", bs, "-o", out, "-q"], expect=0)
             if is_dir:
                 check(tree_digest(out) == tree_digest(corpus), "corpus dir %s round trip differs" % mode)
@@ -938,6 +940,24 @@ def test_corpus(env):
                 check(sha256(out) == sha256(corpus), "corpus %s round trip differs" % mode)
                 os.remove(out)
                 os.remove(bs)
+
+
+def check_corpus_device_checksums(bs, corpus):
+    """Every device checksum the writer stored (docs/FORMAT.md 3.1) equals the independent Python
+    reference over the corpus file's own tensor bytes."""
+    data = open(corpus, "rb").read()
+    n = struct.unpack_from("<Q", data, 0)[0]
+    header = json.loads(data[8:8 + n])
+    stored = {t["name"]: t.get("device_checksum") for t in info_json(bs, "--tensors")["tensors"]}
+    check(len(stored) == len(header) - ("__metadata__" in header), "corpus tensor count")
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = t["data_offsets"]
+        want = "%016x" % device_checksum.device_checksum(data[8 + n + begin:8 + n + end])
+        check(stored.get(name) == want, "corpus %s: tensor %s device checksum %s, spec says %s" %
+              (corpus, name, stored.get(name), want))
+    print("  device checksums of %d tensors match the Python reference" % len(stored))
 
 
 def tree_digest(root):

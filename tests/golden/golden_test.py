@@ -1,22 +1,59 @@
 #!/usr/bin/env python3
-"""Golden files: every committed valid .bs (written by format 1.0) must still decode to its original
-byte for byte and verify; every committed corrupt .bs must fail with the status code and exit code that docs/FORMAT.md
-section 10.1 gives its failure class (expected.json must agree with the spec's table) and a message
-naming the problem, leaving no output behind.
+"""Golden files: every committed valid .bs (format 1.0 files frozen from the 1.0 writer, and 1.1
+files) must still decode to its original byte for byte and verify, and report its format version; in
+the 1.1 files every stored device checksum must equal the one computed from the original bytes by an
+independent Python implementation of docs/FORMAT.md section 3.1 (device_checksum.py). Every committed
+corrupt .bs must fail (under the command expected.json names: decompress, or verify) with the status
+code and exit code that docs/FORMAT.md section 10.1 gives its failure class (expected.json must agree
+with the spec's table) and a message naming the problem, leaving no output behind.
 
     python3 tests/golden/golden_test.py path/to/bigsmall
 """
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import device_checksum  # noqa: E402  (docs/FORMAT.md 3.1, written from the spec)
 import make_golden  # noqa: E402  (the spec's error table)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# docs/FORMAT.md 3.1 "Known answers".
+SPEC_KNOWN_ANSWERS = {b"": 0x0F18961AD490029E, b"abc": 0xDF61FD41B6CA618D, bytes(range(17)): 0xE6F1BD0F5334DCFB}
+
+
+def safetensors_tensors(path):
+    """{name: bytes} of a safetensors file (header length, JSON header, data section)."""
+    data = open(path, "rb").read()
+    n = struct.unpack_from("<Q", data, 0)[0]
+    header = json.loads(data[8:8 + n])
+    return {name: data[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]]
+            for name, t in header.items() if name != "__metadata__"}
+
+
+def check_device_checksums(bigsmall, bs, original):
+    """Problems found comparing the device checksums bigsmall stored in `bs` (read back with `info`)
+    with device_checksum.py over the tensors of `original`; returns (problems, tensors checked)."""
+    p = subprocess.run([bigsmall, "info", bs, "--json", "--tensors"], capture_output=True, text=True)
+    if p.returncode != 0:
+        return ["info failed: " + p.stderr.strip()], 0
+    info = json.loads(p.stdout)
+    want = safetensors_tensors(original)
+    problems = []
+    if info.get("checksums") is not True:
+        problems.append("info says the file has no 1.1 checksums")
+    for t in info["tensors"]:
+        expect = "%016x" % device_checksum.device_checksum(want[t["name"]])
+        if t.get("device_checksum") != expect:
+            problems.append("tensor %s: stored device checksum %s, spec says %s" %
+                            (t["name"], t.get("device_checksum"), expect))
+    if len(info["tensors"]) != len(want):
+        problems.append("%d tensors listed, %d in the original" % (len(info["tensors"]), len(want)))
+    return problems, len(info["tensors"])
 
 
 def main():
@@ -33,9 +70,26 @@ def main():
             failed += 1
             print("FAIL", what)
 
+    for data, value in SPEC_KNOWN_ANSWERS.items():
+        check(device_checksum.device_checksum(data) == value, "device_checksum.py known answer for %r" % data)
+    versions = expected.get("versions", {})
+    check(sorted(set(versions.values())) == ["1.0", "1.1"], "golden files of both versions: %s" % versions)
     for name, original in sorted(expected["valid"].items()):
         if not name.endswith(".bs"):
             continue
+        src = os.path.join(HERE, "valid", name)
+        p = subprocess.run([bigsmall, "info", src, "--json"], capture_output=True, text=True)
+        version = json.loads(p.stdout).get("format_version") if p.returncode == 0 else None
+        check(version == versions.get(name), "%s: format version %s, expected %s" %
+              (name, version, versions.get(name)))
+        if version == "1.1":
+            problems, n = check_device_checksums(bigsmall, src, os.path.join(HERE, "valid", original))
+            check(not problems and n > 0, "%s device checksums: %s" % (name, problems))
+            p = subprocess.run([bigsmall, "verify", src, "--json"], capture_output=True, text=True)
+            j = json.loads(p.stdout) if p.returncode == 0 else {}
+            check(j.get("device_checksums") == n and j.get("group_checksums", 0) > 0,
+                  "%s: verify checked %s device and %s group checksums" %
+                  (name, j.get("device_checksums"), j.get("group_checksums")))
         src = os.path.join(HERE, "valid", name)
         out = os.path.join(tmp, name + ".out")
         p = subprocess.run([bigsmall, "decompress", src, "-o", out, "-q"], capture_output=True, text=True)
@@ -54,8 +108,11 @@ def main():
               "--expectations-only)" % (name, want.get("code"), want["exit"], want.get("class"), spec))
         src = os.path.join(HERE, "corrupt", name)
         out = os.path.join(tmp, name + ".out")
-        p = subprocess.run([bigsmall, "decompress", src, "-o", out, "--json"], capture_output=True, text=True)
-        check(p.returncode == want["exit"], "%s: exit %d, expected %d" % (name, p.returncode, want["exit"]))
+        command = want.get("command", "decompress")
+        check(command in ("decompress", "verify"), "%s: command %r" % (name, command))
+        args = ["-o", out] if command == "decompress" else []
+        p = subprocess.run([bigsmall, command, src, "--json"] + args, capture_output=True, text=True)
+        check(p.returncode == want["exit"], "%s: %s exit %d, expected %d" % (name, command, p.returncode, want["exit"]))
         try:
             code = json.loads(p.stdout).get("code")
         except ValueError:

@@ -8,12 +8,19 @@
 valid/ alone (run it when docs/FORMAT.md section 10 changes).
 
 valid/*.safetensors   small originals of several dtypes (deterministic)
-valid/*.bs            their compressed forms (balanced, storage, inference) written by this version;
-                      golden_test.py checks every future build still decodes them byte for byte
+valid/NAME.MODE.bs    format 1.0 forms (balanced, storage, inference), written by the 1.0 writer and
+                      frozen: this writer cannot make them, so they are never rewritten
+valid/NAME.MODE.v1.1.bs  format 1.1 forms written by this version
+                      golden_test.py checks every future build still decodes both byte for byte, and
+                      checks the 1.1 files' device checksums with an independent Python
+                      implementation of docs/FORMAT.md section 3.1 (device_checksum.py)
 corrupt/*.bs          damaged copies (and huge_index.bs, a small file declaring a 1 GiB index); expected.json gives, for each, its failure class and the
                       status code and CLI exit code that docs/FORMAT.md section 10.1 assigns to that
-                      class (read from the spec's table, never from what a build prints), and a
-                      message fragment
+                      class (read from the spec's table, never from what a build prints), a
+                      message fragment, and the command that must refuse it (decompress, or verify
+                      for damage only verify looks for: a wrong 1.1 device or group checksum)
+corrupt/v1.1_*.bs     need the Python modules xxhash and zstandard to rebuild (index and header
+                      checksums); kept from an earlier run when they are missing
 """
 import hashlib
 import json
@@ -68,20 +75,92 @@ def weights(rng, n, width):
     return bytes(out)
 
 
+V11_CASES = [
+    # name, failure class, message fragment, command that must refuse it
+    ("v1.1_device_checksum.bs", "tensor-data",
+     "tensor 'model.layers.0.self_attn.q_proj.weight' failed its device checksum", "verify"),
+    ("v1.1_group_checksum.bs", "tensor-data", "group 1 ('model.layers.0') failed its group checksum", "verify"),
+    ("v1.1_blob_flip.bs", "tensor-data", "group 0 ('') failed its group checksum", "verify"),
+    ("v1.1_truncated_trailer.bs", "index-structure", "checksum trailer is truncated", "decompress"),
+    ("v1.1_trailing_bytes.bs", "index-structure", "trailing bytes", "decompress"),
+    ("v1.1_future_minor.bs", "unknown-minor-version", "format version 1.2 is not supported", "decompress"),
+]
+
+
+def put_v11(bigsmall, valid, corrupt, put):
+    """Damaged copies of valid/bf16_llama.balanced.v1.1.bs (docs/FORMAT.md 3.2): the index is
+    decompressed, edited, recompressed and its index and header checksums fixed up, so only the
+    intended damage remains."""
+    try:
+        import xxhash
+        import zstandard
+    except ImportError:
+        for name, failure_class, fragment, command in V11_CASES:
+            if not os.path.exists(os.path.join(corrupt, name)):
+                raise SystemExit("%s is missing and rebuilding it needs the Python modules xxhash and "
+                                 "zstandard" % name)
+            put(name, None, failure_class, fragment, command)
+        return
+    src = os.path.join(valid, "bf16_llama.balanced.v1.1.bs")
+    good = open(src, "rb").read()
+    info = json.loads(subprocess.run([bigsmall, "info", src, "--json"], check=True, capture_output=True,
+                                     text=True).stdout)
+    num_tensors, num_groups = info["tensor_count"], len(info["groups"])
+    index_offset, stored, raw_size = struct.unpack_from("<QQQ", good, 16)
+    raw = zstandard.ZstdDecompressor().decompress(good[index_offset:index_offset + stored])
+    assert len(raw) == raw_size
+    trailer = len(raw) - 8 * (num_tensors + num_groups)
+
+    def rebuild(new_raw, minor=1, body=good[:index_offset]):
+        frame = zstandard.ZstdCompressor(level=9, write_content_size=True).compress(bytes(new_raw))
+        out = bytearray(body + frame)
+        struct.pack_into("<H", out, 10, minor)
+        struct.pack_into("<QQQ", out, 24, len(frame), len(new_raw), xxhash.xxh3_64_intdigest(frame))
+        struct.pack_into("<Q", out, 48, len(out))
+        struct.pack_into("<Q", out, 56, xxhash.xxh3_64_intdigest(bytes(out[:56])))
+        return bytes(out)
+
+    assert rebuild(raw) == rebuild(bytearray(raw))  # deterministic
+    data = {}
+    r = bytearray(raw)
+    r[trailer + 8 * 1] ^= 0x01  # tensor 1's device checksum (tensors are in data order)
+    data["v1.1_device_checksum.bs"] = rebuild(r)
+    r = bytearray(raw)
+    r[trailer + 8 * (num_tensors + 1) + 7] ^= 0x80  # group 1's checksum
+    data["v1.1_group_checksum.bs"] = rebuild(r)
+    body = bytearray(good[:index_offset])
+    body[4096 + 100] ^= 0x01  # inside group 0's blobs: its group checksum is checked before decoding
+    data["v1.1_blob_flip.bs"] = rebuild(raw, body=bytes(body))
+    data["v1.1_truncated_trailer.bs"] = rebuild(raw[:-8])
+    data["v1.1_trailing_bytes.bs"] = rebuild(raw + b"\0" * 8)
+    data["v1.1_future_minor.bs"] = rebuild(raw, minor=2)
+    for name, failure_class, fragment, command in V11_CASES:
+        put(name, data[name], failure_class, fragment, command)
+
+
 def main():
     bigsmall = sys.argv[1]
     expectations_only = "--expectations-only" in sys.argv[2:]
     table = error_table()
     rng = random.Random(2026)
     valid, corrupt = os.path.join(HERE, "valid"), os.path.join(HERE, "corrupt")
+    frozen = ["%s.%s.bs" % (n, m) for n in ("bf16_llama", "mixed_dtypes")
+              for m in ("balanced", "storage", "inference")]
+    missing = [f for f in frozen if not os.path.exists(os.path.join(valid, f))]
+    if missing:
+        raise SystemExit("format 1.0 golden files missing (this writer cannot make them; restore them "
+                         "from git): %s" % missing)
     for d in ((corrupt,) if expectations_only else (valid, corrupt)):
         keep = {}
-        for name in ("future_version.bs", "huge_index.bs"):  # need XXH3 to rebuild: kept
-            if os.path.exists(os.path.join(d, name)):
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            # Frozen 1.0 files and originals stay; corrupt files needing XXH3 to rebuild are kept.
+            if d == valid and (name in frozen or name.endswith(".safetensors")):
+                keep[name] = open(os.path.join(d, name), "rb").read()
+            if d == corrupt and (name in ("future_version.bs", "huge_index.bs") or name.startswith("v1.1_")):
                 keep[name] = open(os.path.join(d, name), "rb").read()
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
-        for name, data in keep.items():  # needs xxhash to rebuild; kept when it is missing
+        for name, data in keep.items():
             open(os.path.join(d, name), "wb").write(data)
     files = {
         "bf16_llama.safetensors": [
@@ -99,27 +178,31 @@ def main():
             ("mask", "BOOL", [8], bytes([1, 0] * 4)),
             ("future", "F4", [6], bytes([0x12, 0x34, 0x56]))],
     }
-    expected = {"valid": {}, "corrupt": {}}
+    expected = {"valid": {}, "corrupt": {}, "versions": {}}
     for name, tensors in files.items():
         path = os.path.join(valid, name)
-        if not expectations_only:
+        if not expectations_only and not os.path.exists(path):
             write_st(path, tensors)
         expected["valid"][name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
         for mode, flag in (("balanced", []), ("storage", ["--storage"]), ("inference", ["--inference"])):
-            out = os.path.join(valid, "%s.%s.bs" % (name[:-len(".safetensors")], mode))
+            stem = "%s.%s" % (name[:-len(".safetensors")], mode)
+            expected["valid"][stem + ".bs"] = name
+            expected["versions"][stem + ".bs"] = "1.0"
+            out = os.path.join(valid, stem + ".v1.1.bs")
             if not expectations_only:
                 subprocess.run([bigsmall, "compress", path, "-o", out, "-q", "--chunk-elements", "100"] + flag,
                                check=True)
             expected["valid"][os.path.basename(out)] = name
+            expected["versions"][os.path.basename(out)] = "1.1"
     good = open(os.path.join(valid, "bf16_llama.balanced.bs"), "rb").read()
     hdr_index_offset = struct.unpack_from("<Q", good, 16)[0]
 
-    def put(name, data, failure_class, fragment):
+    def put(name, data, failure_class, fragment, command="decompress"):
         if data is not None:
             open(os.path.join(corrupt, name), "wb").write(data)
         code, exit_code = table[failure_class]
         expected["corrupt"][name] = {"class": failure_class, "code": code, "exit": exit_code,
-                                     "message": fragment}
+                                     "message": fragment, "command": command}
 
     put("bad_magic.bs", b"X" + good[1:], "bad-magic", "not a .bs file")
     flipped = bytearray(good)
@@ -149,6 +232,7 @@ def main():
     # with ZeroFrame(2^30)); kept across regenerations.
     if os.path.exists(os.path.join(corrupt, "huge_index.bs")):
         put("huge_index.bs", None, "index-size", "claims 1073741824 bytes")
+    put_v11(bigsmall, valid, corrupt, put)
     json.dump(expected, open(os.path.join(HERE, "expected.json"), "w"), indent=1, sort_keys=True)
     print("golden files written")
 
