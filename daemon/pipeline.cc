@@ -93,10 +93,14 @@ absl::StatusOr<StagedLayer> Pipeline::Read(const Model& model, int32_t index, Ba
 }
 
 absl::Status Pipeline::Check(const StagedLayer& layer) {
-  // Format 1.0 stores no per-group checksum: a damaged group is caught when
-  // its tensors are verified after decoding (XXH3-128 on the host, the
-  // device checksum or XXH3-128 of a copy on a GPU), never served.
-  (void)layer;
+  // Each group's stored XXH3-64 (format 1.1, docs/FORMAT.md §3.2) before
+  // anything parses it; 1.0 files have none (their tensors' hashes still
+  // catch damage after decoding, and nothing damaged is ever served).
+  for (const StagedGroup& g : layer.groups) {
+    absl::Status st = layer.model->shard(g.shard).CheckGroup(
+        g.group, {layer.staging->data() + g.offset, g.size});
+    if (!st.ok()) return Annotate(st, layer.what);
+  }
   return absl::OkStatus();
 }
 

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "codec/thread_pool.h"
 #include "daemon/host_arena.h"
 #include "daemon/io_uring_source.h"
@@ -191,6 +192,23 @@ TEST_F(PipelineTest, StagingCorruptionIsDataLossAndNothingIsReturned) {
   EXPECT_EQ(pipeline.stats().errors, 1u);
   EXPECT_EQ(arenas_->stats().blocks, 0u);  // the block went back
   EXPECT_TRUE(pipeline.Load(*model, 1, backend).ok());  // other layers are fine
+}
+
+TEST_F(PipelineTest, DamagedGroupFailsTheCheckStage) {
+  auto clean = Open();
+  ASSERT_NE(clean, nullptr);
+  const BsGroup& group = clean->shard(0).index().groups[clean->layer(1)->groups[0].second];
+  ASSERT_TRUE(group.has_checksum) << "the encoder writes format 1.1 group checksums";
+  ModelOptions options;
+  options.fault_spec = absl::StrCat("flip=", group.offset + group.size / 2);
+  auto model = Open(options);
+  ASSERT_NE(model, nullptr);
+  Pipeline pipeline(PipelineOptions{}, nullptr);
+  HostBackend backend(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  auto bad = pipeline.Load(*model, 1, backend);
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
+  EXPECT_NE(bad.status().message().find("group checksum"), std::string::npos) << bad.status();
+  EXPECT_EQ(arenas_->stats().blocks, 0u);  // never decoded: no block was taken
 }
 
 TEST_F(PipelineTest, PreadPathLoadsWhereIoUringIsRefused) {
