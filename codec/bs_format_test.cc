@@ -4,6 +4,7 @@
 // checks, and 1.0 files (golden and rewritten) still reading bit-exactly.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>

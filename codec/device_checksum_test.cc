@@ -4,7 +4,9 @@
 // (ChecksumSumPiece) that sum to the whole.
 #include "codec/device_checksum.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
