@@ -9,18 +9,22 @@
 #include <cstdlib>
 #include <condition_variable>
 #include <cstring>
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "codec/device_checksum.h"
 #include "codec/status_macros.h"
 #include "codec/status_util.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "kernels/device_api.h"
 
 namespace bigsmall::client {
 
@@ -62,7 +66,8 @@ class ArenaMappings {
   // not mapped yet: opened without following a symlink (and without
   // blocking on a FIFO), it must be a regular file owned by `daemon_uid`,
   // not writable by group or others, and hold the layer's range.
-  absl::StatusOr<std::shared_ptr<const uint8_t>> Map(const v1::HostMemory& host, uid_t daemon_uid) {
+  absl::StatusOr<std::shared_ptr<const uint8_t>> Map(const v1::HostMemory& host, uid_t daemon_uid,
+                                                     std::shared_ptr<gpu::DeviceApi> pin_api) {
     const std::string shown = EscapeForLog(host.path());
     Key key{host.path(), host.arena_id()};
     // Declared before the lock: dropping the last reference unmaps, which
@@ -103,11 +108,12 @@ class ArenaMappings {
       int err = errno;
       ::close(fd);
       if (p == MAP_FAILED) return ErrnoToStatus(err, absl::StrCat("mmap layer memory ", shown));
+      auto pin = std::make_shared<PinState>();
       mapping = std::shared_ptr<const uint8_t>(static_cast<const uint8_t*>(p),
-                                               [this, key, size](const uint8_t* q) {
-                                                 Unmapped(key, q, size);
+                                               [this, key, size, pin](const uint8_t* q) {
+                                                 Unmapped(key, q, size, pin);
                                                });
-      maps_[key] = Entry{mapping, size};
+      maps_[key] = Entry{mapping, size, pin};
       it = maps_.find(key);
     }
     const uint64_t file_size = it->second.size;
@@ -115,6 +121,16 @@ class ArenaMappings {
       return absl::DataLossError(absl::StrCat("layer memory ", shown, " is short: the layer at ",
                                               host.offset(), " of ", host.size(),
                                               " bytes lies outside its ", file_size, " bytes"));
+    }
+    if (pin_api != nullptr && it->second.pin->api == nullptr) {
+      // Once per mapping; unregistered by the deleter before munmap.
+      absl::Status pinned = pin_api->HostRegister(const_cast<uint8_t*>(mapping.get()), file_size,
+                                                  /*read_only=*/true);
+      if (!pinned.ok()) {
+        return absl::Status(pinned.code(), absl::StrCat("page-lock layer memory ", shown, ": ",
+                                                        pinned.message()));
+      }
+      it->second.pin->api = std::move(pin_api);
     }
     return mapping;
   }
@@ -125,16 +141,32 @@ class ArenaMappings {
     uint64_t arena_id = 0;
     auto operator<=>(const Key&) const = default;
   };
+  // Whether (and with which runtime) one mapping is page-locked; guarded by mu_.
+  struct PinState {
+    std::shared_ptr<gpu::DeviceApi> api;
+  };
   struct Entry {
     std::weak_ptr<const uint8_t> mapping;
     size_t size = 0;
+    std::shared_ptr<PinState> pin;
   };
 
-  void Unmapped(const Key& key, const uint8_t* p, size_t size) {
+  void Unmapped(const Key& key, const uint8_t* p, size_t size,
+                const std::shared_ptr<PinState>& pin) {
+    std::shared_ptr<gpu::DeviceApi> pinned_with;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      pinned_with = std::move(pin->api);
+      auto it = maps_.find(key);
+      if (it != maps_.end() && it->second.pin == pin) maps_.erase(it);
+    }
+    if (pinned_with != nullptr) {
+      absl::Status st = pinned_with->HostUnregister(const_cast<uint8_t*>(p));
+      if (!st.ok()) {
+        std::fprintf(stderr, "bigsmall client: unpin layer memory: %s\n", st.ToString().c_str());
+      }
+    }
     ::munmap(const_cast<uint8_t*>(p), size);
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = maps_.find(key);
-    if (it != maps_.end() && it->second.mapping.expired()) maps_.erase(it);
   }
 
   std::mutex mu_;
@@ -155,10 +187,195 @@ absl::StatusOr<uid_t> DaemonUid(const std::string& socket_path) {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<const uint8_t>> MapLayerMemory(const v1::HostMemory& host,
-                                                              uid_t daemon_uid) {
-  return ArenaMappings::Get().Map(host, daemon_uid);
+absl::StatusOr<std::shared_ptr<const uint8_t>> MapLayerMemory(
+    const v1::HostMemory& host, uid_t daemon_uid, std::shared_ptr<gpu::DeviceApi> pin_api) {
+  return ArenaMappings::Get().Map(host, daemon_uid, std::move(pin_api));
 }
+
+namespace {
+
+// The device runtimes of this process: the real CUDA runtime (made once;
+// its absence is remembered with the reason) and emulated ones, one per
+// daemon file owner (the emulator's IPC open checks that the memory files
+// are the daemon's). Never destroyed: open arenas and pinned mappings hold
+// them until the process exits.
+class DeviceApis {
+ public:
+  static DeviceApis& Get() {
+    static DeviceApis* instance = new DeviceApis();
+    return *instance;
+  }
+
+  absl::StatusOr<std::shared_ptr<gpu::DeviceApi>> Cuda() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!cuda_tried_) {
+      cuda_tried_ = true;
+      absl::StatusOr<std::unique_ptr<gpu::DeviceApi>> made = gpu::MakeCudaDeviceApi();
+      if (made.ok()) {
+        cuda_ = std::shared_ptr<gpu::DeviceApi>(std::move(*made));
+      } else {
+        cuda_error_ = made.status();
+      }
+    }
+    if (cuda_ != nullptr) return cuda_;
+    return absl::FailedPreconditionError(
+        absl::StrCat("no CUDA runtime in this process: ", cuda_error_.message()));
+  }
+
+  // The emulated device with the daemon's `uuid`, whose memory files must be
+  // owned by `owner`.
+  std::shared_ptr<gpu::DeviceApi> Emulated(uid_t owner, const std::string& uuid) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::shared_ptr<gpu::DeviceApi>& api = emulated_[{owner, uuid}];
+    if (api == nullptr) {
+      gpu::EmulatedDeviceOptions options;
+      options.expected_owner = owner;
+      if (!uuid.empty()) options.uuid = uuid;
+      api = std::shared_ptr<gpu::DeviceApi>(gpu::MakeEmulatedDeviceApi(options));
+    }
+    return api;
+  }
+
+  // The local ordinal of the GPU with `uuid` (CUDA_VISIBLE_DEVICES
+  // renumbers devices per process, so the daemon's ordinal means nothing
+  // here), cached per runtime.
+  absl::StatusOr<int> OrdinalOf(const std::shared_ptr<gpu::DeviceApi>& api,
+                                const std::string& uuid) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto key = std::make_pair(api.get(), uuid);
+    if (auto it = ordinals_.find(key); it != ordinals_.end()) return it->second;
+    ASSIGN_OR_RETURN(int count, api->DeviceCount());
+    for (int i = 0; i < count; ++i) {
+      ASSIGN_OR_RETURN(gpu::DeviceInfo info, api->Describe(i));
+      if (info.uuid == uuid) {
+        ordinals_[key] = i;
+        return i;
+      }
+    }
+    return absl::NotFoundError(absl::StrCat(
+        "the daemon's GPU ", EscapeForLog(uuid), " is not one of this process's ", count,
+        " ", api->name(), " device(s) (CUDA_VISIBLE_DEVICES, or a container without that GPU?)"));
+  }
+
+ private:
+  std::mutex mu_;
+  bool cuda_tried_ = false;
+  std::shared_ptr<gpu::DeviceApi> cuda_;
+  absl::Status cuda_error_;
+  std::map<std::pair<uid_t, std::string>, std::shared_ptr<gpu::DeviceApi>> emulated_;
+  std::map<std::pair<gpu::DeviceApi*, std::string>, int> ordinals_;
+};
+
+// Open device arenas: each IPC handle opened once per process and closed
+// with the last Layer that uses it. Keyed by (daemon, GPU, arena_id,
+// handle bytes): a daemon never reuses an arena id, and a restarted daemon
+// on the same socket exports new handles.
+class DeviceArenas {
+ public:
+  static DeviceArenas& Get() {
+    static DeviceArenas* instance = new DeviceArenas();  // outlives every Layer
+    return *instance;
+  }
+
+  absl::StatusOr<std::shared_ptr<const DeviceArena>> Open(const std::string& daemon,
+                                                          const v1::CudaIpcMemory& cuda,
+                                                          std::shared_ptr<gpu::DeviceApi> api,
+                                                          int ordinal) {
+    if (cuda.ipc_handle().size() != gpu::kIpcHandleBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("CUDA IPC handle of arena ", cuda.arena_id(),
+                                                     " has ", cuda.ipc_handle().size(),
+                                                     " bytes, not ", gpu::kIpcHandleBytes));
+    }
+    if (cuda.arena_offset() > cuda.arena_size() ||
+        cuda.size() > cuda.arena_size() - cuda.arena_offset()) {
+      return absl::DataLossError(absl::StrCat(
+          "device layer at ", cuda.arena_offset(), " of ", cuda.size(),
+          " bytes lies outside its arena ", cuda.arena_id(), " of ", cuda.arena_size(), " bytes"));
+    }
+    Key key{daemon, cuda.gpu_uuid(), cuda.arena_id(), cuda.ipc_handle()};
+    // Before the lock: dropping the last reference closes, which takes it.
+    std::shared_ptr<const DeviceArena> arena;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      auto it = arenas_.find(key);
+      if (it == arenas_.end()) break;
+      arena = it->second.lock();
+      if (arena != nullptr) break;
+      // Its last Layer is gone and the close is under way: wait for it, so
+      // an open never overlaps the close of the same handle (CUDA refuses a
+      // handle that is already open in the process).
+      closed_.wait(lock);
+    }
+    if (arena == nullptr) {
+      gpu::IpcHandle handle;
+      std::memcpy(handle.data(), cuda.ipc_handle().data(), handle.size());
+      absl::StatusOr<uint8_t*> base = api->IpcOpenMemHandle(ordinal, handle);
+      if (!base.ok()) {
+        return absl::Status(base.status().code(),
+                            absl::StrCat("open the CUDA IPC handle of device arena ",
+                                         cuda.arena_id(), " (", api->name(),
+                                         "): ", base.status().message()));
+      }
+      auto* opened = new DeviceArena{api, ordinal, *base, cuda.arena_size()};
+      arena = std::shared_ptr<const DeviceArena>(opened, [this, key](const DeviceArena* a) {
+        Closed(key, a);
+      });
+      arenas_[key] = arena;
+      ++opens_;
+    }
+    return arena;
+  }
+
+  DeviceArenaCounts counts() {
+    std::lock_guard<std::mutex> lock(mu_);
+    DeviceArenaCounts c;
+    for (const auto& [key, weak] : arenas_) c.open += weak.expired() ? 0 : 1;
+    c.opens = opens_;
+    c.closes = closes_;
+    return c;
+  }
+
+ private:
+  struct Key {
+    std::string daemon;
+    std::string gpu_uuid;
+    uint64_t arena_id = 0;
+    std::string handle;
+    auto operator<=>(const Key&) const = default;
+  };
+
+  void Closed(const Key& key, const DeviceArena* a) {
+    absl::Status st = a->api->IpcCloseMemHandle(a->ordinal, a->base);
+    if (!st.ok()) {
+      std::fprintf(stderr, "bigsmall client: close device arena: %s\n", st.ToString().c_str());
+    }
+    delete a;
+    {
+      // Opens of this key wait while its expired entry exists, so the
+      // entry is still this arena's.
+      std::lock_guard<std::mutex> lock(mu_);
+      arenas_.erase(key);
+      ++closes_;
+    }
+    closed_.notify_all();
+  }
+
+  std::mutex mu_;
+  std::condition_variable closed_;
+  std::map<Key, std::weak_ptr<const DeviceArena>> arenas_;
+  uint64_t opens_ = 0;
+  uint64_t closes_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const DeviceArena>> OpenDeviceArena(
+    const std::string& daemon, const v1::CudaIpcMemory& cuda,
+    std::shared_ptr<gpu::DeviceApi> api, int ordinal) {
+  return DeviceArenas::Get().Open(daemon, cuda, std::move(api), ordinal);
+}
+
+DeviceArenaCounts GetDeviceArenaCounts() { return DeviceArenas::Get().counts(); }
 
 namespace {
 
@@ -198,6 +415,10 @@ class StreamCore {
   // Its owner, read when the stream is made (the socket is gone once a
   // draining daemon stops listening), else at the first layer.
   std::optional<uid_t> daemon_uid;
+  // The daemon's address: with the arena id, the key of its open device arenas.
+  std::string daemon_key;
+  // Host layers are page-locked with this runtime (pin_host_memory), or not.
+  std::shared_ptr<gpu::DeviceApi> pin_api;
 
   bool Write(const v1::SessionRequest& request) {
     std::lock_guard<std::mutex> lock(write_mu);
@@ -274,9 +495,93 @@ void Layer::Release() {
   if (released_) return;
   released_ = true;
   tensors_.clear();
-  map_.reset();  // the arena is unmapped with its last Layer
+  map_.reset();    // the arena is unmapped with its last Layer
+  arena_.reset();  // a device arena is closed with its last Layer
   if (core_ != nullptr) core_->Release(handle_.layer().index());
   core_.reset();
+}
+
+absl::StatusOr<std::vector<uint8_t>> Layer::CopyToHost(const Tensor& tensor) const {
+  if (released_) return absl::FailedPreconditionError("the layer was released");
+  if (!on_device()) return std::vector<uint8_t>(tensor.data, tensor.data + tensor.size);
+  gpu::DeviceApi& api = *arena_->api;
+  std::vector<uint8_t> out(tensor.size);
+  if (tensor.size == 0) return out;
+  ASSIGN_OR_RETURN(gpu::StreamRef stream, api.CreateStream(device_));
+  absl::Status st =
+      api.MemcpyAsync(out.data(), tensor.data, tensor.size, gpu::CopyKind::kDeviceToHost, stream);
+  absl::Status synced = api.StreamSynchronize(stream);
+  if (st.ok()) st = synced;
+  absl::Status destroyed = api.DestroyStream(stream);
+  if (st.ok()) st = destroyed;
+  if (!st.ok()) return st;
+  return out;
+}
+
+namespace {
+
+absl::Status MismatchError(const std::vector<std::string>& bad, const std::string& layer) {
+  std::string names;
+  for (size_t i = 0; i < bad.size() && i < 8; ++i) {
+    absl::StrAppend(&names, i == 0 ? "" : ", ", EscapeForLog(bad[i]));
+  }
+  if (bad.size() > 8) absl::StrAppend(&names, ", ... (", bad.size(), " in all)");
+  return absl::DataLossError(
+      absl::StrCat("layer ", EscapeForLog(layer), ": checksum mismatch in tensor(s) ", names));
+}
+
+}  // namespace
+
+absl::Status Layer::Verify(std::vector<std::string>* mismatched) const {
+  if (released_) return absl::FailedPreconditionError("the layer was released");
+  std::vector<std::string> bad;
+  if (!on_device()) {
+    for (const Tensor& t : tensors_) {
+      if (HashBytes128({t.data, t.size}) != t.hash) bad.push_back(t.name);
+    }
+  } else {
+    // Device checksums on the device: one kernel per tensor into a device
+    // buffer of 8 bytes per tensor, copied back once. 1.0 tensors (no
+    // device checksum) and unaligned ones: copied back, XXH3-128 (slow).
+    gpu::DeviceApi& api = *arena_->api;
+    std::vector<size_t> on_gpu;  // indexes into tensors_
+    std::vector<size_t> copied;
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      const Tensor& t = tensors_[i];
+      if (t.has_device_checksum && t.size > 0 && reinterpret_cast<uintptr_t>(t.data) % 8 == 0) {
+        on_gpu.push_back(i);
+      } else if (t.has_device_checksum && t.size == 0) {
+        if (DeviceChecksum(nullptr, 0) != t.device_checksum) bad.push_back(t.name);
+      } else {
+        copied.push_back(i);
+      }
+    }
+    if (!on_gpu.empty()) {
+      ASSIGN_OR_RETURN(gpu::StreamRef stream, api.CreateStream(device_));
+      absl::Cleanup destroy_stream = [&] { (void)api.DestroyStream(stream); };
+      ASSIGN_OR_RETURN(uint8_t* sums, api.Malloc(device_, 8 * on_gpu.size()));
+      absl::Cleanup free_sums = [&] { (void)api.Free(device_, sums); };
+      std::vector<uint64_t> got(on_gpu.size());
+      for (size_t k = 0; k < on_gpu.size(); ++k) {
+        const Tensor& t = tensors_[on_gpu[k]];
+        RETURN_IF_ERROR(api.LaunchChecksum(t.data, t.size,
+                                           reinterpret_cast<uint64_t*>(sums) + k, stream));
+      }
+      RETURN_IF_ERROR(api.MemcpyAsync(got.data(), sums, 8 * got.size(),
+                                      gpu::CopyKind::kDeviceToHost, stream));
+      RETURN_IF_ERROR(api.StreamSynchronize(stream));
+      for (size_t k = 0; k < on_gpu.size(); ++k) {
+        if (got[k] != tensors_[on_gpu[k]].device_checksum) bad.push_back(tensors_[on_gpu[k]].name);
+      }
+    }
+    for (size_t i : copied) {
+      ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, CopyToHost(tensors_[i]));
+      if (HashBytes128(bytes) != tensors_[i].hash) bad.push_back(tensors_[i].name);
+    }
+  }
+  if (mismatched != nullptr) *mismatched = bad;
+  if (bad.empty()) return absl::OkStatus();
+  return MismatchError(bad, name());
 }
 
 const Tensor* Layer::Find(const std::string& name) const {
@@ -287,6 +592,7 @@ const Tensor* Layer::Find(const std::string& name) const {
 }
 
 LayerStream::~LayerStream() {
+  recent_arenas_.clear();
   if (core_ == nullptr) return;
   if (!complete_) core_->ctx.TryCancel();
   core_->CloseWrites();  // after StreamEnd: the daemon ends the call OK
@@ -328,22 +634,43 @@ absl::StatusOr<std::unique_ptr<Layer>> LayerStream::Next() {
     return nullptr;
   }
   ++received_;
-  if (!response.has_layer() || !response.layer().memory().has_host()) {
+  if (!response.has_layer() ||
+      (!response.layer().memory().has_host() && !response.layer().memory().has_cuda())) {
     return absl::UnimplementedError("the daemon sent a memory kind this client cannot map");
   }
   auto layer = std::unique_ptr<Layer>(new Layer());
   layer->handle_ = std::move(*response.mutable_layer());
   layer->core_ = core_;
   core_->held.fetch_add(1);
-  const v1::HostMemory& host = layer->handle_.memory().host();
   if (!core_->daemon_uid.has_value()) {
     ASSIGN_OR_RETURN(core_->daemon_uid, DaemonUid(core_->socket_path));
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<const uint8_t> arena,
-                   MapLayerMemory(host, *core_->daemon_uid));
-  const uint8_t* base = arena.get() + host.offset();
-  layer->map_ = std::shared_ptr<const void>(std::move(arena), base);
-  layer->map_size_ = host.size();
+  const uint8_t* base = nullptr;
+  if (layer->handle_.memory().has_host()) {
+    const v1::HostMemory& host = layer->handle_.memory().host();
+    ASSIGN_OR_RETURN(std::shared_ptr<const uint8_t> arena,
+                     MapLayerMemory(host, *core_->daemon_uid, core_->pin_api));
+    base = arena.get() + host.offset();
+    layer->map_ = std::shared_ptr<const void>(std::move(arena), base);
+    layer->map_size_ = host.size();
+  } else {
+    const v1::CudaIpcMemory& cuda = layer->handle_.memory().cuda();
+    std::shared_ptr<gpu::DeviceApi> api;
+    if (cuda.emulated()) {
+      api = DeviceApis::Get().Emulated(*core_->daemon_uid, cuda.gpu_uuid());
+    } else {
+      ASSIGN_OR_RETURN(api, DeviceApis::Get().Cuda());
+    }
+    ASSIGN_OR_RETURN(int ordinal, DeviceApis::Get().OrdinalOf(api, cuda.gpu_uuid()));
+    ASSIGN_OR_RETURN(layer->arena_, OpenDeviceArena(core_->daemon_key, cuda, api, ordinal));
+    auto seen = std::find(recent_arenas_.begin(), recent_arenas_.end(), layer->arena_);
+    if (seen != recent_arenas_.end()) recent_arenas_.erase(seen);
+    recent_arenas_.push_back(layer->arena_);
+    if (recent_arenas_.size() > kRecentArenas) recent_arenas_.erase(recent_arenas_.begin());
+    base = layer->arena_->base + cuda.arena_offset();
+    layer->map_size_ = cuda.size();
+    layer->device_ = ordinal;
+  }
   for (const v1::TensorInfo& info : layer->handle_.layer().tensors()) {
     if (info.offset() > layer->map_size_ || info.size() > layer->map_size_ - info.offset()) {
       return absl::DataLossError(absl::StrCat("tensor ", info.name(), " lies outside its layer"));
@@ -354,7 +681,10 @@ absl::StatusOr<std::unique_ptr<Layer>> LayerStream::Next() {
     t.shape.assign(info.shape().begin(), info.shape().end());
     t.data = base + info.offset();
     t.size = info.size();
+    t.device = layer->device_;
     if (info.hash().size() == t.hash.size()) std::memcpy(t.hash.data(), info.hash().data(), 16);
+    t.device_checksum = info.device_checksum();
+    t.has_device_checksum = info.has_device_checksum();
     layer->tensors_.push_back(std::move(t));
   }
   return layer;
@@ -364,7 +694,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socke
                                                         const ClientOptions& options) {
   std::unique_ptr<Client> client(new Client());
   client->options_ = options;
-  client->socket_path_ = UnixSocketPath(TargetFor(socket_or_address));
+  client->target_ = TargetFor(socket_or_address);
+  client->socket_path_ = UnixSocketPath(client->target_);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   // Reconnect quickly when the daemon (re)starts. Not
@@ -439,6 +770,7 @@ absl::StatusOr<std::unique_ptr<LayerStream>> Client::Stream(const std::string& m
                                                             const StreamOptions& options) {
   auto core = std::make_shared<StreamCore>();
   core->socket_path = socket_path_;
+  core->daemon_key = target_;
   if (auto uid = DaemonUid(socket_path_); uid.ok()) core->daemon_uid = *uid;
   core->idle_timeout = options_.stream_idle_timeout;
   // Wait for a starting daemon; the idle timeout bounds the wait.
@@ -451,6 +783,30 @@ absl::StatusOr<std::unique_ptr<LayerStream>> Client::Stream(const std::string& m
   start->set_to_layer(options.to_layer);
   start->set_window(options.window);
   start->set_include_non_layer(options.include_non_layer);
+  if (!options.device.empty()) {
+    v1::Device* device = start->mutable_device();
+    device->set_kind(v1::DEVICE_KIND_CUDA);
+    if (absl::StartsWith(options.device, "cuda:")) {
+      device->set_name(options.device);
+    } else {
+      device->set_gpu_uuid(options.device);
+    }
+  } else if (options.pin_host_memory || options_.pin_host_memory) {
+    std::shared_ptr<gpu::DeviceApi> api = options_.pin_api;
+    if (api == nullptr) {
+      absl::StatusOr<std::shared_ptr<gpu::DeviceApi>> cuda = DeviceApis::Get().Cuda();
+      if (!cuda.ok()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "pin_host_memory needs CUDA to page-lock layer memory: ", cuda.status().message()));
+      }
+      api = *cuda;
+    }
+    if (absl::StatusOr<int> n = api->DeviceCount(); !n.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "pin_host_memory needs a GPU to page-lock layer memory: ", n.status().message()));
+    }
+    core->pin_api = std::move(api);
+  }
   std::unique_ptr<LayerStream> stream(new LayerStream());
   stream->window_ = options.window;
   stream->core_ = core;

@@ -12,6 +12,13 @@
 //     if (*layer == nullptr) break;           // all layers delivered
 //     for (const Tensor& t : (*layer)->tensors()) use(t.data, t.dtype, t.shape);
 //   }                                         // ~Layer releases it
+//
+// Device sessions (StreamOptions::device = "cuda:0" or a GPU UUID): layers
+// live in the daemon's GPU memory, shared through CUDA IPC. Each tensor's
+// `data` is then a device pointer on local CUDA device `device`; the arena
+// holding it is opened once per process (cudaIpcOpenMemHandle is slow) and
+// closed when no Layer of it is left. Layer::Verify() checks every tensor
+// on the device. See docs/API.md, "Device sessions".
 #ifndef BIGSMALL_CLIENT_CLIENT_H_
 #define BIGSMALL_CLIENT_CLIENT_H_
 
@@ -29,6 +36,10 @@
 #include "absl/status/statusor.h"
 #include "bigsmall/v1/bigsmall.grpc.pb.h"
 #include "codec/hash.h"
+
+namespace bigsmall::gpu {
+class DeviceApi;
+}  // namespace bigsmall::gpu
 
 namespace bigsmall::client {
 
@@ -48,16 +59,55 @@ std::string DefaultSocketPath();
 // DATA_LOSS); a missing file is NOT_FOUND. The layer starts at
 // mapping + host.offset(). LayerStream::Next uses it with the owner of the
 // daemon's Unix socket as `daemon_uid`.
-absl::StatusOr<std::shared_ptr<const uint8_t>> MapLayerMemory(const v1::HostMemory& host,
-                                                              uid_t daemon_uid);
+//
+// `pin_api` (optional): page-lock the whole mapping with it once
+// (HostRegister, read-only), unregistered just before the mapping goes; a
+// mapping already made without pinning is pinned by the first call that
+// asks. A failure to pin is returned (the mapping stays usable by others).
+absl::StatusOr<std::shared_ptr<const uint8_t>> MapLayerMemory(
+    const v1::HostMemory& host, uid_t daemon_uid,
+    std::shared_ptr<gpu::DeviceApi> pin_api = nullptr);
+
+// The device memory of a CUDA layer's arena in this process: the daemon's
+// IPC handle opened once per (daemon, GPU, arena_id, handle) and shared by
+// every Layer of that arena; closed (IpcCloseMemHandle) with the last
+// reference. `api` is the runtime that opens it (the real CUDA runtime, or
+// the emulated one for handles marked `emulated`); `ordinal` the local
+// device ordinal of cuda.gpu_uuid. Checks that the layer lies inside the
+// arena (else DATA_LOSS) and that the handle has 64 bytes (else
+// INVALID_ARGUMENT).
+struct DeviceArena {
+  std::shared_ptr<gpu::DeviceApi> api;
+  int ordinal = 0;
+  uint8_t* base = nullptr;
+  uint64_t size = 0;
+};
+absl::StatusOr<std::shared_ptr<const DeviceArena>> OpenDeviceArena(
+    const std::string& daemon, const v1::CudaIpcMemory& cuda,
+    std::shared_ptr<gpu::DeviceApi> api, int ordinal);
+// This process's device arenas (tests, diagnostics): open now, and IPC
+// opens and closes since it started.
+struct DeviceArenaCounts {
+  size_t open = 0;
+  uint64_t opens = 0;
+  uint64_t closes = 0;
+};
+DeviceArenaCounts GetDeviceArenaCounts();
 
 struct Tensor {
   std::string name;
   std::string dtype;
   std::vector<uint64_t> shape;
+  // Host layers: a pointer into the read-only mapping. Device layers: a
+  // DEVICE pointer on local CUDA device `device` (do not dereference it on
+  // the host; copy with the CUDA runtime or Layer::CopyToHost).
   const uint8_t* data = nullptr;
   uint64_t size = 0;
+  int device = -1;  // local CUDA ordinal; -1: host memory
   Hash128 hash{};  // what the daemon verified the bytes against
+  // Format 1.1 device checksum (codec/device_checksum.h), when the file has one.
+  uint64_t device_checksum = 0;
+  bool has_device_checksum = false;
 };
 
 class StreamCore;
@@ -77,6 +127,22 @@ class Layer {
   uint64_t size() const { return map_size_; }
   bool cache_hit() const { return handle_.cache_hit(); }
   const v1::LayerHandle& handle() const { return handle_; }
+  // True for a layer in GPU memory (a device session).
+  bool on_device() const { return device_ >= 0; }
+  int device() const { return device_; }  // local CUDA ordinal, -1: host
+  // Checks every tensor against what the daemon published:
+  //  * device layers: each tensor's device checksum is computed ON the
+  //    device (DeviceApi::LaunchChecksum into a small device buffer, 8 bytes
+  //    per tensor copied back) and compared with TensorInfo.device_checksum;
+  //    tensors of 1.0 files (no device checksum) are copied back and hashed
+  //    with XXH3-128 instead, which is slow (a full device-to-host copy).
+  //  * host layers: XXH3-128 of the mapped bytes.
+  // A mismatch is DATA_LOSS naming the tensor(s); their names also go to
+  // `mismatched` when given. Other errors are the device runtime's.
+  absl::Status Verify(std::vector<std::string>* mismatched = nullptr) const;
+  // A copy of a tensor's bytes in host memory (device-to-host for device
+  // layers).
+  absl::StatusOr<std::vector<uint8_t>> CopyToHost(const Tensor& tensor) const;
   // Releases the lease now (also done by the destructor).
   void Release();
 
@@ -85,10 +151,13 @@ class Layer {
   Layer() = default;
   std::shared_ptr<StreamCore> core_;
   v1::LayerHandle handle_;
-  // The layer's start in its arena's mapping, which is shared by every Layer
-  // of that arena in this process and unmapped with the last of them.
+  // The layer's start in its arena's mapping (host), or a reference to its
+  // open device arena (device), shared by every Layer of that arena in this
+  // process and unmapped or closed with the last of them.
   std::shared_ptr<const void> map_;
   size_t map_size_ = 0;
+  int device_ = -1;
+  std::shared_ptr<const DeviceArena> arena_;  // device layers
   std::vector<Tensor> tensors_;
   bool released_ = false;
 };
@@ -98,6 +167,16 @@ struct StreamOptions {
   int32_t to_layer = 0;   // 0: to the end
   uint32_t window = 0;    // 0: the daemon's default
   bool include_non_layer = false;
+  // "" (host memory), "cuda:N" (the daemon's device N) or a GPU UUID
+  // ("GPU-..."): sent as StartStream.device (kind CUDA). Layers then come as
+  // CUDA IPC handles; see Layer::on_device().
+  std::string device;
+  // Host layers: page-lock each arena mapping (cudaHostRegister, read-only)
+  // so this process's own host-to-device copies of it run at PCIe speed.
+  // Also on when ClientOptions::pin_host_memory is set. Without CUDA (no
+  // driver, no GPU, a build without it) Client::Stream fails
+  // FAILED_PRECONDITION.
+  bool pin_host_memory = false;
 };
 
 class LayerStream {
@@ -118,6 +197,12 @@ class LayerStream {
   uint32_t window_ = 0;
   uint32_t received_ = 0;  // layers handed out
   bool complete_ = false;
+  // The device arenas of the last few layers: kept open while the stream
+  // lives, so a consumer that releases each layer before the next does not
+  // reopen the same arena (slow) for every layer. Bounded, so a long stream
+  // does not keep every arena it ever touched open.
+  static constexpr size_t kRecentArenas = 4;
+  std::vector<std::shared_ptr<const DeviceArena>> recent_arenas_;
 };
 
 struct ClientOptions {
@@ -134,6 +219,11 @@ struct ClientOptions {
   // interval (gRPC's default: 5 min), which would get the connection closed.
   std::chrono::milliseconds keepalive_time{300000};
   std::chrono::milliseconds keepalive_timeout{20000};
+  // Every stream of this client pins its host layers (StreamOptions::pin_host_memory).
+  bool pin_host_memory = false;
+  // The runtime that pins host memory (default: the real CUDA runtime,
+  // gpu::MakeCudaDeviceApi). Tests pass an emulated or recording one.
+  std::shared_ptr<gpu::DeviceApi> pin_api;
 };
 
 class Client {
@@ -165,6 +255,7 @@ class Client {
   Client() = default;
   void SetDeadline(grpc::ClientContext* ctx) const;
   ClientOptions options_;
+  std::string target_;       // the gRPC target: names the daemon in the device arena cache
   std::string socket_path_;  // of a Unix socket target: layer memory must be its owner's
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::BigSmall::Stub> stub_;

@@ -8,11 +8,18 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <thread>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "kernels/device_api.h"
 
 namespace bigsmall::client {
 namespace {
@@ -100,6 +107,200 @@ TEST_F(MapLayerMemoryTest, MissingMemoryIsNotFoundAndShortIsDataLoss) {
   EXPECT_EQ(past_end.status().code(), absl::StatusCode::kDataLoss) << past_end.status();
   auto overflow = MapLayerMemory(Host(arena_, 7, UINT64_MAX, 2), geteuid());
   EXPECT_EQ(overflow.status().code(), absl::StatusCode::kDataLoss);
+}
+
+// A DeviceApi that records what the client asks of it: host registrations
+// and IPC opens/closes (IpcOpenMemHandle "maps" a host buffer). Everything
+// else is UNIMPLEMENTED: the client must not need it here.
+class RecordingDeviceApi : public gpu::DeviceApi {
+ public:
+  struct Registration {
+    void* ptr;
+    uint64_t bytes;
+    bool read_only;
+  };
+  std::mutex mu;
+  std::vector<Registration> registered;
+  std::vector<void*> unregistered;
+  int opens = 0, closes = 0;
+  std::vector<uint8_t> device_memory = std::vector<uint8_t>(1 << 16);
+  absl::Status register_error;
+
+  const char* name() const override { return "recording"; }
+  absl::StatusOr<int> DeviceCount() override { return 1; }
+  absl::StatusOr<gpu::DeviceInfo> Describe(int) override { return gpu::DeviceInfo{}; }
+  absl::StatusOr<uint8_t*> Malloc(int, uint64_t) override { return No(); }
+  absl::Status Free(int, uint8_t*) override { return No(); }
+  absl::StatusOr<uint8_t*> MallocHost(uint64_t) override { return No(); }
+  absl::Status FreeHost(uint8_t*) override { return No(); }
+  absl::Status HostRegister(void* ptr, uint64_t bytes, bool read_only) override {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!register_error.ok()) return register_error;
+    registered.push_back({ptr, bytes, read_only});
+    return absl::OkStatus();
+  }
+  absl::Status HostUnregister(void* ptr) override {
+    std::lock_guard<std::mutex> lock(mu);
+    unregistered.push_back(ptr);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<gpu::IpcHandle> IpcGetMemHandle(int, uint8_t*) override { return No(); }
+  absl::StatusOr<uint8_t*> IpcOpenMemHandle(int, const gpu::IpcHandle& handle) override {
+    std::lock_guard<std::mutex> lock(mu);
+    ++opens;
+    return device_memory.data() + handle[0] * 1024;
+  }
+  absl::Status IpcCloseMemHandle(int, uint8_t*) override {
+    std::lock_guard<std::mutex> lock(mu);
+    ++closes;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<gpu::StreamRef> CreateStream(int) override { return No(); }
+  absl::Status DestroyStream(gpu::StreamRef) override { return No(); }
+  absl::StatusOr<gpu::EventRef> CreateEvent(int) override { return No(); }
+  absl::Status DestroyEvent(gpu::EventRef) override { return No(); }
+  absl::Status EventRecord(gpu::EventRef, gpu::StreamRef) override { return No(); }
+  absl::Status StreamWaitEvent(gpu::StreamRef, gpu::EventRef) override { return No(); }
+  absl::Status EventSynchronize(gpu::EventRef) override { return No(); }
+  absl::StatusOr<bool> EventQuery(gpu::EventRef) override { return No(); }
+  absl::StatusOr<float> EventElapsedMs(gpu::EventRef, gpu::EventRef) override { return No(); }
+  absl::Status StreamSynchronize(gpu::StreamRef) override { return No(); }
+  absl::Status MemcpyAsync(void*, const void*, uint64_t, gpu::CopyKind, gpu::StreamRef) override {
+    return No();
+  }
+  absl::Status MemsetAsync(void*, int, uint64_t, gpu::StreamRef) override { return No(); }
+  absl::Status LaunchDecode(const gpu::DecodeLaunch&, gpu::StreamRef) override { return No(); }
+  absl::Status LaunchChecksum(const uint8_t*, uint64_t, uint64_t*, gpu::StreamRef) override {
+    return No();
+  }
+
+ private:
+  static absl::Status No() { return absl::UnimplementedError("not in this test"); }
+};
+
+TEST_F(MapLayerMemoryTest, PinsEachMappingOnceReadOnlyAndUnpinsBeforeUnmapping) {
+  auto api = std::make_shared<RecordingDeviceApi>();
+  // A mapping made without pinning is pinned by the first layer that asks.
+  auto plain = MapLayerMemory(Host(arena_, 11, 4096, 100), geteuid());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_TRUE(api->registered.empty());
+  auto a = MapLayerMemory(Host(arena_, 11, 4096, 100), geteuid(), api);
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = MapLayerMemory(Host(arena_, 11, 0, 4096), geteuid(), api);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(api->registered.size(), 1u);  // once per mapping, not per layer
+  EXPECT_EQ(api->registered[0].ptr, a->get());
+  EXPECT_EQ(api->registered[0].bytes, 8192u);  // the whole arena file
+  EXPECT_TRUE(api->registered[0].read_only);
+  plain->reset();
+  a->reset();
+  EXPECT_TRUE(api->unregistered.empty());
+  EXPECT_EQ(CountMappings(arena_), 1);
+  b->reset();
+  ASSERT_EQ(api->unregistered.size(), 1u);
+  EXPECT_EQ(api->unregistered[0], api->registered[0].ptr);
+  EXPECT_EQ(CountMappings(arena_), 0);
+}
+
+TEST_F(MapLayerMemoryTest, AFailedPinIsReturnedAndLeavesNothingPinned) {
+  auto api = std::make_shared<RecordingDeviceApi>();
+  api->register_error = absl::FailedPreconditionError("no driver");
+  auto a = MapLayerMemory(Host(arena_, 12), geteuid(), api);
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kFailedPrecondition) << a.status();
+  EXPECT_NE(a.status().message().find("page-lock"), std::string::npos) << a.status();
+  EXPECT_EQ(CountMappings(arena_), 0);
+  EXPECT_TRUE(api->unregistered.empty());
+}
+
+v1::CudaIpcMemory Cuda(uint64_t arena_id, uint8_t slot, uint64_t offset, uint64_t size,
+                       uint64_t arena_size = 1024) {
+  v1::CudaIpcMemory c;
+  std::string handle(gpu::kIpcHandleBytes, '\0');
+  handle[0] = static_cast<char>(slot);
+  c.set_ipc_handle(handle);
+  c.set_gpu_uuid("GPU-test");
+  c.set_arena_id(arena_id);
+  c.set_arena_offset(offset);
+  c.set_size(size);
+  c.set_arena_size(arena_size);
+  return c;
+}
+
+TEST(DeviceArenaTest, OpensEachArenaOnceAndClosesItWithTheLastLayer) {
+  auto api = std::make_shared<RecordingDeviceApi>();
+  const DeviceArenaCounts before = GetDeviceArenaCounts();
+  auto a = OpenDeviceArena("unix:/d1", Cuda(1, 1, 0, 512), api, 0);
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = OpenDeviceArena("unix:/d1", Cuda(1, 1, 512, 512), api, 0);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->get(), b->get());
+  EXPECT_EQ((*a)->base, api->device_memory.data() + 1024);
+  EXPECT_EQ((*a)->size, 1024u);
+  // Another arena, and the same arena id of another daemon: their own opens.
+  auto c = OpenDeviceArena("unix:/d1", Cuda(2, 2, 0, 1024), api, 0);
+  auto d = OpenDeviceArena("unix:/d2", Cuda(1, 3, 0, 1024), api, 0);
+  ASSERT_TRUE(c.ok() && d.ok());
+  EXPECT_EQ(api->opens, 3);
+  EXPECT_EQ(GetDeviceArenaCounts().open, before.open + 3);
+  a->reset();
+  EXPECT_EQ(api->closes, 0);
+  b->reset();
+  EXPECT_EQ(api->closes, 1);
+  c->reset();
+  d->reset();
+  EXPECT_EQ(api->closes, 3);
+  EXPECT_EQ(GetDeviceArenaCounts().open, before.open);
+  // Reopened after the close: a fresh open.
+  auto e = OpenDeviceArena("unix:/d1", Cuda(1, 1, 0, 512), api, 0);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(api->opens, 4);
+}
+
+TEST(DeviceArenaTest, ALayerOutsideItsArenaOrABadHandleIsRefusedBeforeOpening) {
+  auto api = std::make_shared<RecordingDeviceApi>();
+  auto past = OpenDeviceArena("unix:/d3", Cuda(1, 1, 1000, 100), api, 0);
+  EXPECT_EQ(past.status().code(), absl::StatusCode::kDataLoss) << past.status();
+  auto overflow = OpenDeviceArena("unix:/d3", Cuda(1, 1, 8, UINT64_MAX), api, 0);
+  EXPECT_EQ(overflow.status().code(), absl::StatusCode::kDataLoss) << overflow.status();
+  v1::CudaIpcMemory short_handle = Cuda(1, 1, 0, 8);
+  short_handle.set_ipc_handle("short");
+  auto bad = OpenDeviceArena("unix:/d3", short_handle, api, 0);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_EQ(api->opens, 0);
+}
+
+TEST(DeviceArenaTest, ConcurrentOpensAndClosesOfOneArenaNeverOverlap) {
+  // Open/close churn from threads: at most one open of the handle at a time
+  // (each open is closed before the next one starts).
+  class Strict : public RecordingDeviceApi {
+   public:
+    std::atomic<int> open_now{0};
+    std::atomic<bool> overlapped{false};
+    absl::StatusOr<uint8_t*> IpcOpenMemHandle(int d, const gpu::IpcHandle& h) override {
+      if (open_now.fetch_add(1) != 0) overlapped = true;
+      return RecordingDeviceApi::IpcOpenMemHandle(d, h);
+    }
+    absl::Status IpcCloseMemHandle(int d, uint8_t* p) override {
+      // A slow close (as CUDA's is) widens the window an overlap needs.
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      open_now.fetch_sub(1);
+      return RecordingDeviceApi::IpcCloseMemHandle(d, p);
+    }
+  };
+  auto api = std::make_shared<Strict>();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 100; ++i) {
+        auto a = OpenDeviceArena("unix:/d4", Cuda(9, 1, 0, 8), api, 0);
+        ASSERT_TRUE(a.ok()) << a.status();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_FALSE(api->overlapped);
+  EXPECT_EQ(api->opens, api->closes);
+  EXPECT_EQ(api->open_now, 0);
 }
 
 }  // namespace

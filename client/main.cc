@@ -80,7 +80,8 @@ int main(int argc, char** argv) {
   std::string model;
   int32_t from = 0, to = 0;
   uint32_t window = 0;
-  bool verify = false, non_layer = false, unload = false;
+  bool verify = false, non_layer = false, unload = false, pin = false;
+  std::string device;
   int delay_ms = 0;
   auto* stream = app.add_subcommand("stream", "stream a model's layers in order");
   stream->add_option("model", model, "model path or id")->required();
@@ -88,7 +89,12 @@ int main(int argc, char** argv) {
   stream->add_option("--to", to, "one past the last layer (0: end)");
   stream->add_option("--window", window, "unreleased layers (0: daemon default)");
   stream->add_flag("--non-layer", non_layer, "also receive the non-layer tensors first");
-  stream->add_flag("--verify", verify, "re-hash every tensor (XXH3-128) and compare");
+  stream->add_flag("--verify", verify,
+                   "check every tensor: XXH3-128 of host layers; device layers on the device "
+                   "(format 1.1 device checksums; 1.0 files: copied back and hashed, slow)");
+  stream->add_option("--device", device,
+                     "receive layers in GPU memory: cuda:N (the daemon's device N) or a GPU UUID");
+  stream->add_flag("--pin", pin, "host layers: page-lock each arena mapping (needs CUDA)");
   stream->add_option("--delay-ms", delay_ms, "hold each layer this long (a slow consumer)");
   stream->add_flag("--json", as_json, "one JSON object per line");
   auto* open = app.add_subcommand("open", "open a model and print its description");
@@ -120,6 +126,8 @@ int main(int argc, char** argv) {
     so.to_layer = to;
     so.window = window;
     so.include_non_layer = non_layer;
+    so.device = device;
+    so.pin_host_memory = pin;
     auto start = std::chrono::steady_clock::now();
     auto s = client.Stream(desc->model_id(), so);
     if (!s.ok()) return Fail(s.status(), as_json);
@@ -135,18 +143,18 @@ int main(int argc, char** argv) {
       last = now;
       if (first_ms < 0) first_ms = std::chrono::duration<double, std::milli>(now - start).count();
       uint64_t layer_bytes = 0, layer_bad = 0;
-      for (const auto& t : (*layer)->tensors()) {
-        layer_bytes += t.size;
-        if (verify) {
-          auto h = bigsmall::HashBytes128({t.data, t.size});
-          if (h == t.hash) {
-            ++verified;
-          } else {
-            ++layer_bad;
-            std::fprintf(stderr, "bigsmall-client: tensor %s: hash mismatch (%s != %s)\n",
-                         t.name.c_str(), bigsmall::HashToHex(h).c_str(),
-                         bigsmall::HashToHex(t.hash).c_str());
-          }
+      for (const auto& t : (*layer)->tensors()) layer_bytes += t.size;
+      if (verify) {
+        std::vector<std::string> bad;
+        absl::Status checked = (*layer)->Verify(&bad);
+        if (!checked.ok() && checked.code() != absl::StatusCode::kDataLoss) {
+          return Fail(checked, as_json);
+        }
+        layer_bad = bad.size();
+        verified += (*layer)->tensors().size() - bad.size();
+        for (const auto& name : bad) {
+          std::fprintf(stderr, "bigsmall-client: layer %d tensor %s: checksum mismatch\n",
+                       (*layer)->index(), name.c_str());
         }
       }
       ++layers;
@@ -161,12 +169,19 @@ int main(int argc, char** argv) {
                      {"bytes", layer_bytes},
                      {"ms", ms},
                      {"cache_hit", (*layer)->cache_hit()}};
+        if ((*layer)->on_device()) {
+          line["device"] = (*layer)->device();
+          line["arena_id"] = (*layer)->handle().memory().cuda().arena_id();
+        }
         if (verify) line["verified"] = layer_bad == 0;
         std::cout << line.dump() << std::endl;
       } else {
-        std::cout << absl::StrFormat("layer %4d %-24s %3d tensors %12s %8.2f ms%s%s\n",
+        std::cout << absl::StrFormat("layer %4d %-24s %3d tensors %12s %8.2f ms%s%s%s\n",
                                      (*layer)->index(), (*layer)->name(),
                                      (*layer)->tensors().size(), Mib(layer_bytes), ms,
+                                     (*layer)->on_device()
+                                         ? absl::StrFormat("  cuda:%d", (*layer)->device())
+                                         : "",
                                      (*layer)->cache_hit() ? "  cached" : "",
                                      verify ? (layer_bad == 0 ? "  verified" : "  MISMATCH") : "")
                   << std::flush;
@@ -179,7 +194,9 @@ int main(int argc, char** argv) {
       json summary = {{"model_id", desc->model_id()}, {"layers", layers},
                       {"tensors", tensors},           {"bytes", bytes},
                       {"seconds", secs},              {"gbps", gbps},
-                      {"first_layer_ms", first_ms},   {"cache_hits", hits}};
+                      {"first_layer_ms", first_ms},   {"cache_hits", hits},
+                      {"device", device.empty() ? "host" : device},
+                      {"pinned", pin}};
       if (verify) {
         summary["verified_tensors"] = verified;
         summary["mismatches"] = mismatches;
