@@ -21,6 +21,33 @@
 // device: FAILED_PRECONDITION; a fault in a kernel: INTERNAL). An
 // asynchronous error surfaces at the next synchronising call on the stream
 // (EventSynchronize, StreamSynchronize), as with CUDA.
+//
+// Semantics both implementations share (the emulator mimics CUDA; where it
+// is stricter, it says so):
+//  * Malloc of 0 bytes is INVALID_ARGUMENT (cudaMalloc would return null).
+//  * A bad device ordinal is FAILED_PRECONDITION (cudaErrorInvalidDevice);
+//    invalid arguments (cudaErrorInvalidValue, a bad handle) are
+//    INVALID_ARGUMENT; registering host memory twice ALREADY_EXISTS;
+//    EventElapsedMs of an event not completed (or never recorded)
+//    FAILED_PRECONDITION.
+//  * StreamWaitEvent and EventSynchronize refer to the event's latest
+//    record at the time of the call; an event never recorded does not
+//    wait. StreamRef{nullptr} (CUDA's legacy default stream) is refused.
+//  * IpcOpenMemHandle of a handle already open in this process returns the
+//    same pointer and counts one more reference; IpcCloseMemHandle drops one
+//    and unmaps at zero. A handle cannot be opened in the process (the
+//    DeviceApi instance, for the emulator) that exported it. The importer's
+//    mapping stays valid after the exporter's Free.
+//  * The emulator only: an op whose device range lies outside every device
+//    allocation fails (synchronously for copies and memsets,
+//    INVALID_ARGUMENT; at execution for kernels, INTERNAL "illegal address",
+//    as a GPU fault), imported IPC memory is mapped read-only (writing it is
+//    INVALID_ARGUMENT: clients never write the daemon's layers), and an
+//    async error is sticky for its stream (later ops on it are skipped and
+//    every later sync of it returns the error; a stream waiting on an event
+//    of the failed work inherits the error), not for the whole context as
+//    a CUDA kernel fault is. Free and IpcCloseMemHandle first wait for all
+//    work already enqueued (cudaFree synchronises too).
 #ifndef BIGSMALL_KERNELS_DEVICE_API_H_
 #define BIGSMALL_KERNELS_DEVICE_API_H_
 
@@ -28,6 +55,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+
+#include <sys/types.h>
+#include <unistd.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -131,12 +161,24 @@ class DeviceApi {
 absl::StatusOr<std::unique_ptr<DeviceApi>> MakeCudaDeviceApi();
 
 struct EmulatedDeviceOptions {
-  // Where device allocations live, as files (default: /dev/shm). Must be a
-  // directory only this user can write: importers check owner and mode.
+  // Where device allocations live, as files (default: /dev/shm), created
+  // O_EXCL | O_NOFOLLOW, mode 0600, relative to a descriptor of the
+  // directory opened at construction (O_DIRECTORY | O_NOFOLLOW; when that
+  // fails, DeviceCount and Malloc say why). Importers check each file's
+  // owner and mode, not the directory's. A handle holds the file's absolute
+  // path, which must fit in 59 bytes.
   std::string memory_dir = "/dev/shm";
   uint64_t memory_bytes = 80ull << 30;  // the device's reported memory
   std::string uuid = "GPU-00000000-0000-0000-0000-00000000e001";
   std::string device_name = "BigSmall emulated GPU";
+  // IpcOpenMemHandle accepts only a regular file owned by this uid and not
+  // writable by group or others (PERMISSION_DENIED otherwise): a client
+  // sets the daemon's uid (the owner of its socket).
+  uid_t expected_owner = ::geteuid();
+  // Mode of the allocation files: 0600, or 0640 so that the memory dir's
+  // group (the daemon's --shm-group) can import them. Any other bit is
+  // refused (DeviceCount and Malloc say so).
+  mode_t file_mode = 0600;
   // Tests: every stream operation is delayed this long before it runs, so
   // a missing event wait shows as a wrong result.
   uint32_t op_delay_us = 0;
