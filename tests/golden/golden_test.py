@@ -73,11 +73,14 @@ def main():
     for data, value in SPEC_KNOWN_ANSWERS.items():
         check(device_checksum.device_checksum(data) == value, "device_checksum.py known answer for %r" % data)
     versions = expected.get("versions", {})
+    bases = expected.get("bases", {})
+    check(len(bases) > 0, "a 1.1 delta golden file is listed")
     check(sorted(set(versions.values())) == ["1.0", "1.1"], "golden files of both versions: %s" % versions)
     for name, original in sorted(expected["valid"].items()):
         if not name.endswith(".bs"):
             continue
         src = os.path.join(HERE, "valid", name)
+        base = ["--base", os.path.join(HERE, "valid", bases[name])] if name in bases else []
         p = subprocess.run([bigsmall, "info", src, "--json"], capture_output=True, text=True)
         version = json.loads(p.stdout).get("format_version") if p.returncode == 0 else None
         check(version == versions.get(name), "%s: format version %s, expected %s" %
@@ -85,18 +88,18 @@ def main():
         if version == "1.1":
             problems, n = check_device_checksums(bigsmall, src, os.path.join(HERE, "valid", original))
             check(not problems and n > 0, "%s device checksums: %s" % (name, problems))
-            p = subprocess.run([bigsmall, "verify", src, "--json"], capture_output=True, text=True)
+            p = subprocess.run([bigsmall, "verify", src, "--json"] + base, capture_output=True, text=True)
             j = json.loads(p.stdout) if p.returncode == 0 else {}
             check(j.get("device_checksums") == n and j.get("group_checksums", 0) > 0,
                   "%s: verify checked %s device and %s group checksums" %
                   (name, j.get("device_checksums"), j.get("group_checksums")))
         src = os.path.join(HERE, "valid", name)
         out = os.path.join(tmp, name + ".out")
-        p = subprocess.run([bigsmall, "decompress", src, "-o", out, "-q"], capture_output=True, text=True)
+        p = subprocess.run([bigsmall, "decompress", src, "-o", out, "-q"] + base, capture_output=True, text=True)
         digest = hashlib.sha256(open(out, "rb").read()).hexdigest() if p.returncode == 0 else None
         check(p.returncode == 0 and digest == expected["valid"][original], "%s decodes to %s (%s)" %
               (name, original, p.stderr.strip()))
-        p = subprocess.run([bigsmall, "verify", src, "--against", os.path.join(HERE, "valid", original), "-q"],
+        p = subprocess.run([bigsmall, "verify", src, "--against", os.path.join(HERE, "valid", original), "-q"] + base,
                            capture_output=True, text=True)
         check(p.returncode == 0, "%s verifies against %s (%s)" % (name, original, p.stderr.strip()))
     table = make_golden.error_table()

@@ -153,7 +153,7 @@ def main():
     for d in ((corrupt,) if expectations_only else (valid, corrupt)):
         keep = {}
         for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-            # Frozen 1.0 files and originals stay; corrupt files needing XXH3 to rebuild are kept.
+            # Frozen 1.0 files and the originals stay; corrupt files needing XXH3 to rebuild are kept.
             if d == valid and (name in frozen or name.endswith(".safetensors")):
                 keep[name] = open(os.path.join(d, name), "rb").read()
             if d == corrupt and (name in ("future_version.bs", "huge_index.bs") or name.startswith("v1.1_")):
@@ -194,6 +194,28 @@ def main():
                                check=True)
             expected["valid"][os.path.basename(out)] = name
             expected["versions"][os.path.basename(out)] = "1.1"
+    # A 1.1 fine-tune delta (docs/FORMAT.md 7): bf16_llama with the low mantissa bit of about one
+    # element in eight flipped, stored against bf16_llama.safetensors (given relative, as the index
+    # keeps it). Its device checksums are those of the rebuilt tensors (3.1).
+    tuned_rng = random.Random(7)
+    tuned = []
+    for tname, dtype, shape, data in files["bf16_llama.safetensors"]:
+        data = bytearray(data)
+        for i in range(0, len(data), 2):
+            if tuned_rng.random() < 0.125:
+                data[i] ^= 0x01
+        tuned.append((tname, dtype, shape, bytes(data)))
+    tuned_name = "bf16_llama_tuned.safetensors"
+    if not expectations_only and not os.path.exists(os.path.join(valid, tuned_name)):
+        write_st(os.path.join(valid, tuned_name), tuned)
+    expected["valid"][tuned_name] = hashlib.sha256(open(os.path.join(valid, tuned_name), "rb").read()).hexdigest()
+    delta = "bf16_llama_tuned.delta.v1.1.bs"
+    if not expectations_only:
+        subprocess.run([os.path.abspath(bigsmall), "compress", tuned_name, "-o", delta, "-q", "--chunk-elements",
+                        "100", "--base", "bf16_llama.safetensors"], check=True, cwd=valid)
+    expected["valid"][delta] = tuned_name
+    expected["versions"][delta] = "1.1"
+    expected["bases"] = {delta: "bf16_llama.safetensors"}
     good = open(os.path.join(valid, "bf16_llama.balanced.bs"), "rb").read()
     hdr_index_offset = struct.unpack_from("<Q", good, 16)[0]
 
