@@ -3,7 +3,7 @@
 // gpu_decoder.cu and is built only when nvcc is present (otherwise every
 // call reports kFailedPrecondition, "built without CUDA"). CUDA errors map to
 // codes as kernels/cuda_status.h says (out of memory: kResourceExhausted). The same plan also runs on the CPU through an
-// exact emulation of the kernels (EmulateDecode), which is how the kernels'
+// exact emulation of the kernels (EmulateDecodeLaunch, kernels/launch.h), which is how the kernels'
 // logic is tested on machines without a GPU.
 #ifndef BIGSMALL_KERNELS_GPU_DECODER_H_
 #define BIGSMALL_KERNELS_GPU_DECODER_H_
@@ -34,36 +34,76 @@ struct TensorJob {
   uint64_t checksum = 0;
 };
 
-// Everything the kernels need, built on the host from the blobs' headers.
-struct DecodePlan {
-  std::vector<ChunkTask> chunks;
-  std::vector<MergeTask> merges;
-  std::vector<uint32_t> tables;        // decode slot tables, 4096 entries each
-  uint64_t scratch_bytes = 0;          // decoded planes awaiting their merge
-  std::vector<uint32_t> cpu_fallback;  // jobs with coders the GPU does not run (zstd, conditional)
-  uint64_t output_bytes = 0;           // max(out_offset + out_size)
+// A zstd chunk of a plane (the one coder the GPU does not run), decoded by
+// the host prepass (RunHostPrepass) into the prepass region.
+struct PrepassTask {
+  uint64_t in_offset = 0;   // the zstd frame, bytes into the group
+  uint64_t out_offset = 0;  // bytes into the prepass region
+  uint32_t in_size = 0;
+  uint32_t count = 0;  // bytes it must decompress to
+  uint32_t job = 0;
 };
+
+// Everything the kernels need, built on the host from the blobs' headers
+// (docs/ARCHITECTURE.md "GPU decode"). The staged input the kernels read is
+// the group bytes, then (at prepass_offset = the group's size) the
+// prepass_bytes that RunHostPrepass writes: zstd planes decoded on the host
+// and read by the kernels as raw planes.
+struct DecodePlan {
+  std::vector<JobTask> jobs;      // out_offset/out_size as given; flags: kJobInlineChecksum when possible
+  std::vector<ChunkTask> chunks;  // one per chunk of elements of each tensor, in job order
+  std::vector<PlaneTask> planes;
+  std::vector<uint32_t> tables;   // decode slot tables, 4096 entries each
+  std::vector<uint8_t> maps;      // conditional rANS context maps, 256 bytes each
+  std::vector<PrepassTask> prepass;
+  uint64_t prepass_offset = 0;    // = the group's size
+  uint64_t prepass_bytes = 0;
+  uint64_t scratch_bytes = 0;     // 0: decode and merge are one pass (kept for callers' allocations)
+  uint64_t output_bytes = 0;      // max(out_offset + out_size)
+  // The staged input: group bytes + prepass region.
+  uint64_t input_bytes() const { return prepass_offset + prepass_bytes; }
+};
+
+// Decodes the plan's zstd chunks on the CPU: `group` is the input PlanDecode
+// saw, `staged_extra` the plan.prepass_bytes that the caller stages right
+// after the group bytes (at plan.prepass_offset of the device input).
+// DATA_LOSS naming the job for a frame that does not decode to its size.
+// No-op when plan.prepass is empty (--inference files never have zstd
+// planes; --balanced and --storage files may, for zero-heavy or
+// near-incompressible planes).
+absl::Status RunHostPrepass(const DecodePlan& plan, absl::Span<const uint8_t> group,
+                            absl::Span<uint8_t> staged_extra);
 
 // The plan as the kernels read it from device memory: one contiguous image
 // (header, then the task arrays, tables and expected checksums, each 16-byte
-// aligned) uploaded next to the group's bytes in the same staging buffer, so
-// one H2D copy carries a layer's input and its plan. Sizes are for the
-// launch grid and for the caller's allocations.
+// aligned; layout in kernels/decode_step.h PlanHeader) uploaded next to the
+// group's bytes in the same staging buffer, so one H2D copy carries a
+// layer's input and its plan. Sizes are for the launch grid and for the
+// caller's allocations. Jobs from several groups decode in one launch when
+// the caller concatenates the groups' bytes (blob offsets relative to the
+// concatenation) and plans the concatenation.
 struct PlanImage {
   std::vector<uint8_t> bytes;
   uint32_t num_jobs = 0;
   uint32_t num_chunks = 0;
-  uint32_t num_merges = 0;
-  uint64_t scratch_bytes = 0;  // device scratch the kernels need
+  uint32_t num_merges = 0;     // always 0: the merge is fused into the decode kernel
+  uint32_t num_verify = 0;     // jobs summed by the separate verify kernel
+  uint64_t input_bytes = 0;    // the staged input: group bytes + plan.prepass_bytes
+  uint64_t scratch_bytes = 0;  // device scratch the kernels need (0)
   uint64_t output_bytes = 0;   // layer memory the kernels write
-  uint64_t results_bytes = 0;  // DecodeResults + per-job sums
+  uint64_t results_bytes = 0;  // DecodeResults + per-job finished checksums + per-job sums
 };
+// `jobs` must be the jobs the plan was made from (same offsets and sizes:
+// INVALID_ARGUMENT otherwise); their has_checksum/checksum are compared on
+// the device.
 absl::StatusOr<PlanImage> BuildPlanImage(const DecodePlan& plan, const std::vector<TensorJob>& jobs);
 
 // What the kernels report (at DecodeLaunch::results, little-endian): the
-// first corrupt rANS chunk and the first tensor whose device checksum
-// differs from the expected one. Followed by num_jobs u64 finished
-// checksums of what was written (0 for jobs without an expected checksum).
+// number of corrupt rANS chunks and the smallest job having one, the number
+// of tensors whose device checksum differs from the expected one and the
+// smallest such job. Followed by num_jobs u64 finished checksums of what was
+// written (0 for jobs without an expected checksum), then num_jobs u64 sums
+// (the kernels' accumulators). The kernels initialise it themselves.
 struct DecodeResults {
   uint32_t corrupt_chunks = 0;
   uint32_t first_corrupt_job = 0xffffffffu;
@@ -74,14 +114,16 @@ struct DecodeResults {
 // chunk was corrupt or a checksum differed; OK otherwise. `results` is a
 // host copy of image.results_bytes bytes.
 absl::Status CheckDecodeResults(const uint8_t* results, const PlanImage& image);
+// The finished device checksum of job j from a results copy.
+uint64_t FinishedChecksum(const uint8_t* results, uint32_t job);
 
 // Parses every blob (bounds-checked: kDataLoss on corrupt input) and lays out
 // the work. `input` is the buffer the blobs sit in (for example a layer group).
 absl::StatusOr<DecodePlan> PlanDecode(absl::Span<const uint8_t> input, const std::vector<TensorJob>& jobs);
 
-// Runs `plan` on the CPU exactly as the kernels do (warp by warp, lane by lane).
-// Jobs in plan.cpu_fallback are decoded with the CPU codec. `output` must hold
-// plan.output_bytes.
+// Convenience for tests and fuzzers: runs the host prepass, builds the
+// image and runs the emulated kernels (kernels/launch.h EmulateDecodeLaunch)
+// on `input`, then CheckDecodeResults. `output` must hold plan.output_bytes.
 absl::Status EmulateDecode(absl::Span<const uint8_t> input, const std::vector<TensorJob>& jobs,
                            const DecodePlan& plan, absl::Span<uint8_t> output);
 
@@ -102,11 +144,16 @@ absl::StatusOr<int> CountDevices();
 int DeviceCount(std::string* why = nullptr);
 absl::StatusOr<DeviceInfo> Describe(int device);
 
-// Timings of one DecodeOnDevice call, in seconds.
+// Timings of one GpuDecoder::Decode call, in seconds (CUDA events around
+// each step on the stream).
 struct DecodeTiming {
-  double upload = 0;   // host -> device copy of the input
-  double kernels = 0;  // rANS + merge kernels
-  double total = 0;
+  double prepass = 0;  // host: zstd chunks (wall clock)
+  double upload = 0;   // host -> device copy of the input and the plan image
+  double decode = 0;   // the fused decode + merge + inline checksum kernel
+  double verify = 0;   // the separate checksum kernel (jobs whose chunks are not 8-byte aligned)
+  double finish = 0;   // results init + checksum finish/compare kernels
+  double kernels = 0;  // decode + verify + finish
+  double total = 0;    // upload + kernels
 };
 
 // Device memory owned by this process (RAII).
@@ -127,16 +174,17 @@ class DeviceBuffer {
   int device_ = 0;
 };
 
-// Decodes on one GPU: uploads `input` (pinned staging inside), runs the plan,
-// writes the tensors into `output` (device memory of at least
-// plan.output_bytes). Fallback jobs are decoded on the CPU and uploaded.
-// A corrupt rANS stream is kDataLoss. Tensor hashes are NOT checked here: the
-// caller checks them (see docs/ARCHITECTURE.md, GPU verification).
 // Bytes per second of a plain copy of `bytes` bytes: pinned host -> device
 // (the PCIe roofline) or device -> device (counting bytes copied once; the
 // HBM traffic is twice that). For benchmarks.
 absl::StatusOr<double> MeasureCopyBandwidth(int device, uint64_t bytes, bool device_to_device);
 
+// Decodes on one GPU: runs the host prepass, uploads `input` + the prepass
+// region + the plan image (pinned staging inside), runs the kernels, writes
+// the tensors into `device_output` (device memory of at least
+// plan.output_bytes). A corrupt rANS stream or a device checksum mismatch
+// (jobs with has_checksum) is kDataLoss naming the job. Jobs without a
+// checksum are not verified here: the caller checks them.
 class GpuDecoder {
  public:
   static absl::StatusOr<std::unique_ptr<GpuDecoder>> Create(int device);

@@ -2,22 +2,32 @@
 
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <random>
+#include <set>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "codec/device_checksum.h"
 #include "codec/dtype.h"
 #include "codec/planes.h"
+#include "codec/safetensors.h"
 #include "codec/tensor_codec.h"
 #include "gtest/gtest.h"
+#include "kernels/decode_step.h"
+#include "kernels/launch.h"
 
 namespace bigsmall::gpu {
 namespace {
 
 struct Group {
-  std::vector<uint8_t> input;     // blobs back to back, like a layer group
+  std::vector<uint8_t> input;  // blobs back to back, like a layer group
   std::vector<TensorJob> jobs;
-  std::vector<uint8_t> expected;  // the original tensors, back to back
+  std::vector<uint8_t> expected;  // the original tensors, back to back (16-aligned)
 };
 
 std::vector<uint8_t> WeightLike(const std::string& dtype, size_t n, uint32_t seed) {
@@ -38,6 +48,26 @@ std::vector<uint8_t> WeightLike(const std::string& dtype, size_t n, uint32_t see
       out.push_back(static_cast<uint8_t>(0x20 + rng() % 8));
     } else if (dtype == "I64") {
       for (int b = 0; b < 8; ++b) out.push_back(b == 0 ? static_cast<uint8_t>(i) : 0);
+    } else if (dtype == "F64") {
+      double v = d(rng);
+      uint64_t w;
+      std::memcpy(&w, &v, 8);
+      for (int b = 0; b < 8; ++b) out.push_back(static_cast<uint8_t>(w >> (8 * b)));
+    } else if (dtype == "I32") {
+      // Structured (repeats order-0 cannot see): zstd's case.
+      const uint32_t v = static_cast<uint32_t>((i % 61) * 1000003u);
+      for (int b = 0; b < 4; ++b) out.push_back(static_cast<uint8_t>(v >> (8 * b)));
+    } else if (dtype == "BF16C") {
+      // Sign and mantissa determined by the exponent: conditional rANS's case.
+      const uint32_t e = 118 + rng() % 8;
+      const uint32_t sm = ((e * 37) & 0xff) ^ (rng() % 4);
+      const uint32_t v = ((sm & 0x80) << 8) | (e << 7) | (sm & 0x7f);
+      out.push_back(static_cast<uint8_t>(v));
+      out.push_back(static_cast<uint8_t>(v >> 8));
+    } else if (dtype == "U16") {
+      const uint32_t v = rng() % 3 == 0 ? rng() : 0;  // zero-heavy
+      out.push_back(static_cast<uint8_t>(v));
+      out.push_back(static_cast<uint8_t>(v >> 8));
     } else {
       out.push_back(static_cast<uint8_t>(120 + rng() % 9));
     }
@@ -45,66 +75,395 @@ std::vector<uint8_t> WeightLike(const std::string& dtype, size_t n, uint32_t see
   return out;
 }
 
+void AddTensor(Group& g, const std::vector<uint8_t>& bytes, const DtypeInfo& dtype, Mode mode,
+               uint32_t chunk_elements) {
+  EncodeOptions eo;
+  eo.mode = mode;
+  eo.chunk_elements = chunk_elements;
+  auto blob = EncodeTensorBlob(bytes, dtype, eo);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  TensorJob job;
+  job.blob_offset = g.input.size();
+  job.blob_size = blob->size();
+  job.out_offset = (g.expected.size() + 15) / 16 * 16;
+  job.out_size = bytes.size();
+  job.has_checksum = true;
+  job.checksum = DeviceChecksum(bytes.data(), bytes.size());
+  g.jobs.push_back(job);
+  g.input.insert(g.input.end(), blob->begin(), blob->end());
+  g.expected.resize(job.out_offset, 0);
+  g.expected.insert(g.expected.end(), bytes.begin(), bytes.end());
+}
+
 Group MakeGroup(Mode mode, uint32_t chunk_elements) {
   Group g;
   const std::vector<std::pair<std::string, size_t>> specs = {
-      {"BF16", 70000}, {"BF16", 1}, {"F32", 5000}, {"F16", 3333}, {"F8_E4M3", 9000},
-      {"U8", 64},      {"I64", 300}, {"BF16", 0},  {"BF16", 4097}};
+      {"BF16", 70000}, {"BF16", 1},   {"F32", 5000},  {"F16", 3333}, {"F8_E4M3", 9000}, {"U8", 64},
+      {"I64", 300},    {"BF16", 0},   {"BF16", 4097}, {"F64", 777},  {"I32", 20000},    {"U16", 9000},
+      {"BF16", 33},    {"BF16C", 50000}};
   uint32_t seed = 1;
   for (const auto& [dtype, n] : specs) {
     auto bytes = WeightLike(dtype, n, seed++);
     if (dtype == "BF16" && n == 4097) std::fill(bytes.begin(), bytes.end(), 0);  // constant planes
-    EncodeOptions eo;
-    eo.mode = mode;
-    eo.chunk_elements = chunk_elements;
-    auto blob = EncodeTensorBlob(bytes, ResolveDtype(dtype), eo);
-    EXPECT_TRUE(blob.ok());
-    TensorJob job;
-    job.blob_offset = g.input.size();
-    job.blob_size = blob->size();
-    job.out_offset = g.expected.size();
-    job.out_size = bytes.size();
-    g.jobs.push_back(job);
-    g.input.insert(g.input.end(), blob->begin(), blob->end());
-    g.expected.insert(g.expected.end(), bytes.begin(), bytes.end());
+    AddTensor(g, bytes, ResolveDtype(dtype == "BF16C" ? "BF16" : dtype), mode, chunk_elements);
   }
   return g;
 }
 
-TEST(GpuPlan, EmulatedKernelsMatchTheCpuDecoder) {
+// One emulated launch on `staged` (group bytes + prepass region).
+struct Launched {
+  absl::Status launch;
+  PlanImage image;
+  std::vector<uint8_t> output;
+  std::vector<uint64_t> results;
+  const uint8_t* results_bytes() const { return reinterpret_cast<const uint8_t*>(results.data()); }
+  DecodeResults verdict() const {
+    DecodeResults r;
+    std::memcpy(&r, results.data(), sizeof(r));
+    return r;
+  }
+};
+
+std::vector<uint8_t> Stage(const Group& g, const DecodePlan& plan) {
+  std::vector<uint8_t> staged(plan.input_bytes());
+  std::copy(g.input.begin(), g.input.end(), staged.begin());
+  EXPECT_TRUE(RunHostPrepass(plan, g.input, absl::MakeSpan(staged).subspan(plan.prepass_offset)).ok());
+  return staged;
+}
+
+Launched Launch(const std::vector<uint8_t>& staged, const std::vector<TensorJob>& jobs, const DecodePlan& plan) {
+  Launched l;
+  auto image = BuildPlanImage(plan, jobs);
+  EXPECT_TRUE(image.ok()) << image.status();
+  l.image = *image;
+  std::vector<uint64_t> plan_copy(l.image.bytes.size() / 8 + 2);  // 16-byte aligned on glibc
+  auto* plan_bytes = reinterpret_cast<uint8_t*>(plan_copy.data());
+  plan_bytes += (16 - reinterpret_cast<uintptr_t>(plan_bytes) % 16) % 16;
+  std::memcpy(plan_bytes, l.image.bytes.data(), l.image.bytes.size());
+  l.output.assign(plan.output_bytes, 0xEE);
+  l.results.assign(l.image.results_bytes / 8, 0x5555555555555555ull);  // the kernels initialise it
+  DecodeLaunch launch;
+  launch.input = staged.data();
+  launch.plan = plan_bytes;
+  launch.image = &l.image;
+  launch.output = l.output.data();
+  launch.results = reinterpret_cast<uint8_t*>(l.results.data());
+  l.launch = EmulateDecodeLaunch(launch);
+  return l;
+}
+
+// The CPU decoder's bytes of every job, at the jobs' offsets.
+std::vector<uint8_t> CpuDecode(const Group& g) {
+  std::vector<uint8_t> out(g.expected.size(), 0);
+  for (const TensorJob& j : g.jobs) {
+    EXPECT_TRUE(DecodeTensorBlob(absl::MakeConstSpan(g.input).subspan(j.blob_offset, j.blob_size),
+                                 absl::MakeSpan(out).subspan(j.out_offset, j.out_size))
+                    .ok());
+  }
+  return out;
+}
+
+std::vector<uint8_t> JobBytes(const std::vector<uint8_t>& out, const TensorJob& j) {
+  return {out.begin() + j.out_offset, out.begin() + j.out_offset + j.out_size};
+}
+
+// Plane kinds of a plan, with kPrepass for zstd planes.
+constexpr int kPrepass = 4;
+std::set<int> Kinds(const DecodePlan& plan) {
+  std::set<int> kinds;
+  for (const PlaneTask& p : plan.planes) kinds.insert(p.kind);
+  if (!plan.prepass.empty()) kinds.insert(kPrepass);
+  return kinds;
+}
+
+TEST(GpuPlan, EmulatedKernelsMatchTheCpuDecoderInEveryModeAndCoder) {
+  std::set<int> seen;
   for (Mode mode : {Mode::kBalanced, Mode::kInference, Mode::kStorage}) {
-    for (uint32_t ce : {64u, 1000u, 65536u}) {
+    for (uint32_t ce : {64u, 1000u, 4096u, 65536u}) {
       Group g = MakeGroup(mode, ce);
       auto plan = PlanDecode(g.input, g.jobs);
       ASSERT_TRUE(plan.ok()) << plan.status();
       EXPECT_EQ(plan->output_bytes, g.expected.size());
-      if (mode == Mode::kInference) {
-        EXPECT_TRUE(plan->cpu_fallback.empty());
+      EXPECT_EQ(plan->scratch_bytes, 0u);
+      const std::set<int> kinds = Kinds(*plan);
+      seen.insert(kinds.begin(), kinds.end());
+      if (mode == Mode::kInference) EXPECT_EQ(kinds.count(kPrepass), 0u) << "inference files have no zstd";
+      if (mode == Mode::kStorage && ce >= 4096) {
+        EXPECT_EQ(kinds.count(kPlaneRansConditional), 1u) << "storage mode codes bf16 mantissas conditionally";
       }
-      if (ce >= 1000) {
-        EXPECT_FALSE(plan->chunks.empty());  // tiny chunks may not pay for rANS
+      const std::vector<uint8_t> staged = Stage(g, *plan);
+      Launched l = Launch(staged, g.jobs, *plan);
+      ASSERT_TRUE(l.launch.ok()) << l.launch;
+      EXPECT_TRUE(CheckDecodeResults(l.results_bytes(), l.image).ok())
+          << CheckDecodeResults(l.results_bytes(), l.image);
+      const std::vector<uint8_t> cpu = CpuDecode(g);
+      for (size_t j = 0; j < g.jobs.size(); ++j) {
+        const TensorJob& job = g.jobs[j];
+        const auto got = JobBytes(l.output, job);
+        EXPECT_EQ(got, JobBytes(g.expected, job)) << ModeName(mode) << " chunk " << ce << " job " << j;
+        EXPECT_EQ(got, JobBytes(cpu, job)) << ModeName(mode) << " chunk " << ce << " job " << j;
+        EXPECT_EQ(FinishedChecksum(l.results_bytes(), static_cast<uint32_t>(j)),
+                  DeviceChecksum(got.data(), got.size()))
+            << ModeName(mode) << " chunk " << ce << " job " << j;
       }
-      std::vector<uint8_t> out(plan->output_bytes, 0xEE);
+      // The convenience wrapper agrees.
+      std::vector<uint8_t> out(plan->output_bytes, 0);
       ASSERT_TRUE(EmulateDecode(g.input, g.jobs, *plan, absl::MakeSpan(out)).ok());
-      EXPECT_EQ(out, g.expected) << ModeName(mode) << " chunk " << ce;
+      for (const TensorJob& job : g.jobs) EXPECT_EQ(JobBytes(out, job), JobBytes(g.expected, job));
     }
+  }
+  // Every way a plane reaches the kernels was exercised.
+  EXPECT_EQ(seen, (std::set<int>{kPlaneRaw, kPlaneConstant, kPlaneRans, kPlaneRansConditional, kPrepass}));
+}
+
+TEST(GpuPlan, ChunksNotEightByteAlignedAreSummedByTheVerifyPass) {
+  // 1001 one-byte elements per chunk: a checksum word straddles chunks.
+  Group g = MakeGroup(Mode::kBalanced, 1001);
+  auto plan = PlanDecode(g.input, g.jobs);
+  ASSERT_TRUE(plan.ok());
+  Launched l = Launch(Stage(g, *plan), g.jobs, *plan);
+  ASSERT_TRUE(l.launch.ok()) << l.launch;
+  EXPECT_GT(l.image.num_verify, 0u);
+  EXPECT_TRUE(CheckDecodeResults(l.results_bytes(), l.image).ok()) << CheckDecodeResults(l.results_bytes(), l.image);
+  for (size_t j = 0; j < g.jobs.size(); ++j) {
+    const auto got = JobBytes(l.output, g.jobs[j]);
+    EXPECT_EQ(got, JobBytes(g.expected, g.jobs[j]));
+    EXPECT_EQ(FinishedChecksum(l.results_bytes(), static_cast<uint32_t>(j)), g.jobs[j].checksum);
   }
 }
 
-TEST(GpuPlan, EmulatedKernelsRejectCorruptStreams) {
-  Group g = MakeGroup(Mode::kInference, 1000);
+TEST(GpuPlan, JobsWithoutChecksumReportZero) {
+  Group g = MakeGroup(Mode::kInference, 4096);
+  for (auto& j : g.jobs) j.has_checksum = false;
   auto plan = PlanDecode(g.input, g.jobs);
   ASSERT_TRUE(plan.ok());
-  int caught = 0;
-  for (const ChunkTask& t : plan->chunks) {
-    auto bad = g.input;
-    bad[t.in_offset + t.in_size / 2] ^= 0x5A;  // a word in the middle of this chunk
-    std::vector<uint8_t> out(plan->output_bytes);
-    caught += !EmulateDecode(bad, g.jobs, *plan, absl::MakeSpan(out)).ok();
+  Launched l = Launch(Stage(g, *plan), g.jobs, *plan);
+  ASSERT_TRUE(l.launch.ok());
+  EXPECT_TRUE(CheckDecodeResults(l.results_bytes(), l.image).ok());
+  for (size_t j = 0; j < g.jobs.size(); ++j) {
+    EXPECT_EQ(FinishedChecksum(l.results_bytes(), static_cast<uint32_t>(j)), 0u);
+    EXPECT_EQ(JobBytes(l.output, g.jobs[j]), JobBytes(g.expected, g.jobs[j]));
   }
-  // A changed word may still end in valid states, but almost never.
-  EXPECT_GE(caught, static_cast<int>(plan->chunks.size()) - 1);
 }
+
+TEST(GpuPlan, AFlippedByteInAStagedChunkIsReported) {
+  for (Mode mode : {Mode::kInference, Mode::kStorage, Mode::kBalanced}) {
+    Group g = MakeGroup(mode, 4096);
+    auto plan = PlanDecode(g.input, g.jobs);
+    ASSERT_TRUE(plan.ok());
+    const std::vector<uint8_t> staged = Stage(g, *plan);
+    int rans_chunks = 0, caught_corrupt = 0, other = 0, caught_other = 0;
+    for (const ChunkTask& t : plan->chunks) {
+      for (uint32_t p = 0; p < t.num_planes; ++p) {
+        const PlaneTask& pt = plan->planes[t.first_plane + p];
+        if (pt.kind == kPlaneConstant) continue;
+        std::vector<uint8_t> bad = staged;
+        const uint64_t at = pt.source + (IsRans(pt.kind) ? pt.in_size / 2 : t.count / 2);
+        bad[at] ^= 0x5A;
+        Launched l = Launch(bad, g.jobs, *plan);
+        ASSERT_TRUE(l.launch.ok()) << l.launch;  // corruption is a verdict, not a launch error
+        const absl::Status st = CheckDecodeResults(l.results_bytes(), l.image);
+        const DecodeResults r = l.verdict();
+        if (IsRans(pt.kind)) {
+          ++rans_chunks;
+          caught_corrupt += r.corrupt_chunks == 1 && r.first_corrupt_job == t.job;
+        } else {
+          ++other;
+        }
+        // Either way the tensor's device checksum no longer matches.
+        caught_other += r.mismatches == 1 && r.first_mismatch_job == t.job;
+        EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << ModeName(mode);
+        EXPECT_NE(st.message().find(absl::StrCat("tensor job ", t.job, ":")), std::string::npos) << st;
+      }
+    }
+    EXPECT_GT(rans_chunks, 0);
+    EXPECT_GT(other, 0);
+    // A changed word may still end in valid states, but almost never.
+    EXPECT_GE(caught_corrupt, rans_chunks - 1) << ModeName(mode);
+    EXPECT_EQ(caught_other, rans_chunks + other) << ModeName(mode);
+  }
+}
+
+TEST(GpuPlan, AFlippedByteInThePrepassRegionIsReported) {
+  Group g = MakeGroup(Mode::kBalanced, 4096);
+  auto plan = PlanDecode(g.input, g.jobs);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_FALSE(plan->prepass.empty());
+  std::vector<uint8_t> staged = Stage(g, *plan);
+  const PrepassTask& pre = plan->prepass[plan->prepass.size() / 2];
+  staged[plan->prepass_offset + pre.out_offset + pre.count / 2] ^= 1;
+  Launched l = Launch(staged, g.jobs, *plan);
+  ASSERT_TRUE(l.launch.ok());
+  const absl::Status st = CheckDecodeResults(l.results_bytes(), l.image);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(l.verdict().first_mismatch_job, pre.job);
+  EXPECT_NE(st.message().find("device checksum mismatch"), std::string::npos) << st;
+}
+
+TEST(GpuPlan, ACorruptZstdFrameFailsThePrepass) {
+  Group g = MakeGroup(Mode::kBalanced, 4096);
+  auto plan = PlanDecode(g.input, g.jobs);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_FALSE(plan->prepass.empty());
+  const PrepassTask& pre = plan->prepass[0];
+  std::vector<uint8_t> bad = g.input;
+  for (uint32_t k = 0; k < pre.in_size; ++k) bad[pre.in_offset + k] ^= 0xA5;
+  std::vector<uint8_t> extra(plan->prepass_bytes);
+  const absl::Status st = RunHostPrepass(*plan, bad, absl::MakeSpan(extra));
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_NE(st.message().find(absl::StrCat("tensor job ", pre.job, ":")), std::string::npos) << st;
+  // A region too small for the plan is the caller's mistake.
+  extra.resize(plan->prepass_bytes - 1);
+  EXPECT_EQ(RunHostPrepass(*plan, g.input, absl::MakeSpan(extra)).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(GpuPlan, AWrongExpectedChecksumIsAMismatch) {
+  Group g = MakeGroup(Mode::kInference, 4096);
+  g.jobs[2].checksum ^= 1;
+  g.jobs[5].checksum ^= 1;
+  auto plan = PlanDecode(g.input, g.jobs);
+  ASSERT_TRUE(plan.ok());
+  Launched l = Launch(Stage(g, *plan), g.jobs, *plan);
+  ASSERT_TRUE(l.launch.ok());
+  const DecodeResults r = l.verdict();
+  EXPECT_EQ(r.corrupt_chunks, 0u);
+  EXPECT_EQ(r.mismatches, 2u);
+  EXPECT_EQ(r.first_mismatch_job, 2u);
+  const absl::Status st = CheckDecodeResults(l.results_bytes(), l.image);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(st.message().find("tensor job 2: device checksum mismatch"), std::string::npos) << st;
+  // The bytes are still right: only the expectation was wrong.
+  EXPECT_EQ(JobBytes(l.output, g.jobs[2]), JobBytes(g.expected, g.jobs[2]));
+  EXPECT_EQ(FinishedChecksum(l.results_bytes(), 2), g.jobs[2].checksum ^ 1);
+}
+
+TEST(GpuPlan, AMalformedPlanImageIsAnInternalError) {
+  Group g = MakeGroup(Mode::kInference, 4096);
+  auto plan = PlanDecode(g.input, g.jobs);
+  ASSERT_TRUE(plan.ok());
+  auto image = BuildPlanImage(*plan, g.jobs);
+  ASSERT_TRUE(image.ok());
+  const std::vector<uint8_t> staged = Stage(g, *plan);
+  std::vector<uint8_t> out(plan->output_bytes);
+  std::vector<uint64_t> results(image->results_bytes / 8);
+  auto run = [&](const PlanImage& img, std::vector<uint8_t> bytes) {
+    std::vector<uint64_t> copy(bytes.size() / 8 + 2);
+    auto* p = reinterpret_cast<uint8_t*>(copy.data());
+    p += (16 - reinterpret_cast<uintptr_t>(p) % 16) % 16;
+    std::memcpy(p, bytes.data(), bytes.size());
+    DecodeLaunch launch{staged.data(), p, &img, nullptr, out.data(), reinterpret_cast<uint8_t*>(results.data())};
+    return EmulateDecodeLaunch(launch);
+  };
+  EXPECT_TRUE(run(*image, image->bytes).ok());
+  PlanHeader h;
+  std::memcpy(&h, image->bytes.data(), sizeof(h));
+  {
+    auto bytes = image->bytes;
+    bytes[0] ^= 1;  // magic
+    EXPECT_EQ(run(*image, bytes).code(), absl::StatusCode::kInternal);
+  }
+  {
+    // A chunk task pointing past the input.
+    auto bytes = image->bytes;
+    PlaneTask pt;
+    std::memcpy(&pt, bytes.data() + h.planes, sizeof(pt));
+    pt.source = staged.size();
+    std::memcpy(bytes.data() + h.planes, &pt, sizeof(pt));
+    EXPECT_EQ(run(*image, bytes).code(), absl::StatusCode::kInternal);
+  }
+  {
+    // A chunk writing past its tensor (job 1 has one element).
+    auto bytes = image->bytes;
+    ChunkTask t;
+    uint64_t at = h.chunks;
+    for (;; at += sizeof(t)) {
+      std::memcpy(&t, bytes.data() + at, sizeof(t));
+      if (t.job == 1) break;
+    }
+    t.count += 1;
+    std::memcpy(bytes.data() + at, &t, sizeof(t));
+    EXPECT_EQ(run(*image, bytes).code(), absl::StatusCode::kInternal);
+  }
+  {
+    // The host view disagrees with the image.
+    PlanImage other = *image;
+    other.num_chunks += 1;
+    EXPECT_EQ(run(other, image->bytes).code(), absl::StatusCode::kInternal);
+    other = *image;
+    other.bytes.resize(other.bytes.size() - 16);
+    EXPECT_EQ(run(other, other.bytes).code(), absl::StatusCode::kInternal);
+  }
+  // Jobs that are not the plan's.
+  auto jobs = g.jobs;
+  jobs[0].out_offset += 16;
+  EXPECT_EQ(BuildPlanImage(*plan, jobs).status().code(), absl::StatusCode::kInvalidArgument);
+  jobs.pop_back();
+  EXPECT_EQ(BuildPlanImage(*plan, jobs).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(GpuPlan, ImageArraysAreSixteenByteAligned) {
+  Group g = MakeGroup(Mode::kStorage, 4096);
+  auto plan = PlanDecode(g.input, g.jobs);
+  ASSERT_TRUE(plan.ok());
+  auto image = BuildPlanImage(*plan, g.jobs);
+  ASSERT_TRUE(image.ok());
+  PlanHeader h;
+  std::memcpy(&h, image->bytes.data(), sizeof(h));
+  for (uint64_t off : {h.jobs, h.chunks, h.planes, h.tables, h.maps, h.verify}) EXPECT_EQ(off % 16, 0u);
+  EXPECT_EQ(h.image_bytes, image->bytes.size());
+  EXPECT_EQ(image->num_merges, 0u);
+  EXPECT_EQ(image->input_bytes, g.input.size() + plan->prepass_bytes);
+  EXPECT_EQ(image->results_bytes, 16u + 16u * g.jobs.size());
+}
+
+TEST(GpuChecksum, EmulatedKernelMatchesTheReference) {
+  std::mt19937 rng(9);
+  for (size_t n : {0u, 1u, 7u, 8u, 9u, 15u, 16u, 17u, 1000u, 65537u}) {
+    std::vector<uint8_t> bytes(n);
+    for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+    std::vector<uint64_t> aligned(n / 8 + 1);
+    std::memcpy(aligned.data(), bytes.data(), n);
+    uint64_t got = 0;
+    ASSERT_TRUE(EmulateChecksumLaunch(reinterpret_cast<const uint8_t*>(aligned.data()), n, &got).ok());
+    EXPECT_EQ(got, DeviceChecksum(bytes.data(), n)) << n;
+  }
+  EXPECT_EQ(EmulateChecksumLaunch(nullptr, 8, nullptr).code(), absl::StatusCode::kInternal);
+}
+
+// The real corpus, as one group per file and with every tensor checked.
+void CorpusRoundTrip(const char* env, Mode mode) {
+  const char* path = std::getenv(env);
+  if (path == nullptr || *path == 0) GTEST_SKIP() << env << " is not set (the real-corpus test needs it)";
+  std::ifstream in(path, std::ios::binary);
+  ASSERT_TRUE(in) << path;
+  const std::vector<uint8_t> file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto len = ParseSafetensorsHeaderLength(absl::MakeConstSpan(file).first(8), file.size());
+  ASSERT_TRUE(len.ok()) << len.status();
+  auto header = ParseSafetensorsHeader(absl::MakeConstSpan(file).first(8 + *len), file.size(), path);
+  ASSERT_TRUE(header.ok()) << header.status();
+  Group g;
+  for (const SafetensorsTensor& t : header->tensors) {
+    const auto begin = file.begin() + header->header_bytes + t.begin;
+    AddTensor(g, std::vector<uint8_t>(begin, begin + t.size()), t.dtype, mode, 0);
+  }
+  auto plan = PlanDecode(g.input, g.jobs);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  Launched l = Launch(Stage(g, *plan), g.jobs, *plan);
+  ASSERT_TRUE(l.launch.ok()) << l.launch;
+  EXPECT_TRUE(CheckDecodeResults(l.results_bytes(), l.image).ok()) << CheckDecodeResults(l.results_bytes(), l.image);
+  size_t differ = 0;
+  for (size_t j = 0; j < g.jobs.size(); ++j) differ += JobBytes(l.output, g.jobs[j]) != JobBytes(g.expected, g.jobs[j]);
+  EXPECT_EQ(differ, 0u) << "tensors that differ from the original, of " << g.jobs.size();
+  const std::set<int> kinds = Kinds(*plan);
+  if (mode == Mode::kStorage) EXPECT_EQ(kinds.count(kPlaneRansConditional), 1u);
+  std::printf("%s %s: %zu tensors, plane kinds", env, ModeName(mode), g.jobs.size());
+  for (int k : kinds) std::printf(" %d", k);
+  std::printf(", %zu zstd chunks\n", plan->prepass.size());
+}
+
+TEST(GpuCorpus, Fp32BalancedBitExact) { CorpusRoundTrip("BIGSMALL_CORPUS", Mode::kBalanced); }
+TEST(GpuCorpus, Bf16BalancedBitExact) { CorpusRoundTrip("BIGSMALL_CORPUS_BF16", Mode::kBalanced); }
+TEST(GpuCorpus, Bf16StorageBitExact) { CorpusRoundTrip("BIGSMALL_CORPUS_BF16", Mode::kStorage); }
 
 TEST(GpuPlan, RejectsBlobsOutsideTheInput) {
   Group g = MakeGroup(Mode::kBalanced, 1000);
@@ -119,7 +478,7 @@ TEST(WarpRans, MergeElementMatchesTheCodec) {
   std::mt19937 rng(3);
   for (auto [split, width] : std::vector<std::pair<PlaneSplit, uint32_t>>{
            {PlaneSplit::kBf16, 2}, {PlaneSplit::kFp32, 4}, {PlaneSplit::kBytes, 1},
-           {PlaneSplit::kBytes, 2}, {PlaneSplit::kBytes, 4}}) {
+           {PlaneSplit::kBytes, 2}, {PlaneSplit::kBytes, 4}, {PlaneSplit::kBytes, 8}}) {
     const uint32_t np = split == PlaneSplit::kBf16 ? 2 : split == PlaneSplit::kFp32 ? 4 : width;
     const size_t n = 257;
     std::vector<std::vector<uint8_t>> planes(np, std::vector<uint8_t>(n));
@@ -130,7 +489,7 @@ TEST(WarpRans, MergeElementMatchesTheCodec) {
     std::vector<uint8_t> want(n * width), got(n * width);
     MergePlanes(split, width, ptrs.data(), n, want.data());
     for (size_t k = 0; k < n; ++k) {
-      uint8_t v[4];
+      uint8_t v[8];
       for (uint32_t p = 0; p < np; ++p) v[p] = planes[p][k];
       MergeElement(static_cast<uint8_t>(split), static_cast<uint8_t>(width), v, got.data() + k * width);
     }
@@ -200,33 +559,47 @@ TEST(CudaStatus, ErrorsMapToTheirCodes) {
   EXPECT_EQ(CudaErrorToStatusCode(999 /* cudaErrorUnknown */), absl::StatusCode::kUnavailable);
 }
 
-// Runs on a machine with a CUDA GPU; skipped (with the reason) elsewhere.
+// Runs on a machine with a CUDA GPU; skipped (with the reason) elsewhere:
+// the CUDA kernels bit for bit against the CPU decoder and the device
+// checksums against the reference, every mode, then corruption reported.
 TEST(GpuDevice, DecodesBitExactOnTheGpu) {
   absl::StatusOr<int> count = CountDevices();
   if (!count.ok()) GTEST_SKIP() << "no usable CUDA GPU: " << count.status();
   auto decoder = GpuDecoder::Create(0);
   ASSERT_TRUE(decoder.ok()) << decoder.status();
   for (Mode mode : {Mode::kBalanced, Mode::kInference, Mode::kStorage}) {
-    Group g = MakeGroup(mode, 1000);
-    auto plan = PlanDecode(g.input, g.jobs);
-    ASSERT_TRUE(plan.ok());
-    auto out = DeviceBuffer::Allocate(0, plan->output_bytes);
-    ASSERT_TRUE(out.ok()) << out.status();
-    auto timing = (*decoder)->Decode(g.input, g.jobs, *plan, out->data());
-    ASSERT_TRUE(timing.ok()) << timing.status();
-    std::vector<uint8_t> host(plan->output_bytes);
-    ASSERT_TRUE(out->CopyToHost(absl::MakeSpan(host)).ok());
-    EXPECT_EQ(host, g.expected) << ModeName(mode);
+    for (uint32_t ce : {1000u, 1001u, 4096u, 65536u}) {
+      Group g = MakeGroup(mode, ce);
+      auto plan = PlanDecode(g.input, g.jobs);
+      ASSERT_TRUE(plan.ok());
+      auto out = DeviceBuffer::Allocate(0, plan->output_bytes);
+      ASSERT_TRUE(out.ok()) << out.status();
+      auto timing = (*decoder)->Decode(g.input, g.jobs, *plan, out->data());
+      ASSERT_TRUE(timing.ok()) << timing.status() << " " << ModeName(mode) << " " << ce;
+      std::vector<uint8_t> host(plan->output_bytes);
+      ASSERT_TRUE(out->CopyToHost(absl::MakeSpan(host)).ok());
+      for (const TensorJob& job : g.jobs) {
+        EXPECT_EQ(JobBytes(host, job), JobBytes(g.expected, job)) << ModeName(mode) << " " << ce;
+      }
+    }
   }
-  // A corrupt stream is reported by the kernel.
-  Group g = MakeGroup(Mode::kInference, 1000);
+  // A corrupt stream and a wrong checksum are reported by the kernels.
+  Group g = MakeGroup(Mode::kInference, 4096);
   auto plan = PlanDecode(g.input, g.jobs);
   ASSERT_TRUE(plan.ok());
-  g.input[plan->chunks[0].in_offset + 4] ^= 0xFF;
   auto out = DeviceBuffer::Allocate(0, plan->output_bytes);
   ASSERT_TRUE(out.ok());
-  EXPECT_EQ((*decoder)->Decode(g.input, g.jobs, *plan, out->data()).status().code(),
-            absl::StatusCode::kDataLoss);
+  auto bad_jobs = g.jobs;
+  bad_jobs[3].checksum ^= 1;
+  auto st = (*decoder)->Decode(g.input, bad_jobs, *plan, out->data()).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(st.message().find("tensor job 3: device checksum mismatch"), std::string::npos) << st;
+  for (const PlaneTask& pt : plan->planes) {
+    if (pt.kind != kPlaneRans) continue;
+    g.input[pt.source + pt.in_size / 2] ^= 0xFF;
+    break;
+  }
+  EXPECT_EQ((*decoder)->Decode(g.input, g.jobs, *plan, out->data()).status().code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

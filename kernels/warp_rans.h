@@ -1,16 +1,19 @@
-// The GPU decode algorithm, written once as host+device functions: the CUDA
-// kernels (gpu_decoder.cu) run them with one warp per rANS chunk, and the CPU
-// emulator (gpu_emulator.cc) runs the very same steps with an explicit lane
-// loop, so the kernels' logic is tested on machines without a GPU.
+// The GPU decode's task records and lane functions, plain data and
+// BIGSMALL_HD code shared by the planner (gpu_plan.cc), the CUDA kernels
+// (gpu_decoder.cu) and their CPU emulator (gpu_emulator.cc).
 //
-// Warp schedule for one chunk (docs/FORMAT.md §6): lane l holds state x[l];
-// for each group of 32 symbols every lane decodes its symbol, the lanes whose
-// state fell below 2^16 form a ballot, and lane l takes word
+// Work unit: one ChunkTask = one chunk of elements of one tensor, all its
+// planes (docs/ARCHITECTURE.md "GPU decode"). One warp decodes the planes
+// of the chunk in lockstep (32 elements at a time: lane l owns element
+// base + l in every plane), merges the plane bytes of each element in
+// registers, stages the merged bytes in shared memory and writes them with
+// 16-byte stores, adding the device checksum terms of what it writes.
+//
+// Warp schedule of one rANS plane (docs/FORMAT.md §6): lane l holds state
+// x[l]; for each group of 32 symbols every lane decodes its symbol, the lanes
+// whose state fell below 2^16 form a ballot, and lane l takes word
 // pos + popcount(ballot & lanes_below(l)); pos advances by popcount(ballot).
-// That is exactly the order the reference decoder consumes words in. The
-// kernel reads words from a two-window register cache (32 words per window,
-// one lane each, refilled a window ahead) with shuffles; the emulator mirrors
-// that cache lane by lane.
+// That is exactly the order the reference decoder consumes words in.
 #ifndef BIGSMALL_KERNELS_WARP_RANS_H_
 #define BIGSMALL_KERNELS_WARP_RANS_H_
 
@@ -20,34 +23,57 @@
 
 namespace bigsmall::gpu {
 
-// One rANS chunk of one plane.
+// How a ChunkTask gets one plane's bytes.
+inline constexpr uint8_t kPlaneRaw = 0;       // bytes at input + source (raw, or zstd decoded by the host prepass)
+inline constexpr uint8_t kPlaneConstant = 1;  // every byte = value
+inline constexpr uint8_t kPlaneRans = 2;      // rANS stream at input + source, table `table`
+// rANS stream whose symbol i uses table `table + map[context plane byte i]`.
+inline constexpr uint8_t kPlaneRansConditional = 3;
+
+// One plane of one chunk (32 bytes, part of the plan image).
+struct PlaneTask {
+  uint64_t source = 0;      // raw: input offset of the chunk's plane bytes; rANS: of its stream
+  uint32_t in_size = 0;     // rANS: stream bytes
+  uint32_t table = 0;       // rANS: decode table index (4096 slots each); conditional: its first table
+  uint32_t num_tables = 0;  // conditional: tables it may select (every map entry is below)
+  uint32_t map = 0;         // conditional: context map index (256 bytes each)
+  uint8_t kind = kPlaneRaw;
+  uint8_t value = 0;    // constant
+  uint8_t context = 0;  // conditional: the context plane, < this plane's index, never conditional
+  uint8_t reserved[5] = {};
+};
+static_assert(sizeof(PlaneTask) == 32, "plan image layout");
+
+// ChunkTask::flags
+inline constexpr uint8_t kChunkChecksum = 1;  // add the checksum terms of the written bytes to the job's sum
+
+// One chunk of elements of one tensor (32 bytes, part of the plan image).
 struct ChunkTask {
-  uint64_t in_offset = 0;   // chunk stream, bytes into the input (group) buffer
-  uint64_t out_offset = 0;  // where its symbols go, bytes into the target buffer
-  uint32_t in_size = 0;     // stream bytes
-  uint32_t count = 0;       // symbols
-  uint32_t table = 0;       // decode table index (4096 slots each)
-  uint32_t target = 0;      // kTargetScratch or kTargetOutput
+  uint64_t out_offset = 0;     // bytes into the output buffer
+  uint64_t tensor_offset = 0;  // bytes into its tensor (the checksum's word positions)
+  uint32_t count = 0;          // elements, <= 2^24
+  uint32_t job = 0;            // the tensor job it belongs to
+  uint32_t first_plane = 0;    // its planes are planes[first_plane, first_plane + num_planes)
+  uint8_t split = 0;           // PlaneSplit
+  uint8_t width = 1;           // bytes per element, 1..8
+  uint8_t num_planes = 1;      // 1..8
+  uint8_t flags = 0;
 };
+static_assert(sizeof(ChunkTask) == 32, "plan image layout");
 
-inline constexpr uint32_t kTargetScratch = 0;
-inline constexpr uint32_t kTargetOutput = 1;
+// JobTask::flags
+inline constexpr uint32_t kJobHasChecksum = 1;     // compare with `expected` on the device
+inline constexpr uint32_t kJobInlineChecksum = 2;  // the decode kernel sums it (else the verify kernel)
 
-// Where a merge reads a plane from.
-inline constexpr uint8_t kSourceInput = 0;     // raw plane bytes in the input buffer
-inline constexpr uint8_t kSourceScratch = 1;   // decoded plane in scratch
-inline constexpr uint8_t kSourceConstant = 2;  // every byte = source[p] (the value)
-
-// Rebuilds `count` elements of one chunk from its planes (up to 8: FP64/I64).
-struct MergeTask {
-  uint64_t out_offset = 0;  // bytes into the output buffer
-  uint64_t source[8] = {};
-  uint32_t count = 0;  // elements
-  uint8_t split = 0;   // PlaneSplit
-  uint8_t width = 1;
-  uint8_t num_planes = 1;
-  uint8_t kind[8] = {};
+// One tensor (32 bytes, part of the plan image).
+struct JobTask {
+  uint64_t out_offset = 0;
+  uint64_t out_size = 0;
+  uint64_t expected = 0;  // device checksum (codec/device_checksum.h)
+  uint32_t flags = 0;
+  uint32_t reserved = 0;
 };
+static_assert(sizeof(JobTask) == 32, "plan image layout");
 
 BIGSMALL_HD uint32_t LoadU32(const uint8_t* p) {
   return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
@@ -66,15 +92,15 @@ BIGSMALL_HD uint32_t PopCount(uint32_t v) {
 
 // Lane step: decode this lane's symbol (if active); returns whether the lane
 // needs a renormalisation word.
-BIGSMALL_HD bool LaneDecode(uint32_t& x, bool active, const uint32_t* table, uint8_t* out_symbol) {
+BIGSMALL_HD bool LaneDecode(uint32_t& x, bool active, const uint32_t* table, uint32_t* out_symbol) {
   if (!active) return false;
   const uint32_t slot = table[x & (rans::kProbScale - 1)];
-  *out_symbol = static_cast<uint8_t>(rans::SlotSymbol(slot));
+  *out_symbol = rans::SlotSymbol(slot);
   x = rans::DecodeAdvance(x, slot);
   return x < rans::kRansLow;
 }
 
-// Byte b of element k, rebuilt from its plane bytes v[0..num_planes).
+// One element rebuilt from its plane bytes v[0..num_planes) (docs/FORMAT.md §4).
 BIGSMALL_HD void MergeElement(uint8_t split, uint8_t width, const uint8_t* v, uint8_t* out) {
   if (split == 1) {  // bf16
     const uint32_t s = v[1];
