@@ -588,7 +588,7 @@ class EmulatedDeviceApi final : public DeviceApi {
         bool write;
         const char* what;
       } ranges[] = {
-          {l.input, 1, false, "decode input"},
+          {l.input, image->input_bytes, false, "decode input"},
           {l.plan, image->bytes.size(), false, "decode plan"},
           {l.scratch, image->scratch_bytes, true, "decode scratch"},
           {l.output, image->output_bytes, true, "decode output"},

@@ -29,9 +29,14 @@
 #include <thread>
 #include <vector>
 
+#include <random>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "codec/device_checksum.h"
+#include "codec/dtype.h"
+#include "codec/tensor_codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/launch.h"
@@ -470,6 +475,228 @@ int IpcChild(int argc, char** argv) {
   return 0;
 }
 
+class EmulatedDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_FALSE(dir_.path().empty()); }
+  std::unique_ptr<DeviceApi> Make(uint64_t memory = 1ull << 30, uint32_t delay_us = 0) {
+    EmulatedDeviceOptions o;
+    o.memory_dir = dir_.path();
+    o.memory_bytes = memory;
+    o.op_delay_us = delay_us;
+    return MakeEmulatedDeviceApi(o);
+  }
+  ShmTempDir dir_;
+};
+
+// --- Kernels through the API ---------------------------------------------------
+
+// A small layer group: BF16 weight-like tensors encoded by the codec, with
+// their device checksums, as the daemon stages them.
+struct TestGroup {
+  std::vector<uint8_t> input;
+  std::vector<TensorJob> jobs;
+  std::vector<uint8_t> expected;  // the tensors at their out_offsets
+};
+
+TestGroup MakeTestGroup() {
+  TestGroup g;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> d(0, 0.03f);
+  for (size_t n : {70000, 4099, 1, 20000}) {
+    std::vector<uint8_t> bytes;
+    for (size_t i = 0; i < n; ++i) {
+      const float f = d(rng);
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      bytes.push_back(static_cast<uint8_t>(u >> 16));
+      bytes.push_back(static_cast<uint8_t>(u >> 24));
+    }
+    auto blob = EncodeTensorBlob(bytes, ResolveDtype("BF16"), EncodeOptions{});
+    EXPECT_TRUE(blob.ok()) << blob.status();
+    if (!blob.ok()) return g;
+    TensorJob job;
+    job.blob_offset = g.input.size();
+    job.blob_size = blob->size();
+    job.out_offset = (g.expected.size() + 255) / 256 * 256;
+    job.out_size = bytes.size();
+    job.has_checksum = true;
+    job.checksum = DeviceChecksum(bytes.data(), bytes.size());
+    g.jobs.push_back(job);
+    g.input.insert(g.input.end(), blob->begin(), blob->end());
+    g.expected.resize(job.out_offset, 0);
+    g.expected.insert(g.expected.end(), bytes.begin(), bytes.end());
+  }
+  return g;
+}
+
+// Uploads the group and its plan image in one H2D copy on a copy stream;
+// the compute stream waits on the copy's event, decodes, and copies the
+// results and the layer back. With the emulator's op delay a missing wait
+// would decode unstaged bytes.
+struct DecodeRun {
+  absl::Status check;  // CheckDecodeResults
+  std::vector<uint8_t> output;
+};
+
+DecodeRun DecodeThroughApi(DeviceApi& api, const TestGroup& g, const std::vector<uint8_t>& staged_override = {}) {
+  DecodeRun run;
+  absl::StatusOr<DecodePlan> plan = PlanDecode(g.input, g.jobs);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  absl::StatusOr<PlanImage> image = BuildPlanImage(*plan, g.jobs);
+  EXPECT_TRUE(image.ok()) << image.status();
+  if (!plan.ok() || !image.ok()) return run;
+  std::vector<uint8_t> staged(plan->input_bytes());
+  std::copy(g.input.begin(), g.input.end(), staged.begin());
+  EXPECT_TRUE(RunHostPrepass(*plan, g.input, absl::MakeSpan(staged).subspan(plan->prepass_offset)).ok());
+  if (!staged_override.empty()) std::copy(staged_override.begin(), staged_override.end(), staged.begin());
+  const uint64_t plan_at = (staged.size() + 255) / 256 * 256;
+  const uint64_t upload = plan_at + image->bytes.size();
+  absl::StatusOr<uint8_t*> pinned = api.MallocHost(upload);
+  absl::StatusOr<uint8_t*> in = api.Malloc(0, upload);
+  absl::StatusOr<uint8_t*> out = api.Malloc(0, std::max<uint64_t>(image->output_bytes, 1));
+  absl::StatusOr<uint8_t*> res = api.Malloc(0, image->results_bytes);
+  absl::StatusOr<uint8_t*> scratch = api.Malloc(0, std::max<uint64_t>(image->scratch_bytes, 1));
+  absl::StatusOr<StreamRef> copy = api.CreateStream(0);
+  absl::StatusOr<StreamRef> compute = api.CreateStream(0);
+  absl::StatusOr<EventRef> staged_event = api.CreateEvent(0);
+  EXPECT_TRUE(pinned.ok() && in.ok() && out.ok() && res.ok() && scratch.ok() && copy.ok() && compute.ok() &&
+              staged_event.ok());
+  std::memcpy(*pinned, staged.data(), staged.size());
+  std::memcpy(*pinned + plan_at, image->bytes.data(), image->bytes.size());
+  EXPECT_TRUE(api.MemcpyAsync(*in, *pinned, upload, CopyKind::kHostToDevice, *copy).ok());
+  EXPECT_TRUE(api.EventRecord(*staged_event, *copy).ok());
+  EXPECT_TRUE(api.StreamWaitEvent(*compute, *staged_event).ok());
+  DecodeLaunch launch;
+  launch.input = *in;
+  launch.plan = *in + plan_at;
+  launch.scratch = *scratch;
+  launch.output = *out;
+  launch.results = *res;
+  {
+    // The launch copies what it needs of the host image: drop ours at once.
+    PlanImage host_image = *image;
+    launch.image = &host_image;
+    EXPECT_TRUE(api.LaunchDecode(launch, *compute).ok());
+    host_image.bytes.assign(host_image.bytes.size(), 0xff);
+  }
+  std::vector<uint8_t> results(image->results_bytes);
+  run.output.resize(image->output_bytes);
+  EXPECT_TRUE(api.MemcpyAsync(results.data(), *res, results.size(), CopyKind::kDeviceToHost, *compute).ok());
+  EXPECT_TRUE(api.MemcpyAsync(run.output.data(), *out, run.output.size(), CopyKind::kDeviceToHost, *compute).ok());
+  const absl::Status synced = api.StreamSynchronize(*compute);
+  EXPECT_TRUE(synced.ok()) << synced;
+  run.check = CheckDecodeResults(results.data(), *image);
+  EXPECT_TRUE(api.DestroyEvent(*staged_event).ok());
+  for (auto s : {*copy, *compute}) EXPECT_TRUE(api.DestroyStream(s).ok());
+  for (auto p : {*in, *out, *res, *scratch}) EXPECT_TRUE(api.Free(0, p).ok());
+  EXPECT_TRUE(api.FreeHost(*pinned).ok());
+  return run;
+}
+
+TEST_P(DeviceApiTest, DecodeLaunchIsStreamOrdered) {
+  Remake(5000);
+  const TestGroup g = MakeTestGroup();
+  ASSERT_EQ(g.jobs.size(), 4u);
+  DecodeRun run = DecodeThroughApi(*api_, g);
+  EXPECT_TRUE(run.check.ok()) << run.check;
+  ASSERT_GE(run.output.size(), g.expected.size());
+  for (const TensorJob& j : g.jobs) {
+    EXPECT_TRUE(std::equal(g.expected.begin() + j.out_offset, g.expected.begin() + j.out_offset + j.out_size,
+                           run.output.begin() + j.out_offset))
+        << "job at " << j.out_offset;
+  }
+}
+
+// A chunk corrupted in staging: the device checksum (or the rANS check)
+// reports it in the results, never as a stream error.
+TEST_P(DeviceApiTest, DecodeReportsCorruptStagingInResults) {
+  const TestGroup g = MakeTestGroup();
+  ASSERT_FALSE(g.jobs.empty());
+  std::vector<uint8_t> bad = g.input;
+  bad[g.jobs[0].blob_offset + g.jobs[0].blob_size / 2] ^= 0x10;
+  DecodeRun run = DecodeThroughApi(*api_, g, bad);
+  EXPECT_EQ(run.check.code(), absl::StatusCode::kDataLoss) << run.check;
+  EXPECT_THAT(std::string(run.check.message()), HasSubstr("job 0"));
+}
+
+TEST_P(DeviceApiTest, ChecksumLaunchMatchesTheHostChecksum) {
+  for (uint64_t n : {uint64_t{0}, uint64_t{5}, uint64_t{8}, uint64_t{4096}, uint64_t{1000003}}) {
+    const std::vector<uint8_t> src = PatternBytes(n, static_cast<uint8_t>(n));
+    absl::StatusOr<uint8_t*> data = api_->Malloc(0, std::max<uint64_t>(n, 1));
+    absl::StatusOr<uint8_t*> word = api_->Malloc(0, 8);
+    absl::StatusOr<StreamRef> s = api_->CreateStream(0);
+    ASSERT_TRUE(data.ok() && word.ok() && s.ok());
+    ASSERT_TRUE(api_->MemcpyAsync(*data, src.data(), n, CopyKind::kHostToDevice, *s).ok());
+    ASSERT_TRUE(api_->LaunchChecksum(*data, n, reinterpret_cast<uint64_t*>(*word), *s).ok());
+    uint64_t got = 0;
+    ASSERT_TRUE(api_->MemcpyAsync(&got, *word, 8, CopyKind::kDeviceToHost, *s).ok());
+    ASSERT_TRUE(api_->StreamSynchronize(*s).ok());
+    EXPECT_EQ(got, DeviceChecksum(src.data(), src.size())) << n << " bytes";
+    EXPECT_EQ(api_->LaunchChecksum(*data + 1, n, reinterpret_cast<uint64_t*>(*word), *s).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(api_->DestroyStream(*s).ok());
+    EXPECT_TRUE(api_->Free(0, *data).ok());
+    EXPECT_TRUE(api_->Free(0, *word).ok());
+  }
+}
+
+// A kernel reading outside every allocation is an emulated GPU fault: INTERNAL
+// at the next sync, sticky for its stream (later work skipped), passed on to
+// a stream that waits for the failed work, not to independent streams.
+TEST_F(EmulatedDeviceTest, KernelFaultIsStickyForItsStream) {
+  auto api = Make();
+  absl::StatusOr<uint8_t*> p = api->Malloc(0, 4096);
+  absl::StatusOr<StreamRef> s = api->CreateStream(0);
+  absl::StatusOr<StreamRef> waiter = api->CreateStream(0);
+  absl::StatusOr<StreamRef> other = api->CreateStream(0);
+  absl::StatusOr<EventRef> before = api->CreateEvent(0);
+  absl::StatusOr<EventRef> after = api->CreateEvent(0);
+  ASSERT_TRUE(p.ok() && s.ok() && waiter.ok() && other.ok() && before.ok() && after.ok());
+  ASSERT_TRUE(api->MemsetAsync(*p, 1, 4096, *s).ok());
+  ASSERT_TRUE(api->EventRecord(*before, *s).ok());
+  // Enqueueing succeeds: the fault happens when the kernel runs.
+  ASSERT_TRUE(api->LaunchChecksum(*p, 8192, reinterpret_cast<uint64_t*>(*p), *s).ok());
+  ASSERT_TRUE(api->MemsetAsync(*p, 2, 4096, *s).ok());  // skipped
+  ASSERT_TRUE(api->EventRecord(*after, *s).ok());
+  ASSERT_TRUE(api->StreamWaitEvent(*waiter, *after).ok());
+  ASSERT_TRUE(api->MemsetAsync(*p, 3, 4096, *waiter).ok());  // skipped too
+  const absl::Status st = api->StreamSynchronize(*s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("illegal memory access"));
+  EXPECT_TRUE(api->EventSynchronize(*before).ok());
+  EXPECT_EQ(api->EventSynchronize(*after).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(api->EventQuery(*after).status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(api->StreamSynchronize(*waiter).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ((*p)[0], 1);
+  // Sticky: later work on the stream is skipped and the error stays.
+  ASSERT_TRUE(api->MemsetAsync(*p, 4, 4096, *s).ok());
+  EXPECT_EQ(api->StreamSynchronize(*s).code(), absl::StatusCode::kInternal);
+  EXPECT_EQ((*p)[0], 1);
+  // Another stream is not affected.
+  ASSERT_TRUE(api->MemsetAsync(*p, 5, 4096, *other).ok());
+  EXPECT_TRUE(api->StreamSynchronize(*other).ok());
+  EXPECT_EQ((*p)[0], 5);
+  // A decode whose output lies outside its allocation faults the same way.
+  PlanImage image;
+  image.output_bytes = 8192;
+  image.results_bytes = 64;
+  DecodeLaunch l;
+  l.input = *p;
+  l.plan = *p;
+  l.output = *p;
+  l.results = *p;
+  l.image = &image;
+  ASSERT_TRUE(api->LaunchDecode(l, *other).ok());
+  EXPECT_EQ(api->StreamSynchronize(*other).code(), absl::StatusCode::kInternal);
+  // And one whose plan does not parse fails as the kernels report it.
+  absl::StatusOr<StreamRef> third = api->CreateStream(0);
+  ASSERT_TRUE(third.ok());
+  image.output_bytes = 0;
+  image.bytes.assign(256, 0);
+  ASSERT_TRUE(api->LaunchDecode(l, *third).ok());
+  EXPECT_FALSE(api->StreamSynchronize(*third).ok());
+}
+
 // --- ResolveDevice ------------------------------------------------------------
 
 TEST_P(DeviceApiTest, ResolveDeviceNames) {
@@ -499,18 +726,6 @@ TEST_P(DeviceApiTest, ResolveDeviceNames) {
 
 // --- Emulator only ------------------------------------------------------------
 
-class EmulatedDeviceTest : public ::testing::Test {
- protected:
-  void SetUp() override { ASSERT_FALSE(dir_.path().empty()); }
-  std::unique_ptr<DeviceApi> Make(uint64_t memory = 1ull << 30, uint32_t delay_us = 0) {
-    EmulatedDeviceOptions o;
-    o.memory_dir = dir_.path();
-    o.memory_bytes = memory;
-    o.op_delay_us = delay_us;
-    return MakeEmulatedDeviceApi(o);
-  }
-  ShmTempDir dir_;
-};
 
 TEST_F(EmulatedDeviceTest, BudgetIsTheDevicesMemory) {
   auto api = Make(1 << 20);
