@@ -23,7 +23,13 @@ namespace {
 // threads and GPU blocks; 1-byte types (FP8, int8, packed 4-bit) get 128 Ki
 // so each chunk still covers 128 KiB and the states cost half as much per
 // byte; --storage trades some parallelism for smaller overhead.
+// --inference halves the multi-byte chunk (32 Ki elements) so one 7B-class
+// layer has ~6,000 chunks per plane, enough warps to fill an H100/H200 for a
+// single-layer decode; bench/results/chunk_curve.md measured its cost on the
+// real corpus at +0.069 points (BF16) and +0.039 (FP32), inside the 0.1-point
+// budget, where 16 Ki would cost 0.2.
 constexpr uint32_t kDefaultChunkElements = 1u << 16;
+constexpr uint32_t kInferenceChunkElements = 1u << 15;
 constexpr uint32_t kByteChunkElements = 1u << 17;
 constexpr uint32_t kStorageChunkElements = 1u << 18;
 // A context (exponent value) gets its own mantissa table in --storage when
@@ -216,9 +222,10 @@ absl::StatusOr<std::vector<uint8_t>> EncodeTensorBlob(absl::Span<const uint8_t> 
   const uint64_t n = bytes.size() / width;
   uint32_t ce = options.chunk_elements;
   if (ce == 0) {
-    ce = options.mode == Mode::kStorage ? kStorageChunkElements
-         : width == 1                   ? kByteChunkElements
-                                        : kDefaultChunkElements;
+    ce = options.mode == Mode::kStorage     ? kStorageChunkElements
+         : width == 1                       ? kByteChunkElements
+         : options.mode == Mode::kInference ? kInferenceChunkElements
+                                            : kDefaultChunkElements;
   }
   if (ce > kMaxChunkElements) ce = kMaxChunkElements;
   const uint64_t num_chunks64 = (n + ce - 1) / ce;
