@@ -123,6 +123,28 @@ TEST(TensorCodec, BalancedBf16CodesExponentOnly) {
   EXPECT_LT(blob->size(), bytes.size() * 0.72);
 }
 
+// --inference halves the chunk of multi-byte dtypes (more GPU warps per
+// layer); 1-byte types and the other modes keep theirs.
+TEST(TensorCodec, ChunkElementsPerMode) {
+  struct Case {
+    const char* dtype;
+    Mode mode;
+    uint32_t chunk;
+  } cases[] = {{"BF16", Mode::kInference, 1u << 15}, {"F32", Mode::kInference, 1u << 15},
+               {"BF16", Mode::kBalanced, 1u << 16},  {"BF16", Mode::kStorage, 1u << 18},
+               {"U8", Mode::kInference, 1u << 17}};
+  for (const Case& c : cases) {
+    const auto bytes = MakeTensor(c.dtype, 300000, 2);
+    EncodeOptions eo;
+    eo.mode = c.mode;
+    auto blob = EncodeTensorBlob(bytes, ResolveDtype(c.dtype), eo);
+    ASSERT_TRUE(blob.ok()) << c.dtype;
+    auto parsed = ParseTensorBlob(*blob);
+    ASSERT_TRUE(parsed.ok()) << c.dtype;
+    EXPECT_EQ(parsed->chunk_elements, c.chunk) << c.dtype << " mode " << static_cast<int>(c.mode);
+  }
+}
+
 TEST(TensorCodec, StorageConditionsMantissaOnExponent) {
   // Mantissas that depend strongly on the exponent: order-0 coding of the
   // mantissa plane alone cannot see that, the conditional coder can.
