@@ -33,12 +33,6 @@
 #include "codec/rans.h"
 #include "kernels/warp_rans.h"
 
-#if defined(__CUDA_ARCH__)
-#define BIGSMALL_UNROLL _Pragma("unroll")
-#else
-#define BIGSMALL_UNROLL
-#endif
-
 namespace bigsmall::gpu {
 
 // ---- The plan image (gpu_decoder.h PlanImage::bytes) ----
@@ -64,7 +58,12 @@ struct PlanHeader {
   uint64_t tables = 0;  // uint32_t[num_tables * 4096]
   uint64_t maps = 0;    // uint8_t[num_maps * 256]
   uint64_t verify = 0;  // uint32_t[num_verify]: jobs the verify kernel sums
-  uint64_t reserved[3] = {};
+  // Chunk tasks are grouped by plane-count class (kNpClasses: at most 1, 2,
+  // 4, 8 planes; one kernel instantiation each, so a bf16 warp does not pay
+  // an fp64 warp's registers): class c is chunks [class_end[c-1], class_end[c]),
+  // ordered by job within the class.
+  uint32_t class_end[4] = {};
+  uint64_t reserved[1] = {};
 };
 static_assert(sizeof(PlanHeader) == 128, "plan image layout");
 
@@ -81,6 +80,13 @@ BIGSMALL_HD uint64_t SumOffset(uint64_t num_jobs, uint64_t job) {
 // Staging buffer per warp: merged bytes are written here lane by lane,
 // then stored to the output 16 bytes per lane.
 inline constexpr uint32_t kStageBytes = 512;
+
+// Plane-count classes of chunk tasks and the compile-time plane bound of each.
+inline constexpr int kNumNpClasses = 4;
+inline constexpr int kNpClasses[kNumNpClasses] = {1, 2, 4, 8};
+BIGSMALL_HD int NpClass(uint32_t num_planes) {
+  return num_planes <= 1 ? 0 : num_planes <= 2 ? 1 : num_planes <= 4 ? 2 : 3;
+}
 
 // A chunk stream must hold the 32 lane states and whole 16-bit words.
 BIGSMALL_HD bool ChunkSizeValid(uint32_t in_size) {
@@ -112,18 +118,17 @@ struct ChunkResult {
 };
 
 // Writes one merged element into the stage (offsets are multiples of width).
-BIGSMALL_HD void StageElement(uint8_t* dst, const uint8_t* e, uint32_t width) {
+BIGSMALL_HD void StageElement(uint8_t* dst, uint64_t bits, uint32_t width) {
 #if defined(__CUDA_ARCH__)
-  if (width == 2) {
-    *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(e[0] | (e[1] << 8));
-    return;
-  }
-  if (width == 4) {
-    *reinterpret_cast<uint32_t*>(dst) = LoadU32(e);
-    return;
+  switch (width) {
+    case 1: *dst = static_cast<uint8_t>(bits); return;
+    case 2: *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(bits); return;
+    case 4: *reinterpret_cast<uint32_t*>(dst) = static_cast<uint32_t>(bits); return;
+    case 8: *reinterpret_cast<uint64_t*>(dst) = bits; return;
+    default: break;
   }
 #endif
-  for (uint32_t b = 0; b < width; ++b) dst[b] = e[b];
+  for (uint32_t b = 0; b < width; ++b) dst[b] = static_cast<uint8_t>(bits >> (8 * b));
 }
 
 // Decodes chunk task `t` on one warp (NP >= t.num_planes, a compile-time
@@ -238,12 +243,15 @@ BIGSMALL_UNROLL
     warp.ForLanes([&](uint32_t l) {
       const uint32_t i = base + l;
       if (i >= count) return;
-      uint8_t v[8] = {};
-      uint8_t e[8];
+      const uint64_t bits = MergeElementBits<NP>(t.split, t.width, [&](int q) -> uint32_t {
+        uint32_t b = 0;
 BIGSMALL_UNROLL
-      for (int q = 0; q < NP; ++q) v[q] = static_cast<uint8_t>(sym[q][l]);
-      MergeElement(t.split, t.width, v, e);
-      StageElement(stage + (i - flush_base) * width, e, width);
+        for (int r = 0; r < NP; ++r) {
+          if (r == q) b = sym[r][l];
+        }
+        return b & 0xffu;
+      });
+      StageElement(stage + (i - flush_base) * width, bits, width);
     });
     const uint32_t end = base + rans::kLanes < count ? base + rans::kLanes : count;
     if (end - flush_base < per_flush && end < count) continue;

@@ -168,15 +168,16 @@ __device__ __forceinline__ ChunkResult RunChunk(DeviceWarp& warp, const ChunkTas
 // so most blocks decode chunks of one tensor: they stage its rANS tables in
 // shared memory, where the 32 lanes' random lookups are far cheaper than
 // L1 gathers from global.
-__global__ void __launch_bounds__(kBlockThreads)
+template <int NP>
+__global__ void __launch_bounds__(kBlockThreads, NP <= 2 ? 3 : NP <= 4 ? 2 : 1)
     DecodeKernel(const uint8_t* __restrict__ plan, const uint8_t* __restrict__ input, uint8_t* __restrict__ output,
-                 uint8_t* __restrict__ results) {
+                 uint8_t* __restrict__ results, uint32_t begin, uint32_t end) {
   __shared__ uint32_t shared_tables[kSharedTables * rans::kProbScale];
   __shared__ __align__(16) uint8_t stages[kWarpsPerBlock][kStageBytes];
   __shared__ uint32_t staged_index[kSharedTables];
   const DevicePlan v = ViewPlan(plan);
-  const uint32_t num_chunks = v.h->num_chunks;
-  const uint32_t first = blockIdx.x * kWarpsPerBlock;
+  const uint32_t num_chunks = end;
+  const uint32_t first = begin + blockIdx.x * kWarpsPerBlock;
   if (first >= num_chunks) return;  // the whole block
   const uint32_t last = min(first + kWarpsPerBlock, num_chunks) - 1;
   if (threadIdx.x == 0) {
@@ -203,16 +204,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   if (warp_index >= num_chunks) return;  // whole warps: the bound is warp-uniform
   const ChunkTask t = v.chunks[warp_index];
   DeviceWarp warp{threadIdx.x & 31u, stages[threadIdx.x / 32]};
-  ChunkResult r;
-  if (t.num_planes <= 1) {
-    r = RunChunk<1>(warp, t, v, input, output, staged_index, shared_tables);
-  } else if (t.num_planes <= 2) {
-    r = RunChunk<2>(warp, t, v, input, output, staged_index, shared_tables);
-  } else if (t.num_planes <= 4) {
-    r = RunChunk<4>(warp, t, v, input, output, staged_index, shared_tables);
-  } else {
-    r = RunChunk<8>(warp, t, v, input, output, staged_index, shared_tables);
-  }
+  const ChunkResult r = RunChunk<NP>(warp, t, v, input, output, staged_index, shared_tables);
   if (warp.lane != 0) return;
   if (!r.ok) {
     atomicAdd(&ResultsOf(results)->corrupt_chunks, 1u);
@@ -308,9 +300,19 @@ absl::Status EnqueueDecode(const DecodeLaunch& launch, cudaStream_t stream, cons
       launch.results, image.num_jobs);
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   RETURN_IF_ERROR(mark(1));
-  if (image.num_chunks != 0) {
-    DecodeKernel<<<GridFor(image.num_chunks, kWarpsPerBlock, 0x7fffffffu), kBlockThreads, 0, stream>>>(
-        launch.plan, launch.input, launch.output, launch.results);
+  // One launch per plane-count class, all on `stream` (they write disjoint chunks).
+  for (int c = 0; c < kNumNpClasses; ++c) {
+    const uint32_t begin = c == 0 ? 0 : image.class_end[c - 1];
+    const uint32_t end = image.class_end[c];
+    if (begin >= end) continue;
+    const uint32_t grid = GridFor(end - begin, kWarpsPerBlock, 0x7fffffffu);
+    const uint8_t* plan = launch.plan;
+    switch (c) {
+      case 0: DecodeKernel<1><<<grid, kBlockThreads, 0, stream>>>(plan, launch.input, launch.output, launch.results, begin, end); break;
+      case 1: DecodeKernel<2><<<grid, kBlockThreads, 0, stream>>>(plan, launch.input, launch.output, launch.results, begin, end); break;
+      case 2: DecodeKernel<4><<<grid, kBlockThreads, 0, stream>>>(plan, launch.input, launch.output, launch.results, begin, end); break;
+      default: DecodeKernel<8><<<grid, kBlockThreads, 0, stream>>>(plan, launch.input, launch.output, launch.results, begin, end); break;
+    }
     CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   RETURN_IF_ERROR(mark(2));

@@ -88,6 +88,9 @@ struct PlanImage {
   uint32_t num_chunks = 0;
   uint32_t num_merges = 0;     // always 0: the merge is fused into the decode kernel
   uint32_t num_verify = 0;     // jobs summed by the separate verify kernel
+  // Chunk tasks of plane-count class c (at most 1, 2, 4, 8 planes) are
+  // [class_end[c-1], class_end[c]) (class_end[-1] = 0): one kernel launch each.
+  uint32_t class_end[4] = {};
   uint64_t input_bytes = 0;    // the staged input: group bytes + plan.prepass_bytes
   uint64_t scratch_bytes = 0;  // device scratch the kernels need (0)
   uint64_t output_bytes = 0;   // layer memory the kernels write

@@ -455,7 +455,9 @@ void CorpusRoundTrip(const char* env, Mode mode) {
   for (size_t j = 0; j < g.jobs.size(); ++j) differ += JobBytes(l.output, g.jobs[j]) != JobBytes(g.expected, g.jobs[j]);
   EXPECT_EQ(differ, 0u) << "tensors that differ from the original, of " << g.jobs.size();
   const std::set<int> kinds = Kinds(*plan);
-  if (mode == Mode::kStorage) EXPECT_EQ(kinds.count(kPlaneRansConditional), 1u);
+  if (mode == Mode::kStorage) {
+    EXPECT_EQ(kinds.count(kPlaneRansConditional), 1u);
+  }
   std::printf("%s %s: %zu tensors, plane kinds", env, ModeName(mode), g.jobs.size());
   for (int k : kinds) std::printf(" %d", k);
   std::printf(", %zu zstd chunks\n", plan->prepass.size());

@@ -5,6 +5,7 @@
 // warp per chunk task), verify (jobs without inline checksums), finish.
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -46,7 +47,9 @@ absl::StatusOr<PlanView> ParsePlan(const uint8_t* plan, const PlanImage& image) 
   if (h.image_bytes != size) return Malformed("plan image size differs from its header's");
   if (h.num_jobs != image.num_jobs || h.num_chunks != image.num_chunks || h.num_verify != image.num_verify ||
       h.input_bytes != image.input_bytes || h.output_bytes != image.output_bytes ||
-      image.results_bytes != ResultsBytes(h.num_jobs)) {
+      image.results_bytes != ResultsBytes(h.num_jobs) ||
+      !std::equal(std::begin(h.class_end), std::end(h.class_end), std::begin(image.class_end)) ||
+      h.class_end[kNumNpClasses - 1] != h.num_chunks) {
     return Malformed("plan image header differs from the host view");
   }
   auto array = [&](uint64_t offset, uint64_t count, uint64_t elem, const char* what) -> absl::Status {
@@ -79,6 +82,10 @@ absl::StatusOr<PlanView> ParsePlan(const uint8_t* plan, const PlanImage& image) 
     const ChunkTask& t = v.chunks[c];
     const std::string name = absl::StrCat("chunk task ", c);
     if (t.job >= h.num_jobs) return Malformed(name + " names no job");
+    const int cls = NpClass(t.num_planes);
+    if (c >= h.class_end[cls] || (cls > 0 && c < h.class_end[cls - 1])) {
+      return Malformed(name + " outside its plane-count class");
+    }
     if (t.width < 1 || t.width > kMaxPlanes || t.num_planes < 1 || t.num_planes > kMaxPlanes ||
         t.split > 2 || t.count > kMaxChunkElements ||
         t.num_planes != (t.split == 1 ? 2 : t.split == 2 ? 4 : t.width) || (t.split == 1 && t.width != 2) ||
@@ -187,14 +194,12 @@ absl::Status EmulateDecodeLaunch(const DecodeLaunch& launch) {
   for (uint32_t c = 0; c < h.num_chunks; ++c) {
     const ChunkTask& t = v.chunks[c];
     ChunkResult r;
-    if (t.num_planes <= 1) {
-      r = RunChunk<1>(warp, t, v, launch.input, launch.output);
-    } else if (t.num_planes <= 2) {
-      r = RunChunk<2>(warp, t, v, launch.input, launch.output);
-    } else if (t.num_planes <= 4) {
-      r = RunChunk<4>(warp, t, v, launch.input, launch.output);
-    } else {
-      r = RunChunk<8>(warp, t, v, launch.input, launch.output);
+    // One kernel launch per class (gpu_decoder.cu), in class order.
+    switch (NpClass(t.num_planes)) {
+      case 0: r = RunChunk<1>(warp, t, v, launch.input, launch.output); break;
+      case 1: r = RunChunk<2>(warp, t, v, launch.input, launch.output); break;
+      case 2: r = RunChunk<4>(warp, t, v, launch.input, launch.output); break;
+      default: r = RunChunk<8>(warp, t, v, launch.input, launch.output); break;
     }
     if (!r.ok) {
       ++results.r.corrupt_chunks;

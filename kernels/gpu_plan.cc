@@ -206,6 +206,12 @@ absl::StatusOr<PlanImage> BuildPlanImage(const DecodePlan& plan, const std::vect
       }
     }
     std::vector<ChunkTask> chunks = plan.chunks;
+    std::stable_sort(chunks.begin(), chunks.end(), [](const ChunkTask& a, const ChunkTask& b) {
+      return NpClass(a.num_planes) < NpClass(b.num_planes);
+    });
+    uint32_t class_end[kNumNpClasses] = {};
+    for (const ChunkTask& t : chunks) ++class_end[NpClass(t.num_planes)];
+    for (int c = 1; c < kNumNpClasses; ++c) class_end[c] += class_end[c - 1];
     for (ChunkTask& t : chunks) {
       const JobTask& jt = job_tasks[t.job];
       t.flags = (jt.flags & kJobHasChecksum) && (jt.flags & kJobInlineChecksum) ? kChunkChecksum : 0;
@@ -217,6 +223,7 @@ absl::StatusOr<PlanImage> BuildPlanImage(const DecodePlan& plan, const std::vect
     h.num_tables = static_cast<uint32_t>(plan.tables.size() / rans::kProbScale);
     h.num_maps = static_cast<uint32_t>(plan.maps.size() / 256);
     h.num_verify = static_cast<uint32_t>(verify.size());
+    for (int c = 0; c < kNumNpClasses; ++c) h.class_end[c] = class_end[c];
     h.input_bytes = plan.input_bytes();
     h.output_bytes = plan.output_bytes;
     uint64_t at = sizeof(PlanHeader);
@@ -245,6 +252,7 @@ absl::StatusOr<PlanImage> BuildPlanImage(const DecodePlan& plan, const std::vect
     image.num_chunks = h.num_chunks;
     image.num_merges = 0;
     image.num_verify = h.num_verify;
+    for (int c = 0; c < kNumNpClasses; ++c) image.class_end[c] = class_end[c];
     image.input_bytes = h.input_bytes;
     image.scratch_bytes = 0;
     image.output_bytes = h.output_bytes;

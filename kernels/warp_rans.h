@@ -21,6 +21,12 @@
 
 #include "codec/rans.h"
 
+#if defined(__CUDA_ARCH__)
+#define BIGSMALL_UNROLL _Pragma("unroll")
+#else
+#define BIGSMALL_UNROLL
+#endif
+
 namespace bigsmall::gpu {
 
 // How a ChunkTask gets one plane's bytes.
@@ -100,25 +106,31 @@ BIGSMALL_HD bool LaneDecode(uint32_t& x, bool active, const uint32_t* table, uin
   return x < rans::kRansLow;
 }
 
-// One element rebuilt from its plane bytes v[0..num_planes) (docs/FORMAT.md §4).
-BIGSMALL_HD void MergeElement(uint8_t split, uint8_t width, const uint8_t* v, uint8_t* out) {
+// One element rebuilt from its plane bytes v(0..num_planes) (docs/FORMAT.md
+// §4), as a little-endian value of `width` bytes. `v(p)` gives plane p's
+// byte (a register on the GPU; NP bounds p at compile time).
+template <int NP, class V>
+BIGSMALL_HD uint64_t MergeElementBits(uint8_t split, uint8_t width, V&& v) {
   if (split == 1) {  // bf16
-    const uint32_t s = v[1];
-    const uint32_t e = v[0];
-    const uint32_t bits = ((s & 0x80u) << 8) | (e << 7) | (s & 0x7fu);
-    out[0] = static_cast<uint8_t>(bits);
-    out[1] = static_cast<uint8_t>(bits >> 8);
-  } else if (split == 2) {  // fp32
-    const uint32_t s = v[1];
-    const uint32_t bits = ((s & 0x80u) << 24) | (uint32_t{v[0]} << 23) | ((s & 0x7fu) << 16) |
-                          (uint32_t{v[2]} << 8) | v[3];
-    out[0] = static_cast<uint8_t>(bits);
-    out[1] = static_cast<uint8_t>(bits >> 8);
-    out[2] = static_cast<uint8_t>(bits >> 16);
-    out[3] = static_cast<uint8_t>(bits >> 24);
-  } else {  // bytes: plane p holds byte width-1-p
-    for (uint32_t p = 0; p < width; ++p) out[width - 1 - p] = v[p];
+    const uint32_t s = v(1);
+    return ((s & 0x80u) << 8) | (uint32_t{v(0)} << 7) | (s & 0x7fu);
   }
+  if (split == 2) {  // fp32
+    const uint32_t s = v(1);
+    return ((s & 0x80u) << 24) | (uint32_t{v(0)} << 23) | ((s & 0x7fu) << 16) | (uint32_t{v(2)} << 8) | v(3);
+  }
+  uint64_t bits = 0;  // bytes: plane p holds byte width-1-p
+  BIGSMALL_UNROLL
+  for (int p = 0; p < NP; ++p) {
+    if (p < width) bits |= uint64_t{v(p)} << (8 * (width - 1 - p));
+  }
+  return bits;
+}
+
+// The same from an array of plane bytes, into `width` bytes at out.
+BIGSMALL_HD void MergeElement(uint8_t split, uint8_t width, const uint8_t* v, uint8_t* out) {
+  const uint64_t bits = MergeElementBits<8>(split, width, [&](int p) -> uint32_t { return p < 8 ? v[p] : 0u; });
+  for (uint32_t b = 0; b < width; ++b) out[b] = static_cast<uint8_t>(bits >> (8 * b));
 }
 
 }  // namespace bigsmall::gpu
