@@ -189,6 +189,8 @@ class LayerStream {
   // ClientOptions::stream_idle_timeout is DEADLINE_EXCEEDED.
   absl::StatusOr<std::unique_ptr<Layer>> Next();
   uint32_t window() const { return window_; }
+  // A stream keeps the device arenas of its last kRecentArenas layers open.
+  static constexpr size_t kRecentArenas = 4;
 
  private:
   friend class Client;
@@ -201,7 +203,6 @@ class LayerStream {
   // lives, so a consumer that releases each layer before the next does not
   // reopen the same arena (slow) for every layer. Bounded, so a long stream
   // does not keep every arena it ever touched open.
-  static constexpr size_t kRecentArenas = 4;
   std::vector<std::shared_ptr<const DeviceArena>> recent_arenas_;
 };
 
