@@ -882,30 +882,39 @@ TEST_F(EmulatedDeviceTest, CopiesCheckDeviceRanges) {
 }
 
 // Ops run on the stream's worker, after the call returns: with a long op
-// delay the destination is still untouched right after MemcpyAsync.
+// delay, MemcpyAsync returns at once while the copy (and an event recorded
+// after it) completes only after the delay, and the bytes land by the sync.
 TEST_F(EmulatedDeviceTest, StreamOpsRunAsynchronously) {
   constexpr auto kDelay = std::chrono::milliseconds(200);
   auto api = Make(1ull << 30, std::chrono::duration_cast<std::chrono::microseconds>(kDelay).count());
   absl::StatusOr<uint8_t*> p = api->Malloc(0, 4096);
-  ASSERT_TRUE(p.ok());
   absl::StatusOr<StreamRef> s = api->CreateStream(0);
-  ASSERT_TRUE(s.ok());
+  absl::StatusOr<EventRef> e = api->CreateEvent(0);
+  ASSERT_TRUE(p.ok() && s.ok() && e.ok());
   const std::vector<uint8_t> src(4096, 0x5a);
   bool observed = false;
   for (int attempt = 0; attempt < 3 && !observed; ++attempt) {
-    std::memset(*p, 0, 4096);  // the emulator's device memory is host memory
+    ASSERT_TRUE(api->MemsetAsync(*p, 0, 4096, *s).ok());
+    ASSERT_TRUE(api->StreamSynchronize(*s).ok());
     const auto t0 = std::chrono::steady_clock::now();
     ASSERT_TRUE(api->MemcpyAsync(*p, src.data(), 4096, CopyKind::kHostToDevice, *s).ok());
-    const bool untouched = std::all_of(*p, *p + 4096, [](uint8_t b) { return b == 0; });
-    const bool in_time = std::chrono::steady_clock::now() - t0 < kDelay;
+    const auto returned = std::chrono::steady_clock::now() - t0;
+    ASSERT_TRUE(api->EventRecord(*e, *s).ok());
+    absl::StatusOr<bool> done = api->EventQuery(*e);
+    const bool in_time = std::chrono::steady_clock::now() - t0 < kDelay / 2;
+    ASSERT_TRUE(done.ok());
     ASSERT_TRUE(api->StreamSynchronize(*s).ok());
-    EXPECT_EQ(std::memcmp(*p, src.data(), 4096), 0);
+    const auto finished = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(std::memcmp(*p, src.data(), 4096), 0);  // the emulator's device memory is host memory
+    EXPECT_GE(finished, 2 * kDelay);  // the copy's delay, then the record's
     if (in_time) {  // else this machine was too slow to tell: try again
-      EXPECT_TRUE(untouched) << "the copy ran before MemcpyAsync returned";
+      EXPECT_LT(returned, kDelay / 2) << "MemcpyAsync waited for the copy";
+      EXPECT_FALSE(*done);
       observed = true;
     }
   }
-  EXPECT_TRUE(observed) << "three tries, each over " << kDelay.count() << " ms between two statements";
+  EXPECT_TRUE(observed) << "three tries, each over " << (kDelay / 2).count() << " ms for two calls";
+  EXPECT_TRUE(api->DestroyEvent(*e).ok());
 }
 
 TEST_F(EmulatedDeviceTest, DestroyStreamDrainsIt) {
