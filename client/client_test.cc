@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "codec/device_checksum.h"
 #include "kernels/device_api.h"
 
 namespace bigsmall::client {
@@ -301,6 +302,64 @@ TEST(DeviceArenaTest, ConcurrentOpensAndClosesOfOneArenaNeverOverlap) {
   EXPECT_FALSE(api->overlapped);
   EXPECT_EQ(api->opens, api->closes);
   EXPECT_EQ(api->open_now, 0);
+}
+
+TEST(DeviceArenaTest, OpensAnEmulatedDaemonArenaAndChecksumsItOnTheDevice) {
+  // The daemon side: an emulated device exporting one allocation.
+  char tmpl[] = "/tmp/client_devXXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  gpu::EmulatedDeviceOptions daemon_options;
+  daemon_options.memory_dir = dir;
+  std::unique_ptr<gpu::DeviceApi> daemon = gpu::MakeEmulatedDeviceApi(daemon_options);
+  auto base = daemon->Malloc(0, 1 << 16);
+  ASSERT_TRUE(base.ok()) << base.status();
+  std::vector<uint8_t> bytes(4096);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 7 + 1);
+  auto stream = daemon->CreateStream(0);
+  ASSERT_TRUE(stream.ok());
+  ASSERT_TRUE(daemon->MemcpyAsync(*base + 8192, bytes.data(), bytes.size(),
+                                  gpu::CopyKind::kHostToDevice, *stream).ok());
+  ASSERT_TRUE(daemon->StreamSynchronize(*stream).ok());
+  auto handle = daemon->IpcGetMemHandle(0, *base);
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  v1::CudaIpcMemory cuda;
+  cuda.set_ipc_handle(std::string(handle->begin(), handle->end()));
+  cuda.set_gpu_uuid(daemon_options.uuid);
+  cuda.set_arena_id(1);
+  cuda.set_arena_offset(8192);
+  cuda.set_size(bytes.size());
+  cuda.set_arena_size(1 << 16);
+  cuda.set_emulated(true);
+
+  // The client side: its own emulated runtime, expecting the daemon's uid.
+  gpu::EmulatedDeviceOptions client_options;
+  client_options.memory_dir = dir;
+  client_options.expected_owner = geteuid();
+  std::shared_ptr<gpu::DeviceApi> api = gpu::MakeEmulatedDeviceApi(client_options);
+  auto arena = OpenDeviceArena("unix:/emulated", cuda, api, 0);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  auto cs = api->CreateStream(0);
+  ASSERT_TRUE(cs.ok());
+  auto sum = api->Malloc(0, 8);
+  ASSERT_TRUE(sum.ok()) << sum.status();
+  ASSERT_TRUE(api->LaunchChecksum((*arena)->base + 8192, bytes.size(),
+                                  reinterpret_cast<uint64_t*>(*sum), *cs).ok());
+  uint64_t got = 0;
+  ASSERT_TRUE(api->MemcpyAsync(&got, *sum, 8, gpu::CopyKind::kDeviceToHost, *cs).ok());
+  ASSERT_TRUE(api->StreamSynchronize(*cs).ok());
+  EXPECT_EQ(got, DeviceChecksum(bytes.data(), bytes.size()));
+  EXPECT_TRUE(api->Free(0, *sum).ok());
+  EXPECT_TRUE(api->DestroyStream(*cs).ok());
+  arena->reset();
+  // Files of another owner are refused.
+  client_options.expected_owner = geteuid() + 1;
+  std::shared_ptr<gpu::DeviceApi> strict = gpu::MakeEmulatedDeviceApi(client_options);
+  auto refused = OpenDeviceArena("unix:/emulated", cuda, strict, 0);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
+  EXPECT_TRUE(daemon->DestroyStream(*stream).ok());
+  EXPECT_TRUE(daemon->Free(0, *base).ok());
+  std::system(absl::StrCat("rm -rf '", dir, "'").c_str());
 }
 
 }  // namespace
