@@ -86,6 +86,17 @@ TEST(BigsmalldFlagsTest, BadFlagValuesExitTwoWithAMessage) {
       {{"--arena-size", "100G"}, "arena_size"},
       {{"--arena-size", "big"}, "arena-size"},
       {{"--admission-timeout-seconds", "0"}, "admission_timeout_seconds"},
+      {{"--gpu-backend", "metal"}, "gpu_backend"},
+      {{"--gpu-memory", "lots"}, "gpu-memory"},
+      {{"--gpu-memory", "1M"}, "gpu_memory"},
+      {{"--gpu-arena-size", "12345"}, "gpu_arena_size"},
+      {{"--gpu-arena-size", "big"}, "gpu-arena-size"},
+      {{"--pipeline-depth", "0"}, "pipeline_depth"},
+      {{"--pipeline-depth", "1000"}, "pipeline_depth"},
+      {{"--pipeline-depth", "two"}, "pipeline-depth"},
+      {{"--staging-bytes", "1K"}, "staging_bytes"},
+      {{"--staging-bytes", "x"}, "staging-bytes"},
+      {{"--fault-staging", "abc"}, "fault_staging"},
       {{"--no-such-flag"}, "no-such-flag"},
   };
   for (const Case& c : cases) {
@@ -112,6 +123,10 @@ TEST(BigsmalldFlagsTest, BadConfigValuesExitTwoWithAMessage) {
       {R"({"sokcet": "/x"})", "sokcet"},
       {R"({"arena_size": "3K"})", "arena_size"},
       {R"({"admission_timeout_seconds": -1})", "admission_timeout_seconds"},
+      {R"({"gpu_backend": "metal"})", "gpu_backend"},
+      {R"({"gpu_memory": -1})", "gpu_memory"},
+      {R"({"pipeline_depth": 0})", "pipeline_depth"},
+      {R"({"staging_bytes": "10"})", "staging_bytes"},
       {R"({"io": )", "not valid JSON"},
   };
   int i = 0;
@@ -141,6 +156,14 @@ TEST(BigsmalldFlagsTest, GoodValuesAreAccepted) {
   EXPECT_NE(r.output.find("\"socket_mode\": \"0640\""), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"arena_size\": 67108864"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"admission_timeout_seconds\": 2.5"), std::string::npos) << r.output;
+  r = RunDaemon({"--gpu-backend", "emulated", "--gpu-memory", "2G", "--gpu-arena-size", "64M",
+                 "--pipeline-depth", "5", "--staging-bytes", "64M", "--print-config"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"gpu_backend\": \"emulated\""), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"gpu_memory\": 2147483648"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"gpu_arena_size\": 67108864"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"pipeline_depth\": 5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"staging_bytes\": 67108864"), std::string::npos) << r.output;
   r = RunDaemon({"--arena-size", "32M", "--print-config"});
   EXPECT_NE(r.output.find("\"arena_size\": 33554432"), std::string::npos) << r.output;
   unlink(path.c_str());

@@ -76,6 +76,25 @@ absl::StatusOr<uint32_t> ParseFileMode(const std::string& text) {
   return mode;
 }
 
+absl::StatusOr<GpuBackendKind> ParseGpuBackend(const std::string& name) {
+  if (name == "auto") return GpuBackendKind::kAuto;
+  if (name == "cuda") return GpuBackendKind::kCuda;
+  if (name == "emulated") return GpuBackendKind::kEmulated;
+  if (name == "none") return GpuBackendKind::kNone;
+  return absl::InvalidArgumentError(absl::StrCat("unknown GPU backend '", EscapeForLog(name, 64),
+                                                 "' (auto, cuda, emulated, none)"));
+}
+
+absl::StatusOr<std::optional<int32_t>> ParseFaultStaging(const std::string& text) {
+  if (text.empty()) return std::optional<int32_t>();
+  int32_t layer = 0;
+  if (!absl::SimpleAtoi(text, &layer) || layer < -1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", EscapeForLog(text, 64), "' is not a layer index (an integer >= -1)"));
+  }
+  return std::optional<int32_t>(layer);
+}
+
 absl::StatusOr<DecoderImpl> ParseDecoderImpl(const std::string& name) {
   for (DecoderImpl impl : {DecoderImpl::kAuto, DecoderImpl::kReference, DecoderImpl::kScalar,
                            DecoderImpl::kAvx2, DecoderImpl::kAvx512}) {
@@ -220,6 +239,18 @@ absl::Status ApplyConfigJson(const nlohmann::json& json, DaemonConfig* c,
       RETURN_IF_ERROR(Get(v, key, &c->max_connections));
     } else if (key == "max_connections_per_uid") {
       RETURN_IF_ERROR(Get(v, key, &c->max_connections_per_uid));
+    } else if (key == "gpu_backend") {
+      RETURN_IF_ERROR(Get(v, key, &c->gpu_backend));
+    } else if (key == "gpu_memory") {
+      RETURN_IF_ERROR(GetSize(v, key, &c->gpu_memory));
+    } else if (key == "gpu_arena_size") {
+      RETURN_IF_ERROR(GetSize(v, key, &c->gpu_arena_size));
+    } else if (key == "pipeline_depth") {
+      RETURN_IF_ERROR(Get(v, key, &c->pipeline_depth));
+    } else if (key == "staging_bytes") {
+      RETURN_IF_ERROR(GetSize(v, key, &c->staging_bytes));
+    } else if (key == "fault_staging") {
+      RETURN_IF_ERROR(Get(v, key, &c->fault_staging));
     } else {
       return absl::InvalidArgumentError(absl::StrCat("config: unknown key '", EscapeForLog(key, 64), "'"));
     }
@@ -326,6 +357,27 @@ absl::Status FinalizeConfig(DaemonConfig* c) {
     return Bad("arena_size", absl::StrCat("must be a multiple of 4 KiB in 1 MiB..64 GiB (got ",
                                           c->arena_size, ")"));
   }
+  if (auto g = ParseGpuBackend(c->gpu_backend); !g.ok()) {
+    return Bad("gpu_backend:", g.status().message());
+  }
+  if (c->gpu_memory < kMinGpuMemory) {
+    return Bad("gpu_memory", absl::StrCat("must be at least 16 MiB (got ", c->gpu_memory, ")"));
+  }
+  if (c->gpu_arena_size < kMinArenaSize || c->gpu_arena_size > kMaxArenaSize ||
+      c->gpu_arena_size % 4096 != 0) {
+    return Bad("gpu_arena_size", absl::StrCat("must be a multiple of 4 KiB in 1 MiB..64 GiB (got ",
+                                              c->gpu_arena_size, ")"));
+  }
+  if (c->pipeline_depth == 0 || c->pipeline_depth > kMaxPipelineDepth) {
+    return Bad("pipeline_depth", absl::StrCat("must be in 1..", kMaxPipelineDepth, " (got ",
+                                              c->pipeline_depth, ")"));
+  }
+  if (c->staging_bytes < kMinStagingBytes || c->staging_bytes > kMaxStagingBytes) {
+    return Bad("staging_bytes", absl::StrCat("must be in 1 MiB..64 GiB (got ", c->staging_bytes, ")"));
+  }
+  if (auto f = ParseFaultStaging(c->fault_staging); !f.ok()) {
+    return Bad("fault_staging:", f.status().message());
+  }
   if (!std::isfinite(c->admission_timeout_seconds) || c->admission_timeout_seconds <= 0 ||
       c->admission_timeout_seconds > 86400) {
     return Bad("admission_timeout_seconds", "must be in (0, 86400]");
@@ -371,7 +423,13 @@ nlohmann::json ConfigToJson(const DaemonConfig& c) {
           {"admission_timeout_seconds", c.admission_timeout_seconds},
           {"admin_group", c.admin_group},
           {"max_connections", c.max_connections},
-          {"max_connections_per_uid", c.max_connections_per_uid}};
+          {"max_connections_per_uid", c.max_connections_per_uid},
+          {"gpu_backend", c.gpu_backend},
+          {"gpu_memory", c.gpu_memory},
+          {"gpu_arena_size", c.gpu_arena_size},
+          {"pipeline_depth", c.pipeline_depth},
+          {"staging_bytes", c.staging_bytes},
+          {"fault_staging", c.fault_staging}};
 }
 
 }  // namespace bigsmall::daemon

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,17 @@ inline constexpr uint32_t kMaxWindow = 65536;
 inline constexpr int kMaxThreads = 1024;
 inline constexpr uint64_t kMinArenaSize = 1ull << 20;
 inline constexpr uint64_t kMaxArenaSize = 64ull << 30;
+inline constexpr uint32_t kMaxPipelineDepth = 64;
+inline constexpr uint64_t kMinStagingBytes = 1ull << 20;
+inline constexpr uint64_t kMaxStagingBytes = 64ull << 30;
+inline constexpr uint64_t kMinGpuMemory = 16ull << 20;
+
+enum class GpuBackendKind { kAuto, kCuda, kEmulated, kNone };
+// "auto" | "cuda" | "emulated" | "none"; anything else is kInvalidArgument.
+absl::StatusOr<GpuBackendKind> ParseGpuBackend(const std::string& name);
+// The layer index of config.fault_staging (nullopt when empty); a value that
+// is not an integer >= -1 is kInvalidArgument.
+absl::StatusOr<std::optional<int32_t>> ParseFaultStaging(const std::string& text);
 
 struct DaemonConfig {
   std::string socket;            // Unix socket path
@@ -63,6 +75,25 @@ struct DaemonConfig {
   uint32_t max_connections = 256;         // live Unix socket connections
   uint32_t max_connections_per_uid = 64;  // live Unix socket connections of one uid
   std::string debug_fault;       // tests: fault spec injected into every source
+  // The GPU path (docs/API.md "Device sessions").
+  //  gpu_backend: auto (real CUDA when a driver and a GPU exist, else none),
+  //  cuda, emulated (one emulated device "cuda:0" whose memory files live in
+  //  the shm instance dir: CI and machines without a GPU), none.
+  std::string gpu_backend = "auto";
+  // Device memory per GPU that decoded layers may occupy (the device
+  // cache's budget; capped at 90% of the device's memory). 8 GiB: a 7B BF16
+  // model (~14 GB) streams through it layer by layer and an 8B model's
+  // working set of a few layers fits many times over, while leaving most of
+  // a 24-80 GB GPU to the inference engine that imports the layers.
+  uint64_t gpu_memory = 8ull << 30;
+  uint64_t gpu_arena_size = 1ull << 30;  // bytes per device arena (a bigger layer: its own)
+  // The load pipeline (daemon/pipeline.h): layers in flight at once, and
+  // compressed bytes staged (read, not yet decoded) at once.
+  uint32_t pipeline_depth = 3;
+  uint64_t staging_bytes = 512ull << 20;
+  // Tests: flip a byte of this layer index's staged groups after the check
+  // stage ("" = off).
+  std::string fault_staging;
 };
 
 // The socket default: $BIGSMALL_SOCKET, else kDefaultSocket.

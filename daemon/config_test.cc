@@ -1,6 +1,8 @@
 #include "daemon/config.h"
 
 #include <cstdlib>
+#include <functional>
+#include <optional>
 
 #include "gtest/gtest.h"
 
@@ -144,6 +146,53 @@ TEST(ConfigTest, FinalizeRejectsUnknownNamesAndBadRanges) {
   }
   EXPECT_EQ(*ParseDecoderImpl("avx2"), DecoderImpl::kAvx2);
   EXPECT_FALSE(ParseDecoderImpl("AVX2").ok());
+}
+
+TEST(ConfigTest, GpuAndPipelineKeys) {
+  DaemonConfig c;
+  EXPECT_EQ(c.gpu_backend, "auto");
+  EXPECT_EQ(c.gpu_memory, 8ull << 30);
+  EXPECT_EQ(c.gpu_arena_size, 1ull << 30);
+  EXPECT_EQ(c.pipeline_depth, 3u);
+  EXPECT_EQ(c.staging_bytes, 512ull << 20);
+  auto json = nlohmann::json::parse(
+      R"({"gpu_backend": "emulated", "gpu_memory": "2G", "gpu_arena_size": "64M",
+          "pipeline_depth": 5, "staging_bytes": "128M", "fault_staging": "2"})");
+  ASSERT_TRUE(ApplyConfigJson(json, &c, nullptr).ok());
+  ASSERT_TRUE(FinalizeConfig(&c).ok());
+  EXPECT_EQ(c.gpu_backend, "emulated");
+  EXPECT_EQ(c.gpu_memory, 2ull << 30);
+  EXPECT_EQ(c.gpu_arena_size, 64ull << 20);
+  EXPECT_EQ(c.pipeline_depth, 5u);
+  EXPECT_EQ(c.staging_bytes, 128ull << 20);
+  EXPECT_EQ(*ParseFaultStaging(c.fault_staging), std::optional<int32_t>(2));
+  EXPECT_EQ(ConfigToJson(c)["pipeline_depth"], 5);
+  for (const char* name : {"auto", "cuda", "emulated", "none"}) EXPECT_TRUE(ParseGpuBackend(name).ok());
+  EXPECT_EQ(ParseGpuBackend("metal").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(ParseFaultStaging("-2").ok());
+  EXPECT_FALSE(ParseFaultStaging("x").ok());
+  EXPECT_EQ(*ParseFaultStaging(""), std::nullopt);
+  EXPECT_EQ(*ParseFaultStaging("-1"), std::optional<int32_t>(-1));
+  struct Bad {
+    std::function<void(DaemonConfig*)> set;
+    const char* key;
+  } bad[] = {
+      {[](DaemonConfig* c) { c->gpu_backend = "metal"; }, "gpu_backend"},
+      {[](DaemonConfig* c) { c->gpu_memory = 1 << 20; }, "gpu_memory"},
+      {[](DaemonConfig* c) { c->gpu_arena_size = 12345; }, "gpu_arena_size"},
+      {[](DaemonConfig* c) { c->gpu_arena_size = 128ull << 30; }, "gpu_arena_size"},
+      {[](DaemonConfig* c) { c->pipeline_depth = 0; }, "pipeline_depth"},
+      {[](DaemonConfig* c) { c->pipeline_depth = 65; }, "pipeline_depth"},
+      {[](DaemonConfig* c) { c->staging_bytes = 4096; }, "staging_bytes"},
+      {[](DaemonConfig* c) { c->fault_staging = "layer2"; }, "fault_staging"},
+  };
+  for (const Bad& b : bad) {
+    DaemonConfig d;
+    b.set(&d);
+    absl::Status st = FinalizeConfig(&d);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << b.key;
+    EXPECT_NE(st.message().find(b.key), std::string::npos) << st;
+  }
 }
 
 }  // namespace

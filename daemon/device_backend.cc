@@ -7,6 +7,7 @@
 #include "codec/hash.h"
 #include "codec/status_macros.h"
 #include "codec/status_util.h"
+#include "daemon/config.h"
 #include "daemon/device_arena.h"
 #include "daemon/model.h"
 #include "spdlog/spdlog.h"
@@ -347,6 +348,48 @@ absl::Status DeviceBackend::VerifyOnHost(const StagedLayer& layer, const Block& 
     ++stats_.host_verified_tensors;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<GpuApiChoice> MakeGpuApi(const std::string& gpu_backend,
+                                        const std::string& emulated_memory_dir) {
+  ASSIGN_OR_RETURN(GpuBackendKind kind, ParseGpuBackend(gpu_backend));
+  GpuApiChoice choice;
+  switch (kind) {
+    case GpuBackendKind::kNone:
+      choice.unavailable = "the daemon runs with --gpu-backend none";
+      return choice;
+    case GpuBackendKind::kEmulated: {
+      gpu::EmulatedDeviceOptions options;
+      options.memory_dir = emulated_memory_dir;
+      options.file_mode = 0640;
+      choice.api = gpu::MakeEmulatedDeviceApi(options);
+      absl::StatusOr<int> count = choice.api->DeviceCount();
+      if (!count.ok()) {
+        return absl::Status(count.status().code(), absl::StrCat("--gpu-backend emulated: ",
+                                                                count.status().message()));
+      }
+      return choice;
+    }
+    case GpuBackendKind::kCuda:
+    case GpuBackendKind::kAuto: {
+      absl::StatusOr<std::unique_ptr<gpu::DeviceApi>> cuda = gpu::MakeCudaDeviceApi();
+      absl::Status why = cuda.status();
+      if (cuda.ok()) {
+        absl::StatusOr<int> count = (*cuda)->DeviceCount();
+        why = count.status();
+        if (count.ok()) {
+          choice.api = std::move(*cuda);
+          return choice;
+        }
+      }
+      if (kind == GpuBackendKind::kCuda) {
+        return absl::Status(why.code(), absl::StrCat("--gpu-backend cuda: ", why.message()));
+      }
+      choice.unavailable = std::string(why.message());
+      return choice;
+    }
+  }
+  return absl::InternalError("unreachable");
 }
 
 }  // namespace bigsmall::daemon

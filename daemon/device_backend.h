@@ -99,6 +99,19 @@ class DeviceBackend final : public Backend {
   Stats stats_;
 };
 
+// The device runtime for config.gpu_backend: "auto" (real CUDA when a driver
+// and a GPU answer, else none), "cuda" (an error without one), "emulated"
+// (one emulated device whose memory files are created in
+// `emulated_memory_dir`, the daemon's shm instance dir, mode 0640 like the
+// host arenas), "none". `api` is null when there is none, `unavailable`
+// saying why.
+struct GpuApiChoice {
+  std::unique_ptr<gpu::DeviceApi> api;
+  std::string unavailable;
+};
+absl::StatusOr<GpuApiChoice> MakeGpuApi(const std::string& gpu_backend,
+                                        const std::string& emulated_memory_dir);
+
 }  // namespace bigsmall::daemon
 
 #endif  // BIGSMALL_DAEMON_DEVICE_BACKEND_H_

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <tuple>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
@@ -77,6 +78,22 @@ int main(int argc, char** argv) {
                  "most open Unix socket connections of one uid")->capture_default_str();
   app.add_option("--debug-fault", config.debug_fault, "(tests) inject faults into every read")
       ->group("");
+  std::string gpu_memory, gpu_arena_size, staging_bytes;
+  app.add_option("--gpu-backend", config.gpu_backend,
+                 "GPU path: auto (CUDA when a GPU and driver exist, else none) | cuda | emulated "
+                 "(one emulated device cuda:0, for CI) | none")
+      ->capture_default_str();
+  app.add_option("--gpu-memory", gpu_memory,
+                 "device memory per GPU for decoded layers, e.g. 8G (default 8G)");
+  app.add_option("--gpu-arena-size", gpu_arena_size,
+                 "bytes per device arena, e.g. 1G (a larger layer gets its own)");
+  app.add_option("--pipeline-depth", config.pipeline_depth, "layers in the load pipeline at once")
+      ->capture_default_str();
+  app.add_option("--staging-bytes", staging_bytes,
+                 "compressed bytes staged by the load pipeline at once, e.g. 512M");
+  app.add_option("--fault-staging", config.fault_staging,
+                 "(tests) flip a staged byte of this layer index after the check stage")
+      ->group("");
   app.add_flag("--print-config", print_config, "print the effective config as JSON and exit");
   // A bad flag (unknown, missing value, unparsable number) exits 2 with
   // CLI11's message, like every bad value below; --help and --version exit 0.
@@ -115,6 +132,15 @@ int main(int argc, char** argv) {
     auto v = bigsmall::daemon::ParseByteSize(arena_size);
     if (!v.ok()) return fail(absl::StrCat("--arena-size: ", v.status().message()));
     config.arena_size = *v;
+  }
+  for (auto [text, flag, out] :
+       {std::tuple{&gpu_memory, "--gpu-memory", &config.gpu_memory},
+        std::tuple{&gpu_arena_size, "--gpu-arena-size", &config.gpu_arena_size},
+        std::tuple{&staging_bytes, "--staging-bytes", &config.staging_bytes}}) {
+    if (text->empty()) continue;
+    auto v = bigsmall::daemon::ParseByteSize(*text);
+    if (!v.ok()) return fail(absl::StrCat(flag, ": ", v.status().message()));
+    *out = *v;
   }
   if (!read_chunk.empty()) {
     auto v = bigsmall::daemon::ParseByteSize(read_chunk);

@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
+#include "daemon/device_backend.h"
 #include "daemon/host_arena.h"
 #include "daemon/io_uring_source.h"
 #include "daemon/listener.h"
@@ -122,6 +123,15 @@ absl::Status RunDaemon(const DaemonConfig& config) {
   }
   std::unique_ptr<UnixListener> listener = std::move(*bound);
 
+  // The GPU path: real CUDA, the emulated device (its memory files in the
+  // shm instance dir, under the same trust rules as the host arenas), or none.
+  absl::StatusOr<GpuApiChoice> chosen = MakeGpuApi(config.gpu_backend, arena_dir->path());
+  if (!chosen.ok()) {
+    RemoveShmDir(arena_dir);
+    return chosen.status();
+  }
+  GpuApiChoice gpu = std::move(*chosen);
+
   Metrics metrics;
   if (!config.metrics.empty()) {
     absl::Status st = metrics.Serve(config.metrics);
@@ -135,7 +145,8 @@ absl::Status RunDaemon(const DaemonConfig& config) {
   absl::Status result;
   {
     auto service = std::make_unique<BigSmallService>(
-        effective, MakeHostArenaPool(arena_dir, config.arena_size), &metrics);
+        effective, MakeHostArenaPool(arena_dir, config.arena_size), &metrics, std::move(gpu.api),
+        gpu.unavailable);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;

@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
 #include "codec/status_util.h"
+#include "daemon/admin.h"
+#include "daemon/device_arena.h"
 #include "daemon/host_arena.h"
 #include "daemon/peer.h"
 #include "daemon/tensor_copy.h"
@@ -22,46 +24,6 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 }
 
 namespace {
-
-// Hands a reactor's state from the thread that starts a gRPC operation to
-// the thread that runs its callback. gRPC orders the two, but inside
-// uninstrumented libraries ThreadSanitizer cannot see it; Mark() on both
-// sides (after construction, before every StartRead/StartWrite/Finish, and
-// first in every callback) makes the order visible. An annotation, not a
-// mutex: a mutex member's own first use in the callback thread would race
-// with the allocation of the reactor. No-op outside TSan builds.
-class Handoff {
- public:
-  void Mark() {
-    BIGSMALL_TSAN_ACQUIRE(this);
-    BIGSMALL_TSAN_RELEASE(this);
-  }
-};
-
-// A unary reactor that counts its call in `calls_in_flight` until OnDone,
-// i.e. until the response and status have left (or the call was cancelled).
-// Reply() is the one way to finish it.
-class CountedUnaryReactor final : public grpc::ServerUnaryReactor {
- public:
-  explicit CountedUnaryReactor(std::atomic<int32_t>* counter) : counter_(counter) {
-    counter_->fetch_add(1);
-    handoff_.Mark();
-  }
-  void Reply(const grpc::Status& status) {
-    handoff_.Mark();
-    Finish(status);  // OnDone may delete this: nothing after
-  }
-  void OnDone() override {
-    handoff_.Mark();
-    counter_->fetch_sub(1);
-    delete this;
-  }
-
- private:
-  std::atomic<int32_t>* const counter_;
-  Handoff handoff_;
-};
-
 
 // ---------------------------------------------------------------------------
 // Session: SessionCore (daemon/session.h) does the protocol; this adapts it
@@ -80,6 +42,12 @@ class ServiceSessionEnv final : public SessionEnv {
 
   absl::StatusOr<Begun> Begin(const v1::StartStream& start) override {
     ASSIGN_OR_RETURN(std::shared_ptr<Model> model, service_->Find(start.model_id()));
+    if (start.device().kind() == v1::DEVICE_KIND_CUDA) {
+      ASSIGN_OR_RETURN(device_, service_->ResolveGpu(start.device()));
+    } else if (start.device().kind() != v1::DEVICE_KIND_HOST) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown device kind ", static_cast<int>(start.device().kind())));
+    }
     const DaemonConfig& config = service_->config();
     uint32_t window = start.window() == 0 ? config.default_window : start.window();
     if (window > config.max_window) {
@@ -103,19 +71,21 @@ class ServiceSessionEnv final : public SessionEnv {
   }
 
   void Acquire(int32_t layer, AcquireDone done) override {
-    service_->AcquireLayer(model_, layer,
-                           [done = std::move(done)](absl::StatusOr<LayerCache::Lease> lease,
-                                                    bool hit) {
-                             if (!lease.ok()) {
-                               done(lease.status(), hit);
-                               return;
-                             }
-                             done(std::unique_ptr<SessionLease>(new CacheLease(std::move(*lease))),
-                                  hit);
-                           });
+    // Host and device leases alike: dropped by the session core when the
+    // call ends (OnDone, also when the client dies).
+    service_->AcquireLayer(
+        model_, layer,
+        [done = std::move(done)](absl::StatusOr<LayerCache::Lease> lease, bool hit) {
+          if (!lease.ok()) {
+            done(lease.status(), hit);
+            return;
+          }
+          done(std::unique_ptr<SessionLease>(new CacheLease(std::move(*lease))), hit);
+        },
+        device_);
   }
 
-  void Prefetch(int32_t layer) override { service_->PrefetchLayer(model_, layer); }
+  void Prefetch(int32_t layer) override { service_->PrefetchLayer(model_, layer, device_); }
 
   void FillHandle(int32_t layer, const SessionLease& lease, bool hit,
                   v1::LayerHandle* handle) override {
@@ -123,7 +93,12 @@ class ServiceSessionEnv final : public SessionEnv {
     handle->set_model_id(model_->id());
     *handle->mutable_layer() =
         layer < 0 ? model_->description().non_layer() : model_->description().layers(layer);
-    FillHostMemory(data, handle->mutable_memory()->mutable_host());
+    if (device_ != nullptr) {
+      FillCudaMemory(data, device_->backend->device(), device_->backend->emulated(),
+                     handle->mutable_memory()->mutable_cuda());
+    } else {
+      FillHostMemory(data, handle->mutable_memory()->mutable_host());
+    }
     handle->set_lease_id(service_->next_lease_id.fetch_add(1));
     handle->set_cache_hit(hit);
     model_->layers_served.fetch_add(1);
@@ -133,6 +108,7 @@ class ServiceSessionEnv final : public SessionEnv {
  private:
   BigSmallService* const service_;
   std::shared_ptr<Model> model_;
+  GpuDevice* device_ = nullptr;  // null: host memory
   uint32_t window_ = 0;
 };
 
@@ -302,6 +278,24 @@ class GetTensorsReactor final : public grpc::ServerWriteReactor<v1::TensorChunk>
   Handoff handoff_;
 };
 
+PipelineOptions MakePipelineOptions(const DaemonConfig& config) {
+  PipelineOptions options;
+  options.depth = config.pipeline_depth;
+  options.staging_bytes = config.staging_bytes;
+  // FinalizeConfig has checked it.
+  auto fault = ParseFaultStaging(config.fault_staging);
+  if (fault.ok()) options.fault_staging_layer = *fault;
+  return options;
+}
+
+DecoderImpl DecoderFrom(const DaemonConfig& config) {
+  // FinalizeConfig has checked the name; an unchecked config (tests) that
+  // names no decoder we know decodes with the best one, and says so.
+  auto impl = ParseDecoderImpl(config.decoder);
+  if (!impl.ok()) spdlog::error("{}; decoding with the best decoder", impl.status().ToString());
+  return impl.ok() ? *impl : DecoderImpl::kAuto;
+}
+
 RegistryOptions MakeRegistryOptions(const DaemonConfig& config, const ModelOptions& model_options) {
   RegistryOptions options;
   options.roots = config.allowed_roots.empty() ? config.model_dirs : config.allowed_roots;
@@ -316,24 +310,24 @@ RegistryOptions MakeRegistryOptions(const DaemonConfig& config, const ModelOptio
 // ---------------------------------------------------------------------------
 
 BigSmallService::BigSmallService(const DaemonConfig& config, std::shared_ptr<ArenaPool> arenas,
-                                 Metrics* metrics)
+                                 Metrics* metrics, std::unique_ptr<gpu::DeviceApi> gpu,
+                                 std::string gpu_unavailable)
     : config_(config),
       arenas_(std::move(arenas)),
       metrics_(metrics),
       start_(std::chrono::steady_clock::now()),
       decode_pool_(config.decode_threads),
       load_pool_(config.load_threads),
+      pipeline_(MakePipelineOptions(config), metrics),
+      host_backend_(arenas_.get(), &decode_pool_, DecoderFrom(config)),
+      gpu_unavailable_(std::move(gpu_unavailable)),
       open_pool_(static_cast<int>(std::max<uint32_t>(config.open_threads, 1))) {
   auto backend = ParseIoBackend(config.io);
   model_options_.io.backend = backend.ok() ? *backend : IoBackend::kAuto;
   model_options_.io.direct = config.direct;
   model_options_.io.queue_depth = config.uring_depth;
   model_options_.io.chunk_bytes = static_cast<uint32_t>(config.read_chunk);
-  // FinalizeConfig has checked the name; an unchecked config (tests) that
-  // names no decoder we know decodes with the best one, and says so.
-  auto impl = ParseDecoderImpl(config.decoder);
-  if (!impl.ok()) spdlog::error("{}; decoding with the best decoder", impl.status().ToString());
-  model_options_.impl = impl.ok() ? *impl : DecoderImpl::kAuto;
+  model_options_.impl = DecoderFrom(config);
   model_options_.fault_spec = config.debug_fault;
   LayerCache::Options cache_options;
   cache_options.budget = config.cache_budget;
@@ -343,6 +337,7 @@ BigSmallService::BigSmallService(const DaemonConfig& config, std::shared_ptr<Are
   cache_ = std::make_unique<LayerCache>(
       cache_options, [this](std::function<void()> task) { load_pool_.Schedule(std::move(task)); },
       metrics_);
+  SetUpGpus(std::move(gpu));
   RegistryOptions registry = MakeRegistryOptions(config_, model_options_);
   registry.busy = [this](const Model& m) { return ModelBusy(m); };
   registry.dropped = [this](const std::shared_ptr<Model>& m) { ModelDropped(m); };
@@ -362,7 +357,84 @@ BigSmallService::~BigSmallService() {
   }
   sweep_cv_.notify_all();
   if (sweeper_.joinable()) sweeper_.join();
-  cache_->WaitIdle();
+  for (LayerCache* cache : caches()) cache->WaitIdle();
+}
+
+void BigSmallService::SetUpGpus(std::unique_ptr<gpu::DeviceApi> gpu) {
+  gpu_api_ = std::move(gpu);
+  if (gpu_api_ == nullptr) {
+    spdlog::info("no GPU backend: {}; CUDA sessions are refused, host sessions work",
+                 gpu_unavailable_);
+    return;
+  }
+  absl::StatusOr<int> count = gpu_api_->DeviceCount();
+  if (!count.ok()) {
+    gpu_unavailable_ = std::string(count.status().message());
+    spdlog::warn("GPU backend {}: {}", gpu_api_->name(), gpu_unavailable_);
+    return;
+  }
+  DeviceBackendOptions backend_options;
+  backend_options.max_idle_staging = config_.staging_bytes;
+  for (int i = 0; i < *count; ++i) {
+    auto gpu_device = std::make_unique<GpuDevice>();
+    gpu_device->ordinal = i;
+    gpu_device->name = absl::StrCat("cuda:", i);
+    gpu_device->arenas = MakeDeviceArenaPool(gpu_api_.get(), i, config_.gpu_arena_size);
+    auto backend = DeviceBackend::Create(gpu_api_.get(), i, gpu_device->arenas.get(), backend_options);
+    if (!backend.ok()) {
+      spdlog::warn("{}: not used: {}", gpu_device->name, backend.status().ToString());
+      continue;
+    }
+    gpu_device->backend = std::move(*backend);
+    const gpu::DeviceInfo& info = gpu_device->backend->info();
+    LayerCache::Options cache_options;
+    // The budget: gpu_memory, at most 90% of the device's memory.
+    cache_options.budget = config_.gpu_memory;
+    if (info.memory_bytes > 0) {
+      cache_options.budget = std::min<uint64_t>(cache_options.budget, info.memory_bytes / 10 * 9);
+    }
+    cache_options.granularity = kArenaAlignment;
+    cache_options.admission_timeout = std::chrono::milliseconds(
+        static_cast<int64_t>(config_.admission_timeout_seconds * 1000));
+    gpu_device->cache = std::make_unique<LayerCache>(
+        cache_options, [this](std::function<void()> task) { load_pool_.Schedule(std::move(task)); },
+        nullptr);
+    spdlog::info("{} ({}, {}, {} MiB): {} backend, layer budget {} MiB, arenas of {} MiB",
+                 gpu_device->name, EscapeForLog(info.name), info.uuid, info.memory_bytes >> 20,
+                 gpu_api_->name(), cache_options.budget >> 20, config_.gpu_arena_size >> 20);
+    gpus_.push_back(std::move(gpu_device));
+  }
+  if (gpus_.empty() && gpu_unavailable_.empty()) gpu_unavailable_ = "no usable GPU";
+  if (!gpus_.empty()) gpu_unavailable_.clear();
+}
+
+std::vector<LayerCache*> BigSmallService::caches() {
+  std::vector<LayerCache*> out = {cache_.get()};
+  for (const auto& g : gpus_) out.push_back(g->cache.get());
+  return out;
+}
+
+absl::StatusOr<GpuDevice*> BigSmallService::ResolveGpu(const v1::Device& device) {
+  if (gpus_.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no CUDA device available: ", gpu_unavailable_));
+  }
+  const std::string& name = device.gpu_uuid().empty() ? device.name() : device.gpu_uuid();
+  if (name.empty()) {
+    return absl::InvalidArgumentError(
+        "a CUDA device needs Device.gpu_uuid or Device.name (\"cuda:N\")");
+  }
+  absl::StatusOr<int> ordinal = gpu::ResolveDevice(*gpu_api_, name);
+  if (!ordinal.ok()) {
+    return absl::Status(ordinal.status().code(),
+                        absl::StrCat("device '", EscapeForLog(name, 128), "': ",
+                                     ordinal.status().message()));
+  }
+  for (const auto& g : gpus_) {
+    if (g->ordinal == *ordinal) return g.get();
+  }
+  return absl::NotFoundError(
+      absl::StrCat("device '", EscapeForLog(name, 128), "' is not used by this daemon"));
 }
 
 void BigSmallService::RecordError(const absl::Status& status) {
@@ -371,13 +443,16 @@ void BigSmallService::RecordError(const absl::Status& status) {
 
 bool BigSmallService::ModelBusy(const Model& model) {
   if (model.active_sessions.load() > 0 || model.active_calls.load() > 0) return true;
-  return cache_->UsageOf(model.cache_key()).leases > 0;
+  for (LayerCache* cache : caches()) {
+    if (cache->UsageOf(model.cache_key()).leases > 0) return true;
+  }
+  return false;
 }
 
 void BigSmallService::ModelDropped(const std::shared_ptr<Model>& model) {
   // Its unleased layers go now; leased ones when their leases end.
   const std::string key = model->cache_key();
-  cache_->Evict([&](const LayerKey& k) { return k.model == key; });
+  for (LayerCache* cache : caches()) cache->Evict([&](const LayerKey& k) { return k.model == key; });
   if (metrics_ != nullptr) metrics_->SetModels(static_cast<int64_t>(registry_->size()));
 }
 
@@ -456,82 +531,39 @@ void BigSmallService::SweepIdleSessions() {
   }
 }
 
-LayerCache::LoadFn BigSmallService::Loader(const std::shared_ptr<Model>& model, int32_t index) {
-  return [this, model, index]() -> absl::StatusOr<std::shared_ptr<LayerData>> {
+LayerCache::LoadFn BigSmallService::Loader(const std::shared_ptr<Model>& model, int32_t index,
+                                           GpuDevice* device) {
+  return [this, model, index, device]() -> absl::StatusOr<std::shared_ptr<LayerData>> {
     model->layer_decodes.fetch_add(1);
-    auto data = model->LoadLayer(index, arenas_.get(), &decode_pool_, metrics_);
+    Backend& backend = device != nullptr ? static_cast<Backend&>(*device->backend)
+                                         : static_cast<Backend&>(host_backend_);
+    auto data = pipeline_.Load(*model, index, backend);
     if (!data.ok()) spdlog::warn("{}", data.status().ToString());
     return data;
   };
 }
 
 void BigSmallService::AcquireLayer(const std::shared_ptr<Model>& model, int32_t index,
-                                   LayerCache::Callback done) {
+                                   LayerCache::Callback done, GpuDevice* device) {
   const LayerPlan* plan = model->layer(index);
   if (plan == nullptr) {
     done(absl::OutOfRangeError(absl::StrCat("layer ", index, " out of range")), false);
     return;
   }
-  cache_->Acquire(LayerKey{model->cache_key(), index, "host"}, std::max<uint64_t>(plan->size, 1),
-                  Loader(model, index), std::move(done));
+  LayerCache& cache = device != nullptr ? *device->cache : *cache_;
+  const std::string where = device != nullptr ? device->backend->device() : "host";
+  cache.Acquire(LayerKey{model->cache_key(), index, where}, std::max<uint64_t>(plan->size, 1),
+                Loader(model, index, device), std::move(done));
 }
 
-void BigSmallService::PrefetchLayer(const std::shared_ptr<Model>& model, int32_t index) {
+void BigSmallService::PrefetchLayer(const std::shared_ptr<Model>& model, int32_t index,
+                                    GpuDevice* device) {
   const LayerPlan* plan = model->layer(index);
   if (plan == nullptr) return;
-  cache_->Prefetch(LayerKey{model->cache_key(), index, "host"}, std::max<uint64_t>(plan->size, 1),
-                   Loader(model, index));
-}
-
-void BigSmallService::FillSummary(const Model& model, v1::ModelSummary* s) {
-  s->set_model_id(model.id());
-  s->set_path(model.path());
-  s->set_num_layers(static_cast<uint32_t>(model.num_layers()));
-  s->set_original_bytes(model.description().original_bytes());
-  s->set_stored_bytes(model.description().stored_bytes());
-  LayerCache::Usage u = cache_->UsageOf(model.cache_key());
-  s->set_cached_layers(u.entries);
-  s->set_cached_bytes(u.bytes);
-  s->set_active_leases(u.leases);
-  s->set_active_sessions(static_cast<uint32_t>(std::max(0, model.active_sessions.load())));
-  s->set_layer_decodes(model.layer_decodes.load());
-  s->set_layers_served(model.layers_served.load());
-}
-
-void BigSmallService::FillStats(v1::StatsResponse* r) {
-  r->set_version(kVersion);
-  r->set_io_backend(IoBackendName([&] {
-    auto b = ParseIoBackend(config_.io);
-    if (!b.ok() || *b == IoBackend::kAuto) {
-      return IoUringAvailable() ? IoBackend::kIoUring : IoBackend::kPread;
-    }
-    return *b;
-  }()));
-  r->set_uptime_seconds(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
-  LayerCache::Stats c = cache_->stats();
-  if (metrics_ != nullptr) {
-    r->set_bytes_read(metrics_->bytes_read());
-    r->set_bytes_decoded(metrics_->bytes_decoded());
-    r->set_layers_served(metrics_->layers_served());
-    r->set_layer_decodes(metrics_->layer_decodes());
-    r->set_errors(metrics_->errors());
-    r->set_decode_seconds(metrics_->decode_seconds());
-    if (metrics_->decode_seconds() > 0) {
-      r->set_decode_gbps(static_cast<double>(metrics_->bytes_decoded()) /
-                         metrics_->decode_seconds() / 1e9);
-    }
-  }
-  r->set_cache_hits(c.hits);
-  r->set_cache_misses(c.misses);
-  r->set_cache_evictions(c.evictions);
-  r->set_cache_bytes(c.bytes);
-  r->set_cache_budget_bytes(c.budget);
-  r->set_cache_entries(c.entries);
-  r->set_active_leases(c.leases);
-  r->set_peak_cache_bytes(c.peak_bytes);
-  r->set_active_sessions(static_cast<uint32_t>(std::max(0, active_sessions.load())));
-  for (const auto& m : registry_->List()) FillSummary(*m, r->add_models());
+  LayerCache& cache = device != nullptr ? *device->cache : *cache_;
+  const std::string where = device != nullptr ? device->backend->device() : "host";
+  cache.Prefetch(LayerKey{model->cache_key(), index, where}, std::max<uint64_t>(plan->size, 1),
+                 Loader(model, index, device));
 }
 
 grpc::ServerUnaryReactor* BigSmallService::OpenModel(grpc::CallbackServerContext* ctx,
@@ -590,66 +622,6 @@ grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* BigSmallServic
 grpc::ServerWriteReactor<v1::TensorChunk>* BigSmallService::GetTensors(
     grpc::CallbackServerContext* ctx, const v1::GetTensorsRequest* request) {
   return new GetTensorsReactor(this, *request);
-}
-
-grpc::ServerUnaryReactor* BigSmallService::ListModels(grpc::CallbackServerContext* ctx,
-                                                      const v1::ListModelsRequest* request,
-                                                      v1::ListModelsResponse* response) {
-  for (const auto& m : registry_->List()) FillSummary(*m, response->add_models());
-  auto* reactor = new CountedUnaryReactor(&calls_in_flight);
-  reactor->Reply(grpc::Status::OK);
-  return reactor;
-}
-
-grpc::ServerUnaryReactor* BigSmallService::Evict(grpc::CallbackServerContext* ctx,
-                                                 const v1::EvictRequest* request,
-                                                 v1::EvictResponse* response) {
-  auto* reactor = new CountedUnaryReactor(&calls_in_flight);
-  // Admin call: the daemon's user, root or the admin group, over the Unix
-  // socket only (daemon/peer.h).
-  absl::Status allowed = AuthorizeAdmin(ctx, request->unload() ? "Evict (unload)" : "Evict");
-  if (!allowed.ok()) {
-    RecordError(allowed);
-    reactor->Reply(ToGrpcStatus(allowed));
-    return reactor;
-  }
-  std::string key;
-  if (!request->model_id().empty()) {
-    auto found = Find(request->model_id());
-    if (!found.ok()) {
-      RecordError(found.status());
-      reactor->Reply(ToGrpcStatus(found.status()));
-      return reactor;
-    }
-    key = (*found)->cache_key();
-  }
-  if (request->unload()) {
-    // Admin call: unload. Dropped models have their unleased layers evicted
-    // (ModelDropped); the layers of every other model are evicted below.
-    auto unloaded = registry_->Unload(request->model_id());
-    if (!unloaded.ok()) {
-      RecordError(unloaded.status());
-      reactor->Reply(ToGrpcStatus(unloaded.status()));
-      return reactor;
-    }
-    response->set_models_unloaded(static_cast<uint32_t>(unloaded->size()));
-  }
-  LayerCache::EvictResult r =
-      cache_->Evict([&](const LayerKey& k) { return key.empty() || k.model == key; });
-  response->set_layers_evicted(r.layers);
-  response->set_bytes_evicted(r.bytes);
-  spdlog::info("evict {}: {} layers, {} bytes", key.empty() ? "all" : key, r.layers, r.bytes);
-  reactor->Reply(grpc::Status::OK);
-  return reactor;
-}
-
-grpc::ServerUnaryReactor* BigSmallService::GetStats(grpc::CallbackServerContext* ctx,
-                                                    const v1::GetStatsRequest* request,
-                                                    v1::StatsResponse* response) {
-  FillStats(response);
-  auto* reactor = new CountedUnaryReactor(&calls_in_flight);
-  reactor->Reply(grpc::Status::OK);
-  return reactor;
 }
 
 }  // namespace bigsmall::daemon

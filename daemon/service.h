@@ -1,7 +1,13 @@
 // The bigsmall.v1.BigSmall gRPC service (callback API): thin reactors over
 // the model registry (daemon/registry.h), the session protocol core
-// (daemon/session.h) and the tensor copier (daemon/tensor_copy.h), plus the
-// admin calls.
+// (daemon/session.h), the tensor copier (daemon/tensor_copy.h) and the load
+// pipeline (daemon/pipeline.h) with its host and device backends; the admin
+// calls (ListModels, Evict, GetStats) are in daemon/admin.cc.
+//
+// Caches: one LayerCache for host memory, and one per GPU (budget
+// gpu_memory, the same admission rules) whose layers live in that GPU's
+// device arenas; LayerKey.device is "host" or the GPU's UUID, so two
+// sessions on one GPU share one copy of a layer.
 #ifndef BIGSMALL_DAEMON_SERVICE_H_
 #define BIGSMALL_DAEMON_SERVICE_H_
 
@@ -20,9 +26,11 @@
 #include "bigsmall/v1/bigsmall.grpc.pb.h"
 #include "codec/thread_pool.h"
 #include "daemon/config.h"
+#include "daemon/device_backend.h"
 #include "daemon/layer_cache.h"
 #include "daemon/metrics.h"
 #include "daemon/model.h"
+#include "daemon/pipeline.h"
 #include "daemon/registry.h"
 #include "daemon/session.h"
 
@@ -32,11 +40,23 @@ inline constexpr char kVersion[] = "0.1.0";
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// One GPU the daemon decodes into.
+struct GpuDevice {
+  int ordinal = 0;
+  std::string name;  // "cuda:N"
+  std::shared_ptr<ArenaPool> arenas;
+  std::unique_ptr<DeviceBackend> backend;
+  std::unique_ptr<LayerCache> cache;  // destroyed first: its layers use the arenas
+};
+
 class BigSmallService final : public v1::BigSmall::CallbackService {
  public:
-  // `arenas`: where decoded layers live (MakeHostArenaPool over this
-  // instance's ShmDir).
-  BigSmallService(const DaemonConfig& config, std::shared_ptr<ArenaPool> arenas, Metrics* metrics);
+  // `arenas`: where decoded host layers live (MakeHostArenaPool over this
+  // instance's ShmDir). `gpu`: the device runtime (MakeGpuApi), or null
+  // with `gpu_unavailable` saying why there is none.
+  BigSmallService(const DaemonConfig& config, std::shared_ptr<ArenaPool> arenas, Metrics* metrics,
+                  std::unique_ptr<gpu::DeviceApi> gpu = nullptr,
+                  std::string gpu_unavailable = "the daemon runs with --gpu-backend none");
   ~BigSmallService() override;
 
   grpc::ServerUnaryReactor* OpenModel(grpc::CallbackServerContext* ctx,
@@ -62,11 +82,19 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
   // In-process API (used by the RPCs and by unit tests).
   absl::StatusOr<std::shared_ptr<Model>> Open(const std::string& path, bool* already_open);
   absl::StatusOr<std::shared_ptr<Model>> Find(const std::string& model_id);
-  // Acquires a layer of a model through the cache (async).
+  // Acquires a layer of a model through the cache of `device` (null: host
+  // memory), async.
   void AcquireLayer(const std::shared_ptr<Model>& model, int32_t index,
-                    LayerCache::Callback done);
+                    LayerCache::Callback done, GpuDevice* device = nullptr);
   // Starts loading layers ahead without leasing them.
-  void PrefetchLayer(const std::shared_ptr<Model>& model, int32_t index);
+  void PrefetchLayer(const std::shared_ptr<Model>& model, int32_t index,
+                     GpuDevice* device = nullptr);
+  // The GPU a request names (Device.gpu_uuid, else Device.name "cuda:N"):
+  // NOT_FOUND naming an unknown one; FAILED_PRECONDITION "no CUDA device
+  // available: <why>" without a GPU backend.
+  absl::StatusOr<GpuDevice*> ResolveGpu(const v1::Device& device);
+  const std::vector<std::unique_ptr<GpuDevice>>& gpus() const { return gpus_; }
+  const Pipeline& pipeline() const { return pipeline_; }
   void FillStats(v1::StatsResponse* stats);
   void RecordError(const absl::Status& status);
 
@@ -90,7 +118,10 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
 
  private:
   void FillSummary(const Model& model, v1::ModelSummary* summary);
-  LayerCache::LoadFn Loader(const std::shared_ptr<Model>& model, int32_t index);
+  LayerCache::LoadFn Loader(const std::shared_ptr<Model>& model, int32_t index, GpuDevice* device);
+  // Every cache: host first, then each GPU's.
+  std::vector<LayerCache*> caches();
+  void SetUpGpus(std::unique_ptr<gpu::DeviceApi> gpu);
   bool ModelBusy(const Model& model);
   void ModelDropped(const std::shared_ptr<Model>& model);
   void SweepIdleSessions();
@@ -104,6 +135,12 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
   // load_pool_ and decode on decode_pool_.
   ThreadPool decode_pool_;
   ThreadPool load_pool_;
+  // The load pipeline and its backends outlive every cache (loads use them).
+  Pipeline pipeline_;
+  HostBackend host_backend_;
+  std::unique_ptr<gpu::DeviceApi> gpu_api_;  // outlives the GPUs' arenas
+  std::string gpu_unavailable_;
+  std::vector<std::unique_ptr<GpuDevice>> gpus_;
   std::unique_ptr<LayerCache> cache_;
   std::unique_ptr<ModelRegistry> registry_;
   // OpenModel runs here, never on gRPC's threads; at most

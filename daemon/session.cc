@@ -115,9 +115,6 @@ SessionCore::State SessionCore::state() const {
 absl::Status SessionCore::StartLocked(const v1::StartStream& start) {
   if (started_) return absl::FailedPreconditionError("session already started");
   started_ = true;
-  if (start.device().kind() != v1::DEVICE_KIND_HOST) {
-    return absl::UnimplementedError("CUDA arenas are not available in this daemon build");
-  }
   absl::StatusOr<SessionEnv::Begun> begun = env_->Begin(start);
   if (!begun.ok()) return begun.status();
   begun_ = true;
