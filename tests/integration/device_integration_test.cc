@@ -4,6 +4,7 @@
 // bigsmall-client processes) receiving layers as IPC handles, checked bit
 // for bit and verified on the (emulated) device. Machines without a GPU run
 // all of this; scripts/gpu_check.sh runs the real-CUDA counterpart.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -134,8 +135,8 @@ class DeviceIntegrationTest : public ::testing::Test {
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     g_dir = tmpl;
     small_ = new TestModel(MakeModel("small", {.layers = 6, .hidden = 64, .vocab = 128, .seed = 1}));
-    // ~1.3 MB layers: a few fill a small device budget.
-    big_ = new TestModel(MakeModel("big", {.layers = 6, .hidden = 256, .vocab = 256, .seed = 3}));
+    // ~5 MiB layers: three fill the smallest device budget (16 MiB).
+    big_ = new TestModel(MakeModel("big", {.layers = 6, .hidden = 512, .vocab = 256, .seed = 3}));
   }
   static void TearDownTestSuite() {
     delete small_;
@@ -349,7 +350,7 @@ TEST_F(DeviceIntegrationTest, TwoClientProcessesShareOneEmulatedArena) {
 
 TEST_F(DeviceIntegrationTest, SmallDeviceMemoryEvictsAndAdmitsWithinItsBudget) {
   // About three of big_'s layers fit.
-  Daemon d(Emulated({"--gpu-memory", "4M", "--gpu-arena-size", "1M",
+  Daemon d(Emulated({"--gpu-memory", "16M", "--gpu-arena-size", "8M",
                      "--admission-timeout-seconds", "1"}));
   ASSERT_TRUE(d.ready()) << d.log();
   // Streaming one layer at a time fits: older layers are evicted.
@@ -440,6 +441,78 @@ TEST_F(DeviceIntegrationTest, PinnedHostModeNeedsCudaAndPinsWithAnEmulatedRuntim
   auto n = StreamAndCompare(**pinned, *small_);
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(*n, small_->tensors.size());
+}
+
+TEST_F(DeviceIntegrationTest, VerifyOnTheDeviceCatchesCorruptedDeviceMemory) {
+  Daemon d(Emulated());
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok());
+  std::string victim;
+  {
+    auto stream = d.client().Stream(desc->model_id(), {.to_layer = 1, .device = "cuda:0"});
+    ASSERT_TRUE(stream.ok());
+    auto layer = (*stream)->Next();
+    ASSERT_TRUE(layer.ok() && *layer != nullptr) << layer.status();
+    ASSERT_TRUE((*layer)->Verify().ok());
+    // The emulated handle names the arena's file ("BSE1" + path): flip one
+    // byte of the cached layer's second tensor there, as a device fault would.
+    const v1::CudaIpcMemory& cuda = (*layer)->handle().memory().cuda();
+    const std::string path(cuda.ipc_handle().c_str() + 4);
+    const client::Tensor& t = (*layer)->tensors().at(1);
+    victim = t.name;
+    int fd = open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0) << path;
+    ASSERT_GT(t.size, 3u);
+    const off_t at =
+        static_cast<off_t>(cuda.arena_offset() + (*layer)->handle().layer().tensors(1).offset() + 3);
+    uint8_t byte = 0;
+    ASSERT_EQ(pread(fd, &byte, 1, at), 1);
+    byte ^= 0x10;
+    ASSERT_EQ(pwrite(fd, &byte, 1, at), 1);
+    close(fd);
+  }
+  // The same cached layer again: Verify names the tensor.
+  auto stream = d.client().Stream(desc->model_id(), {.to_layer = 1, .device = "cuda:0"});
+  ASSERT_TRUE(stream.ok());
+  auto layer = (*stream)->Next();
+  ASSERT_TRUE(layer.ok() && *layer != nullptr) << layer.status();
+  EXPECT_TRUE((*layer)->cache_hit());
+  std::vector<std::string> bad;
+  absl::Status v = (*layer)->Verify(&bad);
+  EXPECT_EQ(v.code(), absl::StatusCode::kDataLoss) << v;
+  EXPECT_NE(v.message().find(victim), std::string::npos) << v;
+  EXPECT_EQ(bad, std::vector<std::string>{victim});
+  layer->reset();
+  stream->reset();
+  // The CLI reports it and exits 3.
+  const std::string out = d.dir() + "/cli.out", err = d.dir() + "/cli.err";
+  EXPECT_EQ(RunCli(d, {"stream", small_->bs, "--device", "cuda:0", "--verify", "--to", "1"}, out,
+                   err),
+            3);
+  EXPECT_NE(testing::ReadFile(err).find(victim + ": checksum mismatch"), std::string::npos)
+      << testing::ReadFile(err);
+}
+
+TEST_F(DeviceIntegrationTest, Format10FilesVerifyOnTheDeviceByCopyingBack) {
+  // A golden 1.0 file: no device checksums, so Verify copies each tensor
+  // back and checks its XXH3-128.
+  const std::string golden = std::string(BIGSMALL_SOURCE_DIR) + "/tests/golden/valid/";
+  TestModel m;
+  m.safetensors = golden + "bf16_llama.safetensors";
+  m.bs = g_dir + "/golden10.bs";
+  ASSERT_EQ(system(absl::StrCat("cp ", golden, "bf16_llama.balanced.bs ", m.bs).c_str()), 0);
+  ASSERT_TRUE(LoadOriginal(m.safetensors, &m).ok());
+  Daemon d(Emulated());
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(m.bs);
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  for (const auto& l : desc->layers()) {
+    for (const auto& t : l.tensors()) ASSERT_FALSE(t.has_device_checksum()) << t.name();
+  }
+  auto r = StreamToDevice(d.client(), m);
+  ASSERT_TRUE(r.ok()) << r.status() << "\n" << d.log();
+  EXPECT_EQ(r->tensors, m.tensors.size());
 }
 
 }  // namespace
