@@ -16,7 +16,19 @@
 // Successive layers overlap: the cache runs one Load per layer on its load
 // threads, so with depth 3, layer N+2 is being read while N+1 is uploaded
 // and N decodes. Each Load runs the stages above in order on its thread
-// (a GPU backend's stages are themselves asynchronous on its streams).
+// (a GPU backend's stages are themselves asynchronous on its streams). The
+// daemon has one pipeline: host and device loads share its bounds, so the
+// effective depth is also at most load_threads.
+//
+// staging_bytes bounds the compressed group bytes admitted. A GPU backend's
+// staging buffers also hold the zstd prepass region and the plan image
+// (daemon/device_backend.h), so they are somewhat larger than the groups;
+// a backend keeps at most staging_bytes of idle staging for reuse.
+//
+// Reads go through the model's ByteSource into the staging buffer; the
+// io_uring source reads into its own bounce buffers and copies (see
+// daemon/io_uring_source.h, "Buffer safety"), so staging buffers are not
+// registered with the ring.
 #ifndef BIGSMALL_DAEMON_PIPELINE_H_
 #define BIGSMALL_DAEMON_PIPELINE_H_
 
