@@ -260,6 +260,26 @@ int main(int argc, char** argv) {
     if (!s.ok()) return Fail(s.status(), as_json);
     json models = json::array();
     for (const auto& m : s->models()) models.push_back(SummaryJson(m));
+    json devices = json::array();
+    for (const auto& d : s->devices()) {
+      devices.push_back({{"name", d.name()},
+                         {"gpu_uuid", d.gpu_uuid()},
+                         {"emulated", d.emulated()},
+                         {"cache_bytes", d.cache_bytes()},
+                         {"cache_budget_bytes", d.cache_budget_bytes()},
+                         {"peak_cache_bytes", d.peak_cache_bytes()},
+                         {"cache_entries", d.cache_entries()},
+                         {"active_leases", d.active_leases()},
+                         {"cache_hits", d.cache_hits()},
+                         {"cache_misses", d.cache_misses()},
+                         {"cache_evictions", d.cache_evictions()},
+                         {"arenas", d.arenas()},
+                         {"arena_bytes", d.arena_bytes()},
+                         {"layers_decoded", d.layers_decoded()},
+                         {"verify_failures", d.verify_failures()},
+                         {"host_verified_tensors", d.host_verified_tensors()},
+                         {"uploaded_bytes", d.uploaded_bytes()}});
+    }
     json j = {{"version", s->version()},
               {"io_backend", s->io_backend()},
               {"uptime_seconds", s->uptime_seconds()},
@@ -279,6 +299,9 @@ int main(int argc, char** argv) {
               {"errors", s->errors()},
               {"decode_seconds", s->decode_seconds()},
               {"decode_gbps", s->decode_gbps()},
+              {"gpu_backend", s->gpu_backend()},
+              {"gpu_unavailable", s->gpu_unavailable()},
+              {"devices", devices},
               {"models", models}};
     std::cout << (as_json ? j.dump() : j.dump(2)) << std::endl;
     return 0;

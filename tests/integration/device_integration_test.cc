@@ -313,6 +313,8 @@ TEST_F(DeviceIntegrationTest, CorruptedStagingIsDataLossAndTheLayerIsNeverPublis
   auto stats = d.client().Stats();
   ASSERT_TRUE(stats.ok());
   EXPECT_GT(stats->errors(), 0u);
+  ASSERT_EQ(stats->devices_size(), 1);
+  EXPECT_GE(stats->devices(0).verify_failures(), 1u);  // refused by the on-device check
   EXPECT_TRUE(d.alive());
 }
 
@@ -346,6 +348,17 @@ TEST_F(DeviceIntegrationTest, TwoClientProcessesShareOneEmulatedArena) {
   ASSERT_EQ(stats->models_size(), 1);
   EXPECT_EQ(stats->models(0).layer_decodes(), 6u);  // decoded once per layer
   EXPECT_EQ(stats->models(0).layers_served(), 12u);
+  ASSERT_EQ(stats->devices_size(), 1);
+  EXPECT_EQ(stats->devices(0).layers_decoded(), 6u);
+  EXPECT_TRUE(stats->devices(0).emulated());
+  // The CLI shows the device.
+  const std::string out = d.dir() + "/stats.out", err = d.dir() + "/stats.err";
+  ASSERT_EQ(RunCli(d, {"stats", "--json"}, out, err), 0) << testing::ReadFile(err);
+  auto j = nlohmann::json::parse(testing::ReadFile(out));
+  EXPECT_EQ(j["gpu_backend"], "emulated");
+  ASSERT_EQ(j["devices"].size(), 1u);
+  EXPECT_EQ(j["devices"][0]["name"], "cuda:0");
+  EXPECT_EQ(j["devices"][0]["layers_decoded"], 6);
 }
 
 TEST_F(DeviceIntegrationTest, SmallDeviceMemoryEvictsAndAdmitsWithinItsBudget) {
@@ -361,7 +374,10 @@ TEST_F(DeviceIntegrationTest, SmallDeviceMemoryEvictsAndAdmitsWithinItsBudget) {
   EXPECT_EQ(r->tensors, big_->tensors.size());
   auto stats = d.client().Stats();
   ASSERT_TRUE(stats.ok());
-  EXPECT_GT(stats->cache_evictions(), 0u);
+  ASSERT_EQ(stats->devices_size(), 1);
+  EXPECT_GT(stats->devices(0).cache_evictions(), 0u);
+  EXPECT_LE(stats->devices(0).peak_cache_bytes(), stats->devices(0).cache_budget_bytes());
+  EXPECT_EQ(stats->devices(0).cache_budget_bytes(), 16u << 20);
   // Holding every layer cannot fit: the layer past the budget waits for
   // room, then fails RESOURCE_EXHAUSTED; the held ones stay valid.
   auto desc = d.client().OpenModel(big_->bs);
@@ -401,13 +417,14 @@ TEST_F(DeviceIntegrationTest, KilledClientReleasesItsDeviceLeases) {
                                d.dir() + "/child.out", d.dir() + "/child.err");
   ASSERT_TRUE(Eventually([&] {
     auto s = d.client().Stats();
-    return s.ok() && s->active_leases() > 0;
+    return s.ok() && s->devices_size() == 1 && s->devices(0).active_leases() > 0;
   })) << testing::ReadFile(d.dir() + "/child.err");
   kill(child, SIGKILL);
   EXPECT_NE(testing::WaitFor(child, 5s), -1);
   EXPECT_TRUE(Eventually([&] {
     auto s = d.client().Stats();
-    return s.ok() && s->active_leases() == 0 && s->active_sessions() == 0;
+    return s.ok() && s->active_leases() == 0 && s->active_sessions() == 0 &&
+           s->devices_size() == 1 && s->devices(0).active_leases() == 0;
   })) << "device leases of a SIGKILLed client were not released";
   // The daemon serves the layers it had leased to it.
   auto r = StreamToDevice(d.client(), *small_);
