@@ -28,6 +28,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "codec/status_macros.h"
 #include "kernels/cuda_status.h"
 #include "kernels/device_api.h"
 #include "kernels/launch.h"
@@ -257,7 +258,14 @@ class CudaDeviceApi final : public DeviceApi {
   absl::StatusOr<float> EventElapsedMs(EventRef start, EventRef end) override {
     if (start.p == nullptr || end.p == nullptr) return NullEvent();
     float ms = 0;
-    CUDA_API_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, AsEvent(start)->event, AsEvent(end)->event));
+    const cudaError_t err = cudaEventElapsedTime(&ms, AsEvent(start)->event, AsEvent(end)->event);
+    if (err == cudaErrorInvalidResourceHandle) {
+      // What CUDA says when either event was never recorded: the interface's
+      // "not completed" (FAILED_PRECONDITION), as for cudaErrorNotReady.
+      const absl::Status st = Check(err, "cudaEventElapsedTime");
+      return absl::FailedPreconditionError(absl::StrCat(st.message(), " (an event never recorded?)"));
+    }
+    RETURN_IF_ERROR(Check(err, "cudaEventElapsedTime"));
     return ms;
   }
 
