@@ -3,7 +3,14 @@
 // io_uring is refused.
 #include "daemon/pipeline.h"
 
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cstddef>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -209,6 +216,64 @@ TEST_F(PipelineTest, DamagedGroupFailsTheCheckStage) {
   ASSERT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
   EXPECT_NE(bad.status().message().find("group checksum"), std::string::npos) << bad.status();
   EXPECT_EQ(arenas_->stats().blocks, 0u);  // never decoded: no block was taken
+}
+
+// Makes io_uring_setup fail with ENOSYS in this thread (as a seccomp
+// profile that refuses io_uring does). x86-64 and arm64 syscall numbers.
+bool RefuseIoUringSetup() {
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {static_cast<unsigned short>(sizeof(filter) / sizeof(filter[0])), filter};
+  return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+         prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+}
+
+TEST_F(PipelineTest, RefusedIoUringFallsBackToPread) {
+  // In a child (gtest re-runs this test alone), io_uring is refused before
+  // anything probes it: kAuto opens with pread and every layer loads exactly.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        if (!RefuseIoUringSetup()) _exit(3);
+        if (IoUringAvailable()) _exit(4);
+        auto model = Model::Open(model_dir_.bs_path(), {});
+        if (!model.ok() || (*model)->io_backend() != IoBackend::kPread) _exit(5);
+        Pipeline pipeline(PipelineOptions{}, nullptr);
+        HostBackend backend(arenas_.get(), nullptr, DecoderImpl::kAuto);
+        auto originals = model_dir_.by_name();
+        for (int32_t i = -1; i < (*model)->num_layers(); ++i) {
+          auto data = pipeline.Load(**model, i, backend);
+          if (!data.ok()) _exit(6);
+          const v1::LayerInfo& info = i < 0 ? (*model)->description().non_layer()
+                                            : (*model)->description().layers(i);
+          for (const auto& t : info.tensors()) {
+            const auto& orig = originals.at(t.name());
+            if (memcmp((*data)->arena->bytes().data() + t.offset(), orig.data(), t.size()) != 0) {
+              _exit(7);
+            }
+          }
+        }
+        _exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST_F(PipelineTest, DescriptionCarriesDeviceChecksums) {
+  auto model = Open();
+  ASSERT_NE(model, nullptr);
+  const v1::LayerInfo& info = model->description().layers(0);
+  ASSERT_GT(info.tensors_size(), 0);
+  for (int k = 0; k < info.tensors_size(); ++k) {
+    const TensorPlan& tp = model->layer(0)->tensors[k];
+    const BsTensor& t = model->shard(tp.shard).index().tensors[tp.tensor];
+    ASSERT_TRUE(t.has_device_checksum) << "the encoder writes format 1.1";
+    EXPECT_TRUE(info.tensors(k).has_device_checksum());
+    EXPECT_EQ(info.tensors(k).device_checksum(), t.device_checksum);
+  }
 }
 
 TEST_F(PipelineTest, PreadPathLoadsWhereIoUringIsRefused) {
