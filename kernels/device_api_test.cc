@@ -49,6 +49,7 @@ namespace {
 using ::testing::HasSubstr;
 
 enum class Backend { kEmulated, kCuda };
+void PrintTo(Backend b, std::ostream* os) { *os << (b == Backend::kCuda ? "cuda" : "emulated"); }
 
 uint8_t Pattern(uint64_t i, uint8_t seed) { return static_cast<uint8_t>((i * 131u + seed) ^ (i >> 9)); }
 
