@@ -486,6 +486,43 @@ TEST(GpuCorpus, Fp32BalancedBitExact) { CorpusRoundTrip("BIGSMALL_CORPUS", Mode:
 TEST(GpuCorpus, Bf16BalancedBitExact) { CorpusRoundTrip("BIGSMALL_CORPUS_BF16", Mode::kBalanced); }
 TEST(GpuCorpus, Bf16StorageBitExact) { CorpusRoundTrip("BIGSMALL_CORPUS_BF16", Mode::kStorage); }
 
+// Random damage anywhere in a group (headers included): the planner refuses
+// it or the emulated kernels report it; nothing reads or writes outside its
+// buffers (the ASan/UBSan builds check that) and nothing is INTERNAL.
+TEST(GpuPlan, RandomDamageIsRefusedOrReported) {
+  std::mt19937 rng(11);
+  int refused = 0, reported = 0, harmless = 0;
+  for (Mode mode : {Mode::kBalanced, Mode::kStorage, Mode::kInference}) {
+    const Group g = MakeGroup(mode, 1000);
+    for (int iter = 0; iter < 60; ++iter) {
+      std::vector<uint8_t> bad = g.input;
+      const int flips = 1 + static_cast<int>(rng() % 4);
+      for (int f = 0; f < flips; ++f) bad[rng() % bad.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
+      auto plan = PlanDecode(bad, g.jobs);
+      if (!plan.ok()) {
+        EXPECT_NE(plan.status().code(), absl::StatusCode::kInternal) << plan.status();
+        ++refused;
+        continue;
+      }
+      std::vector<uint8_t> out(plan->output_bytes);
+      const absl::Status st = EmulateDecode(bad, g.jobs, *plan, absl::MakeSpan(out));
+      EXPECT_NE(st.code(), absl::StatusCode::kInternal) << st;
+      if (st.ok()) {
+        // Only a change the format cannot see may pass: then the bytes are right.
+        for (const TensorJob& job : g.jobs) EXPECT_EQ(JobBytes(out, job), JobBytes(g.expected, job));
+        ++harmless;
+      } else {
+        EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+        ++reported;
+      }
+    }
+  }
+  EXPECT_GT(refused, 0);
+  EXPECT_GT(reported, 0);
+  std::printf("random damage: %d refused by the planner, %d reported by the kernels, %d harmless\n", refused,
+              reported, harmless);
+}
+
 TEST(GpuPlan, RejectsBlobsOutsideTheInput) {
   Group g = MakeGroup(Mode::kBalanced, 1000);
   g.jobs[0].blob_size = g.input.size() + 1;
