@@ -2,9 +2,11 @@
 // includes only this header; the CUDA implementation lives in
 // gpu_decoder.cu and is built only when nvcc is present (otherwise every
 // call reports kFailedPrecondition, "built without CUDA"). CUDA errors map to
-// codes as kernels/cuda_status.h says (out of memory: kResourceExhausted). The same plan also runs on the CPU through an
-// exact emulation of the kernels (EmulateDecodeLaunch, kernels/launch.h), which is how the kernels'
-// logic is tested on machines without a GPU.
+// codes as kernels/cuda_status.h says (out of memory: kResourceExhausted).
+// The same plan also runs on the CPU through an exact emulation of the
+// kernels (EmulateDecodeLaunch, kernels/launch.h), which is how the kernels'
+// logic is tested on machines without a GPU. Design: docs/ARCHITECTURE.md
+// "GPU decode".
 #ifndef BIGSMALL_KERNELS_GPU_DECODER_H_
 #define BIGSMALL_KERNELS_GPU_DECODER_H_
 
@@ -152,7 +154,7 @@ absl::StatusOr<DeviceInfo> Describe(int device);
 struct DecodeTiming {
   double prepass = 0;  // host: zstd chunks (wall clock)
   double upload = 0;   // host -> device copy of the input and the plan image
-  double decode = 0;   // the fused decode + merge + inline checksum kernel
+  double decode = 0;   // the fused decode + merge + inline checksum kernel (one launch per plane-count class)
   double verify = 0;   // the separate checksum kernel (jobs whose chunks are not 8-byte aligned)
   double finish = 0;   // results init + checksum finish/compare kernels
   double kernels = 0;  // decode + verify + finish
