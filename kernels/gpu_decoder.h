@@ -21,6 +21,10 @@
 #include "kernels/cuda_status.h"
 #include "kernels/warp_rans.h"
 
+namespace bigsmall {
+class ThreadPool;
+}  // namespace bigsmall
+
 namespace bigsmall::gpu {
 
 // One tensor to decode: its blob inside the input buffer and its place in the output buffer.
@@ -73,8 +77,9 @@ struct DecodePlan {
 // No-op when plan.prepass is empty (--inference files never have zstd
 // planes; --balanced and --storage files may, for zero-heavy or
 // near-incompressible planes).
+// With `pool`, chunks decompress in parallel (the first error by chunk order).
 absl::Status RunHostPrepass(const DecodePlan& plan, absl::Span<const uint8_t> group,
-                            absl::Span<uint8_t> staged_extra);
+                            absl::Span<uint8_t> staged_extra, ThreadPool* pool = nullptr);
 
 // The plan as the kernels read it from device memory: one contiguous image
 // (header, then the task arrays, tables and expected checksums, each 16-byte

@@ -18,6 +18,7 @@
 #include "codec/planes.h"
 #include "codec/safetensors.h"
 #include "codec/tensor_codec.h"
+#include "codec/thread_pool.h"
 #include "gtest/gtest.h"
 #include "kernels/decode_step.h"
 #include "kernels/launch.h"
@@ -315,6 +316,15 @@ TEST(GpuPlan, ACorruptZstdFrameFailsThePrepass) {
   const absl::Status st = RunHostPrepass(*plan, bad, absl::MakeSpan(extra));
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
   EXPECT_NE(st.message().find(absl::StrCat("tensor job ", pre.job, ":")), std::string::npos) << st;
+  // The same with a pool: the first error by chunk order.
+  ThreadPool pool(2);
+  const absl::Status pooled = RunHostPrepass(*plan, bad, absl::MakeSpan(extra), &pool);
+  EXPECT_EQ(pooled.code(), absl::StatusCode::kDataLoss) << pooled;
+  EXPECT_EQ(pooled.message(), st.message());
+  std::vector<uint8_t> serial(plan->prepass_bytes), parallel(plan->prepass_bytes);
+  ASSERT_TRUE(RunHostPrepass(*plan, g.input, absl::MakeSpan(serial)).ok());
+  ASSERT_TRUE(RunHostPrepass(*plan, g.input, absl::MakeSpan(parallel), &pool).ok());
+  EXPECT_EQ(serial, parallel);
   // A region too small for the plan is the caller's mistake.
   extra.resize(plan->prepass_bytes - 1);
   EXPECT_EQ(RunHostPrepass(*plan, g.input, absl::MakeSpan(extra)).code(), absl::StatusCode::kInvalidArgument);

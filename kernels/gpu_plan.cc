@@ -10,6 +10,7 @@
 #include "codec/rans_decode.h"
 #include "codec/status_macros.h"
 #include "codec/tensor_blob.h"
+#include "codec/thread_pool.h"
 #include "kernels/decode_step.h"
 #include "kernels/gpu_decoder.h"
 #include "zstd.h"
@@ -155,7 +156,7 @@ absl::StatusOr<DecodePlan> PlanDecode(absl::Span<const uint8_t> input, const std
 }
 
 absl::Status RunHostPrepass(const DecodePlan& plan, absl::Span<const uint8_t> group,
-                            absl::Span<uint8_t> staged_extra) {
+                            absl::Span<uint8_t> staged_extra, ThreadPool* pool) {
   if (plan.prepass.empty()) return absl::OkStatus();
   if (group.size() != plan.prepass_offset) {
     return absl::InvalidArgumentError(absl::StrCat("prepass: group has ", group.size(), " bytes, the plan ",
@@ -165,23 +166,28 @@ absl::Status RunHostPrepass(const DecodePlan& plan, absl::Span<const uint8_t> gr
     return absl::InvalidArgumentError(absl::StrCat("prepass: region of ", staged_extra.size(),
                                                    " bytes, the plan needs ", plan.prepass_bytes));
   }
-  struct Dctx {
-    ZSTD_DCtx* ctx = ZSTD_createDCtx();
-    ~Dctx() { ZSTD_freeDCtx(ctx); }
-  } dctx;
-  if (dctx.ctx == nullptr) return absl::ResourceExhaustedError("prepass: cannot allocate a zstd context");
-  for (const PrepassTask& t : plan.prepass) {
+  auto decode = [&](size_t i) -> absl::Status {
+    const PrepassTask& t = plan.prepass[i];
     if (t.in_offset > group.size() || t.in_size > group.size() - t.in_offset ||
         t.out_offset > staged_extra.size() || t.count > staged_extra.size() - t.out_offset) {
       return absl::InternalError(absl::StrCat("prepass: task of tensor job ", t.job, " outside its buffers"));
     }
+    // One decompression context per thread, reused across calls.
+    thread_local struct Dctx {
+      ZSTD_DCtx* ctx = ZSTD_createDCtx();
+      ~Dctx() { ZSTD_freeDCtx(ctx); }
+    } dctx;
+    if (dctx.ctx == nullptr) return absl::ResourceExhaustedError("prepass: cannot allocate a zstd context");
     const size_t got = ZSTD_decompressDCtx(dctx.ctx, staged_extra.data() + t.out_offset, t.count,
                                            group.data() + t.in_offset, t.in_size);
     if (ZSTD_isError(got) || got != t.count) {
       return absl::DataLossError(absl::StrCat("tensor job ", t.job, ": zstd chunk corrupt: ",
                                               ZSTD_isError(got) ? ZSTD_getErrorName(got) : "wrong size"));
     }
-  }
+    return absl::OkStatus();
+  };
+  if (pool != nullptr && plan.prepass.size() > 1) return pool->ParallelFor(plan.prepass.size(), decode);
+  for (size_t i = 0; i < plan.prepass.size(); ++i) RETURN_IF_ERROR(decode(i));
   return absl::OkStatus();
 }
 
