@@ -274,7 +274,8 @@ int main(int argc, char** argv) {
   }
 
   // 3-4. The daemon.
-  std::string dir = work + "/gpu_e2e_bench." + std::to_string(getpid());
+  // Short: the emulated device's IPC handles hold their file's path (<= 59 bytes).
+  std::string dir = work + "/e" + std::to_string(getpid());
   char bs_real[PATH_MAX];
   const std::string bs_abs = realpath(bs.c_str(), bs_real) != nullptr ? bs_real : bs;
   const std::string bs_dir = bs_abs.substr(0, std::max<size_t>(bs_abs.find_last_of('/'), 1));

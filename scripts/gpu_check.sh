@@ -1,66 +1,210 @@
 #!/usr/bin/env bash
-# The one prepared GPU-side check: everything that needs a GPU, in one call.
+# The one prepared GPU-side check: everything that needs a GPU, in one call
+# (under 8 minutes on one H200), ending with a short table.
 #
 #   Here (no GPU needed):  scripts/gpu_check.sh build     -> builds and stages .devbin/
 #   On the GPU machine:    scripts/gpu_check.sh run OUT   -> tests + benchmarks, results in OUT/
+#   Both, without a GPU:   GPU_CHECK_BACKEND=emulated scripts/gpu_check.sh run OUT
+#                          (a dry run of the script itself through the emulated device)
 #
-# `build` compiles the CUDA kernels for sm_90 (H100/H200) and stages the test
-# and benchmark binaries with their shared libraries (the GPU machine has no
-# -dev packages) plus a small real-corpus .bs. `run` needs only a CUDA
-# driver, python3 with numpy, and the staged files.
+# `build` compiles the CUDA kernels for sm_90 (H100/H200) and stages the test,
+# daemon, client and benchmark binaries with their shared libraries (the GPU
+# machine has no -dev packages) plus the real-corpus .bs files. `run` needs
+# only a CUDA driver, python3 with numpy, and the staged files.
+#
+# Steps of `run` (each one's failure is reported; the rest still run):
+#   1. device info; CUDA IPC between two processes (bigsmall-gpu-probe --ipc-selftest:
+#      prints exactly what CUDA said if the sandbox refuses it)
+#   2. GPU tests: kernels vs CPU reference bit for bit (every dtype/mode, fresh random
+#      inputs, the real corpus), the DeviceApi on real CUDA, the device backend
+#   3. the daemon's cuda backend end to end: bigsmall-client stream --device cuda:0 --verify
+#      (real corpus and an 8B-shaped model), two client processes sharing layers through
+#      real CUDA IPC (one decode per layer)
+#   4. benchmarks: decode kernels per kernel and per chunk size vs the D2D roofline
+#      (gpu_bench), page cache -> GPU end to end vs the best uncompressed baseline
+#      (gpu_e2e_bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=.devbin
 
 case "${1:-}" in
 build)
-  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DBIGSMALL_CUDA=ON \
-    -DBIGSMALL_BUILD_SERVICE=OFF -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-  cmake --build build-cuda -j "${JOBS:-$(nproc)}" --target kernels_test codec_test gpu_bench codec_bench bigsmall
+  # GPU_CHECK_CUDA=OFF GPU_CHECK_BUILD_DIR=build: a CUDA-free staging for a
+  # dry run of `run` with GPU_CHECK_BACKEND=emulated.
+  bdir=${GPU_CHECK_BUILD_DIR:-build-cuda}
+  cmake -S . -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBIGSMALL_CUDA="${GPU_CHECK_CUDA:-ON}" \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
+  targets=(kernels_test device_api_test codec_test daemon_pipeline_test daemon_device_backend_test
+           gpu_bench gpu_e2e_bench bigsmall bigsmalld bigsmall-client bigsmall-gpu-probe)
+  cmake --build "$bdir" -j "${JOBS:-$(nproc)}" --target "${targets[@]}"
   rm -rf "$stage" && mkdir -p "$stage/lib"
-  bins=(build-cuda/kernels/kernels_test build-cuda/codec/codec_test build-cuda/bench/gpu_bench
-        build-cuda/bench/codec_bench build-cuda/cli/bigsmall)
+  bins=()
+  for t in "${targets[@]}"; do
+    f=$(find "$bdir" -type f -name "$t" -perm -u+x | head -1)
+    [[ -n $f ]] || { echo "gpu_check build: $t not built" >&2; exit 1; }
+    bins+=("$f")
+  done
   cp "${bins[@]}" "$stage/"
-  # Shared libraries except the C library itself.
-  ldd "${bins[@]}" | awk '/=>/ {print $3}' | sort -u | grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' |
+  strip -s "$stage"/* 2>/dev/null || true
+  # Shared libraries except the C library itself and the CUDA driver.
+  ldd "${bins[@]}" | awk '/=>/ {print $3}' | sort -u |
+    grep -vE '/(libc|libm|libpthread|libdl|librt|libcuda|ld-linux[^/]*)\.so' |
     xargs -r -I{} cp -L {} "$stage/lib/"
+  strip -s "$stage"/lib/* 2>/dev/null || true
+  # The real corpus, within the device tool's 64 MiB carry: MiniLM's BF16
+  # conversion (derived from its FP32 weights), encoder layers only (the
+  # 23 MB embedding stays here); `run` compresses it in every mode.
   cache=${BIGSMALL_CACHE:-$HOME/.cache/bigsmall/corpus}
   if [[ -f $cache/minilm-bf16.safetensors ]]; then
-    build-cuda/cli/bigsmall compress "$cache/minilm-bf16.safetensors" --inference -o "$stage/minilm-bf16.inference.bs" --force -q
+    python3 - "$cache/minilm-bf16.safetensors" "$stage/minilm-bf16-layers.safetensors" <<'PY'
+import sys
+sys.path.insert(0, "bench")
+import st_io
+src, dst = sys.argv[1:]
+keep = [(n, d, s, a) for n, d, s, a in st_io.iter_tensors(src) if ".layer." in n]
+st_io.write_safetensors(dst, keep, {"derived": "all-MiniLM-L6-v2 BF16 (converted from FP32), encoder layers only"})
+PY
   fi
   du -sh "$stage"
   ;;
 run)
   out=${2:?usage: gpu_check.sh run OUT_DIR}
-  mkdir -p "$out"
+  out=$(mkdir -p "$out" && cd "$out" && pwd)
+  backend=${GPU_CHECK_BACKEND:-cuda}
   set +e  # one call on a lent machine: run every step, report each failure
   failures=0
-  step() { "$@"; local rc=$?; [[ $rc -ne 0 ]] && { echo "STEP FAILED ($rc): $*"; failures=$((failures + 1)); }; return 0; }
+  summary="$out/summary.md"
+  printf '| step | result | figures |\n|---|---|---|\n' > "$summary"
+  row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3" >> "$summary"; }
+  # step NAME CMD...: runs CMD with its output in $out/NAME.log (and on stdout).
+  step() {
+    local name=$1; shift
+    local start=$SECONDS
+    "$@" 2>&1 | tee "$out/$name.log"
+    local rc=${PIPESTATUS[0]}
+    local took=$((SECONDS - start))
+    if [[ $rc -ne 0 ]]; then
+      echo "STEP FAILED ($rc): $name: $*"
+      failures=$((failures + 1))
+      row "$name" "FAILED (rc $rc)" "${took}s; see $name.log"
+    else
+      row "$name" "ok" "${took}s${STEP_FIGURES:+; $STEP_FIGURES}"
+    fi
+    STEP_FIGURES=""
+    return 0
+  }
   export LD_LIBRARY_PATH=$PWD/$stage/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-  lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/Flags:.*avx512f.*/Flags: ... avx512f .../' | tee -a "$out/gpu.txt"
-  echo "== tests (GPU decode bit-exact vs CPU; CPU decoders incl. AVX-512 where the CPU has it)"
-  step "$stage/kernels_test" --gtest_output=xml:"$out/kernels_test.xml"
-  step "$stage/codec_test" --gtest_brief=1
-  echo "== benchmark data"
-  step python3 bench/gen_llm.py --out /tmp/llm.safetensors --size-gb "${GPU_BENCH_GB:-4}"
-  for mode in ${GPU_CHECK_MODES:-inference balanced}; do
-    flag=""; [[ $mode == inference ]] && flag=--inference
-    step "$stage/bigsmall" compress /tmp/llm.safetensors $flag -o /tmp/llm.$mode.bs --force -q
+  # The real corpus for the corpus tests (staged by `build`).
+  [[ -f $stage/minilm-bf16-layers.safetensors ]] &&
+    export BIGSMALL_CORPUS_BF16=$PWD/$stage/minilm-bf16-layers.safetensors
+  export BIGSMALL_GOLDEN_DIR=$PWD/tests/golden/valid
+  work=$(mktemp -d /dev/shm/gpu_check.XXXXXX)
+  models=$work/models
+  mkdir -p "$models"
+  trap 'rm -rf "$work"; [[ -n ${daemon_pid:-} ]] && kill "$daemon_pid" 2>/dev/null' EXIT
+
+  echo "== 1. device"
+  if [[ $backend == cuda ]]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current \
+      --format=csv | tee "$out/gpu.txt"
+    lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$out/gpu.txt"
+  fi
+  probe_flags=()
+  [[ $backend == emulated ]] && probe_flags=(--emulated)
+  step probe "$stage/bigsmall-gpu-probe" "${probe_flags[@]}"
+  step cuda_ipc "$stage/bigsmall-gpu-probe" --ipc-selftest "${probe_flags[@]}"
+
+  echo "== 2. GPU tests"
+  step kernels_test "$stage/kernels_test" --gtest_brief=1 --gtest_output=xml:"$out/kernels_test.xml"
+  step device_api_test "$stage/device_api_test" --gtest_brief=1
+  step daemon_pipeline_test "$stage/daemon_pipeline_test" --gtest_brief=1
+  step daemon_device_backend_test "$stage/daemon_device_backend_test" --gtest_brief=1
+  step codec_test "$stage/codec_test" --gtest_brief=1
+
+  echo "== 3. data: 8B-shaped synthetic BF16 (speed only) + the real corpus"
+  jobs=$(nproc)
+  shape=(--layers "${GPU_CHECK_LAYERS:-32}" --hidden 4096 --intermediate 14336 --vocab 128256 --kv-dim 1024)
+  [[ $backend == emulated ]] && shape=(--layers 2 --hidden 512 --intermediate 1408 --vocab 4096 --kv-dim 128)
+  step gen_llm python3 bench/gen_llm.py --out "$work/llm8b.safetensors" "${shape[@]}" --jobs "$jobs" --force
+  STEP_FIGURES="16 GB BF16 --inference"
+  step compress "$stage/bigsmall" compress "$work/llm8b.safetensors" --inference -o "$models/llm8b.bs" --force -q
+  if [[ -f $stage/minilm-bf16-layers.safetensors ]]; then
+    for mode in inference balanced storage; do
+      flag=""; [[ $mode != balanced ]] && flag=--$mode
+      step "compress_minilm_$mode" "$stage/bigsmall" compress "$stage/minilm-bf16-layers.safetensors" $flag \
+        -o "$models/minilm-bf16-layers.$mode.bs" --force -q
+    done
+  fi
+
+  echo "== 4. the daemon's $backend backend end to end"
+  sock=$work/d.sock
+  "$stage/bigsmalld" --socket "$sock" --shm-dir "$work/shm" --model-dir "$models" \
+    --gpu-backend "$backend" --gpu-memory "${GPU_CHECK_GPU_MEMORY:-40G}" --log-level info \
+    > "$out/bigsmalld.log" 2>&1 &
+  daemon_pid=$!
+  client() { "$stage/bigsmall-client" --socket "$sock" "$@"; }
+  for i in $(seq 1 100); do [[ -S $sock ]] && break; sleep 0.1; done
+  # stream NAME MODEL: every tensor to the GPU and checked there; the client's
+  # summary line (layers, bytes, GB/s, first layer ms) goes in the table.
+  stream() {
+    local name=$1 model=$2
+    step "$name" client stream "$model" --device cuda:0 --verify --non-layer
+    STEP_FIGURES=""
+    local last
+    last=$(tail -1 "$out/$name.log")
+    sed -i "\$s#| ok | \(.*\) |\$#| ok | \1; ${last//#/} |#" "$summary"
+  }
+  for f in "$models"/minilm*.bs; do
+    stream "stream_$(basename "$f" .bs)" "$f"
   done
-  echo "== GPU decode (side by side with PCIe and HBM copies, same run)"
+  stream stream_llm8b_verify "$models/llm8b.bs"
+  # Two processes at once on the same model, from an empty cache: both verify
+  # every tensor, and the daemon decoded each layer once (through real CUDA
+  # IPC the second process maps the first one's layers).
+  decodes() { client stats --json | python3 -c 'import json,sys; print(sum(m.get("layer_decodes",0) for m in json.load(sys.stdin).get("models",[])))'; }
+  two() {
+    client evict >/dev/null || return 1
+    local before after
+    before=$(decodes)
+    client stream "$models/llm8b.bs" --device cuda:0 --verify --non-layer > "$out/two_a.log" 2>&1 & local a=$!
+    client stream "$models/llm8b.bs" --device cuda:0 --verify --non-layer > "$out/two_b.log" 2>&1 & local b=$!
+    wait $a; local ra=$?; wait $b; local rb=$?
+    tail -1 "$out/two_a.log"; tail -1 "$out/two_b.log"
+    after=$(decodes)
+    client stats --json > "$out/stats_after_two.json"
+    local handles
+    handles=$(grep -c ' verified$' "$out/two_a.log")
+    echo "layer decodes for two processes: $((after - before)) (handles per process: $handles)"
+    [[ $ra -eq 0 && $rb -eq 0 && $((after - before)) -eq $handles ]]
+  }
+  step two_processes_share two
+  kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null; daemon_pid=""
+
+  echo "== 5. benchmarks"
   md="$out/gpu_bench.md"
   : > "$md"
-  for f in /tmp/llm.inference.bs /tmp/llm.balanced.bs "$stage/minilm-bf16.inference.bs"; do
+  if [[ $backend == cuda ]]; then
+  for f in "$models/llm8b.bs" "$models/minilm-bf16-layers.inference.bs"; do
     [[ -f $f ]] || continue
-    for batch in 1 8; do step "$stage/gpu_bench" "$f" --repeat 5 --batch $batch --markdown "$md"; done
+    for batch in 1 8; do
+      step "gpu_bench_$(basename "$f" .bs)_b$batch" "$stage/gpu_bench" "$f" --repeat 5 --batch "$batch" --markdown "$md"
+    done
   done
-  if [[ ${GPU_CHECK_CPU_BENCH:-1} == 1 ]]; then
-  echo "== CPU codec on this machine's CPU (synthetic LLM file: speed only)"
-  step python3 bench/gen_llm.py --out /tmp/llm-small.safetensors --size-gb 0.5
-  step "$stage/codec_bench" --skip-zstd19 --repeat 2 /tmp/llm-small.safetensors
+  if [[ -f $stage/minilm-bf16-layers.safetensors ]]; then
+    step gpu_bench_chunk_sizes "$stage/gpu_bench" --chunk-curve "$stage/minilm-bf16-layers.safetensors" --markdown "$md"
   fi
-  echo "gpu_check: $failures step(s) failed"
+  else
+    row gpu_bench "skipped" "the kernel benchmark times CUDA kernels: needs --gpu-backend cuda"
+  fi
+  step gpu_e2e_bench "$stage/gpu_e2e_bench" --input "$work/llm8b.safetensors" --bs "$models/llm8b.bs" \
+    --bigsmalld "$stage/bigsmalld" --gpu-backend "$backend" --work "$work" --out "$out/gpu_e2e.md"
+
+  echo
+  echo "gpu_check: $failures step(s) failed ($backend backend)"
+  [[ -f $out/gpu_e2e.md ]] && cat "$out/gpu_e2e.md"
+  [[ -s $md ]] && { echo; cat "$md"; }
+  echo
+  cat "$summary"
   [[ $failures -eq 0 ]]
   ;;
 *)
