@@ -230,11 +230,11 @@ int RunFile(const std::string& path, int repeat, uint32_t batch, const std::stri
       device_checked += job.has_checksum;
     }
   }
-  for (const Launch& l : launches) verify_jobs += static_cast<uint32_t>(l.plan.jobs.size()) -
-                                                  static_cast<uint32_t>(std::count_if(
-                                                      l.plan.jobs.begin(), l.plan.jobs.end(), [](const auto& j) {
-                                                        return (j.flags & gpu::kJobInlineChecksum) != 0;
-                                                      }));
+  for (const Launch& l : launches) {
+    for (size_t k = 0; k < l.jobs.size(); ++k) {
+      verify_jobs += l.jobs[k].has_checksum && (l.plan.jobs[k].flags & gpu::kJobInlineChecksum) == 0;
+    }
+  }
   Times best;
   if (!TimeLaunches(*decoder, launches, repeat, &best)) return 1;
   absl::StatusOr<double> h2d = absl::UnavailableError("emulated"), d2d = h2d;
