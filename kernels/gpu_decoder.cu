@@ -227,20 +227,23 @@ __device__ __forceinline__ uint64_t BlockSum(uint64_t v) {
 }
 
 // The checksum sums of the jobs the decode kernel could not sum inline
-// (blockIdx.y: the verify list entry; blocks stride over its words).
+// (blockIdx.y strides over the verify list; blocks stride over its words).
 __global__ void __launch_bounds__(kBlockThreads)
     VerifyKernel(const uint8_t* __restrict__ plan, const uint8_t* __restrict__ output, uint8_t* __restrict__ results) {
   const DevicePlan v = ViewPlan(plan);
-  const uint32_t j = v.verify[blockIdx.y];
-  const JobTask job = v.jobs[j];
-  const uint64_t words = (job.out_size + 7) / 8;
-  uint64_t sum = 0;
-  for (uint64_t k = blockIdx.x * uint64_t{blockDim.x} + threadIdx.x; k < words;
-       k += uint64_t{gridDim.x} * blockDim.x) {
-    sum += ChecksumWordAt(output + job.out_offset, job.out_size, k);
+  for (uint32_t i = blockIdx.y; i < v.h->num_verify; i += gridDim.y) {
+    const uint32_t j = v.verify[i];
+    const JobTask job = v.jobs[j];
+    const uint64_t words = (job.out_size + 7) / 8;
+    uint64_t sum = 0;
+    for (uint64_t k = blockIdx.x * uint64_t{blockDim.x} + threadIdx.x; k < words;
+         k += uint64_t{gridDim.x} * blockDim.x) {
+      sum += ChecksumWordAt(output + job.out_offset, job.out_size, k);
+    }
+    sum = BlockSum(sum);
+    if (threadIdx.x == 0 && sum != 0) atomicAdd(SumOf(results, v.h->num_jobs, j), sum);
+    __syncthreads();  // BlockSum's shared partials are reused by the next entry
   }
-  sum = BlockSum(sum);
-  if (threadIdx.x == 0 && sum != 0) atomicAdd(SumOf(results, v.h->num_jobs, j), sum);
 }
 
 __global__ void FinishKernel(const uint8_t* __restrict__ plan, uint8_t* __restrict__ results) {
@@ -319,8 +322,8 @@ absl::Status EnqueueDecode(const DecodeLaunch& launch, cudaStream_t stream, cons
   if (image.num_verify != 0) {
     // Enough blocks per tensor to stream it at full bandwidth, at most 256.
     const uint32_t per_job = GridFor(image.output_bytes / 8 / std::max(1u, image.num_verify), kBlockThreads * 16, 256);
-    VerifyKernel<<<dim3(per_job, image.num_verify), kBlockThreads, 0, stream>>>(launch.plan, launch.output,
-                                                                               launch.results);
+    VerifyKernel<<<dim3(per_job, std::min(image.num_verify, 65535u)), kBlockThreads, 0, stream>>>(
+        launch.plan, launch.output, launch.results);
     CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   RETURN_IF_ERROR(mark(3));
