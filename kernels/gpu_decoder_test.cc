@@ -484,7 +484,11 @@ void CorpusRoundTrip(const char* env, Mode mode) {
   for (size_t j = 0; j < g.jobs.size(); ++j) differ += JobBytes(l.output, g.jobs[j]) != JobBytes(g.expected, g.jobs[j]);
   EXPECT_EQ(differ, 0u) << "tensors that differ from the original, of " << g.jobs.size();
   const std::set<int> kinds = Kinds(*plan);
-  if (mode == Mode::kStorage) {
+  // The whole MiniLM file codes its embedding's mantissas conditionally in
+  // --storage; scripts/gpu_check.sh carries only its encoder layers (the
+  // device tool's 64 MiB limit), where no tensor is large enough for it and
+  // sets BIGSMALL_CORPUS_SUBSET (synthetic tests cover conditional planes).
+  if (mode == Mode::kStorage && std::getenv("BIGSMALL_CORPUS_SUBSET") == nullptr) {
     EXPECT_EQ(kinds.count(kPlaneRansConditional), 1u);
   }
   std::printf("%s %s: %zu tensors, plane kinds", env, ModeName(mode), g.jobs.size());

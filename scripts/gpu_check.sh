@@ -96,7 +96,7 @@ run)
   export LD_LIBRARY_PATH=$PWD/$stage/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   # The real corpus for the corpus tests (staged by `build`).
   [[ -f $stage/minilm-bf16-layers.safetensors ]] &&
-    export BIGSMALL_CORPUS_BF16=$PWD/$stage/minilm-bf16-layers.safetensors
+    export BIGSMALL_CORPUS_BF16=$PWD/$stage/minilm-bf16-layers.safetensors BIGSMALL_CORPUS_SUBSET=1
   export BIGSMALL_GOLDEN_DIR=$PWD/tests/golden/valid
   work=$(mktemp -d /dev/shm/gpu_check.XXXXXX)
   models=$work/models
