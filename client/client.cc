@@ -673,7 +673,8 @@ absl::StatusOr<std::unique_ptr<Layer>> LayerStream::Next() {
   }
   for (const v1::TensorInfo& info : layer->handle_.layer().tensors()) {
     if (info.offset() > layer->map_size_ || info.size() > layer->map_size_ - info.offset()) {
-      return absl::DataLossError(absl::StrCat("tensor ", info.name(), " lies outside its layer"));
+      return absl::DataLossError(
+          absl::StrCat("tensor ", EscapeForLog(info.name()), " lies outside its layer"));
     }
     Tensor t;
     t.name = info.name();

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "client/client.h"
 #include "codec/hash.h"
+#include "codec/status_util.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -154,7 +155,7 @@ int main(int argc, char** argv) {
         verified += (*layer)->tensors().size() - bad.size();
         for (const auto& name : bad) {
           std::fprintf(stderr, "bigsmall-client: layer %d tensor %s: checksum mismatch\n",
-                       (*layer)->index(), name.c_str());
+                       (*layer)->index(), bigsmall::EscapeForLog(name).c_str());
         }
       }
       ++layers;
