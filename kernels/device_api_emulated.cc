@@ -575,6 +575,13 @@ class EmulatedDeviceApi final : public DeviceApi {
     std::shared_ptr<Stream> s;
     RETURN_IF_ERROR(Lookup(stream, &s));
     if (launch.image == nullptr) return absl::InvalidArgumentError("emulated decode launch without a plan image");
+    // What the CUDA launch refuses when enqueued (gpu_decoder.cu EnqueueDecode).
+    if (launch.plan == nullptr || launch.results == nullptr) {
+      return absl::InvalidArgumentError("decode launch without a plan image or results");
+    }
+    if (reinterpret_cast<uintptr_t>(launch.plan) % 16 != 0 || reinterpret_cast<uintptr_t>(launch.results) % 8 != 0) {
+      return absl::InvalidArgumentError("decode launch: plan must be 16-byte aligned, results 8-byte aligned");
+    }
     // The CUDA launch reads the host image only while launching: the caller
     // may drop it once LaunchDecode returns, so the op keeps a copy.
     auto image = std::make_shared<const PlanImage>(*launch.image);
@@ -609,6 +616,10 @@ class EmulatedDeviceApi final : public DeviceApi {
     RETURN_IF_ERROR(Lookup(stream, &s));
     if (reinterpret_cast<uintptr_t>(data) % 8 != 0 || reinterpret_cast<uintptr_t>(out) % 8 != 0) {
       return absl::InvalidArgumentError("checksum launch: data and out must be 8-byte aligned");
+    }
+    // As CudaChecksumLaunch, when enqueued.
+    if (out == nullptr || (bytes != 0 && data == nullptr)) {
+      return absl::InvalidArgumentError("checksum of a null buffer");
     }
     Op op;
     op.work = [this, data, bytes, out]() -> absl::Status {

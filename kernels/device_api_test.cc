@@ -641,6 +641,47 @@ TEST_P(DeviceApiTest, ChecksumLaunchMatchesTheHostChecksum) {
   }
 }
 
+// The launches refuse what the CUDA kernels cannot run (a missing plan or
+// results buffer, a plan not 16-byte aligned, results not 8-byte aligned, a
+// null checksum word) when they are enqueued, as INVALID_ARGUMENT, on both
+// backends: the emulator must not accept a launch that the GPU refuses.
+TEST_P(DeviceApiTest, LaunchesRefuseBadBuffersWhenEnqueued) {
+  absl::StatusOr<uint8_t*> p = api_->Malloc(0, 1 << 16);
+  absl::StatusOr<StreamRef> s = api_->CreateStream(0);
+  ASSERT_TRUE(p.ok() && s.ok());
+  PlanImage image;
+  image.results_bytes = 64;
+  DecodeLaunch good;
+  good.input = *p;
+  good.plan = *p + 4096;
+  good.output = *p + 8192;
+  good.results = *p + 16384;
+  good.image = &image;
+  struct Case {
+    const char* what;
+    DecodeLaunch launch;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"plan misaligned", good});
+  cases.back().launch.plan = *p + 4096 + 8;
+  cases.push_back({"results misaligned", good});
+  cases.back().launch.results = *p + 16384 + 4;
+  cases.push_back({"no plan", good});
+  cases.back().launch.plan = nullptr;
+  cases.push_back({"no results", good});
+  cases.back().launch.results = nullptr;
+  for (const Case& c : cases) {
+    EXPECT_EQ(api_->LaunchDecode(c.launch, *s).code(), absl::StatusCode::kInvalidArgument) << c.what;
+  }
+  EXPECT_EQ(api_->LaunchChecksum(*p, 64, nullptr, *s).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(api_->LaunchChecksum(nullptr, 64, reinterpret_cast<uint64_t*>(*p), *s).code(),
+            absl::StatusCode::kInvalidArgument);
+  // Nothing was enqueued: the stream is clean.
+  EXPECT_TRUE(api_->StreamSynchronize(*s).ok());
+  EXPECT_TRUE(api_->DestroyStream(*s).ok());
+  EXPECT_TRUE(api_->Free(0, *p).ok());
+}
+
 // A kernel reading outside every allocation is an emulated GPU fault: INTERNAL
 // at the next sync, sticky for its stream (later work skipped), passed on to
 // a stream that waits for the failed work, not to independent streams.
