@@ -47,11 +47,24 @@ absl::Status CudaError(cudaError_t err, const char* what) {
   return CudaErrorToStatus(static_cast<int>(err), what, cudaGetErrorString(err));
 }
 
+// A failed call also sets the thread's last error; it is cleared here (as
+// device_api_cuda.cu's Check does), or the cudaGetLastError() after the next
+// kernel launch on this thread would report it as that launch's failure.
 #define CUDA_RETURN_IF_ERROR(call)                 \
   do {                                             \
     cudaError_t _err = (call);                     \
-    if (_err != cudaSuccess) return CudaError(_err, #call); \
+    if (_err != cudaSuccess) {                     \
+      (void)cudaGetLastError();                    \
+      return CudaError(_err, #call);               \
+    }                                              \
   } while (0)
+
+// Before a launch whose errors are read with cudaGetLastError(): drops a
+// non-sticky error left by an earlier runtime call of this thread (one
+// already reported through its own return value), so that it is not blamed
+// on this launch. A sticky error (a faulted context) stays and fails the
+// launch as it should.
+void ClearStaleLaunchError() { (void)cudaGetLastError(); }
 
 constexpr int kWarpsPerBlock = 8;
 constexpr int kBlockThreads = 32 * kWarpsPerBlock;
@@ -294,6 +307,7 @@ absl::Status EnqueueDecode(const DecodeLaunch& launch, cudaStream_t stream, cons
     return absl::InvalidArgumentError("decode launch: plan must be 16-byte aligned, results 8-byte aligned");
   }
   const PlanImage& image = *launch.image;
+  ClearStaleLaunchError();
   auto mark = [&](int k) -> absl::Status {
     if (events != nullptr && events->e[k] != nullptr) CUDA_RETURN_IF_ERROR(cudaEventRecord(events->e[k], stream));
     return absl::OkStatus();
@@ -476,6 +490,7 @@ absl::Status CudaChecksumLaunch(const uint8_t* data, uint64_t bytes, uint64_t* o
     return absl::InvalidArgumentError("checksum launch: data and out must be 8-byte aligned");
   }
   auto s = static_cast<cudaStream_t>(stream);
+  ClearStaleLaunchError();
   CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out, 0, sizeof(uint64_t), s));
   if (bytes != 0) {
     ChecksumSumKernel<<<GridFor((bytes + 7) / 8, kBlockThreads * 16, 4096), kBlockThreads, 0, s>>>(
@@ -569,19 +584,30 @@ absl::StatusOr<DecodeTiming> GpuDecoder::Decode(absl::Span<const uint8_t> input,
   if (auto st = s.input.Reserve(staged); !st.ok()) return st;
   if (auto st = s.results.Reserve(image->results_bytes); !st.ok()) return st;
 
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start, s.stream));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.input.ptr, s.pinned, staged, cudaMemcpyHostToDevice, s.stream));
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(s.uploaded, s.stream));
-  auto* base = static_cast<uint8_t*>(s.input.ptr);
-  DecodeLaunch launch;
-  launch.input = base;
-  launch.plan = base + plan_at;
-  launch.image = &*image;
-  launch.output = static_cast<uint8_t*>(device_output);
-  launch.results = static_cast<uint8_t*>(s.results.ptr);
-  if (auto st = EnqueueDecode(launch, s.stream, &s.events); !st.ok()) return st;
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.pinned_results, s.results.ptr, image->results_bytes, cudaMemcpyDeviceToHost,
-                                       s.stream));
+  // Once something is enqueued, an error returns only after the stream is
+  // idle: the pinned buffers (and s.input) are rewritten or freed by the
+  // next Decode, which must not race an H2D copy still reading them.
+  auto enqueue = [&]() -> absl::Status {
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start, s.stream));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.input.ptr, s.pinned, staged, cudaMemcpyHostToDevice, s.stream));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(s.uploaded, s.stream));
+    auto* base = static_cast<uint8_t*>(s.input.ptr);
+    DecodeLaunch launch;
+    launch.input = base;
+    launch.plan = base + plan_at;
+    launch.image = &*image;
+    launch.output = static_cast<uint8_t*>(device_output);
+    launch.results = static_cast<uint8_t*>(s.results.ptr);
+    RETURN_IF_ERROR(EnqueueDecode(launch, s.stream, &s.events));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.pinned_results, s.results.ptr, image->results_bytes,
+                                         cudaMemcpyDeviceToHost, s.stream));
+    return absl::OkStatus();
+  };
+  if (absl::Status st = enqueue(); !st.ok()) {
+    (void)cudaStreamSynchronize(s.stream);
+    (void)cudaGetLastError();
+    return st;
+  }
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream));
   const cudaEvent_t* e = s.events.e;
   timing.upload = Seconds(s.start, s.uploaded);
