@@ -459,24 +459,29 @@ absl::StatusOr<double> MeasureCopyBandwidth(int device, uint64_t bytes, bool dev
     std::memset(src, 1, bytes);
   }
   cudaError_t err = cudaMalloc(&dst, bytes);
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
+  cudaEvent_t a = nullptr, b = nullptr;
+  if (err == cudaSuccess) err = cudaEventCreate(&a);
+  if (err == cudaSuccess) err = cudaEventCreate(&b);
   float best = 1e30f;
   for (int r = 0; r < 5 && err == cudaSuccess; ++r) {
-    cudaEventRecord(a);
-    err = cudaMemcpy(dst, src, bytes, device_to_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice);
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
+    err = cudaEventRecord(a);
+    if (err == cudaSuccess) {
+      err = cudaMemcpy(dst, src, bytes, device_to_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice);
+    }
+    if (err == cudaSuccess) err = cudaEventRecord(b);
+    if (err == cudaSuccess) err = cudaEventSynchronize(b);
     float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    best = std::min(best, ms);
+    if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, a, b);
+    if (err == cudaSuccess) best = std::min(best, ms);
   }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
+  if (a) cudaEventDestroy(a);
+  if (b) cudaEventDestroy(b);
   if (dst) cudaFree(dst);
   if (device_to_device) cudaFree(src); else cudaFreeHost(src);
-  if (err != cudaSuccess) return CudaError(err, "memcpy");
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return CudaError(err, "copy bandwidth measurement");
+  }
   return bytes / (best / 1e3);
 }
 
