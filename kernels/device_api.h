@@ -36,8 +36,12 @@
 //  * IpcOpenMemHandle of a handle already open in this process returns the
 //    same pointer and counts one more reference; IpcCloseMemHandle drops one
 //    and unmaps at zero. A handle cannot be opened in the process (the
-//    DeviceApi instance, for the emulator) that exported it. The importer's
-//    mapping stays valid after the exporter's Free.
+//    DeviceApi instance, for the emulator) that exported it. The emulator
+//    keeps an importer's mapping valid after the exporter's Free; CUDA does
+//    NOT promise that ("calling cudaFree on an exported memory region before
+//    calling cudaIpcCloseMemHandle in the importing context will result in
+//    undefined behavior", cudaIpcOpenMemHandle): an exporter must free only
+//    memory that no importer still has open.
 //  * The emulator only: an op whose device range lies outside every device
 //    allocation fails (synchronously for copies and memsets,
 //    INVALID_ARGUMENT; at execution for kernels, INTERNAL "illegal address",

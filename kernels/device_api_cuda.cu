@@ -17,9 +17,9 @@
 //    cudaHostRegisterPortable alone, which works for writable mappings; for
 //    a PROT_READ mapping that retry fails too and the first error is
 //    returned, with both CUDA messages.
-//  * IPC opens with cudaIpcMemLazyEnablePeerAccess. IpcGetMemHandle takes
-//    any pointer into an allocation (CUDA's rule; the emulator wants the
-//    base).
+//  * IPC opens with cudaIpcMemLazyEnablePeerAccess. IpcGetMemHandle must be
+//    given the base of a Malloc allocation (CUDA documents only that; the
+//    emulator refuses anything else).
 #include <cuda_runtime.h>
 
 #include <cstdio>
