@@ -375,6 +375,12 @@ absl::StatusOr<std::shared_ptr<const DeviceArena>> OpenDeviceArena(
   return DeviceArenas::Get().Open(daemon, cuda, std::move(api), ordinal);
 }
 
+absl::StatusOr<std::shared_ptr<gpu::DeviceApi>> DeviceApiFor(const v1::CudaIpcMemory& cuda,
+                                                             uid_t daemon_uid) {
+  if (cuda.emulated()) return DeviceApis::Get().Emulated(daemon_uid, cuda.gpu_uuid());
+  return DeviceApis::Get().Cuda();
+}
+
 DeviceArenaCounts GetDeviceArenaCounts() { return DeviceArenas::Get().counts(); }
 
 namespace {
@@ -655,12 +661,7 @@ absl::StatusOr<std::unique_ptr<Layer>> LayerStream::Next() {
     layer->map_size_ = host.size();
   } else {
     const v1::CudaIpcMemory& cuda = layer->handle_.memory().cuda();
-    std::shared_ptr<gpu::DeviceApi> api;
-    if (cuda.emulated()) {
-      api = DeviceApis::Get().Emulated(*core_->daemon_uid, cuda.gpu_uuid());
-    } else {
-      ASSIGN_OR_RETURN(api, DeviceApis::Get().Cuda());
-    }
+    ASSIGN_OR_RETURN(std::shared_ptr<gpu::DeviceApi> api, DeviceApiFor(cuda, *core_->daemon_uid));
     ASSIGN_OR_RETURN(int ordinal, DeviceApis::Get().OrdinalOf(api, cuda.gpu_uuid()));
     ASSIGN_OR_RETURN(layer->arena_, OpenDeviceArena(core_->daemon_key, cuda, api, ordinal));
     auto seen = std::find(recent_arenas_.begin(), recent_arenas_.end(), layer->arena_);

@@ -85,6 +85,13 @@ struct DeviceArena {
 absl::StatusOr<std::shared_ptr<const DeviceArena>> OpenDeviceArena(
     const std::string& daemon, const v1::CudaIpcMemory& cuda,
     std::shared_ptr<gpu::DeviceApi> api, int ordinal);
+// The runtime that opens `cuda`: the emulated one (one per daemon file
+// owner and device UUID) for handles marked `emulated`, expecting its memory
+// files to be owned by `daemon_uid`; else the real CUDA runtime (made once
+// per process), or FAILED_PRECONDITION saying why there is none.
+absl::StatusOr<std::shared_ptr<gpu::DeviceApi>> DeviceApiFor(const v1::CudaIpcMemory& cuda,
+                                                             uid_t daemon_uid);
+
 // This process's device arenas (tests, diagnostics): open now, and IPC
 // opens and closes since it started.
 struct DeviceArenaCounts {

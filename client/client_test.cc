@@ -362,5 +362,32 @@ TEST(DeviceArenaTest, OpensAnEmulatedDaemonArenaAndChecksumsItOnTheDevice) {
   std::system(absl::StrCat("rm -rf '", dir, "'").c_str());
 }
 
+TEST(DeviceApiForTest, EmulatedHandlesGetTheEmulatorAndRealOnesNeedCuda) {
+  v1::CudaIpcMemory emulated;
+  emulated.set_emulated(true);
+  emulated.set_gpu_uuid("GPU-00000000-0000-0000-0000-0000000000aa");
+  auto a = DeviceApiFor(emulated, geteuid());
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_STREQ((*a)->name(), "emulated");
+  auto info = (*a)->Describe(0);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->uuid, emulated.gpu_uuid());  // the daemon's UUID maps to ordinal 0
+  auto again = DeviceApiFor(emulated, geteuid());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(a->get(), again->get());  // one runtime per (owner, device)
+  v1::CudaIpcMemory real = emulated;
+  real.set_emulated(false);
+  auto cuda = DeviceApiFor(real, geteuid());
+  std::string why;
+  if (gpu::DeviceCount(&why) > 0) {
+    EXPECT_TRUE(cuda.ok()) << cuda.status();
+  } else {
+    // A CUDA-free build, or no driver or GPU: the reason, FAILED_PRECONDITION.
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition) << cuda.status();
+    EXPECT_NE(cuda.status().message().find("no CUDA runtime"), std::string::npos)
+        << cuda.status();
+  }
+}
+
 }  // namespace
 }  // namespace bigsmall::client
