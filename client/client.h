@@ -17,8 +17,9 @@
 // live in the daemon's GPU memory, shared through CUDA IPC. Each tensor's
 // `data` is then a device pointer on local CUDA device `device`; the arena
 // holding it is opened once per process (cudaIpcOpenMemHandle is slow) and
-// closed when no Layer of it is left. Layer::Verify() checks every tensor
-// on the device. See docs/API.md, "Device sessions".
+// closed when no Layer of it is left (a LayerStream also keeps the arenas of
+// its last few layers open). Layer::Verify() checks every tensor on the
+// device. See docs/API.md, "Device sessions".
 #ifndef BIGSMALL_CLIENT_CLIENT_H_
 #define BIGSMALL_CLIENT_CLIENT_H_
 
@@ -70,8 +71,8 @@ absl::StatusOr<std::shared_ptr<const uint8_t>> MapLayerMemory(
 
 // The device memory of a CUDA layer's arena in this process: the daemon's
 // IPC handle opened once per (daemon, GPU, arena_id, handle) and shared by
-// every Layer of that arena; closed (IpcCloseMemHandle) with the last
-// reference. `api` is the runtime that opens it (the real CUDA runtime, or
+// every Layer of that arena (and the streams that received them); closed
+// (IpcCloseMemHandle) with the last reference. `api` is the runtime that opens it (the real CUDA runtime, or
 // the emulated one for handles marked `emulated`); `ordinal` the local
 // device ordinal of cuda.gpu_uuid. Checks that the layer lies inside the
 // arena (else DATA_LOSS) and that the handle has 64 bytes (else
