@@ -65,9 +65,11 @@ if [[ ${SKIP_TSAN:-0} != 1 ]]; then
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBIGSMALL_TSAN=ON \
     -DBIGSMALL_SANITIZE=OFF -DBIGSMALL_BUILD_SERVICE=ON -DBIGSMALL_CUDA=OFF "${launcher[@]}" >/dev/null
   # The test executables of daemon/, client/ and tests/integration/ (whatever
-  # their names), and the binaries the integration tests run.
+  # their names), the emulated device's (its streams are threads), and the
+  # binaries the integration tests run.
   mapfile -t tsan_targets < <(ninja -C build-tsan -t targets all |
-    sed -nE 's#^(daemon|client|tests/integration)/([A-Za-z0-9_-]+_test): .*#\2#p' | sort -u)
+    sed -nE 's#^(daemon|client|tests/integration)/([A-Za-z0-9_-]+_test): .*#\2#p;
+             s#^kernels/(device_api_test): .*#\1#p' | sort -u)
   ((${#tsan_targets[@]})) || { echo "no TSan test targets found" >&2; exit 1; }
   echo "TSan targets: ${tsan_targets[*]}"
   cmake --build build-tsan -j "$jobs" --target bigsmalld bigsmall-client "${tsan_targets[@]}"
