@@ -23,6 +23,7 @@ absl::StatusCode CudaErrorToStatusCode(int cuda_error) {
     case kCudaErrorSystemNotReady:
     case kCudaErrorSystemDriverMismatch:
     case kCudaErrorCompatNotSupportedOnDevice:
+    case kCudaErrorNotSupported:
       return absl::StatusCode::kFailedPrecondition;
     default:
       break;

@@ -23,6 +23,7 @@ inline constexpr int kCudaErrorUnsupportedPtxVersion = 222;
 inline constexpr int kCudaErrorIllegalAddress = 700;
 inline constexpr int kCudaErrorLaunchOutOfResources = 701;
 inline constexpr int kCudaErrorLaunchFailure = 719;
+inline constexpr int kCudaErrorNotSupported = 801;
 inline constexpr int kCudaErrorSystemNotReady = 802;
 inline constexpr int kCudaErrorSystemDriverMismatch = 803;
 inline constexpr int kCudaErrorCompatNotSupportedOnDevice = 804;
@@ -31,7 +32,8 @@ inline constexpr int kCudaErrorCompatNotSupportedOnDevice = 804;
 //   out of memory (2), too many resources for a launch  -> RESOURCE_EXHAUSTED
 //   no device, no or too old a driver, a stub libcuda,
 //   devices busy/prohibited, an invalid ordinal, no
-//   kernel image or PTX for this GPU, driver mismatch   -> FAILED_PRECONDITION
+//   kernel image or PTX for this GPU, driver mismatch,
+//   an operation this system does not support (801)    -> FAILED_PRECONDITION
 //   a kernel that faulted (700..719 but 701: the
 //   context is lost)                                    -> INTERNAL
 //   anything else                                       -> UNAVAILABLE

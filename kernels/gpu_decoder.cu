@@ -42,6 +42,7 @@ static_assert(cudaErrorLaunchFailure == kCudaErrorLaunchFailure);
 static_assert(cudaErrorSystemNotReady == kCudaErrorSystemNotReady);
 static_assert(cudaErrorSystemDriverMismatch == kCudaErrorSystemDriverMismatch);
 static_assert(cudaErrorCompatNotSupportedOnDevice == kCudaErrorCompatNotSupportedOnDevice);
+static_assert(cudaErrorNotSupported == kCudaErrorNotSupported);
 
 absl::Status CudaError(cudaError_t err, const char* what) {
   return CudaErrorToStatus(static_cast<int>(err), what, cudaGetErrorString(err));

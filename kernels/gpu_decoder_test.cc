@@ -625,6 +625,10 @@ TEST(CudaStatus, ErrorsMapToTheirCodes) {
                      kCudaErrorSystemNotReady}) {
     EXPECT_EQ(CudaErrorToStatusCode(no_gpu), absl::StatusCode::kFailedPrecondition) << no_gpu;
   }
+  // "operation not supported" (cudaErrorNotSupported: read-only host
+  // registration, CUDA IPC in a sandbox) is this machine's lasting state,
+  // not a transient UNAVAILABLE that a caller would retry.
+  EXPECT_EQ(CudaErrorToStatusCode(kCudaErrorNotSupported), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(CudaErrorToStatusCode(kCudaErrorIllegalAddress), absl::StatusCode::kInternal);
   EXPECT_EQ(CudaErrorToStatusCode(kCudaErrorLaunchFailure), absl::StatusCode::kInternal);
   EXPECT_EQ(CudaErrorToStatusCode(1 /* cudaErrorInvalidValue */), absl::StatusCode::kUnavailable);
