@@ -186,7 +186,9 @@ template <int NP>
 __global__ void __launch_bounds__(kBlockThreads, NP <= 2 ? 3 : NP <= 4 ? 2 : 1)
     DecodeKernel(const uint8_t* __restrict__ plan, const uint8_t* __restrict__ input, uint8_t* __restrict__ output,
                  uint8_t* __restrict__ results, uint32_t begin, uint32_t end) {
-  __shared__ uint32_t shared_tables[kSharedTables * rans::kProbScale];
+  // 16-byte aligned: filled with uint4 stores (a uint32_t array alone is
+  // only 4-aligned, and where the compiler places it is not ours to assume).
+  __shared__ __align__(16) uint32_t shared_tables[kSharedTables * rans::kProbScale];
   __shared__ __align__(16) uint8_t stages[kWarpsPerBlock][kStageBytes];
   __shared__ uint32_t staged_index[kSharedTables];
   const DevicePlan v = ViewPlan(plan);
