@@ -426,6 +426,31 @@ class StreamCore {
   // Host layers are page-locked with this runtime (pin_host_memory), or not.
   std::shared_ptr<gpu::DeviceApi> pin_api;
 
+  // Layer::Verify's device resources, made at the first device Verify of
+  // this stream and reused: a stream and a buffer of 8 bytes per tensor
+  // (grown, never shrunk). cudaMalloc/cudaFree per call would cost a
+  // synchronisation of the whole device, the caller's streams included.
+  struct Verifier {
+    std::mutex mu;
+    std::shared_ptr<gpu::DeviceApi> api;
+    int device = -1;
+    gpu::StreamRef stream;
+    uint8_t* sums = nullptr;
+    uint64_t capacity = 0;  // bytes at `sums`
+    void Reset() {
+      if (api == nullptr) return;
+      if (sums != nullptr) (void)api->Free(device, sums);
+      if (stream.p != nullptr) (void)api->DestroyStream(stream);
+      sums = nullptr;
+      capacity = 0;
+      stream = {};
+      api.reset();
+      device = -1;
+    }
+    ~Verifier() { Reset(); }
+  };
+  Verifier verifier;
+
   bool Write(const v1::SessionRequest& request) {
     std::lock_guard<std::mutex> lock(write_mu);
     if (writes_done) return false;
@@ -563,19 +588,31 @@ absl::Status Layer::Verify(std::vector<std::string>* mismatched) const {
       }
     }
     if (!on_gpu.empty()) {
-      ASSIGN_OR_RETURN(gpu::StreamRef stream, api.CreateStream(device_));
-      absl::Cleanup destroy_stream = [&] { (void)api.DestroyStream(stream); };
-      ASSIGN_OR_RETURN(uint8_t* sums, api.Malloc(device_, 8 * on_gpu.size()));
-      absl::Cleanup free_sums = [&] { (void)api.Free(device_, sums); };
+      StreamCore::Verifier& v = core_->verifier;
+      std::lock_guard<std::mutex> lock(v.mu);
+      if (v.api != arena_->api || v.device != device_) {
+        v.Reset();
+        ASSIGN_OR_RETURN(v.stream, api.CreateStream(device_));
+        v.api = arena_->api;
+        v.device = device_;
+      }
+      if (v.capacity < 8 * on_gpu.size()) {
+        if (v.sums != nullptr) (void)api.Free(device_, v.sums);
+        v.sums = nullptr;
+        v.capacity = 0;
+        const uint64_t want = std::max<uint64_t>(8 * on_gpu.size(), 4096);
+        ASSIGN_OR_RETURN(v.sums, api.Malloc(device_, want));
+        v.capacity = want;
+      }
       std::vector<uint64_t> got(on_gpu.size());
       for (size_t k = 0; k < on_gpu.size(); ++k) {
         const Tensor& t = tensors_[on_gpu[k]];
         RETURN_IF_ERROR(api.LaunchChecksum(t.data, t.size,
-                                           reinterpret_cast<uint64_t*>(sums) + k, stream));
+                                           reinterpret_cast<uint64_t*>(v.sums) + k, v.stream));
       }
-      RETURN_IF_ERROR(api.MemcpyAsync(got.data(), sums, 8 * got.size(),
-                                      gpu::CopyKind::kDeviceToHost, stream));
-      RETURN_IF_ERROR(api.StreamSynchronize(stream));
+      RETURN_IF_ERROR(api.MemcpyAsync(got.data(), v.sums, 8 * got.size(),
+                                      gpu::CopyKind::kDeviceToHost, v.stream));
+      RETURN_IF_ERROR(api.StreamSynchronize(v.stream));
       for (size_t k = 0; k < on_gpu.size(); ++k) {
         if (got[k] != tensors_[on_gpu[k]].device_checksum) bad.push_back(tensors_[on_gpu[k]].name);
       }
@@ -616,6 +653,11 @@ absl::StatusOr<std::unique_ptr<Layer>> LayerStream::Next() {
   }
   v1::SessionResponse response;
   if (!core_->TimedRead(&response)) {
+    // Close the arenas this stream kept open before the call ends: the
+    // daemon may free an arena once every session it was handed to ended,
+    // and CUDA leaves freeing memory that an importer still has open
+    // undefined (docs/API.md, "Device sessions").
+    recent_arenas_.clear();
     core_->CloseWrites();
     absl::Status st = FromGrpc(core_->rw->Finish());
     const bool timed_out = core_->TimedOut();
