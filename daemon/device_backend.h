@@ -21,6 +21,11 @@
 //
 // Successive layers overlap on the two streams: layer N+1's upload runs on
 // the copy stream while layer N decodes on the compute stream.
+//
+// Memory outside the device cache's budget (gpu_memory): per GPU, up to 4
+// idle device work buffers (a layer's uploaded bytes + results, whole MiB)
+// kept for reuse, and page-locked staging on the host (idle: at most
+// max_idle_staging).
 #ifndef BIGSMALL_DAEMON_DEVICE_BACKEND_H_
 #define BIGSMALL_DAEMON_DEVICE_BACKEND_H_
 
