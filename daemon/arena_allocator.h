@@ -110,6 +110,10 @@ class Block {
   Block& operator=(const Block&) = delete;
 
   Arena& arena() const { return *arena_; }
+  // Keeps the arena's memory allocated after the pool dropped it (a device
+  // session holds the arenas it was handed until it ends: see
+  // daemon/device_arena.h).
+  std::shared_ptr<Arena> shared_arena() const { return arena_; }
   uint64_t arena_id() const { return arena_->id(); }
   uint64_t offset() const { return offset_; }
   uint64_t size() const { return size_; }  // as asked

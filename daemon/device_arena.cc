@@ -27,8 +27,11 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> DeviceArena::Create(gpu::DeviceApi*
 }
 
 DeviceArena::~DeviceArena() {
-  // Blocks are gone (the pool drops an arena only when empty); importers
-  // that still have it open keep it alive (CUDA and the emulator both).
+  // Blocks are gone (the pool drops an arena only when empty), and so is
+  // every session that was handed one of its layers (each holds the arenas
+  // it was handed until it ends): CUDA leaves cudaFree of exported memory an
+  // importer still has open undefined, and clients close their arenas
+  // before their call ends.
   absl::Status st = api_->Free(device_, base_);
   if (!st.ok()) spdlog::warn("free arena {} on cuda:{}: {}", id(), device_, st.ToString());
 }

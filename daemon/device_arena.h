@@ -10,7 +10,16 @@
 // returns it (there is no overcommit or hole punching on a GPU), so the
 // whole arena counts against the device from creation; the per-device cache
 // budget (gpu_memory) limits how much of it layers may occupy, and an arena
-// that became empty is freed by the pool (keeping one spare).
+// that became empty is dropped by the pool (keeping one spare).
+//
+// Lifetime: CUDA leaves cudaFree of memory that an importer still has open
+// (cudaIpcOpenMemHandle without its Close) undefined, and the daemon cannot
+// see a client's close. So a session holds every arena it was handed until
+// it ends (service.cc, Block::shared_arena), and the client library closes
+// the arenas of a stream before its call ends: a dropped arena is freed
+// only when no session that could have it open is left. Memory of arenas a
+// live session holds this way is outside the pool's (and the budget's)
+// accounting until then; it is at most the arenas that session was handed.
 #ifndef BIGSMALL_DAEMON_DEVICE_ARENA_H_
 #define BIGSMALL_DAEMON_DEVICE_ARENA_H_
 

@@ -96,6 +96,10 @@ class ServiceSessionEnv final : public SessionEnv {
     if (device_ != nullptr) {
       FillCudaMemory(data, device_->backend->device(), device_->backend->emulated(),
                      handle->mutable_memory()->mutable_cuda());
+      // The client may keep this arena's IPC mapping open until its call
+      // ends; the arena must not be freed before that (device_arena.h).
+      std::lock_guard<std::mutex> lock(arenas_mu_);
+      handed_arenas_.emplace(data.arena->arena_id(), data.arena->shared_arena());
     } else {
       FillHostMemory(data, handle->mutable_memory()->mutable_host());
     }
@@ -110,6 +114,10 @@ class ServiceSessionEnv final : public SessionEnv {
   std::shared_ptr<Model> model_;
   GpuDevice* device_ = nullptr;  // null: host memory
   uint32_t window_ = 0;
+  // Device arenas handed to this session, kept allocated until it ends (the
+  // env lives until the call and its loads are over).
+  std::mutex arenas_mu_;
+  std::map<uint64_t, std::shared_ptr<Arena>> handed_arenas_;
 };
 
 class SessionReactor final

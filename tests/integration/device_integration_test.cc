@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <string>
@@ -405,6 +406,51 @@ TEST_F(DeviceIntegrationTest, SmallDeviceMemoryEvictsAndAdmitsWithinItsBudget) {
   // With the leases gone, the whole model streams again.
   auto again = StreamToDevice(d.client(), *big_, "cuda:0", one);
   EXPECT_TRUE(again.ok()) << again.status();
+}
+
+// CUDA leaves cudaFree of exported memory that an importer still has open
+// undefined, and the daemon cannot see a client's cudaIpcCloseMemHandle. So
+// an empty device arena stays allocated until every session it was handed
+// to has ended (the client closes its arenas before its call ends). The
+// emulated device's allocations are files: count them.
+TEST_F(DeviceIntegrationTest, ArenasOutliveTheSessionsTheyWereHandedTo) {
+  Daemon d(Emulated({"--gpu-memory", "64M", "--gpu-arena-size", "8M"}));
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto arenas = [&] {
+    size_t n = 0;
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(d.dir(), ec);
+         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->path().filename().string().rfind("bsemu-", 0) == 0) ++n;
+    }
+    return n;
+  };
+  auto desc = d.client().OpenModel(big_->bs);
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  auto stream = d.client().Stream(desc->model_id(), {.window = 6, .device = "cuda:0"});
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  size_t layers = 0;
+  while (true) {
+    auto layer = (*stream)->Next();  // released at once (destroyed)
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    if (*layer == nullptr) break;
+    ++layers;
+  }
+  ASSERT_EQ(layers, 6u);
+  const size_t used = arenas();
+  // Each 5 MiB layer has an 8 MiB arena of its own (all six stay cached);
+  // the backend's work buffers are allocations (files) too.
+  ASSERT_GE(used, 6u);
+  // Every layer unleased: evicting them empties the arenas. The session is
+  // still open, so none of them may be freed yet.
+  auto ev = d.client().Evict(desc->model_id(), /*unload=*/false);
+  ASSERT_TRUE(ev.ok()) << ev.status();
+  EXPECT_EQ(ev->layers_evicted(), 6u);
+  EXPECT_EQ(arenas(), used);
+  // The session ends: the empty arenas go, but for one spare.
+  stream->reset();
+  EXPECT_TRUE(Eventually([&] { return arenas() <= used - 5; }))
+      << arenas() << " allocations left of " << used;
 }
 
 TEST_F(DeviceIntegrationTest, KilledClientReleasesItsDeviceLeases) {
