@@ -24,6 +24,12 @@ class ByteSource {
   // is kOutOfRange; I/O failures are kUnavailable (retryable) or kDataLoss.
   // Short reads are retried inside; success means every byte was filled.
   virtual absl::Status ReadAt(uint64_t offset, absl::Span<uint8_t> out) = 0;
+  // ReadAt for one large read (a layer group into its staging buffer): a
+  // source may read straight into `out`, several parts at once, and returns
+  // only when nothing it started can still write `out`. Default: ReadAt.
+  virtual absl::Status ReadBulk(uint64_t offset, absl::Span<uint8_t> out) {
+    return ReadAt(offset, out);
+  }
   // Human-readable name for errors (usually the path).
   virtual std::string name() const = 0;
 };

@@ -63,6 +63,17 @@ FaultInjectingSource::FaultInjectingSource(std::unique_ptr<ByteSource> inner, Fa
     : inner_(std::move(inner)), spec_(spec) {}
 
 absl::Status FaultInjectingSource::ReadAt(uint64_t offset, absl::Span<uint8_t> out) {
+  return Read(offset, out, /*bulk=*/false);
+}
+
+absl::Status FaultInjectingSource::ReadBulk(uint64_t offset, absl::Span<uint8_t> out) {
+  return Read(offset, out, /*bulk=*/true);
+}
+
+absl::Status FaultInjectingSource::Read(uint64_t offset, absl::Span<uint8_t> out, bool bulk) {
+  auto inner_read = [&](uint64_t off, absl::Span<uint8_t> part) {
+    return bulk ? inner_->ReadBulk(off, part) : inner_->ReadAt(off, part);
+  };
   uint64_t n = reads_.fetch_add(1);
   if (spec_.stall_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(spec_.stall_ms));
   const uint64_t end = offset + out.size();
@@ -78,10 +89,10 @@ absl::Status FaultInjectingSource::ReadAt(uint64_t offset, absl::Span<uint8_t> o
   if (spec_.short_read_bytes > 0) {
     for (uint64_t pos = 0; pos < out.size(); pos += spec_.short_read_bytes) {
       uint64_t len = std::min<uint64_t>(spec_.short_read_bytes, out.size() - pos);
-      RETURN_IF_ERROR(inner_->ReadAt(offset + pos, out.subspan(pos, len)));
+      RETURN_IF_ERROR(inner_read(offset + pos, out.subspan(pos, len)));
     }
   } else {
-    RETURN_IF_ERROR(inner_->ReadAt(offset, out));
+    RETURN_IF_ERROR(inner_read(offset, out));
   }
   if (spec_.flip_offset && offset <= *spec_.flip_offset && *spec_.flip_offset < end) {
     out[*spec_.flip_offset - offset] ^= 0xff;

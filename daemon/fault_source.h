@@ -48,10 +48,14 @@ class FaultInjectingSource final : public ByteSource {
   FaultInjectingSource(std::unique_ptr<ByteSource> inner, FaultSpec spec);
   uint64_t size() const override { return inner_->size(); }
   absl::Status ReadAt(uint64_t offset, absl::Span<uint8_t> out) override;
+  // The same faults, then the inner source's ReadBulk (the load pipeline's
+  // direct reads into staging).
+  absl::Status ReadBulk(uint64_t offset, absl::Span<uint8_t> out) override;
   std::string name() const override { return inner_->name(); }
   uint64_t reads() const { return reads_.load(); }
 
  private:
+  absl::Status Read(uint64_t offset, absl::Span<uint8_t> out, bool bulk);
   std::unique_ptr<ByteSource> inner_;
   FaultSpec spec_;
   std::atomic<uint64_t> reads_{0};

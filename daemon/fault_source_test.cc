@@ -1,6 +1,8 @@
 #include "daemon/fault_source.h"
 
 #include <numeric>
+#include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -85,6 +87,46 @@ TEST(FaultSourceTest, TruncationAndFlip) {
   ASSERT_TRUE(src.ReadAt(0, absl::MakeSpan(out)).ok());
   EXPECT_EQ(out[5], static_cast<uint8_t>(5 ^ 0xff));
   EXPECT_EQ(src.ReadAt(55, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+}
+
+// Counts which entry point the wrapper used on its inner source.
+class CountingSource final : public ByteSource {
+ public:
+  explicit CountingSource(std::unique_ptr<ByteSource> inner) : inner_(std::move(inner)) {}
+  uint64_t size() const override { return inner_->size(); }
+  absl::Status ReadAt(uint64_t offset, absl::Span<uint8_t> out) override {
+    ++*reads_;
+    return inner_->ReadAt(offset, out);
+  }
+  absl::Status ReadBulk(uint64_t offset, absl::Span<uint8_t> out) override {
+    ++*bulk_reads_;
+    return inner_->ReadAt(offset, out);
+  }
+  std::string name() const override { return inner_->name(); }
+  std::shared_ptr<int> reads_ = std::make_shared<int>(0);
+  std::shared_ptr<int> bulk_reads_ = std::make_shared<int>(0);
+
+ private:
+  std::unique_ptr<ByteSource> inner_;
+};
+
+TEST(FaultSourceTest, BulkReadsGetTheFaultsAndStayBulkInside) {
+  auto counting = std::make_unique<CountingSource>(Bytes(100));
+  auto reads = counting->reads_;
+  auto bulk = counting->bulk_reads_;
+  FaultSpec spec;
+  spec.short_read_bytes = 7;
+  spec.flip_offset = 5;
+  spec.eio_offset = 90;
+  FaultInjectingSource src(std::move(counting), spec);
+  std::vector<uint8_t> out(20);
+  ASSERT_TRUE(src.ReadBulk(0, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out[5], static_cast<uint8_t>(5 ^ 0xff));
+  EXPECT_EQ(out[19], 19);
+  EXPECT_EQ(*bulk, 3);  // 7 + 7 + 6 bytes, each a ReadBulk of the inner source
+  EXPECT_EQ(*reads, 0);
+  EXPECT_EQ(src.ReadBulk(80, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(src.reads(), 2u);
 }
 
 }  // namespace

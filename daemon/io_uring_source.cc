@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -190,6 +191,10 @@ IoUringSource::IoUringSource(std::string path, int fd, int direct_fd, uint64_t s
     options_.chunk_bytes = AlignedBuffer::kAlignment;
   }
   options_.chunk_bytes = options_.chunk_bytes / AlignedBuffer::kAlignment * AlignedBuffer::kAlignment;
+  if (options_.split_bytes < AlignedBuffer::kAlignment) {
+    options_.split_bytes = AlignedBuffer::kAlignment;
+  }
+  options_.split_bytes = options_.split_bytes / AlignedBuffer::kAlignment * AlignedBuffer::kAlignment;
 }
 
 IoUringSource::~IoUringSource() {
@@ -198,13 +203,22 @@ IoUringSource::~IoUringSource() {
 }
 
 absl::Status IoUringSource::ReadAt(uint64_t offset, absl::Span<uint8_t> out) {
+  return ReadRange(offset, out, /*bulk=*/false);
+}
+
+absl::Status IoUringSource::ReadBulk(uint64_t offset, absl::Span<uint8_t> out) {
+  return ReadRange(offset, out, /*bulk=*/true);
+}
+
+absl::Status IoUringSource::ReadRange(uint64_t offset, absl::Span<uint8_t> out, bool bulk) {
   if (offset > size_ || out.size() > size_ - offset) {
     return absl::OutOfRangeError(absl::StrCat(log_name_, ": read of ", out.size(), " bytes at ",
                                               offset, " is past the end (", size_, " bytes)"));
   }
   if (out.empty()) return absl::OkStatus();
   auto read = [&](int fd, uint64_t off, absl::Span<uint8_t> part) {
-    return backend_ == IoBackend::kIoUring ? ReadUring(fd, off, part) : ReadPread(fd, off, part);
+    if (backend_ != IoBackend::kIoUring) return ReadPread(fd, off, part);
+    return bulk ? ReadUringInto(fd, off, part) : ReadUring(fd, off, part);
   };
   constexpr uint64_t kAlign = AlignedBuffer::kAlignment;
   size_t direct_len = 0;
@@ -496,6 +510,172 @@ absl::Status IoUringSource::ReadUring(int fd, uint64_t offset, absl::Span<uint8_
     io_uring_cq_advance(&ring->ring, seen);
   }
   DiscardRing(std::move(ring), in_flight);
+  return status;
+}
+
+
+absl::Status IoUringSource::ReadUringInto(int fd, uint64_t offset, absl::Span<uint8_t> out) {
+  absl::StatusOr<std::unique_ptr<Ring>> acquired = AcquireRing();
+  if (!acquired.ok()) return ReadPread(fd, offset, out);  // ring creation refused now
+  std::unique_ptr<Ring> ring = std::move(*acquired);
+  bulk_reads_.fetch_add(1);
+  const size_t split = options_.split_bytes;
+  // Cancel SQEs carry this bit in their user data; reads carry their piece.
+  constexpr uint64_t kCancelTag = uint64_t{1} << 63;
+  struct Piece {
+    uint64_t offset;  // file offset of the piece
+    uint8_t* dst;     // its place in `out`, which the kernel reads into
+    size_t len;
+    size_t done = 0;
+    bool in_flight = false;
+  };
+  std::vector<Piece> pieces;
+  pieces.reserve(out.size() / split + 1);
+  for (size_t pos = 0; pos < out.size(); pos += split) {
+    pieces.push_back({offset + pos, out.data() + pos, std::min(split, out.size() - pos)});
+  }
+  size_t next = 0;            // next piece never submitted
+  std::vector<size_t> retry;  // pieces to continue (short reads, EAGAIN)
+  size_t in_flight = 0;       // reads the kernel accepted, completion not reaped
+  size_t cancels = 0;         // cancel SQEs accepted, completion not reaped
+  absl::Status status;        // first error; once set, nothing new is read
+  bool sq_dirty = false;      // SQEs queued that the kernel never took: never submit again
+  bool broken = false;        // a submit or wait failed: the ring is not reused
+
+  auto prep = [&](size_t i) {
+    Piece& p = pieces[i];
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring->ring);
+    size_t want = p.len - p.done;
+    if (options_.max_read_bytes > 0 && want > options_.max_read_bytes) {
+      want = options_.max_read_bytes;
+    }
+    io_uring_prep_read(sqe, fd, p.dst + p.done, static_cast<unsigned>(want), p.offset + p.done);
+    io_uring_sqe_set_data64(sqe, i);
+    p.in_flight = true;
+  };
+  auto complete = [&](io_uring_cqe* cqe) {
+    const uint64_t data = io_uring_cqe_get_data64(cqe);
+    if ((data & kCancelTag) != 0) {
+      --cancels;
+      return;
+    }
+    const size_t i = static_cast<size_t>(data);
+    if (i >= pieces.size()) return;  // cannot happen: the ring is exclusive and clean
+    Piece& p = pieces[i];
+    p.in_flight = false;
+    --in_flight;
+    bulk_in_flight_.fetch_sub(1);
+    const int res = cqe->res;
+    if (!status.ok()) return;  // failing already (-ECANCELED and the like)
+    if (res == -EINTR || res == -EAGAIN) {
+      retry.push_back(i);
+    } else if (res < 0) {
+      status = ErrnoToStatus(-res, absl::StrCat("read ", log_name_, " at ", p.offset + p.done));
+    } else if (res == 0) {
+      status = absl::DataLossError(absl::StrCat(log_name_, ": truncated (end of file at ",
+                                                p.offset + p.done, ", expected ", size_,
+                                                " bytes)"));
+    } else {
+      p.done += static_cast<size_t>(std::min<int64_t>(res, p.len - p.done));
+      if (p.done < p.len) retry.push_back(i);  // short read: continue where it stopped
+    }
+  };
+  auto reap = [&] {
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe = nullptr;
+    io_uring_for_each_cqe(&ring->ring, head, cqe) {
+      ++seen;
+      complete(cqe);
+    }
+    io_uring_cq_advance(&ring->ring, seen);
+  };
+
+  std::vector<size_t> batch;
+  while (status.ok()) {
+    batch.clear();
+    while (in_flight + batch.size() < ring->depth && !retry.empty()) {
+      batch.push_back(retry.back());
+      retry.pop_back();
+    }
+    while (in_flight + batch.size() < ring->depth && next < pieces.size()) {
+      batch.push_back(next++);
+    }
+    if (!batch.empty()) {
+      int ret = Submit(*ring, batch, prep);
+      for (int tries = 0; ret == -EINTR && tries < 3; ++tries) ret = io_uring_submit(&ring->ring);
+      const size_t accepted = ret < 0 ? 0 : static_cast<size_t>(ret);
+      in_flight += accepted;
+      bulk_in_flight_.fetch_add(accepted);
+      if (accepted < batch.size()) {
+        // The kernel consumes SQEs in order: the rest stay queued, never to
+        // be submitted (a cancel would flush them too), never in flight.
+        for (size_t k = accepted; k < batch.size(); ++k) pieces[batch[k]].in_flight = false;
+        status = ret < 0 ? absl::UnavailableError(absl::StrCat(
+                               "io_uring_submit ", log_name_, ": ",
+                               ErrnoToStatus(-ret, "submit").message()))
+                         : absl::UnavailableError(absl::StrCat("io_uring_submit ", log_name_,
+                                                               ": the kernel took ", ret, " of ",
+                                                               batch.size(), " reads"));
+        sq_dirty = true;
+        broken = true;
+        break;
+      }
+    }
+    if (in_flight == 0) break;  // everything read (or retries only: impossible here)
+    io_uring_cqe* cqe = nullptr;
+    int ret = Wait(*ring, &cqe, options_.wait_timeout_ms);
+    if (ret == -EINTR) continue;
+    if (ret < 0) {
+      status = ret == -ETIME
+                   ? absl::UnavailableError(absl::StrCat("io_uring: no completion for ", log_name_,
+                                                         " in ", options_.wait_timeout_ms, " ms"))
+                   : absl::UnavailableError(absl::StrCat("io_uring_wait_cqe ", log_name_, ": ",
+                                                         ErrnoToStatus(-ret, "wait").message()));
+      broken = true;
+      break;
+    }
+    reap();
+  }
+  if (in_flight > 0 && !sq_dirty) {
+    // Failing with reads in flight into `out`: ask the kernel to cancel
+    // them (a read already running completes anyway), then reap them all.
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      if (!pieces[i].in_flight) continue;
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring->ring);
+      if (sqe == nullptr) break;
+      io_uring_prep_cancel64(sqe, i, 0);
+      io_uring_sqe_set_data64(sqe, kCancelTag | i);
+    }
+    int ret = io_uring_submit(&ring->ring);
+    if (ret > 0) {
+      cancels += static_cast<size_t>(ret);
+      bulk_cancels_.fetch_add(static_cast<uint64_t>(ret));
+    }
+    broken = true;  // its SQ may hold cancels the kernel did not take
+  }
+  // Never return while the kernel may still write `out`: wait for every
+  // accepted read's completion (and the cancels', so the CQ is empty).
+  int wait_errors = 0;
+  while (in_flight > 0 || cancels > 0) {
+    io_uring_cqe* cqe = nullptr;
+    int ret = wait_errors < 3 ? Wait(*ring, &cqe, 1000) : -EBUSY;
+    if (ret == -EINTR || ret == -ETIME) continue;
+    if (ret < 0) {
+      // io_uring_enter failing: completions still land in the shared CQ.
+      ++wait_errors;
+      if (io_uring_peek_cqe(&ring->ring, &cqe) != 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+    }
+    reap();
+  }
+  if (!broken) {
+    ReturnRing(std::move(ring));
+  } else {
+    DiscardRing(std::move(ring), 0);  // nothing in flight: destroyed
+  }
   return status;
 }
 

@@ -12,6 +12,24 @@
 // memory that is quarantined with the ring, never the caller's buffer, which
 // the caller may free as soon as ReadAt returns, whatever it returned. The
 // copy costs far less than the read it follows.
+//
+// ReadBulk (the load pipeline's read of a layer group into its staging
+// buffer) reads straight into the caller's buffer instead, with no bounce
+// copy: the range is split into split_bytes reads (plain IORING_OP_READ
+// into the caller's memory; staging buffers are not registered as fixed
+// buffers), at most queue_depth in flight, so the kernel reads one large
+// group in parallel. Its buffer safety is the other way round: ReadBulk
+// never returns while any read it submitted is still in flight. On an
+// error (a failed read, end of file, a failed submit or wait, a wait past
+// wait_timeout_ms) it submits an IORING_OP_ASYNC_CANCEL for every read in
+// flight, when the ring's submission queue is clean, and then reaps every
+// completion, for as long as that takes (drain_timeout_ms does not apply;
+// if io_uring_enter itself keeps failing, the completion queue is polled
+// in shared memory), so the caller may free its buffer as soon as ReadBulk
+// returns. Short reads are continued; end of file inside the range is
+// kDataLoss, as with ReadAt. With pread (refused io_uring, or --io pread),
+// ReadBulk is ReadAt's single-threaded pread loop: the pipeline's
+// overlapping layers are its parallelism.
 #ifndef BIGSMALL_DAEMON_IO_URING_SOURCE_H_
 #define BIGSMALL_DAEMON_IO_URING_SOURCE_H_
 
@@ -39,7 +57,8 @@ struct IoOptions {
   IoBackend backend = IoBackend::kAuto;  // kAuto: io_uring when the kernel allows it
   bool direct = true;                    // O_DIRECT for aligned parts where supported
   uint32_t queue_depth = 8;              // reads in flight per ReadAt
-  uint32_t chunk_bytes = 1 << 20;        // bytes per submitted read
+  uint32_t chunk_bytes = 1 << 20;        // bytes per submitted read (ReadAt)
+  uint32_t split_bytes = 4 << 20;        // bytes per submitted read (ReadBulk)
   // Tests only: cap every read the kernel is asked for, to exercise the
   // short-read path (0: no cap).
   uint32_t max_read_bytes = 0;
@@ -105,6 +124,9 @@ class IoUringSource final : public ByteSource {
 
   uint64_t size() const override { return size_; }
   absl::Status ReadAt(uint64_t offset, absl::Span<uint8_t> out) override;
+  // Straight into `out`, split_bytes per read, queue_depth in flight;
+  // returns only when none of its reads is in flight (see the top).
+  absl::Status ReadBulk(uint64_t offset, absl::Span<uint8_t> out) override;
   std::string name() const override { return path_; }
 
   IoBackend backend() const { return backend_; }
@@ -116,6 +138,12 @@ class IoUringSource final : public ByteSource {
   uint64_t rings_created() const { return rings_created_.load(); }
   uint64_t rings_discarded() const { return rings_discarded_.load(); }
   uint64_t rings_quarantined() const { return rings_quarantined_.load(); }
+  // ReadBulk's reads the kernel accepted and whose completion was not yet
+  // reaped (0 whenever no ReadBulk is running), and the cancels it sent.
+  uint64_t bulk_in_flight() const { return bulk_in_flight_.load(); }
+  uint64_t bulk_cancels() const { return bulk_cancels_.load(); }
+  // ReadBulk calls that read through io_uring straight into the caller's buffer.
+  uint64_t bulk_reads() const { return bulk_reads_.load(); }
 
  private:
   struct Ring;
@@ -124,6 +152,9 @@ class IoUringSource final : public ByteSource {
   // One contiguous range on one descriptor.
   absl::Status ReadPread(int fd, uint64_t offset, absl::Span<uint8_t> out);
   absl::Status ReadUring(int fd, uint64_t offset, absl::Span<uint8_t> out);
+  absl::Status ReadUringInto(int fd, uint64_t offset, absl::Span<uint8_t> out);
+  // ReadAt's and ReadBulk's common frame: bounds, the O_DIRECT part.
+  absl::Status ReadRange(uint64_t offset, absl::Span<uint8_t> out, bool bulk);
   absl::StatusOr<std::unique_ptr<Ring>> AcquireRing();
   void ReturnRing(std::unique_ptr<Ring> ring);
   // The io_uring calls, through the test fault seam.
@@ -145,6 +176,9 @@ class IoUringSource final : public ByteSource {
   std::atomic<uint64_t> rings_created_{0};
   std::atomic<uint64_t> rings_discarded_{0};
   std::atomic<uint64_t> rings_quarantined_{0};
+  std::atomic<uint64_t> bulk_in_flight_{0};
+  std::atomic<uint64_t> bulk_cancels_{0};
+  std::atomic<uint64_t> bulk_reads_{0};
   std::atomic<uint32_t> submit_calls_{0};
   std::atomic<uint32_t> wait_calls_{0};
   std::mutex rings_mu_;

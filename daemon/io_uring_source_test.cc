@@ -65,6 +65,50 @@ TEST_P(IoUringSourceTest, ReadsEveryRangeExactly) {
             absl::StatusCode::kOutOfRange);
 }
 
+TEST_P(IoUringSourceTest, ReadBulkIsBitExactAroundTheSplit) {
+  if (GetParam() == IoBackend::kIoUring && !IoUringAvailable()) {
+    GTEST_SKIP() << "io_uring refused in this process: " << IoUringStatus();
+  }
+  IoOptions options;
+  options.backend = GetParam();
+  options.split_bytes = 64 * 1024;
+  options.queue_depth = 4;
+  auto src = IoUringSource::Open(path_, options);
+  ASSERT_TRUE(src.ok()) << src.status();
+  const uint64_t split = options.split_bytes;
+  const uint64_t sizes[] = {1, 4095, 4096, split - 1, split, split + 1, 2 * split + 4096,
+                            4 * split + 17, 9 * split + 4095};
+  const uint64_t offsets[] = {0, 4096, 13, split - 1};
+  for (uint64_t size : sizes) {
+    for (uint64_t offset : offsets) {
+      // An aligned buffer (the O_DIRECT part) and a misaligned one, with
+      // guard bytes either side that must stay untouched.
+      for (size_t shift : {size_t{0}, size_t{1}}) {
+        SCOPED_TRACE(absl::StrCat("size ", size, " offset ", offset, " shift ", shift));
+        constexpr size_t kGuard = 4096;
+        AlignedBuffer buf(kGuard + size + kGuard + 1);
+        memset(buf.data(), 0xC3, buf.size());
+        uint8_t* dst = buf.data() + kGuard + shift;
+        ASSERT_TRUE((*src)->ReadBulk(offset, {dst, size}).ok());
+        EXPECT_EQ(0, memcmp(dst, data_.data() + offset, size));
+        EXPECT_TRUE(std::all_of(buf.data(), dst, [](uint8_t b) { return b == 0xC3; }));
+        EXPECT_TRUE(std::all_of(dst + size, buf.data() + buf.size(),
+                                [](uint8_t b) { return b == 0xC3; }));
+        EXPECT_EQ((*src)->bulk_in_flight(), 0u);
+      }
+    }
+  }
+  if (GetParam() == IoBackend::kIoUring) {
+    EXPECT_GT((*src)->bulk_reads(), 0u) << "ReadBulk did not read through io_uring";
+  } else {
+    EXPECT_EQ((*src)->bulk_reads(), 0u);
+  }
+  std::vector<uint8_t> past(10);
+  EXPECT_EQ((*src)->ReadBulk(data_.size() - 5, absl::MakeSpan(past)).code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE((*src)->ReadBulk(data_.size(), {past.data(), 0}).ok());
+}
+
 TEST_P(IoUringSourceTest, ShortReadsAreContinued) {
   if (GetParam() == IoBackend::kIoUring && !IoUringAvailable()) {
     GTEST_SKIP() << "io_uring refused in this process: " << IoUringStatus();
@@ -78,6 +122,9 @@ TEST_P(IoUringSourceTest, ShortReadsAreContinued) {
   std::vector<uint8_t> out(300000);
   ASSERT_TRUE((*src)->ReadAt(17, absl::MakeSpan(out)).ok());
   EXPECT_EQ(0, memcmp(out.data(), data_.data() + 17, out.size()));
+  std::vector<uint8_t> bulk(300000);
+  ASSERT_TRUE((*src)->ReadBulk(17, absl::MakeSpan(bulk)).ok());
+  EXPECT_EQ(0, memcmp(bulk.data(), data_.data() + 17, bulk.size()));
 }
 
 TEST_P(IoUringSourceTest, FileTruncatedAfterOpenIsDataLoss) {
@@ -91,6 +138,32 @@ TEST_P(IoUringSourceTest, FileTruncatedAfterOpenIsDataLoss) {
   ASSERT_EQ(truncate(path_.c_str(), 1000), 0);
   std::vector<uint8_t> out(5000);
   EXPECT_EQ((*src)->ReadAt(0, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+  // The same error from ReadBulk, end of file inside its range.
+  EXPECT_EQ((*src)->ReadBulk(0, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_P(IoUringSourceTest, ReadBulkEndOfFileInALaterPieceIsDataLossAndReapsAll) {
+  if (GetParam() == IoBackend::kIoUring && !IoUringAvailable()) {
+    GTEST_SKIP() << "io_uring refused in this process: " << IoUringStatus();
+  }
+  IoOptions options;
+  options.backend = GetParam();
+  options.split_bytes = 64 * 1024;
+  options.queue_depth = 8;
+  auto src = IoUringSource::Open(path_, options);
+  ASSERT_TRUE(src.ok());
+  ASSERT_EQ(truncate(path_.c_str(), 200000), 0);  // inside the 4th piece
+  for (uint64_t offset : {uint64_t{0}, uint64_t{77}}) {
+    std::vector<uint8_t> out(1 << 20);
+    absl::Status st = (*src)->ReadBulk(offset, absl::MakeSpan(out));
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+    EXPECT_NE(st.message().find("truncated"), std::string::npos) << st;
+    EXPECT_EQ((*src)->bulk_in_flight(), 0u);
+  }
+  // The ring(s) are still usable: what is left reads exactly.
+  std::vector<uint8_t> head(150000);
+  ASSERT_TRUE((*src)->ReadBulk(5, absl::MakeSpan(head)).ok());
+  EXPECT_EQ(0, memcmp(head.data(), data_.data() + 5, head.size()));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, IoUringSourceTest,
@@ -206,7 +279,8 @@ TEST_F(IoUringSourceOpenFdFileTest, DirectDescriptorIsTheSameInodeAfterReplace) 
 // Runs src.ReadAt on another thread and fails the test (ending the process:
 // the read still owns `out`) if it does not return within `limit`.
 absl::Status ReadWithin(IoUringSource& src, uint64_t offset, absl::Span<uint8_t> out,
-                        std::chrono::seconds limit = std::chrono::seconds(20)) {
+                        std::chrono::seconds limit = std::chrono::seconds(20),
+                        bool bulk = false) {
   struct Shared {
     std::mutex mu;
     std::condition_variable cv;
@@ -214,8 +288,8 @@ absl::Status ReadWithin(IoUringSource& src, uint64_t offset, absl::Span<uint8_t>
     absl::Status status;
   };
   auto shared = std::make_shared<Shared>();
-  std::thread t([shared, &src, offset, out] {
-    absl::Status st = src.ReadAt(offset, out);
+  std::thread t([shared, &src, offset, out, bulk] {
+    absl::Status st = bulk ? src.ReadBulk(offset, out) : src.ReadAt(offset, out);
     std::lock_guard<std::mutex> lock(shared->mu);
     shared->status = st;
     shared->done = true;
@@ -348,6 +422,99 @@ TEST_F(IoUringFaultTest, FaultsAfterSomeCompletionsStillEndBounded) {
         EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
         EXPECT_EQ((*src)->rings_discarded() + (*src)->rings_quarantined(), 1u);
         ExpectNextReadWorks(**src, (*src)->rings_created());
+      }
+    }
+  }
+}
+
+absl::Status BulkWithin(IoUringSource& src, uint64_t offset, absl::Span<uint8_t> out) {
+  return ReadWithin(src, offset, out, std::chrono::seconds(20), /*bulk=*/true);
+}
+
+class IoUringBulkFaultTest : public IoUringFaultTest {
+ protected:
+  IoOptions Options() const {
+    IoOptions options = IoUringFaultTest::Options();
+    options.split_bytes = 64 * 1024;  // 33 pieces, 4 in flight
+    return options;
+  }
+  // After a fault: nothing of the failed read in flight, the caller's buffer
+  // not written after the return (its contents then, checked again after
+  // the kernel had time to land any stray read), and the next reads work.
+  void ExpectQuietAfterFailure(IoUringSource& src, std::unique_ptr<std::vector<uint8_t>> out,
+                               bool then_read = true) {
+    EXPECT_EQ(src.bulk_in_flight(), 0u);
+    const std::vector<uint8_t> at_return = *out;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let stray reads land
+    EXPECT_TRUE(*out == at_return) << "the buffer was written after ReadBulk returned";
+    out.reset();  // and it may be freed (ASan: no use after free)
+    if (!then_read) return;
+    ExpectNextReadWorks(src, src.rings_created());  // on a new ring
+    std::vector<uint8_t> again(data_.size());
+    absl::Status st = BulkWithin(src, 0, absl::MakeSpan(again));
+    ASSERT_TRUE(st.ok()) << st;
+    EXPECT_EQ(0, memcmp(again.data(), data_.data(), data_.size()));
+    EXPECT_EQ(src.bulk_in_flight(), 0u);
+  }
+};
+
+TEST_F(IoUringBulkFaultTest, FailedWaitCancelsAndReapsEveryReadBeforeReturning) {
+  // The first wait only; then every wait from then on (the drain polls the
+  // completion queue instead; this source's later reads fail too).
+  for (uint32_t count : {1u, 1000000u}) {
+    SCOPED_TRACE(absl::StrCat(count, " failed waits"));
+    IoOptions options = Options();
+    options.uring_faults.wait_fail = 1;
+    options.uring_faults.wait_fail_count = count;
+    auto src = IoUringSource::Open(path_, options);
+    ASSERT_TRUE(src.ok()) << src.status();
+    auto out = std::make_unique<std::vector<uint8_t>>(data_.size(), 0x5A);
+    absl::Status st = BulkWithin(**src, 0, absl::MakeSpan(*out));
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+    EXPECT_GT((*src)->bulk_cancels(), 0u) << "the reads in flight were not cancelled";
+    EXPECT_EQ((*src)->rings_discarded(), 1u);
+    EXPECT_EQ((*src)->rings_quarantined(), 0u);
+    ExpectQuietAfterFailure(**src, std::move(out), /*then_read=*/count == 1);
+  }
+}
+
+TEST_F(IoUringBulkFaultTest, FailedAndShortSubmitsWaitForTheAcceptedReads) {
+  for (int kind = 0; kind < 2; ++kind) {
+    SCOPED_TRACE(kind == 0 ? "submit_fail" : "short_submit");
+    IoOptions options = Options();
+    (kind == 0 ? options.uring_faults.submit_fail : options.uring_faults.short_submit) = 1;
+    auto src = IoUringSource::Open(path_, options);
+    ASSERT_TRUE(src.ok()) << src.status();
+    auto out = std::make_unique<std::vector<uint8_t>>(data_.size(), 0x5A);
+    absl::Status st = BulkWithin(**src, 0, absl::MakeSpan(*out));
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+    EXPECT_NE(st.message().find("io_uring_submit"), std::string::npos) << st;
+    if (kind == 1) EXPECT_NE(st.message().find("took 1 of 4"), std::string::npos) << st;
+    EXPECT_EQ((*src)->rings_discarded(), 1u);  // its SQ holds reads never submitted
+    ExpectQuietAfterFailure(**src, std::move(out));
+  }
+}
+
+TEST_F(IoUringBulkFaultTest, FaultsMidReadEndWithExactBytesOrAnErrorAndNothingInFlight) {
+  for (uint32_t n = 2; n <= 8; ++n) {
+    for (int kind = 0; kind < 3; ++kind) {
+      SCOPED_TRACE(absl::StrCat("fault ", kind, " at call ", n));
+      IoOptions options = Options();
+      options.max_read_bytes = 40000;  // short reads: continued pieces in the mix
+      if (kind == 0) options.uring_faults.submit_fail = n;
+      if (kind == 1) options.uring_faults.short_submit = n;
+      if (kind == 2) options.uring_faults.wait_fail = n;
+      auto src = IoUringSource::Open(path_, options);
+      ASSERT_TRUE(src.ok()) << src.status();
+      auto out = std::make_unique<std::vector<uint8_t>>(data_.size(), 0x5A);
+      absl::Status st = BulkWithin(**src, 0, absl::MakeSpan(*out));
+      if (st.ok()) {
+        EXPECT_EQ(0, memcmp(out->data(), data_.data(), data_.size()));
+        EXPECT_EQ((*src)->bulk_in_flight(), 0u);
+      } else {
+        EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+        EXPECT_EQ((*src)->rings_discarded(), 1u);
+        ExpectQuietAfterFailure(**src, std::move(out));
       }
     }
   }

@@ -85,7 +85,7 @@ absl::StatusOr<StagedLayer> Pipeline::Read(const Model& model, int32_t index, Ba
   for (const StagedGroup& g : layer.groups) {
     BsReader& shard = model.shard(g.shard);
     const BsGroup& group = shard.index().groups[g.group];
-    absl::Status st = shard.source().ReadAt(group.offset, {layer.staging->data() + g.offset, g.size});
+    absl::Status st = shard.source().ReadBulk(group.offset, {layer.staging->data() + g.offset, g.size});
     if (!st.ok()) return Annotate(st, layer.what);
     if (metrics_ != nullptr) metrics_->AddBytesRead(g.size);
   }

@@ -5,8 +5,10 @@
 //             layer larger than that is admitted alone);
 //   read   -> every group of the layer into one staging buffer of the
 //             backend (host memory, or page-locked memory for a GPU), one
-//             ReadAt each through the model's source: io_uring where the
-//             kernel allows it, pread(2) otherwise (daemon/io_uring_source.h);
+//             ReadBulk each through the model's source: io_uring reads
+//             straight into staging, several in parallel per group, where
+//             the kernel allows it, pread(2) otherwise
+//             (daemon/io_uring_source.h);
 //   check  -> the groups' stored checksums, before anything decodes them;
 //   decode -> on the backend (daemon/backend.h: host thread pool, or the
 //   verify    GPU / emulated GPU), which also verifies every tensor;
@@ -25,10 +27,12 @@
 // (daemon/device_backend.h), so they are somewhat larger than the groups;
 // a backend keeps at most staging_bytes of idle staging for reuse.
 //
-// Reads go through the model's ByteSource into the staging buffer; the
-// io_uring source reads into its own bounce buffers and copies (see
-// daemon/io_uring_source.h, "Buffer safety"), so staging buffers are not
-// registered with the ring.
+// Reads go through the model's ByteSource (ByteSource::ReadBulk, so an
+// injected-fault source still sees them) into the staging buffer. The
+// io_uring source submits plain IORING_OP_READs into the staging memory
+// itself (no bounce copy; the buffers are not registered as fixed buffers)
+// and returns only once none of them is in flight, also on errors, so a
+// staging buffer handed back after a failed read is never written again.
 #ifndef BIGSMALL_DAEMON_PIPELINE_H_
 #define BIGSMALL_DAEMON_PIPELINE_H_
 

@@ -6,6 +6,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -18,6 +19,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/thread_pool.h"
+#include "daemon/device_arena.h"
+#include "daemon/device_backend.h"
+#include "daemon/fault_source.h"
 #include "daemon/host_arena.h"
 #include "daemon/io_uring_source.h"
 #include "daemon/metrics.h"
@@ -218,6 +222,123 @@ TEST_F(PipelineTest, DamagedGroupFailsTheCheckStage) {
   EXPECT_EQ(arenas_->stats().blocks, 0u);  // never decoded: no block was taken
 }
 
+// ReadBulk calls that went through io_uring straight into staging, summed
+// over the model's shards (seen through a fault wrapper too).
+uint64_t BulkReads(const Model& model, uint64_t* in_flight) {
+  uint64_t reads = 0;
+  *in_flight = 0;
+  for (uint32_t s = 0; s < model.num_shards(); ++s) {
+    auto* src = dynamic_cast<IoUringSource*>(&model.shard(s).source());
+    if (src == nullptr) return 0;
+    reads += src->bulk_reads();
+    *in_flight += src->bulk_in_flight();
+  }
+  return reads;
+}
+
+uint64_t GroupsRead(const Model& model) {
+  uint64_t groups = 0;
+  for (int32_t i = -1; i < model.num_layers(); ++i) groups += model.layer(i)->groups.size();
+  return groups;
+}
+
+TEST_F(PipelineTest, ReadStageReadsEveryGroupStraightIntoStagingWithIoUring) {
+  if (!IoUringAvailable()) {
+    GTEST_SKIP() << "io_uring refused in this process: " << IoUringStatus();
+  }
+  ModelOptions options;
+  options.io.backend = IoBackend::kIoUring;
+  options.io.split_bytes = 4096;  // several reads in flight per group
+  options.io.queue_depth = 4;
+  auto model = Open(options);
+  ASSERT_NE(model, nullptr);
+  Pipeline pipeline(PipelineOptions{}, nullptr);
+  HostBackend backend(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  for (int32_t i = -1; i < model->num_layers(); ++i) {
+    auto data = pipeline.Load(*model, i, backend);
+    ASSERT_TRUE(data.ok()) << data.status();
+    ExpectLayerMatches(*model, i, **data);
+  }
+  uint64_t in_flight = 0;
+  EXPECT_GE(BulkReads(*model, &in_flight), GroupsRead(*model));
+  EXPECT_EQ(in_flight, 0u);
+}
+
+TEST_F(PipelineTest, InjectedFaultsApplyToTheDirectReads) {
+  // A fault source around the io_uring source: its short reads reassemble
+  // bit-exact through ReadBulk, and an EIO on a group fails the load.
+  ModelOptions options;
+  options.io.split_bytes = 4096;
+  options.fault_spec = "short=5000";
+  auto model = Open(options);
+  ASSERT_NE(model, nullptr);
+  Pipeline pipeline(PipelineOptions{}, nullptr);
+  HostBackend backend(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  for (int32_t i = -1; i < model->num_layers(); ++i) {
+    auto data = pipeline.Load(*model, i, backend);
+    ASSERT_TRUE(data.ok()) << data.status();
+    ExpectLayerMatches(*model, i, **data);
+  }
+  auto* fault = dynamic_cast<FaultInjectingSource*>(&model->shard(0).source());
+  ASSERT_NE(fault, nullptr);
+  EXPECT_GE(fault->reads(), GroupsRead(*model));
+  const BsGroup& group = model->shard(0).index().groups[model->layer(2)->groups[0].second];
+  ModelOptions eio;
+  eio.fault_spec = absl::StrCat("eio=", group.offset + group.size - 1);
+  auto failing = Open(eio);
+  ASSERT_NE(failing, nullptr);
+  auto bad = pipeline.Load(*failing, 2, backend);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
+  EXPECT_NE(bad.status().message().find("injected"), std::string::npos) << bad.status();
+}
+
+TEST_F(PipelineTest, DeviceBackendStagingIsReadDirectlyBitExact) {
+  // The emulated device backend: groups read into its page-locked staging.
+  const std::string mem = model_dir_.dir() + "/devmem";
+  ASSERT_EQ(mkdir(mem.c_str(), 0700), 0);
+  gpu::EmulatedDeviceOptions device;
+  device.memory_dir = mem;
+  auto api = gpu::MakeEmulatedDeviceApi(device);
+  ASSERT_TRUE(api->DeviceCount().ok()) << api->DeviceCount().status();
+  auto device_arenas = MakeDeviceArenaPool(api.get(), 0, 8ull << 20);
+  auto backend = DeviceBackend::Create(api.get(), 0, device_arenas.get(), {});
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  ModelOptions options;
+  options.io.split_bytes = 4096;
+  auto model = Open(options);
+  ASSERT_NE(model, nullptr);
+  auto originals = model_dir_.by_name();
+  {
+    Pipeline pipeline(PipelineOptions{}, nullptr);
+    for (int32_t i = -1; i < model->num_layers(); ++i) {
+      if (model->layer(i)->tensors.empty()) continue;
+      auto data = pipeline.Load(*model, i, **backend);
+      ASSERT_TRUE(data.ok()) << data.status();
+      const Block& block = *(*data)->arena;
+      std::vector<uint8_t> got(block.size());
+      auto stream = api->CreateStream(0);
+      ASSERT_TRUE(stream.ok()) << stream.status();
+      ASSERT_TRUE(api->MemcpyAsync(got.data(), block.bytes().data(), block.size(),
+                                   gpu::CopyKind::kDeviceToHost, *stream)
+                      .ok());
+      ASSERT_TRUE(api->StreamSynchronize(*stream).ok());
+      ASSERT_TRUE(api->DestroyStream(*stream).ok());
+      const v1::LayerInfo& info =
+          i < 0 ? model->description().non_layer() : model->description().layers(i);
+      for (const auto& t : info.tensors()) {
+        const auto& orig = originals.at(t.name());
+        ASSERT_EQ(t.size(), orig.size());
+        EXPECT_EQ(0, memcmp(got.data() + t.offset(), orig.data(), t.size())) << t.name();
+      }
+    }
+  }
+  uint64_t in_flight = 0;
+  if (IoUringAvailable()) EXPECT_GE(BulkReads(*model, &in_flight), GroupsRead(*model));
+  EXPECT_EQ(in_flight, 0u);
+  backend->reset();
+  device_arenas.reset();
+}
+
 // Makes io_uring_setup fail with ENOSYS in this thread (as a seccomp
 // profile that refuses io_uring does). x86-64 and arm64 syscall numbers.
 bool RefuseIoUringSetup() {
@@ -240,7 +361,9 @@ TEST_F(PipelineTest, RefusedIoUringFallsBackToPread) {
       {
         if (!RefuseIoUringSetup()) _exit(3);
         if (IoUringAvailable()) _exit(4);
-        auto model = Model::Open(model_dir_.bs_path(), {});
+        ModelOptions options;
+        options.io.split_bytes = 4096;
+        auto model = Model::Open(model_dir_.bs_path(), options);
         if (!model.ok() || (*model)->io_backend() != IoBackend::kPread) _exit(5);
         Pipeline pipeline(PipelineOptions{}, nullptr);
         HostBackend backend(arenas_.get(), nullptr, DecoderImpl::kAuto);
