@@ -66,6 +66,11 @@ st_io.write_safetensors(dst, keep, {"derived": "all-MiniLM-L6-v2 BF16 (converted
 PY
   fi
   du -sh "$stage"
+  size_mib=$(du -sm "$stage" | cut -f1)
+  if ((size_mib > 64)); then
+    echo "gpu_check build: $stage is $size_mib MiB, over the device tool's 64 MiB carry" >&2
+    exit 1
+  fi
   ;;
 run)
   out=${2:?usage: gpu_check.sh run OUT_DIR}
