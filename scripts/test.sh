@@ -72,10 +72,11 @@ if [[ ${SKIP_TSAN:-0} != 1 ]]; then
              s#^kernels/(device_api_test): .*#\1#p' | sort -u)
   ((${#tsan_targets[@]})) || { echo "no TSan test targets found" >&2; exit 1; }
   echo "TSan targets: ${tsan_targets[*]}"
-  cmake --build build-tsan -j "$jobs" --target bigsmalld bigsmall-client "${tsan_targets[@]}"
+  cmake --build build-tsan -j "$jobs" --target bigsmalld bigsmall-client bigsmall-gpu-probe \
+    "${tsan_targets[@]}"
   # Only the tests of the targets built above are registered (gtest discovery
   # runs at build time; the others leave a <target>_NOT_BUILT placeholder);
-  # the plain add_test ones belong to the codec/CLI.
+  # of the plain add_test ones, the codec/CLI ones are left out below.
   TSAN_OPTIONS="suppressions=$root/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
     ctest --test-dir build-tsan --output-on-failure -j "$jobs" \
       -E "^(golden_test|cli_test|kernels_cuda_archs)\$|_NOT_BUILT\$${TSAN_EXCLUDE:+|$TSAN_EXCLUDE}"
