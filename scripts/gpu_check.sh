@@ -53,10 +53,13 @@ build)
   strip -s "$stage"/lib/* 2>/dev/null || true
   # The real corpus, within the device tool's 64 MiB carry: MiniLM's BF16
   # conversion (derived from its FP32 weights), encoder layers only (the
-  # 23 MB embedding stays here); `run` compresses it in every mode.
+  # 23 MB embedding stays here), carried as a .bs (14 MB instead of 21);
+  # `run` restores the .safetensors with bigsmall decompress (checked against
+  # its stored hashes) and compresses it again in every mode.
   cache=${BIGSMALL_CACHE:-$HOME/.cache/bigsmall/corpus}
   if [[ -f $cache/minilm-bf16.safetensors ]]; then
-    python3 - "$cache/minilm-bf16.safetensors" "$stage/minilm-bf16-layers.safetensors" <<'PY'
+    subset=$(mktemp --suffix=.safetensors /tmp/minilm-bf16-layers.XXXXXX)
+    python3 - "$cache/minilm-bf16.safetensors" "$subset" <<'PY'
 import sys
 sys.path.insert(0, "bench")
 import st_io
@@ -64,6 +67,8 @@ src, dst = sys.argv[1:]
 keep = [(n, d, s, a) for n, d, s, a in st_io.iter_tensors(src) if ".layer." in n]
 st_io.write_safetensors(dst, keep, {"derived": "all-MiniLM-L6-v2 BF16 (converted from FP32), encoder layers only"})
 PY
+    "$bdir/cli/bigsmall" compress "$subset" -o "$stage/minilm-bf16-layers.bs" --force -q
+    rm -f "$subset"
   fi
   du -sh "$stage"
   size_mib=$(du -sm "$stage" | cut -f1)
@@ -99,14 +104,17 @@ run)
     return 0
   }
   export LD_LIBRARY_PATH=$PWD/$stage/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  # The real corpus for the corpus tests (staged by `build`).
-  [[ -f $stage/minilm-bf16-layers.safetensors ]] &&
-    export BIGSMALL_CORPUS_BF16=$PWD/$stage/minilm-bf16-layers.safetensors BIGSMALL_CORPUS_SUBSET=1
   export BIGSMALL_GOLDEN_DIR=$PWD/tests/golden/valid
   work=$(mktemp -d /dev/shm/gpu_check.XXXXXX)
   models=$work/models
   mkdir -p "$models"
   trap 'rm -rf "$work"; [[ -n ${daemon_pid:-} ]] && kill "$daemon_pid" 2>/dev/null' EXIT
+  # The real corpus for the corpus tests (staged by `build` as a .bs).
+  corpus=$work/minilm-bf16-layers.safetensors
+  if [[ -f $stage/minilm-bf16-layers.bs ]] &&
+     "$stage/bigsmall" decompress "$stage/minilm-bf16-layers.bs" -o "$corpus" -q; then
+    export BIGSMALL_CORPUS_BF16=$corpus BIGSMALL_CORPUS_SUBSET=1
+  fi
 
   echo "== 1. device"
   if [[ $backend == cuda ]]; then
@@ -131,12 +139,12 @@ run)
   shape=(--layers "${GPU_CHECK_LAYERS:-32}" --hidden 4096 --intermediate 14336 --vocab 128256 --kv-dim 1024)
   [[ $backend == emulated ]] && shape=(--layers 2 --hidden 512 --intermediate 1408 --vocab 4096 --kv-dim 128)
   step gen_llm python3 bench/gen_llm.py --out "$work/llm8b.safetensors" "${shape[@]}" --jobs "$jobs" --force
-  STEP_FIGURES="16 GB BF16 --inference"
+  STEP_FIGURES="$(du -h "$work/llm8b.safetensors" 2>/dev/null | cut -f1) BF16 to --inference"
   step compress "$stage/bigsmall" compress "$work/llm8b.safetensors" --inference -o "$models/llm8b.bs" --force -q
-  if [[ -f $stage/minilm-bf16-layers.safetensors ]]; then
+  if [[ -f $corpus ]]; then
     for mode in inference balanced storage; do
       flag=""; [[ $mode != balanced ]] && flag=--$mode
-      step "compress_minilm_$mode" "$stage/bigsmall" compress "$stage/minilm-bf16-layers.safetensors" $flag \
+      step "compress_minilm_$mode" "$stage/bigsmall" compress "$corpus" $flag \
         -o "$models/minilm-bf16-layers.$mode.bs" --force -q
     done
   fi
@@ -195,8 +203,8 @@ run)
       step "gpu_bench_$(basename "$f" .bs)_b$batch" "$stage/gpu_bench" "$f" --repeat 5 --batch "$batch" --markdown "$md"
     done
   done
-  if [[ -f $stage/minilm-bf16-layers.safetensors ]]; then
-    step gpu_bench_chunk_sizes "$stage/gpu_bench" --chunk-curve "$stage/minilm-bf16-layers.safetensors" --markdown "$md"
+  if [[ -f $corpus ]]; then
+    step gpu_bench_chunk_sizes "$stage/gpu_bench" --chunk-curve "$corpus" --markdown "$md"
   fi
   else
     row gpu_bench "skipped" "the kernel benchmark times CUDA kernels: needs --gpu-backend cuda"
