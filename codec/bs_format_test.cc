@@ -25,6 +25,7 @@
 #include "codec/hash.h"
 #include "codec/safetensors.h"
 #include "gmock/gmock.h"
+#include "codec/test_files.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "zstd.h"
@@ -35,39 +36,9 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-std::vector<uint8_t> ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-void WriteAll(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-}
-
-struct T {
-  std::string name;
-  std::string dtype;
-  std::vector<uint64_t> shape;
-  std::vector<uint8_t> bytes;
-};
-
-std::vector<uint8_t> MakeSafetensors(const std::vector<T>& tensors) {
-  nlohmann::ordered_json h;
-  uint64_t off = 0;
-  for (const auto& t : tensors) {
-    h[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes.size()}}};
-    off += t.bytes.size();
-  }
-  std::string json = h.dump();
-  while (json.size() % 8) json.push_back(' ');
-  std::vector<uint8_t> out(8);
-  const uint64_t n = json.size();
-  std::memcpy(out.data(), &n, 8);
-  out.insert(out.end(), json.begin(), json.end());
-  for (const auto& t : tensors) out.insert(out.end(), t.bytes.begin(), t.bytes.end());
-  return out;
-}
+using testing::ReadAll;
+using testing::WriteAll;
+using T = testing::TestTensor;
 
 std::vector<uint8_t> Random(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -132,7 +103,7 @@ class Format11Test : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     tensors_ = Model(5);
-    WriteAll(Path("m.safetensors"), MakeSafetensors(tensors_));
+    WriteAll(Path("m.safetensors"), testing::MakeSafetensors(tensors_, /*metadata=*/false));
     CompressOptions co;
     co.chunk_elements = 256;
     ASSERT_TRUE(CompressPath(Path("m.safetensors"), Path("m.bs"), co).ok());
@@ -306,7 +277,7 @@ TEST_F(Format11Test, VerifyChecksEveryDeviceAndGroupChecksum) {
 TEST_F(Format11Test, DeltaFilesStoreTheChecksumOfTheRebuiltTensor) {
   std::vector<T> tuned = tensors_;
   for (auto& t : tuned) t.bytes[0] ^= 1;
-  WriteAll(Path("tuned.safetensors"), MakeSafetensors(tuned));
+  WriteAll(Path("tuned.safetensors"), testing::MakeSafetensors(tuned, /*metadata=*/false));
   CompressOptions co;
   co.base = Path("m.safetensors");
   ASSERT_TRUE(CompressPath(Path("tuned.safetensors"), Path("tuned.bs"), co).ok());

@@ -21,6 +21,7 @@
 #include "codec/compress.h"
 #include "codec/decompress.h"
 #include "gmock/gmock.h"
+#include "codec/test_files.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -31,41 +32,10 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-struct TestTensor {
-  std::string name;
-  std::string dtype;
-  std::vector<uint64_t> shape;
-  std::vector<uint8_t> bytes;
-};
-
-std::vector<uint8_t> ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-void WriteAll(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-}
-
-// A safetensors file, header padded with spaces to 8 bytes like the reference writer.
-std::vector<uint8_t> MakeSafetensors(const std::vector<TestTensor>& tensors, bool metadata = true) {
-  nlohmann::ordered_json h;
-  if (metadata) h["__metadata__"] = {{"format", "pt"}};
-  uint64_t off = 0;
-  for (const auto& t : tensors) {
-    h[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes.size()}}};
-    off += t.bytes.size();
-  }
-  std::string json = h.dump();
-  while (json.size() % 8) json.push_back(' ');
-  std::vector<uint8_t> out(8);
-  uint64_t n = json.size();
-  std::memcpy(out.data(), &n, 8);
-  out.insert(out.end(), json.begin(), json.end());
-  for (const auto& t : tensors) out.insert(out.end(), t.bytes.begin(), t.bytes.end());
-  return out;
-}
+using testing::MakeSafetensors;
+using testing::ReadAll;
+using testing::TestTensor;
+using testing::WriteAll;
 
 std::vector<uint8_t> RandomBf16(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
