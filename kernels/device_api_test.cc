@@ -40,6 +40,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/launch.h"
+#include "kernels/test_group.h"
 
 extern char** environ;
 
@@ -493,11 +494,7 @@ class EmulatedDeviceTest : public ::testing::Test {
 
 // A small layer group: BF16 weight-like tensors encoded by the codec, with
 // their device checksums, as the daemon stages them.
-struct TestGroup {
-  std::vector<uint8_t> input;
-  std::vector<TensorJob> jobs;
-  std::vector<uint8_t> expected;  // the tensors at their out_offsets
-};
+using testing::TestGroup;
 
 TestGroup MakeTestGroup() {
   TestGroup g;
@@ -512,20 +509,9 @@ TestGroup MakeTestGroup() {
       bytes.push_back(static_cast<uint8_t>(u >> 16));
       bytes.push_back(static_cast<uint8_t>(u >> 24));
     }
-    auto blob = EncodeTensorBlob(bytes, ResolveDtype("BF16"), EncodeOptions{});
-    EXPECT_TRUE(blob.ok()) << blob.status();
-    if (!blob.ok()) return g;
-    TensorJob job;
-    job.blob_offset = g.input.size();
-    job.blob_size = blob->size();
-    job.out_offset = (g.expected.size() + 255) / 256 * 256;
-    job.out_size = bytes.size();
-    job.has_checksum = true;
-    job.checksum = DeviceChecksum(bytes.data(), bytes.size());
-    g.jobs.push_back(job);
-    g.input.insert(g.input.end(), blob->begin(), blob->end());
-    g.expected.resize(job.out_offset, 0);
-    g.expected.insert(g.expected.end(), bytes.begin(), bytes.end());
+    const absl::Status st = testing::AppendTensor(g, bytes, ResolveDtype("BF16"), EncodeOptions{}, 256);
+    EXPECT_TRUE(st.ok()) << st;
+    if (!st.ok()) return g;
   }
   return g;
 }

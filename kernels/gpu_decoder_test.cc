@@ -22,15 +22,12 @@
 #include "gtest/gtest.h"
 #include "kernels/decode_step.h"
 #include "kernels/launch.h"
+#include "kernels/test_group.h"
 
 namespace bigsmall::gpu {
 namespace {
 
-struct Group {
-  std::vector<uint8_t> input;  // blobs back to back, like a layer group
-  std::vector<TensorJob> jobs;
-  std::vector<uint8_t> expected;  // the original tensors, back to back (16-aligned)
-};
+using Group = testing::TestGroup;  // tensors 16-aligned (AddTensor)
 
 std::vector<uint8_t> WeightLike(const std::string& dtype, size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -82,19 +79,8 @@ void AddTensor(Group& g, const std::vector<uint8_t>& bytes, const DtypeInfo& dty
   EncodeOptions eo;
   eo.mode = mode;
   eo.chunk_elements = chunk_elements;
-  auto blob = EncodeTensorBlob(bytes, dtype, eo);
-  ASSERT_TRUE(blob.ok()) << blob.status();
-  TensorJob job;
-  job.blob_offset = g.input.size();
-  job.blob_size = blob->size();
-  job.out_offset = (g.expected.size() + 15) / 16 * 16;
-  job.out_size = bytes.size();
-  job.has_checksum = true;
-  job.checksum = DeviceChecksum(bytes.data(), bytes.size());
-  g.jobs.push_back(job);
-  g.input.insert(g.input.end(), blob->begin(), blob->end());
-  g.expected.resize(job.out_offset, 0);
-  g.expected.insert(g.expected.end(), bytes.begin(), bytes.end());
+  absl::Status st = testing::AppendTensor(g, bytes, dtype, eo, 16);
+  ASSERT_TRUE(st.ok()) << st;
 }
 
 Group MakeGroup(Mode mode, uint32_t chunk_elements) {
