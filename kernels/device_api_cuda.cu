@@ -22,7 +22,6 @@
 //    emulator refuses anything else).
 #include <cuda_runtime.h>
 
-#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -83,14 +82,6 @@ absl::Status NullStream() {
 }
 absl::Status NullEvent() { return absl::InvalidArgumentError("a null EventRef"); }
 
-std::string FormatUuid(const cudaUUID_t& u) {
-  const auto* b = reinterpret_cast<const unsigned char*>(u.bytes);
-  char s[64];
-  std::snprintf(s, sizeof(s), "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
-  return s;
-}
-
 cudaMemcpyKind ToCuda(CopyKind kind) {
   switch (kind) {
     case CopyKind::kHostToDevice:
@@ -110,17 +101,8 @@ class CudaDeviceApi final : public DeviceApi {
   const char* name() const override { return "cuda"; }
   absl::StatusOr<int> DeviceCount() override { return count_; }
 
-  absl::StatusOr<DeviceInfo> Describe(int device) override {
-    cudaDeviceProp prop;
-    CUDA_API_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
-    DeviceInfo info;
-    info.ordinal = device;
-    info.name = prop.name;
-    info.uuid = FormatUuid(prop.uuid);
-    info.memory_bytes = prop.totalGlobalMem;
-    info.sm_count = prop.multiProcessorCount;
-    return info;
-  }
+  // gpu_decoder.h's Describe: name, "GPU-..." UUID, memory, SMs.
+  absl::StatusOr<DeviceInfo> Describe(int device) override { return gpu::Describe(device); }
 
   absl::StatusOr<uint8_t*> Malloc(int device, uint64_t bytes) override {
     if (bytes == 0) return absl::InvalidArgumentError("cudaMalloc of 0 bytes");
@@ -313,15 +295,11 @@ class CudaDeviceApi final : public DeviceApi {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DeviceApi>> MakeCudaDeviceApi() {
-  int n = 0;
-  const cudaError_t err = cudaGetDeviceCount(&n);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    const absl::Status st = CudaErrorToStatus(static_cast<int>(err), "cudaGetDeviceCount", cudaGetErrorString(err));
-    return absl::FailedPreconditionError(absl::StrCat("no usable CUDA device: ", st.message()));
+  absl::StatusOr<int> n = CountDevices();  // gpu_decoder.h: FAILED_PRECONDITION saying why
+  if (!n.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("no usable CUDA device: ", n.status().message()));
   }
-  if (n <= 0) return absl::FailedPreconditionError("no usable CUDA device: cudaGetDeviceCount found none");
-  return std::unique_ptr<DeviceApi>(new CudaDeviceApi(n));
+  return std::unique_ptr<DeviceApi>(new CudaDeviceApi(*n));
 }
 
 }  // namespace bigsmall::gpu
