@@ -41,6 +41,19 @@ using client::Client;
 
 inline std::string g_dir;  // per-run temp dir (the test suite makes it)
 
+// A suite's SetUpTestSuite makes g_dir (/tmp/<prefix>XXXXXX) and its
+// TearDownTestSuite removes it with everything in it.
+inline bool MakeSuiteDir(const std::string& prefix) {
+  std::string tmpl = "/tmp/" + prefix + "XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) return false;
+  g_dir = tmpl;
+  return true;
+}
+inline void RemoveSuiteDir() {
+  std::string cmd = "rm -rf " + g_dir;
+  (void)system(cmd.c_str());
+}
+
 // A model on disk: the original safetensors (reference bytes) and its .bs.
 struct TestModel {
   std::string safetensors;

@@ -217,17 +217,14 @@ std::vector<std::string> Fields(const std::string& bytes, int number) {
 class IntegrationTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/bigsmall_itestXXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    g_dir = tmpl;
+    ASSERT_TRUE(testing::MakeSuiteDir("bigsmall_itest"));
     small_ = new TestModel(MakeModel("small", {.layers = 6, .hidden = 64, .vocab = 128, .seed = 1}));
     other_ = new TestModel(MakeModel("other", {.layers = 3, .hidden = 32, .vocab = 64, .seed = 2}));
   }
   static void TearDownTestSuite() {
     delete small_;
     delete other_;
-    std::string cmd = "rm -rf " + g_dir;
-    (void)system(cmd.c_str());
+    testing::RemoveSuiteDir();
   }
   static TestModel* small_;
   static TestModel* other_;

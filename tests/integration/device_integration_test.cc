@@ -132,9 +132,7 @@ bool Eventually(F done) {
 class DeviceIntegrationTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/bigsmall_dtestXXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    g_dir = tmpl;
+    ASSERT_TRUE(testing::MakeSuiteDir("bigsmall_dtest"));
     small_ = new TestModel(MakeModel("small", {.layers = 6, .hidden = 64, .vocab = 128, .seed = 1}));
     // ~5 MiB layers: three fill the smallest device budget (16 MiB).
     big_ = new TestModel(MakeModel("big", {.layers = 6, .hidden = 512, .vocab = 256, .seed = 3}));
@@ -142,8 +140,7 @@ class DeviceIntegrationTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete small_;
     delete big_;
-    std::string cmd = "rm -rf " + g_dir;
-    (void)system(cmd.c_str());
+    testing::RemoveSuiteDir();
   }
   static TestModel* small_;
   static TestModel* big_;
