@@ -107,5 +107,7 @@ fi
 begin "5. Release build and all tests"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" >/dev/null
 cmake --build build -j "$jobs"
-ctest --test-dir build --output-on-failure -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs" 2>&1 | tee build/ctest-summary.log
 summary
+# Last: the test runner's own summary line of the final stage.
+grep -E '^[0-9]+% tests passed' build/ctest-summary.log | tail -1
