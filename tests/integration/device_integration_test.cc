@@ -439,7 +439,14 @@ TEST_F(DeviceIntegrationTest, ArenasOutliveTheSessionsTheyWereHandedTo) {
   // the backend's work buffers are allocations (files) too.
   ASSERT_GE(used, 6u);
   // Every layer unleased: evicting them empties the arenas. The session is
-  // still open, so none of them may be freed yet.
+  // still open, so none of them may be freed yet. The last release travels
+  // on the session's stream and Evict on a call of its own: wait until the
+  // daemon has seen every release (CI once evicted 5 of 6 under TSan).
+  ASSERT_TRUE(Eventually([&] {
+    auto s = d.client().Stats();
+    return s.ok() && s->active_leases() == 0 && s->devices_size() == 1 &&
+           s->devices(0).active_leases() == 0;
+  })) << "the layers were not all released";
   auto ev = d.client().Evict(desc->model_id(), /*unload=*/false);
   ASSERT_TRUE(ev.ok()) << ev.status();
   EXPECT_EQ(ev->layers_evicted(), 6u);
