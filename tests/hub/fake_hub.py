@@ -152,8 +152,9 @@ class Repo:
 
 
 class HubError(Exception):
-    def __init__(self, status, code, message, headers=None):
+    def __init__(self, status, code, message, headers=None, extra=None):
         super().__init__(message)
+        self.extra = extra or {}
         self.status = status
         self.code = code
         self.message = message
@@ -382,6 +383,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def record(self, status, nbytes):
         path = self.split.path
+        if path.startswith("/_fake/"):
+            return  # control traffic is not Hub traffic
         with STATE.lock:
             STATE.requests += 1
             if nbytes:
@@ -417,7 +420,7 @@ class Handler(BaseHTTPRequestHandler):
         if e.code:
             headers["X-Error-Code"] = e.code
         headers["X-Error-Message"] = e.message
-        self.send_simple(e.status, {"error": e.message}, headers)
+        self.send_simple(e.status, dict({"error": e.message}, **e.extra), headers)
 
     def send_content(self, content, headers, status=200):
         """A file body (resolve, CDN): Range, faults, throttle."""
@@ -773,7 +776,7 @@ class Handler(BaseHTTPRequestHandler):
             private = body.get("visibility") == "private"
         with STATE.lock:
             if repo_id in STATE.repos:
-                raise HubError(409, None, "You already created this model repo", {})
+                raise HubError(409, None, "You already created this model repo", extra={"url": url})
             repo = Repo(repo_id, {"private": bool(private), "lfs_threshold": ARGS.lfs_threshold})
             ga = hashlib.sha256(GITATTRIBUTES).hexdigest()
             STATE.objects.setdefault(ga, Content(data=GITATTRIBUTES))

@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""Checks tests/hub/fake_hub.py against huggingface_hub itself.
+
+Starts the fake Hub on a temp data dir (a public, a private and a gated repo;
+LFS and small files; a nested path) and drives it with huggingface_hub:
+model_info, list_repo_tree, hf_hub_download, snapshot_download, the errors it
+raises, scan_cache_dir, local_files_only, a resumed download, upload_folder
+(basic and multipart LFS), create_pr; plus the raw protocol (Range, CDN auth,
+faults, throttle, stats). Exits non-zero on any mismatch.
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAILURES = []
+CHECKS = [0]
+
+
+def check(cond, what):
+    CHECKS[0] += 1
+    if not cond:
+        FAILURES.append(what)
+        print("FAIL: " + what, flush=True)
+
+
+def expect_raises(exc_type, fn, what):
+    try:
+        fn()
+    except exc_type:
+        CHECKS[0] += 1
+        return
+    except Exception as e:  # the wrong exception
+        check(False, "%s: expected %s, got %s: %s" % (what, exc_type.__name__, type(e).__name__, e))
+        return
+    check(False, "%s: expected %s, nothing raised" % (what, exc_type.__name__))
+
+
+def sha256(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+class Fake:
+    def __init__(self, data, tmp, args):
+        self.port_file = os.path.join(tmp, "port")
+        self.log_path = os.path.join(tmp, "fake_hub.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "fake_hub.py"), "--data", data, "--port", "0",
+             "--port-file", self.port_file] + args,
+            stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.monotonic() + 10
+        self.port = 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with open(self.port_file) as f:
+                    text = f.read()
+                if text.endswith("\n"):
+                    self.port = int(text)
+                    break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        if not self.port:
+            raise SystemExit("FAIL: the fake hub did not start:\n" + open(self.log_path).read())
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def request(self, method, path, body=None, headers=None, host="127.0.0.1"):
+        conn = http.client.HTTPConnection(host, self.port, timeout=30)
+        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+        conn.request(method, path, body=data, headers=headers or {})
+        r = conn.getresponse()
+        try:
+            payload = r.read()
+        except http.client.IncompleteRead as e:
+            payload = e
+        conn.close()
+        return r, payload
+
+    def control(self, method, path, body=None):
+        r, payload = self.request(method, path, body)
+        if r.status != 200:
+            raise SystemExit("FAIL: control %s %s: %d %s" % (method, path, r.status, payload))
+        return json.loads(payload or b"{}")
+
+    def stop(self):
+        t0 = time.monotonic()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        check(time.monotonic() - t0 < 2, "SIGTERM: the fake hub exits promptly")
+        self.log.close()
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def main():
+    import importlib.util
+    if importlib.util.find_spec("huggingface_hub") is None:
+        print("SKIPPED (counted as a FAILURE): huggingface_hub is not importable by %s. "
+              "scripts/install_deps.sh installs it: python3 -m pip install 'huggingface_hub>=0.30,<3'"
+              % sys.executable)
+        return 1
+    tmp = tempfile.mkdtemp(prefix="fake-hub-check-")
+    try:
+        return run(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(tmp):
+    data = os.path.join(tmp, "data")
+    rnd = lambda n, seed: hashlib.shake_256(seed.encode()).digest(n)
+    public = {
+        "config.json": b'{"hidden_size": 8}\n',
+        "README.md": b"# a public model\n",
+        "model.safetensors": rnd(2 * 1024 * 1024 + 17, "model"),
+        "sub/dir/nested.bin": rnd(4096, "nested"),
+        "shards/big.safetensors": rnd(11 * 1024 * 1024, "big"),
+    }
+    private = {"weights.safetensors": rnd(50000, "private"), "config.json": b"{}\n"}
+    gated = {"weights.safetensors": rnd(30000, "gated"), "config.json": b'{"g": 1}\n'}
+    for repo, files in (("org/public", public), ("org/private", private), ("org/gated", gated)):
+        for p, b in files.items():
+            write(os.path.join(data, repo, p), b)
+    write(os.path.join(data, "org/public.json"), json.dumps({"tags": {"v1": "main"}}).encode())
+    write(os.path.join(data, "org/private.json"), b'{"private": true}')
+    write(os.path.join(data, "org/gated.json"), json.dumps({"gated": True, "granted": ["granted-token"]}).encode())
+
+    fake = Fake(data, tmp, ["--token", "write-token", "--token", "granted-token",
+                            "--multipart-threshold", str(1024 * 1024),
+                            "--multipart-chunk-size", str(512 * 1024), "--quiet"])
+    try:
+        check_protocol(fake, public)
+        check_huggingface_hub(fake, tmp, public, private, gated)
+    except SystemExit:
+        raise
+    except Exception:
+        traceback.print_exc()
+        check(False, "unexpected exception (above)")
+    finally:
+        fake.stop()
+    if FAILURES:
+        print("fake_hub_check: %d of %d checks FAILED; the fake hub's log:\n%s" %
+              (len(FAILURES), CHECKS[0], open(fake.log_path).read()[-4000:]))
+        return 1
+    print("fake_hub_check: all %d checks passed" % CHECKS[0])
+    return 0
+
+
+def check_protocol(fake, public):
+    big = public["model.safetensors"]
+    oid = sha256(big)
+    r, _ = fake.request("HEAD", "/org/public/resolve/main/model.safetensors")
+    check(r.status == 302, "HEAD resolve of an LFS file: 302 (got %d)" % r.status)
+    check(r.getheader("X-Linked-Size") == str(len(big)), "X-Linked-Size")
+    check(r.getheader("X-Linked-Etag") == '"%s"' % oid, "X-Linked-Etag is the quoted sha256")
+    check(len(r.getheader("X-Repo-Commit") or "") == 40, "X-Repo-Commit")
+    loc = r.getheader("Location") or ""
+    check(loc.startswith("http://localhost:%d/_cdn/%s" % (fake.port, oid)), "Location on the localhost CDN")
+    cdn_path = loc[len("http://localhost:%d" % fake.port):]
+
+    r, body = fake.request("GET", "/org/public/resolve/main/config.json")
+    check(r.status == 200 and body == public["config.json"], "GET resolve of a small file: 200 + bytes")
+    check(r.getheader("ETag") == '"%s"' % hashlib.sha1(
+        b"blob %d\0" % len(public["config.json"]) + public["config.json"]).hexdigest(),
+        "ETag of a small file: its git blob sha1")
+
+    r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=100-199"}, host="localhost")
+    check(r.status == 206 and body == big[100:200], "Range a-b: 206 + the bytes")
+    check(r.getheader("Content-Range") == "bytes 100-199/%d" % len(big), "Content-Range")
+    r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=%d-" % (len(big) - 10)}, host="localhost")
+    check(r.status == 206 and body == big[-10:], "Range a-: 206 + the tail")
+    r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=%d-" % len(big)}, host="localhost")
+    check(r.status == 416 and r.getheader("Content-Range") == "bytes */%d" % len(big), "Range past the end: 416")
+    r, body = fake.request("GET", cdn_path, headers={"Authorization": "Bearer write-token"}, host="localhost")
+    check(r.status == 400, "the CDN refuses Authorization with 400 (got %d)" % r.status)
+
+    r, _ = fake.request("GET", "/org/gated/resolve/main/config.json")
+    check(r.status == 403 and r.getheader("X-Error-Code") == "GatedRepo", "gated without a token: 403 GatedRepo")
+    r, _ = fake.request("GET", "/org/private/resolve/main/config.json")
+    check(r.status == 401 and r.getheader("X-Error-Code") == "RepoNotFound", "private: 401 RepoNotFound")
+    r, _ = fake.request("GET", "/org/private/resolve/main/config.json",
+                        headers={"Authorization": "Bearer write-token"})
+    check(r.status == 200, "private with a valid token: 200")
+    r, _ = fake.request("GET", "/org/nope/resolve/main/config.json")
+    check(r.status == 404 and r.getheader("X-Error-Code") == "RepoNotFound", "missing repo: 404 RepoNotFound")
+    r, _ = fake.request("GET", "/org/public/resolve/nope/config.json")
+    check(r.status == 404 and r.getheader("X-Error-Code") == "RevisionNotFound", "404 RevisionNotFound")
+    r, _ = fake.request("GET", "/org/public/resolve/main/nope.json")
+    check(r.status == 404 and r.getheader("X-Error-Code") == "EntryNotFound" and
+          r.getheader("X-Error-Message"), "404 EntryNotFound with X-Error-Message")
+
+    # Faults.
+    fake.control("DELETE", "/_fake/stats")
+    fake.control("POST", "/_fake/faults", {"rules": [
+        {"path": "/api/models/org/public$", "kind": "status", "status": 429, "retry_after": 3}]})
+    r, _ = fake.request("GET", "/api/models/org/public")
+    check(r.status == 429 and r.getheader("Retry-After") == "3", "status fault: 429 + Retry-After")
+    r, _ = fake.request("GET", "/api/models/org/public")
+    check(r.status == 200, "a fault with times 1 fires once")
+    fake.control("POST", "/_fake/faults", {"rules": [{"path": "_cdn/", "kind": "wrong_length"}]})
+    r, body = fake.request("GET", cdn_path, host="localhost")
+    check(isinstance(body, http.client.IncompleteRead), "wrong_length: the client sees a short body")
+    fake.control("POST", "/_fake/faults", {"rules": [{"path": "_cdn/", "kind": "corrupt", "offset": 5}]})
+    r, body = fake.request("GET", cdn_path, host="localhost")
+    check(len(body) == len(big) and body != big and body[5] != big[5] and body[6:] == big[6:],
+          "corrupt: one byte flipped at the offset")
+    fake.control("POST", "/_fake/faults", {"rules": [{"path": "_cdn/", "kind": "drop_after", "bytes": 1000}]})
+    r, body = fake.request("GET", cdn_path, host="localhost")
+    check(isinstance(body, http.client.IncompleteRead) and len(body.partial) == 1000,
+          "drop_after: 1000 bytes then the connection closes")
+    fake.control("POST", "/_fake/faults", {"rules": [{"path": "resolve/main/config.json", "kind": "bad_etag"}]})
+    r, _ = fake.request("HEAD", "/org/public/resolve/main/config.json")
+    check(r.getheader("ETag") != '"%s"' % hashlib.sha1(
+        b"blob %d\0" % len(public["config.json"]) + public["config.json"]).hexdigest(), "bad_etag")
+    fake.control("POST", "/_fake/faults", {"rules": [
+        {"path": "_cdn/", "kind": "trickle", "bytes_per_second": 100000}]})
+    t0 = time.monotonic()
+    r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=0-29999"}, host="localhost")
+    dt = time.monotonic() - t0
+    check(body == big[:30000] and dt >= 0.2, "trickle: 30 kB at 100 kB/s takes >= 0.2 s (%.2f)" % dt)
+    fake.control("POST", "/_fake/faults", {"rules": [{"path": "config.json", "kind": "stall", "seconds": 0.3,
+                                                      "method": "GET"}]})
+    t0 = time.monotonic()
+    r, _ = fake.request("HEAD", "/org/public/resolve/main/config.json")
+    check(time.monotonic() - t0 < 0.25, "a rule's method is honoured (HEAD is not stalled)")
+    t0 = time.monotonic()
+    r, body = fake.request("GET", "/org/public/resolve/main/config.json")
+    check(time.monotonic() - t0 >= 0.3 and body == public["config.json"], "stall: waits before answering")
+    fake.control("DELETE", "/_fake/faults")
+    fake.control("POST", "/_fake/throttle", {"bytes_per_second": 1000000})
+    t0 = time.monotonic()
+    r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=0-299999"}, host="localhost")
+    dt = time.monotonic() - t0
+    check(body == big[:300000] and dt >= 0.25, "throttle: 300 kB at 1 MB/s takes >= 0.25 s (%.2f)" % dt)
+    fake.control("POST", "/_fake/throttle", {"bytes_per_second": 0})
+    stats = fake.control("GET", "/_fake/stats")
+    check(stats["bytes_sent"].get(cdn_path.split("?")[0], 0) >= 300000 + 30000 + 1000, "stats: bytes per path")
+    check(stats["total_bytes"] >= sum(stats["bytes_sent"].values()) and stats["requests"] == len(stats["log"]),
+          "stats: totals")
+    check(all(set(e) >= {"method", "path", "status", "range", "bytes", "authorized"} for e in stats["log"]),
+          "stats: log entries")
+
+    # Keep-alive: two requests on one connection.
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=10)
+    for _ in range(2):
+        conn.request("GET", "/org/public/resolve/main/README.md")
+        r = conn.getresponse()
+        check(r.status == 200 and r.read() == public["README.md"], "HTTP/1.1 keep-alive")
+    conn.close()
+
+
+def check_huggingface_hub(fake, tmp, public, private, gated):
+    cache = os.path.join(tmp, "hf-cache")
+    os.environ.update({
+        "HF_ENDPOINT": fake.url, "HF_HOME": os.path.join(tmp, "hf-home"), "HF_HUB_CACHE": cache,
+        "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"})
+    os.environ.pop("HF_TOKEN", None)
+    os.environ.pop("HF_HUB_OFFLINE", None)
+    try:
+        import huggingface_hub as hf
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
+    except ImportError as e:
+        print("SKIPPED (counted as a FAILURE): huggingface_hub is not importable (%s). "
+              "scripts/install_deps.sh installs it: python3 -m pip install 'huggingface_hub>=0.30,<3'" % e)
+        raise SystemExit(1)
+    print("huggingface_hub %s against %s" % (hf.__version__, fake.url), flush=True)
+    api = HfApi(endpoint=fake.url)
+
+    # model_info, revision, tree.
+    info = api.model_info("org/public", files_metadata=True)
+    check(info.id == "org/public" and len(info.sha or "") == 40, "model_info: id and sha")
+    sib = {s.rfilename: s for s in info.siblings}
+    check(set(sib) == set(public), "model_info: siblings %s" % sorted(sib))
+    for p, b in public.items():
+        s = sib.get(p)
+        if s is None:
+            continue
+        check(s.size == len(b), "model_info: size of %s" % p)
+        if len(b) >= 1024:
+            check(s.lfs is not None and s.lfs.sha256 == sha256(b) and s.lfs.size == len(b),
+                  "model_info: lfs of %s" % p)
+        else:
+            check(s.lfs is None and s.blob_id == hashlib.sha1(b"blob %d\0" % len(b) + b).hexdigest(),
+                  "model_info: blob id of %s" % p)
+    check(api.model_info("org/public", revision="v1").sha == info.sha, "model_info at a tag")
+    check(api.model_info("org/public", revision=info.sha).sha == info.sha, "model_info at a commit id")
+    check(api.model_info("org/gated").gated not in (None, False), "model_info of a gated repo (public metadata)")
+    tree = list(api.list_repo_tree("org/public", recursive=True))
+    files = {t.path for t in tree if type(t).__name__ == "RepoFile"}
+    dirs = {t.path for t in tree if type(t).__name__ == "RepoFolder"}
+    check(files == set(public) and dirs == {"sub", "sub/dir", "shards"}, "list_repo_tree recursive: %s %s" % (files, dirs))
+    top = {t.path for t in api.list_repo_tree("org/public")}
+    check(top == {"config.json", "README.md", "model.safetensors", "sub", "shards"}, "list_repo_tree top level: %s" % top)
+    nested = {t.path for t in api.list_repo_tree("org/public", path_in_repo="sub/dir")}
+    check(nested == {"sub/dir/nested.bin"}, "list_repo_tree of a folder: %s" % nested)
+
+    # Downloads.
+    for p, b in public.items():
+        path = hf.hf_hub_download("org/public", p)
+        check(open(path, "rb").read() == b, "hf_hub_download %s: bytes" % p)
+        blob = os.path.basename(os.path.realpath(path))
+        want = sha256(b) if len(b) >= 1024 else hashlib.sha1(b"blob %d\0" % len(b) + b).hexdigest()
+        check(blob == want, "hf_hub_download %s: the cache blob is named by the etag (%s)" % (p, blob))
+    path = hf.hf_hub_download("org/private", "weights.safetensors", token="write-token")
+    check(open(path, "rb").read() == private["weights.safetensors"], "hf_hub_download private with a token")
+    path = hf.hf_hub_download("org/gated", "weights.safetensors", token="granted-token")
+    check(open(path, "rb").read() == gated["weights.safetensors"], "hf_hub_download gated, granted token")
+    snap = hf.snapshot_download("org/public")
+    for p, b in public.items():
+        check(open(os.path.join(snap, p), "rb").read() == b, "snapshot_download %s: bytes" % p)
+    check(os.path.basename(snap) == info.sha, "snapshot_download: the snapshot is the commit")
+    snap = hf.snapshot_download("org/private", token="write-token")
+    check(open(os.path.join(snap, "config.json"), "rb").read() == private["config.json"],
+          "snapshot_download private")
+    stats = fake.control("GET", "/_fake/stats")
+    cdn_auth = [e for e in stats["log"] if e["path"].startswith("/_cdn/") and e["authorized"]]
+    check(not cdn_auth, "huggingface_hub sends no Authorization to the CDN")
+
+    # Errors (a fresh cache each, so nothing falls back to cached files).
+    def fresh():
+        return tempfile.mkdtemp(dir=tmp)
+    expect_raises(RepositoryNotFoundError, lambda: hf.hf_hub_download(
+        "org/private", "config.json", cache_dir=fresh()), "private without a token")
+    expect_raises(RepositoryNotFoundError, lambda: hf.hf_hub_download(
+        "org/private", "config.json", cache_dir=fresh(), token="bad-token"), "private with a bad token")
+    expect_raises(RepositoryNotFoundError, lambda: hf.hf_hub_download(
+        "org/missing", "config.json", cache_dir=fresh()), "missing repo")
+    expect_raises(RepositoryNotFoundError, lambda: api.model_info("org/private"), "model_info private")
+    expect_raises(GatedRepoError, lambda: hf.hf_hub_download(
+        "org/gated", "config.json", cache_dir=fresh()), "gated without a token")
+    expect_raises(GatedRepoError, lambda: hf.hf_hub_download(
+        "org/gated", "config.json", cache_dir=fresh(), token="write-token"), "gated, token not granted")
+    expect_raises(RevisionNotFoundError, lambda: hf.hf_hub_download(
+        "org/public", "config.json", revision="nope", cache_dir=fresh()), "missing revision")
+    expect_raises(RevisionNotFoundError, lambda: api.model_info("org/public", revision="nope"),
+                  "model_info missing revision")
+    expect_raises(EntryNotFoundError, lambda: hf.hf_hub_download(
+        "org/public", "nope.json", cache_dir=fresh()), "missing file")
+
+    # The cache.
+    scan = hf.scan_cache_dir(cache)
+    repos = {r.repo_id: r for r in scan.repos}
+    check(set(repos) >= {"org/public", "org/private", "org/gated"}, "scan_cache_dir repos: %s" % sorted(repos))
+    if "org/public" in repos:
+        r = repos["org/public"]
+        check(r.nb_files == len(public) and r.size_on_disk >= sum(len(b) for b in public.values()),
+              "scan_cache_dir: files and size of org/public")
+        revs = {rev.commit_hash for rev in r.revisions}
+        check(revs == {info.sha} and any("main" in rev.refs for rev in r.revisions), "scan_cache_dir: revision")
+    fake.control("DELETE", "/_fake/stats")
+    path = hf.hf_hub_download("org/public", "model.safetensors", local_files_only=True)
+    check(open(path, "rb").read() == public["model.safetensors"], "local_files_only hf_hub_download")
+    snap = hf.snapshot_download("org/public", local_files_only=True)
+    check(os.path.isfile(os.path.join(snap, "sub/dir/nested.bin")), "local_files_only snapshot_download")
+    check(fake.control("GET", "/_fake/stats")["requests"] == 0, "local_files_only: no request")
+
+    # Resume: the connection drops after 10.5 MiB of an 11 MiB file. huggingface_hub writes what it
+    # got in 10 MiB pieces (constants.DOWNLOAD_CHUNK_SIZE) and asks for the rest with a Range.
+    fake.control("DELETE", "/_fake/stats")
+    fake.control("POST", "/_fake/faults", {"rules": [
+        {"path": "^/_cdn/", "method": "GET", "kind": "drop_after", "bytes": 10 * 1024 * 1024 + 512 * 1024}]})
+    big = public["shards/big.safetensors"]
+    path = hf.hf_hub_download("org/public", "shards/big.safetensors", cache_dir=fresh())
+    check(open(path, "rb").read() == big, "resumed download: bytes")
+    log = fake.control("GET", "/_fake/stats")["log"]
+    ranges = [(e["range"], e["status"]) for e in log if e["path"].startswith("/_cdn/")]
+    check(ranges == [(None, 200), ("bytes=%d-" % (10 * 1024 * 1024), 206)],
+          "resumed download: a Range from 10 MiB answered 206 (%s)" % ranges)
+    fake.control("DELETE", "/_fake/faults")
+
+    # A revision that moves: /_fake/commit on main.
+    import base64
+    before = api.model_info("org/public").sha
+    fake.control("POST", "/_fake/commit", {"repo": "org/public", "branch": "main",
+                                            "files": {"added.txt": base64.b64encode(b"added\n").decode()},
+                                            "delete": ["README.md"]})
+    after = api.model_info("org/public", files_metadata=True)
+    names = {s.rfilename for s in after.siblings}
+    check(after.sha != before and "added.txt" in names and "README.md" not in names, "/_fake/commit moves main")
+    check(open(hf.hf_hub_download("org/public", "added.txt"), "rb").read() == b"added\n",
+          "download after /_fake/commit")
+    check(api.model_info("org/public", revision=before).sha == before, "the old commit stays reachable")
+
+    # Uploads.
+    up_dir = os.path.join(tmp, "upload")
+    upload = {
+        "big.safetensors": rnd_bytes(1536 * 1024 + 5, "big"),  # multipart (threshold 1 MiB, 512 KiB parts)
+        "small.safetensors": rnd_bytes(20000, "small"),  # LFS, basic
+        "config.json": b'{"up": true}\n',  # regular
+        "nested/dir/tokenizer.json": b'{"t": 1}\n',
+    }
+    for p, b in upload.items():
+        write(os.path.join(up_dir, p), b)
+    url = api.create_repo("fake-user/uploaded", token="write-token")
+    check(str(url).endswith("/fake-user/uploaded"), "create_repo: url %s" % url)
+    expect_raises(HfHubHTTPError, lambda: api.create_repo("fake-user/uploaded", token="write-token"),
+                  "create_repo of an existing repo: 409")
+    api.create_repo("fake-user/uploaded", token="write-token", exist_ok=True)
+    expect_raises(HfHubHTTPError, lambda: api.upload_folder(
+        repo_id="fake-user/uploaded", folder_path=up_dir, token=None), "upload without a token")
+    fake.control("DELETE", "/_fake/stats")
+    ci = api.upload_folder(repo_id="fake-user/uploaded", folder_path=up_dir, token="write-token",
+                           commit_message="upload")
+    check(len(ci.oid) == 40, "upload_folder: a commit id")
+    log = fake.control("GET", "/_fake/stats")["log"]
+    parts = [e for e in log if "/part/" in e["path"] and e["method"] == "PUT"]
+    completes = [e for e in log if e["path"].endswith("/complete") and e["status"] == 200]
+    basics = [e for e in log if e["method"] == "PUT" and "/part/" not in e["path"]]
+    check(len(parts) == 4 and len(completes) == 1, "multipart upload: 4 parts and a completion (%d, %d)"
+          % (len(parts), len(completes)))
+    check(len(basics) == 1, "basic upload: one PUT (%d)" % len(basics))
+    check(not any(e["authorized"] for e in log if e["method"] == "PUT"), "PUTs carry no Authorization")
+    check(any(e["path"].endswith("/commit/main") and e["status"] == 200 for e in log), "the commit call")
+    snap = hf.snapshot_download("fake-user/uploaded", cache_dir=fresh())
+    for p, b in upload.items():
+        got = open(os.path.join(snap, p), "rb").read() if os.path.isfile(os.path.join(snap, p)) else None
+        check(got == b, "upload then download: %s" % p)
+    check(os.path.isfile(os.path.join(snap, ".gitattributes")), "a created repo has .gitattributes")
+    check(os.path.basename(snap) == ci.oid, "the downloaded snapshot is the uploaded commit")
+    # Uploading the same again sends no bytes: the LFS objects are there.
+    write(os.path.join(up_dir, "config.json"), b'{"up": 2}\n')
+    fake.control("DELETE", "/_fake/stats")
+    ci2 = api.upload_folder(repo_id="fake-user/uploaded", folder_path=up_dir, token="write-token")
+    log = fake.control("GET", "/_fake/stats")["log"]
+    check(not any(e["method"] == "PUT" for e in log), "re-upload: no LFS PUT for stored objects")
+    check(open(hf.hf_hub_download("fake-user/uploaded", "config.json", revision=ci2.oid,
+                                  cache_dir=fresh()), "rb").read() == b'{"up": 2}\n', "second commit")
+    # A pull request: refs/pr/1.
+    pr = api.upload_file(path_or_fileobj=b"pr content\n", path_in_repo="pr.txt", repo_id="fake-user/uploaded",
+                         token="write-token", create_pr=True)
+    check(getattr(pr, "pr_num", None) == 1, "create_pr: pr 1 (%r)" % getattr(pr, "pr_url", None))
+    check(open(hf.hf_hub_download("fake-user/uploaded", "pr.txt", revision="refs/pr/1", cache_dir=fresh()),
+               "rb").read() == b"pr content\n", "download at refs/pr/1")
+    expect_raises(EntryNotFoundError, lambda: hf.hf_hub_download(
+        "fake-user/uploaded", "pr.txt", cache_dir=fresh()), "a pr does not move main")
+
+
+def rnd_bytes(n, seed):
+    return hashlib.shake_256(seed.encode()).digest(n)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
