@@ -72,7 +72,9 @@ class HubUploadTest : public ::testing::Test {
     fs::create_directories(data_dir_ + "/alice/existing");
     hub_ = std::make_unique<FakeHub>(
         data_dir_, std::vector<std::string>{kToken},
-        std::vector<std::string>{"--multipart-threshold", std::to_string(kMultipartThreshold)});
+        std::vector<std::string>{"--multipart-threshold", std::to_string(kMultipartThreshold),
+                                 "--multipart-chunk-size", std::to_string(kMultipartThreshold),
+                                });
     ASSERT_TRUE(hub_->ok()) << hub_->log();
     client_ = MakeClient(kToken);
   }
