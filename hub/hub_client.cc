@@ -1,3 +1,498 @@
 #include "hub/hub_client.h"
 
-// Implemented by the owner of this file (issue 8).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "codec/status_util.h"
+
+namespace bigsmall::hub {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Files listed from the cache (offline resolve): more is not a model.
+constexpr size_t kMaxCachedFiles = 100'000;
+// The most one download holds in memory at once, whatever the config says.
+constexpr uint64_t kMaxWindowBytes = 1ull << 30;
+
+bool IsHex(absl::string_view s, size_t size) {
+  if (s.size() != size) return false;
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+// A file path the Hub listed: relative, '/'-separated, no empty, "." or
+// ".." segment, no NUL or control character.
+bool IsSafeRepoPath(absl::string_view path) {
+  if (path.empty() || path.size() > 4096 || path.front() == '/') return false;
+  for (unsigned char c : path) {
+    if (c < 0x20 || c == 0x7f) return false;
+  }
+  for (absl::string_view seg : absl::StrSplit(path, '/')) {
+    if (seg.empty() || seg == "." || seg == ".." || seg.size() > 255) return false;
+  }
+  return true;
+}
+
+std::string HfName(const RepoRef& ref) { return absl::StrCat("hf://", ref.ToString()); }
+std::string HfName(const RepoInfo& repo) {
+  return absl::StrCat("hf://", repo.ref.repo_id, "@", repo.commit);
+}
+
+absl::Status CheckRef(const RepoRef& ref) {
+  absl::StatusOr<RepoRef> parsed = ParseRepoRef(absl::StrCat(ref.repo_id, "@", ref.revision));
+  if (!parsed.ok()) return parsed.status();
+  if (parsed->repo_id != ref.repo_id || parsed->revision != ref.revision) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", EscapeForLog(ref.ToString()), "' is not a valid Hub model name"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckRepoInfo(const RepoInfo& repo) {
+  if (!IsCommitHash(repo.commit)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(EscapeForLog(repo.ref.repo_id), ": the repo is not resolved to a commit"));
+  }
+  return CheckRef(repo.ref);
+}
+
+// "W/\"abc\"" -> "abc".
+std::string Unquote(absl::string_view etag) {
+  absl::ConsumePrefix(&etag, "W/");
+  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') {
+    etag = etag.substr(1, etag.size() - 2);
+  }
+  return std::string(etag);
+}
+
+// `location` made absolute against `base` (an absolute http(s) URL).
+std::string AbsoluteUrl(absl::string_view base, absl::string_view location) {
+  if (absl::StartsWith(location, "http://") || absl::StartsWith(location, "https://")) {
+    return std::string(location);
+  }
+  const size_t scheme_end = base.find("://");
+  if (scheme_end == absl::string_view::npos) return std::string(location);
+  const size_t path_start = base.find('/', scheme_end + 3);
+  const absl::string_view origin =
+      path_start == absl::string_view::npos ? base : base.substr(0, path_start);
+  if (absl::StartsWith(location, "//")) {
+    return absl::StrCat(base.substr(0, scheme_end + 1), location);
+  }
+  if (absl::StartsWith(location, "/")) return absl::StrCat(origin, location);
+  // Relative to the current directory.
+  absl::string_view path = path_start == absl::string_view::npos
+                               ? absl::string_view("/")
+                               : base.substr(path_start);
+  path = path.substr(0, path.find_first_of("?#"));
+  path = path.substr(0, path.rfind('/') + 1);
+  return absl::StrCat(origin, path, location);
+}
+
+// The model API's answer (GET /api/models/{repo}/revision/{rev}?blobs=true).
+absl::StatusOr<RepoInfo> ParseModelInfo(const RepoRef& ref, const std::string& body) {
+  const std::string what = HfName(ref);
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::DataLossError(absl::StrCat(what, ": the Hub's model info is not a JSON object"));
+  }
+  RepoInfo info;
+  info.ref = ref;
+  auto sha = j.find("sha");
+  if (sha == j.end() || !sha->is_string() || !IsCommitHash(sha->get<std::string>())) {
+    return absl::DataLossError(
+        absl::StrCat(what, ": the Hub's model info has no 40-hex \"sha\""));
+  }
+  info.commit = sha->get<std::string>();
+  if (auto p = j.find("private"); p != j.end() && p->is_boolean()) info.is_private = p->get<bool>();
+  if (auto g = j.find("gated"); g != j.end()) {
+    // false, or "auto" / "manual".
+    info.gated = (g->is_boolean() && g->get<bool>()) || (g->is_string() && !g->get<std::string>().empty());
+  }
+  auto siblings = j.find("siblings");
+  if (siblings == j.end()) return info;
+  if (!siblings->is_array()) {
+    return absl::DataLossError(absl::StrCat(what, ": \"siblings\" is not a list"));
+  }
+  info.files.reserve(siblings->size());
+  for (const nlohmann::json& s : *siblings) {
+    if (!s.is_object()) return absl::DataLossError(absl::StrCat(what, ": a sibling is not an object"));
+    auto name = s.find("rfilename");
+    if (name == s.end() || !name->is_string()) {
+      return absl::DataLossError(absl::StrCat(what, ": a sibling has no \"rfilename\""));
+    }
+    RepoFile f;
+    f.path = name->get<std::string>();
+    if (!IsSafeRepoPath(f.path)) {
+      return absl::DataLossError(absl::StrCat(what, ": the Hub listed a file with an unsafe path '",
+                                              EscapeForLog(f.path), "'"));
+    }
+    auto size = s.find("size");
+    if (size != s.end() && size->is_number_unsigned()) f.size = size->get<uint64_t>();
+    if (auto blob = s.find("blobId"); blob != s.end() && blob->is_string()) {
+      f.blob_id = blob->get<std::string>();
+      if (!IsHex(f.blob_id, 40)) {
+        return absl::DataLossError(absl::StrCat(what, ": file '", EscapeForLog(f.path),
+                                                "' has a malformed blobId"));
+      }
+    }
+    if (auto lfs = s.find("lfs"); lfs != s.end() && lfs->is_object()) {
+      auto oid = lfs->find("sha256");
+      if (oid == lfs->end() || !oid->is_string() || !IsHex(oid->get<std::string>(), 64)) {
+        return absl::DataLossError(absl::StrCat(what, ": LFS file '", EscapeForLog(f.path),
+                                                "' has no sha256"));
+      }
+      f.sha256 = oid->get<std::string>();
+      if (auto lsize = lfs->find("size"); lsize != lfs->end() && lsize->is_number_unsigned()) {
+        f.size = lsize->get<uint64_t>();
+      }
+    }
+    info.files.push_back(std::move(f));
+  }
+  return info;
+}
+
+// A ByteSource over one file of a commit: the cached blob once it is
+// complete, ranged GETs of the resolve URL before.
+class RemoteSource final : public ByteSource {
+ public:
+  RemoteSource(HttpClient& http, HubCache& cache, std::string repo_id, RepoFile file,
+               std::string url, std::string name)
+      : http_(http),
+        cache_(cache),
+        repo_id_(std::move(repo_id)),
+        file_(std::move(file)),
+        url_(std::move(url)),
+        name_(std::move(name)) {}
+  ~RemoteSource() override {
+    if (blob_fd_ >= 0) close(blob_fd_);
+  }
+
+  uint64_t size() const override { return file_.size; }
+  std::string name() const override { return name_; }
+
+  absl::Status ReadAt(uint64_t offset, absl::Span<uint8_t> out) override {
+    if (offset > file_.size || out.size() > file_.size - offset) {
+      return absl::OutOfRangeError(absl::StrCat(name_, ": read of ", out.size(), " bytes at ",
+                                                offset, " is past its end (", file_.size, ")"));
+    }
+    if (out.empty()) return absl::OkStatus();
+    const int fd = BlobFd();
+    if (fd >= 0) return PreadAll(fd, offset, out);
+    absl::Status s = http_.GetRange(url_, offset, out, file_.size);
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat(name_, ": ", s.message()));
+    return s;
+  }
+  absl::Status ReadBulk(uint64_t offset, absl::Span<uint8_t> out) override {
+    return ReadAt(offset, out);  // GetRange already splits into parallel parts
+  }
+
+ private:
+  // The complete blob's fd once the cache has it (checked per read until
+  // then: a download may finish while we stream), else -1.
+  int BlobFd() {
+    absl::MutexLock lock(&mu_);
+    if (blob_fd_ >= 0) return blob_fd_;
+    std::optional<std::string> path = cache_.BlobFile(repo_id_, file_.etag());
+    if (!path) return -1;
+    int fd = open(path->c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        static_cast<uint64_t>(st.st_size) != file_.size) {
+      close(fd);
+      return -1;
+    }
+    blob_fd_ = fd;
+    return blob_fd_;
+  }
+  absl::Status PreadAll(int fd, uint64_t offset, absl::Span<uint8_t> out) {
+    size_t done = 0;
+    while (done < out.size()) {
+      ssize_t n = pread(fd, out.data() + done, out.size() - done,
+                        static_cast<off_t>(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoToStatus(errno, absl::StrCat("read ", name_));
+      }
+      if (n == 0) return absl::DataLossError(absl::StrCat(name_, ": the cached blob is short"));
+      done += static_cast<size_t>(n);
+    }
+    return absl::OkStatus();
+  }
+
+  HttpClient& http_;
+  HubCache& cache_;
+  const std::string repo_id_;
+  const RepoFile file_;
+  const std::string url_;
+  const std::string name_;
+  absl::Mutex mu_;
+  int blob_fd_ ABSL_GUARDED_BY(mu_) = -1;
+};
+
+}  // namespace
+
+const RepoFile* RepoInfo::Find(absl::string_view path) const {
+  for (const RepoFile& f : files) {
+    if (f.path == path) return &f;
+  }
+  return nullptr;
+}
+
+struct HubClient::Impl {
+  explicit Impl(HubConfig c) : config(std::move(c)), http(config), cache(config.cache_dir) {}
+  HubConfig config;
+  HttpClient http;
+  HubCache cache;
+
+  absl::Status OfflineNotCached(absl::string_view what) const {
+    return absl::NotFoundError(absl::StrCat(what, ": offline and not in the cache ",
+                                            EscapeForLog(cache.root()), " (HF_HUB_OFFLINE)"));
+  }
+
+  // refs/ + snapshots/<commit>/ only.
+  absl::StatusOr<RepoInfo> FromCache(const RepoRef& ref, const std::string& commit) {
+    RepoInfo info;
+    info.ref = ref;
+    info.commit = commit;
+    info.from_cache = true;
+    const std::string snap = absl::StrCat(cache.RepoDir(ref.repo_id), "/snapshots/", commit);
+    std::error_code ec;
+    // Never follows a directory symlink (the default).
+    fs::recursive_directory_iterator it(snap, ec), end;
+    if (ec) return info;  // a ref with no files yet
+    for (; it != end; it.increment(ec)) {
+      if (ec) break;
+      if (info.files.size() >= kMaxCachedFiles) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            HfName(ref), ": more than ", kMaxCachedFiles, " files in the cached snapshot"));
+      }
+      if (!it->is_symlink(ec)) continue;
+      const std::string rel = it->path().lexically_relative(snap).generic_string();
+      if (!IsSafeRepoPath(rel) || !cache.SnapshotFile(ref.repo_id, commit, rel)) continue;
+      const std::string target = fs::read_symlink(it->path(), ec).filename().string();
+      if (ec) continue;
+      std::optional<std::string> blob = cache.BlobFile(ref.repo_id, target);
+      if (!blob) continue;
+      RepoFile f;
+      f.path = rel;
+      f.size = fs::file_size(*blob, ec);
+      if (ec) continue;
+      if (target.size() == 64) {
+        f.sha256 = target;
+      } else {
+        f.blob_id = target;
+      }
+      info.files.push_back(std::move(f));
+    }
+    std::sort(info.files.begin(), info.files.end(),
+              [](const RepoFile& a, const RepoFile& b) { return a.path < b.path; });
+    return info;
+  }
+
+  std::string SnapshotPath(const RepoInfo& repo, absl::string_view path) const {
+    return absl::StrCat(cache.RepoDir(repo.ref.repo_id), "/snapshots/", repo.commit, "/", path);
+  }
+
+  absl::StatusOr<std::string> Finish(const RepoInfo& repo, const RepoFile& f) {
+    absl::Status s = cache.LinkSnapshot(repo.ref.repo_id, repo.commit, f.path, f.etag());
+    if (!s.ok()) return s;
+    if (repo.ref.revision != repo.commit && !IsCommitHash(repo.ref.revision)) {
+      s = cache.WriteRef(repo.ref.repo_id, repo.ref.revision, repo.commit);
+      if (!s.ok()) return s;
+    }
+    return SnapshotPath(repo, f.path);
+  }
+};
+
+HubClient::HubClient(HubConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+HubClient::~HubClient() = default;
+
+const HubConfig& HubClient::config() const { return impl_->config; }
+HttpClient& HubClient::http() { return impl_->http; }
+HubCache& HubClient::cache() { return impl_->cache; }
+
+std::string HubClient::ResolveUrl(const RepoInfo& repo, absl::string_view path) const {
+  return absl::StrCat(impl_->config.endpoint, "/", repo.ref.repo_id, "/resolve/", repo.commit,
+                      "/", EncodePath(path));
+}
+
+absl::StatusOr<RepoInfo> HubClient::Resolve(const RepoRef& ref, bool prefer_cache) {
+  absl::Status s = CheckRef(ref);
+  if (!s.ok()) return s;
+  HubCache& cache = impl_->cache;
+  // A commit the cache has a snapshot of needs no network.
+  if (IsCommitHash(ref.revision)) {
+    if (std::optional<std::string> c = cache.CachedCommit(ref.repo_id, ref.revision);
+        c && *c == ref.revision) {
+      return impl_->FromCache(ref, *c);
+    }
+  }
+  if (impl_->config.offline || prefer_cache) {
+    if (std::optional<std::string> c = cache.CachedCommit(ref.repo_id, ref.revision)) {
+      return impl_->FromCache(ref, *c);
+    }
+    if (impl_->config.offline) return impl_->OfflineNotCached(HfName(ref));
+  }
+  HttpRequest req;
+  req.url = absl::StrCat(impl_->config.endpoint, "/api/models/", ref.repo_id, "/revision/",
+                         EncodeRevision(ref.revision), "?blobs=true");
+  absl::StatusOr<HttpResponse> resp = impl_->http.Send(req);
+  if (!resp.ok()) return resp.status();
+  if (resp->status != 200) return HttpError(*resp, HfName(ref));
+  absl::StatusOr<RepoInfo> info = ParseModelInfo(ref, resp->body);
+  if (!info.ok()) return info.status();
+  if (!IsCommitHash(ref.revision)) {
+    // Best effort, as huggingface_hub: a read-only cache still resolves.
+    cache.WriteRef(ref.repo_id, ref.revision, info->commit).IgnoreError();
+  }
+  return info;
+}
+
+absl::StatusOr<FileMeta> HubClient::Head(const RepoInfo& repo, absl::string_view path) {
+  absl::Status s = CheckRepoInfo(repo);
+  if (!s.ok()) return s;
+  if (impl_->config.offline) return impl_->OfflineNotCached(absl::StrCat(HfName(repo), "/", path));
+  const std::string what = absl::StrCat(HfName(repo), "/", EscapeForLog(path));
+  HttpRequest req;
+  req.method = "HEAD";
+  req.url = ResolveUrl(repo, path);
+  req.follow_redirects = false;
+  absl::StatusOr<HttpResponse> resp;
+  // Relative redirects (a renamed repo) are followed, as huggingface_hub
+  // does; an absolute one is the CDN and is where the bytes are.
+  for (int hop = 0;; ++hop) {
+    resp = impl_->http.Send(req);
+    if (!resp.ok()) return resp.status();
+    const std::string* loc = resp->Header("location");
+    if (resp->status >= 300 && resp->status < 400 && loc != nullptr && absl::StartsWith(*loc, "/") &&
+        !absl::StartsWith(*loc, "//") && hop < kMaxRedirects) {
+      req.url = AbsoluteUrl(req.url, *loc);
+      continue;
+    }
+    break;
+  }
+  const bool redirect = resp->status >= 300 && resp->status < 400;
+  if (resp->status != 200 && !redirect) return HttpError(*resp, what);
+  FileMeta meta;
+  if (const std::string* c = resp->Header("x-repo-commit")) meta.commit = *c;
+  const std::string* etag = resp->Header("x-linked-etag");
+  if (etag == nullptr) etag = resp->Header("etag");
+  if (etag == nullptr) return absl::DataLossError(absl::StrCat(what, ": the Hub sent no ETag"));
+  meta.etag = Unquote(*etag);
+  const std::string* size = resp->Header("x-linked-size");
+  if (size == nullptr) size = resp->Header("content-length");
+  if (size == nullptr || !absl::SimpleAtoi(*size, &meta.size)) {
+    return absl::DataLossError(absl::StrCat(what, ": the Hub sent no size"));
+  }
+  if (redirect) {
+    const std::string* loc = resp->Header("location");
+    if (loc == nullptr) {
+      return absl::DataLossError(absl::StrCat(what, ": a redirect without a Location"));
+    }
+    meta.location = AbsoluteUrl(req.url, *loc);
+  } else {
+    meta.location = req.url;
+  }
+  if (const std::string* x = resp->Header("x-xet-hash")) meta.xet_hash = *x;
+  return meta;
+}
+
+absl::StatusOr<std::string> HubClient::Download(const RepoInfo& repo, absl::string_view path,
+                                                const ProgressFn& progress) {
+  absl::Status s = CheckRepoInfo(repo);
+  if (!s.ok()) return s;
+  const RepoFile* f = repo.Find(path);
+  if (f == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("no file '", EscapeForLog(path), "' in ", HfName(repo)));
+  }
+  if (!IsSafeRepoPath(f->path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(HfName(repo), ": unsafe file path '", EscapeForLog(f->path), "'"));
+  }
+  const std::string what = absl::StrCat(HfName(repo), "/", EscapeForLog(f->path));
+  HubCache& cache = impl_->cache;
+  const std::string& repo_id = repo.ref.repo_id;
+  const std::string etag = f->etag();
+  // Already there: no network.
+  if (std::optional<std::string> blob = cache.BlobFile(repo_id, etag)) {
+    std::error_code ec;
+    if (fs::file_size(*blob, ec) == f->size && !ec) {
+      if (progress) progress(f->size, f->size);
+      return impl_->Finish(repo, *f);
+    }
+  }
+  if (impl_->config.offline) return impl_->OfflineNotCached(what);
+  absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> writer =
+      cache.BeginBlob(repo_id, etag, f->size);
+  if (!writer.ok()) return writer.status();
+  HubCache::BlobWriter& w = **writer;
+  if (!w.complete()) {
+    // Every byte comes from the resolved commit's URL, never the branch's.
+    const std::string url = ResolveUrl(repo, f->path);
+    const uint64_t window = std::clamp<uint64_t>(
+        static_cast<uint64_t>(std::max(1, impl_->config.parallel_connections)) *
+            std::max<uint64_t>(1, impl_->config.part_bytes),
+        1, kMaxWindowBytes);
+    uint64_t offset = w.resume_offset();
+    if (progress) progress(offset, f->size);
+    std::vector<uint8_t> buffer;
+    while (offset < f->size) {
+      const uint64_t n = std::min(window, f->size - offset);
+      if (buffer.size() < n) buffer.resize(static_cast<size_t>(n));
+      absl::Span<uint8_t> out(buffer.data(), static_cast<size_t>(n));
+      s = impl_->http.GetRange(url, offset, out, f->size);
+      if (!s.ok()) return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+      s = w.Append(out);
+      if (!s.ok()) return s;
+      offset += n;
+      if (progress) progress(offset, f->size);
+    }
+  }
+  absl::StatusOr<std::string> blob = w.Commit();
+  if (!blob.ok()) return absl::Status(blob.status().code(), absl::StrCat(what, ": ", blob.status().message()));
+  writer->reset();
+  return impl_->Finish(repo, *f);
+}
+
+absl::StatusOr<std::unique_ptr<ByteSource>> HubClient::OpenRemote(const RepoInfo& repo,
+                                                                  absl::string_view path) {
+  absl::Status s = CheckRepoInfo(repo);
+  if (!s.ok()) return s;
+  const RepoFile* f = repo.Find(path);
+  if (f == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("no file '", EscapeForLog(path), "' in ", HfName(repo)));
+  }
+  std::string name = absl::StrCat(HfName(repo), "/", EscapeForLog(f->path));
+  if (impl_->config.offline && !impl_->cache.BlobFile(repo.ref.repo_id, f->etag())) {
+    return impl_->OfflineNotCached(name);
+  }
+  return std::unique_ptr<ByteSource>(std::make_unique<RemoteSource>(
+      impl_->http, impl_->cache, repo.ref.repo_id, *f, ResolveUrl(repo, f->path),
+      std::move(name)));
+}
+
+}  // namespace bigsmall::hub
