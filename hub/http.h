@@ -58,6 +58,9 @@ struct HttpResponse {
   std::string url;  // after redirects
   std::vector<HttpHeader> headers;  // of the last answer
   std::string body;
+  // Whether the last request carried the token (HttpError tells "needs a
+  // token" from "the token was refused" by it).
+  bool authorized = false;
   // The first header of that name (lowercase), or nullptr.
   const std::string* Header(absl::string_view name) const;
 };
