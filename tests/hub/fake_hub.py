@@ -178,6 +178,7 @@ class State:
 
     def reset_stats(self):
         self.bytes_sent = {}
+        self.bytes_by_file = {}  # "owner/name/path" -> body bytes (resolve and CDN)
         self.total_bytes = 0
         self.requests = 0
         self.log = []
@@ -266,7 +267,7 @@ class State:
             return c, pr
 
     # Faults.
-    def take_fault(self, phase, method, path):
+    def take_fault(self, phase, method, path, target):
         kinds = {"start": ("status", "stall"), "headers": ("bad_etag",),
                  "body": ("drop_after", "wrong_length", "trickle", "corrupt", "stall_body")}[phase]
         with self.lock:
@@ -276,7 +277,8 @@ class State:
                 if rule.get("method") and rule["method"].upper() != method:
                     continue
                 try:
-                    if not re.search(rule.get("path", ""), path):
+                    rx = rule.get("path", "")
+                    if not (re.search(rx, path) or re.search(rx, target)):
                         continue
                 except re.error:
                     continue
@@ -381,6 +383,9 @@ class Handler(BaseHTTPRequestHandler):
         port = self.server.server_address[1]
         return "http://%s:%d" % (host or "127.0.0.1", port)
 
+    def fault(self, phase):
+        return STATE.take_fault(phase, self.command, self.split.path, self.path)
+
     def record(self, status, nbytes):
         path = self.split.path
         if path.startswith("/_fake/"):
@@ -390,9 +395,11 @@ class Handler(BaseHTTPRequestHandler):
             if nbytes:
                 STATE.bytes_sent[path] = STATE.bytes_sent.get(path, 0) + nbytes
                 STATE.total_bytes += nbytes
+                if self.file_key:
+                    STATE.bytes_by_file[self.file_key] = STATE.bytes_by_file.get(self.file_key, 0) + nbytes
             STATE.log.append({"method": self.command, "path": path, "query": self.split.query,
                               "host": self.headers.get("Host", ""), "status": status,
-                              "range": self.headers.get("Range"), "bytes": nbytes,
+                              "range": self.headers.get("Range"), "bytes": nbytes, "file": self.file_key,
                               "authorized": self.headers.get("Authorization") is not None})
             if len(STATE.log) > LOG_LIMIT:
                 del STATE.log[:len(STATE.log) - LOG_LIMIT]
@@ -440,7 +447,7 @@ class Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = "bytes %d-%d/%d" % (rng[0], rng[1], size)
         fault = None
         if self.command == "GET" and length > 0:
-            fault = STATE.take_fault("body", self.command, self.split.path)
+            fault = self.fault("body")
         declared = length
         if fault and fault["kind"] == "wrong_length":
             declared = length + 100
@@ -519,12 +526,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_any(self):
         self._body = None
+        self.file_key = None
         self.split = urlsplit(self.path)
         self.query = parse_qs(self.split.query)
         self.segs = [unquote(s) for s in self.split.path.split("/")[1:]]
         try:
             if not self.split.path.startswith("/_fake/"):
-                fault = STATE.take_fault("start", self.command, self.split.path)
+                fault = self.fault("start")
                 if fault and fault["kind"] == "stall":
                     time.sleep(float(fault.get("seconds", 10)))
                 elif fault and fault["kind"] == "status":
@@ -707,6 +715,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_simple(200, body)
 
     def resolve(self, repo_id, rev, path):
+        self.file_key = repo_id + "/" + path
         repo = self.get_repo(repo_id, files=True)
         with STATE.lock:
             c = self.get_commit(repo, rev)
@@ -714,7 +723,7 @@ class Handler(BaseHTTPRequestHandler):
         if e is None:
             raise HubError(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": c.id})
         etag = e.etag()
-        if STATE.take_fault("headers", self.command, self.split.path):
+        if self.fault("headers"):
             etag = hashlib.sha256(b"bad" + etag.encode()).hexdigest()
         headers = {"X-Repo-Commit": c.id, "ETag": '"%s"' % etag}
         if e.lfs:
@@ -732,6 +741,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_content(content, headers)
 
     def cdn(self, sha256):
+        if self.query.get("repo") and self.query.get("path"):
+            self.file_key = self.query["repo"][0] + "/" + self.query["path"][0]
         if self.headers.get("Authorization") is not None:
             self.send_simple(400, "<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism "
                              "allowed; only the X-Amz-Algorithm query parameter, Signature query "
@@ -743,7 +754,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_simple(404, "<Error><Code>NoSuchKey</Code></Error>", content_type="application/xml")
             return
         etag = sha256
-        if STATE.take_fault("headers", self.command, self.split.path):
+        if self.fault("headers"):
             etag = hashlib.sha256(b"bad" + etag.encode()).hexdigest()
         self.send_content(content, {"ETag": '"%s"' % etag})
 
@@ -991,7 +1002,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_simple(200, {"bytes_per_second": bps})
         if what == "stats" and m == "GET":
             with STATE.lock:
-                body = {"bytes_sent": dict(STATE.bytes_sent), "total_bytes": STATE.total_bytes,
+                body = {"bytes_sent": dict(STATE.bytes_sent), "bytes_by_file": dict(STATE.bytes_by_file),
+                        "total_bytes": STATE.total_bytes,
                         "requests": STATE.requests, "log": list(STATE.log)}
             return self.send_simple(200, body)
         if what == "stats" and m == "DELETE":

@@ -142,7 +142,10 @@ def run(tmp):
     for repo, files in (("org/public", public), ("org/private", private), ("org/gated", gated)):
         for p, b in files.items():
             write(os.path.join(data, repo, p), b)
-    write(os.path.join(data, "org/public.json"), json.dumps({"tags": {"v1": "main"}}).encode())
+    write(os.path.join(data, "org/public.json"), json.dumps(
+        {"tags": {"v1": "main"}, "branches": {"refs/pr/1": "main", "dev": "v1"}}).encode())
+    write(os.path.join(data, "org/xet/model.safetensors"), public["model.safetensors"])
+    write(os.path.join(data, "org/xet.json"), b'{"xet": true}')
     write(os.path.join(data, "org/private.json"), b'{"private": true}')
     write(os.path.join(data, "org/gated.json"), json.dumps({"gated": True, "granted": ["granted-token"]}).encode())
 
@@ -192,6 +195,15 @@ def check_protocol(fake, public):
     check(r.status == 206 and body == big[-10:], "Range a-: 206 + the tail")
     r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=%d-" % len(big)}, host="localhost")
     check(r.status == 416 and r.getheader("Content-Range") == "bytes */%d" % len(big), "Range past the end: 416")
+    r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=-7"}, host="localhost")
+    check(r.status == 206 and body == big[-7:], "Range -n: 206 + the last n bytes")
+    r, body = fake.request("GET", "/org/public/resolve/main/README.md", headers={"Range": "bytes=2-5"})
+    check(r.status == 206 and body == public["README.md"][2:6], "Range on a small file")
+    r, _ = fake.request("HEAD", "/org/public/resolve/main/README.md")
+    check(r.status == 200 and r.getheader("Content-Length") == str(len(public["README.md"])),
+          "HEAD of a small file: Content-Length is its size")
+    r, _ = fake.request("HEAD", "/org/xet/resolve/main/model.safetensors")
+    check(r.status == 302 and len(r.getheader("X-Xet-Hash") or "") == 64, "xet repo: X-Xet-Hash")
     r, body = fake.request("GET", cdn_path, headers={"Authorization": "Bearer write-token"}, host="localhost")
     check(r.status == 400, "the CDN refuses Authorization with 400 (got %d)" % r.status)
 
@@ -247,7 +259,15 @@ def check_protocol(fake, public):
     t0 = time.monotonic()
     r, body = fake.request("GET", "/org/public/resolve/main/config.json")
     check(time.monotonic() - t0 >= 0.3 and body == public["config.json"], "stall: waits before answering")
+    fake.control("POST", "/_fake/faults", {"rules": [
+        {"path": "model\\.safetensors", "kind": "stall", "after_bytes": 1000, "seconds": 0.3, "times": 2}]})
+    t0 = time.monotonic()
+    r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=0-4999"}, host="localhost")
+    check(time.monotonic() - t0 >= 0.3 and body == big[:5000], "stall after_bytes, matched through the CDN query")
+    rules = fake.control("GET", "/_fake/faults")["rules"]
+    check(len(rules) >= 1 and rules[-1]["times"] == 1, "GET /_fake/faults: what is left (%s)" % rules[-1:])
     fake.control("DELETE", "/_fake/faults")
+    check(fake.control("GET", "/_fake/faults")["rules"] == [], "DELETE /_fake/faults")
     fake.control("POST", "/_fake/throttle", {"bytes_per_second": 1000000})
     t0 = time.monotonic()
     r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=0-299999"}, host="localhost")
@@ -260,6 +280,19 @@ def check_protocol(fake, public):
           "stats: totals")
     check(all(set(e) >= {"method", "path", "status", "range", "bytes", "authorized"} for e in stats["log"]),
           "stats: log entries")
+
+    # HTTP/1.0 (what hub/fake_hub_process.cc's Control speaks): the answer ends with the connection.
+    import socket
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=10) as sock:
+        sock.sendall(b"GET /_fake/stats HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        got = b""
+        while True:
+            b = sock.recv(65536)
+            if not b:
+                break
+            got += b
+    check(got.startswith(b"HTTP/1.1 200") and got.split(b"\r\n\r\n", 1)[1].startswith(b"{"),
+          "HTTP/1.0 control request: answered, then closed")
 
     # Keep-alive: two requests on one connection.
     conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=10)
@@ -308,6 +341,10 @@ def check_huggingface_hub(fake, tmp, public, private, gated):
                   "model_info: blob id of %s" % p)
     check(api.model_info("org/public", revision="v1").sha == info.sha, "model_info at a tag")
     check(api.model_info("org/public", revision=info.sha).sha == info.sha, "model_info at a commit id")
+    check(api.model_info("org/public", revision="refs/pr/1").sha == info.sha, "model_info at refs/pr/1")
+    refs = api.list_repo_refs("org/public")
+    check({b.name for b in refs.branches} == {"main", "dev"} and [t.name for t in refs.tags] == ["v1"],
+          "list_repo_refs: %s" % refs)
     check(api.model_info("org/gated").gated not in (None, False), "model_info of a gated repo (public metadata)")
     tree = list(api.list_repo_tree("org/public", recursive=True))
     files = {t.path for t in tree if type(t).__name__ == "RepoFile"}
@@ -333,6 +370,11 @@ def check_huggingface_hub(fake, tmp, public, private, gated):
     for p, b in public.items():
         check(open(os.path.join(snap, p), "rb").read() == b, "snapshot_download %s: bytes" % p)
     check(os.path.basename(snap) == info.sha, "snapshot_download: the snapshot is the commit")
+    path = hf.hf_hub_download("org/public", "config.json", revision="refs/pr/1")
+    check(open(path, "rb").read() == public["config.json"], "hf_hub_download at refs/pr/1")
+    snap = hf.snapshot_download("org/xet")
+    check(open(os.path.join(snap, "model.safetensors"), "rb").read() == public["model.safetensors"],
+          "snapshot_download of an xet repo (HF_HUB_DISABLE_XET=1)")
     snap = hf.snapshot_download("org/private", token="write-token")
     check(open(os.path.join(snap, "config.json"), "rb").read() == private["config.json"],
           "snapshot_download private")
@@ -364,7 +406,7 @@ def check_huggingface_hub(fake, tmp, public, private, gated):
     # The cache.
     scan = hf.scan_cache_dir(cache)
     repos = {r.repo_id: r for r in scan.repos}
-    check(set(repos) >= {"org/public", "org/private", "org/gated"}, "scan_cache_dir repos: %s" % sorted(repos))
+    check(set(repos) >= {"org/public", "org/private", "org/gated", "org/xet"}, "scan_cache_dir repos: %s" % sorted(repos))
     if "org/public" in repos:
         r = repos["org/public"]
         check(r.nb_files == len(public) and r.size_on_disk >= sum(len(b) for b in public.values()),
@@ -382,12 +424,16 @@ def check_huggingface_hub(fake, tmp, public, private, gated):
     # got in 10 MiB pieces (constants.DOWNLOAD_CHUNK_SIZE) and asks for the rest with a Range.
     fake.control("DELETE", "/_fake/stats")
     fake.control("POST", "/_fake/faults", {"rules": [
-        {"path": "^/_cdn/", "method": "GET", "kind": "drop_after", "bytes": 10 * 1024 * 1024 + 512 * 1024}]})
+        {"path": r"big\.safetensors", "method": "GET", "kind": "drop_after",
+         "bytes": 10 * 1024 * 1024 + 512 * 1024}]})
     big = public["shards/big.safetensors"]
     path = hf.hf_hub_download("org/public", "shards/big.safetensors", cache_dir=fresh())
     check(open(path, "rb").read() == big, "resumed download: bytes")
-    log = fake.control("GET", "/_fake/stats")["log"]
+    stats = fake.control("GET", "/_fake/stats")
+    log = stats["log"]
     ranges = [(e["range"], e["status"]) for e in log if e["path"].startswith("/_cdn/")]
+    check(stats["bytes_by_file"].get("org/public/shards/big.safetensors") == 10 * 1024 * 1024 + 1536 * 1024,
+          "stats: bytes_by_file counts both CDN GETs (%s)" % stats["bytes_by_file"])
     check(ranges == [(None, 200), ("bytes=%d-" % (10 * 1024 * 1024), 206)],
           "resumed download: a Range from 10 MiB answered 206 (%s)" % ranges)
     fake.control("DELETE", "/_fake/faults")
