@@ -4,11 +4,15 @@
 //   bigsmall decompress INPUT.bs [-o OUT] [--base BASE] ...
 //   bigsmall info FILE.bs [--json] [--tensors]
 //   bigsmall verify FILE.bs [--against ORIGINAL] [--base BASE] ...
+//   bigsmall upload DIR owner/repo [--private] [--revision BRANCH] [--create] [-m MESSAGE]
 //   bigsmall help [COMMAND] | --version
+// compress, decompress and info also take a Hugging Face Hub model,
+// owner/repo[@revision] or hf://owner/repo[@revision] (cli/hub_commands.h).
 //
 // Exit codes (see cli/exit_codes.h, printed by `bigsmall help`):
 //   0 ok, 1 other failure (I/O etc.), 2 usage error, 3 corrupt or mismatching
-//   data, 4 not found, 5 wrong or missing base / precondition, 6 output exists.
+//   data, 4 not found, 5 wrong or missing base / precondition, 6 output exists,
+//   7 authentication needed or refused (the Hub's 401).
 //
 // CLI11 reports parse problems by throwing; those exceptions are caught here
 // and nowhere else. Everything below main works with absl::Status.
@@ -21,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/exit_codes.h"
+#include "cli/hub_commands.h"
 #include "codec/file_util.h"
 #include "codec/format.h"
 #include "codec/tensor_codec.h"
@@ -46,13 +51,20 @@ constexpr char kNotes[] =
     "  INPUT may be a .safetensors file or a model directory (every *.safetensors\n"
     "  shard is compressed, every other file is copied).\n"
     "  Default outputs: X.safetensors -> X.safetensors.bs, DIR -> DIR.bs, and back.\n"
+    "  compress, decompress and info also take a Hugging Face Hub model, owner/repo[@revision]\n"
+    "  or hf://owner/repo[@revision] (a local path of that name wins): compress downloads it\n"
+    "  into huggingface_hub's cache (resumable) and writes a .bs directory with a model card;\n"
+    "  decompress downloads a compressed repo and rebuilds the original files; info reads only\n"
+    "  the .bs headers and indexes, by range requests. The Hub is configured as huggingface_hub\n"
+    "  does it: HF_ENDPOINT, HF_TOKEN (or the token file of huggingface-cli login), HF_HUB_OFFLINE=1\n"
+    "  (the cache only), HF_HUB_CACHE / HF_HOME. The token is never printed.\n"
     "  Outputs are written atomically; an existing output needs --force.\n"
     "  An interrupted run (SIGINT, SIGTERM, SIGHUP) removes its temporary output;\n"
     "  leftovers of a killed run are removed by the next run writing that output.\n"
     "  'ratio' in --json output is stored bytes / original bytes.\n"
     "  Progress goes to stderr (only on a terminal); summaries and --json to stdout.\n";
 
-constexpr char kBsInput[] = ".bs file or compressed directory";
+constexpr char kBsInput[] = ".bs file, compressed directory, or Hub repo owner/repo[@revision]";
 
 // Options shared by the commands that run a job.
 void AddThreadsOption(CLI::App* cmd, int& threads) {
@@ -75,8 +87,9 @@ int Main(int argc, char** argv) {
 
   CompressArgs ca;
   CLI::App* compress = app.add_subcommand("compress", "Compress a .safetensors file or a model directory");
-  compress->add_option("INPUT", ca.input, ".safetensors file or model directory")->required();
-  compress->add_option("-o,--output", ca.output, "Output path (default: INPUT.bs)");
+  compress->add_option("INPUT", ca.input, ".safetensors file, model directory, or Hub model owner/repo[@revision]")
+      ->required();
+  compress->add_option("-o,--output", ca.output, "Output path (default: INPUT.bs; a Hub model: NAME.bs)");
   CLI::Option* storage =
       compress->add_flag("--storage", ca.storage, "Smallest output: exponent-conditioned mantissa tables, larger chunks, zstd level 9");
   CLI::Option* inference =
@@ -117,6 +130,16 @@ int Main(int argc, char** argv) {
   AddThreadsOption(verify, va.threads);
   AddReportFlags(verify, va.json, va.quiet);
 
+  UploadArgs ua;
+  CLI::App* upload = app.add_subcommand("upload", "Publish a directory (e.g. a compressed one) to the Hugging Face Hub");
+  upload->add_option("DIR", ua.dir, "Directory to upload (every regular file in it)")->required();
+  upload->add_option("REPO", ua.repo, "Hub repo owner/name")->required();
+  upload->add_option("--revision", ua.revision, "Branch to commit to (default: main)");
+  upload->add_flag("--create", ua.create, "Create the repo first (an existing one is fine)");
+  upload->add_flag("--private", ua.private_repo, "Make the repo private when creating it");
+  upload->add_option("-m,--message", ua.message, "Commit message");
+  AddReportFlags(upload, ua.json, ua.quiet);
+
   std::string help_topic;
   CLI::App* help = app.add_subcommand("help", "Show help for bigsmall or one command");
   help->add_option("COMMAND", help_topic, "Command to describe");
@@ -136,7 +159,7 @@ int Main(int argc, char** argv) {
       std::fputs(main_help.c_str(), stdout);
       return kExitOk;
     }
-    for (CLI::App* sub : {compress, decompress, info, verify, help}) {
+    for (CLI::App* sub : {compress, decompress, info, verify, upload, help}) {
       if (sub->get_name() == help_topic) {
         std::fputs(sub->help().c_str(), stdout);  // the footer lists the exit codes
         return kExitOk;
@@ -150,6 +173,7 @@ int Main(int argc, char** argv) {
   if (decompress->parsed()) return RunDecompress(da);
   if (info->parsed()) return RunInfo(ia);
   if (verify->parsed()) return RunVerify(va);
+  if (upload->parsed()) return RunUpload(ua);
   std::fputs(main_help.c_str(), stderr);
   return kExitUsage;
 }

@@ -11,6 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "cli/exit_codes.h"
 #include "cli/format_util.h"
+#include "cli/hub_commands.h"
 #include "cli/info_command.h"
 #include "cli/progress_bar.h"
 #include "codec/compress.h"
@@ -23,23 +24,6 @@ namespace bigsmall::cli {
 namespace {
 
 using Json = nlohmann::ordered_json;
-
-void PrintJson(const Json& j) {
-  // Paths from the command line need not be UTF-8: replace bad bytes rather than throw.
-  const std::string text = j.dump(2, ' ', false, Json::error_handler_t::replace);
-  std::fprintf(stdout, "%s\n", text.c_str());
-  std::fflush(stdout);
-}
-
-void PrintLine(const std::string& line) {
-  std::fprintf(stdout, "%s\n", line.c_str());
-  std::fflush(stdout);
-}
-
-int Fail(const std::string& command, const absl::Status& status, bool json) {
-  return ReportError(command, std::string(status.message()), ExitCodeFor(status), json,
-                     absl::StatusCodeToString(status.code()));
-}
 
 // True when writing `output` would replace `input` (the same path, or the same file).
 bool SamePath(const std::string& input, const std::string& output) {
@@ -70,21 +54,6 @@ int RefuseSamePath(const std::string& command, const std::string& input, const s
                      kExitUsage, json, "INVALID_ARGUMENT");
 }
 
-// Before any work: the output must be creatable (docs/FORMAT.md "Errors":
-// an existing output needs --force, and --force replaces a file with a file,
-// a directory with a directory); stale temporaries of dead runs are removed.
-int CheckOutput(const std::string& command, const std::string& output, bool force, bool directory,
-                bool json) {
-  ReapStaleTemps(output);
-  absl::Status st = CheckOutputReplaceable(output, force, directory);
-  if (st.ok()) return kExitOk;
-  if (absl::IsInvalidArgument(st)) {
-    return ReportError(command, std::string(st.message()), kExitUsage, json, "INVALID_ARGUMENT");
-  }
-  return Fail(command, st, json);
-}
-
-bool ShowProgress(bool json, bool quiet) { return !json && !quiet && ProgressBar::StderrIsTerminal(); }
 
 // The --json summary of a decompress or verify job; `target_key` ("output" or
 // "against") names the path that follows the input.
@@ -113,6 +82,39 @@ Json RebuildJson(const std::string& command, const std::string& input, const cha
 
 }  // namespace
 
+void PrintJson(const Json& j) {
+  // Paths from the command line need not be UTF-8: replace bad bytes rather than throw.
+  const std::string text = j.dump(2, ' ', false, Json::error_handler_t::replace);
+  std::fprintf(stdout, "%s\n", text.c_str());
+  std::fflush(stdout);
+}
+
+void PrintLine(const std::string& line) {
+  std::fprintf(stdout, "%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+int Fail(const std::string& command, const absl::Status& status, bool json) {
+  return ReportError(command, std::string(status.message()), ExitCodeFor(status), json,
+                     absl::StatusCodeToString(status.code()));
+}
+
+// Before any work: the output must be creatable (docs/FORMAT.md "Errors":
+// an existing output needs --force, and --force replaces a file with a file,
+// a directory with a directory); stale temporaries of dead runs are removed.
+int CheckOutput(const std::string& command, const std::string& output, bool force, bool directory,
+                bool json) {
+  ReapStaleTemps(output);
+  absl::Status st = CheckOutputReplaceable(output, force, directory);
+  if (st.ok()) return kExitOk;
+  if (absl::IsInvalidArgument(st)) {
+    return ReportError(command, std::string(st.message()), kExitUsage, json, "INVALID_ARGUMENT");
+  }
+  return Fail(command, st, json);
+}
+
+bool ShowProgress(bool json, bool quiet) { return !json && !quiet && ProgressBar::StderrIsTerminal(); }
+
 int ReportError(const std::string& command, const std::string& message, int exit_code, bool json,
                 const std::string& status_code) {
   std::fprintf(stderr, "bigsmall: error: %s\n", message.c_str());
@@ -130,6 +132,7 @@ int ReportError(const std::string& command, const std::string& message, int exit
 }
 
 int RunCompress(const CompressArgs& args) {
+  if (IsHubInput(args.input)) return RunHubCompress(args);
   const std::string output = args.output.empty() ? DefaultCompressedName(args.input) : args.output;
   if (SamePath(args.input, output)) return RefuseSamePath("compress", args.input, output, args.json);
   if (InsideDirectory(args.input, output)) {
@@ -181,6 +184,7 @@ int RunCompress(const CompressArgs& args) {
 }
 
 int RunDecompress(const DecompressArgs& args) {
+  if (IsHubInput(args.input)) return RunHubDecompress(args);
   const std::string output = args.output.empty() ? DefaultDecompressedName(args.input) : args.output;
   if (SamePath(args.input, output)) return RefuseSamePath("decompress", args.input, output, args.json);
   if (PathExists(args.input)) {
@@ -209,6 +213,7 @@ int RunDecompress(const DecompressArgs& args) {
 }
 
 int RunInfo(const InfoArgs& args) {
+  if (IsHubInput(args.input)) return RunHubInfo(args);
   absl::StatusOr<Json> info = BuildInfo(args.input, args.tensors);
   if (!info.ok()) return Fail("info", info.status(), args.json);
   if (args.json) {

@@ -7,6 +7,9 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/status/status.h"
+#include "nlohmann/json.hpp"
+
 namespace bigsmall::cli {
 
 struct CompressArgs {
@@ -58,6 +61,17 @@ int RunVerify(const VerifyArgs& args);
 // error object to stdout); returns `exit_code`.
 int ReportError(const std::string& command, const std::string& message, int exit_code, bool json,
                 const std::string& status_code = "");
+
+// Shared by the command implementations (commands.cc, hub_commands.cc).
+// One JSON object on stdout (bad UTF-8 replaced, never thrown).
+void PrintJson(const nlohmann::ordered_json& j);
+void PrintLine(const std::string& line);
+// ReportError with the status's message, exit code (ExitCodeFor) and code name.
+int Fail(const std::string& command, const absl::Status& status, bool json);
+// Before any work: kExitOk when `output` may be written (see commands.cc).
+int CheckOutput(const std::string& command, const std::string& output, bool force, bool directory, bool json);
+// Progress bars only on a terminal, without --json or --quiet.
+bool ShowProgress(bool json, bool quiet);
 
 }  // namespace bigsmall::cli
 

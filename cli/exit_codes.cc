@@ -31,6 +31,8 @@ int ExitCodeFor(const absl::Status& status) {
       return kExitPrecondition;
     case absl::StatusCode::kAlreadyExists:
       return kExitAlreadyExists;
+    case absl::StatusCode::kUnauthenticated:
+      return kExitUnauthenticated;
     default:
       return kExitFailure;
   }
@@ -39,14 +41,16 @@ int ExitCodeFor(const absl::Status& status) {
 const char* ExitCodeHelp() {
   return "Exit codes:\n"
          "  0  success\n"
-         "  1  other failure (I/O error, not a .bs file, invalid input, output cannot be created, ...)\n"
+         "  1  other failure (I/O error, not a .bs file, invalid input, output cannot be created,\n"
+         "     the Hub refused access to a gated repo, the Hub unreachable, ...)\n"
          "  2  usage error (bad flags or arguments, output would overwrite the input,\n"
          "     --force over an output of the other kind)\n"
          "  3  corrupt or mismatching data (failed hash check, truncated file,\n"
          "     bytes differ from --against)\n"
-         "  4  input not found\n"
+         "  4  input not found (a file, or a Hub repo, revision or file; offline and not cached)\n"
          "  5  wrong or missing --base, unsupported format version, or a refused symlink\n"
          "  6  output exists (use --force to overwrite)\n"
+         "  7  authentication needed or refused by the Hub (set HF_TOKEN or log in)\n"
          "  (docs/FORMAT.md section 10 lists every failure with its code)\n";
 }
 

@@ -12,6 +12,7 @@
 //   5  wrong or missing --base, unsupported format version [ErrorKind::
 //      kUnsupportedVersion], a refused symlink                  [kFailedPrecondition]
 //   6  the output exists and --force was not given              [kAlreadyExists]
+//   7  the Hub wants a token, or refused the one given (HTTP 401) [kUnauthenticated]
 #ifndef BIGSMALL_CLI_EXIT_CODES_H_
 #define BIGSMALL_CLI_EXIT_CODES_H_
 
@@ -26,6 +27,7 @@ inline constexpr int kExitDataLoss = 3;
 inline constexpr int kExitNotFound = 4;
 inline constexpr int kExitPrecondition = 5;
 inline constexpr int kExitAlreadyExists = 6;
+inline constexpr int kExitUnauthenticated = 7;
 
 // The exit code for a failed (or ok) status.
 int ExitCodeFor(const absl::Status& status);

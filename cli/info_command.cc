@@ -54,9 +54,8 @@ Json DtypesJson(const DtypeMap& dtypes) {
 std::string VersionString(const BsIndex& ix) { return absl::StrCat(ix.version_major, ".", ix.version_minor); }
 
 // Info for one .bs file; adds its per-dtype totals to `dtypes`.
-absl::StatusOr<Json> FileInfo(const std::string& path, bool with_tensors, DtypeMap& dtypes) {
-  ASSIGN_OR_RETURN(std::unique_ptr<BsReader> reader, BsReader::OpenFile(path));
-  const BsIndex& ix = reader->index();
+absl::StatusOr<Json> FileInfo(BsReader& reader, const std::string& path, bool with_tensors, DtypeMap& dtypes) {
+  const BsIndex& ix = reader.index();
   Json j;
   j["path"] = path;
   j["kind"] = "file";
@@ -99,7 +98,7 @@ absl::StatusOr<Json> FileInfo(const std::string& path, bool with_tensors, DtypeM
       d.stored_bytes += t.blob_size;
     }
     if (!with_tensors) continue;
-    ASSIGN_OR_RETURN(std::vector<uint8_t> blob, ReadRange(reader->source(), t.blob_offset, t.blob_size));
+    ASSIGN_OR_RETURN(std::vector<uint8_t> blob, ReadRange(reader.source(), t.blob_offset, t.blob_size));
     absl::StatusOr<BlobSummary> summary = SummarizeTensorBlob(blob);
     if (!summary.ok()) {
       return absl::DataLossError(
@@ -131,12 +130,12 @@ absl::StatusOr<Json> FileInfo(const std::string& path, bool with_tensors, DtypeM
   return j;
 }
 
-absl::StatusOr<Json> DirectoryInfo(const std::string& dir, bool with_tensors) {
-  ASSIGN_OR_RETURN(ModelManifest manifest, ReadManifest(dir));
+absl::StatusOr<Json> DirectoryInfo(const std::string& dir, const ModelManifest& manifest, uint64_t manifest_bytes,
+                                   const InfoFiles& access, bool with_tensors) {
   DtypeMap dtypes;
   Json files = Json::array();
   Json copied = Json::array();
-  ASSIGN_OR_RETURN(uint64_t stored, FileSize((std::filesystem::path(dir) / kManifestName).string()));
+  uint64_t stored = manifest_bytes;
   uint64_t original = 0;
   uint64_t tensor_count = 0;
   uint64_t delta_tensors = 0;
@@ -147,7 +146,8 @@ absl::StatusOr<Json> DirectoryInfo(const std::string& dir, bool with_tensors) {
   for (const ManifestEntry& e : manifest.entries) {
     const std::string path = (std::filesystem::path(dir) / e.stored).string();
     if (e.kind == ManifestKind::kCompressed) {
-      ASSIGN_OR_RETURN(Json f, FileInfo(path, with_tensors, dtypes));
+      ASSIGN_OR_RETURN(std::unique_ptr<BsReader> reader, access.open(e.stored));
+      ASSIGN_OR_RETURN(Json f, FileInfo(*reader, path, with_tensors, dtypes));
       f["original_name"] = e.original;
       f["stored_name"] = e.stored;
       original += f["original_bytes"].get<uint64_t>();
@@ -160,7 +160,7 @@ absl::StatusOr<Json> DirectoryInfo(const std::string& dir, bool with_tensors) {
       if (f["delta"].get<bool>()) add_unique(bases, f["base_name"].get<std::string>());
       files.push_back(std::move(f));
     } else {
-      ASSIGN_OR_RETURN(uint64_t size, FileSize(path));
+      ASSIGN_OR_RETURN(uint64_t size, access.size(e.stored));
       original += size;
       stored += size;
       copied.push_back({{"name", e.original}, {"bytes", size}});
@@ -265,6 +265,13 @@ std::string FormatFileBody(const Json& f, absl::string_view indent) {
 
 std::string FormatSummary(const Json& j) {
   std::string out;
+  if (j.contains("hub")) {
+    const Json& h = j["hub"];
+    absl::StrAppend(&out, "  hub       ", h["repo"].get<std::string>(), "@", h["revision"].get<std::string>(),
+                    ", commit ", h["commit"].get<std::string>(), h["from_cache"].get<bool>() ? " (from the cache)" : "",
+                    "\n            read ", HumanBytes(U(h, "bytes_fetched")), " in ", U(h, "requests"),
+                    " requests (headers and indexes only)\n");
+  }
   absl::StrAppend(&out, "  format    .bs ", j["format_version"].get<std::string>(),
                   j.contains("checksums") && j["checksums"].get<bool>() ? " (device and group checksums)" : "",
                   ", mode ", j["mode"].get<std::string>(), ", written by ", j["writer"].get<std::string>(), "\n");
@@ -302,9 +309,30 @@ const char* PlaneCoderName(uint8_t coder) {
 
 absl::StatusOr<Json> BuildInfo(const std::string& path, bool with_tensors) {
   if (!PathExists(path)) return absl::NotFoundError(absl::StrCat(path, ": no such file or directory"));
-  if (IsDirectory(path)) return DirectoryInfo(path, with_tensors);
+  if (IsDirectory(path)) {
+    ASSIGN_OR_RETURN(ModelManifest manifest, ReadManifest(path));
+    ASSIGN_OR_RETURN(uint64_t manifest_bytes, FileSize((std::filesystem::path(path) / kManifestName).string()));
+    InfoFiles local;
+    local.open = [&path](const std::string& stored) {
+      return BsReader::OpenFile((std::filesystem::path(path) / stored).string());
+    };
+    local.size = [&path](const std::string& stored) {
+      return FileSize((std::filesystem::path(path) / stored).string());
+    };
+    return DirectoryInfo(path, manifest, manifest_bytes, local, with_tensors);
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<BsReader> reader, BsReader::OpenFile(path));
+  return BuildFileInfo(*reader, path, with_tensors);
+}
+
+absl::StatusOr<Json> BuildFileInfo(BsReader& reader, const std::string& path, bool with_tensors) {
   DtypeMap unused;
-  return FileInfo(path, with_tensors, unused);
+  return FileInfo(reader, path, with_tensors, unused);
+}
+
+absl::StatusOr<Json> BuildDirectoryInfo(const std::string& path, const ModelManifest& manifest,
+                                        uint64_t manifest_bytes, const InfoFiles& files, bool with_tensors) {
+  return DirectoryInfo(path, manifest, manifest_bytes, files, with_tensors);
 }
 
 std::string FormatInfo(const Json& j) {

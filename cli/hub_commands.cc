@@ -1,0 +1,595 @@
+#include "cli/hub_commands.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <set>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "cli/exit_codes.h"
+#include "cli/format_util.h"
+#include "cli/info_command.h"
+#include "cli/progress_bar.h"
+#include "codec/bs_reader.h"
+#include "codec/byte_source.h"
+#include "codec/compress.h"
+#include "codec/decompress.h"
+#include "codec/file_util.h"
+#include "codec/format.h"
+#include "codec/model_dir.h"
+#include "codec/status_macros.h"
+#include "codec/status_util.h"
+#include "hub/hub_client.h"
+#include "hub/hub_config.h"
+#include "hub/hub_upload.h"
+#include "hub/repo_ref.h"
+#include "hub/secret.h"
+
+namespace bigsmall::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::ordered_json;
+
+// The manifest's size bound when info reads it over the network.
+constexpr uint64_t kMaxManifestBytes = 64ull << 20;
+// Where decompress assembles a compressed repo's snapshot for the codec (in
+// the cache, next to the blobs it hard-links): <cache>/.bigsmall-staging/.
+constexpr char kStagingDir[] = ".bigsmall-staging";
+// What a compressed repo keeps the source's own README.md as (the model card
+// takes its name; the manifest maps it back).
+constexpr char kOriginalReadme[] = "README.original.md";
+
+// The parsed name, the config and a client: what every Hub command starts with.
+struct HubSession {
+  hub::RepoRef ref;
+  std::unique_ptr<hub::HubClient> client;
+};
+
+// INVALID_ARGUMENT from the name's parser is a usage error (exit 2).
+int FailName(const std::string& command, const absl::Status& status, bool json) {
+  if (absl::IsInvalidArgument(status)) {
+    return ReportError(command, std::string(status.message()), kExitUsage, json, "INVALID_ARGUMENT");
+  }
+  return Fail(command, status, json);
+}
+
+absl::StatusOr<HubSession> OpenSession(const std::string& name) {
+  HubSession s;
+  ASSIGN_OR_RETURN(s.ref, hub::ParseRepoRef(name));
+  ASSIGN_OR_RETURN(hub::HubConfig config, hub::HubConfigFromEnvironment());
+  // A process holding a token leaves no core file and refuses ptrace by its
+  // peers (hub/secret.h); failing to is not fatal, only less protected.
+  if (!config.token.empty()) hub::DisableCoreDumps();
+  s.client = std::make_unique<hub::HubClient>(std::move(config));
+  return s;
+}
+
+std::string RepoName(const hub::RepoRef& ref) {
+  const size_t slash = ref.repo_id.find('/');
+  return slash == std::string::npos ? ref.repo_id : ref.repo_id.substr(slash + 1);
+}
+
+std::string HubLabel(const hub::RepoInfo& info) {
+  return absl::StrCat("hf://", info.ref.repo_id, "@", info.commit);
+}
+
+Json HubJson(const HubSession& s, const hub::RepoInfo& info) {
+  const hub::TransferStats t = s.client->http().stats();
+  Json h;
+  h["repo"] = info.ref.repo_id;
+  h["revision"] = info.ref.revision;
+  h["commit"] = info.commit;
+  h["endpoint"] = s.client->config().endpoint;
+  h["from_cache"] = info.from_cache;
+  h["bytes_fetched"] = t.bytes;
+  h["requests"] = t.requests;
+  h["retries"] = t.retries;
+  return h;
+}
+
+// Downloads `paths` of the resolved repo into the cache with one progress bar
+// over all of them; returns their snapshot paths.
+absl::StatusOr<std::vector<std::string>> DownloadAll(hub::HubClient& client, const hub::RepoInfo& info,
+                                                     const std::vector<std::string>& paths, bool show) {
+  uint64_t total = 0;
+  for (const std::string& p : paths) {
+    const hub::RepoFile* f = info.Find(p);
+    if (f == nullptr) {
+      return absl::NotFoundError(absl::StrCat(HubLabel(info), ": no file '", EscapeForLog(p), "'"));
+    }
+    total += f->size;
+  }
+  ProgressBar bar("downloading", show);
+  std::vector<std::string> out;
+  uint64_t before = 0;
+  for (const std::string& p : paths) {
+    hub::ProgressFn progress = nullptr;
+    if (show) progress = [&bar, before, total](uint64_t done, uint64_t) { bar.Update(before + done, total); };
+    absl::StatusOr<std::string> local = client.Download(info, p, progress);
+    if (!local.ok()) {
+      bar.Finish();
+      return local.status();
+    }
+    out.push_back(*std::move(local));
+    before += info.Find(p)->size;
+    bar.Update(before, total);
+  }
+  bar.Finish();
+  return out;
+}
+
+// The snapshot directory of the commit (huggingface_hub's layout), derived
+// from a downloaded file's snapshot path.
+std::string SnapshotDir(const std::string& snapshot_file, const std::string& relative) {
+  return snapshot_file.substr(0, snapshot_file.size() - relative.size() - 1);
+}
+
+// ---------------------------------------------------------------------------
+// compress
+
+std::string ModelCard(const hub::RepoInfo& info, const std::string& endpoint, const CompressStats& stats,
+                      Mode mode, bool kept_readme) {
+  const std::string& repo = info.ref.repo_id;
+  std::string card = absl::StrCat(
+      "---\n"
+      "tags:\n"
+      "- bigsmall\n"
+      "base_model: ", repo, "\n"
+      "---\n\n"
+      "# ", repo, " (BigSmall .bs, lossless)\n\n"
+      "This is [", repo, "](", endpoint, "/", repo, ") at commit `", info.commit, "` (revision `",
+      info.ref.revision, "`), compressed losslessly by BigSmall (`.bs` format ", kFormatVersionMajor, ".",
+      kFormatVersionMinor, ", mode ", ModeName(mode), "). Each `*.safetensors` shard is stored as "
+      "`NAME.safetensors.bs`; every other file is copied unchanged; `", kManifestName,
+      "` lists them. Every tensor and every whole file is hashed: decompressing gives back the original "
+      "files byte for byte.\n\n",
+      "| | |\n|---|---|\n"
+      "| original | ", HumanBytes(stats.input_bytes), " (", stats.input_bytes, " bytes, ", stats.files,
+      stats.files == 1 ? " shard, " : " shards, ", stats.tensors, " tensors) |\n"
+      "| stored | ", HumanBytes(stats.output_bytes), " (", Percent(stats.output_bytes, stats.input_bytes),
+      " of the original) |\n\n"
+      "## Loading it\n\n"
+      "- The original safetensors files: `bigsmall decompress OWNER/THIS-REPO -o DIR` (from the Hub), or "
+      "`bigsmall decompress ./this-directory -o DIR` (a local copy).\n"
+      "- Straight to GPU memory: the `bigsmalld` daemon serves the layers of a local copy "
+      "(`OpenModel{model: \"/path/to/this-directory\"}`); opening `OWNER/THIS-REPO@REVISION` from the Hub "
+      "needs a daemon built with Hub support.\n"
+      "- Python `from_pretrained` on this repo: planned (not available yet).\n\n"
+      "`bigsmall info OWNER/THIS-REPO` describes the compressed files from their headers and indexes "
+      "without downloading them.\n");
+  if (kept_readme) {
+    absl::StrAppend(&card, "\nThe source repo's own README.md is kept as `", kOriginalReadme,
+                    "` (decompress restores it as README.md).\n");
+  }
+  return card;
+}
+
+// In the compressed directory `dir`: a source README.md moves to another
+// stored name (the manifest says so), and the model card becomes README.md.
+absl::Status AddModelCard(const std::string& dir, const hub::RepoInfo& info, const std::string& endpoint,
+                          const CompressStats& stats, Mode mode) {
+  ASSIGN_OR_RETURN(ModelManifest manifest, ReadManifest(dir));
+  bool kept = false;
+  std::set<std::string> names;
+  for (const ManifestEntry& e : manifest.entries) {
+    names.insert(e.stored);
+    names.insert(e.original);
+  }
+  for (ManifestEntry& e : manifest.entries) {
+    if (e.stored != "README.md") continue;
+    std::string stored = kOriginalReadme;
+    for (int n = 1; names.count(stored) != 0; ++n) stored = absl::StrCat("README.original.", n, ".md");
+    if (std::rename((fs::path(dir) / e.stored).c_str(), (fs::path(dir) / stored).c_str()) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("cannot rename ", EscapeForLog(dir), "/README.md"));
+    }
+    e.stored = stored;
+    kept = true;
+    std::error_code ec;
+    fs::remove(fs::path(dir) / kManifestName, ec);
+    if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot replace ", EscapeForLog(dir), "/", kManifestName));
+    RETURN_IF_ERROR(WriteManifest(dir, manifest).status());
+    break;
+  }
+  const std::string card = ModelCard(info, endpoint, stats, mode, kept);
+  ASSIGN_OR_RETURN(AtomicFile f, AtomicFile::Create((fs::path(dir) / "README.md").string(), false));
+  RETURN_IF_ERROR(f.Write(absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(card.data()), card.size())));
+  return f.Commit();
+}
+
+}  // namespace
+
+bool IsHubInput(const std::string& input) { return !PathExists(input) && hub::LooksLikeHubName(input); }
+
+int RunHubCompress(const CompressArgs& args) {
+  const bool show = ShowProgress(args.json, args.quiet);
+  absl::StatusOr<HubSession> session = OpenSession(args.input);
+  if (!session.ok()) return FailName("compress", session.status(), args.json);
+  HubSession& s = *session;
+  const std::string output = args.output.empty() ? RepoName(s.ref) + ".bs" : args.output;
+  if (int rc = CheckOutput("compress", output, args.force, /*directory=*/true, args.json); rc != kExitOk) return rc;
+
+  absl::StatusOr<hub::RepoInfo> info = s.client->Resolve(s.ref);
+  if (!info.ok()) return Fail("compress", info.status(), args.json);
+  std::vector<std::string> paths;
+  bool shards = false;
+  for (const hub::RepoFile& f : info->files) {
+    if (f.path == kManifestName) {
+      return Fail("compress",
+                  absl::InvalidArgumentError(absl::StrCat(HubLabel(*info), " is already compressed (it has ",
+                                                          kManifestName, "): use bigsmall decompress")),
+                  args.json);
+    }
+    shards = shards || IsSafetensorsName(f.path);
+    paths.push_back(f.path);
+  }
+  if (!shards) {
+    return Fail("compress",
+                absl::InvalidArgumentError(absl::StrCat(HubLabel(*info), ": no .safetensors files in the repo")),
+                args.json);
+  }
+  absl::StatusOr<std::vector<std::string>> local = DownloadAll(*s.client, *info, paths, show);
+  if (!local.ok()) return Fail("compress", local.status(), args.json);
+  const std::string snapshot = SnapshotDir(local->front(), paths.front());
+
+  // The output is built under a temporary name (the codec writes the
+  // compressed directory there, then the model card is added) and renamed
+  // into place at the end.
+  absl::StatusOr<AtomicDirectory> out = AtomicDirectory::Create(output, args.force);
+  if (!out.ok()) return Fail("compress", out.status(), args.json);
+  CompressOptions options;
+  options.mode = args.storage ? Mode::kStorage : args.inference ? Mode::kInference : Mode::kBalanced;
+  options.threads = args.threads;
+  options.base = args.base;
+  options.layer_pattern = args.layer_pattern;
+  options.chunk_elements = args.chunk_elements;
+  options.force = true;  // over the (empty) temporary directory
+  ProgressBar bar("compressing", show);
+  options.progress = bar.Callback();
+  absl::StatusOr<CompressStats> stats = CompressPath(snapshot, out->temp_path(), options);
+  bar.Finish();
+  if (!stats.ok()) return Fail("compress", stats.status(), args.json);
+  if (absl::Status st = AddModelCard(out->temp_path(), *info, s.client->config().endpoint, *stats, options.mode);
+      !st.ok()) {
+    return Fail("compress", st, args.json);
+  }
+  if (absl::Status st = out->Commit(); !st.ok()) return Fail("compress", st, args.json);
+
+  const double rate = Rate(stats->input_bytes, stats->seconds);
+  if (args.json) {
+    Json j;
+    j["ok"] = true;
+    j["command"] = "compress";
+    j["input"] = args.input;
+    j["output"] = output;
+    j["hub"] = HubJson(s, *info);
+    j["mode"] = ModeName(options.mode);
+    j["base"] = args.base;
+    j["input_bytes"] = stats->input_bytes;
+    j["output_bytes"] = stats->output_bytes;
+    j["ratio"] = Ratio(stats->output_bytes, stats->input_bytes);
+    j["tensors"] = stats->tensors;
+    j["files"] = stats->files;
+    j["seconds"] = stats->seconds;
+    j["bytes_per_second"] = rate;
+    PrintJson(j);
+  } else if (!args.quiet) {
+    PrintLine(absl::StrCat("compressed ", HubLabel(*info), " -> ", output, ": ", HumanBytes(stats->input_bytes),
+                           " -> ", HumanBytes(stats->output_bytes), " (",
+                           Percent(stats->output_bytes, stats->input_bytes), "), ",
+                           HumanDuration(stats->seconds), ", ", HumanRate(rate)));
+  }
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------
+// decompress
+
+namespace {
+
+// A directory of hard links to a snapshot's files (the codec reads a
+// compressed directory only when no file leads outside it, and a snapshot's
+// files are symlinks into blobs/), removed when it goes. Lives in the cache,
+// on the blobs' file system; a copy where a link is refused.
+class Staging {
+ public:
+  static absl::StatusOr<Staging> Create(const std::string& cache_root) {
+    const fs::path parent = fs::path(cache_root) / kStagingDir;
+    int err = 0;
+    // A few tries: another process may remove the (empty) parent in between.
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      std::error_code ec;
+      fs::create_directories(parent, ec);
+      if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot create ", EscapeForLog(parent.string())));
+      if (attempt == 0) ReapDead(parent);
+      std::string templ = (parent / absl::StrCat(getpid(), ".XXXXXX")).string();
+      if (mkdtemp(templ.data()) != nullptr) return Staging(std::move(templ));
+      err = errno;
+      if (err != ENOENT) break;
+    }
+    return ErrnoToStatus(err, absl::StrCat("cannot create a directory in ", EscapeForLog(parent.string())));
+  }
+  Staging(Staging&& other) noexcept : dir_(std::move(other.dir_)) { other.dir_.clear(); }
+  Staging& operator=(Staging&&) = delete;
+  ~Staging() {
+    if (dir_.empty()) return;
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+    // The parent goes too when no other run uses it (huggingface_hub's
+    // scan_cache_dir warns about directories it does not know).
+    rmdir(fs::path(dir_).parent_path().c_str());
+  }
+  const std::string& dir() const { return dir_; }
+
+  absl::Status Add(const std::string& relative, const std::string& from) {
+    RETURN_IF_ERROR(MakeParentDirs(dir_, relative));
+    std::error_code ec;
+    const fs::path real = fs::canonical(from, ec);
+    if (ec) return ErrnoToStatus(ec.value(), absl::StrCat("cannot resolve ", EscapeForLog(from)));
+    const std::string to = (fs::path(dir_) / relative).string();
+    if (link(real.c_str(), to.c_str()) == 0) return absl::OkStatus();
+    return CopyFile(real.string(), to);
+  }
+
+ private:
+  explicit Staging(std::string dir) : dir_(std::move(dir)) {}
+  // Staging directories of processes that no longer exist ("<pid>.XXXXXX").
+  static void ReapDead(const fs::path& parent) {
+    std::error_code ec;
+    for (const fs::directory_entry& e : fs::directory_iterator(parent, ec)) {
+      const std::string name = e.path().filename().string();
+      int pid = 0;
+      const std::vector<absl::string_view> parts = absl::StrSplit(name, absl::MaxSplits('.', 1));
+      if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &pid) || pid <= 0) continue;
+      if (kill(pid, 0) == 0 || errno != ESRCH) continue;
+      std::error_code rm;
+      if (e.is_directory(rm) && !e.is_symlink(rm)) fs::remove_all(e.path(), rm);
+    }
+  }
+  std::string dir_;
+};
+
+std::string DefaultHubDecompressedName(const hub::RepoRef& ref) {
+  std::string name = RepoName(ref);
+  for (absl::string_view suffix : {"-bigsmall", "-bs", ".bs"}) {
+    if (name.size() > suffix.size() && absl::EndsWith(name, suffix)) {
+      name.resize(name.size() - suffix.size());
+      break;
+    }
+  }
+  return name;
+}
+
+absl::Status NotCompressed(const hub::RepoInfo& info) {
+  return absl::InvalidArgumentError(absl::StrCat(HubLabel(info), " is not a BigSmall repo (no ", kManifestName,
+                                                 " and not exactly one .bs file)"));
+}
+
+}  // namespace
+
+int RunHubDecompress(const DecompressArgs& args) {
+  const bool show = ShowProgress(args.json, args.quiet);
+  absl::StatusOr<HubSession> session = OpenSession(args.input);
+  if (!session.ok()) return FailName("decompress", session.status(), args.json);
+  HubSession& s = *session;
+  absl::StatusOr<hub::RepoInfo> info = s.client->Resolve(s.ref);
+  if (!info.ok()) return Fail("decompress", info.status(), args.json);
+
+  const bool directory = info->Find(kManifestName) != nullptr;
+  std::vector<std::string> bs_files;
+  for (const hub::RepoFile& f : info->files) {
+    if (absl::EndsWith(f.path, ".bs")) bs_files.push_back(f.path);
+  }
+  if (!directory && bs_files.size() != 1) return Fail("decompress", NotCompressed(*info), args.json);
+  std::string output = args.output;
+  if (output.empty()) {
+    output = directory ? DefaultHubDecompressedName(s.ref)
+                       : DefaultDecompressedName(fs::path(bs_files.front()).filename().string());
+  }
+  if (int rc = CheckOutput("decompress", output, args.force, directory, args.json); rc != kExitOk) return rc;
+
+  DecompressOptions options;
+  options.threads = args.threads;
+  options.base = args.base;
+  options.force = args.force;
+  absl::StatusOr<DecompressStats> stats;
+  if (!directory) {
+    absl::StatusOr<std::vector<std::string>> local = DownloadAll(*s.client, *info, bs_files, show);
+    if (!local.ok()) return Fail("decompress", local.status(), args.json);
+    ProgressBar bar("decompressing", show);
+    options.progress = bar.Callback();
+    stats = DecompressPath(local->front(), output, options);
+  } else {
+    // The manifest first: it says which files matter (a model card or
+    // .gitattributes the repo also holds are not part of the model).
+    absl::StatusOr<std::vector<std::string>> manifest_file =
+        DownloadAll(*s.client, *info, {kManifestName}, /*show=*/false);
+    if (!manifest_file.ok()) return Fail("decompress", manifest_file.status(), args.json);
+    const std::string snapshot = SnapshotDir(manifest_file->front(), kManifestName);
+    absl::StatusOr<ModelManifest> manifest = ReadManifest(snapshot);
+    if (!manifest.ok()) return Fail("decompress", manifest.status(), args.json);
+    std::vector<std::string> paths;
+    for (const ManifestEntry& e : manifest->entries) paths.push_back(e.stored);
+    absl::StatusOr<std::vector<std::string>> local = DownloadAll(*s.client, *info, paths, show);
+    if (!local.ok()) return Fail("decompress", local.status(), args.json);
+    absl::StatusOr<Staging> staging = Staging::Create(s.client->cache().root());
+    if (!staging.ok()) return Fail("decompress", staging.status(), args.json);
+    absl::Status st = staging->Add(kManifestName, manifest_file->front());
+    for (size_t i = 0; st.ok() && i < paths.size(); ++i) st = staging->Add(paths[i], (*local)[i]);
+    if (!st.ok()) return Fail("decompress", st, args.json);
+    ProgressBar bar("decompressing", show);
+    options.progress = bar.Callback();
+    stats = DecompressPath(staging->dir(), output, options);
+  }
+  if (!stats.ok()) return Fail("decompress", stats.status(), args.json);
+  const double rate = Rate(stats->output_bytes, stats->seconds);
+  if (args.json) {
+    Json j;
+    j["ok"] = true;
+    j["command"] = "decompress";
+    j["input"] = args.input;
+    j["output"] = output;
+    j["hub"] = HubJson(s, *info);
+    j["base"] = args.base;
+    j["input_bytes"] = stats->input_bytes;
+    j["output_bytes"] = stats->output_bytes;
+    j["tensors"] = stats->tensors;
+    j["files"] = stats->files;
+    j["seconds"] = stats->seconds;
+    j["bytes_per_second"] = rate;
+    PrintJson(j);
+  } else if (!args.quiet) {
+    PrintLine(absl::StrCat("decompressed ", HubLabel(*info), " -> ", output, ": ", HumanBytes(stats->input_bytes),
+                           " -> ", HumanBytes(stats->output_bytes), ", ", HumanDuration(stats->seconds), ", ",
+                           HumanRate(rate)));
+  }
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------
+// info
+
+int RunHubInfo(const InfoArgs& args) {
+  absl::StatusOr<HubSession> session = OpenSession(args.input);
+  if (!session.ok()) return FailName("info", session.status(), args.json);
+  HubSession& s = *session;
+  absl::StatusOr<hub::RepoInfo> info = s.client->Resolve(s.ref);
+  if (!info.ok()) return Fail("info", info.status(), args.json);
+  const std::string label = HubLabel(*info);
+  hub::HubClient& client = *s.client;
+  const hub::RepoInfo& repo = *info;
+
+  InfoFiles remote;
+  remote.open = [&](const std::string& stored) -> absl::StatusOr<std::unique_ptr<BsReader>> {
+    if (repo.Find(stored) == nullptr) {
+      return absl::NotFoundError(absl::StrCat(label, ": no file '", EscapeForLog(stored), "'"));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source, client.OpenRemote(repo, stored));
+    return BsReader::Open(std::move(source));
+  };
+  remote.size = [&](const std::string& stored) -> absl::StatusOr<uint64_t> {
+    const hub::RepoFile* f = repo.Find(stored);
+    if (f == nullptr) return absl::NotFoundError(absl::StrCat(label, ": no file '", EscapeForLog(stored), "'"));
+    return f->size;
+  };
+
+  absl::StatusOr<Json> j;
+  if (const hub::RepoFile* mf = repo.Find(kManifestName); mf != nullptr) {
+    j = [&]() -> absl::StatusOr<Json> {
+      if (mf->size > kMaxManifestBytes) {
+        return absl::DataLossError(absl::StrCat(label, "/", kManifestName, ": ", mf->size, " bytes, over the ",
+                                                kMaxManifestBytes, "-byte bound"));
+      }
+      ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source, client.OpenRemote(repo, kManifestName));
+      ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, ReadRange(*source, 0, source->size()));
+      ASSIGN_OR_RETURN(ModelManifest manifest,
+                       ParseManifest(std::string(bytes.begin(), bytes.end()), absl::StrCat(label, "/", kManifestName)));
+      return BuildDirectoryInfo(label, manifest, mf->size, remote, args.tensors);
+    }();
+  } else {
+    std::vector<std::string> bs_files;
+    for (const hub::RepoFile& f : repo.files) {
+      if (absl::EndsWith(f.path, ".bs")) bs_files.push_back(f.path);
+    }
+    if (bs_files.size() != 1) {
+      j = NotCompressed(repo);
+    } else {
+      j = [&]() -> absl::StatusOr<Json> {
+        ASSIGN_OR_RETURN(std::unique_ptr<BsReader> reader, remote.open(bs_files.front()));
+        return BuildFileInfo(*reader, absl::StrCat(label, "/", bs_files.front()), args.tensors);
+      }();
+    }
+  }
+  if (!j.ok()) return Fail("info", j.status(), args.json);
+  // "hub" goes first after the path, so that text and JSON read alike.
+  Json out;
+  for (auto it = j->begin(); it != j->end(); ++it) {
+    out[it.key()] = it.value();
+    if (it.key() == "kind") out["hub"] = HubJson(s, repo);
+  }
+  if (args.json) {
+    PrintJson(out);
+  } else {
+    std::fputs(FormatInfo(out).c_str(), stdout);
+    std::fflush(stdout);
+  }
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------
+// upload
+
+int RunUpload(const UploadArgs& args) {
+  if (!PathExists(args.dir)) {
+    return Fail("upload", absl::NotFoundError(absl::StrCat(args.dir, ": no such directory")), args.json);
+  }
+  if (!IsDirectory(args.dir)) {
+    return ReportError("upload", absl::StrCat(args.dir, ": not a directory (upload publishes a directory)"),
+                       kExitUsage, args.json, "INVALID_ARGUMENT");
+  }
+  absl::StatusOr<HubSession> session = OpenSession(args.repo);
+  if (!session.ok()) return FailName("upload", session.status(), args.json);
+  HubSession& s = *session;
+  hub::UploadOptions options;
+  options.revision = args.revision;
+  if (s.ref.revision_given) {
+    if (args.revision != hub::kDefaultRevision && args.revision != s.ref.revision) {
+      return ReportError("upload", absl::StrCat("two branches given: '", s.ref.revision, "' and --revision '",
+                                                args.revision, "'"),
+                         kExitUsage, args.json, "INVALID_ARGUMENT");
+    }
+    options.revision = s.ref.revision;
+  }
+  if (s.client->config().offline) {
+    return Fail("upload", absl::FailedPreconditionError("HF_HUB_OFFLINE is set: uploading needs the network"),
+                args.json);
+  }
+  options.create_repo = args.create;
+  options.private_repo = args.private_repo;
+  if (!args.message.empty()) options.commit_message = args.message;
+  ProgressBar bar("uploading", ShowProgress(args.json, args.quiet));
+  options.progress = bar.Callback();
+  absl::StatusOr<hub::UploadResult> r = hub::UploadFolder(*s.client, args.dir, s.ref.repo_id, options);
+  bar.Finish();
+  if (!r.ok()) return Fail("upload", r.status(), args.json);
+  if (args.json) {
+    Json j;
+    j["ok"] = true;
+    j["command"] = "upload";
+    j["input"] = args.dir;
+    j["repo"] = s.ref.repo_id;
+    j["revision"] = options.revision;
+    j["commit"] = r->commit;
+    j["commit_url"] = r->commit_url;
+    j["files"] = r->files;
+    j["lfs_files_sent"] = r->lfs_files_sent;
+    j["lfs_files_skipped"] = r->lfs_files_skipped;
+    j["bytes_sent"] = r->bytes_sent;
+    PrintJson(j);
+  } else if (!args.quiet) {
+    PrintLine(absl::StrCat("uploaded ", args.dir, " -> ", s.ref.repo_id, "@", options.revision, ": ", r->files,
+                           r->files == 1 ? " file" : " files", " (", r->lfs_files_sent, " LFS sent, ",
+                           r->lfs_files_skipped, " already on the Hub), ", HumanBytes(r->bytes_sent), " sent"));
+    PrintLine(absl::StrCat("commit ", r->commit, ": ", r->commit_url));
+  }
+  return kExitOk;
+}
+
+}  // namespace bigsmall::cli
