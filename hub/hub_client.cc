@@ -311,6 +311,46 @@ struct HubClient::Impl {
     return info;
   }
 
+  absl::StatusOr<RepoInfo> ResolveOnline(const RepoRef& ref) {
+    HttpRequest req;
+    req.url = absl::StrCat(config.endpoint, "/api/models/", ref.repo_id, "/revision/",
+                           EncodeRevision(ref.revision), "?blobs=true");
+    absl::StatusOr<HttpResponse> resp = http.Send(req);
+    if (!resp.ok()) return resp.status();
+    if (resp->status != 200) return HttpError(*resp, HfName(ref));
+    absl::StatusOr<RepoInfo> info = ParseModelInfo(ref, resp->body);
+    if (!info.ok()) return info.status();
+    if (!IsCommitHash(ref.revision)) {
+      // Best effort, as huggingface_hub: a read-only cache still resolves.
+      cache.WriteRef(ref.repo_id, ref.revision, info->commit).IgnoreError();
+    }
+    return info;
+  }
+
+  // `path` in `repo`'s listing. A listing read from the cache has only the
+  // files cached so far: online, the commit's own listing is asked for the
+  // others (`fetched` keeps it alive).
+  absl::StatusOr<const RepoFile*> FindFile(const RepoInfo& repo, absl::string_view path,
+                                           std::optional<RepoInfo>& fetched) {
+    if (const RepoFile* f = repo.Find(path)) return f;
+    if (repo.from_cache && !config.offline) {
+      RepoRef at_commit = repo.ref;
+      at_commit.revision = repo.commit;
+      absl::StatusOr<RepoInfo> online = ResolveOnline(at_commit);
+      if (!online.ok()) return online.status();
+      if (online->commit != repo.commit) {
+        return absl::DataLossError(absl::StrCat(HfName(repo), ": the Hub resolved the commit to ",
+                                                online->commit));
+      }
+      fetched = *std::move(online);
+      if (const RepoFile* f = fetched->Find(path)) return f;
+    } else if (repo.from_cache) {
+      return OfflineNotCached(absl::StrCat(HfName(repo), "/", EscapeForLog(path)));
+    }
+    return absl::NotFoundError(
+        absl::StrCat("no file '", EscapeForLog(path), "' in ", HfName(repo)));
+  }
+
   std::string SnapshotPath(const RepoInfo& repo, absl::string_view path) const {
     return absl::StrCat(cache.RepoDir(repo.ref.repo_id), "/snapshots/", repo.commit, "/", path);
   }
@@ -355,26 +395,14 @@ absl::StatusOr<RepoInfo> HubClient::Resolve(const RepoRef& ref, bool prefer_cach
     }
     if (impl_->config.offline) return impl_->OfflineNotCached(HfName(ref));
   }
-  HttpRequest req;
-  req.url = absl::StrCat(impl_->config.endpoint, "/api/models/", ref.repo_id, "/revision/",
-                         EncodeRevision(ref.revision), "?blobs=true");
-  absl::StatusOr<HttpResponse> resp = impl_->http.Send(req);
-  if (!resp.ok()) return resp.status();
-  if (resp->status != 200) return HttpError(*resp, HfName(ref));
-  absl::StatusOr<RepoInfo> info = ParseModelInfo(ref, resp->body);
-  if (!info.ok()) return info.status();
-  if (!IsCommitHash(ref.revision)) {
-    // Best effort, as huggingface_hub: a read-only cache still resolves.
-    cache.WriteRef(ref.repo_id, ref.revision, info->commit).IgnoreError();
-  }
-  return info;
+  return impl_->ResolveOnline(ref);
 }
 
 absl::StatusOr<FileMeta> HubClient::Head(const RepoInfo& repo, absl::string_view path) {
   absl::Status s = CheckRepoInfo(repo);
   if (!s.ok()) return s;
-  if (impl_->config.offline) return impl_->OfflineNotCached(absl::StrCat(HfName(repo), "/", path));
   const std::string what = absl::StrCat(HfName(repo), "/", EscapeForLog(path));
+  if (impl_->config.offline) return impl_->OfflineNotCached(what);
   HttpRequest req;
   req.method = "HEAD";
   req.url = ResolveUrl(repo, path);
@@ -423,11 +451,10 @@ absl::StatusOr<std::string> HubClient::Download(const RepoInfo& repo, absl::stri
                                                 const ProgressFn& progress) {
   absl::Status s = CheckRepoInfo(repo);
   if (!s.ok()) return s;
-  const RepoFile* f = repo.Find(path);
-  if (f == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("no file '", EscapeForLog(path), "' in ", HfName(repo)));
-  }
+  std::optional<RepoInfo> fetched;
+  absl::StatusOr<const RepoFile*> found = impl_->FindFile(repo, path, fetched);
+  if (!found.ok()) return found.status();
+  const RepoFile* f = *found;
   if (!IsSafeRepoPath(f->path)) {
     return absl::InvalidArgumentError(
         absl::StrCat(HfName(repo), ": unsafe file path '", EscapeForLog(f->path), "'"));
@@ -481,11 +508,10 @@ absl::StatusOr<std::unique_ptr<ByteSource>> HubClient::OpenRemote(const RepoInfo
                                                                   absl::string_view path) {
   absl::Status s = CheckRepoInfo(repo);
   if (!s.ok()) return s;
-  const RepoFile* f = repo.Find(path);
-  if (f == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("no file '", EscapeForLog(path), "' in ", HfName(repo)));
-  }
+  std::optional<RepoInfo> fetched;
+  absl::StatusOr<const RepoFile*> found = impl_->FindFile(repo, path, fetched);
+  if (!found.ok()) return found.status();
+  const RepoFile* f = *found;
   std::string name = absl::StrCat(HfName(repo), "/", EscapeForLog(f->path));
   if (impl_->config.offline && !impl_->cache.BlobFile(repo.ref.repo_id, f->etag())) {
     return impl_->OfflineNotCached(name);

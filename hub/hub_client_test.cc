@@ -14,6 +14,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -468,6 +469,10 @@ TEST_F(HubClientTest, OfflineServesTheCacheOnly) {
       << path.status();
   EXPECT_EQ(offline.OpenRemote(listed, "model.safetensors").status().code(),
             absl::StatusCode::kNotFound);
+  path = offline.Download(*r, "model.safetensors");  // not in the cached listing
+  EXPECT_EQ(path.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(path.status().message(), "offline and not in the cache"))
+      << path.status();
   EXPECT_EQ(Requests(), 0u);
   // Online with prefer_cache: no request either.
   HubClient online(Config());
@@ -519,6 +524,72 @@ TEST_F(HubClientTest, OpenRemoteReadsExactRangesWithAndWithoutTheCache) {
   ASSERT_TRUE((*fresh)->ReadAt(n - 4096, absl::MakeSpan(out)).ok());
   EXPECT_EQ(std::string(out.begin(), out.end()), g->model_big.substr(n - 4096));
   EXPECT_EQ(Requests(), 0u);
+}
+
+TEST_F(HubClientTest, TwoDownloadsOfOneFileAtOnceFetchItOnce) {
+  HubClient first(Config());
+  absl::StatusOr<RepoInfo> r = first.Resolve(Ref("owner/model"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(g->hub->ResetStats().ok());
+  // Slow enough that the second starts while the first holds the lock.
+  ASSERT_TRUE(g->hub->Throttle(8 << 20).ok());
+  absl::StatusOr<std::string> a = absl::UnknownError("not run"), b = a;
+  std::thread other([&] {
+    HubClient second(Config());
+    b = second.Download(*r, "model.safetensors");
+  });
+  a = first.Download(*r, "model.safetensors");
+  other.join();
+  ASSERT_TRUE(g->hub->Throttle(0).ok());
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(*a, *b);
+  EXPECT_EQ(ReadFile(*a), g->model_big);
+  EXPECT_EQ(BytesSentFor(Sha256Hex(g->model_big)), g->model_big.size());
+}
+
+TEST_F(HubClientTest, ACachedCommitsListingIsCompletedOnline) {
+  HubClient client(Config());
+  absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(client.Download(*r, "config.json").ok());
+  // By commit: from the cache, which holds one file of three.
+  absl::StatusOr<RepoInfo> cached = client.Resolve(Ref("owner/model@" + r->commit));
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  EXPECT_TRUE(cached->from_cache);
+  EXPECT_EQ(cached->files.size(), 1u);
+  absl::StatusOr<std::string> path = client.Download(*cached, "sub/dir/weights.bin");
+  ASSERT_TRUE(path.ok()) << path.status();
+  EXPECT_EQ(ReadFile(*path), g->model_nested);
+  absl::StatusOr<std::unique_ptr<ByteSource>> src = client.OpenRemote(*cached, "model.safetensors");
+  ASSERT_TRUE(src.ok()) << src.status();
+  EXPECT_EQ((*src)->size(), g->model_big.size());
+}
+
+TEST_F(HubClientTest, HostilePathsFromTheHubAreRefused) {
+  int n = 0;
+  for (const char* hostile : {"../escape.bin", "/abs.bin", "a//b.bin", "a/./b.bin", "x/../../y"}) {
+    const std::string branch = absl::StrCat("evil", n++);
+    const std::string body = absl::StrCat(R"({"repo": "owner/model", "branch": ")", branch,
+                                          R"(", "files": {")", hostile, R"(": "aGVsbG8="}})");
+    absl::StatusOr<std::string> answer = g->hub->Control("POST", "/_fake/commit", body);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    HubClient client(Config());
+    absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model@" + branch));
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << hostile << " " << r.status();
+  }
+  // Nor from a caller's listing.
+  HubClient client(Config());
+  absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  RepoInfo forged = *r;
+  forged.files.push_back(RepoFile{"../../../../evil", 5, std::string(40, 'a'), std::nullopt});
+  EXPECT_EQ(client.Download(forged, "../../../../evil").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  for (const auto& e : fs::directory_iterator(g->dir)) {
+    EXPECT_NE(e.path().filename(), "evil");
+    EXPECT_NE(e.path().filename(), "escape.bin");
+  }
 }
 
 // huggingface_hub (2.4.0, pip-installed) reads what we write, and we read
