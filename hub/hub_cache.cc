@@ -568,6 +568,20 @@ absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> HubCache::BeginBlob(
   absl::StatusOr<Fd> root = OpenRoot(root_, true);
   if (!root.ok()) return root.status();
 
+  // As huggingface_hub: backup tools skip the cache (best effort).
+  static constexpr char kCacheDirTag[] =
+      "Signature: 8a477f597d28d172789f06886806bc55\n"
+      "# This file is a cache directory tag created by huggingface_hub.\n"
+      "# For information about cache directory tags, see:\n"
+      "#\thttps://bford.info/cachedir/\n";
+  if (Fd tag(openat(root->get(), "CACHEDIR.TAG",
+                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, kFileMode));
+      tag.valid()) {
+    WriteAll(tag.get(), reinterpret_cast<const uint8_t*>(kCacheDirTag), sizeof(kCacheDirTag) - 1,
+             0, "CACHEDIR.TAG")
+        .IgnoreError();
+  }
+
   auto state = std::make_unique<BlobWriter::State>();
   state->etag = etag_s;
   state->expected_size = expected_size;

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
@@ -115,6 +116,8 @@ TEST_F(HubCacheTest, LayoutIsHuggingfaceHubs) {
   EXPECT_EQ(*blob, cache.RepoDir(kRepo) + "/blobs/" + etag);
   EXPECT_EQ(ReadFile(*blob), data);
   EXPECT_TRUE(fs::exists(root_ + "/.locks/models--owner--model/" + etag + ".lock"));
+  EXPECT_TRUE(absl::StartsWith(ReadFile(root_ + "/CACHEDIR.TAG"),
+                               "Signature: 8a477f597d28d172789f06886806bc55\n"));
   EXPECT_FALSE(fs::exists(*blob + ".incomplete"));
   EXPECT_EQ(cache.BlobFile(kRepo, etag), *blob);
 
