@@ -845,8 +845,7 @@ class Handler(BaseHTTPRequestHandler):
             with STATE.lock:
                 STATE.uploads[upload_id] = {"oid": oid, "size": size, "parts": {}}
             cdn = self.base_url("localhost")
-            verify = {"href": "%s/%s.git/info/lfs/objects/verify" % (self.base_url(), repo_id),
-                      "header": {"Authorization": "Basic fake"}}
+            verify = {"href": "%s/%s.git/info/lfs/objects/verify" % (self.base_url(), repo_id)}
             entry["authenticated"] = True
             if size >= STATE.multipart_threshold and "multipart" in transfers:
                 any_multipart = True
