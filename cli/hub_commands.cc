@@ -169,9 +169,9 @@ std::string ModelCard(const hub::RepoInfo& info, const std::string& endpoint, co
       "## Loading it\n\n"
       "- The original safetensors files: `bigsmall decompress OWNER/THIS-REPO -o DIR` (from the Hub), or "
       "`bigsmall decompress ./this-directory -o DIR` (a local copy).\n"
-      "- Straight to GPU memory: the `bigsmalld` daemon serves the layers of a local copy "
-      "(`OpenModel{model: \"/path/to/this-directory\"}`); opening `OWNER/THIS-REPO@REVISION` from the Hub "
-      "needs a daemon built with Hub support.\n"
+      "- Straight to GPU memory: the `bigsmalld` daemon's `OpenModel{model: \"OWNER/THIS-REPO@REVISION\"}` "
+      "streams the layers from the Hub by range requests (the first layer before the download completes), "
+      "or `OpenModel` with the path of a local copy.\n"
       "- Python `from_pretrained` on this repo: planned (not available yet).\n\n"
       "`bigsmall info OWNER/THIS-REPO` describes the compressed files from their headers and indexes "
       "without downloading them.\n");

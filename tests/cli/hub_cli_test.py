@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.request
@@ -135,6 +136,9 @@ def write_model_repo(path):
     else:
         with open(os.path.join(path, "tokenizer.json"), "w") as f:
             json.dump({"version": "1.0", "model": {"vocab": {"[PAD]": 0, "hello": 1, "world": 2}}}, f)
+    os.makedirs(os.path.join(path, "1_Pooling"))
+    with open(os.path.join(path, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": 384, "pooling_mode_mean_tokens": True}, f)
     with open(os.path.join(path, "README.md"), "w") as f:
         f.write("---\nlicense: apache-2.0\n---\n# tiny\nThe source repo's own model card.\n")
     return sum(len(t[3]) for t in tensors)
@@ -343,7 +347,7 @@ def test_upload_info_and_decompress_from_hub(env):
     check([f["groups"] for f in remote["files"]] == [f["groups"] for f in local["files"]], "groups differ")
     st = env.hub.stats()
     fetched = sum(e["bytes"] for e in st["log"] if e["method"] == "GET")
-    check(fetched * 4 < sum(bs_sizes.values()),
+    check(fetched * 50 < sum(bs_sizes.values()),
           "info fetched %d bytes of %d stored" % (fetched, sum(bs_sizes.values())))
     check(any(e.get("range") for e in st["log"]), "no range request: %s" % st["log"])
     check(remote["hub"]["bytes_fetched"] <= fetched + 4096, "bytes_fetched %s" % remote["hub"])
@@ -488,6 +492,52 @@ def test_interrupted_download_resumes(env):
     check(tree(back) == tree(os.path.join(env.data, "alice", "resume")), "resumed output differs")
 
 
+def run_tty(args, env):
+    """Runs with stderr on a pseudo-terminal (progress bars draw only there); returns (rc, stdout, tty)."""
+    master, slave = os.openpty()
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        proc = subprocess.Popen([BIGSMALL] + args, stdout=subprocess.PIPE, stderr=slave,
+                                stdin=subprocess.DEVNULL, env=dict(env, TERM="xterm"))
+        os.close(slave)
+        slave = -1
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    return proc.returncode, stdout.decode("utf-8", "replace"), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_on_a_terminal(env):
+    d = env.scratch()
+    e = env.environ(os.path.join(d, "cache"), token=GOOD_TOKEN)
+    out = os.path.join(d, "tiny.bs")
+    rc, stdout, tty = run_tty(["compress", "alice/tiny", "-o", out], e)
+    check(rc == 0 and "compressed hf://alice/tiny@" in stdout, "compress: %d %r %r" % (rc, stdout, tty))
+    check("downloading" in tty and "compressing" in tty and "100.0%" in tty, "progress: %r" % tty)
+    rc, stdout, tty = run_tty(["upload", out, "alice/progress-bs", "--create", "--private"], e)
+    check(rc == 0 and "uploading" in tty and "/commit/" in stdout, "upload: %d %r %r" % (rc, stdout, tty))
+    # --private made it private: anonymous readers get the 401.
+    run(["info", "alice/progress-bs"], env.environ(os.path.join(d, "cache2")), expect=EXIT_UNAUTHENTICATED)
+    rc, stdout, tty = run_tty(["decompress", "alice/progress-bs", "-o", os.path.join(d, "back")], e)
+    check(rc == 0 and "downloading" in tty and "decompressing" in tty, "decompress: %d %r %r" % (rc, stdout, tty))
+
+
 def test_offline_uses_the_cache_and_fails_clearly_without(env):
     d = env.scratch()
     _, cache, j = compress_from_hub(env, d)
@@ -527,7 +577,7 @@ def test_help_lists_the_hub(env):
 CASES = [test_help_lists_the_hub, test_compress_from_hub_then_decompress_locally,
          test_upload_info_and_decompress_from_hub, test_hub_refusals_have_distinct_exit_codes,
          test_unavailable_rate_limited_and_corrupt, test_token_is_never_printed, test_dropped_connection_mid_download_completes,
-         test_interrupted_download_resumes, test_offline_uses_the_cache_and_fails_clearly_without]
+         test_interrupted_download_resumes, test_progress_on_a_terminal, test_offline_uses_the_cache_and_fails_clearly_without]
 
 
 def main():
