@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -173,13 +174,14 @@ absl::StatusOr<RepoInfo> ParseModelInfo(const RepoRef& ref, const std::string& b
 }
 
 // A ByteSource over one file of a commit: the cached blob once it is
-// complete, ranged GETs of the resolve URL before.
+// complete, ranged GETs of the resolve URL before. It shares the client's
+// HttpClient and HubCache, so it may outlive the HubClient.
 class RemoteSource final : public ByteSource {
  public:
-  RemoteSource(HttpClient& http, HubCache& cache, std::string repo_id, RepoFile file,
-               std::string url, std::string name)
-      : http_(http),
-        cache_(cache),
+  RemoteSource(std::shared_ptr<HttpClient> http, std::shared_ptr<HubCache> cache,
+               std::string repo_id, RepoFile file, std::string url, std::string name)
+      : http_(std::move(http)),
+        cache_(std::move(cache)),
         repo_id_(std::move(repo_id)),
         file_(std::move(file)),
         url_(std::move(url)),
@@ -199,7 +201,7 @@ class RemoteSource final : public ByteSource {
     if (out.empty()) return absl::OkStatus();
     const int fd = BlobFd();
     if (fd >= 0) return PreadAll(fd, offset, out);
-    absl::Status s = http_.GetRange(url_, offset, out, file_.size);
+    absl::Status s = http_->GetRange(url_, offset, out, file_.size);
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat(name_, ": ", s.message()));
     return s;
   }
@@ -213,7 +215,7 @@ class RemoteSource final : public ByteSource {
   int BlobFd() {
     absl::MutexLock lock(&mu_);
     if (blob_fd_ >= 0) return blob_fd_;
-    std::optional<std::string> path = cache_.BlobFile(repo_id_, file_.etag());
+    std::optional<std::string> path = cache_->BlobFile(repo_id_, file_.etag());
     if (!path) return -1;
     int fd = open(path->c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -241,8 +243,8 @@ class RemoteSource final : public ByteSource {
     return absl::OkStatus();
   }
 
-  HttpClient& http_;
-  HubCache& cache_;
+  const std::shared_ptr<HttpClient> http_;
+  const std::shared_ptr<HubCache> cache_;
   const std::string repo_id_;
   const RepoFile file_;
   const std::string url_;
@@ -261,10 +263,18 @@ const RepoFile* RepoInfo::Find(absl::string_view path) const {
 }
 
 struct HubClient::Impl {
-  explicit Impl(HubConfig c) : config(std::move(c)), http(config), cache(config.cache_dir) {}
+  explicit Impl(HubConfig c)
+      : config(std::move(c)),
+        http_owner(std::make_shared<HttpClient>(config)),
+        cache_owner(std::make_shared<HubCache>(config.cache_dir)),
+        http(*http_owner),
+        cache(*cache_owner) {}
   HubConfig config;
-  HttpClient http;
-  HubCache cache;
+  // Shared with the sources OpenRemote makes, which may outlive the client.
+  const std::shared_ptr<HttpClient> http_owner;
+  const std::shared_ptr<HubCache> cache_owner;
+  HttpClient& http;
+  HubCache& cache;
 
   absl::Status OfflineNotCached(absl::string_view what) const {
     return absl::NotFoundError(absl::StrCat(what, ": offline and not in the cache ",
@@ -517,7 +527,7 @@ absl::StatusOr<std::unique_ptr<ByteSource>> HubClient::OpenRemote(const RepoInfo
     return impl_->OfflineNotCached(name);
   }
   return std::unique_ptr<ByteSource>(std::make_unique<RemoteSource>(
-      impl_->http, impl_->cache, repo.ref.repo_id, *f, ResolveUrl(repo, f->path),
+      impl_->http_owner, impl_->cache_owner, repo.ref.repo_id, *f, ResolveUrl(repo, f->path),
       std::move(name)));
 }
 

@@ -181,6 +181,17 @@ TEST_F(HubClientTest, ResolvesBranchTagAndCommit) {
   EXPECT_EQ(tag->commit, main->commit);
   EXPECT_EQ(client.cache().CachedCommit("owner/model", "v1"), main->commit);
 
+  // A pull request's ref: one URL segment, refs/refs/pr/N in the cache.
+  absl::StatusOr<std::string> pr = g->hub->Control(
+      "POST", "/_fake/commit",
+      R"({"repo": "owner/model", "branch": "refs/pr/1", "files": {"pr.txt": "cHI="}})");
+  ASSERT_TRUE(pr.ok()) << pr.status();
+  absl::StatusOr<RepoInfo> pr_info = client.Resolve(Ref("owner/model@refs/pr/1"));
+  ASSERT_TRUE(pr_info.ok()) << pr_info.status();
+  EXPECT_EQ(pr_info->commit, nlohmann::json::parse(*pr, nullptr, false).value("commit", ""));
+  EXPECT_NE(pr_info->Find("pr.txt"), nullptr);
+  EXPECT_EQ(ReadFile(client.cache().RepoDir("owner/model") + "/refs/refs/pr/1"), pr_info->commit);
+
   absl::StatusOr<RepoInfo> commit = client.Resolve(Ref("owner/model@" + main->commit));
   ASSERT_TRUE(commit.ok()) << commit.status();
   EXPECT_EQ(commit->commit, main->commit);
@@ -524,6 +535,23 @@ TEST_F(HubClientTest, OpenRemoteReadsExactRangesWithAndWithoutTheCache) {
   ASSERT_TRUE((*fresh)->ReadAt(n - 4096, absl::MakeSpan(out)).ok());
   EXPECT_EQ(std::string(out.begin(), out.end()), g->model_big.substr(n - 4096));
   EXPECT_EQ(Requests(), 0u);
+}
+
+TEST_F(HubClientTest, ARemoteSourceOutlivesItsClient) {
+  std::unique_ptr<ByteSource> src;
+  {
+    HubClient client(Config());
+    absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
+    ASSERT_TRUE(r.ok()) << r.status();
+    absl::StatusOr<std::unique_ptr<ByteSource>> opened = client.OpenRemote(*r, "model.safetensors");
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    src = *std::move(opened);
+  }
+  const size_t n = g->model_big.size();
+  std::vector<uint8_t> out(4096);
+  absl::Status st = src->ReadAt(n - 4096, absl::MakeSpan(out));  // over HTTP
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(std::string(out.begin(), out.end()), g->model_big.substr(n - 4096));
 }
 
 TEST_F(HubClientTest, TwoDownloadsOfOneFileAtOnceFetchItOnce) {
