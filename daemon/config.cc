@@ -11,7 +11,9 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "codec/status_macros.h"
 #include "codec/status_util.h"
 #include "daemon/io_uring_source.h"
@@ -251,11 +253,42 @@ absl::Status ApplyConfigJson(const nlohmann::json& json, DaemonConfig* c,
       RETURN_IF_ERROR(GetSize(v, key, &c->staging_bytes));
     } else if (key == "fault_staging") {
       RETURN_IF_ERROR(Get(v, key, &c->fault_staging));
+    } else if (key == "hub") {
+      RETURN_IF_ERROR(Get(v, key, &c->hub));
+    } else if (key == "hub_allow") {
+      RETURN_IF_ERROR(Get(v, key, &c->hub_allow));
+    } else if (key == "hub_endpoint") {
+      RETURN_IF_ERROR(Get(v, key, &c->hub_endpoint));
+    } else if (key == "hub_token_file") {
+      RETURN_IF_ERROR(Get(v, key, &c->hub_token_file));
+    } else if (key == "hub_cache") {
+      RETURN_IF_ERROR(Get(v, key, &c->hub_cache));
+    } else if (key == "hub_max_bandwidth") {
+      RETURN_IF_ERROR(GetSize(v, key, &c->hub_max_bandwidth));
+    } else if (key == "hub_concurrency") {
+      RETURN_IF_ERROR(Get(v, key, &c->hub_concurrency));
+    } else if (key == "hub_offline") {
+      RETURN_IF_ERROR(Get(v, key, &c->hub_offline));
     } else {
       return absl::InvalidArgumentError(absl::StrCat("config: unknown key '", EscapeForLog(key, 64), "'"));
     }
   }
   return absl::OkStatus();
+}
+
+bool ValidHubPattern(const std::string& pattern) {
+  if (pattern.empty() || pattern.size() > 200) return false;
+  std::vector<absl::string_view> parts = absl::StrSplit(pattern, '/');
+  if (parts.size() > 2) return false;
+  for (absl::string_view part : parts) {
+    if (part.empty()) return false;
+    for (char c : part) {
+      if (!absl::ascii_isalnum(c) && c != '-' && c != '_' && c != '.' && c != '*' && c != '?') {
+        return false;
+      }
+    }
+  }
+  return true;
 }
 
 absl::Status LoadConfigFile(const std::string& path, DaemonConfig* config,
@@ -378,6 +411,21 @@ absl::Status FinalizeConfig(DaemonConfig* c) {
   if (auto f = ParseFaultStaging(c->fault_staging); !f.ok()) {
     return Bad("fault_staging:", f.status().message());
   }
+  for (const std::string& pattern : c->hub_allow) {
+    if (!ValidHubPattern(pattern)) {
+      return Bad("hub_allow", absl::StrCat("'", EscapeForLog(pattern, 64),
+                                           "' is not a repo pattern (owner, owner/*, "
+                                           "owner/name or *)"));
+    }
+  }
+  if (!c->hub_endpoint.empty() && !absl::StartsWith(c->hub_endpoint, "http://") &&
+      !absl::StartsWith(c->hub_endpoint, "https://")) {
+    return Bad("hub_endpoint", "must start with http:// or https://");
+  }
+  if (c->hub_concurrency > kMaxHubConcurrency) {
+    return Bad("hub_concurrency", absl::StrCat("must be in 0..", kMaxHubConcurrency, " (got ",
+                                               c->hub_concurrency, ")"));
+  }
   if (!std::isfinite(c->admission_timeout_seconds) || c->admission_timeout_seconds <= 0 ||
       c->admission_timeout_seconds > 86400) {
     return Bad("admission_timeout_seconds", "must be in (0, 86400]");
@@ -429,7 +477,15 @@ nlohmann::json ConfigToJson(const DaemonConfig& c) {
           {"gpu_arena_size", c.gpu_arena_size},
           {"pipeline_depth", c.pipeline_depth},
           {"staging_bytes", c.staging_bytes},
-          {"fault_staging", c.fault_staging}};
+          {"fault_staging", c.fault_staging},
+          {"hub", c.hub},
+          {"hub_allow", c.hub_allow},
+          {"hub_endpoint", c.hub_endpoint},
+          {"hub_token_file", c.hub_token_file},
+          {"hub_cache", c.hub_cache},
+          {"hub_max_bandwidth", c.hub_max_bandwidth},
+          {"hub_concurrency", c.hub_concurrency},
+          {"hub_offline", c.hub_offline}};
 }
 
 }  // namespace bigsmall::daemon

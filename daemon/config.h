@@ -94,7 +94,26 @@ struct DaemonConfig {
   // Tests: flip a byte of this layer index's staged groups after the check
   // stage ("" = off).
   std::string fault_staging;
+  // Hugging Face Hub models (docs/API.md "Hugging Face Hub models"):
+  // OpenModel{model: "owner/repo[@rev]"}. The hub_* values override the
+  // environment huggingface_hub reads (HF_ENDPOINT, HF_TOKEN / its token
+  // file, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE).
+  bool hub = true;                     // false: Hub names are refused
+  std::vector<std::string> hub_allow;  // repo patterns; empty: any public repo
+  std::string hub_endpoint;            // "" = HF_ENDPOINT, else https://huggingface.co
+  std::string hub_token_file;          // the daemon's token ("" = HF_TOKEN / token file)
+  std::string hub_cache;               // "" = huggingface_hub's cache dir
+  uint64_t hub_max_bandwidth = 0;      // bytes/s of the background fill (0: unlimited)
+  uint32_t hub_concurrency = 2;        // files filled at once (0: no background fill)
+  bool hub_offline = false;            // only what the cache holds (also HF_HUB_OFFLINE=1)
 };
+
+inline constexpr uint32_t kMaxHubConcurrency = 64;
+
+// A hub_allow entry: "*" (any repo, private and gated ones included),
+// "owner" or "owner/*" (every repo of owner), "owner/name"; each part made
+// of [A-Za-z0-9._-] and the fnmatch wildcards '*' and '?'.
+bool ValidHubPattern(const std::string& pattern);
 
 // The socket default: $BIGSMALL_SOCKET, else kDefaultSocket.
 std::string DefaultSocketPath();

@@ -7,6 +7,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "daemon/config.h"
+#include "daemon/hub_models.h"
 #include "daemon/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -94,6 +95,27 @@ int main(int argc, char** argv) {
   app.add_option("--fault-staging", config.fault_staging,
                  "(tests) flip a staged byte of this layer index after the check stage")
       ->group("");
+  std::string hub_max_bandwidth;
+  app.add_flag("--hub,!--no-hub", config.hub,
+               "serve Hugging Face Hub models, OpenModel(\"owner/repo[@rev]\") (default on)");
+  app.add_option("--hub-allow", config.hub_allow,
+                 "Hub repos that may be opened: owner/name, owner/* (or owner), * (repeatable; "
+                 "default: any public repo; private and gated repos only when listed)");
+  app.add_option("--hub-endpoint", config.hub_endpoint,
+                 "the Hub's URL (default $HF_ENDPOINT, else https://huggingface.co)");
+  app.add_option("--hub-token-file", config.hub_token_file,
+                 "file holding the daemon's Hub token (default $HF_TOKEN, else "
+                 "huggingface_hub's token file)");
+  app.add_option("--hub-cache", config.hub_cache,
+                 "huggingface_hub cache directory (default $HF_HUB_CACHE, else $HF_HOME/hub, "
+                 "else ~/.cache/huggingface/hub)");
+  app.add_option("--hub-max-bandwidth", hub_max_bandwidth,
+                 "bytes per second of the background cache fill, e.g. 50M (default unlimited)");
+  app.add_option("--hub-concurrency", config.hub_concurrency,
+                 "Hub files downloaded into the cache at once (0: no background fill)")
+      ->capture_default_str();
+  app.add_flag("--hub-offline", config.hub_offline,
+               "no network: Hub models only from the cache (also HF_HUB_OFFLINE=1)");
   app.add_flag("--print-config", print_config, "print the effective config as JSON and exit");
   // A bad flag (unknown, missing value, unparsable number) exits 2 with
   // CLI11's message, like every bad value below; --help and --version exit 0.
@@ -142,6 +164,11 @@ int main(int argc, char** argv) {
     if (!v.ok()) return fail(absl::StrCat(flag, ": ", v.status().message()));
     *out = *v;
   }
+  if (!hub_max_bandwidth.empty()) {
+    auto v = bigsmall::daemon::ParseByteSize(hub_max_bandwidth);
+    if (!v.ok()) return fail(absl::StrCat("--hub-max-bandwidth: ", v.status().message()));
+    config.hub_max_bandwidth = *v;
+  }
   if (!read_chunk.empty()) {
     auto v = bigsmall::daemon::ParseByteSize(read_chunk);
     if (!v.ok()) return fail(absl::StrCat("--read-chunk: ", v.status().message()));
@@ -154,6 +181,11 @@ int main(int argc, char** argv) {
   }
   absl::Status st = bigsmall::daemon::FinalizeConfig(&config);
   if (!st.ok()) return fail(std::string(st.message()));
+  if (config.hub) {
+    // A bad endpoint or an unreadable token file stops the daemon here.
+    auto hub = bigsmall::daemon::HubConfigFor(config);
+    if (!hub.ok()) return fail(std::string(hub.status().message()));
+  }
   if (print_config) {
     std::cout << bigsmall::daemon::ConfigToJson(config).dump(2) << "\n";
     return 0;

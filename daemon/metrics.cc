@@ -46,6 +46,18 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                  .Name("bigsmall_errors_total")
                  .Help("Errors returned to clients, by gRPC code")
                  .Register(r);
+  hub_bytes_ = NewCounter(r, "bigsmall_hub_bytes_fetched_total",
+                          "Bytes received from the Hugging Face Hub (API answers and file ranges)");
+  hub_retries_ = NewCounter(r, "bigsmall_hub_retries_total", "HTTP retries of Hub requests");
+  hub_errors_ = NewCounter(r, "bigsmall_hub_fetch_errors_total",
+                           "Hub resolves, reads and cache fills that failed");
+  auto& hub_cache = prometheus::BuildCounter()
+                        .Name("bigsmall_hub_cache_hits_total")
+                        .Help("Hub model opens (kind=open) and shard reads (kind=read) served "
+                              "from the local Hub cache")
+                        .Register(r);
+  hub_cache_open_ = &hub_cache.Add({{"kind", "open"}});
+  hub_cache_read_ = &hub_cache.Add({{"kind", "read"}});
   leases_ = NewGauge(r, "bigsmall_leases_active", "Layer leases held by clients");
   cache_bytes_ = NewGauge(r, "bigsmall_cache_bytes", "Bytes of decoded layers in the cache");
   cache_budget_ = NewGauge(r, "bigsmall_cache_budget_bytes", "Layer cache memory budget");
@@ -123,6 +135,19 @@ void Metrics::SetCacheBytes(uint64_t n) { cache_bytes_->Set(static_cast<double>(
 void Metrics::SetCacheBudget(uint64_t n) { cache_budget_->Set(static_cast<double>(n)); }
 void Metrics::SetSessions(int64_t n) { sessions_->Set(static_cast<double>(n)); }
 void Metrics::SetModels(int64_t n) { models_->Set(static_cast<double>(n)); }
+
+void Metrics::AddHubBytesFetched(uint64_t n) { hub_bytes_->Increment(static_cast<double>(n)); }
+void Metrics::AddHubRetries(uint64_t n) { hub_retries_->Increment(static_cast<double>(n)); }
+void Metrics::AddHubFetchError() { hub_errors_->Increment(); }
+void Metrics::AddHubCacheHit(const std::string& kind) {
+  (kind == "open" ? hub_cache_open_ : hub_cache_read_)->Increment();
+}
+uint64_t Metrics::hub_bytes_fetched() const { return static_cast<uint64_t>(hub_bytes_->Value()); }
+uint64_t Metrics::hub_retries() const { return static_cast<uint64_t>(hub_retries_->Value()); }
+uint64_t Metrics::hub_fetch_errors() const { return static_cast<uint64_t>(hub_errors_->Value()); }
+uint64_t Metrics::hub_cache_hits(const std::string& kind) const {
+  return static_cast<uint64_t>((kind == "open" ? hub_cache_open_ : hub_cache_read_)->Value());
+}
 
 uint64_t Metrics::bytes_read() const { return static_cast<uint64_t>(bytes_read_->Value()); }
 uint64_t Metrics::bytes_decoded() const { return static_cast<uint64_t>(bytes_decoded_->Value()); }

@@ -43,6 +43,15 @@ class Metrics {
   void SetCacheBudget(uint64_t n);
   void SetSessions(int64_t n);
   void SetModels(int64_t n);
+  // Hugging Face Hub models (daemon/hub_models.h): body bytes received from
+  // the Hub (API answers and file ranges, retried parts included), HTTP
+  // retries, Hub operations that failed (resolve, a read, a fill), and what
+  // the cache served: "open" (a model whose every file was cached) or
+  // "read" (a shard read from a cached blob).
+  void AddHubBytesFetched(uint64_t n);
+  void AddHubRetries(uint64_t n);
+  void AddHubFetchError();
+  void AddHubCacheHit(const std::string& kind);
 
   uint64_t bytes_read() const;
   uint64_t bytes_decoded() const;
@@ -53,6 +62,10 @@ class Metrics {
   uint64_t cache_evictions() const;
   uint64_t errors() const { return errors_total_.load(); }
   double decode_seconds() const;
+  uint64_t hub_bytes_fetched() const;
+  uint64_t hub_retries() const;
+  uint64_t hub_fetch_errors() const;
+  uint64_t hub_cache_hits(const std::string& kind) const;
 
   std::shared_ptr<prometheus::Registry> registry() { return registry_; }
 
@@ -69,6 +82,11 @@ class Metrics {
   prometheus::Counter* cache_misses_;
   prometheus::Counter* cache_evictions_;
   prometheus::Family<prometheus::Counter>* errors_;
+  prometheus::Counter* hub_bytes_;
+  prometheus::Counter* hub_retries_;
+  prometheus::Counter* hub_errors_;
+  prometheus::Counter* hub_cache_open_;
+  prometheus::Counter* hub_cache_read_;
   prometheus::Gauge* leases_;
   prometheus::Gauge* cache_bytes_;
   prometheus::Gauge* cache_budget_;

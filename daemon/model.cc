@@ -32,10 +32,6 @@ namespace {
 std::atomic<uint64_t> g_generation{0};
 std::atomic<uint64_t> g_opens{0};
 
-constexpr char kShardIndexName[] = "model.safetensors.index.json";
-// A shard index names tensors and files: 64 MiB is far beyond any real one.
-constexpr int64_t kMaxShardIndexBytes = 64ll << 20;
-
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 }  // namespace
@@ -47,6 +43,28 @@ absl::Status Annotate(const absl::Status& status, const std::string& what) {
   // (damaged) file, not a caller error.
   if (code == absl::StatusCode::kOutOfRange) code = absl::StatusCode::kDataLoss;
   return absl::Status(code, absl::StrCat(what, ": ", status.message()));
+}
+
+absl::Status CheckShardIndex(absl::string_view text, const std::set<std::string>& shards,
+                             const std::string& what) {
+  nlohmann::json index = nlohmann::json::parse(text.begin(), text.end(), nullptr,
+                                               /*allow_exceptions=*/false);
+  if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
+      !index["weight_map"].is_object()) {
+    return absl::DataLossError(
+        absl::StrCat(what, ": ", kShardIndexName, " is not a valid shard index"));
+  }
+  std::set<std::string> expected;
+  for (const auto& [tensor, file] : index["weight_map"].items()) {
+    if (file.is_string()) expected.insert(file.get<std::string>());
+  }
+  for (const std::string& file : expected) {
+    if (shards.count(file + ".bs") == 0) {
+      return absl::NotFoundError(
+          absl::StrCat(what, ": shard ", EscapeForLog(file), ".bs is missing"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<Model>> Model::Open(const std::string& path,
@@ -117,14 +135,38 @@ absl::StatusOr<std::shared_ptr<Model>> Model::OpenFd(UniqueFd fd, const std::str
   model->path_ = path;
   model->options_ = options;
   model->file_id_ = FileId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+  model->key_ = absl::StrCat("file:", st.st_dev, ":", st.st_ino);
   ASSIGN_OR_RETURN(model->fingerprint_, Fingerprint(fd.get()));
   RETURN_IF_ERROR(model->OpenShards(std::move(fd), st, options));
-  uint64_t h = HashBytes64(absl::Span<const uint8_t>(
-      reinterpret_cast<const uint8_t*>(model->path_.data()), model->path_.size()));
-  model->id_ = absl::StrFormat("m%012x", h & 0xffffffffffffull);
-  model->cache_key_ = absl::StrCat(model->id_, ".", g_generation.fetch_add(1) + 1);
-  RETURN_IF_ERROR(model->BuildPlan());
+  RETURN_IF_ERROR(model->Finish());
   return model;
+}
+
+absl::StatusOr<std::shared_ptr<Model>> Model::OpenSources(std::vector<ShardSource> shards,
+                                                          const std::string& path,
+                                                          const std::string& fingerprint,
+                                                          const std::string& key,
+                                                          const ModelOptions& options) {
+  g_opens.fetch_add(1);
+  if (shards.empty()) {
+    return absl::NotFoundError(absl::StrCat("model '", EscapeForLog(path), "': no .bs shards"));
+  }
+  std::shared_ptr<Model> model(new Model());
+  model->path_ = path;
+  model->options_ = options;
+  model->fingerprint_ = fingerprint;
+  model->key_ = key;
+  RETURN_IF_ERROR(model->AttachShards(std::move(shards), options));
+  RETURN_IF_ERROR(model->Finish());
+  return model;
+}
+
+absl::Status Model::Finish() {
+  uint64_t h = HashBytes64(
+      absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(path_.data()), path_.size()));
+  id_ = absl::StrFormat("m%012x", h & 0xffffffffffffull);
+  cache_key_ = absl::StrCat(id_, ".", g_generation.fetch_add(1) + 1);
+  return BuildPlan();
 }
 
 absl::Status Model::OpenShards(UniqueFd fd, const struct stat& st, const ModelOptions& options) {
@@ -176,22 +218,7 @@ absl::Status Model::OpenShards(UniqueFd fd, const struct stat& st, const ModelOp
         got += static_cast<size_t>(n);
       }
       text.resize(got);
-      nlohmann::json index = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-      if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
-          !index["weight_map"].is_object()) {
-        return absl::DataLossError(absl::StrCat(what, ": ", kShardIndexName,
-                                                " is not a valid shard index"));
-      }
-      std::set<std::string> expected;
-      for (const auto& [tensor, file] : index["weight_map"].items()) {
-        if (file.is_string()) expected.insert(file.get<std::string>());
-      }
-      for (const std::string& file : expected) {
-        if (names.count(file + ".bs") == 0) {
-          return absl::NotFoundError(
-              absl::StrCat(what, ": shard ", EscapeForLog(file), ".bs is missing"));
-        }
-      }
+      RETURN_IF_ERROR(CheckShardIndex(text, names, what));
     }
     if (names.empty()) return absl::NotFoundError(absl::StrCat(what, ": no .bs shards in directory"));
     for (const std::string& name : names) {
@@ -203,6 +230,7 @@ absl::Status Model::OpenShards(UniqueFd fd, const struct stat& st, const ModelOp
   } else {
     shard_fds.emplace_back(std::move(fd), path_);
   }
+  std::vector<ShardSource> shards;
   for (auto& [shard_fd, shard_path] : shard_fds) {
     struct stat sst;
     if (::fstat(shard_fd.get(), &sst) != 0) return ErrnoToStatus(errno, what);
@@ -215,7 +243,19 @@ absl::Status Model::OpenShards(UniqueFd fd, const struct stat& st, const ModelOp
     auto source = IoUringSource::OpenFd(shard_fd.release(), shard_path, io);
     if (!source.ok()) return Annotate(source.status(), what);
     io_backend_ = (*source)->backend();
-    std::unique_ptr<ByteSource> src = std::move(*source);
+    shards.push_back(ShardSource{std::move(*source), shard_path});
+  }
+  return AttachShards(std::move(shards), options);
+}
+
+absl::Status Model::AttachShards(std::vector<ShardSource> shards, const ModelOptions& options) {
+  const std::string what = absl::StrCat("model '", EscapeForLog(path_), "'");
+  FaultSpec fault;
+  if (!options.fault_spec.empty()) {
+    ASSIGN_OR_RETURN(fault, ParseFaultSpec(options.fault_spec));
+  }
+  for (ShardSource& shard : shards) {
+    std::unique_ptr<ByteSource> src = std::move(shard.source);
     if (!options.fault_spec.empty()) {
       src = std::make_unique<FaultInjectingSource>(std::move(src), fault);
     }
@@ -223,10 +263,10 @@ absl::Status Model::OpenShards(UniqueFd fd, const struct stat& st, const ModelOp
     if (!reader.ok()) return Annotate(reader.status(), what);
     if ((*reader)->index().is_delta()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          what, ": ", EscapeForLog(shard_path),
+          what, ": ", EscapeForLog(shard.path),
           " is a fine-tune delta; the daemon serves full models (decompress it with its base)"));
     }
-    shard_paths_.push_back(shard_path);
+    shard_paths_.push_back(std::move(shard.path));
     shards_.push_back(std::move(*reader));
   }
   return absl::OkStatus();

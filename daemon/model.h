@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,23 @@ struct FileId {
   }
 };
 
+// One shard of a model, already opened: its source and its name (a path, or
+// for a Hub model "hf://owner/repo@commit/file.bs"), for Model::OpenSources.
+struct ShardSource {
+  std::unique_ptr<ByteSource> source;
+  std::string path;
+};
+
+// The shard index of a sharded checkpoint (model.safetensors.index.json):
+// every file its weight_map names must be among `shards` (as "<file>.bs");
+// DATA_LOSS for an index that is not one, NOT_FOUND naming a missing shard.
+// `what` starts the messages ("model '...'"). Shared by directory and Hub
+// models.
+inline constexpr char kShardIndexName[] = "model.safetensors.index.json";
+inline constexpr int64_t kMaxShardIndexBytes = 64ll << 20;
+absl::Status CheckShardIndex(absl::string_view text, const std::set<std::string>& shards,
+                             const std::string& what);
+
 class Model {
  public:
   // `path`: a .bs file or a directory with *.bs shards, opened by name
@@ -94,6 +112,16 @@ class Model {
   // model id and messages.
   static absl::StatusOr<std::shared_ptr<Model>> OpenFd(UniqueFd fd, const std::string& path,
                                                        const ModelOptions& options);
+  // Opens a model from shards that are already open (a Hub model's remote
+  // sources): `path` names it (its id is derived from it), `fingerprint`
+  // says when two opens are the same contents, `key` identifies it in the
+  // registry. The shards are used in the order given; the options' fault
+  // spec applies to them like to files.
+  static absl::StatusOr<std::shared_ptr<Model>> OpenSources(std::vector<ShardSource> shards,
+                                                            const std::string& path,
+                                                            const std::string& fingerprint,
+                                                            const std::string& key,
+                                                            const ModelOptions& options);
   // A cheap fingerprint of what `fd` refers to, read without touching the
   // index: fstat (dev, inode, size, mtime) of the file, or of the directory
   // and of every *.bs entry and the shard index in it.
@@ -109,6 +137,9 @@ class Model {
   // Fingerprint(fd) at open: to tell whether the files changed.
   const std::string& fingerprint() const { return fingerprint_; }
   const FileId& file_id() const { return file_id_; }
+  // The registry's key: "file:<dev>:<ino>" for a file or directory,
+  // the path for a model opened from sources ("hf://owner/repo@commit").
+  const std::string& key() const { return key_; }
   int32_t num_layers() const { return static_cast<int32_t>(layers_.size()); }
   // index -1: the non-layer group; nullptr when out of range.
   const LayerPlan* layer(int32_t index) const;
@@ -142,6 +173,10 @@ class Model {
  private:
   Model() = default;
   absl::Status OpenShards(UniqueFd fd, const struct stat& st, const ModelOptions& options);
+  // Reads the index of every shard (through the fault spec) and keeps them.
+  absl::Status AttachShards(std::vector<ShardSource> shards, const ModelOptions& options);
+  // The id and the cache key from path_, then the plan.
+  absl::Status Finish();
   absl::Status BuildPlan();
 
   std::string id_;
@@ -149,6 +184,7 @@ class Model {
   std::string path_;
   std::string fingerprint_;
   FileId file_id_;
+  std::string key_;
   ModelOptions options_;
   IoBackend io_backend_ = IoBackend::kPread;
   std::vector<std::string> shard_paths_;

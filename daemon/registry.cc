@@ -131,21 +131,35 @@ absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Open(const std::string& pat
   ASSIGN_OR_RETURN(UniqueFd fd, OpenPath(path, &real));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoToStatus(errno, "fstat");
-  const FileId file_id{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+  const std::string key = absl::StrCat("file:", st.st_dev, ":", st.st_ino);
   ASSIGN_OR_RETURN(std::string fingerprint, Model::Fingerprint(fd.get()));
+  return Register(key, fingerprint, real, [&]() {
+    return Model::OpenFd(std::move(fd), real, options_.model_options);
+  });
+}
+
+absl::StatusOr<ModelRegistry::Opened> ModelRegistry::OpenKeyed(
+    const std::string& key, const std::string& fingerprint,
+    const std::function<absl::StatusOr<std::shared_ptr<Model>>()>& open) {
+  return Register(key, fingerprint, key, open);
+}
+
+absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Register(
+    const std::string& key, const std::string& fingerprint, const std::string& what,
+    const std::function<absl::StatusOr<std::shared_ptr<Model>>()>& open) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = by_file_.find(file_id);
-    if (it != by_file_.end() && it->second.model->fingerprint() == fingerprint) {
+    auto it = by_key_.find(key);
+    if (it != by_key_.end() && it->second.model->fingerprint() == fingerprint) {
       it->second.last_used = ++clock_;
       return Opened{it->second.model, true};
     }
   }
-  ASSIGN_OR_RETURN(auto model, Model::OpenFd(std::move(fd), real, options_.model_options));
+  ASSIGN_OR_RETURN(auto model, open());
   const size_t description_bytes = model->description().ByteSizeLong();
   if (description_bytes > options_.max_description_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "model '", EscapeForLog(real), "': its description is ", description_bytes,
+        "model '", EscapeForLog(what), "': its description is ", description_bytes,
         " bytes, over the daemon's max_description_bytes ", options_.max_description_bytes));
   }
   std::vector<std::shared_ptr<Model>> dropped;
@@ -153,19 +167,19 @@ absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Open(const std::string& pat
   Opened result{model, false};
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = by_file_.find(file_id);
-    if (it != by_file_.end() && it->second.model->fingerprint() == model->fingerprint()) {
+    auto it = by_key_.find(key);
+    if (it != by_key_.end() && it->second.model->fingerprint() == model->fingerprint()) {
       // Opened concurrently by another call: keep the registered one.
       it->second.last_used = ++clock_;
       return Opened{it->second.model, true};
     }
     std::shared_ptr<Model> old;
-    if (it != by_file_.end()) {
+    if (it != by_key_.end()) {
       old = it->second.model;  // the same file, changed on disk
     } else if (auto id = by_id_.find(model->id()); id != by_id_.end()) {
       if (id->second->path() != model->path()) {
         return absl::InternalError(absl::StrCat("model id ", model->id(), " of ",
-                                                EscapeForLog(real), " collides with ",
+                                                EscapeForLog(what), " collides with ",
                                                 EscapeForLog(id->second->path())));
       }
       old = id->second;  // the same path, now another file
@@ -173,12 +187,12 @@ absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Open(const std::string& pat
     if (old != nullptr) {
       RemoveLocked(old);
       dropped.push_back(old);
-      spdlog::info("model {} changed on disk; reopened", EscapeForLog(real));
+      spdlog::info("model {} changed on disk; reopened", EscapeForLog(what));
     } else {
       status = MakeRoomLocked(&dropped);
     }
     if (status.ok()) {
-      by_file_[file_id] = Entry{model, ++clock_};
+      by_key_[key] = Entry{model, ++clock_};
       by_id_[model->id()] = model;
     }
   }
@@ -190,15 +204,15 @@ absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Open(const std::string& pat
 }
 
 absl::Status ModelRegistry::MakeRoomLocked(std::vector<std::shared_ptr<Model>>* dropped) {
-  while (by_file_.size() >= options_.max_models) {
+  while (by_key_.size() >= options_.max_models) {
     const Entry* victim = nullptr;
-    for (const auto& [id, entry] : by_file_) {
+    for (const auto& [id, entry] : by_key_) {
       if (options_.busy && options_.busy(*entry.model)) continue;
       if (victim == nullptr || entry.last_used < victim->last_used) victim = &entry;
     }
     if (victim == nullptr) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "the daemon has ", by_file_.size(), " models open (max_models ", options_.max_models,
+          "the daemon has ", by_key_.size(), " models open (max_models ", options_.max_models,
           "), all in use; close one (evict --unload) or raise max_models"));
     }
     std::shared_ptr<Model> m = victim->model;
@@ -211,7 +225,7 @@ absl::Status ModelRegistry::MakeRoomLocked(std::vector<std::shared_ptr<Model>>* 
 }
 
 void ModelRegistry::RemoveLocked(const std::shared_ptr<Model>& model) {
-  by_file_.erase(model->file_id());
+  by_key_.erase(model->key());
   auto it = by_id_.find(model->id());
   if (it != by_id_.end() && it->second == model) by_id_.erase(it);
 }
@@ -224,8 +238,8 @@ absl::StatusOr<std::shared_ptr<Model>> ModelRegistry::Find(const std::string& mo
     return absl::NotFoundError(
         absl::StrCat("unknown model id '", EscapeForLog(model_id), "' (OpenModel first)"));
   }
-  auto entry = by_file_.find(it->second->file_id());
-  if (entry != by_file_.end()) entry->second.last_used = ++clock_;
+  auto entry = by_key_.find(it->second->key());
+  if (entry != by_key_.end()) entry->second.last_used = ++clock_;
   return it->second;
 }
 

@@ -16,7 +16,8 @@
 //    text is escaped (EscapeForLog) in logs and messages.
 //
 // Identity and limits: a model is keyed by the (device, inode) of what was
-// opened, so hard links are one model; reopening it costs one open + fstat
+// opened, so hard links are one model (a Hub model by
+// "hf://owner/repo@commit", OpenKeyed); reopening it costs one open + fstat
 // (Model::Fingerprint), the index is read again only when the fingerprint
 // changed. At most `max_models` stay open: when a new one needs room the
 // least recently used idle model (no session, no lease) is closed; when all
@@ -69,6 +70,13 @@ class ModelRegistry {
     bool already_open = false;
   };
   absl::StatusOr<Opened> Open(const std::string& path);
+  // A model that is not a file beneath a root (a Hub model): `key` names it
+  // in the registry (Model::key(), "hf://owner/repo@commit"); when a model
+  // of that key with `fingerprint` is open it is returned, else `open`
+  // makes one, registered under the same limits as files.
+  absl::StatusOr<Opened> OpenKeyed(
+      const std::string& key, const std::string& fingerprint,
+      const std::function<absl::StatusOr<std::shared_ptr<Model>>()>& open);
   absl::StatusOr<std::shared_ptr<Model>> Find(const std::string& model_id);
   std::vector<std::shared_ptr<Model>> List() const;
   size_t size() const;
@@ -92,6 +100,11 @@ class ModelRegistry {
   };
   // Opens `path` beneath a root: the descriptor and the model's real path.
   absl::StatusOr<UniqueFd> OpenPath(const std::string& path, std::string* real) const;
+  // The common part of Open and OpenKeyed: a registered model of `key` and
+  // `fingerprint`, else `open`'s, checked and registered.
+  absl::StatusOr<Opened> Register(
+      const std::string& key, const std::string& fingerprint, const std::string& what,
+      const std::function<absl::StatusOr<std::shared_ptr<Model>>()>& open);
   // Drops LRU idle models until one more fits. mu_ held.
   absl::Status MakeRoomLocked(std::vector<std::shared_ptr<Model>>* dropped);
   void RemoveLocked(const std::shared_ptr<Model>& model);
@@ -100,7 +113,7 @@ class ModelRegistry {
   std::vector<Root> roots_;
   mutable std::mutex mu_;
   uint64_t clock_ = 0;
-  absl::flat_hash_map<FileId, Entry> by_file_;
+  absl::flat_hash_map<std::string, Entry> by_key_;  // Model::key()
   absl::flat_hash_map<std::string, std::shared_ptr<Model>> by_id_;
 };
 

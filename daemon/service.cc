@@ -353,6 +353,17 @@ BigSmallService::BigSmallService(const DaemonConfig& config, std::shared_ptr<Are
   for (const std::string& root : registry_->root_paths()) {
     spdlog::info("serving models beneath {}", EscapeForLog(root));
   }
+  if (config_.hub) {
+    auto hub = HubModels::Create(config_, metrics_);
+    if (hub.ok()) {
+      hub_ = std::move(*hub);
+    } else {
+      hub_unavailable_ = std::string(hub.status().message());
+      spdlog::error("Hugging Face Hub models are off: {}", hub_unavailable_);
+    }
+  } else {
+    hub_unavailable_ = "the daemon runs with --no-hub";
+  }
   if (config_.session_idle_seconds > 0) {
     sweeper_ = std::thread([this] { SweepIdleSessions(); });
   }
@@ -467,16 +478,35 @@ void BigSmallService::ModelDropped(const std::shared_ptr<Model>& model) {
 absl::StatusOr<std::shared_ptr<Model>> BigSmallService::Open(const std::string& path,
                                                              bool* already_open) {
   *already_open = false;
-  ASSIGN_OR_RETURN(ModelRegistry::Opened opened, registry_->Open(path));
+  ASSIGN_OR_RETURN(ModelRegistry::Opened opened,
+                   IsHubModelName(path) ? OpenHub(path) : registry_->Open(path));
   *already_open = opened.already_open;
   if (!opened.already_open) {
     const Model& model = *opened.model;
     if (metrics_ != nullptr) metrics_->SetModels(static_cast<int64_t>(registry_->size()));
     spdlog::info("opened model {} ({}): {} layers, {} tensors, io={}", model.id(),
                  EscapeForLog(model.path()), model.num_layers(),
-                 model.description().num_tensors(), IoBackendName(model.io_backend()));
+                 model.description().num_tensors(),
+                 IsHubModelName(path) ? "hub" : IoBackendName(model.io_backend()));
   }
   return opened.model;
+}
+
+absl::StatusOr<ModelRegistry::Opened> BigSmallService::OpenHub(const std::string& name) {
+  if (hub_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("OpenModel: '", EscapeForLog(name),
+                     "' names a Hugging Face Hub model, which this daemon does not serve: ",
+                     hub_unavailable_));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<const hub::RepoInfo> repo, hub_->Resolve(name));
+  const std::string key = HubModels::ModelPath(*repo);
+  ASSIGN_OR_RETURN(ModelRegistry::Opened opened,
+                   registry_->OpenKeyed(key, repo->commit,
+                                        [&] { return hub_->Open(repo, model_options_); }));
+  // Also for a model already open: a fill that failed is tried again.
+  hub_->Fill(repo);
+  return opened;
 }
 
 absl::StatusOr<std::shared_ptr<Model>> BigSmallService::Find(const std::string& model_id) {

@@ -27,6 +27,7 @@
 #include "codec/thread_pool.h"
 #include "daemon/config.h"
 #include "daemon/device_backend.h"
+#include "daemon/hub_models.h"
 #include "daemon/layer_cache.h"
 #include "daemon/metrics.h"
 #include "daemon/model.h"
@@ -80,6 +81,8 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
                                      v1::StatsResponse* response) override;
 
   // In-process API (used by the RPCs and by unit tests).
+  // `path`: an absolute path beneath a model directory, or a Hub model
+  // ("owner/repo[@rev]", "hf://owner/repo[@rev]"; daemon/hub_models.h).
   absl::StatusOr<std::shared_ptr<Model>> Open(const std::string& path, bool* already_open);
   absl::StatusOr<std::shared_ptr<Model>> Find(const std::string& model_id);
   // Acquires a layer of a model through the cache of `device` (null: host
@@ -118,6 +121,7 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
 
  private:
   void FillSummary(const Model& model, v1::ModelSummary* summary);
+  absl::StatusOr<ModelRegistry::Opened> OpenHub(const std::string& name);
   LayerCache::LoadFn Loader(const std::shared_ptr<Model>& model, int32_t index, GpuDevice* device);
   // Every cache: host first, then each GPU's.
   std::vector<LayerCache*> caches();
@@ -143,6 +147,9 @@ class BigSmallService final : public v1::BigSmall::CallbackService {
   std::vector<std::unique_ptr<GpuDevice>> gpus_;
   std::unique_ptr<LayerCache> cache_;
   std::unique_ptr<ModelRegistry> registry_;
+  // Hugging Face Hub models (null: off, hub_unavailable_ says why).
+  std::unique_ptr<HubModels> hub_;
+  std::string hub_unavailable_;
   // OpenModel runs here, never on gRPC's threads; at most
   // max_pending_opens queued or running.
   std::atomic<uint32_t> pending_opens_{0};

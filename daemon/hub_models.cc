@@ -1,0 +1,491 @@
+#include "daemon/hub_models.h"
+
+#include <fnmatch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "codec/status_macros.h"
+#include "codec/status_util.h"
+#include "daemon/metrics.h"
+#include "hub/repo_ref.h"
+#include "spdlog/spdlog.h"
+
+namespace bigsmall::daemon {
+namespace {
+
+constexpr uint64_t kMaxTokenFileBytes = 4096;
+// Bytes the fill reads and appends at a time; the stop flag is checked
+// between chunks.
+constexpr uint64_t kMinFillChunk = 256ull << 10;
+constexpr uint64_t kMaxFillChunk = 4ull << 20;
+// How long the fill waits for another process (huggingface_hub) that writes
+// the same blob; after that the file stays remote for now.
+constexpr int kFillLockTimeoutMs = 2000;
+
+absl::Status NotAllowed() { return absl::PermissionDeniedError(kHubNotAllowed); }
+
+}  // namespace
+
+// One file of one commit, shared by the open models' sources and the fill.
+struct FileState {
+  std::string repo_id;
+  std::string commit;
+  hub::RepoFile file;
+  std::shared_ptr<const hub::RepoInfo> repo;
+  std::mutex mu;
+  std::string blob_path;  // set (under mu) once the cache holds the file
+  std::atomic<bool> cached{false};
+  bool queued = false;  // under Core::mu
+};
+
+struct HubModels::Core {
+  DaemonConfig config;
+  Metrics* metrics = nullptr;
+  std::vector<std::string> allow;  // normalised patterns
+  // Reads for clients (no bandwidth limit) and the background fill
+  // (hub_max_bandwidth): two clients, so that the fill's limit never slows
+  // what a client waits for.
+  std::unique_ptr<hub::HubClient> foreground;
+  std::unique_ptr<hub::HubClient> background;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+  std::map<std::string, std::shared_ptr<FileState>> files;  // "repo@commit/path"
+  std::deque<std::shared_ptr<FileState>> queue;
+  std::vector<std::thread> workers;
+  std::atomic<bool> stop_flag{false};
+
+  std::mutex stats_mu;
+  hub::TransferStats published;  // of both clients, as already counted
+
+  // Adds what both clients transferred since the last call to the metrics.
+  void PublishTransfers() {
+    if (metrics == nullptr) return;
+    hub::TransferStats a = foreground->http().stats();
+    hub::TransferStats b = background->http().stats();
+    std::lock_guard<std::mutex> lock(stats_mu);
+    const uint64_t bytes = a.bytes + b.bytes, retries = a.retries + b.retries;
+    if (bytes > published.bytes) metrics->AddHubBytesFetched(bytes - published.bytes);
+    if (retries > published.retries) metrics->AddHubRetries(retries - published.retries);
+    published.bytes = std::max(published.bytes, bytes);
+    published.retries = std::max(published.retries, retries);
+  }
+  void FetchError() {
+    if (metrics != nullptr) metrics->AddHubFetchError();
+  }
+
+  std::shared_ptr<FileState> StateFor(const std::shared_ptr<const hub::RepoInfo>& repo,
+                                      const hub::RepoFile& file) {
+    const std::string key = absl::StrCat(repo->ref.repo_id, "@", repo->commit, "/", file.path);
+    std::shared_ptr<FileState> state;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto& slot = files[key];
+      if (slot == nullptr) {
+        slot = std::make_shared<FileState>();
+        slot->repo_id = repo->ref.repo_id;
+        slot->commit = repo->commit;
+        slot->file = file;
+        slot->repo = repo;
+      }
+      state = slot;
+    }
+    if (!state->cached.load(std::memory_order_acquire)) {
+      // The snapshot link, or the blob itself (another commit, or another
+      // tool, fetched the same contents; the fill links it).
+      hub::HubCache& cache = foreground->cache();
+      auto path = cache.SnapshotFile(state->repo_id, state->commit, file.path);
+      if (!path.has_value() && cache.BlobFile(state->repo_id, file.etag()).has_value() &&
+          cache.LinkSnapshot(state->repo_id, state->commit, file.path, file.etag()).ok()) {
+        path = cache.SnapshotFile(state->repo_id, state->commit, file.path);
+      }
+      if (path.has_value()) MarkCached(*state, *path);
+    }
+    return state;
+  }
+
+  static void MarkCached(FileState& state, const std::string& path) {
+    std::lock_guard<std::mutex> lock(state.mu);
+    state.blob_path = path;
+    state.cached.store(true, std::memory_order_release);
+  }
+
+  void Worker();
+  absl::Status FillOne(FileState& state);
+};
+
+namespace {
+
+// One file of a Hub model: the cached blob once it is complete, else ranged
+// GETs through HubClient::OpenRemote (opened on the first read that needs
+// it, so a model served from the cache makes no request).
+class HubFileSource final : public ByteSource {
+ public:
+  HubFileSource(std::shared_ptr<HubModels::Core> core, std::shared_ptr<FileState> state,
+                IoOptions io)
+      : core_(std::move(core)), state_(std::move(state)), io_(io),
+        name_(absl::StrCat("hf://", state_->repo_id, "@", state_->commit, "/",
+                           state_->file.path)) {}
+
+  uint64_t size() const override { return state_->file.size; }
+  std::string name() const override { return name_; }
+  absl::Status ReadAt(uint64_t offset, absl::Span<uint8_t> out) override {
+    return Read(offset, out, false);
+  }
+  absl::Status ReadBulk(uint64_t offset, absl::Span<uint8_t> out) override {
+    return Read(offset, out, true);
+  }
+
+ private:
+  absl::Status Read(uint64_t offset, absl::Span<uint8_t> out, bool bulk) {
+    if (offset > size() || out.size() > size() - offset) {
+      return absl::OutOfRangeError(absl::StrCat(name_, ": read [", offset, ", +", out.size(),
+                                                ") past the end (", size(), " bytes)"));
+    }
+    if (ByteSource* local = Local()) {
+      if (core_->metrics != nullptr) core_->metrics->AddHubCacheHit("read");
+      return bulk ? local->ReadBulk(offset, out) : local->ReadAt(offset, out);
+    }
+    auto remote = Remote();
+    if (!remote.ok()) {
+      core_->FetchError();
+      return remote.status();
+    }
+    absl::Status st = (*remote)->ReadBulk(offset, out);
+    core_->PublishTransfers();
+    if (!st.ok()) {
+      core_->FetchError();
+      return absl::Status(st.code(), absl::StrCat(name_, ": ", st.message()));
+    }
+    return st;
+  }
+
+  // The cached blob's source once the cache holds the file, else null.
+  ByteSource* Local() {
+    if (!state_->cached.load(std::memory_order_acquire)) return nullptr;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (local_ == nullptr && !local_failed_) {
+      std::string path;
+      {
+        std::lock_guard<std::mutex> state_lock(state_->mu);
+        path = state_->blob_path;
+      }
+      auto source = IoUringSource::Open(path, io_);
+      if (source.ok() && (*source)->size() == size()) {
+        local_ = std::move(*source);
+      } else {
+        local_failed_ = true;  // keep reading remotely
+        spdlog::warn("{}: the cached blob cannot be read ({}); reading from the Hub", name_,
+                     source.ok() ? "wrong size" : source.status().ToString());
+      }
+    }
+    return local_.get();
+  }
+
+  absl::StatusOr<ByteSource*> Remote() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (remote_ == nullptr) {
+      ASSIGN_OR_RETURN(remote_, core_->foreground->OpenRemote(*state_->repo, state_->file.path));
+    }
+    return remote_.get();
+  }
+
+  const std::shared_ptr<HubModels::Core> core_;
+  const std::shared_ptr<FileState> state_;
+  const IoOptions io_;
+  const std::string name_;
+  std::mutex mu_;
+  // Set once, never replaced (reads use them without the lock).
+  std::unique_ptr<ByteSource> local_;
+  bool local_failed_ = false;
+  std::unique_ptr<ByteSource> remote_;
+};
+
+// The files of a model: every top-level *.bs, and the shard index.
+struct ModelFiles {
+  std::vector<const hub::RepoFile*> shards;  // by path
+  const hub::RepoFile* index = nullptr;
+};
+
+ModelFiles SelectFiles(const hub::RepoInfo& repo) {
+  ModelFiles out;
+  for (const hub::RepoFile& f : repo.files) {
+    if (f.path.find('/') != std::string::npos) continue;
+    if (absl::EndsWith(f.path, ".bs")) out.shards.push_back(&f);
+    if (f.path == kShardIndexName) out.index = &f;
+  }
+  std::sort(out.shards.begin(), out.shards.end(),
+            [](const hub::RepoFile* a, const hub::RepoFile* b) { return a->path < b->path; });
+  return out;
+}
+
+std::string NormalizePattern(const std::string& pattern) {
+  if (pattern == "*") return "*/*";
+  if (pattern.find('/') == std::string::npos) return pattern + "/*";
+  return pattern;
+}
+
+}  // namespace
+
+void HubModels::Core::Worker() {
+  while (true) {
+    std::shared_ptr<FileState> state;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return stopping || !queue.empty(); });
+      if (stopping) return;
+      state = std::move(queue.front());
+      queue.pop_front();
+    }
+    absl::Status st = FillOne(*state);
+    PublishTransfers();
+    if (!st.ok() && !stop_flag.load()) {
+      FetchError();
+      spdlog::warn("Hub fill of {}@{}/{}: {}", EscapeForLog(state->repo_id), state->commit,
+                   EscapeForLog(state->file.path), st.ToString());
+    } else if (st.ok()) {
+      spdlog::info("Hub fill: {}@{}/{} is in the cache ({} bytes)", EscapeForLog(state->repo_id),
+                   state->commit, EscapeForLog(state->file.path), state->file.size);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    state->queued = false;
+  }
+}
+
+absl::Status HubModels::Core::FillOne(FileState& state) {
+  hub::HubCache& cache = background->cache();
+  const hub::RepoFile& file = state.file;
+  const std::string etag = file.etag();
+  ASSIGN_OR_RETURN(auto writer,
+                   cache.BeginBlob(state.repo_id, etag, file.size, kFillLockTimeoutMs));
+  if (!writer->complete()) {
+    ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> remote,
+                     background->OpenRemote(*state.repo, file.path));
+    uint64_t chunk = kMaxFillChunk;
+    if (config.hub_max_bandwidth > 0) {
+      chunk = std::clamp<uint64_t>(config.hub_max_bandwidth / 2, kMinFillChunk, kMaxFillChunk);
+    }
+    std::vector<uint8_t> buffer(static_cast<size_t>(std::min<uint64_t>(chunk, file.size)));
+    uint64_t offset = writer->resume_offset();
+    while (offset < file.size) {
+      if (stop_flag.load()) return absl::CancelledError("the daemon is stopping");
+      const uint64_t n = std::min<uint64_t>(buffer.size(), file.size - offset);
+      absl::Span<uint8_t> part(buffer.data(), static_cast<size_t>(n));
+      RETURN_IF_ERROR(remote->ReadBulk(offset, part));
+      RETURN_IF_ERROR(writer->Append(part));
+      offset += n;
+      PublishTransfers();
+    }
+    // Checks the size and the sha256 (LFS) or git blob id: a corrupt
+    // download is removed, never made visible.
+    RETURN_IF_ERROR(writer->Commit().status());
+  }
+  writer.reset();
+  RETURN_IF_ERROR(cache.LinkSnapshot(state.repo_id, state.commit, file.path, etag));
+  const hub::RepoRef& ref = state.repo->ref;
+  if (!hub::IsCommitHash(ref.revision)) {
+    RETURN_IF_ERROR(cache.WriteRef(state.repo_id, ref.revision, state.commit));
+  }
+  auto path = cache.SnapshotFile(state.repo_id, state.commit, file.path);
+  if (!path.has_value()) {
+    return absl::InternalError("the cache does not show the file just written");
+  }
+  MarkCached(state, *path);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+
+absl::StatusOr<hub::HubConfig> HubConfigFor(const DaemonConfig& config) {
+  ASSIGN_OR_RETURN(hub::HubConfig hub, hub::HubConfigFromEnvironment());
+  if (!config.hub_endpoint.empty()) {
+    if (!absl::StartsWith(config.hub_endpoint, "http://") &&
+        !absl::StartsWith(config.hub_endpoint, "https://")) {
+      return absl::InvalidArgumentError("hub_endpoint must start with http:// or https://");
+    }
+    hub.endpoint = config.hub_endpoint;
+    while (!hub.endpoint.empty() && hub.endpoint.back() == '/') hub.endpoint.pop_back();
+  }
+  if (!config.hub_token_file.empty()) {
+    std::ifstream in(config.hub_token_file, std::ios::binary);
+    if (!in) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "hub_token_file ", EscapeForLog(config.hub_token_file), " cannot be read"));
+    }
+    std::string text(kMaxTokenFileBytes + 1, '\0');
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    text.resize(static_cast<size_t>(in.gcount()));
+    absl::string_view token = absl::StripAsciiWhitespace(text);
+    if (token.empty() || text.size() > kMaxTokenFileBytes) {
+      std::fill(text.begin(), text.end(), '\0');
+      return absl::InvalidArgumentError(absl::StrCat(
+          "hub_token_file ", EscapeForLog(config.hub_token_file),
+          " must hold one token (at most ", kMaxTokenFileBytes, " bytes)"));
+    }
+    hub.token = hub::Secret(token);
+    std::fill(text.begin(), text.end(), '\0');
+  }
+  if (!config.hub_cache.empty()) hub.cache_dir = config.hub_cache;
+  if (config.hub_offline) hub.offline = true;
+  return hub;
+}
+
+bool IsHubModelName(const std::string& name) {
+  return !name.empty() && name[0] != '/' && hub::LooksLikeHubName(name);
+}
+
+absl::StatusOr<std::unique_ptr<HubModels>> HubModels::Create(const DaemonConfig& config,
+                                                             Metrics* metrics) {
+  ASSIGN_OR_RETURN(hub::HubConfig hub, HubConfigFor(config));
+  auto core = std::make_shared<Core>();
+  core->config = config;
+  core->metrics = metrics;
+  for (const std::string& p : config.hub_allow) {
+    if (!ValidHubPattern(p)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("hub_allow: '", EscapeForLog(p, 64), "' is not a repo pattern"));
+    }
+    core->allow.push_back(NormalizePattern(p));
+  }
+  hub::HubConfig background = hub;
+  background.max_bytes_per_second = config.hub_max_bandwidth;
+  spdlog::info("Hugging Face Hub models: endpoint {}, cache {}, token {}{}, allow {}",
+               EscapeForLog(hub.endpoint), EscapeForLog(hub.cache_dir), hub.token.Describe(),
+               hub.offline ? ", offline" : "",
+               config.hub_allow.empty() ? "any public repo" : "the hub_allow list");
+  core->foreground = std::make_unique<hub::HubClient>(std::move(hub));
+  core->background = std::make_unique<hub::HubClient>(std::move(background));
+  if (!core->foreground->config().offline) {
+    for (uint32_t i = 0; i < config.hub_concurrency; ++i) {
+      core->workers.emplace_back([c = core.get()] { c->Worker(); });
+    }
+  }
+  return std::unique_ptr<HubModels>(new HubModels(std::move(core)));
+}
+
+HubModels::HubModels(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+
+HubModels::~HubModels() {
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    core_->stopping = true;
+    core_->queue.clear();
+  }
+  core_->stop_flag.store(true);
+  core_->cv.notify_all();
+  for (std::thread& t : core_->workers) t.join();
+}
+
+const hub::HubConfig& HubModels::hub_config() const { return core_->foreground->config(); }
+bool HubModels::offline() const { return core_->foreground->config().offline; }
+
+std::string HubModels::ModelPath(const hub::RepoInfo& repo) {
+  return absl::StrCat("hf://", repo.ref.repo_id, "@", repo.commit);
+}
+
+absl::StatusOr<std::shared_ptr<const hub::RepoInfo>> HubModels::Resolve(const std::string& name) {
+  ASSIGN_OR_RETURN(hub::RepoRef ref, hub::ParseRepoRef(name));
+  // Before any request: a refused repo is one message, whatever exists.
+  const std::vector<std::string>& allow = core_->allow;
+  bool listed = false;
+  for (const std::string& pattern : allow) {
+    if (::fnmatch(pattern.c_str(), ref.repo_id.c_str(), FNM_PATHNAME | FNM_CASEFOLD) == 0) {
+      listed = true;
+      break;
+    }
+  }
+  if (!allow.empty() && !listed) return NotAllowed();
+  auto info = core_->foreground->Resolve(ref);
+  core_->PublishTransfers();
+  if (!info.ok()) {
+    core_->FetchError();
+    return absl::Status(info.status().code(),
+                        absl::StrCat("Hub model '", EscapeForLog(ref.ToString()), "': ",
+                                     info.status().message()));
+  }
+  // The default list is any public repo: the daemon's token opens private
+  // and gated repos only to clients of repos listed explicitly.
+  if ((info->is_private || info->gated) && !listed) return NotAllowed();
+  return std::make_shared<const hub::RepoInfo>(std::move(*info));
+}
+
+absl::StatusOr<std::shared_ptr<Model>> HubModels::Open(
+    const std::shared_ptr<const hub::RepoInfo>& repo, const ModelOptions& options) {
+  const std::string path = ModelPath(*repo);
+  const std::string what = absl::StrCat("model '", EscapeForLog(path), "'");
+  ModelFiles files = SelectFiles(*repo);
+  if (files.shards.empty()) {
+    return absl::NotFoundError(absl::StrCat(what, ": the repo has no .bs files"));
+  }
+  std::vector<std::shared_ptr<FileState>> states;
+  for (const hub::RepoFile* f : files.shards) states.push_back(core_->StateFor(repo, *f));
+  std::shared_ptr<FileState> index;
+  if (files.index != nullptr) index = core_->StateFor(repo, *files.index);
+  bool all_cached = true;
+  for (const auto& s : states) all_cached = all_cached && s->cached.load();
+  if (index != nullptr) all_cached = all_cached && index->cached.load();
+  if (!all_cached && offline()) {
+    return absl::NotFoundError(absl::StrCat(
+        what, ": the daemon is offline (hub_offline or HF_HUB_OFFLINE) and the cache does not "
+              "hold every file of it"));
+  }
+  if (index != nullptr) {
+    if (index->file.size > static_cast<uint64_t>(kMaxShardIndexBytes)) {
+      return absl::DataLossError(absl::StrCat(what, ": ", kShardIndexName, " is over ",
+                                              kMaxShardIndexBytes, " bytes"));
+    }
+    HubFileSource source(core_, index, options.io);
+    auto bytes = ReadRange(source, 0, index->file.size);
+    if (!bytes.ok()) return Annotate(bytes.status(), what);
+    std::set<std::string> names;
+    for (const hub::RepoFile* f : files.shards) names.insert(f->path);
+    RETURN_IF_ERROR(CheckShardIndex(
+        absl::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()), names,
+        what));
+  }
+  std::vector<ShardSource> shards;
+  for (const auto& s : states) {
+    shards.push_back(ShardSource{std::make_unique<HubFileSource>(core_, s, options.io),
+                                 absl::StrCat(path, "/", s->file.path)});
+  }
+  auto model = Model::OpenSources(std::move(shards), path, repo->commit, path, options);
+  if (model.ok() && all_cached && core_->metrics != nullptr) {
+    core_->metrics->AddHubCacheHit("open");
+  }
+  return model;
+}
+
+void HubModels::Fill(const std::shared_ptr<const hub::RepoInfo>& repo) {
+  if (offline() || core_->workers.empty()) return;
+  ModelFiles files = SelectFiles(*repo);
+  std::vector<const hub::RepoFile*> wanted = files.shards;
+  if (files.index != nullptr) wanted.insert(wanted.begin(), files.index);
+  std::vector<std::shared_ptr<FileState>> states;
+  for (const hub::RepoFile* f : wanted) states.push_back(core_->StateFor(repo, *f));
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    if (core_->stopping) return;
+    for (auto& s : states) {
+      if (s->cached.load() || s->queued) continue;
+      s->queued = true;
+      core_->queue.push_back(std::move(s));
+    }
+  }
+  core_->cv.notify_all();
+}
+
+}  // namespace bigsmall::daemon
