@@ -338,6 +338,14 @@ int ProgressCallback(void* user, curl_off_t, curl_off_t dlnow, curl_off_t, curl_
   return 0;
 }
 
+// libcurl's own words on a failure ("Failed to connect to ... port ...:
+// Connection refused"), escaped; "" when it has none.
+std::string Detail(const Transfer& t) {
+  if (t.stalled) return " (no byte for the stall timeout)";
+  if (t.errbuf[0] == '\0') return "";
+  return absl::StrCat(" (", EscapeForLog(t.errbuf, 200), ")");
+}
+
 size_t BodyCallback(char* data, size_t size, size_t count, void* user) {
   Transfer* t = static_cast<Transfer*>(user);
   const size_t n = size * count;
@@ -516,7 +524,11 @@ struct HttpClient::Impl {
         return m;
       }
     }
-    return curl_multi_init();
+    CURLM* m = curl_multi_init();
+    // Parallel parts are parallel connections: no HTTP/2 multiplexing of
+    // them onto one.
+    if (m != nullptr) curl_multi_setopt(m, CURLMOPT_PIPELINING, CURLPIPE_NOTHING);
+    return m;
   }
   void GiveMulti(CURLM* m) {
     if (m == nullptr) return;
@@ -582,9 +594,13 @@ struct HttpClient::Impl {
                            bool authorize, bool caller_auth_allowed, bool* authorized) {
     curl_slist* list = nullptr;
     bool has_content_type = false;
+    bool has_authorization = false;
     for (const HttpHeader& h : extra) {
       std::string name = Lower(h.name);
+      // The caller's own credentials (an LFS action's header) go only to
+      // the origin they were given for.
       if (name == "authorization" && !caller_auth_allowed) continue;
+      if (name == "authorization") has_authorization = true;
       if (name == "content-type") has_content_type = true;
       std::string line = absl::StrCat(h.name, ": ", h.value);
       list = curl_slist_append(list, line.c_str());
@@ -592,8 +608,8 @@ struct HttpClient::Impl {
     }
     if (!has_content_type) list = curl_slist_append(list, "Content-Type:");
     list = curl_slist_append(list, "Expect:");
-    *authorized = false;
-    if (authorize && MayAuthorize(url)) {
+    *authorized = has_authorization;
+    if (authorize && !has_authorization && MayAuthorize(url)) {
       std::string line = absl::StrCat("Authorization: Bearer ", config.token.Reveal());
       list = curl_slist_append(list, line.c_str());
       explicit_bzero(line.data(), line.size());
@@ -742,7 +758,7 @@ absl::StatusOr<HttpResponse> HttpClient::Impl::Send(const HttpRequest& request) 
         if (!RetryableCurl(code) || !request.retry || attempt >= config.max_retries) {
           return absl::UnavailableError(absl::StrCat(
               method, " ", SafeUrl(url), ": network failure talking to ", HostOf(url), ": ",
-              curl_easy_strerror(code),
+              curl_easy_strerror(code), Detail(t),
               attempt > 0 ? absl::StrCat(" (after ", attempt, " retries)") : std::string()));
         }
         delay = Backoff(config, attempt);
@@ -787,6 +803,7 @@ absl::StatusOr<HttpResponse> HttpClient::Impl::Send(const HttpRequest& request) 
     response.authorized = authorized;
     if (!config.token.empty()) {
       for (HttpHeader& h : response.headers) h.value = Scrub(std::move(h.value));
+      if (status >= 400) response.body = Scrub(std::move(response.body));
     }
     return response;
   }
@@ -1006,8 +1023,9 @@ absl::Status HttpClient::Impl::FinishPart(Part& p, CURLcode code, std::deque<siz
     if (code == CURLE_OK || RetryableCurl(code)) {
       // Short or dropped: resume from the last byte written.
       p.validated = false;
-      return retry(std::nullopt, code == CURLE_OK ? "the answer ended early"
-                                                  : curl_easy_strerror(code));
+      return retry(std::nullopt, code == CURLE_OK
+                                     ? std::string("the answer ended early")
+                                     : absl::StrCat(curl_easy_strerror(code), Detail(t)));
     }
     return absl::UnavailableError(absl::StrCat(what, ": ", curl_easy_strerror(code)));
   }
@@ -1015,11 +1033,12 @@ absl::Status HttpClient::Impl::FinishPart(Part& p, CURLcode code, std::deque<siz
     // No answer, or one cut before its body was read.
     if (code != CURLE_OK && !RetryableCurl(code)) {
       return absl::UnavailableError(absl::StrCat(what, ": network failure talking to ",
-                                                 HostOf(p.url), ": ", curl_easy_strerror(code)));
+                                                 HostOf(p.url), ": ", curl_easy_strerror(code),
+                                                 Detail(t)));
     }
     if (status == 0 || RetryableStatus(status)) {
       return retry(std::nullopt, absl::StrCat("network failure talking to ", HostOf(p.url), ": ",
-                                              curl_easy_strerror(code)));
+                                              curl_easy_strerror(code), Detail(t)));
     }
   }
   const bool redirect =

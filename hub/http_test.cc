@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,14 +16,19 @@
 #include <cstring>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <mutex>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "hub/fake_hub_process.h"
 #include "nlohmann/json.hpp"
@@ -722,6 +728,295 @@ TEST_F(HttpTest, ManyThreadsOnOneClient) {
   for (auto& t : threads) t.join();
   for (int i = 0; i < kThreads; ++i) EXPECT_TRUE(results[i].ok()) << i << ": " << results[i];
   EXPECT_EQ(client.stats().errors, 0u);
+}
+
+
+// A tiny HTTP server for answers the fake Hub does not give (relative
+// redirects, a server that ignores Range, a wrong Content-Range start):
+// one connection at a time, each answered by `handler` and closed.
+class CannedServer {
+ public:
+  // The request's head (request line and headers, lowercased names not
+  // guaranteed) -> the whole answer.
+  using Handler = std::function<std::string(const std::string& head)>;
+  explicit CannedServer(Handler handler) : handler_(std::move(handler)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        ::listen(fd_, 64) != 0) {
+      return;
+    }
+    socklen_t len = sizeof(addr);
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~CannedServer() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int port() const { return port_; }
+  std::string Url(absl::string_view path) const {
+    return absl::StrCat("http://127.0.0.1:", port_, path);
+  }
+  std::vector<std::string> heads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return heads_;
+  }
+
+ private:
+  void Loop() {
+    while (!stop_.load()) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) continue;
+      std::string head;
+      char buf[4096];
+      while (head.find("\r\n\r\n") == std::string::npos) {
+        pollfd q{c, POLLIN, 0};
+        if (::poll(&q, 1, 2000) <= 0) break;
+        ssize_t n = ::recv(c, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        head.append(buf, static_cast<size_t>(n));
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        heads_.push_back(head);
+      }
+      const std::string answer = handler_(head);
+      size_t sent = 0;
+      while (sent < answer.size()) {
+        ssize_t n = ::send(c, answer.data() + sent, answer.size() - sent, MSG_NOSIGNAL);
+        if (n <= 0) break;
+        sent += static_cast<size_t>(n);
+      }
+      ::shutdown(c, SHUT_RDWR);
+      ::close(c);
+    }
+  }
+
+  Handler handler_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::string> heads_;
+};
+
+std::string Answer(int status, const std::vector<std::string>& headers, const std::string& body,
+                   bool content_length = true) {
+  std::string out = absl::StrCat("HTTP/1.1 ", status, " X\r\nConnection: close\r\n");
+  for (const std::string& h : headers) absl::StrAppend(&out, h, "\r\n");
+  if (content_length) absl::StrAppend(&out, "Content-Length: ", body.size(), "\r\n");
+  absl::StrAppend(&out, "\r\n", body);
+  return out;
+}
+
+bool HasAuthorization(const std::string& head) {
+  return absl::StrContains(absl::AsciiStrToLower(head), "\r\nauthorization: bearer ");
+}
+
+std::string Path(const std::string& head) {
+  std::vector<std::string> words = absl::StrSplit(head.substr(0, head.find("\r\n")), ' ');
+  return words.size() >= 2 ? words[1] : "";
+}
+
+// The requested "bytes=a-b", or (0, size-1) without one.
+std::pair<uint64_t, uint64_t> RangeOf(const std::string& head, uint64_t size) {
+  const std::string lower = absl::AsciiStrToLower(head);
+  size_t at = lower.find("\r\nrange: bytes=");
+  if (at == std::string::npos) return {0, size - 1};
+  at += strlen("\r\nrange: bytes=");
+  uint64_t a = 0, b = 0;
+  size_t dash = lower.find('-', at);
+  size_t eol = lower.find("\r\n", at);
+  if (!absl::SimpleAtoi(lower.substr(at, dash - at), &a) ||
+      !absl::SimpleAtoi(lower.substr(dash + 1, eol - dash - 1), &b)) {
+    return {0, size - 1};
+  }
+  return {a, b};
+}
+
+HubConfig CannedConfig(const CannedServer& server) {
+  HubConfig c;
+  c.endpoint = server.Url("");
+  c.token = Secret(kToken);
+  c.backoff_initial = milliseconds(10);
+  c.backoff_max = milliseconds(50);
+  c.stall_timeout = milliseconds(1000);
+  return c;
+}
+
+TEST(HttpCannedTest, RelativeRedirectsResolveAgainstTheCurrentUrl) {
+  // The server's port, for its own answers (atomic: the server thread
+  // reads it, and TSan does not see the order a socket gives).
+  std::atomic<int> port{0};
+  auto server = std::make_unique<CannedServer>([&](const std::string& head) {
+    const std::string path = Path(head);
+    if (path == "/a/b/start") return Answer(307, {"Location: ../c?x=1"}, "");
+    if (path == "/a/c?x=1") {
+      return Answer(302, {absl::StrCat("Location: //localhost:", port.load(), "/cdn/obj")}, "");
+    }
+    if (path == "/cdn/obj") return Answer(200, {}, "the object");
+    return Answer(404, {}, "");
+  });
+  port.store(server->port());
+  HttpClient client(CannedConfig(*server));
+  HttpRequest req;
+  req.url = server->Url("/a/b/start");
+  absl::StatusOr<HttpResponse> r = client.Send(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "the object");
+  EXPECT_EQ(r->url, absl::StrCat("http://localhost:", server->port(), "/cdn/obj"));
+  std::vector<std::string> heads = server->heads();
+  ASSERT_EQ(heads.size(), 3u);
+  EXPECT_TRUE(HasAuthorization(heads[0]));
+  EXPECT_TRUE(HasAuthorization(heads[1]));   // the same scheme://host:port
+  EXPECT_FALSE(HasAuthorization(heads[2]));  // another host name
+}
+
+TEST(HttpCannedTest, NoTokenToAnotherPort) {
+  CannedServer other([](const std::string&) { return Answer(200, {}, "other"); });
+  const std::string target = other.Url("/x");
+  CannedServer endpoint([&](const std::string&) {
+    return Answer(302, {absl::StrCat("Location: ", target)}, "");
+  });
+  HttpClient client(CannedConfig(endpoint));
+  HttpRequest req;
+  req.url = endpoint.Url("/start");
+  absl::StatusOr<HttpResponse> r = client.Send(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->body, "other");
+  ASSERT_EQ(other.heads().size(), 1u);
+  EXPECT_FALSE(HasAuthorization(other.heads()[0]));
+  EXPECT_TRUE(HasAuthorization(endpoint.heads()[0]));
+  // A caller's own Authorization (an LFS action's) stays with its origin.
+  req.headers.push_back({"authorization", "Basic c2VjcmV0"});
+  r = client.Send(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(other.heads().size(), 2u);
+  EXPECT_FALSE(absl::StrContains(absl::AsciiStrToLower(other.heads()[1]), "authorization"));
+  EXPECT_TRUE(absl::StrContains(endpoint.heads()[1], "Basic c2VjcmV0"));
+  EXPECT_FALSE(HasAuthorization(endpoint.heads()[1]));  // the caller's, not ours
+}
+
+TEST(HttpCannedTest, TooManyRedirects) {
+  CannedServer server([](const std::string&) { return Answer(302, {"Location: /loop"}, ""); });
+  HttpClient client(CannedConfig(server));
+  HttpRequest req;
+  req.url = server.Url("/loop");
+  absl::StatusOr<HttpResponse> r = client.Send(req);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_EQ(server.heads().size(), static_cast<size_t>(kMaxRedirects) + 1);
+  std::vector<uint8_t> out(10);
+  EXPECT_EQ(client.GetRange(server.Url("/loop"), 0, absl::MakeSpan(out)).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // A redirect to something that is not HTTP.
+  CannedServer ftp([](const std::string&) { return Answer(302, {"Location: ftp://x/y"}, ""); });
+  HttpClient c2(CannedConfig(ftp));
+  req.url = ftp.Url("/");
+  EXPECT_EQ(c2.Send(req).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(HttpCannedTest, PostRedirectedBy303BecomesGet) {
+  CannedServer server([](const std::string& head) {
+    if (absl::StartsWith(head, "POST /form")) return Answer(303, {"Location: /done"}, "");
+    if (absl::StartsWith(head, "GET /done")) return Answer(200, {}, "done");
+    return Answer(400, {}, "");
+  });
+  HttpClient client(CannedConfig(server));
+  HttpRequest req;
+  req.method = "POST";
+  req.url = server.Url("/form");
+  req.body = "{}";
+  absl::StatusOr<HttpResponse> r = client.Send(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->body, "done");
+}
+
+TEST(HttpCannedTest, RetryAfterAsAnHttpDate) {
+  std::atomic<int> calls{0};
+  CannedServer server([&](const std::string&) {
+    if (calls.fetch_add(1) == 0) {
+      char date[64];
+      time_t when = time(nullptr) + 2;
+      struct tm tm;
+      gmtime_r(&when, &tm);
+      strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+      return Answer(503, {absl::StrCat("Retry-After: ", date)}, "");
+    }
+    return Answer(200, {}, "ok");
+  });
+  HttpClient client(CannedConfig(server));
+  HttpRequest req;
+  req.url = server.Url("/x");
+  Clock::time_point t0 = Clock::now();
+  absl::StatusOr<HttpResponse> r = client.Send(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_GE(Seconds(t0), 1.0);  // 1 to 2 s by the date's whole seconds
+}
+
+TEST(HttpCannedTest, AServerThatIgnoresRange) {
+  const std::string object = std::string(3u << 20, 'a') + "end";
+  CannedServer server([&](const std::string&) { return Answer(200, {}, object); });
+  HubConfig c = CannedConfig(server);
+  c.parallel_connections = 8;
+  HttpClient client(c);
+  // All of it: the 200 is the object, accepted, and no more requests.
+  std::vector<uint8_t> out(object.size());
+  absl::Status s = client.GetRange(server.Url("/o"), 0, absl::MakeSpan(out), object.size());
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(std::string(out.begin(), out.end()), object);
+  EXPECT_EQ(server.heads().size(), 1u);
+  // A part of it: a 200 is not what was asked.
+  std::vector<uint8_t> part(1000);
+  s = client.GetRange(server.Url("/o"), 0, absl::MakeSpan(part));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  s = client.GetRange(server.Url("/o"), 5, absl::MakeSpan(part));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+}
+
+TEST(HttpCannedTest, WrongContentRangeIsDataLoss) {
+  const uint64_t size = 5000;
+  enum Mode { kRight, kShifted, kLonger, kMissing };
+  std::atomic<int> mode{kRight};
+  CannedServer server([&](const std::string& head) {
+    auto [a, b] = RangeOf(head, size);
+    if (mode.load() == kShifted) ++a, ++b;
+    std::string body(b - a + 1, 'x');
+    if (mode.load() == kLonger) body += "more";
+    std::vector<std::string> headers = {absl::StrCat("Content-Range: bytes ", a, "-", b, "/", size)};
+    if (mode.load() == kMissing) headers.clear();
+    return Answer(206, headers, body);
+  });
+  HttpClient client(CannedConfig(server));
+  std::vector<uint8_t> out(1000);
+  for (int m : {kShifted, kLonger, kMissing}) {
+    mode.store(m);
+    absl::Status s = client.GetRange(server.Url("/o"), 100, absl::MakeSpan(out));
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << m << ": " << s;
+  }
+  mode.store(kRight);
+  EXPECT_TRUE(client.GetRange(server.Url("/o"), 100, absl::MakeSpan(out), size).ok());
+}
+
+TEST(HttpCannedTest, HugeHeadersAreRefused) {
+  CannedServer server([](const std::string&) {
+    std::vector<std::string> headers;
+    for (int i = 0; i < 400; ++i) headers.push_back(absl::StrCat("X-Pad-", i, ": ", std::string(1000, 'p')));
+    return Answer(200, headers, "ok");
+  });
+  HttpClient client(CannedConfig(server));
+  HttpRequest req;
+  req.url = server.Url("/");
+  EXPECT_EQ(client.Send(req).status().code(), absl::StatusCode::kResourceExhausted);
 }
 
 }  // namespace
