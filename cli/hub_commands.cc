@@ -216,7 +216,14 @@ absl::Status AddModelCard(const std::string& dir, const hub::RepoInfo& info, con
 
 }  // namespace
 
-bool IsHubInput(const std::string& input) { return !PathExists(input) && hub::LooksLikeHubName(input); }
+bool IsHubInput(const std::string& input) {
+  if (PathExists(input) || !hub::LooksLikeHubName(input)) return false;
+  if (absl::StartsWith(input, "hf://")) return true;
+  // "models/x.bs" where ./models exists is a local path with a typo, not a
+  // repo of the user "models" (which would cost a trip to the Hub and a
+  // confusing 404, or minutes of retries without a network).
+  return !IsDirectory(input.substr(0, input.find('/')));
+}
 
 int RunHubCompress(const CompressArgs& args) {
   const bool show = ShowProgress(args.json, args.quiet);

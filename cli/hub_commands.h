@@ -15,8 +15,9 @@
 
 namespace bigsmall::cli {
 
-// True when a command's INPUT names a Hub model: it is not an existing local
-// path and it looks like one (hub::LooksLikeHubName).
+// True when a command's INPUT names a Hub model: "hf://owner/repo[@rev]", or
+// "owner/repo[@rev]" when that is no existing local path and no local
+// directory "owner" exists (hub::LooksLikeHubName).
 bool IsHubInput(const std::string& input);
 
 // Downloads every file of the repo at the revision into the cache (with

@@ -366,6 +366,22 @@ def test_upload_info_and_decompress_from_hub(env):
     check(tree(back) == tree(env.repo_src), "files decompressed from the Hub differ from the original repo")
     check(not os.path.exists(os.path.join(cache2, ".bigsmall-staging")), "staging left in the cache")
     scan_cache(cache2, {"alice/tiny-bs"})
+    # Another branch (--revision), read back by name@branch.
+    p = run(["upload", out, "alice/tiny-bs", "--revision", "dev", "--json"], up_env, expect=EXIT_OK)
+    dev_commit = json.loads(p.stdout)["commit"]
+    j = json.loads(run(["info", "alice/tiny-bs@dev", "--json"], env.environ(cache2), expect=EXIT_OK).stdout)
+    check(j["hub"]["commit"] == dev_commit and j["hub"]["revision"] == "dev", "info @dev: %s" % j["hub"])
+    # A repo holding one .bs file (no manifest): info and decompress give that file.
+    single = os.path.join(d, "single")
+    os.makedirs(single)
+    shutil.copyfile(os.path.join(out, "model-00002-of-00002.safetensors.bs"),
+                    os.path.join(single, "model.safetensors.bs"))
+    run(["upload", single, "alice/single-bs", "--create", "-q"], up_env, expect=EXIT_OK)
+    j = json.loads(run(["info", "alice/single-bs", "--json"], env.environ(cache2), expect=EXIT_OK).stdout)
+    check(j["kind"] == "file" and j["path"].endswith("/model.safetensors.bs"), "single info %s" % j)
+    one = os.path.join(d, "one.safetensors")
+    run(["decompress", "alice/single-bs", "-o", one, "-q"], env.environ(cache2), expect=EXIT_OK)
+    check(sha256(one) == sha256(os.path.join(env.repo_src, "model-00002-of-00002.safetensors")), "single file")
     # A repo that is not compressed is refused clearly.
     p = run(["decompress", "alice/tiny", "-o", os.path.join(d, "x")], env.environ(cache2), expect=EXIT_FAILURE)
     check("not a BigSmall repo" in p.stderr, p.stderr)
@@ -545,6 +561,9 @@ def test_offline_uses_the_cache_and_fails_clearly_without(env):
     out = os.path.join(d, "offline.bs")
     p = run(["compress", "alice/tiny", "-o", out, "--json"], env.environ(cache, offline=True), expect=EXIT_OK)
     check(json.loads(p.stdout)["hub"]["commit"] == j["hub"]["commit"], p.stdout)
+    # A commit hash names the same snapshot.
+    run(["compress", "hf://alice/tiny@" + j["hub"]["commit"], "-o", os.path.join(d, "bycommit.bs"), "-q"],
+        env.environ(cache, offline=True), expect=EXIT_OK)
     check(env.hub.stats()["requests"] == 0, "offline run reached the Hub: %s" % env.hub.stats()["log"])
     back = os.path.join(d, "back")
     run(["decompress", out, "-o", back, "-q"], env.environ(cache, offline=True), expect=EXIT_OK)
@@ -572,6 +591,15 @@ def test_help_lists_the_hub(env):
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     check(p.returncode == 0 and os.path.isdir(os.path.join(d, "alice", "tiny.bs")), p.stderr.decode())
     check(not os.path.exists(os.path.join(d, "c")), "a local path went to the Hub")
+    # A missing file in an existing local directory is a local path too (no trip to the Hub); hf:// is not.
+    env.hub.reset_stats()
+    p = subprocess.run([BIGSMALL, "info", "alice/typo.bs"], cwd=d, env=env.environ(os.path.join(d, "c")),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    check(p.returncode == EXIT_NOT_FOUND and b"no such file" in p.stderr, p.stderr.decode())
+    check(env.hub.stats()["requests"] == 0, "a local path went to the Hub: %s" % env.hub.stats()["log"])
+    p = subprocess.run([BIGSMALL, "info", "hf://alice/typo.bs"], cwd=d, env=env.environ(os.path.join(d, "c")),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    check(p.returncode == EXIT_NOT_FOUND and b"404" in p.stderr, p.stderr.decode())
 
 
 CASES = [test_help_lists_the_hub, test_compress_from_hub_then_decompress_locally,
