@@ -418,6 +418,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         sent = 0
         if self.command != "HEAD" and body:
+            if not self.split.path.startswith("/_fake/"):
+                STATE.throttle_wait(len(body))
             self.wfile.write(body)
             sent = len(body)
         self.record(status, sent)

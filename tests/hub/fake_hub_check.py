@@ -458,6 +458,8 @@ def check_huggingface_hub(fake, tmp, public, private, gated):
     check(open(hf.hf_hub_download("org/public", "added.txt"), "rb").read() == b"added\n",
           "download after /_fake/commit")
     check(api.model_info("org/public", revision=before).sha == before, "the old commit stays reachable")
+    fake.control("POST", "/_fake/tag", {"repo": "org/public", "tag": "v2", "target": "main"})
+    check(api.model_info("org/public", revision="v2").sha == after.sha, "/_fake/tag")
 
     # Uploads.
     up_dir = os.path.join(tmp, "upload")
