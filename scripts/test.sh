@@ -6,7 +6,7 @@
 #      integration tests, all of them
 #   3. TSan build (service ON, CUDA OFF): the daemon (cache, sessions, io_uring,
 #      config), client and integration tests. The codec-only tests (codec_test,
-#      codec_common_test, kernels_test, golden_test, cli_test) are left to
+#      codec_common_test, kernels_test, golden_test, cli_test, hub_cli_test) are left to
 #      stages 2 and 5: single-threaded decode loops, slow under TSan.
 #   4. libFuzzer smoke run of every decoder fuzz target (clang)
 #   5. Release build of everything (CUDA kernels too when nvcc is present), all tests
@@ -79,7 +79,7 @@ if [[ ${SKIP_TSAN:-0} != 1 ]]; then
   # of the plain add_test ones, the codec/CLI ones are left out below.
   TSAN_OPTIONS="suppressions=$root/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
     ctest --test-dir build-tsan --output-on-failure -j "$jobs" \
-      -E "^(golden_test|cli_test|kernels_cuda_archs)\$|_NOT_BUILT\$${TSAN_EXCLUDE:+|$TSAN_EXCLUDE}"
+      -E "^(golden_test|cli_test|hub_cli_test|kernels_cuda_archs)\$|_NOT_BUILT\$${TSAN_EXCLUDE:+|$TSAN_EXCLUDE}"
 fi
 
 if [[ ${SKIP_FUZZ:-0} != 1 ]]; then
