@@ -39,10 +39,12 @@ fi
 
 # huggingface_hub: tests/hub/fake_hub_check.py checks the fake Hub (the one the
 # hub/ tests run against) with it. pip for a user Python; for Debian's own
-# python3 (PEP 668, and Debian 12 has no package) pip with --break-system-packages.
+# python3 (PEP 668, and Debian 12 has no package) pip with --break-system-packages
+# (--user when not root).
 HF_HUB_SPEC='huggingface_hub>=0.30,<3'
 if ! python3 -c "import huggingface_hub" 2>/dev/null; then
   echo "install_deps: installing $HF_HUB_SPEC"
   python3 -m pip install --quiet "$HF_HUB_SPEC" 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages "$HF_HUB_SPEC"
+    python3 -m pip install --quiet --break-system-packages "$HF_HUB_SPEC" 2>/dev/null ||
+    python3 -m pip install --quiet --user --break-system-packages "$HF_HUB_SPEC"
 fi
