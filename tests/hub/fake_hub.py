@@ -308,6 +308,12 @@ STATE = None
 ARGS = None
 
 
+def header_value(v):
+    """A header value that cannot break the response (names from requests end up in messages)."""
+    v = re.sub(r"[\r\n\x00]+", " ", str(v))
+    return v.encode("latin-1", "backslashreplace").decode("latin-1")
+
+
 def parse_range(header, size):
     """Returns None (no/ignored Range), (start, end) inclusive, or 'bad' (416)."""
     if not header:
@@ -413,7 +419,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         for k, v in (headers or {}).items():
             if v is not None:
-                self.send_header(k, str(v))
+                self.send_header(k, header_value(v))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         sent = 0
@@ -457,7 +463,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         for k, v in headers.items():
             if v is not None:
-                self.send_header(k, str(v))
+                self.send_header(k, header_value(v))
         self.send_header("Content-Length", str(declared))
         self.end_headers()
         if self.command == "HEAD":
