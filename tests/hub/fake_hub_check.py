@@ -222,6 +222,10 @@ def check_protocol(fake, public):
     check(r.status == 404 and r.getheader("X-Error-Code") == "EntryNotFound" and
           r.getheader("X-Error-Message"), "404 EntryNotFound with X-Error-Message")
 
+    r, _ = fake.request("GET", "/org/public/resolve/a%0d%0aX-Evil:%201%E2%82%AC/config.json")
+    check(r.status == 404 and r.getheader("X-Evil") is None and r.getheader("X-Error-Code") == "RevisionNotFound",
+          "request text in X-Error-Message cannot add headers")
+
     # Faults.
     fake.control("DELETE", "/_fake/stats")
     fake.control("POST", "/_fake/faults", {"rules": [
