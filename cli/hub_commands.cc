@@ -63,23 +63,19 @@ struct HubSession {
   std::unique_ptr<hub::HubClient> client;
 };
 
-// INVALID_ARGUMENT from the name's parser is a usage error (exit 2).
-int FailName(const std::string& command, const absl::Status& status, bool json) {
-  if (absl::IsInvalidArgument(status)) {
-    return ReportError(command, std::string(status.message()), kExitUsage, json, "INVALID_ARGUMENT");
-  }
-  return Fail(command, status, json);
-}
-
-absl::StatusOr<HubSession> OpenSession(const std::string& name) {
-  HubSession s;
-  ASSIGN_OR_RETURN(s.ref, hub::ParseRepoRef(name));
-  ASSIGN_OR_RETURN(hub::HubConfig config, hub::HubConfigFromEnvironment());
+// Parses the name (a malformed one is a usage error, exit 2) and reads the
+// Hub's settings from the environment; kExitOk, or the error's exit code.
+int OpenSession(const std::string& command, const std::string& name, bool json, HubSession& s) {
+  absl::StatusOr<hub::RepoRef> ref = hub::ParseRepoRef(name);
+  if (!ref.ok()) return ReportError(command, std::string(ref.status().message()), kExitUsage, json, "INVALID_ARGUMENT");
+  s.ref = *std::move(ref);
+  absl::StatusOr<hub::HubConfig> config = hub::HubConfigFromEnvironment();
+  if (!config.ok()) return Fail(command, config.status(), json);
   // A process holding a token leaves no core file and refuses ptrace by its
   // peers (hub/secret.h); failing to is not fatal, only less protected.
-  if (!config.token.empty()) hub::DisableCoreDumps();
-  s.client = std::make_unique<hub::HubClient>(std::move(config));
-  return s;
+  if (!config->token.empty()) hub::DisableCoreDumps();
+  s.client = std::make_unique<hub::HubClient>(*std::move(config));
+  return kExitOk;
 }
 
 std::string RepoName(const hub::RepoRef& ref) {
@@ -227,9 +223,8 @@ bool IsHubInput(const std::string& input) {
 
 int RunHubCompress(const CompressArgs& args) {
   const bool show = ShowProgress(args.json, args.quiet);
-  absl::StatusOr<HubSession> session = OpenSession(args.input);
-  if (!session.ok()) return FailName("compress", session.status(), args.json);
-  HubSession& s = *session;
+  HubSession s;
+  if (int rc = OpenSession("compress", args.input, args.json, s); rc != kExitOk) return rc;
   const std::string output = args.output.empty() ? RepoName(s.ref) + ".bs" : args.output;
   if (int rc = CheckOutput("compress", output, args.force, /*directory=*/true, args.json); rc != kExitOk) return rc;
 
@@ -393,9 +388,8 @@ absl::Status NotCompressed(const hub::RepoInfo& info) {
 
 int RunHubDecompress(const DecompressArgs& args) {
   const bool show = ShowProgress(args.json, args.quiet);
-  absl::StatusOr<HubSession> session = OpenSession(args.input);
-  if (!session.ok()) return FailName("decompress", session.status(), args.json);
-  HubSession& s = *session;
+  HubSession s;
+  if (int rc = OpenSession("decompress", args.input, args.json, s); rc != kExitOk) return rc;
   absl::StatusOr<hub::RepoInfo> info = s.client->Resolve(s.ref);
   if (!info.ok()) return Fail("decompress", info.status(), args.json);
 
@@ -474,9 +468,8 @@ int RunHubDecompress(const DecompressArgs& args) {
 // info
 
 int RunHubInfo(const InfoArgs& args) {
-  absl::StatusOr<HubSession> session = OpenSession(args.input);
-  if (!session.ok()) return FailName("info", session.status(), args.json);
-  HubSession& s = *session;
+  HubSession s;
+  if (int rc = OpenSession("info", args.input, args.json, s); rc != kExitOk) return rc;
   absl::StatusOr<hub::RepoInfo> info = s.client->Resolve(s.ref);
   if (!info.ok()) return Fail("info", info.status(), args.json);
   const std::string label = HubLabel(*info);
@@ -551,9 +544,8 @@ int RunUpload(const UploadArgs& args) {
     return ReportError("upload", absl::StrCat(args.dir, ": not a directory (upload publishes a directory)"),
                        kExitUsage, args.json, "INVALID_ARGUMENT");
   }
-  absl::StatusOr<HubSession> session = OpenSession(args.repo);
-  if (!session.ok()) return FailName("upload", session.status(), args.json);
-  HubSession& s = *session;
+  HubSession s;
+  if (int rc = OpenSession("upload", args.repo, args.json, s); rc != kExitOk) return rc;
   hub::UploadOptions options;
   options.revision = args.revision;
   if (s.ref.revision_given) {

@@ -414,6 +414,9 @@ def test_hub_refusals_have_distinct_exit_codes(env):
     check("alice/nope" in p.stderr, p.stderr)
     # A malformed name that is no local path either: a usage error.
     run(["info", "hf://a--b/c"], env.environ(cache), expect=EXIT_USAGE)
+    # A malformed HF_ENDPOINT is no usage error: the environment is wrong (exit 1, saying so).
+    p = run(["info", "alice/tiny"], dict(env.environ(cache), HF_ENDPOINT="ftp://example"), expect=EXIT_FAILURE)
+    check("HF_ENDPOINT" in p.stderr, p.stderr)
     check(not [n for n in os.listdir(d) if n.endswith(".bs") and n not in ("s.bs", "g.bs")],
           "outputs left by refused runs: %s" % os.listdir(d))
 
