@@ -97,6 +97,12 @@ TEST(BigsmalldFlagsTest, BadFlagValuesExitTwoWithAMessage) {
       {{"--staging-bytes", "1K"}, "staging_bytes"},
       {{"--staging-bytes", "x"}, "staging-bytes"},
       {{"--fault-staging", "abc"}, "fault_staging"},
+      {{"--hub-allow", "a/b/c"}, "hub_allow"},
+      {{"--hub-allow", "acme/$(x)"}, "hub_allow"},
+      {{"--hub-concurrency", "100"}, "hub_concurrency"},
+      {{"--hub-max-bandwidth", "fast"}, "hub-max-bandwidth"},
+      {{"--hub-endpoint", "ftp://hub"}, "hub_endpoint"},
+      {{"--hub-token-file", "/nonexistent/token"}, "hub_token_file"},
       {{"--no-such-flag"}, "no-such-flag"},
   };
   for (const Case& c : cases) {
@@ -127,6 +133,10 @@ TEST(BigsmalldFlagsTest, BadConfigValuesExitTwoWithAMessage) {
       {R"({"gpu_memory": -1})", "gpu_memory"},
       {R"({"pipeline_depth": 0})", "pipeline_depth"},
       {R"({"staging_bytes": "10"})", "staging_bytes"},
+      {R"({"hub_allow": "acme"})", "hub_allow"},
+      {R"({"hub_allow": ["a/b/c"]})", "hub_allow"},
+      {R"({"hub": "yes"})", "hub"},
+      {R"({"hub_max_bandwidth": "x"})", "hub_max_bandwidth"},
       {R"({"io": )", "not valid JSON"},
   };
   int i = 0;
@@ -164,6 +174,14 @@ TEST(BigsmalldFlagsTest, GoodValuesAreAccepted) {
   EXPECT_NE(r.output.find("\"gpu_arena_size\": 67108864"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"pipeline_depth\": 5"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"staging_bytes\": 67108864"), std::string::npos) << r.output;
+  r = RunDaemon({"--hub-allow", "acme", "--hub-allow", "org/model-*", "--hub-max-bandwidth",
+                 "10M", "--hub-concurrency", "0", "--hub-offline", "--print-config"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"hub_max_bandwidth\": 10485760"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"hub_offline\": true"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"org/model-*\""), std::string::npos) << r.output;
+  r = RunDaemon({"--no-hub", "--print-config"});
+  EXPECT_NE(r.output.find("\"hub\": false"), std::string::npos) << r.output;
   r = RunDaemon({"--arena-size", "32M", "--print-config"});
   EXPECT_NE(r.output.find("\"arena_size\": 33554432"), std::string::npos) << r.output;
   unlink(path.c_str());

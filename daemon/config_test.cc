@@ -195,5 +195,47 @@ TEST(ConfigTest, GpuAndPipelineKeys) {
   }
 }
 
+TEST(ConfigTest, HubKeys) {
+  DaemonConfig c;
+  EXPECT_TRUE(c.hub);
+  EXPECT_TRUE(c.hub_allow.empty());
+  EXPECT_EQ(c.hub_concurrency, 2u);
+  EXPECT_EQ(c.hub_max_bandwidth, 0u);
+  EXPECT_FALSE(c.hub_offline);
+  auto json = nlohmann::json::parse(
+      R"({"hub": false, "hub_allow": ["acme", "org/m-*", "*"], "hub_endpoint": "http://h:1",
+          "hub_token_file": "/t", "hub_cache": "/c", "hub_max_bandwidth": "20M",
+          "hub_concurrency": 4, "hub_offline": true})");
+  ASSERT_TRUE(ApplyConfigJson(json, &c, nullptr).ok());
+  ASSERT_TRUE(FinalizeConfig(&c).ok());
+  EXPECT_FALSE(c.hub);
+  EXPECT_EQ(c.hub_allow, (std::vector<std::string>{"acme", "org/m-*", "*"}));
+  EXPECT_EQ(c.hub_max_bandwidth, 20ull << 20);
+  EXPECT_EQ(c.hub_concurrency, 4u);
+  EXPECT_TRUE(c.hub_offline);
+  EXPECT_EQ(ConfigToJson(c)["hub_endpoint"], "http://h:1");
+  for (const char* good : {"*", "acme", "acme/*", "acme/tiny-bs", "a.b_c/m-?.x"}) {
+    EXPECT_TRUE(ValidHubPattern(good)) << good;
+  }
+  for (const char* bad : {"", "/", "a/", "/b", "a/b/c", "a b", "a/$x", "a\n"}) {
+    EXPECT_FALSE(ValidHubPattern(bad)) << bad;
+  }
+  struct Bad {
+    std::function<void(DaemonConfig*)> set;
+    const char* key;
+  } bad[] = {
+      {[](DaemonConfig* c) { c->hub_allow = {"a/b/c"}; }, "hub_allow"},
+      {[](DaemonConfig* c) { c->hub_endpoint = "hub.example"; }, "hub_endpoint"},
+      {[](DaemonConfig* c) { c->hub_concurrency = 65; }, "hub_concurrency"},
+  };
+  for (const Bad& b : bad) {
+    DaemonConfig d;
+    b.set(&d);
+    absl::Status st = FinalizeConfig(&d);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << b.key;
+    EXPECT_NE(st.message().find(b.key), std::string::npos) << st;
+  }
+}
+
 }  // namespace
 }  // namespace bigsmall::daemon

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <functional>
 #include <map>
 #include <random>
@@ -295,6 +296,54 @@ TEST_F(ModelTest, TensorsAreFoundByNameEvenWhenEmpty) {
   EXPECT_EQ(copier.Next(&chunk, &layer), TensorCopier::Step::kDone);
   request.add_names("missing.weight");
   EXPECT_EQ(PlanTensorCopy(**model, request).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A model from sources that are already open (the Hub's): same plan, same
+// bytes as the file, its id from the path it is given, its key as given.
+TEST_F(ModelTest, OpenSourcesServesTheSameModelAsTheFile) {
+  auto file = Model::Open(bs_path_, ModelOptions{});
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::ifstream in(bs_path_, std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<ShardSource> shards;
+  const std::string path = "hf://acme/tiny@0123456789012345678901234567890123456789";
+  shards.push_back(ShardSource{MakeMemorySource(bytes, "mem"), path + "/m.safetensors.bs"});
+  auto model = Model::OpenSources(std::move(shards), path, "commit", path, ModelOptions{});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->path(), path);
+  EXPECT_EQ((*model)->key(), path);
+  EXPECT_EQ((*model)->fingerprint(), "commit");
+  EXPECT_NE((*model)->id(), (*file)->id());
+  EXPECT_EQ((*model)->num_layers(), (*file)->num_layers());
+  EXPECT_EQ((*model)->description().shards(0), path + "/m.safetensors.bs");
+  ExpectModelMatches(**model);
+  // A byte flipped in a layer's group (what a corrupt range would bring) is
+  // DATA_LOSS for that layer: the group checksum sees it.
+  const LayerPlan* plan = (*model)->layer(1);
+  const BsGroup& g = (*model)->shard(0).index().groups[plan->groups[0].second];
+  bytes[g.offset + g.size / 2] ^= 0x10;
+  std::vector<ShardSource> bad;
+  bad.push_back(ShardSource{MakeMemorySource(bytes, "mem"), path + "/m.safetensors.bs"});
+  auto damaged = Model::OpenSources(std::move(bad), path, "commit", path, ModelOptions{});
+  ASSERT_TRUE(damaged.ok()) << damaged.status();
+  auto layer = (*damaged)->LoadLayer(1, arenas_.get(), nullptr, nullptr);
+  EXPECT_EQ(layer.status().code(), absl::StatusCode::kDataLoss) << layer.status();
+  EXPECT_TRUE((*damaged)->LoadLayer(0, arenas_.get(), nullptr, nullptr).ok());
+  // No shard at all.
+  auto none = Model::OpenSources({}, path, "commit", path, ModelOptions{});
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(CheckShardIndexTest, EveryNamedShardMustBeThere) {
+  const std::string index =
+      R"({"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}})";
+  EXPECT_TRUE(CheckShardIndex(index, {"m-1.safetensors.bs", "m-2.safetensors.bs"}, "m").ok());
+  absl::Status missing = CheckShardIndex(index, {"m-1.safetensors.bs"}, "m");
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.message().find("m-2.safetensors.bs is missing"), std::string::npos);
+  EXPECT_EQ(CheckShardIndex("{", {}, "m").code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(CheckShardIndex(R"({"weight_map": 3})", {}, "m").code(),
+            absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

@@ -233,6 +233,57 @@ TEST_P(RegistryTest, DirectoryShardsAreOpenedBeneathItWithoutSymlinks) {
   EXPECT_EQ(registry.size(), 0u);
 }
 
+// Models that are not files (the Hub's): one per key and fingerprint,
+// opened once, under the same max_models as files; a new fingerprint for a
+// key replaces the old model.
+TEST_P(RegistryTest, KeyedModelsAreOpenedOncePerKeyAndFingerprint) {
+  std::vector<std::string> dropped;
+  RegistryOptions o = Options();
+  o.max_models = 2;
+  o.dropped = [&](const std::shared_ptr<Model>& m) { dropped.push_back(m->path()); };
+  ModelRegistry registry(o);
+  int opens = 0;
+  auto opener = [&](const std::string& key, const std::string& fingerprint) {
+    return [&, key, fingerprint]() -> absl::StatusOr<std::shared_ptr<Model>> {
+      ++opens;
+      auto source = OpenFileSource(root_ + "/b.bs");
+      if (!source.ok()) return source.status();
+      std::vector<ShardSource> shards;
+      shards.push_back(ShardSource{std::move(*source), key + "/b.bs"});
+      return Model::OpenSources(std::move(shards), key, fingerprint, key, ModelOptions{});
+    };
+  };
+  const std::string a = "hf://acme/a@1111111111111111111111111111111111111111";
+  auto first = registry.OpenKeyed(a, "c1", opener(a, "c1"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->already_open);
+  auto again = registry.OpenKeyed(a, "c1", opener(a, "c1"));
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->already_open);
+  EXPECT_EQ(again->model, first->model);
+  EXPECT_EQ(opens, 1);
+  EXPECT_TRUE(registry.Find(first->model->id()).ok());
+  // A file and a keyed model count alike against max_models.
+  ASSERT_TRUE(registry.Open(root_ + "/c.bs").ok());
+  const std::string b = "hf://acme/b@2222222222222222222222222222222222222222";
+  auto other = registry.OpenKeyed(b, "c2", opener(b, "c2"));
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(dropped, std::vector<std::string>{a});  // the least recently used
+  EXPECT_NE(other->model->id(), first->model->id());
+  // The same key with another fingerprint replaces the model.
+  auto replaced = registry.OpenKeyed(b, "c3", opener(b, "c3"));
+  ASSERT_TRUE(replaced.ok());
+  EXPECT_FALSE(replaced->already_open);
+  EXPECT_EQ(replaced->model->fingerprint(), "c3");
+  EXPECT_EQ(registry.size(), 2u);
+  // An open that fails registers nothing.
+  auto failed = registry.OpenKeyed("hf://acme/c@3", "x", [] {
+    return absl::StatusOr<std::shared_ptr<Model>>(absl::DataLossError("bad"));
+  });
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(registry.size(), 2u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Openat2AndFallback, RegistryTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Fallback" : "Openat2"; });
 
