@@ -19,7 +19,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "codec/status_util.h"
 
 namespace bigsmall::hub {
@@ -201,7 +200,7 @@ class TokenBucket {
     if (rate_ == 0) return;
     double wait_s = 0;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       Clock::time_point now = Clock::now();
       double elapsed = std::chrono::duration<double>(now - last_).count();
       last_ = now;
@@ -215,9 +214,11 @@ class TokenBucket {
  private:
   const uint64_t rate_;
   double burst_;
-  absl::Mutex mu_;
-  double tokens_ ABSL_GUARDED_BY(mu_);
-  Clock::time_point last_ ABSL_GUARDED_BY(mu_);
+  // std::mutex, not absl::Mutex: the system's absl is not built for TSan,
+  // which then cannot see its locking.
+  std::mutex mu_;
+  double tokens_;  // guarded by mu_
+  Clock::time_point last_;  // guarded by mu_
 };
 
 // ---------------------------------------------------------------- one transfer
