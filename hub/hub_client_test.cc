@@ -420,7 +420,8 @@ TEST_F(HubClientTest, ARevisionMovedMidDownloadStillYieldsTheResolvedCommit) {
   EXPECT_EQ(ReadFile(*path), g->moving_old);
   EXPECT_TRUE(absl::StrContains(*path, old->commit));
   // No request named the branch.
-  for (const nlohmann::json& e : Stats()["log"]) {
+  const nlohmann::json stats = Stats();
+  for (const nlohmann::json& e : stats["log"]) {
     EXPECT_FALSE(absl::StrContains(e.value("path", ""), "/resolve/main/")) << e.dump();
   }
   absl::StatusOr<RepoInfo> moved = client.Resolve(Ref("owner/moving"));
