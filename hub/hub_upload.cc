@@ -12,6 +12,8 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <new>
+#include <stdexcept>
 #include <optional>
 #include <string>
 #include <utility>
@@ -51,10 +53,12 @@ constexpr size_t kReadBytes = 1 << 20;
 // only for small files (it keeps binaries and anything over 10 MB in LFS).
 constexpr uint64_t kMaxRegularBytes = 64ull << 20;
 constexpr uint64_t kMaxCommitBodyBytes = 1ull << 30;
-// A "basic" LFS transfer is one PUT of the whole object, which HttpRequest
-// holds in memory; the Hub answers "multipart" (part-sized PUTs) for large
-// objects, so a basic transfer above this is refused rather than buffered.
-constexpr uint64_t kMaxBasicBytes = 1ull << 30;
+// A "basic" LFS transfer is one PUT of the whole object, and HttpRequest
+// holds a body in memory (it has no streaming body yet): the object is read
+// whole. S3 takes at most 5 GiB in one PUT, so the Hub answers "multipart"
+// (part-sized PUTs, read one part at a time) beyond; a basic transfer above
+// that is refused.
+constexpr uint64_t kMaxBasicBytes = 5ull << 30;
 // A multipart chunk_size the Hub may ask for (S3 allows 5 GiB; the Hub
 // uses far less), and parts per object (S3's limit).
 constexpr uint64_t kMaxPartBytes = 1ull << 30;
@@ -251,6 +255,20 @@ absl::Status ReadExactly(int fd, const LocalFile& file, uint64_t offset, char* o
           absl::StrCat("upload: ", Quoted(file.path), " got shorter while it was being uploaded"));
     }
     done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+// Room for `size` bytes, or RESOURCE_EXHAUSTED (no std::bad_alloc escapes).
+absl::Status Reserve(std::string* buffer, uint64_t size, const LocalFile& file) {
+  try {
+    buffer->resize(static_cast<size_t>(size));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "upload: no memory for ", size, " bytes of ", Quoted(file.path)));
+  } catch (const std::length_error&) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "upload: no memory for ", size, " bytes of ", Quoted(file.path)));
   }
   return absl::OkStatus();
 }
@@ -626,7 +644,7 @@ absl::Status Uploader::PutBasic(const LocalFile& file, const std::string& href) 
   request.url = href;
   // A presigned URL: huggingface_hub sends it no token either.
   request.authorize = false;
-  request.body.resize(file.size);
+  RETURN_IF_ERROR(Reserve(&request.body, file.size, file));
   RETURN_IF_ERROR(ReadExactly(fd.get(), file, 0, request.body.data(), file.size));
   Sha256 sha;
   sha.Update(request.body.data(), request.body.size());
@@ -671,7 +689,7 @@ absl::Status Uploader::PutMultipart(const LocalFile& file, const json& header,
     request.method = "PUT";
     request.url = url;
     request.authorize = false;  // presigned, as above
-    request.body.resize(size);
+    RETURN_IF_ERROR(Reserve(&request.body, size, file));
     RETURN_IF_ERROR(ReadExactly(fd.get(), file, offset, request.body.data(), size));
     sha.Update(request.body.data(), size);
     ASSIGN_OR_RETURN(HttpResponse response, Send(std::move(request)));
@@ -713,7 +731,7 @@ absl::Status Uploader::Commit(const std::vector<LocalFile>& files) {
                           {"size", file.size}}}});
     } else {
       ASSIGN_OR_RETURN(Fd fd, OpenBeneath(root_.get(), file));
-      content.resize(file.size);
+      RETURN_IF_ERROR(Reserve(&content, file.size, file));
       RETURN_IF_ERROR(ReadExactly(fd.get(), file, 0, content.data(), file.size));
       Sha256 sha;
       sha.Update(content.data(), content.size());
