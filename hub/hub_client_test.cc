@@ -8,6 +8,7 @@
 #include <openssl/evp.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -712,6 +713,51 @@ print("path", hf_hub_download("owner/interop", "sub/python.bin"))
   path = client.Download(*online, "sub/python.bin");
   ASSERT_TRUE(path.ok()) << path.status();
   EXPECT_EQ(Requests(), 0u);
+}
+
+TEST_F(HubClientInteropTest, WeWaitForHuggingfaceHubsDownloadOfTheSameFile) {
+  HubClient client(Config());
+  absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/interop"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const RepoFile* f = r->Find("model.safetensors");
+  ASSERT_NE(f, nullptr);
+  ASSERT_TRUE(g->hub->ResetStats().ok());
+  ASSERT_TRUE(g->hub->Throttle(200000).ok());  // about a second for Python's download
+  const std::string script = cache_dir_ + "-bg.py";
+  WriteFile(script, R"(
+from huggingface_hub import hf_hub_download
+print("path", hf_hub_download("owner/interop", "model.safetensors"))
+)");
+  const std::string cmd = absl::StrCat(
+      "env -u HF_TOKEN HF_HUB_CACHE='", cache_dir_, "' HF_ENDPOINT='", g->hub->endpoint(),
+      "' HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HOME='", g->dir,
+      "/hf-home' python3 '", script, "' 2>&1");
+  FILE* py = popen(cmd.c_str(), "r");
+  ASSERT_NE(py, nullptr);
+  // Python holds the blob's lock once its temporary file exists.
+  const std::string blobs = absl::StrCat(cache_dir_, "/models--owner--interop/blobs");
+  bool started = false;
+  for (int i = 0; i < 1000 && !started; ++i) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(blobs, ec)) {
+      if (absl::EndsWith(e.path().string(), ".incomplete")) started = true;
+    }
+    if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  absl::StatusOr<std::string> path = absl::UnknownError("not run");
+  if (started) path = client.Download(*r, "model.safetensors");
+  std::string out;
+  char buf[4096];
+  size_t got;
+  while ((got = fread(buf, 1, sizeof(buf), py)) > 0) out.append(buf, got);
+  EXPECT_EQ(pclose(py), 0) << out;
+  ASSERT_TRUE(g->hub->Throttle(0).ok());
+  ASSERT_TRUE(started) << "huggingface_hub's download did not start: " << out;
+  ASSERT_TRUE(path.ok()) << path.status();
+  EXPECT_TRUE(absl::StrContains(out, "path " + *path)) << out;
+  EXPECT_EQ(ReadFile(*path), Pattern(200000, 7));
+  // The bytes were sent once: to Python.
+  EXPECT_EQ(BytesSentFor(*f->sha256), f->size);
 }
 
 }  // namespace
