@@ -5,7 +5,10 @@
 // served from the cache without a byte of the files, private, gated and
 // refused repos, a connection dropped mid-body, a corrupt range (that
 // layer DATA_LOSS, then exact) and a corrupt download (never cached).
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <string>
@@ -75,6 +79,57 @@ std::vector<std::string> ListDir(const std::string& path) {
     closedir(d);
   }
   return out;
+}
+
+// A TCP port on 127.0.0.1 that nothing listens on right now.
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// GET /metrics from the daemon's exposer (retried while it starts, 5 s).
+std::string Metrics(int port) {
+  for (int attempt = 0; attempt < 250; ++attempt) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    std::string out;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+      const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+      if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(request.size())) {
+        char buf[8192];
+        ssize_t n;
+        while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
+      }
+    }
+    close(fd);
+    if (absl::StrContains(out, "bigsmall_")) return out;
+    std::this_thread::sleep_for(20ms);
+  }
+  return "";
+}
+
+// The value of one sample line ("name{labels} value") of a metrics text.
+double Sample(const std::string& text, const std::string& series) {
+  size_t pos = 0;
+  while ((pos = text.find(series + " ", pos)) != std::string::npos) {
+    if (pos == 0 || text[pos - 1] == '\n') return std::strtod(text.c_str() + pos + series.size(), nullptr);
+    ++pos;
+  }
+  return -1;
 }
 
 void WriteRepo(const std::string& repo, const std::string& options_json) {
@@ -252,6 +307,8 @@ TEST_F(HubIntegrationTest, FirstLayerIsServedBeforeTheDownloadEnds) {
   // less than the repo holds (and the cache is not complete).
   const nlohmann::json stats = Stats();
   EXPECT_LT(stats["total_bytes"].get<uint64_t>(), g_repo->total);
+  std::cout << "first layer held after " << stats["total_bytes"].get<uint64_t>()
+            << " bytes sent of the repo's " << g_repo->total << "\n";
   EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
   for (const auto& t : (*layer0)->tensors()) {
     const auto& want = g_repo->tensors.at(t.name);
@@ -288,7 +345,8 @@ TEST_F(HubIntegrationTest, SecondOpenAndOfflineAreServedFromTheCache) {
   // moved), no byte of a file is sent; by commit, nothing is asked at all.
   ASSERT_TRUE(fake_->ResetStats().ok());
   {
-    auto d = StartDaemon();
+    const int port = FreePort();
+    auto d = StartDaemon({"--metrics", absl::StrCat("127.0.0.1:", port)});
     auto desc = d->client().OpenModel(kRepo);
     ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
     EXPECT_EQ(CommitOf(*desc), commit);
@@ -298,6 +356,15 @@ TEST_F(HubIntegrationTest, SecondOpenAndOfflineAreServedFromTheCache) {
     nlohmann::json stats = Stats();
     EXPECT_EQ(FileBytes(stats), 0u) << stats.dump();
     EXPECT_EQ(stats["requests"].get<uint64_t>(), 1u) << stats.dump();
+    // The metrics say so: one open and every read from the cache, the API
+    // answer the only bytes fetched.
+    const std::string metrics = Metrics(port);
+    EXPECT_EQ(Sample(metrics, "bigsmall_hub_cache_hits_total{kind=\"open\"}"), 1) << metrics;
+    EXPECT_GT(Sample(metrics, "bigsmall_hub_cache_hits_total{kind=\"read\"}"), 0) << metrics;
+    EXPECT_EQ(Sample(metrics, "bigsmall_hub_bytes_fetched_total"),
+              static_cast<double>(stats["total_bytes"].get<uint64_t>()))
+        << metrics;
+    EXPECT_EQ(Sample(metrics, "bigsmall_hub_fetch_errors_total"), 0) << metrics;
     ASSERT_TRUE(fake_->ResetStats().ok());
     auto by_commit = d->client().OpenModel(absl::StrCat(kRepo, "@", commit));
     ASSERT_TRUE(by_commit.ok()) << by_commit.status();
@@ -336,7 +403,9 @@ TEST_F(HubIntegrationTest, PrivateRepoNeedsTheDaemonsToken) {
     EXPECT_EQ(desc.status().message(), kNotAllowed);
   }
   ASSERT_TRUE(fake_->ResetStats().ok());
-  auto d = StartDaemon({"--hub-token-file", token_file_, "--hub-allow", "acme/private-*"});
+  const int port = FreePort();
+  auto d = StartDaemon({"--hub-token-file", token_file_, "--hub-allow", "acme/private-*",
+                        "--metrics", absl::StrCat("127.0.0.1:", port)});
   auto desc = d->client().OpenModel(kPrivate);
   ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
   auto compared = StreamExact(d->client(), desc->model_id());
@@ -349,6 +418,9 @@ TEST_F(HubIntegrationTest, PrivateRepoNeedsTheDaemonsToken) {
       EXPECT_TRUE(entry["authorized"].get<bool>()) << entry.dump();
     }
   }
+  const std::string metrics = Metrics(port);
+  EXPECT_GT(Sample(metrics, "bigsmall_hub_bytes_fetched_total"), 0) << metrics;
+  EXPECT_FALSE(absl::StrContains(metrics, "hf_daemon")) << metrics;
   EXPECT_TRUE(d->Stop());
   EXPECT_FALSE(absl::StrContains(d->log(), kToken));
   EXPECT_FALSE(absl::StrContains(d->log(), "hf_daemon"));
@@ -378,7 +450,8 @@ TEST_F(HubIntegrationTest, GatedAndRefusedRepos) {
 
 TEST_F(HubIntegrationTest, DroppedConnectionsResume) {
   // No background fill: every layer is read by ranged GETs.
-  auto d = StartDaemon({"--hub-concurrency", "0"});
+  const int port = FreePort();
+  auto d = StartDaemon({"--hub-concurrency", "0", "--metrics", absl::StrCat("127.0.0.1:", port)});
   auto desc = d->client().OpenModel(kRepo);
   ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
   ASSERT_TRUE(fake_
@@ -395,6 +468,9 @@ TEST_F(HubIntegrationTest, DroppedConnectionsResume) {
     if (entry["status"].get<int>() == 206 && entry["bytes"].get<uint64_t>() == 1000) ++dropped;
   }
   EXPECT_GE(dropped, 1) << stats.dump();
+  const std::string metrics = Metrics(port);
+  EXPECT_GE(Sample(metrics, "bigsmall_hub_retries_total"), dropped) << metrics;
+  EXPECT_EQ(Sample(metrics, "bigsmall_hub_fetch_errors_total"), 0) << metrics;
 }
 
 TEST_F(HubIntegrationTest, CorruptRangeIsDataLossThenExact) {
