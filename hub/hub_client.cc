@@ -150,13 +150,13 @@ absl::StatusOr<RepoInfo> ParseModelInfo(const RepoRef& ref, const std::string& b
     }
     auto size = s.find("size");
     if (size != s.end() && size->is_number_unsigned()) f.size = size->get<uint64_t>();
-    if (auto blob = s.find("blobId"); blob != s.end() && blob->is_string()) {
-      f.blob_id = blob->get<std::string>();
-      if (!IsHex(f.blob_id, 40)) {
-        return absl::DataLossError(absl::StrCat(what, ": file '", EscapeForLog(f.path),
-                                                "' has a malformed blobId"));
-      }
+    // Asked with ?blobs=true: every file has its git blob id.
+    auto blob = s.find("blobId");
+    if (blob == s.end() || !blob->is_string() || !IsHex(blob->get<std::string>(), 40)) {
+      return absl::DataLossError(absl::StrCat(what, ": file '", EscapeForLog(f.path),
+                                              "' has no 40-hex blobId"));
     }
+    f.blob_id = blob->get<std::string>();
     if (auto lfs = s.find("lfs"); lfs != s.end() && lfs->is_object()) {
       auto oid = lfs->find("sha256");
       if (oid == lfs->end() || !oid->is_string() || !IsHex(oid->get<std::string>(), 64)) {
@@ -369,8 +369,8 @@ struct HubClient::Impl {
     absl::Status s = cache.LinkSnapshot(repo.ref.repo_id, repo.commit, f.path, f.etag());
     if (!s.ok()) return s;
     if (repo.ref.revision != repo.commit && !IsCommitHash(repo.ref.revision)) {
-      s = cache.WriteRef(repo.ref.repo_id, repo.ref.revision, repo.commit);
-      if (!s.ok()) return s;
+      // Best effort, as huggingface_hub: the file is there either way.
+      cache.WriteRef(repo.ref.repo_id, repo.ref.revision, repo.commit).IgnoreError();
     }
     return SnapshotPath(repo, f.path);
   }
