@@ -98,7 +98,9 @@ class HttpClient {
   // Content-Range (or 200 with exactly the object when it is all of it);
   // anything else is DATA_LOSS or the HttpError. `total_size`, when known,
   // is checked against Content-Range's total. On error nothing of `out` is
-  // promised, and no transfer still writes it.
+  // promised, and no transfer still writes it. HTTP has no checksum of the
+  // bytes: a corrupted body arrives as sent; the caller verifies them
+  // (sha256 of an LFS object, the .bs checksums).
   absl::Status GetRange(const std::string& url, uint64_t offset, absl::Span<uint8_t> out,
                         uint64_t total_size = 0);
 
