@@ -132,17 +132,50 @@ absl::StatusOr<std::vector<std::string>> DownloadAll(hub::HubClient& client, con
   return out;
 }
 
-// The snapshot directory of the commit (huggingface_hub's layout), derived
-// from a downloaded file's snapshot path.
-std::string SnapshotDir(const std::string& snapshot_file, const std::string& relative) {
-  return snapshot_file.substr(0, snapshot_file.size() - relative.size() - 1);
+// The snapshot directory of the commit (huggingface_hub's layout):
+// <cache>/models--owner--name/snapshots/<commit>.
+std::string SnapshotDir(hub::HubClient& client, const hub::RepoInfo& info) {
+  return (fs::path(client.cache().RepoDir(info.ref.repo_id)) / "snapshots" / info.commit).string();
 }
 
 // ---------------------------------------------------------------------------
 // compress
 
+// A sharded checkpoint's index (NAME.safetensors.index.json) names every
+// shard: all of them must be in the listing. Offline, the listing is what
+// the cache holds, which may be part of the repo; compressing a part would
+// make a model that cannot load.
+absl::Status CheckShardIndex(const hub::RepoInfo& info, const std::string& path, const std::string& local) {
+  constexpr uint64_t kMaxIndexBytes = 64ull << 20;
+  if (!absl::EndsWith(path, ".safetensors.index.json")) return absl::OkStatus();
+  const std::string what = absl::StrCat(HubLabel(info), "/", EscapeForLog(path));
+  ASSIGN_OR_RETURN(uint64_t size, FileSize(local));
+  if (size > kMaxIndexBytes) return absl::InvalidArgumentError(absl::StrCat(what, ": ", size, " bytes, too large"));
+  std::FILE* f = std::fopen(local.c_str(), "rb");
+  if (f == nullptr) return ErrnoToStatus(errno, absl::StrCat("cannot open ", what));
+  std::string text(size, '\0');
+  const size_t got = std::fread(text.data(), 1, text.size(), f);
+  std::fclose(f);
+  if (got != text.size()) return absl::DataLossError(absl::StrCat(what, ": short read"));
+  const Json index = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    return absl::OkStatus();  // not an index we know: copied as it is
+  }
+  const std::string dir = fs::path(path).parent_path().string();
+  for (const auto& [tensor, shard] : index["weight_map"].items()) {
+    if (!shard.is_string()) continue;
+    const std::string rel = dir.empty() ? shard.get<std::string>() : absl::StrCat(dir, "/", shard.get<std::string>());
+    if (info.Find(rel) != nullptr) continue;
+    return absl::NotFoundError(absl::StrCat(
+        what, " names the shard '", EscapeForLog(rel), "', which ",
+        info.from_cache ? "the cache does not hold (offline: only what was downloaded before is there)"
+                        : "the repo lacks"));
+  }
+  return absl::OkStatus();
+}
+
 std::string ModelCard(const hub::RepoInfo& info, const std::string& endpoint, const CompressStats& stats,
-                      Mode mode, bool kept_readme) {
+                      Mode mode, const std::string& base, bool kept_readme) {
   const std::string& repo = info.ref.repo_id;
   std::string card = absl::StrCat(
       "---\n"
@@ -171,6 +204,11 @@ std::string ModelCard(const hub::RepoInfo& info, const std::string& endpoint, co
       "- Python `from_pretrained` on this repo: planned (not available yet).\n\n"
       "`bigsmall info OWNER/THIS-REPO` describes the compressed files from their headers and indexes "
       "without downloading them.\n");
+  if (!base.empty()) {
+    absl::StrAppend(&card, "\nThe tensors are stored as a fine-tune delta against the base model `",
+                    fs::path(base).filename().string(),
+                    "`: decompressing needs that base (`bigsmall decompress ... --base BASE`).\n");
+  }
   if (kept_readme) {
     absl::StrAppend(&card, "\nThe source repo's own README.md is kept as `", kOriginalReadme,
                     "` (decompress restores it as README.md).\n");
@@ -181,7 +219,7 @@ std::string ModelCard(const hub::RepoInfo& info, const std::string& endpoint, co
 // In the compressed directory `dir`: a source README.md moves to another
 // stored name (the manifest says so), and the model card becomes README.md.
 absl::Status AddModelCard(const std::string& dir, const hub::RepoInfo& info, const std::string& endpoint,
-                          const CompressStats& stats, Mode mode) {
+                          const CompressStats& stats, Mode mode, const std::string& base) {
   ASSIGN_OR_RETURN(ModelManifest manifest, ReadManifest(dir));
   bool kept = false;
   std::set<std::string> names;
@@ -204,7 +242,7 @@ absl::Status AddModelCard(const std::string& dir, const hub::RepoInfo& info, con
     RETURN_IF_ERROR(WriteManifest(dir, manifest).status());
     break;
   }
-  const std::string card = ModelCard(info, endpoint, stats, mode, kept);
+  const std::string card = ModelCard(info, endpoint, stats, mode, base, kept);
   ASSIGN_OR_RETURN(AtomicFile f, AtomicFile::Create((fs::path(dir) / "README.md").string(), false));
   RETURN_IF_ERROR(f.Write(absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(card.data()), card.size())));
   return f.Commit();
@@ -249,7 +287,12 @@ int RunHubCompress(const CompressArgs& args) {
   }
   absl::StatusOr<std::vector<std::string>> local = DownloadAll(*s.client, *info, paths, show);
   if (!local.ok()) return Fail("compress", local.status(), args.json);
-  const std::string snapshot = SnapshotDir(local->front(), paths.front());
+  for (size_t i = 0; i < paths.size(); ++i) {
+    if (absl::Status st = CheckShardIndex(*info, paths[i], (*local)[i]); !st.ok()) {
+      return Fail("compress", st, args.json);
+    }
+  }
+  const std::string snapshot = SnapshotDir(*s.client, *info);
 
   // The output is built under a temporary name (the codec writes the
   // compressed directory there, then the model card is added) and renamed
@@ -268,7 +311,8 @@ int RunHubCompress(const CompressArgs& args) {
   absl::StatusOr<CompressStats> stats = CompressPath(snapshot, out->temp_path(), options);
   bar.Finish();
   if (!stats.ok()) return Fail("compress", stats.status(), args.json);
-  if (absl::Status st = AddModelCard(out->temp_path(), *info, s.client->config().endpoint, *stats, options.mode);
+  if (absl::Status st = AddModelCard(out->temp_path(), *info, s.client->config().endpoint, *stats, options.mode,
+                                   args.base);
       !st.ok()) {
     return Fail("compress", st, args.json);
   }
@@ -423,7 +467,7 @@ int RunHubDecompress(const DecompressArgs& args) {
     absl::StatusOr<std::vector<std::string>> manifest_file =
         DownloadAll(*s.client, *info, {kManifestName}, /*show=*/false);
     if (!manifest_file.ok()) return Fail("decompress", manifest_file.status(), args.json);
-    const std::string snapshot = SnapshotDir(manifest_file->front(), kManifestName);
+    const std::string snapshot = SnapshotDir(*s.client, *info);
     absl::StatusOr<ModelManifest> manifest = ReadManifest(snapshot);
     if (!manifest.ok()) return Fail("decompress", manifest.status(), args.json);
     std::vector<std::string> paths;

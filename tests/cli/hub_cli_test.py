@@ -316,6 +316,13 @@ def test_compress_from_hub_then_decompress_locally(env):
     st = env.hub.stats()
     check(not [e for e in st["log"] if "/resolve/" in e["path"] or "/_cdn/" in e["path"]],
           "files fetched again: %s" % st["log"])
+    # A fine-tune delta against a local base: the card says decompress needs it.
+    delta = os.path.join(d, "delta.bs")
+    run(["compress", "alice/tiny", "-o", delta, "--base", env.repo_src, "-q"], env.environ(cache), expect=EXIT_OK)
+    check("--base" in open(os.path.join(delta, "README.md")).read(), "the card of a delta does not say --base")
+    back2 = os.path.join(d, "back2")
+    run(["decompress", delta, "-o", back2, "--base", env.repo_src, "-q"], env.environ(cache), expect=EXIT_OK)
+    check(tree(back2) == tree(env.repo_src), "delta round trip differs")
     # An existing output needs --force (checked before any download).
     p = run(["compress", "alice/tiny", "-o", out], env.environ(cache), expect=6)
     check("--force" in p.stderr, p.stderr)
@@ -571,6 +578,15 @@ def test_offline_uses_the_cache_and_fails_clearly_without(env):
     back = os.path.join(d, "back")
     run(["decompress", out, "-o", back, "-q"], env.environ(cache, offline=True), expect=EXIT_OK)
     check(tree(back) == tree(env.repo_src), "offline output differs")
+    # A cache holding part of a sharded checkpoint: refused offline, not compressed in part.
+    partial = os.path.join(d, "partial-cache")
+    shutil.copytree(cache, partial, symlinks=True)
+    os.unlink(os.path.join(partial, "models--alice--tiny", "snapshots", j["hub"]["commit"],
+                           "model-00002-of-00002.safetensors"))
+    p = run(["compress", "alice/tiny", "-o", os.path.join(d, "part.bs")], env.environ(partial, offline=True),
+            expect=EXIT_NOT_FOUND)
+    check("model-00002-of-00002.safetensors" in p.stderr and "offline" in p.stderr, p.stderr)
+    check(not os.path.exists(os.path.join(d, "part.bs")), "a partial output was written")
     empty = os.path.join(d, "empty-cache")
     p = run(["compress", "alice/tiny", "-o", os.path.join(d, "none.bs"), "--json"],
             env.environ(empty, offline=True), expect=EXIT_NOT_FOUND)
