@@ -51,14 +51,14 @@ constexpr char kNotes[] =
     "  INPUT may be a .safetensors file or a model directory (every *.safetensors\n"
     "  shard is compressed, every other file is copied).\n"
     "  Default outputs: X.safetensors -> X.safetensors.bs, DIR -> DIR.bs, and back.\n"
-    "  compress, decompress and info also take a Hugging Face Hub model, owner/repo[@revision]\n"
-    "  or hf://owner/repo[@revision] (without hf://, a local path of that name, or a local\n"
-    "  directory 'owner', makes it a local path): compress downloads it\n"
-    "  into huggingface_hub's cache (resumable) and writes a .bs directory with a model card;\n"
-    "  decompress downloads a compressed repo and rebuilds the original files; info reads only\n"
-    "  the .bs headers and indexes, by range requests. The Hub is configured as huggingface_hub\n"
-    "  does it: HF_ENDPOINT, HF_TOKEN (or the token file of huggingface-cli login), HF_HUB_OFFLINE=1\n"
-    "  (the cache only), HF_HUB_CACHE / HF_HOME. The token is never printed.\n"
+    "  compress, decompress and info also take a Hugging Face Hub model: hf://owner/repo[@rev],\n"
+    "  or owner/repo[@rev] when no local path of that name and no local directory 'owner'\n"
+    "  exist. compress downloads it into huggingface_hub's cache (resumable) and writes a .bs\n"
+    "  directory with a model card (README.md); decompress downloads a compressed repo and\n"
+    "  rebuilds the original files; info reads only the .bs headers and indexes (range\n"
+    "  requests). upload publishes a directory. The Hub is configured as huggingface_hub does\n"
+    "  it: HF_ENDPOINT, HF_TOKEN (or the token file `huggingface-cli login` writes),\n"
+    "  HF_HUB_OFFLINE=1 (the cache only), HF_HUB_CACHE / HF_HOME. The token is never printed.\n"
     "  Outputs are written atomically; an existing output needs --force.\n"
     "  An interrupted run (SIGINT, SIGTERM, SIGHUP) removes its temporary output;\n"
     "  leftovers of a killed run are removed by the next run writing that output.\n"
@@ -87,7 +87,8 @@ int Main(int argc, char** argv) {
   app.require_subcommand(1);
 
   CompressArgs ca;
-  CLI::App* compress = app.add_subcommand("compress", "Compress a .safetensors file or a model directory");
+  CLI::App* compress =
+      app.add_subcommand("compress", "Compress a .safetensors file, a model directory or a Hub model");
   compress->add_option("INPUT", ca.input, ".safetensors file, model directory, or Hub model owner/repo[@revision]")
       ->required();
   compress->add_option("-o,--output", ca.output, "Output path (default: INPUT.bs; a Hub model: NAME.bs)");
@@ -109,7 +110,8 @@ int Main(int argc, char** argv) {
   AddReportFlags(compress, ca.json, ca.quiet);
 
   DecompressArgs da;
-  CLI::App* decompress = app.add_subcommand("decompress", "Rebuild the original file or directory from .bs");
+  CLI::App* decompress =
+      app.add_subcommand("decompress", "Rebuild the original file or directory from .bs (local or a Hub repo)");
   decompress->add_option("INPUT", da.input, kBsInput)->required();
   decompress->add_option("-o,--output", da.output, "Output path (default: INPUT without .bs)");
   decompress->add_option("--base", da.base, "The base model a fine-tune delta was made against");
@@ -118,7 +120,8 @@ int Main(int argc, char** argv) {
   AddReportFlags(decompress, da.json, da.quiet);
 
   InfoArgs ia;
-  CLI::App* info = app.add_subcommand("info", "Describe a .bs file or a compressed directory");
+  CLI::App* info =
+      app.add_subcommand("info", "Describe a .bs file, a compressed directory or a compressed Hub repo");
   info->add_option("INPUT", ia.input, kBsInput)->required();
   info->add_flag("--json", ia.json, "Print one JSON object");
   info->add_flag("--tensors", ia.tensors, "Add a per-tensor table (reads every tensor's blob header)");
@@ -132,7 +135,8 @@ int Main(int argc, char** argv) {
   AddReportFlags(verify, va.json, va.quiet);
 
   UploadArgs ua;
-  CLI::App* upload = app.add_subcommand("upload", "Publish a directory (e.g. a compressed one) to the Hugging Face Hub");
+  CLI::App* upload =
+      app.add_subcommand("upload", "Publish a directory (e.g. a compressed one) to the Hugging Face Hub");
   upload->add_option("DIR", ua.dir, "Directory to upload (every regular file in it)")->required();
   upload->add_option("REPO", ua.repo, "Hub repo owner/name")->required();
   upload->add_option("--revision", ua.revision, "Branch to commit to (default: main)");

@@ -621,10 +621,16 @@ def test_help_lists_the_hub(env):
     check(p.returncode == EXIT_NOT_FOUND and b"404" in p.stderr, p.stderr.decode())
 
 
-CASES = [test_help_lists_the_hub, test_compress_from_hub_then_decompress_locally,
-         test_upload_info_and_decompress_from_hub, test_hub_refusals_have_distinct_exit_codes,
-         test_unavailable_rate_limited_and_corrupt, test_token_is_never_printed, test_dropped_connection_mid_download_completes,
-         test_interrupted_download_resumes, test_progress_on_a_terminal, test_offline_uses_the_cache_and_fails_clearly_without]
+CASES = [test_help_lists_the_hub,
+         test_compress_from_hub_then_decompress_locally,
+         test_upload_info_and_decompress_from_hub,
+         test_hub_refusals_have_distinct_exit_codes,
+         test_unavailable_rate_limited_and_corrupt,
+         test_token_is_never_printed,
+         test_dropped_connection_mid_download_completes,
+         test_interrupted_download_resumes,
+         test_progress_on_a_terminal,
+         test_offline_uses_the_cache_and_fails_clearly_without]
 
 
 def main():
