@@ -302,6 +302,32 @@ TEST_F(HubUploadTest, AFifoInTheDirectoryIsRefused) {
   EXPECT_TRUE(absl::StrContains(result.status().message(), "pipe")) << result.status();
 }
 
+TEST_F(HubUploadTest, AFileThatChangesDuringTheUploadIsNotCommitted) {
+  const std::string dir = MakeModelDir();
+  absl::StatusOr<std::string> before = hub_->Control("GET", "/api/models/alice/existing");
+  ASSERT_TRUE(before.ok()) << before.status();
+  UploadOptions options;
+  bool changed = false;
+  // The first progress report comes after every file was hashed, before any
+  // LFS byte is sent: the big file grows then.
+  options.progress = [&](uint64_t, uint64_t) {
+    if (changed) return;
+    changed = true;
+    std::ofstream out(dir + "/shards/big.bs", std::ios::binary | std::ios::app);
+    out << "appended";
+  };
+  absl::StatusOr<UploadResult> result = UploadFolder(*client_, dir, "alice/existing", options);
+  ASSERT_TRUE(changed);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition) << result.status();
+  EXPECT_TRUE(absl::StrContains(result.status().message(), "shards/big.bs")) << result.status();
+  absl::StatusOr<std::string> after = hub_->Control("GET", "/api/models/alice/existing");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(nlohmann::json::parse(*after, nullptr, false).value("sha", "x"),
+            nlohmann::json::parse(*before, nullptr, false).value("sha", "y"))
+      << "a commit was made";
+}
+
 TEST_F(HubUploadTest, CommitsToABranchItCreates) {
   const std::string dir = MakeModelDir();
   absl::StatusOr<UploadResult> main = UploadFolder(*client_, dir, "alice/existing", {});
