@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -31,8 +32,9 @@ namespace fs = std::filesystem;
 
 // Files listed from the cache (offline resolve): more is not a model.
 constexpr size_t kMaxCachedFiles = 100'000;
-// The most one download holds in memory at once, whatever the config says.
-constexpr uint64_t kMaxWindowBytes = 1ull << 30;
+// The most one download window holds, whatever the config says (a download
+// holds two: one being fetched, one being appended).
+constexpr uint64_t kMaxWindowBytes = 512ull << 20;
 
 bool IsHex(absl::string_view s, size_t size) {
   if (s.size() != size) return false;
@@ -495,18 +497,40 @@ absl::StatusOr<std::string> HubClient::Download(const RepoInfo& repo, absl::stri
         1, kMaxWindowBytes);
     uint64_t offset = w.resume_offset();
     if (progress) progress(offset, f->size);
-    std::vector<uint8_t> buffer;
+    // Two windows: one is fetched while the other is appended (written and
+    // hashed) by a helper thread, always in order, so the .incomplete stays
+    // a prefix. Progress reports appended bytes, from this thread.
+    std::vector<uint8_t> buffers[2];
+    std::thread appender;
+    absl::Status append_status;
+    auto finish_append = [&] {
+      if (appender.joinable()) appender.join();
+      return append_status;
+    };
+    struct JoinOnExit {
+      std::thread& t;
+      ~JoinOnExit() {
+        if (t.joinable()) t.join();
+      }
+    } join_on_exit{appender};
+    int current = 0;
     while (offset < f->size) {
       const uint64_t n = std::min(window, f->size - offset);
+      std::vector<uint8_t>& buffer = buffers[current];
       if (buffer.size() < n) buffer.resize(static_cast<size_t>(n));
-      absl::Span<uint8_t> out(buffer.data(), static_cast<size_t>(n));
+      const absl::Span<uint8_t> out(buffer.data(), static_cast<size_t>(n));
       s = impl_->http.GetRange(url, offset, out, f->size);
-      if (!s.ok()) return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
-      s = w.Append(out);
-      if (!s.ok()) return s;
-      offset += n;
+      absl::Status appended = finish_append();  // the previous window
+      if (!appended.ok()) return appended;
       if (progress) progress(offset, f->size);
+      if (!s.ok()) return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+      appender = std::thread([&w, &append_status, out] { append_status = w.Append(out); });
+      offset += n;
+      current ^= 1;
     }
+    s = finish_append();
+    if (!s.ok()) return s;
+    if (progress) progress(offset, f->size);
   }
   absl::StatusOr<std::string> blob = w.Commit();
   if (!blob.ok()) return absl::Status(blob.status().code(), absl::StrCat(what, ": ", blob.status().message()));
