@@ -97,6 +97,7 @@ struct LocalFile {
   std::string sha256;  // lowercase hex
   std::string sample;  // the first kSampleBytes
   bool lfs = false;
+  bool unchanged = false;  // the branch has this very file at this path
 };
 
 std::string Quoted(absl::string_view path) { return absl::StrCat("'", EscapeForLog(path), "'"); }
@@ -275,8 +276,8 @@ absl::Status Reserve(std::string* buffer, uint64_t size, const LocalFile& file) 
 
 class Sha256 {
  public:
-  Sha256() : ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
-    ok_ = ctx_ != nullptr && EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) == 1;
+  explicit Sha256(const EVP_MD* md = EVP_sha256()) : ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
+    ok_ = ctx_ != nullptr && EVP_DigestInit_ex(ctx_.get(), md, nullptr) == 1;
   }
   void Update(const char* data, size_t size) {
     ok_ = ok_ && EVP_DigestUpdate(ctx_.get(), data, size) == 1;
@@ -372,6 +373,9 @@ class Uploader {
   absl::Status CreateRepo();
   absl::Status EnsureBranch();
   absl::Status Preupload(std::vector<LocalFile>& files);
+  absl::StatusOr<std::string> GitBlobId(const LocalFile& file);
+  // Nothing to commit: the branch's head.
+  absl::Status CurrentHead();
   absl::Status UploadLfs(std::vector<LocalFile>& files);
   absl::Status UploadObject(const LocalFile& file, const json& object);
   absl::Status PutBasic(const LocalFile& file, const std::string& href);
@@ -389,6 +393,8 @@ class Uploader {
   std::string repo_for_log_;
   Fd root_;
   UploadResult result_;
+  std::map<std::string, std::string> remote_oids_;  // path -> the branch's oid
+  bool orphan_branch_ = false;  // a new branch the commit makes (no base)
   uint64_t bytes_done_ = 0;
   uint64_t bytes_total_ = 0;
 };
@@ -466,8 +472,12 @@ absl::Status Uploader::EnsureBranch() {
   request.body = "{}";
   request.max_body = kMaxAnswerBytes;
   ASSIGN_OR_RETURN(response, Send(std::move(request)));
-  if ((response.status >= 200 && response.status < 300) || response.status == 409 ||
-      (response.status == 404 && response.Header("x-error-code") == nullptr)) {
+  if ((response.status >= 200 && response.status < 300) || response.status == 409) {
+    return absl::OkStatus();
+  }
+  if (response.status == 404 && response.Header("x-error-code") == nullptr) {
+    // The commit will start the branch from nothing: every file goes in it.
+    orphan_branch_ = true;
     return absl::OkStatus();
   }
   return HttpError(response, absl::StrCat("upload: create branch ", Quoted(revision), " of ",
@@ -497,6 +507,9 @@ absl::Status Uploader::Preupload(std::vector<LocalFile>& files) {
       if (!path || !mode) return Malformed(what, "a file without path or uploadMode");
       auto it = by_path.find(*path);
       if (it == by_path.end()) return Malformed(what, "a file that was not asked about");
+      if (const auto oid = StringMember(entry, "oid"); oid && !orphan_branch_) {
+        remote_oids_[*path] = *oid;
+      }
       if (*mode == "lfs") {
         it->second->lfs = true;
       } else if (*mode == "regular") {
@@ -521,15 +534,40 @@ absl::Status Uploader::Preupload(std::vector<LocalFile>& files) {
           what, ": the Hub wants ", Quoted(file.path), " (", file.size,
           " bytes) committed inline; bigsmall inlines at most ", kMaxRegularBytes, " bytes"));
     }
+    auto remote = remote_oids_.find(file.path);
+    if (remote == remote_oids_.end()) continue;
+    if (file.lfs) {
+      file.unchanged = remote->second == file.sha256;
+    } else {
+      ASSIGN_OR_RETURN(std::string blob_id, GitBlobId(file));
+      file.unchanged = remote->second == blob_id;
+    }
   }
   return absl::OkStatus();
+}
+
+// Git's id of a regular file: sha1("blob <size>\0" + content).
+absl::StatusOr<std::string> Uploader::GitBlobId(const LocalFile& file) {
+  ASSIGN_OR_RETURN(Fd fd, OpenBeneath(root_.get(), file));
+  Sha256 sha1(EVP_sha1());
+  const std::string head = absl::StrCat("blob ", file.size, std::string(1, '\0'));
+  sha1.Update(head.data(), head.size());
+  std::vector<char> buffer(static_cast<size_t>(std::min<uint64_t>(kReadBytes, file.size)));
+  uint64_t offset = 0;
+  while (offset < file.size) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), file.size - offset));
+    RETURN_IF_ERROR(ReadExactly(fd.get(), file, offset, buffer.data(), n));
+    sha1.Update(buffer.data(), n);
+    offset += n;
+  }
+  return sha1.HexDigest();
 }
 
 absl::Status Uploader::UploadLfs(std::vector<LocalFile>& files) {
   // One object per distinct content (two files may share one).
   std::map<std::string, const LocalFile*> by_oid;
   for (const LocalFile& file : files) {
-    if (file.lfs) by_oid.emplace(file.sha256, &file);
+    if (file.lfs && !file.unchanged) by_oid.emplace(file.sha256, &file);
   }
   std::vector<const LocalFile*> objects;
   for (const auto& [oid, file] : by_oid) {
@@ -722,6 +760,7 @@ absl::Status Uploader::Commit(const std::vector<LocalFile>& files) {
   body += '\n';
   std::string content;
   for (const LocalFile& file : files) {
+    if (file.unchanged) continue;
     if (file.lfs) {
       body += Dump(json{{"key", "lfsFile"},
                         {"value",
@@ -767,6 +806,23 @@ absl::Status Uploader::Commit(const std::vector<LocalFile>& files) {
   return absl::OkStatus();
 }
 
+absl::Status Uploader::CurrentHead() {
+  const std::string what = absl::StrCat("upload: ", repo_for_log_, " revision ",
+                                        Quoted(options_.revision));
+  HttpRequest request;
+  request.url = absl::StrCat(endpoint_, "/api/models/", repo_id_, "/revision/",
+                             EncodeRevision(options_.revision));
+  request.max_body = kMaxAnswerBytes;
+  ASSIGN_OR_RETURN(HttpResponse response, Send(std::move(request)));
+  if (response.status < 200 || response.status >= 300) return HttpError(response, what);
+  json answer = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
+  const auto sha = answer.is_discarded() ? std::nullopt : StringMember(answer, "sha");
+  if (!sha) return Malformed(what, "no sha");
+  result_.commit = *sha;
+  result_.commit_url = absl::StrCat(endpoint_, "/", repo_id_, "/commit/", *sha);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<UploadResult> Uploader::Run(const std::string& dir) {
   ASSIGN_OR_RETURN(RepoRef ref, ParseRepoRef(repo_id_));
   if (ref.revision_given) {
@@ -799,9 +855,14 @@ absl::StatusOr<UploadResult> Uploader::Run(const std::string& dir) {
   if (options_.create_repo) RETURN_IF_ERROR(CreateRepo());
   RETURN_IF_ERROR(EnsureBranch());
   RETURN_IF_ERROR(Preupload(files));
+  result_.files = files.size();
+  for (const LocalFile& file : files) result_.files_unchanged += file.unchanged ? 1 : 0;
+  if (result_.files_unchanged == files.size()) {
+    RETURN_IF_ERROR(CurrentHead());
+    return result_;
+  }
   RETURN_IF_ERROR(UploadLfs(files));
   RETURN_IF_ERROR(Commit(files));
-  result_.files = files.size();
   return result_;
 }
 

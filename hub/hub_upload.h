@@ -4,7 +4,11 @@
 //      type: "model"}; 409 (exists) is fine.
 //   2. POST /api/models/{repo}/preupload/{rev} {files: [{path, size,
 //      sample (base64 of the first 512 bytes)}]}: the Hub says which files
-//      go through LFS ("uploadMode": "lfs") and which inline ("regular").
+//      go through LFS ("uploadMode": "lfs") and which inline ("regular"),
+//      and the "oid" of the file of that path the branch has now: a file
+//      that has not changed (that sha256 for LFS, its git blob sha1 for
+//      regular files) is left out of the commit, and when nothing changed
+//      no commit is made (huggingface_hub's create_commit does the same).
 //   3. POST /{repo}.git/info/lfs/objects/batch {operation: "upload",
 //      transfers: ["basic", "multipart"], objects: [{oid: sha256, size}],
 //      hash_algo: "sha256"}: objects the Hub already has come back without
@@ -38,8 +42,9 @@ struct UploadOptions {
 
 struct UploadResult {
   std::string commit;      // commitOid
-  std::string commit_url;
-  uint64_t files = 0;
+  std::string commit_url;  // (when nothing changed: the branch's head)
+  uint64_t files = 0;            // regular files beneath the directory
+  uint64_t files_unchanged = 0;  // on the branch as they are: not committed
   uint64_t lfs_files_sent = 0;     // uploaded now
   uint64_t lfs_files_skipped = 0;  // the Hub had them already
   uint64_t bytes_sent = 0;

@@ -218,9 +218,32 @@ TEST_F(HubUploadTest, ASecondUploadOfTheSameDirectorySendsNoLfsBytes) {
   absl::StatusOr<UploadResult> second = UploadFolder(*client_, dir, "alice/existing", {});
   ASSERT_TRUE(second.ok()) << second.status() << "\n" << hub_->log();
   EXPECT_EQ(second->lfs_files_sent, 0u);
-  EXPECT_EQ(second->lfs_files_skipped, 2u);
   EXPECT_EQ(second->bytes_sent, 0u);
+  EXPECT_EQ(second->files, files_.size());
+  // Nothing changed: no commit either (as huggingface_hub's create_commit).
+  EXPECT_EQ(second->files_unchanged, files_.size());
+  EXPECT_EQ(second->commit, first->commit);
   EXPECT_EQ(CountRequests("PUT", ""), 0);
+  EXPECT_EQ(CountRequests("POST", "/commit/"), 0);
+  ExpectDownloadsBack("alice/existing", "main");
+}
+
+TEST_F(HubUploadTest, OnlyTheFilesThatChangedAreCommittedAgain) {
+  const std::string dir = MakeModelDir();
+  absl::StatusOr<UploadResult> first = UploadFolder(*client_, dir, "alice/existing", {});
+  ASSERT_TRUE(first.ok()) << first.status() << "\n" << hub_->log();
+  files_["config.json"] = R"({"architectures": ["Llama"], "hidden_size": 96})";
+  WriteFile(dir + "/config.json", files_["config.json"]);
+  files_["model.bs"][1000] ^= 0x5A;
+  WriteFile(dir + "/model.bs", files_["model.bs"]);
+  ASSERT_TRUE(hub_->ResetStats().ok());
+  absl::StatusOr<UploadResult> second = UploadFolder(*client_, dir, "alice/existing", {});
+  ASSERT_TRUE(second.ok()) << second.status() << "\n" << hub_->log();
+  EXPECT_NE(second->commit, first->commit);
+  EXPECT_EQ(second->files_unchanged, files_.size() - 2);
+  EXPECT_EQ(second->lfs_files_sent, 1u);
+  EXPECT_EQ(second->lfs_files_skipped, 0u);
+  EXPECT_EQ(second->bytes_sent, files_["model.bs"].size());
   ExpectDownloadsBack("alice/existing", "main");
 }
 
