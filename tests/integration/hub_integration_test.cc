@@ -448,6 +448,29 @@ TEST_F(HubIntegrationTest, GatedAndRefusedRepos) {
   EXPECT_EQ(Stats()["requests"].get<uint64_t>(), 0u);
 }
 
+TEST_F(HubIntegrationTest, MovedBranchIsAnotherModel) {
+  auto d = StartDaemon({"--hub-concurrency", "0"});
+  auto before = d->client().OpenModel(kRepo);
+  ASSERT_TRUE(before.ok()) << before.status() << d->log();
+  // A new commit on main (a README change: the .bs files are the same).
+  ASSERT_TRUE(fake_
+                  ->Control("POST", "/_fake/commit",
+                            R"({"repo": "acme/tiny-bs", "branch": "main",
+                                "files": {"README.md": "bW92ZWQK"}})")
+                  .ok());
+  auto after = d->client().OpenModel(kRepo);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_NE(CommitOf(*after), CommitOf(*before));
+  EXPECT_NE(after->model_id(), before->model_id());
+  // The old commit is still the model that was open.
+  auto old = d->client().OpenModel(absl::StrCat(kRepo, "@", CommitOf(*before)));
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->model_id(), before->model_id());
+  auto compared = StreamExact(d->client(), after->model_id());
+  ASSERT_TRUE(compared.ok()) << compared.status() << d->log();
+  EXPECT_EQ(*compared, g_repo->tensors.size());
+}
+
 TEST_F(HubIntegrationTest, DroppedConnectionsResume) {
   // No background fill: every layer is read by ranged GETs.
   const int port = FreePort();
