@@ -1,7 +1,9 @@
 // Publishing a directory to the Hub through its commit API, the way
 // huggingface_hub's upload_folder does:
 //   1. (create_repo) POST /api/repos/create {name, organization, private,
-//      type: "model"}; 409 (exists) is fine.
+//      type: "model"}; 409 (exists) is fine. A branch other than main that
+//      the repo lacks is made first, as `hf upload --revision` does: POST
+//      /api/models/{repo}/branch/{branch} (409 fine).
 //   2. POST /api/models/{repo}/preupload/{rev} {files: [{path, size,
 //      sample (base64 of the first 512 bytes)}]}: the Hub says which files
 //      go through LFS ("uploadMode": "lfs") and which inline ("regular"),
