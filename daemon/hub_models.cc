@@ -30,7 +30,10 @@ constexpr uint64_t kMaxTokenFileBytes = 4096;
 // Bytes the fill reads and appends at a time; the stop flag is checked
 // between chunks.
 constexpr uint64_t kMinFillChunk = 256ull << 10;
-constexpr uint64_t kMaxFillChunk = 4ull << 20;
+constexpr uint64_t kMaxFillChunk = 16ull << 20;
+// The fill's ranged GETs: a whole chunk in 4 parallel parts.
+constexpr uint64_t kFillPartBytes = 4ull << 20;
+constexpr int kFillConnections = 4;
 // How long the fill waits for another process (huggingface_hub) that writes
 // the same blob; after that the file stays remote for now.
 constexpr int kFillLockTimeoutMs = 2000;
@@ -363,6 +366,8 @@ absl::StatusOr<std::unique_ptr<HubModels>> HubModels::Create(const DaemonConfig&
   }
   hub::HubConfig background = hub;
   background.max_bytes_per_second = config.hub_max_bandwidth;
+  background.part_bytes = kFillPartBytes;
+  background.parallel_connections = kFillConnections;
   spdlog::info("Hugging Face Hub models: endpoint {}, cache {}, token {}{}, allow {}",
                EscapeForLog(hub.endpoint), EscapeForLog(hub.cache_dir), hub.token.Describe(),
                hub.offline ? ", offline" : "",
