@@ -394,18 +394,17 @@ absl::StatusOr<RepoInfo> HubClient::Resolve(const RepoRef& ref, bool prefer_cach
   absl::Status s = CheckRef(ref);
   if (!s.ok()) return s;
   HubCache& cache = impl_->cache;
-  // A commit the cache has a snapshot of needs no network.
-  if (IsCommitHash(ref.revision)) {
-    if (std::optional<std::string> c = cache.CachedCommit(ref.repo_id, ref.revision);
-        c && *c == ref.revision) {
-      return impl_->FromCache(ref, *c);
+  // A commit the cache has a snapshot of needs no network; nor, with
+  // prefer_cache, a revision the cache resolved. A snapshot with no file yet
+  // (only a ref was written) is asked online unless offline.
+  const bool offline = impl_->config.offline;
+  if (offline || prefer_cache || IsCommitHash(ref.revision)) {
+    std::optional<std::string> c = cache.CachedCommit(ref.repo_id, ref.revision);
+    if (c && (offline || prefer_cache || *c == ref.revision)) {
+      absl::StatusOr<RepoInfo> cached = impl_->FromCache(ref, *c);
+      if (!cached.ok() || offline || !cached->files.empty()) return cached;
     }
-  }
-  if (impl_->config.offline || prefer_cache) {
-    if (std::optional<std::string> c = cache.CachedCommit(ref.repo_id, ref.revision)) {
-      return impl_->FromCache(ref, *c);
-    }
-    if (impl_->config.offline) return impl_->OfflineNotCached(HfName(ref));
+    if (offline) return impl_->OfflineNotCached(HfName(ref));
   }
   return impl_->ResolveOnline(ref);
 }

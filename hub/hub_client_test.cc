@@ -637,6 +637,26 @@ TEST_F(HubClientTest, ACachedCommitsListingIsCompletedOnline) {
   EXPECT_EQ((*src)->size(), g->model_big.size());
 }
 
+TEST_F(HubClientTest, ARefWithNothingCachedIsAskedOnlineEvenWithPreferCache) {
+  HubClient client(Config());
+  absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));  // writes refs/main only
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(client.cache().CachedCommit("owner/model", "main"), r->commit);
+  absl::StatusOr<RepoInfo> preferred = client.Resolve(Ref("owner/model"), /*prefer_cache=*/true);
+  ASSERT_TRUE(preferred.ok()) << preferred.status();
+  EXPECT_FALSE(preferred->from_cache);
+  EXPECT_EQ(preferred->files.size(), 3u);
+  // Offline, the cache is all there is: the commit, and no file.
+  HubConfig c = Config();
+  c.offline = true;
+  HubClient offline(c);
+  absl::StatusOr<RepoInfo> cached = offline.Resolve(Ref("owner/model"));
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  EXPECT_TRUE(cached->from_cache);
+  EXPECT_EQ(cached->commit, r->commit);
+  EXPECT_TRUE(cached->files.empty());
+}
+
 TEST_F(HubClientTest, HostilePathsFromTheHubAreRefused) {
   int n = 0;
   for (const char* hostile : {"../escape.bin", "/abs.bin", "a//b.bin", "a/./b.bin", "x/../../y"}) {
