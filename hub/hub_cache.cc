@@ -2,18 +2,17 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <limits>
 #include <optional>
-#include <cstring>
 #include <string>
 #include <thread>
 #include <utility>
@@ -82,8 +81,8 @@ absl::Status CheckRepoIdArg(absl::string_view repo_id) {
 
 absl::Status CheckEtagArg(absl::string_view etag) {
   if (!IsEtag(etag)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "blob id '", EscapeForLog(etag), "' is not 40 or 64 lowercase hex digits"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("blob id '", EscapeForLog(etag), "' is not 40 or 64 lowercase hex digits"));
   }
   return absl::OkStatus();
 }
@@ -115,9 +114,7 @@ absl::Status CheckRelPath(absl::string_view path, absl::string_view what) {
   return absl::OkStatus();
 }
 
-std::vector<std::string> Segments(absl::string_view path) {
-  return absl::StrSplit(path, '/');
-}
+std::vector<std::string> Segments(absl::string_view path) { return absl::StrSplit(path, '/'); }
 
 std::string RandomSuffix() {
   uint8_t bytes[8];
@@ -127,9 +124,9 @@ std::string RandomSuffix() {
     if (n < 0) {
       if (errno == EINTR) continue;
       // Fall back on something unique enough within this host.
-      const uint64_t t = static_cast<uint64_t>(
-          std::chrono::steady_clock::now().time_since_epoch().count()) ^
-                         (static_cast<uint64_t>(getpid()) << 40);
+      const uint64_t t =
+          static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+          (static_cast<uint64_t>(getpid()) << 40);
       std::memcpy(bytes, &t, sizeof(bytes));
       break;
     }
@@ -179,8 +176,8 @@ absl::StatusOr<Fd> OpenDirs(int base, const std::vector<std::string>& segments, 
     if (fd < 0) {
       const int err = errno;
       // O_NOFOLLOW on a symlink: ELOOP; O_DIRECTORY on one: ENOTDIR.
-      return ErrnoToStatus(err, absl::StrCat("open directory '", EscapeForLog(seg), "' in ",
-                                             EscapeForLog(where)));
+      return ErrnoToStatus(
+          err, absl::StrCat("open directory '", EscapeForLog(seg), "' in ", EscapeForLog(where)));
     }
     current = Fd(fd);
     dir = fd;
@@ -246,8 +243,7 @@ std::optional<std::string> ReadSmallFile(int dir, const std::string& name, size_
 // umask(2), which is not thread-safe): huggingface_hub's _chmod_and_move.
 std::optional<mode_t> ProbeFileMode(int dir) {
   const std::string name = "tmp_" + RandomSuffix();
-  Fd fd(openat(dir, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-               kFileMode));
+  Fd fd(openat(dir, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, kFileMode));
   if (!fd.valid()) return std::nullopt;
   struct stat st;
   const bool ok = fstat(fd.get(), &st) == 0;
@@ -315,12 +311,12 @@ absl::Status HubCache::BlobWriter::Append(absl::Span<const uint8_t> bytes) {
   if (s.complete) return absl::FailedPreconditionError("the blob is already complete");
   if (s.failed) return absl::FailedPreconditionError("the blob writer failed before");
   if (bytes.size() > s.expected_size - s.offset) {
-    return s.Fail(absl::DataLossError(absl::StrCat(
-        "blob ", s.etag, ": more bytes than its size ", s.expected_size, " (",
-        s.offset + bytes.size(), " so far)")));
+    return s.Fail(absl::DataLossError(absl::StrCat("blob ", s.etag, ": more bytes than its size ",
+                                                   s.expected_size, " (", s.offset + bytes.size(),
+                                                   " so far)")));
   }
-  absl::Status st = WriteAll(s.file_fd.get(), bytes.data(), bytes.size(), s.offset,
-                             EscapeForLog(s.blob_path));
+  absl::Status st =
+      WriteAll(s.file_fd.get(), bytes.data(), bytes.size(), s.offset, EscapeForLog(s.blob_path));
   if (!st.ok()) {
     s.failed = true;  // the .incomplete stays a prefix: a new writer resumes it
     s.file_fd.Reset();
@@ -358,13 +354,12 @@ absl::StatusOr<std::string> HubCache::BlobWriter::Commit() {
   if (fsync(s.file_fd.get()) != 0) {
     return ErrnoToStatus(errno, absl::StrCat("fsync ", EscapeForLog(s.blob_path)));
   }
-  if (renameat(s.blobs_fd.get(), s.incomplete_name.c_str(), s.blobs_fd.get(),
-               s.etag.c_str()) != 0) {
+  if (renameat(s.blobs_fd.get(), s.incomplete_name.c_str(), s.blobs_fd.get(), s.etag.c_str()) !=
+      0) {
     return ErrnoToStatus(errno, absl::StrCat("rename to ", EscapeForLog(s.blob_path)));
   }
   if (fsync(s.blobs_fd.get()) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("fsync the directory of ",
-                                             EscapeForLog(s.blob_path)));
+    return ErrnoToStatus(errno, absl::StrCat("fsync the directory of ", EscapeForLog(s.blob_path)));
   }
   s.file_fd.Reset();
   s.lock_fd.Reset();
@@ -553,9 +548,10 @@ absl::Status HubCache::LinkSnapshot(absl::string_view repo_id, absl::string_view
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> HubCache::BeginBlob(
-    absl::string_view repo_id, absl::string_view etag, uint64_t expected_size,
-    int lock_timeout_ms) {
+absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> HubCache::BeginBlob(absl::string_view repo_id,
+                                                                          absl::string_view etag,
+                                                                          uint64_t expected_size,
+                                                                          int lock_timeout_ms) {
   absl::Status st = CheckRepoIdArg(repo_id);
   if (!st.ok()) return st;
   st = CheckEtagArg(etag);
@@ -577,8 +573,8 @@ absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> HubCache::BeginBlob(
   if (Fd tag(openat(root->get(), "CACHEDIR.TAG",
                     O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, kFileMode));
       tag.valid()) {
-    WriteAll(tag.get(), reinterpret_cast<const uint8_t*>(kCacheDirTag), sizeof(kCacheDirTag) - 1,
-             0, "CACHEDIR.TAG")
+    WriteAll(tag.get(), reinterpret_cast<const uint8_t*>(kCacheDirTag), sizeof(kCacheDirTag) - 1, 0,
+             "CACHEDIR.TAG")
         .IgnoreError();
   }
 
@@ -600,8 +596,8 @@ absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> HubCache::BeginBlob(
     lfd = openat(locks->get(), lock_name.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
   }
   if (lfd < 0) {
-    return ErrnoToStatus(errno, absl::StrCat("open the lock of blob ", etag_s, " in ",
-                                             EscapeForLog(root_)));
+    return ErrnoToStatus(
+        errno, absl::StrCat("open the lock of blob ", etag_s, " in ", EscapeForLog(root_)));
   }
   state->lock_fd = Fd(lfd);
   const auto deadline =
@@ -613,10 +609,10 @@ absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> HubCache::BeginBlob(
       return ErrnoToStatus(errno, absl::StrCat("flock the lock of blob ", etag_s));
     }
     if (std::chrono::steady_clock::now() >= deadline) {
-      return absl::UnavailableError(absl::StrCat(
-          "blob ", etag_s, " of ", EscapeForLog(repo_id), ": another download still holds ",
-          EscapeForLog(root_), "/.locks/", folder, "/", lock_name, " after ", lock_timeout_ms,
-          " ms"));
+      return absl::UnavailableError(absl::StrCat("blob ", etag_s, " of ", EscapeForLog(repo_id),
+                                                 ": another download still holds ",
+                                                 EscapeForLog(root_), "/.locks/", folder, "/",
+                                                 lock_name, " after ", lock_timeout_ms, " ms"));
     }
     // Waiting on another process (flock has no timed wait).
     std::this_thread::sleep_for(wait);
@@ -638,8 +634,8 @@ absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> HubCache::BeginBlob(
   int ffd = openat(state->blobs_fd.get(), state->incomplete_name.c_str(),
                    O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, kFileMode);
   if (ffd < 0) {
-    return ErrnoToStatus(errno, absl::StrCat("open ", EscapeForLog(state->blob_path),
-                                             ".incomplete"));
+    return ErrnoToStatus(errno,
+                         absl::StrCat("open ", EscapeForLog(state->blob_path), ".incomplete"));
   }
   state->file_fd = Fd(ffd);
   if (fstat(ffd, &sb) != 0) return ErrnoToStatus(errno, "fstat a .incomplete blob");

@@ -1,11 +1,10 @@
 #include "hub/hub_cache.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <openssl/evp.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -128,8 +127,7 @@ TEST_F(HubCacheTest, LayoutIsHuggingfaceHubs) {
   EXPECT_EQ(fs::read_symlink(snap + "/sub/dir/model.safetensors").string(),
             "../../../../blobs/" + etag);
   EXPECT_EQ(ReadFile(snap + "/sub/dir/model.safetensors"), data);
-  EXPECT_EQ(cache.SnapshotFile(kRepo, kCommit, "model.safetensors"),
-            snap + "/model.safetensors");
+  EXPECT_EQ(cache.SnapshotFile(kRepo, kCommit, "model.safetensors"), snap + "/model.safetensors");
   EXPECT_EQ(cache.SnapshotFile(kRepo, kCommit, "missing"), std::nullopt);
   // Relinking is idempotent.
   EXPECT_TRUE(cache.LinkSnapshot(kRepo, kCommit, "model.safetensors", etag).ok());
@@ -264,9 +262,9 @@ TEST_F(HubCacheTest, HostileNamesAreRefused) {
   HubCache cache(root_);
   const std::string etag = Sha256Hex("x");
   for (const std::string& path :
-       {std::string("../escape"), std::string("/etc/passwd"), std::string("a//b"),
-        std::string(""), std::string("a/./b"), std::string("a/../../b"), std::string("a/"),
-        std::string("a\0b", 3), std::string(5000, 'a')}) {
+       {std::string("../escape"), std::string("/etc/passwd"), std::string("a//b"), std::string(""),
+        std::string("a/./b"), std::string("a/../../b"), std::string("a/"), std::string("a\0b", 3),
+        std::string(5000, 'a')}) {
     EXPECT_EQ(cache.LinkSnapshot(kRepo, kCommit, path, etag).code(),
               absl::StatusCode::kInvalidArgument)
         << path;
@@ -278,8 +276,7 @@ TEST_F(HubCacheTest, HostileNamesAreRefused) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(cache.LinkSnapshot(kRepo, kCommit, "f", "../../../etc").code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(cache.BeginBlob(kRepo, "../x", 1).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache.BeginBlob(kRepo, "../x", 1).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(cache.BeginBlob("../../x", etag, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(cache.WriteRef("a/b/c", "main", kCommit).code(), absl::StatusCode::kInvalidArgument);
@@ -338,8 +335,7 @@ TEST_F(HubCacheTest, TwoWritersOfOneBlobExcludeEachOther) {
   auto timed_out = cache.BeginBlob(kRepo, etag, data.size(), /*lock_timeout_ms=*/30);
   EXPECT_EQ(timed_out.status().code(), absl::StatusCode::kUnavailable) << timed_out.status();
   // One that waits finds the blob complete once the first commits.
-  absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> second =
-      absl::UnknownError("not run");
+  absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> second = absl::UnknownError("not run");
   std::thread waiter([&] {
     HubCache other(root_);
     second = other.BeginBlob(kRepo, etag, data.size(), 20000);
@@ -365,8 +361,9 @@ TEST_F(HubCacheTest, TheLockExcludesHuggingfaceHubsFileLock) {
   // Python holds the lock the way hf_hub_download does until `release` exists.
   const std::string cmd = absl::StrCat(
       "python3 -c \"import os,sys,time\nfrom filelock import FileLock\n"
-      "with FileLock('", lock, "'):\n  print('locked', flush=True)\n",
-      "  while not os.path.exists('", release, "'): time.sleep(0.01)\n\"");
+      "with FileLock('",
+      lock, "'):\n  print('locked', flush=True)\n", "  while not os.path.exists('", release,
+      "'): time.sleep(0.01)\n\"");
   FILE* py = popen(cmd.c_str(), "r");
   ASSERT_NE(py, nullptr);
   char line[64] = {};

@@ -8,13 +8,12 @@
 #include <cerrno>
 #include <filesystem>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -104,9 +103,8 @@ std::string AbsoluteUrl(absl::string_view base, absl::string_view location) {
   }
   if (absl::StartsWith(location, "/")) return absl::StrCat(origin, location);
   // Relative to the current directory.
-  absl::string_view path = path_start == absl::string_view::npos
-                               ? absl::string_view("/")
-                               : base.substr(path_start);
+  absl::string_view path =
+      path_start == absl::string_view::npos ? absl::string_view("/") : base.substr(path_start);
   path = path.substr(0, path.find_first_of("?#"));
   path = path.substr(0, path.rfind('/') + 1);
   return absl::StrCat(origin, path, location);
@@ -123,14 +121,14 @@ absl::StatusOr<RepoInfo> ParseModelInfo(const RepoRef& ref, const std::string& b
   info.ref = ref;
   auto sha = j.find("sha");
   if (sha == j.end() || !sha->is_string() || !IsCommitHash(sha->get<std::string>())) {
-    return absl::DataLossError(
-        absl::StrCat(what, ": the Hub's model info has no 40-hex \"sha\""));
+    return absl::DataLossError(absl::StrCat(what, ": the Hub's model info has no 40-hex \"sha\""));
   }
   info.commit = sha->get<std::string>();
   if (auto p = j.find("private"); p != j.end() && p->is_boolean()) info.is_private = p->get<bool>();
   if (auto g = j.find("gated"); g != j.end()) {
     // false, or "auto" / "manual".
-    info.gated = (g->is_boolean() && g->get<bool>()) || (g->is_string() && !g->get<std::string>().empty());
+    info.gated =
+        (g->is_boolean() && g->get<bool>()) || (g->is_string() && !g->get<std::string>().empty());
   }
   auto siblings = j.find("siblings");
   if (siblings == j.end()) return info;
@@ -139,7 +137,8 @@ absl::StatusOr<RepoInfo> ParseModelInfo(const RepoRef& ref, const std::string& b
   }
   info.files.reserve(siblings->size());
   for (const nlohmann::json& s : *siblings) {
-    if (!s.is_object()) return absl::DataLossError(absl::StrCat(what, ": a sibling is not an object"));
+    if (!s.is_object())
+      return absl::DataLossError(absl::StrCat(what, ": a sibling is not an object"));
     auto name = s.find("rfilename");
     if (name == s.end() || !name->is_string()) {
       return absl::DataLossError(absl::StrCat(what, ": a sibling has no \"rfilename\""));
@@ -155,15 +154,15 @@ absl::StatusOr<RepoInfo> ParseModelInfo(const RepoRef& ref, const std::string& b
     // Asked with ?blobs=true: every file has its git blob id.
     auto blob = s.find("blobId");
     if (blob == s.end() || !blob->is_string() || !IsHex(blob->get<std::string>(), 40)) {
-      return absl::DataLossError(absl::StrCat(what, ": file '", EscapeForLog(f.path),
-                                              "' has no 40-hex blobId"));
+      return absl::DataLossError(
+          absl::StrCat(what, ": file '", EscapeForLog(f.path), "' has no 40-hex blobId"));
     }
     f.blob_id = blob->get<std::string>();
     if (auto lfs = s.find("lfs"); lfs != s.end() && lfs->is_object()) {
       auto oid = lfs->find("sha256");
       if (oid == lfs->end() || !oid->is_string() || !IsHex(oid->get<std::string>(), 64)) {
-        return absl::DataLossError(absl::StrCat(what, ": LFS file '", EscapeForLog(f.path),
-                                                "' has no sha256"));
+        return absl::DataLossError(
+            absl::StrCat(what, ": LFS file '", EscapeForLog(f.path), "' has no sha256"));
       }
       f.sha256 = oid->get<std::string>();
       if (auto lsize = lfs->find("size"); lsize != lfs->end() && lsize->is_number_unsigned()) {
@@ -233,8 +232,8 @@ class RemoteSource final : public ByteSource {
   absl::Status PreadAll(int fd, uint64_t offset, absl::Span<uint8_t> out) {
     size_t done = 0;
     while (done < out.size()) {
-      ssize_t n = pread(fd, out.data() + done, out.size() - done,
-                        static_cast<off_t>(offset + done));
+      ssize_t n =
+          pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         return ErrnoToStatus(errno, absl::StrCat("read ", name_));
@@ -351,8 +350,8 @@ struct HubClient::Impl {
       absl::StatusOr<RepoInfo> online = ResolveOnline(at_commit);
       if (!online.ok()) return online.status();
       if (online->commit != repo.commit) {
-        return absl::DataLossError(absl::StrCat(HfName(repo), ": the Hub resolved the commit to ",
-                                                online->commit));
+        return absl::DataLossError(
+            absl::StrCat(HfName(repo), ": the Hub resolved the commit to ", online->commit));
       }
       fetched = *std::move(online);
       if (const RepoFile* f = fetched->Find(path)) return f;
@@ -386,8 +385,8 @@ HttpClient& HubClient::http() { return impl_->http; }
 HubCache& HubClient::cache() { return impl_->cache; }
 
 std::string HubClient::ResolveUrl(const RepoInfo& repo, absl::string_view path) const {
-  return absl::StrCat(impl_->config.endpoint, "/", repo.ref.repo_id, "/resolve/", repo.commit,
-                      "/", EncodePath(path));
+  return absl::StrCat(impl_->config.endpoint, "/", repo.ref.repo_id, "/resolve/", repo.commit, "/",
+                      EncodePath(path));
 }
 
 absl::StatusOr<RepoInfo> HubClient::Resolve(const RepoRef& ref, bool prefer_cache) {
@@ -425,8 +424,8 @@ absl::StatusOr<FileMeta> HubClient::Head(const RepoInfo& repo, absl::string_view
     resp = impl_->http.Send(req);
     if (!resp.ok()) return resp.status();
     const std::string* loc = resp->Header("location");
-    if (resp->status >= 300 && resp->status < 400 && loc != nullptr && absl::StartsWith(*loc, "/") &&
-        !absl::StartsWith(*loc, "//") && hop < kMaxRedirects) {
+    if (resp->status >= 300 && resp->status < 400 && loc != nullptr &&
+        absl::StartsWith(*loc, "/") && !absl::StartsWith(*loc, "//") && hop < kMaxRedirects) {
       req.url = AbsoluteUrl(req.url, *loc);
       continue;
     }
@@ -532,7 +531,8 @@ absl::StatusOr<std::string> HubClient::Download(const RepoInfo& repo, absl::stri
     if (progress) progress(offset, f->size);
   }
   absl::StatusOr<std::string> blob = w.Commit();
-  if (!blob.ok()) return absl::Status(blob.status().code(), absl::StrCat(what, ": ", blob.status().message()));
+  if (!blob.ok())
+    return absl::Status(blob.status().code(), absl::StrCat(what, ": ", blob.status().message()));
   writer->reset();
   return impl_->Finish(repo, *f);
 }
@@ -549,9 +549,9 @@ absl::StatusOr<std::unique_ptr<ByteSource>> HubClient::OpenRemote(const RepoInfo
   if (impl_->config.offline && !impl_->cache.BlobFile(repo.ref.repo_id, f->etag())) {
     return impl_->OfflineNotCached(name);
   }
-  return std::unique_ptr<ByteSource>(std::make_unique<RemoteSource>(
-      impl_->http_owner, impl_->cache_owner, repo.ref.repo_id, *f, ResolveUrl(repo, f->path),
-      std::move(name)));
+  return std::unique_ptr<ByteSource>(
+      std::make_unique<RemoteSource>(impl_->http_owner, impl_->cache_owner, repo.ref.repo_id, *f,
+                                     ResolveUrl(repo, f->path), std::move(name)));
 }
 
 }  // namespace bigsmall::hub

@@ -1,26 +1,24 @@
 // HubClient against the fake Hub (tests/hub/fake_hub.py, tests/hub/FAKE_HUB.md).
 #include "hub/hub_client.h"
 
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <atomic>
-#include <cstdint>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -78,9 +76,9 @@ void WriteFile(const std::string& path, const std::string& data) {
 struct Fixture {
   std::string dir;
   std::unique_ptr<FakeHub> hub;
-  std::string model_big = Pattern(3 << 20, 1);   // LFS, 3 MiB
+  std::string model_big = Pattern(3 << 20, 1);      // LFS, 3 MiB
   std::string model_small = "{\"hidden\": 384}\n";  // a plain git blob
-  std::string model_nested = Pattern(100000, 2);  // LFS in a subdirectory
+  std::string model_nested = Pattern(100000, 2);    // LFS in a subdirectory
   std::string moving_old = Pattern(2 << 20, 3);
   std::string moving_new = Pattern(2 << 20, 4);
 };
@@ -304,22 +302,26 @@ TEST_F(HubClientTest, DownloadIsBitExactAndThenServedFromTheCache) {
   absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
   ASSERT_TRUE(r.ok()) << r.status();
   std::vector<std::pair<uint64_t, uint64_t>> calls;
-  absl::StatusOr<std::string> path = client.Download(
-      *r, "model.safetensors", [&](uint64_t done, uint64_t total) { calls.push_back({done, total}); });
+  absl::StatusOr<std::string> path =
+      client.Download(*r, "model.safetensors", [&](uint64_t done, uint64_t total) {
+        calls.push_back({done, total});
+      });
   ASSERT_TRUE(path.ok()) << path.status();
   EXPECT_EQ(*path, absl::StrCat(client.cache().RepoDir("owner/model"), "/snapshots/", r->commit,
                                 "/model.safetensors"));
   EXPECT_EQ(ReadFile(*path), g->model_big);
   EXPECT_EQ(fs::read_symlink(*path).string(), "../../blobs/" + Sha256Hex(g->model_big));
   ASSERT_GE(calls.size(), 2u);
-  EXPECT_EQ(calls.back(), std::make_pair(uint64_t{g->model_big.size()}, uint64_t{g->model_big.size()}));
+  EXPECT_EQ(calls.back(),
+            std::make_pair(uint64_t{g->model_big.size()}, uint64_t{g->model_big.size()}));
   for (size_t i = 1; i < calls.size(); ++i) EXPECT_GE(calls[i].first, calls[i - 1].first);
   for (const char* p : {"config.json", "sub/dir/weights.bin"}) {
     absl::StatusOr<std::string> q = client.Download(*r, p);
     ASSERT_TRUE(q.ok()) << q.status();
   }
-  EXPECT_EQ(ReadFile(client.cache().SnapshotFile("owner/model", r->commit, "config.json").value_or("")),
-            g->model_small);
+  EXPECT_EQ(
+      ReadFile(client.cache().SnapshotFile("owner/model", r->commit, "config.json").value_or("")),
+      g->model_small);
   EXPECT_EQ(ReadFile(*client.cache().SnapshotFile("owner/model", r->commit, "sub/dir/weights.bin")),
             g->model_nested);
   // Again: no network at all.
@@ -341,8 +343,10 @@ TEST_F(HubClientTest, ADroppedConnectionIsResumed) {
   HubClient client(Config());
   absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
   ASSERT_TRUE(r.ok()) << r.status();
-  ASSERT_TRUE(g->hub->AddFaults(R"({"rules": [{"path": "^/_cdn/", "method": "GET",
-      "kind": "drop_after", "bytes": 100000, "times": 2}]})").ok());
+  ASSERT_TRUE(g->hub
+                  ->AddFaults(R"({"rules": [{"path": "^/_cdn/", "method": "GET",
+      "kind": "drop_after", "bytes": 100000, "times": 2}]})")
+                  .ok());
   absl::StatusOr<std::string> path = client.Download(*r, "model.safetensors");
   ASSERT_TRUE(path.ok()) << path.status();
   EXPECT_EQ(ReadFile(*path), g->model_big);
@@ -364,15 +368,17 @@ TEST_F(HubClientTest, AnInterruptedDownloadResumesFromItsIncomplete) {
           if (!armed && done >= (1u << 20)) {
             armed = true;
             stopped_at = done;
-            ASSERT_TRUE(g->hub->AddFaults(R"({"rules": [{"path": "^/_cdn/", "kind": "status",
-                "status": 503, "times": -1}]})").ok());
+            ASSERT_TRUE(g->hub
+                            ->AddFaults(R"({"rules": [{"path": "^/_cdn/", "kind": "status",
+                "status": 503, "times": -1}]})")
+                            .ok());
           }
         });
     EXPECT_EQ(path.status().code(), absl::StatusCode::kUnavailable) << path.status();
     EXPECT_FALSE(client.cache().BlobFile("owner/model", sha).has_value());
   }
-  const std::string incomplete = absl::StrCat(cache_dir_, "/models--owner--model/blobs/", sha,
-                                              ".incomplete");
+  const std::string incomplete =
+      absl::StrCat(cache_dir_, "/models--owner--model/blobs/", sha, ".incomplete");
   ASSERT_TRUE(fs::exists(incomplete));
   // What was appended before the failure stays: whole windows, a prefix.
   EXPECT_GE(fs::file_size(incomplete), stopped_at);
@@ -423,8 +429,9 @@ TEST_F(HubClientTest, CorruptBytesNeverBecomeAVisibleBlob) {
                         Case{"config.json", "/resolve/[0-9a-f]+/config[.]json$"}}) {
     const RepoFile* f = r->Find(c.path);
     ASSERT_NE(f, nullptr);
-    ASSERT_TRUE(g->hub->AddFaults(absl::StrCat(R"({"rules": [{"path": ")", c.rule_path,
-                                               R"(", "method": "GET", "kind": "corrupt"}]})"))
+    ASSERT_TRUE(g->hub
+                    ->AddFaults(absl::StrCat(R"({"rules": [{"path": ")", c.rule_path,
+                                             R"(", "method": "GET", "kind": "corrupt"}]})"))
                     .ok());
     absl::StatusOr<std::string> path = client.Download(*r, c.path);
     EXPECT_EQ(path.status().code(), absl::StatusCode::kDataLoss) << c.path << path.status();
@@ -447,8 +454,9 @@ TEST_F(HubClientTest, ARevisionMovedMidDownloadStillYieldsTheResolvedCommit) {
   std::string new_commit;
   absl::StatusOr<std::string> path = client.Download(*old, "big.bin", [&](uint64_t done, uint64_t) {
     if (new_commit.empty() && done > 0) {
-      const std::string body = absl::StrCat(R"({"repo": "owner/moving", "branch": "main", "files": {"big.bin": ")",
-                                            absl::Base64Escape(g->moving_new), R"("}})");
+      const std::string body =
+          absl::StrCat(R"({"repo": "owner/moving", "branch": "main", "files": {"big.bin": ")",
+                       absl::Base64Escape(g->moving_new), R"("}})");
       absl::StatusOr<std::string> answer = g->hub->Control("POST", "/_fake/commit", body);
       ASSERT_TRUE(answer.ok()) << answer.status();
       new_commit = nlohmann::json::parse(*answer, nullptr, false).value("commit", "");
@@ -547,8 +555,8 @@ TEST_F(HubClientTest, OpenRemoteReadsExactRangesWithAndWithoutTheCache) {
   struct Range {
     uint64_t offset, size;
   };
-  const std::vector<Range> ranges = {{0, 1}, {0, 8}, {12345, 1}, {1000, 700000},
-                                     {n - 10, 10}, {n - 1, 1}, {0, n}, {5, 0}};
+  const std::vector<Range> ranges = {{0, 1},       {0, 8},     {12345, 1}, {1000, 700000},
+                                     {n - 10, 10}, {n - 1, 1}, {0, n},     {5, 0}};
   auto check_all = [&](const char* when) {
     for (const Range& rg : ranges) {
       std::vector<uint8_t> out(rg.size, 0xAB);
@@ -734,19 +742,21 @@ for repo in info.repos:
 p = hf_hub_download("owner/interop", "model.safetensors", revision="main", local_files_only=True)
 print("path", p)
 print("sha", hashlib.sha256(open(p, "rb").read()).hexdigest())
-p = hf_hub_download("owner/interop", "README.md", revision=")", r->commit, R"(", local_files_only=True)
+p = hf_hub_download("owner/interop", "README.md", revision=")",
+                                              r->commit, R"(", local_files_only=True)
 print("readme", p)
 )"));
   const uint64_t size_on_disk = 200000 + 10;
-  EXPECT_TRUE(absl::StrContains(out, absl::StrCat("repo owner/interop model ", r->commit,
-                                                  " ['main'] ['README.md', 'model.safetensors'] ",
-                                                  size_on_disk)))
+  EXPECT_TRUE(absl::StrContains(
+      out, absl::StrCat("repo owner/interop model ", r->commit,
+                        " ['main'] ['README.md', 'model.safetensors'] ", size_on_disk)))
       << out;
   EXPECT_FALSE(absl::StrContains(out, "warning")) << out;
   EXPECT_TRUE(absl::StrContains(out, "path " + *ours + "\n")) << out;
   EXPECT_TRUE(absl::StrContains(out, "sha " + Sha256Hex(Pattern(200000, 7)))) << out;
-  EXPECT_TRUE(absl::StrContains(out, absl::StrCat("readme ", cache_dir_, "/models--owner--interop/snapshots/",
-                                                  r->commit, "/README.md")))
+  EXPECT_TRUE(absl::StrContains(
+      out, absl::StrCat("readme ", cache_dir_, "/models--owner--interop/snapshots/", r->commit,
+                        "/README.md")))
       << out;
   // local_files_only: huggingface_hub asked nothing (it would HEAD first).
   const nlohmann::json stats = Stats();

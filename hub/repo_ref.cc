@@ -29,18 +29,18 @@ absl::Status CheckRepoIdPart(absl::string_view part, absl::string_view what,
         absl::StrCat("repo id '", EscapeForLog(text), "': the ", what, " is empty"));
   }
   if (!IsAlnum(part.front())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "repo id '", EscapeForLog(text), "': the ", what, " must start with a letter or digit"));
+    return absl::InvalidArgumentError(absl::StrCat("repo id '", EscapeForLog(text), "': the ", what,
+                                                   " must start with a letter or digit"));
   }
   if (part.back() == '-' || part.back() == '.') {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "repo id '", EscapeForLog(text), "': the ", what, " cannot end with '-' or '.'"));
+    return absl::InvalidArgumentError(absl::StrCat("repo id '", EscapeForLog(text), "': the ", what,
+                                                   " cannot end with '-' or '.'"));
   }
   for (char c : part) {
     if (!IsRepoIdChar(c)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "repo id '", EscapeForLog(text), "': the ", what,
-          " may use only letters, digits, '-', '_' and '.'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("repo id '", EscapeForLog(text), "': the ", what,
+                       " may use only letters, digits, '-', '_' and '.'"));
     }
   }
   return absl::OkStatus();
@@ -48,18 +48,17 @@ absl::Status CheckRepoIdPart(absl::string_view part, absl::string_view what,
 
 absl::Status CheckRepoId(absl::string_view repo_id) {
   if (repo_id.size() > kMaxRepoIdBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("repo id '", EscapeForLog(repo_id),
-                                                   "' is longer than ", kMaxRepoIdBytes,
-                                                   " characters"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "repo id '", EscapeForLog(repo_id), "' is longer than ", kMaxRepoIdBytes, " characters"));
   }
   const size_t slash = repo_id.find('/');
   if (slash == absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "repo id '", EscapeForLog(repo_id), "' must be 'owner/name'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("repo id '", EscapeForLog(repo_id), "' must be 'owner/name'"));
   }
   if (repo_id.find('/', slash + 1) != absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "repo id '", EscapeForLog(repo_id), "' must be 'owner/name' (one '/')"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("repo id '", EscapeForLog(repo_id), "' must be 'owner/name' (one '/')"));
   }
   absl::Status s = CheckRepoIdPart(repo_id.substr(0, slash), "owner", repo_id);
   if (!s.ok()) return s;
@@ -79,14 +78,13 @@ absl::Status CheckRepoId(absl::string_view repo_id) {
 absl::Status CheckRevision(absl::string_view revision) {
   if (revision.empty()) return absl::InvalidArgumentError("the revision after '@' is empty");
   if (revision.size() > kMaxRevisionBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("revision '", EscapeForLog(revision), "' is longer than ",
-                     kMaxRevisionBytes, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "revision '", EscapeForLog(revision), "' is longer than ", kMaxRevisionBytes, " bytes"));
   }
   for (unsigned char c : revision) {
     if (c < 0x20 || c == 0x7f) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "revision '", EscapeForLog(revision), "' contains a control character"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("revision '", EscapeForLog(revision), "' contains a control character"));
     }
   }
   if (absl::StrContains(revision, "..")) {

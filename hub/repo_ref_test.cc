@@ -33,9 +33,10 @@ TEST(RepoRefTest, ParsesSchemeAndRevision) {
 
 TEST(RepoRefTest, RejectsBadRepoIdsLikeHuggingfaceHub) {
   for (const char* bad :
-       {"", "name", "a/b/c", "/a/b", "a/", "/b", ".a/b", "a/.b", "-a/b", "a/b-", "a/b.",
-        "a--x/b", "a/b..c", "a/b.git", "a b/c", "a/b?c", "a/b%2F", "caf\xc3\xa9/x", "hf://",
-        "a/b@", "a/b@/main", "a/b@x/../y", "a/b@x\ny", "a/b@x\x7f"}) {
+       {"",       "name",    "a/b/c",     "/a/b",       "a/",       "/b",
+        ".a/b",   "a/.b",    "-a/b",      "a/b-",       "a/b.",     "a--x/b",
+        "a/b..c", "a/b.git", "a b/c",     "a/b?c",      "a/b%2F",   "caf\xc3\xa9/x",
+        "hf://",  "a/b@",    "a/b@/main", "a/b@x/../y", "a/b@x\ny", "a/b@x\x7f"}) {
     absl::StatusOr<RepoRef> ref = ParseRepoRef(bad);
     EXPECT_FALSE(ref.ok()) << "'" << bad << "' was accepted";
     if (!ref.ok()) {
