@@ -102,6 +102,8 @@ class HubClientTest : public ::testing::Test {
     WriteFile(data + "/owner/gated.json",
               absl::StrCat(R"({"gated": true, "granted": [")", kGranted, R"("]})"));
     WriteFile(data + "/owner/moving/big.bin", g->moving_old);
+    WriteFile(data + "/owner/xet/model.safetensors", Pattern(70000, 9));
+    WriteFile(data + "/owner/xet.json", R"({"xet": true})");
     WriteFile(data + "/owner/interop/model.safetensors", Pattern(200000, 7));
     WriteFile(data + "/owner/interop/sub/python.bin", Pattern(150000, 8));
     WriteFile(data + "/owner/interop/README.md", "# interop\n");
@@ -295,6 +297,26 @@ TEST_F(HubClientTest, HeadReportsTheHubsHeaders) {
   EXPECT_EQ(small->location, client.ResolveUrl(*r, "config.json"));
   EXPECT_EQ(client.ResolveUrl(*r, "sub/a b.bin"),
             absl::StrCat(g->hub->endpoint(), "/owner/model/resolve/", r->commit, "/sub/a%20b.bin"));
+}
+
+TEST_F(HubClientTest, XetBackedFilesKeepTheirXetHashAndDownloadOverTheLfsRoute) {
+  HubClient client(Config());
+  absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/xet"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<FileMeta> meta = client.Head(*r, "model.safetensors");
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  ASSERT_TRUE(meta->xet_hash.has_value());
+  EXPECT_EQ(meta->xet_hash->size(), 64u);
+  EXPECT_EQ(meta->etag, Sha256Hex(Pattern(70000, 9)));
+  absl::StatusOr<std::string> path = client.Download(*r, "model.safetensors");
+  ASSERT_TRUE(path.ok()) << path.status();
+  EXPECT_EQ(ReadFile(*path), Pattern(70000, 9));
+  // Plain repos have none.
+  absl::StatusOr<RepoInfo> plain = client.Resolve(Ref("owner/model"));
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  meta = client.Head(*plain, "model.safetensors");
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_FALSE(meta->xet_hash.has_value());
 }
 
 TEST_F(HubClientTest, DownloadIsBitExactAndThenServedFromTheCache) {
