@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <system_error>
@@ -214,7 +215,7 @@ class RemoteSource final : public ByteSource {
   // The complete blob's fd once the cache has it (checked per read until
   // then: a download may finish while we stream), else -1.
   int BlobFd() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (blob_fd_ >= 0) return blob_fd_;
     std::optional<std::string> path = cache_->BlobFile(repo_id_, file_.etag());
     if (!path) return -1;
@@ -250,8 +251,10 @@ class RemoteSource final : public ByteSource {
   const RepoFile file_;
   const std::string url_;
   const std::string name_;
-  absl::Mutex mu_;
-  int blob_fd_ ABSL_GUARDED_BY(mu_) = -1;
+  // std::mutex, not absl::Mutex: the system's absl is not TSan-instrumented,
+  // so the daemon's concurrent layer reads looked like a race on blob_fd_.
+  std::mutex mu_;
+  int blob_fd_ = -1;  // guarded by mu_
 };
 
 }  // namespace
