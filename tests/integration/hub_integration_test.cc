@@ -321,6 +321,12 @@ TEST_F(HubIntegrationTest, FirstLayerIsServedBeforeTheDownloadEnds) {
   auto compared = StreamExact(d->client(), desc->model_id());
   ASSERT_TRUE(compared.ok()) << compared.status() << d->log();
   EXPECT_EQ(*compared, g_repo->tensors.size());
+  // The fill (256 KiB/s) is still running: a SIGTERM stops it within a
+  // chunk (256 KiB here), and the daemon exits cleanly.
+  EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
+  std::chrono::milliseconds took{0};
+  EXPECT_TRUE(d->Stop(&took)) << d->log();
+  EXPECT_LT(took, 5s);
 }
 
 TEST_F(HubIntegrationTest, SecondOpenAndOfflineAreServedFromTheCache) {
