@@ -251,6 +251,9 @@ struct Transfer {
   uint64_t max_body = 0;
   // Ranged parts: the body goes to the part's memory instead.
   Part* part = nullptr;
+  // A streamed request body (HttpRequest::body_reader), and where it is.
+  const HttpRequest* upload = nullptr;
+  uint64_t upload_offset = 0;
   absl::Status abort;     // set by a callback that stopped the transfer
   char errbuf[CURL_ERROR_SIZE] = {0};
 
@@ -358,6 +361,39 @@ size_t BodyCallback(char* data, size_t size, size_t count, void* user) {
   t->body.append(data, n);
   t->bucket->Take(n);
   return n;
+}
+
+// A streamed request body: the next piece from the caller's reader.
+size_t ReadCallback(char* buffer, size_t size, size_t count, void* user) {
+  Transfer* t = static_cast<Transfer*>(user);
+  const HttpRequest& r = *t->upload;
+  const uint64_t left = r.body_size - std::min(r.body_size, t->upload_offset);
+  const size_t want = static_cast<size_t>(std::min<uint64_t>(size * count, left));
+  if (want == 0) return 0;
+  absl::StatusOr<size_t> got =
+      r.body_reader(t->upload_offset, absl::MakeSpan(reinterpret_cast<uint8_t*>(buffer), want));
+  if (!got.ok()) {
+    t->abort = got.status();
+    return CURL_READFUNC_ABORT;
+  }
+  if (*got == 0 || *got > want) {
+    t->abort = absl::FailedPreconditionError(
+        absl::StrCat("the request body's reader gave ", *got, " bytes at ", t->upload_offset,
+                     " where 1..", want, " were asked for (", r.body_size, " in all)"));
+    return CURL_READFUNC_ABORT;
+  }
+  t->upload_offset += *got;
+  return *got;
+}
+
+// libcurl rewinds a streamed body to resend it (a redirect, an auth retry).
+int SeekCallback(void* user, curl_off_t offset, int origin) {
+  Transfer* t = static_cast<Transfer*>(user);
+  if (origin != SEEK_SET || offset < 0 || static_cast<uint64_t>(offset) > t->upload->body_size) {
+    return CURL_SEEKFUNC_FAIL;
+  }
+  t->upload_offset = static_cast<uint64_t>(offset);
+  return CURL_SEEKFUNC_OK;
 }
 
 // "bytes a-b/total" (total may be '*').
@@ -701,7 +737,12 @@ absl::StatusOr<HttpResponse> HttpClient::Impl::Send(const HttpRequest& request) 
     return absl::InvalidArgumentError(
         absl::StrCat(method, " ", SafeUrl(url), ": not an absolute http(s) URL"));
   }
-  bool send_body = !request.body.empty() || method == "POST" || method == "PUT";
+  const bool stream_body = request.body_reader != nullptr;
+  if (stream_body && !request.body.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(method, " ", SafeUrl(url), ": both a body and a body reader"));
+  }
+  bool send_body = !request.body.empty() || stream_body || method == "POST" || method == "PUT";
   CURL* e = TakeEasy();
   if (e == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
   struct Give {
@@ -735,7 +776,19 @@ absl::StatusOr<HttpResponse> HttpClient::Impl::Send(const HttpRequest& request) 
       } else {
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method.c_str());
       }
-      if (send_body && method != "GET" && method != "HEAD") {
+      if (send_body && method != "GET" && method != "HEAD" && stream_body) {
+        // POST's machinery with the method kept (CUSTOMREQUEST above): a
+        // Content-Length of body_size, bytes from the reader, from 0 on
+        // every attempt (t is new).
+        t.upload = &request;
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                         static_cast<curl_off_t>(request.body_size));
+        curl_easy_setopt(e, CURLOPT_READFUNCTION, &ReadCallback);
+        curl_easy_setopt(e, CURLOPT_READDATA, &t);
+        curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, &SeekCallback);
+        curl_easy_setopt(e, CURLOPT_SEEKDATA, &t);
+      } else if (send_body && method != "GET" && method != "HEAD") {
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                          static_cast<curl_off_t>(request.body.size()));
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, request.body.data());
@@ -745,6 +798,7 @@ absl::StatusOr<HttpResponse> HttpClient::Impl::Send(const HttpRequest& request) 
       if (t.stalled) code = CURLE_OPERATION_TIMEDOUT;
       FreeHeaders(headers);
       curl_easy_setopt(e, CURLOPT_HTTPHEADER, nullptr);
+      if (!t.abort.ok()) return t.abort;  // the body reader failed
       if (t.too_big) {
         return absl::ResourceExhaustedError(
             absl::StrCat(method, " ", SafeUrl(url), ": the answer is larger than ",

@@ -42,6 +42,14 @@ struct HttpRequest {
   std::string url;             // absolute
   std::vector<HttpHeader> headers;
   std::string body;            // POST/PUT
+  // A streamed body instead of `body` (an LFS object): `body_size` bytes,
+  // which body_reader(offset, out) gives a piece of at a time (1..out.size()
+  // bytes from `offset`; an error ends the request with it, unretried). It
+  // is read again from offset 0 for every retry or redirect that resends
+  // the body, so it must give the same bytes each time. Memory: libcurl's
+  // upload buffer, whatever body_size is.
+  std::function<absl::StatusOr<size_t>(uint64_t offset, absl::Span<uint8_t> out)> body_reader;
+  uint64_t body_size = 0;
   // Authorization: Bearer <token> when the config has one (endpoint host
   // only, see above).
   bool authorize = true;

@@ -53,12 +53,12 @@ constexpr size_t kReadBytes = 1 << 20;
 // only for small files (it keeps binaries and anything over 10 MB in LFS).
 constexpr uint64_t kMaxRegularBytes = 64ull << 20;
 constexpr uint64_t kMaxCommitBodyBytes = 1ull << 30;
-// A "basic" LFS transfer is one PUT of the whole object, and HttpRequest
-// holds a body in memory (it has no streaming body yet): the object is read
-// whole. S3 takes at most 5 GiB in one PUT, so the Hub answers "multipart"
-// (part-sized PUTs, read one part at a time) beyond; a basic transfer above
-// that is refused.
-constexpr uint64_t kMaxBasicBytes = 5ull << 30;
+// A "basic" LFS transfer is one PUT of the whole object: up to this size it
+// is read into memory, beyond it is streamed from the file as libcurl sends
+// it (HttpRequest::body_reader), so memory stays bounded whatever the size.
+// (S3 takes at most 5 GiB in one PUT; the Hub answers "multipart" beyond,
+// and a server that does not refuses it itself.)
+constexpr uint64_t kMaxInMemoryBasicBytes = 4ull << 20;
 // A multipart chunk_size the Hub may ask for (S3 allows 5 GiB; the Hub
 // uses far less), and parts per object (S3's limit).
 constexpr uint64_t kMaxPartBytes = 1ull << 30;
@@ -670,26 +670,53 @@ absl::Status CheckSent(const LocalFile& file, Sha256& sha) {
 }
 
 absl::Status Uploader::PutBasic(const LocalFile& file, const std::string& href) {
-  if (file.size > kMaxBasicBytes) {
-    return absl::UnimplementedError(absl::StrCat(
-        "upload: the Hub offered a single-PUT (basic) transfer for ", Quoted(file.path), " (",
-        file.size, " bytes); bigsmall sends at most ", kMaxBasicBytes,
-        " bytes that way and needs the multipart transfer beyond"));
-  }
   ASSIGN_OR_RETURN(Fd fd, OpenBeneath(root_.get(), file));
   HttpRequest request;
   request.method = "PUT";
   request.url = href;
   // A presigned URL: huggingface_hub sends it no token either.
   request.authorize = false;
-  RETURN_IF_ERROR(Reserve(&request.body, file.size, file));
-  RETURN_IF_ERROR(ReadExactly(fd.get(), file, 0, request.body.data(), file.size));
   Sha256 sha;
-  sha.Update(request.body.data(), request.body.size());
-  RETURN_IF_ERROR(CheckSent(file, sha));
+  // Streamed: what was hashed is what was sent last (a retry or redirect
+  // sends it again from 0: the hash starts again).
+  uint64_t hashed = 0;
+  bool hash_ok = true;
+  if (file.size <= kMaxInMemoryBasicBytes) {
+    RETURN_IF_ERROR(Reserve(&request.body, file.size, file));
+    RETURN_IF_ERROR(ReadExactly(fd.get(), file, 0, request.body.data(), file.size));
+    sha.Update(request.body.data(), request.body.size());
+    RETURN_IF_ERROR(CheckSent(file, sha));
+  } else {
+    const int raw_fd = fd.get();
+    request.body_size = file.size;
+    request.body_reader = [&, raw_fd](uint64_t offset,
+                                      absl::Span<uint8_t> out) -> absl::StatusOr<size_t> {
+      if (offset == 0 && hashed != 0) {
+        sha = Sha256();
+        hashed = 0;
+      }
+      if (offset != hashed) hash_ok = false;  // libcurl seeks only back to 0
+      RETURN_IF_ERROR(
+          ReadExactly(raw_fd, file, offset, reinterpret_cast<char*>(out.data()), out.size()));
+      if (offset == hashed) {
+        sha.Update(reinterpret_cast<const char*>(out.data()), out.size());
+        hashed += out.size();
+      }
+      return out.size();
+    };
+  }
   ASSIGN_OR_RETURN(HttpResponse response, Send(std::move(request)));
   if (response.status < 200 || response.status >= 300) {
     return HttpError(response, absl::StrCat("upload: PUT ", Quoted(file.path)));
+  }
+  if (file.size > kMaxInMemoryBasicBytes) {
+    // The bytes sent must be the bytes hashed before the Hub is told (the
+    // commit names this sha256): a file changed meanwhile is refused.
+    if (!hash_ok || hashed != file.size) {
+      return absl::InternalError(absl::StrCat("upload: PUT ", Quoted(file.path), ": ", hashed,
+                                              " of ", file.size, " bytes were hashed as sent"));
+    }
+    RETURN_IF_ERROR(CheckSent(file, sha));
   }
   result_.bytes_sent += file.size;
   bytes_done_ += file.size;

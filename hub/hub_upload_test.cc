@@ -16,6 +16,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "hub/fake_hub_process.h"
@@ -60,6 +61,22 @@ std::string Sha256Hex(const std::string& data) {
   EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
   return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(digest), length));
 }
+
+class Sha256Stream {
+ public:
+  Sha256Stream() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
+  ~Sha256Stream() { EVP_MD_CTX_free(ctx_); }
+  void Update(const std::string& data) { EVP_DigestUpdate(ctx_, data.data(), data.size()); }
+  std::string Hex() {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    EVP_DigestFinal_ex(ctx_, digest, &length);
+    return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(digest), length));
+  }
+
+ private:
+  EVP_MD_CTX* ctx_;
+};
 
 class HubUploadTest : public ::testing::Test {
  protected:
@@ -366,6 +383,80 @@ TEST_F(HubUploadTest, CommitsToABranchItCreates) {
   absl::StatusOr<std::string> on_main = DownloadBack("alice/existing", "main", "config.json");
   ASSERT_TRUE(on_main.ok()) << on_main.status();
   EXPECT_TRUE(absl::StrContains(*on_main, "\"hidden_size\": 64")) << *on_main;
+}
+
+// The process's peak resident memory (VmHWM), and its reset (clear_refs 5),
+// in KiB: what a basic PUT of a large file costs in memory.
+int64_t StatusKiB(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, key)) {
+      int64_t kib = 0;
+      std::string digits;
+      for (char c : line) {
+        if (c >= '0' && c <= '9') digits += c;
+      }
+      return absl::SimpleAtoi(digits, &kib) ? kib : -1;
+    }
+  }
+  return -1;
+}
+bool ResetPeakRss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  out.flush();
+  return out.good();
+}
+
+TEST_F(HubUploadTest, ALargeBasicPutIsStreamedNotHeldInMemory) {
+  // A fake that never offers multipart: the object goes in one basic PUT,
+  // which fails once (the stream is read again from 0 for the retry).
+  FakeHub basic(data_dir_, {kToken}, {"--multipart-threshold", "1099511627776"});
+  ASSERT_TRUE(basic.ok()) << basic.log();
+  HubConfig config;
+  config.endpoint = basic.endpoint();
+  config.token = Secret(kToken);
+  config.cache_dir = work_dir_ + "/cache-basic";
+  config.max_retries = 3;
+  config.backoff_initial = std::chrono::milliseconds(5);
+  config.backoff_max = std::chrono::milliseconds(20);
+  HubClient client(config);
+  constexpr size_t kChunk = 1 << 20;
+  constexpr size_t kChunks = 48;  // 48 MiB, written and hashed 1 MiB at a time
+  const std::string dir = work_dir_ + "/large";
+  fs::create_directories(dir);
+  Sha256Stream whole;
+  {
+    std::ofstream out(dir + "/big.bs", std::ios::binary);
+    for (size_t i = 0; i < kChunks; ++i) {
+      const std::string chunk = RandomBytes(kChunk, 100 + static_cast<uint32_t>(i));
+      whole.Update(chunk);
+      out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    }
+  }
+  ASSERT_TRUE(basic.AddFaults(R"({"rules": [{"path": "/_lfs/", "method": "PUT", "kind": "status",
+                                             "status": 500, "times": 1}]})")
+                  .ok());
+  if (!ResetPeakRss()) GTEST_SKIP() << "/proc/self/clear_refs is not writable here";
+  const int64_t rss_before = StatusKiB("VmRSS:");
+  ASSERT_GT(rss_before, 0);
+  absl::StatusOr<UploadResult> result = UploadFolder(client, dir, "alice/existing", {});
+  const int64_t peak = StatusKiB("VmHWM:");
+  ASSERT_TRUE(result.ok()) << result.status() << "\n" << basic.log();
+  EXPECT_EQ(result->lfs_files_sent, 1u);
+  EXPECT_EQ(result->bytes_sent, kChunk * kChunks);
+  EXPECT_GE(client.http().stats().retries, 1u);
+  // Held whole it would be 48 MiB more; streamed, a few buffers.
+  EXPECT_LT(peak - rss_before, 16 << 10) << "peak " << peak << " KiB, before " << rss_before;
+  // The Hub checked the sha256 of what it got; and it downloads back.
+  HttpRequest request;
+  request.url = absl::StrCat(basic.endpoint(), "/alice/existing/resolve/main/big.bs");
+  request.max_body = 64ull << 20;
+  absl::StatusOr<HttpResponse> back = client.http().Send(request);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->status, 200);
+  EXPECT_EQ(Sha256Hex(back->body), whole.Hex());
 }
 
 TEST_F(HubUploadTest, AMissingRepoIsNotFoundUnlessCreated) {
