@@ -39,6 +39,7 @@ GITATTRIBUTES = b"""*.7z filter=lfs diff=lfs merge=lfs -text
 DATE = "2024-01-01T00:00:00.000Z"
 LOG_LIMIT = 1000
 CHUNK = 64 * 1024
+THROTTLE_CATCH_UP = 0.05  # seconds a throttled sender may be behind and catch up
 
 
 def git_blob_sha1(data):
@@ -237,15 +238,29 @@ class State:
             lfs = len(data) >= repo.lfs_threshold
         return FileEntry(len(data), sha256, git_blob_sha1(data), lfs)
 
+    @staticmethod
+    def branch_head(repo, rev):
+        """The head of branch rev, which a preupload and a commit are about (under the lock).
+
+        As on the Hub: a commit goes to a branch that exists (made first with
+        POST /api/models/{repo}/branch/{branch}): a tag or a commit id is 400,
+        any other missing name 404 RevisionNotFound."""
+        if rev in repo.branches:
+            return repo.commits[repo.branches[rev]]
+        if rev in repo.tags or re.fullmatch(r"[0-9a-f]{40}", rev or ""):
+            raise HubError(400, None, "Invalid rev id: %s is not a branch" % rev)
+        raise HubError(404, "RevisionNotFound", "Invalid rev id: %s" % rev)
+
     def commit(self, repo, branch, adds, deletes, delete_folders=(), summary="commit",
-               parent_commit=None, create_pr=False):
-        """adds: path -> FileEntry. Returns (commit, pr_number or None)."""
+               parent_commit=None, create_pr=False, create_branch=False):
+        """adds: path -> FileEntry. Returns (commit, pr_number or None).
+        create_branch (/_fake/commit only): a missing branch starts from main."""
         with self.lock:
-            base = repo.resolve(branch) if branch in repo.branches else None
-            if branch not in repo.branches:
-                if branch in repo.tags or re.fullmatch(r"[0-9a-f]{40}", branch):
-                    raise HubError(400, None, "Invalid rev id: %s is not a branch" % branch)
+            if create_branch and branch not in repo.branches and branch not in repo.tags and \
+                    not re.fullmatch(r"[0-9a-f]{40}", branch):
                 base = repo.resolve("main")
+            else:
+                base = self.branch_head(repo, branch)
             if parent_commit and base is not None and not base.id.startswith(parent_commit):
                 raise HubError(412, None, "A commit has happened since. Please refresh and try again.")
             files = dict(base.files) if base else {}
@@ -291,15 +306,25 @@ class State:
         return None
 
     def throttle_wait(self, n):
+        """Waits until n more body bytes may go out under the limit.
+
+        The bytes sent are scheduled back to back at the limit: n bytes take
+        the slot [start, start + n / limit] and may be written from its start
+        on, so the time a write takes overlaps its own slot instead of adding
+        to it, and a wake-up that comes late (a loaded machine) is made up by
+        the next chunks (up to THROTTLE_CATCH_UP behind; a link idle longer
+        than that starts afresh, with no burst). Bytes sent by time t stay
+        within limit * t plus one chunk."""
         with self.lock:
             bps = self.throttle_bps
             if bps <= 0:
                 return
             now = time.monotonic()
-            start = max(now, self.throttle_next)
+            start = self.throttle_next
+            if start < now - THROTTLE_CATCH_UP:
+                start = now
             self.throttle_next = start + n / bps
-            until = self.throttle_next
-        delay = until - time.monotonic()
+        delay = start - time.monotonic()
         if delay > 0:
             time.sleep(delay)
 
@@ -392,29 +417,61 @@ class Handler(BaseHTTPRequestHandler):
     def fault(self, phase):
         return STATE.take_fault(phase, self.command, self.split.path, self.path)
 
-    def record(self, status, nbytes):
+    # Stats are kept as the client sees the answer: a request is in the log
+    # (status 0) as soon as it is read, its status is set before its headers
+    # go out and its body bytes are counted before they are written, so a
+    # client holding any part of an answer finds it counted in /_fake/stats.
+    def record_start(self):
+        self.entry = None
         path = self.split.path
         if path.startswith("/_fake/"):
             return  # control traffic is not Hub traffic
+        entry = {"method": self.command, "path": path, "query": self.split.query,
+                 "host": self.headers.get("Host", ""), "status": 0,
+                 "range": self.headers.get("Range"), "bytes": 0, "file": None,
+                 "authorized": self.headers.get("Authorization") is not None}
         with STATE.lock:
             STATE.requests += 1
-            if nbytes:
-                STATE.bytes_sent[path] = STATE.bytes_sent.get(path, 0) + nbytes
-                STATE.total_bytes += nbytes
-                if self.file_key:
-                    STATE.bytes_by_file[self.file_key] = STATE.bytes_by_file.get(self.file_key, 0) + nbytes
-            STATE.log.append({"method": self.command, "path": path, "query": self.split.query,
-                              "host": self.headers.get("Host", ""), "status": status,
-                              "range": self.headers.get("Range"), "bytes": nbytes, "file": self.file_key,
-                              "authorized": self.headers.get("Authorization") is not None})
+            STATE.log.append(entry)
             if len(STATE.log) > LOG_LIMIT:
                 del STATE.log[:len(STATE.log) - LOG_LIMIT]
+        self.entry = entry
+
+    def record_status(self, status):
+        """Before the status line is sent."""
+        if self.entry is None:
+            return
+        with STATE.lock:
+            self.entry["status"] = status
+            self.entry["file"] = self.file_key
+
+    def record_bytes(self, n):
+        """Before n body bytes are written (negative: they could not be)."""
+        if self.entry is None or n == 0:
+            return
+        path = self.split.path
+        with STATE.lock:
+            self.entry["bytes"] += n
+            STATE.bytes_sent[path] = STATE.bytes_sent.get(path, 0) + n
+            STATE.total_bytes += n
+            if self.file_key:
+                STATE.bytes_by_file[self.file_key] = STATE.bytes_by_file.get(self.file_key, 0) + n
+
+    def send_body(self, data):
+        """Writes body bytes, counted first (uncounted if the write fails)."""
+        self.record_bytes(len(data))
+        try:
+            self.wfile.write(data)
+        except OSError:
+            self.record_bytes(-len(data))
+            raise
 
     def send_simple(self, status, body=b"", headers=None, content_type="application/json"):
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
         elif isinstance(body, str):
             body = body.encode()
+        self.record_status(status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for k, v in (headers or {}).items():
@@ -422,13 +479,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header(k, header_value(v))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        sent = 0
         if self.command != "HEAD" and body:
             if not self.split.path.startswith("/_fake/"):
                 STATE.throttle_wait(len(body))
-            self.wfile.write(body)
-            sent = len(body)
-        self.record(status, sent)
+            self.send_body(body)
 
     def send_error_json(self, e):
         headers = dict(e.headers)
@@ -459,6 +513,7 @@ class Handler(BaseHTTPRequestHandler):
         declared = length
         if fault and fault["kind"] == "wrong_length":
             declared = length + 100
+        self.record_status(status)
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         for k, v in headers.items():
@@ -467,7 +522,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(declared))
         self.end_headers()
         if self.command == "HEAD":
-            self.record(status, 0)
             return
         limit = length
         if fault and fault["kind"] == "drop_after":
@@ -494,7 +548,7 @@ class Handler(BaseHTTPRequestHandler):
                     data = bytes(b)
                 STATE.throttle_wait(len(data))
                 t0 = time.monotonic()
-                self.wfile.write(data)
+                self.send_body(data)
                 sent += len(data)
                 if bps:
                     delay = len(data) / bps - (time.monotonic() - t0)
@@ -506,8 +560,6 @@ class Handler(BaseHTTPRequestHandler):
                     stall_at = None
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        finally:
-            self.record(status, sent)
         if fault and fault["kind"] in ("drop_after", "wrong_length"):
             self.wfile.flush()
             self.close_connection = True
@@ -538,6 +590,7 @@ class Handler(BaseHTTPRequestHandler):
         self.split = urlsplit(self.path)
         self.query = parse_qs(self.split.query)
         self.segs = [unquote(s) for s in self.split.path.split("/")[1:]]
+        self.record_start()
         try:
             if not self.split.path.startswith("/_fake/"):
                 fault = self.fault("start")
@@ -598,6 +651,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.preupload(repo_id, "/".join(rest[1:]))
             if rest and rest[0] == "commit" and len(rest) >= 2 and m == "POST":
                 return self.commit(repo_id, "/".join(rest[1:]))
+            if rest and rest[0] == "branch" and len(rest) >= 2 and m == "POST":
+                return self.create_branch(repo_id, "/".join(rest[1:]))
         if len(s) >= 6 and s[1].endswith(".git") and s[2:5] == ["info", "lfs", "objects"]:
             repo_id = s[0] + "/" + s[1][:-4]
             if s[5] == "batch" and m == "POST":
@@ -809,7 +864,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self.json_body()
         repo = self.get_repo(repo_id, write=True)
         with STATE.lock:
-            c = repo.resolve(rev) or repo.resolve("main")
+            c = STATE.branch_head(repo, rev)  # what the commit will start from
         out = []
         for f in body.get("files", []):
             path = f.get("path", "")
@@ -821,6 +876,24 @@ class Handler(BaseHTTPRequestHandler):
                 oid = existing.sha256 if existing.lfs else existing.git_sha1
             out.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
         self.send_simple(200, {"files": out, "commitOid": c.id if c else None})
+
+    def create_branch(self, repo_id, branch):
+        """huggingface_hub's create_branch: {"startingPoint": rev} (default main); 409 if it exists."""
+        body = self.json_body()
+        repo = self.get_repo(repo_id, write=True)
+        start = body.get("startingPoint") or "main"
+        if (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", branch) or branch.startswith("refs/") or
+                ".." in branch or branch.endswith((".", "/", ".lock")) or "//" in branch or
+                re.fullmatch(r"[0-9a-f]{40}", branch)):
+            raise HubError(400, None, "Invalid reference for a branch: %s" % branch)
+        with STATE.lock:
+            if branch in repo.branches:
+                raise HubError(409, None, "Reference already exists: refs/heads/%s" % branch)
+            c = repo.resolve(start)
+            if c is None:
+                raise HubError(404, "RevisionNotFound", "Invalid rev id: %s" % start)
+            repo.branches[branch] = c.id
+        self.send_simple(200, {})
 
     def lfs_batch(self, repo_id):
         body = self.json_body()
@@ -1011,7 +1084,7 @@ class Handler(BaseHTTPRequestHandler):
             with STATE.lock:
                 body = {"bytes_sent": dict(STATE.bytes_sent), "bytes_by_file": dict(STATE.bytes_by_file),
                         "total_bytes": STATE.total_bytes,
-                        "requests": STATE.requests, "log": list(STATE.log)}
+                        "requests": STATE.requests, "log": [dict(e) for e in STATE.log]}
             return self.send_simple(200, body)
         if what == "stats" and m == "DELETE":
             with STATE.lock:
@@ -1025,7 +1098,7 @@ class Handler(BaseHTTPRequestHandler):
             adds = {p: STATE.entry_for(repo, base64.b64decode(b64))
                     for p, b64 in body.get("files", {}).items()}
             c, _ = STATE.commit(repo, body.get("branch", "main"), adds, body.get("delete", []),
-                                summary=body.get("summary", "fake commit"))
+                                summary=body.get("summary", "fake commit"), create_branch=True)
             return self.send_simple(200, {"commit": c.id})
         if what == "tag" and m == "POST":
             body = self.json_body()

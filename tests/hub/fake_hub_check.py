@@ -5,8 +5,9 @@ Starts the fake Hub on a temp data dir (a public, a private and a gated repo;
 LFS and small files; a nested path) and drives it with huggingface_hub:
 model_info, list_repo_tree, hf_hub_download, snapshot_download, the errors it
 raises, scan_cache_dir, local_files_only, a resumed download, upload_folder
-(basic and multipart LFS), create_pr; plus the raw protocol (Range, CDN auth,
-faults, throttle, stats). Exits non-zero on any mismatch.
+(basic and multipart LFS), create_pr, create_branch; plus the raw protocol (Range, CDN auth,
+faults, throttle and its rate, stats as a client sees them). Exits non-zero on
+any mismatch.
 """
 
 import hashlib
@@ -277,6 +278,7 @@ def check_protocol(fake, public):
     r, body = fake.request("GET", cdn_path, headers={"Range": "bytes=0-299999"}, host="localhost")
     dt = time.monotonic() - t0
     check(body == big[:300000] and dt >= 0.25, "throttle: 300 kB at 1 MB/s takes >= 0.25 s (%.2f)" % dt)
+    check_throttle_reaches_its_limit(fake, public)
     fake.control("POST", "/_fake/throttle", {"bytes_per_second": 0})
     stats = fake.control("GET", "/_fake/stats")
     check(stats["bytes_sent"].get(cdn_path.split("?")[0], 0) >= 300000 + 30000 + 1000, "stats: bytes per path")
@@ -284,6 +286,8 @@ def check_protocol(fake, public):
           "stats: totals")
     check(all(set(e) >= {"method", "path", "status", "range", "bytes", "authorized"} for e in stats["log"]),
           "stats: log entries")
+
+    check_stats_as_the_client_sees_them(fake, cdn_path, big)
 
     # HTTP/1.0 (what hub/fake_hub_process.cc's Control speaks): the answer ends with the connection.
     import socket
@@ -305,6 +309,84 @@ def check_protocol(fake, public):
         r = conn.getresponse()
         check(r.status == 200 and r.read() == public["README.md"], "HTTP/1.1 keep-alive")
     conn.close()
+
+
+def check_throttle_reaches_its_limit(fake, public):
+    """One client alone reaches the limit (the time its writes take is not
+    charged on top of the bytes' own time) and never goes past it. The best of
+    two tries counts for the floor: a loaded machine may pause the fake once."""
+    big = public["shards/big.safetensors"]
+    limit = 40 * 1000 * 1000
+    fake.control("POST", "/_fake/throttle", {"bytes_per_second": limit})
+    rates = []
+    for _ in range(2):
+        t0 = time.monotonic()
+        r, body = fake.request("GET", "/org/public/resolve/main/shards/big.safetensors")
+        if r.status == 302:
+            loc = r.getheader("Location")
+            r, body = fake.request("GET", loc[loc.index("/_cdn/"):], host="localhost")
+        dt = time.monotonic() - t0
+        check(body == big, "throttled download: the bytes")
+        rates.append(len(big) / dt)
+        # At most the limit, plus the one chunk that may go out at once.
+        check(len(big) - 64 * 1024 <= limit * dt * 1.02,
+              "throttle: never faster than the limit (%.1f MB/s of %.0f)" % (rates[-1] / 1e6, limit / 1e6))
+        if max(rates) >= 0.9 * limit:
+            break
+    print("throttle at %.0f MB/s: one client got %s MB/s" % (limit / 1e6, ", ".join("%.1f" % (x / 1e6) for x in rates)),
+          flush=True)
+    check(max(rates) >= 0.9 * limit, "throttle: one client reaches 90%% of the limit (%s MB/s of %.0f)" %
+          (", ".join("%.1f" % (x / 1e6) for x in rates), limit / 1e6))
+
+
+def check_stats_as_the_client_sees_them(fake, cdn_path, big):
+    """A client that holds (part of) an answer finds it in /_fake/stats: a
+    request is counted when it starts and its bytes before they are sent (a
+    client test once read the stats between its answer and the fake's count)."""
+    fake.control("DELETE", "/_fake/stats")
+    fake.control("POST", "/_fake/faults", {"rules": [
+        {"path": "_cdn/", "kind": "stall", "after_bytes": 1000, "seconds": 1.0}]})
+    conn = http.client.HTTPConnection("localhost", fake.port, timeout=10)
+    conn.request("GET", cdn_path, headers={"Range": "bytes=0-4999"})
+    r = conn.getresponse()
+    head = r.read(1000)  # what the fake sent before it stalls
+    stats = fake.control("GET", "/_fake/stats")
+    mine = [e for e in stats["log"] if e["path"] == cdn_path.split("?")[0]]
+    check(head == big[:1000] and r.status == 206, "stall after_bytes: the first 1000 bytes")
+    check(stats["requests"] == 1 and len(mine) == 1 and mine[0]["status"] == 206 and mine[0]["bytes"] == 1000,
+          "stats while an answer is under way: the request, its status and the 1000 bytes sent (%s)" %
+          stats["log"])
+    check(stats["total_bytes"] == 1000 and stats["bytes_sent"].get(cdn_path.split("?")[0]) == 1000 and
+          stats["bytes_by_file"].get("org/public/model.safetensors") == 1000,
+          "stats while an answer is under way: the byte counters (%s, %s)" %
+          (stats["bytes_sent"], stats["bytes_by_file"]))
+    rest = r.read()
+    conn.close()
+    check(head + rest == big[:5000], "stall after_bytes: then the rest")
+    stats = fake.control("GET", "/_fake/stats")
+    check(stats["total_bytes"] == 5000 and stats["log"][-1]["bytes"] == 5000, "stats after the answer: 5000 bytes")
+    # A request that has no answer yet is counted too (status 0 until it has one).
+    fake.control("DELETE", "/_fake/stats")
+    fake.control("POST", "/_fake/faults", {"rules": [
+        {"path": "/api/models/org/public$", "kind": "stall", "seconds": 1.0}]})
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=10)
+    conn.request("GET", "/api/models/org/public")
+    stats = {}
+    deadline = time.monotonic() + 0.8
+    while time.monotonic() < deadline:  # the request reaches the fake (bounded)
+        stats = fake.control("GET", "/_fake/stats")
+        if stats["requests"]:
+            break
+        time.sleep(0.01)
+    check(stats.get("requests") == 1 and [(e["path"], e["status"]) for e in stats["log"]] ==
+          [("/api/models/org/public", 0)], "a stalled request is in the stats with status 0 (%s)" % stats)
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    stats = fake.control("GET", "/_fake/stats")
+    check(r.status == 200 and stats["log"][-1]["status"] == 200 and stats["log"][-1]["bytes"] > 0,
+          "the stalled request's answer: status and bytes")
+    fake.control("DELETE", "/_fake/faults")
 
 
 def check_huggingface_hub(fake, tmp, public, private, gated):
@@ -517,6 +599,72 @@ def check_huggingface_hub(fake, tmp, public, private, gated):
                "rb").read() == b"pr content\n", "download at refs/pr/1")
     expect_raises(EntryNotFoundError, lambda: hf.hf_hub_download(
         "fake-user/uploaded", "pr.txt", cache_dir=fresh()), "a pr does not move main")
+    check_branches(fake, api, hf, fresh, ci2.oid)
+
+
+def check_branches(fake, api, hf, fresh, head):
+    """create_branch, and commits go to a branch that exists (preupload and commit agree)."""
+    from huggingface_hub.errors import BadRequestError, HfHubHTTPError, RevisionNotFoundError
+    repo = "fake-user/uploaded"
+    main = api.model_info(repo).sha
+    api.create_branch(repo, branch="feature", token="write-token")
+    refs = {b.name: b.target_commit for b in api.list_repo_refs(repo).branches}
+    check(refs.get("feature") == main, "create_branch: from main's head (%s)" % refs)
+    expect_raises(HfHubHTTPError, lambda: api.create_branch(repo, branch="feature", token="write-token"),
+                  "create_branch of an existing branch: 409")
+    r, _ = fake.request("POST", "/api/models/%s/branch/feature" % repo, {},
+                        {"Authorization": "Bearer write-token", "Content-Type": "application/json"})
+    check(r.status == 409, "create_branch of an existing branch: 409 (got %d)" % r.status)
+    api.create_branch(repo, branch="feature", token="write-token", exist_ok=True)
+    api.create_branch(repo, branch="old/start", revision=head, token="write-token")
+    refs = {b.name: b.target_commit for b in api.list_repo_refs(repo).branches}
+    check(refs.get("old/start") == head, "create_branch from a commit id, a name with a slash (%s)" % refs)
+    expect_raises(RevisionNotFoundError, lambda: api.create_branch(repo, branch="x", revision="nope",
+                                                                   token="write-token"),
+                  "create_branch from a missing revision")
+    expect_raises(BadRequestError, lambda: api.create_branch(repo, branch="refs/pr/5", token="write-token"),
+                  "create_branch refs/pr/5: 400")
+    expect_raises(HfHubHTTPError, lambda: api.create_branch(repo, branch="y", token=False),
+                  "create_branch without a token")
+    check(not {"x", "y", "refs/pr/5"} & {b.name for b in api.list_repo_refs(repo).branches},
+          "a refused create_branch makes no branch")
+    # A commit to the branch: main stays.
+    ci = api.upload_file(path_or_fileobj=b"on feature\n", path_in_repo="feature.txt", repo_id=repo,
+                         revision="feature", token="write-token")
+    check(api.model_info(repo).sha == main and api.model_info(repo, revision="feature").sha == ci.oid,
+          "a commit to a created branch moves it, not main")
+    check(open(hf.hf_hub_download(repo, "feature.txt", revision="feature", cache_dir=fresh()), "rb").read() ==
+          b"on feature\n", "download from the created branch")
+    # A branch that does not exist: the preupload says so, as the commit would (the Hub: 404).
+    before = {b.name: b.target_commit for b in api.list_repo_refs(repo).branches}
+    expect_raises(RevisionNotFoundError, lambda: api.upload_file(
+        path_or_fileobj=b"x" * 5000, path_in_repo="lfs.bin", repo_id=repo, revision="missing",
+        token="write-token"), "upload to a missing branch: RevisionNotFound")
+    auth = {"Authorization": "Bearer write-token", "Content-Type": "application/json"}
+    r, _ = fake.request("POST", "/api/models/%s/preupload/missing" % repo,
+                        {"files": [{"path": "a.txt", "size": 3, "sample": ""}]}, auth)
+    check(r.status == 404 and r.getheader("X-Error-Code") == "RevisionNotFound",
+          "preupload on a missing branch: 404 RevisionNotFound (got %d)" % r.status)
+    line = json.dumps({"key": "header", "value": {"summary": "s"}}).encode() + b"\n" + json.dumps(
+        {"key": "file", "value": {"path": "a.txt", "content": "YWJj", "encoding": "base64"}}).encode()
+    r, _ = fake.request("POST", "/api/models/%s/commit/missing" % repo, line,
+                        {"Authorization": "Bearer write-token", "Content-Type": "application/x-ndjson"})
+    check(r.status == 404 and r.getheader("X-Error-Code") == "RevisionNotFound",
+          "commit on a missing branch: 404 RevisionNotFound (got %d)" % r.status)
+    for rev in (head,):  # a commit id is no branch: both 400
+        r, _ = fake.request("POST", "/api/models/%s/preupload/%s" % (repo, rev),
+                            {"files": [{"path": "a.txt", "size": 3, "sample": ""}]}, auth)
+        r2, _ = fake.request("POST", "/api/models/%s/commit/%s" % (repo, rev), line,
+                             {"Authorization": "Bearer write-token", "Content-Type": "application/x-ndjson"})
+        check(r.status == 400 and r2.status == 400, "preupload and commit on a commit id: 400 (%d, %d)" %
+              (r.status, r2.status))
+    after = {b.name: b.target_commit for b in api.list_repo_refs(repo).branches}
+    check(after == before, "no branch was made or moved by the refused commits (%s)" % after)
+    # The preupload's oids are those of the branch the commit starts from.
+    r, body = fake.request("POST", "/api/models/%s/preupload/feature" % repo,
+                           {"files": [{"path": "feature.txt", "size": 11, "sample": ""}]}, auth)
+    got = json.loads(body)["files"][0]["oid"] if r.status == 200 else None
+    check(got == hashlib.sha1(b"blob 11\0on feature\n").hexdigest(), "preupload oid on the branch (%s)" % got)
 
 
 def rnd_bytes(n, seed):
