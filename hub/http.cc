@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -285,6 +286,9 @@ struct GetRangeState {
   std::string original_url;
   std::string final_url;
   bool resolved = false;      // final_url known (part 0's answer came)
+  bool cached_final = false;  // final_url came from the client's memory
+  bool redirected = false;    // a part followed redirects to final_url now
+  const std::atomic<bool>* cancel = nullptr;
   bool whole_object = false;  // a 200 answered for everything
   uint64_t offset = 0;
   uint64_t total_size = 0;
@@ -487,6 +491,7 @@ size_t PartBodyCallback(char* data, size_t size, size_t count, void* user) {
     }
     p->validated = true;
     p->state->final_url = p->url;
+    if (p->hops > 0) p->state->redirected = true;
     p->state->resolved = true;
   }
   const uint64_t room = p->end - p->next;
@@ -666,7 +671,7 @@ struct HttpClient::Impl {
 
   absl::StatusOr<HttpResponse> Send(const HttpRequest& request);
   absl::Status GetRange(const std::string& url, uint64_t offset, absl::Span<uint8_t> out,
-                        uint64_t total_size);
+                        const RangeOptions& options);
   absl::Status RunParts(CURLM* multi, GetRangeState& st, std::vector<Part>& parts,
                         size_t concurrency);
   // What to do with a part whose transfer ended; an error ends the GetRange.
@@ -682,6 +687,35 @@ struct HttpClient::Impl {
   std::vector<CURLM*> multi_pool;
   Stats stats;
   TokenBucket bucket;
+
+  // Final URLs of resolve URLs (GetRange): the URL and when it was found.
+  struct FinalUrl {
+    std::string url;
+    Clock::time_point found;
+  };
+  static constexpr size_t kMaxFinalUrls = 4096;
+  std::mutex final_mu;
+  std::map<std::string, FinalUrl> final_urls;  // guarded by final_mu
+
+  std::optional<std::string> CachedFinalUrl(const std::string& url) {
+    std::lock_guard<std::mutex> lock(final_mu);
+    auto it = final_urls.find(url);
+    if (it == final_urls.end()) return std::nullopt;
+    if (Clock::now() - it->second.found >= config.final_url_ttl) {
+      final_urls.erase(it);
+      return std::nullopt;
+    }
+    return it->second.url;
+  }
+  void RememberFinalUrl(const std::string& url, const std::string& final_url) {
+    std::lock_guard<std::mutex> lock(final_mu);
+    if (final_urls.size() >= kMaxFinalUrls && final_urls.count(url) == 0) final_urls.clear();
+    final_urls[url] = FinalUrl{final_url, Clock::now()};
+  }
+  void ForgetFinalUrl(const std::string& url) {
+    std::lock_guard<std::mutex> lock(final_mu);
+    final_urls.erase(url);
+  }
 };
 
 const std::string* HttpResponse::Header(absl::string_view name) const {
@@ -717,7 +751,14 @@ absl::StatusOr<HttpResponse> HttpClient::Send(const HttpRequest& request) {
 
 absl::Status HttpClient::GetRange(const std::string& url, uint64_t offset, absl::Span<uint8_t> out,
                                   uint64_t total_size) {
-  absl::Status s = impl_->GetRange(url, offset, out, total_size);
+  RangeOptions options;
+  options.total_size = total_size;
+  return GetRange(url, offset, out, options);
+}
+
+absl::Status HttpClient::GetRange(const std::string& url, uint64_t offset, absl::Span<uint8_t> out,
+                                  const RangeOptions& options) {
+  absl::Status s = impl_->GetRange(url, offset, out, options);
   if (!s.ok()) {
     impl_->stats.errors.fetch_add(1, std::memory_order_relaxed);
     return impl_->Scrub(s);
@@ -867,7 +908,8 @@ absl::StatusOr<HttpResponse> HttpClient::Impl::Send(const HttpRequest& request) 
 // ---------------------------------------------------------------- GetRange
 
 absl::Status HttpClient::Impl::GetRange(const std::string& url, uint64_t offset,
-                                        absl::Span<uint8_t> out, uint64_t total_size) {
+                                        absl::Span<uint8_t> out, const RangeOptions& options) {
+  const uint64_t total_size = options.total_size;
   const std::string what = absl::StrCat("GET ", SafeUrl(url));
   if (config.offline) {
     return absl::FailedPreconditionError(absl::StrCat(what, ": offline (HF_HUB_OFFLINE is set)"));
@@ -888,9 +930,16 @@ absl::Status HttpClient::Impl::GetRange(const std::string& url, uint64_t offset,
   st.offset = offset;
   st.total_size = total_size;
   st.out = out;
+  st.cancel = options.cancel;
+  if (std::optional<std::string> known = CachedFinalUrl(url)) {
+    st.final_url = std::move(*known);
+    st.resolved = true;
+    st.cached_final = true;
+  }
 
   const uint64_t size = out.size();
-  const uint64_t connections = static_cast<uint64_t>(std::max(config.parallel_connections, 1));
+  const uint64_t connections = static_cast<uint64_t>(
+      std::max(options.connections > 0 ? options.connections : config.parallel_connections, 1));
   const uint64_t max_part = std::max<uint64_t>(config.part_bytes, kMinPartBytes);
   const uint64_t part_size =
       std::clamp<uint64_t>((size + connections - 1) / connections, kMinPartBytes, max_part);
@@ -901,7 +950,7 @@ absl::Status HttpClient::Impl::GetRange(const std::string& url, uint64_t offset,
     parts[i].start = i * part_size;
     parts[i].next = parts[i].start;
     parts[i].end = std::min(size, parts[i].start + part_size);
-    if (i == 0) parts[i].url = url;
+    if (i == 0 && !st.resolved) parts[i].url = url;
   }
   CURLM* multi = TakeMulti();
   if (multi == nullptr) return absl::ResourceExhaustedError("curl_multi_init failed");
@@ -919,6 +968,7 @@ absl::Status HttpClient::Impl::GetRange(const std::string& url, uint64_t offset,
     }
   }
   GiveMulti(multi);
+  if (s.ok() && st.redirected && st.final_url != url) RememberFinalUrl(url, st.final_url);
   return s;
 }
 
@@ -959,6 +1009,9 @@ absl::Status HttpClient::Impl::RunParts(CURLM* multi, GetRangeState& st, std::ve
   };
 
   while (done < parts.size()) {
+    if (st.cancel != nullptr && st.cancel->load(std::memory_order_relaxed)) {
+      return absl::CancelledError(absl::StrCat("GET ", SafeUrl(st.original_url), ": cancelled"));
+    }
     // Start what may start: only part 0 until the redirects are behind us
     // (the others then go straight to the final URL).
     const Clock::time_point now = Clock::now();
@@ -1132,13 +1185,17 @@ absl::Status HttpClient::Impl::FinishPart(Part& p, CURLcode code, std::deque<siz
   // original URL (the Hub signs a new one).
   std::optional<Origin> here = ParseOrigin(p.url);
   std::optional<Origin> original = ParseOrigin(st.original_url);
-  if ((status == 401 || status == 403 || status == 410) && here && original &&
+  if ((status == 401 || status == 403 || status == 404 || status == 410) && here && original &&
       !(*here == *original)) {
+    if (st.cached_final) ForgetFinalUrl(st.original_url);
     if (!p.reresolved) {
+      // Not a retry: the URL, not the transfer, failed.
       p.reresolved = true;
       p.url = st.original_url;
       p.hops = 0;
-      return retry(milliseconds(0), "the CDN refused its URL");
+      p.not_before = Clock::now();
+      pending.push_front(index);
+      return absl::OkStatus();
     }
   }
   HttpResponse r;

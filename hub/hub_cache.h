@@ -5,7 +5,11 @@
 //     blobs/<etag>                    file contents (etag: LFS sha256, or the
 //                                     git blob id of a small file)
 //     blobs/<etag>.incomplete         a download in progress: always a prefix
-//                                     of the file (resumed from its size)
+//                                     of the file (our Download resumes from
+//                                     its size, as huggingface_hub 0.x did;
+//                                     1.x and 2.x download to a per-process
+//                                     <etag>.<8 hex>.incomplete instead and
+//                                     do not resume ours)
 //     snapshots/<commit>/<path>       symlink -> ../../blobs/<etag> (relative)
 //   <root>/.locks/models--<owner>--<name>/<etag>.lock   flock()ed while a
 //                                     process writes that blob (huggingface_hub

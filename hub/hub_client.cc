@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <map>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -32,9 +34,10 @@ namespace fs = std::filesystem;
 
 // Files listed from the cache (offline resolve): more is not a model.
 constexpr size_t kMaxCachedFiles = 100'000;
-// The most one download window holds, whatever the config says (a download
-// holds two: one being fetched, one being appended).
-constexpr uint64_t kMaxWindowBytes = 512ull << 20;
+// A download's part (config.part_bytes) within these bounds: it holds
+// parallel_connections + 1 of them at most.
+constexpr uint64_t kMinDownloadPartBytes = 64ull << 10;
+constexpr uint64_t kMaxDownloadPartBytes = 64ull << 20;
 
 bool IsHex(absl::string_view s, size_t size) {
   if (s.size() != size) return false;
@@ -462,6 +465,152 @@ absl::StatusOr<FileMeta> HubClient::Head(const RepoInfo& repo, absl::string_view
 
 absl::StatusOr<std::string> HubClient::Download(const RepoInfo& repo, absl::string_view path,
                                                 const ProgressFn& progress) {
+  DownloadOptions options;
+  options.progress = progress;
+  return Download(repo, path, options);
+}
+
+namespace {
+
+// The parts of [offset, size) of `url`, fetched by `connections` threads,
+// each part handed to `append` in order as soon as it and every earlier
+// part are there. At most connections + 1 parts are held. Stops at the
+// first error (every thread joined before returning), or at `cancel`.
+class PartFetcher {
+ public:
+  PartFetcher(HttpClient& http, std::string url, uint64_t offset, uint64_t size,
+              uint64_t part_bytes, int connections, const std::atomic<bool>* cancel)
+      : http_(http),
+        url_(std::move(url)),
+        offset_(offset),
+        size_(size),
+        part_bytes_(part_bytes),
+        cancel_(cancel) {
+    count_ = (size_ - offset_ + part_bytes_ - 1) / part_bytes_;
+    workers_ = static_cast<size_t>(
+        std::min<uint64_t>(static_cast<uint64_t>(std::max(connections, 1)), count_));
+    window_ = workers_ + 1;
+  }
+  ~PartFetcher() { Stop(); }
+
+  // `append(bytes)` for each part in order; then OK, or the first error.
+  absl::Status Run(const std::function<absl::Status(absl::Span<const uint8_t>)>& append) {
+    for (size_t i = 0; i < workers_; ++i) threads_.emplace_back([this] { Work(); });
+    for (uint64_t index = 0; index < count_; ++index) {
+      std::vector<uint8_t> bytes;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        while (true) {
+          // A part that is there is appended even after an error or a
+          // cancel elsewhere: the .incomplete keeps every whole prefix part.
+          auto it = done_.find(index);
+          if (it != done_.end()) {
+            bytes = std::move(it->second);
+            done_.erase(it);
+            break;
+          }
+          if (!error_.ok()) return StopWith(lock, error_);
+          if (stop_ || Cancelled()) return StopWith(lock, absl::CancelledError("cancelled"));
+          // Bounded: wakes for every finished part, and polls `cancel`.
+          cv_.wait_for(lock, std::chrono::milliseconds(100));
+        }
+      }
+      absl::Status s = append(absl::MakeConstSpan(bytes));
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        appended_ = index + 1;
+        if (free_.size() < window_) free_.push_back(std::move(bytes));
+      }
+      cv_.notify_all();
+      if (!s.ok()) {
+        std::unique_lock<std::mutex> lock(mu_);
+        return StopWith(lock, s);
+      }
+    }
+    Stop();
+    return absl::OkStatus();
+  }
+
+ private:
+  bool Cancelled() const { return cancel_ != nullptr && cancel_->load(); }
+  absl::Status StopWith(std::unique_lock<std::mutex>& lock, absl::Status s) {
+    stop_ = true;
+    lock.unlock();
+    Stop();
+    return s;
+  }
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    stop_flag_.store(true);
+    cv_.notify_all();
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+    threads_.clear();
+  }
+  void Work() {
+    while (true) {
+      uint64_t index = 0;
+      std::vector<uint8_t> buffer;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || next_ >= count_ || next_ < appended_ + window_; });
+        if (stop_ || next_ >= count_) return;
+        index = next_++;
+        if (!free_.empty()) {
+          buffer = std::move(free_.back());
+          free_.pop_back();
+        }
+      }
+      const uint64_t at = offset_ + index * part_bytes_;
+      const uint64_t n = std::min(part_bytes_, size_ - at);
+      buffer.resize(static_cast<size_t>(n));
+      RangeOptions options;
+      options.total_size = size_;
+      options.connections = 1;
+      options.cancel = &stop_flag_;
+      absl::Status s = http_.GetRange(url_, at, absl::MakeSpan(buffer), options);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (s.ok()) {
+          done_.emplace(index, std::move(buffer));
+        } else if (error_.ok() && !(stop_ && absl::IsCancelled(s))) {
+          error_ = s;
+          stop_ = true;
+          stop_flag_.store(true);
+        }
+      }
+      cv_.notify_all();
+    }
+  }
+
+  HttpClient& http_;
+  const std::string url_;
+  const uint64_t offset_, size_, part_bytes_;
+  const std::atomic<bool>* const cancel_;
+  uint64_t count_ = 0;
+  size_t workers_ = 0;
+  uint64_t window_ = 0;  // parts fetched or being fetched ahead of appended_
+  std::vector<std::thread> threads_;
+  std::atomic<bool> stop_flag_{false};  // stops the GetRanges in flight
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;                                // guarded by mu_
+  uint64_t next_ = 0;                                // guarded by mu_
+  uint64_t appended_ = 0;                            // guarded by mu_
+  std::map<uint64_t, std::vector<uint8_t>> done_;    // guarded by mu_
+  std::vector<std::vector<uint8_t>> free_;           // guarded by mu_
+  absl::Status error_;                               // guarded by mu_
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> HubClient::Download(const RepoInfo& repo, absl::string_view path,
+                                                const DownloadOptions& options) {
+  const ProgressFn& progress = options.progress;
   absl::Status s = CheckRepoInfo(repo);
   if (!s.ok()) return s;
   std::optional<RepoInfo> fetched;
@@ -485,6 +634,9 @@ absl::StatusOr<std::string> HubClient::Download(const RepoInfo& repo, absl::stri
     }
   }
   if (impl_->config.offline) return impl_->OfflineNotCached(what);
+  if (options.cancel != nullptr && options.cancel->load()) {
+    return absl::CancelledError(absl::StrCat(what, ": cancelled"));
+  }
   absl::StatusOr<std::unique_ptr<HubCache::BlobWriter>> writer =
       cache.BeginBlob(repo_id, etag, f->size);
   if (!writer.ok()) return writer.status();
@@ -492,46 +644,22 @@ absl::StatusOr<std::string> HubClient::Download(const RepoInfo& repo, absl::stri
   if (!w.complete()) {
     // Every byte comes from the resolved commit's URL, never the branch's.
     const std::string url = ResolveUrl(repo, f->path);
-    const uint64_t window = std::clamp<uint64_t>(
-        static_cast<uint64_t>(std::max(1, impl_->config.parallel_connections)) *
-            std::max<uint64_t>(1, impl_->config.part_bytes),
-        1, kMaxWindowBytes);
+    const int connections = std::max(1, impl_->config.parallel_connections);
+    const uint64_t part = std::clamp<uint64_t>(impl_->config.part_bytes, kMinDownloadPartBytes,
+                                               kMaxDownloadPartBytes);
     uint64_t offset = w.resume_offset();
     if (progress) progress(offset, f->size);
-    // Two windows: one is fetched while the other is appended (written and
-    // hashed) by a helper thread, always in order, so the .incomplete stays
-    // a prefix. Progress reports appended bytes, from this thread.
-    std::vector<uint8_t> buffers[2];
-    std::thread appender;
-    absl::Status append_status;
-    auto finish_append = [&] {
-      if (appender.joinable()) appender.join();
-      return append_status;
-    };
-    struct JoinOnExit {
-      std::thread& t;
-      ~JoinOnExit() {
-        if (t.joinable()) t.join();
-      }
-    } join_on_exit{appender};
-    int current = 0;
-    while (offset < f->size) {
-      const uint64_t n = std::min(window, f->size - offset);
-      std::vector<uint8_t>& buffer = buffers[current];
-      if (buffer.size() < n) buffer.resize(static_cast<size_t>(n));
-      const absl::Span<uint8_t> out(buffer.data(), static_cast<size_t>(n));
-      s = impl_->http.GetRange(url, offset, out, f->size);
-      absl::Status appended = finish_append();  // the previous window
-      if (!appended.ok()) return appended;
-      if (progress) progress(offset, f->size);
+    if (offset < f->size) {
+      PartFetcher fetcher(impl_->http, url, offset, f->size, part, connections, options.cancel);
+      s = fetcher.Run([&](absl::Span<const uint8_t> bytes) {
+        absl::Status appended = w.Append(bytes);
+        if (!appended.ok()) return appended;
+        offset += bytes.size();
+        if (progress) progress(offset, f->size);
+        return absl::OkStatus();
+      });
       if (!s.ok()) return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
-      appender = std::thread([&w, &append_status, out] { append_status = w.Append(out); });
-      offset += n;
-      current ^= 1;
     }
-    s = finish_append();
-    if (!s.ok()) return s;
-    if (progress) progress(offset, f->size);
   }
   absl::StatusOr<std::string> blob = w.Commit();
   if (!blob.ok())

@@ -8,9 +8,15 @@
 //             Content-Length, Location (a CDN, or for Xet-backed repos the
 //             LFS-compatible route; X-Xet-Hash is kept).
 //   Download  a file into the cache (hub/hub_cache.h), resumable, verified,
-//             parts fetched in parallel but appended in order (so the
-//             .incomplete stays a prefix huggingface_hub can resume too);
-//             no network when it is already there.
+//             parts (part_bytes) fetched in parallel_connections parallel
+//             GETs, each appended as soon as it and every earlier part are
+//             complete (so the .incomplete is always a prefix, and a killed
+//             download resumes from its last whole part); at most
+//             parallel_connections + 1 parts held in memory; cancellable;
+//             no network when it is already there. (Only our own Download,
+//             and huggingface_hub 0.x, resume our <etag>.incomplete:
+//             huggingface_hub 1.x and 2.x download to a per-process
+//             <etag>.<8 hex>.incomplete and do not resume ours.)
 //   OpenRemote a ByteSource over one file of a resolved commit: reads come
 //             from the cached blob when it is complete, else by ranged GETs
 //             (the daemon streams layers this way before the download ends).
@@ -19,6 +25,7 @@
 #ifndef BIGSMALL_HUB_HUB_CLIENT_H_
 #define BIGSMALL_HUB_HUB_CLIENT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -66,6 +73,14 @@ struct FileMeta {
 // Called with (bytes done, bytes total) as a download advances.
 using ProgressFn = std::function<void(uint64_t, uint64_t)>;
 
+struct DownloadOptions {
+  ProgressFn progress;  // bytes appended to the .incomplete so far
+  // When set and it becomes true, the download stops within ~0.2 s and
+  // returns CANCELLED; what was appended stays in the .incomplete, which the
+  // next Download resumes.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
 class HubClient {
  public:
   explicit HubClient(HubConfig config);
@@ -83,6 +98,8 @@ class HubClient {
   // a branch or tag.
   absl::StatusOr<std::string> Download(const RepoInfo& repo, absl::string_view path,
                                        const ProgressFn& progress = nullptr);
+  absl::StatusOr<std::string> Download(const RepoInfo& repo, absl::string_view path,
+                                       const DownloadOptions& options);
   absl::StatusOr<std::unique_ptr<ByteSource>> OpenRemote(const RepoInfo& repo,
                                                          absl::string_view path);
 

@@ -402,10 +402,10 @@ TEST_F(HubClientTest, AnInterruptedDownloadResumesFromItsIncomplete) {
   const std::string incomplete =
       absl::StrCat(cache_dir_, "/models--owner--model/blobs/", sha, ".incomplete");
   ASSERT_TRUE(fs::exists(incomplete));
-  // What was appended before the failure stays: whole windows, a prefix.
+  // What was appended before the failure stays: whole parts, a prefix.
   EXPECT_GE(fs::file_size(incomplete), stopped_at);
   EXPECT_LT(fs::file_size(incomplete), g->model_big.size());
-  EXPECT_EQ(fs::file_size(incomplete) % (512 << 10), 0u);
+  EXPECT_EQ(fs::file_size(incomplete) % (256 << 10), 0u);
   stopped_at = fs::file_size(incomplete);
   EXPECT_EQ(ReadFile(incomplete), g->model_big.substr(0, stopped_at));
   ASSERT_TRUE(g->hub->ClearFaults().ok());
@@ -438,6 +438,186 @@ TEST_F(HubClientTest, AnInterruptedDownloadResumesFromItsIncomplete) {
   }
   EXPECT_EQ(sent, missing);
   EXPECT_EQ(first, stopped_at);
+}
+
+// Restores the fake's bandwidth when a test ends, however it ends.
+struct Unthrottle {
+  ~Unthrottle() { EXPECT_TRUE(g->hub->Throttle(0).ok()); }
+};
+
+TEST_F(HubClientTest, EachPartIsAppendedAsSoonAsItAndEveryEarlierPartAreThere) {
+  // 16 connections of 256 KiB parts: the 3 MiB file is less than one old
+  // "window" (connections * part_bytes), which was appended only whole.
+  HubConfig c = Config();
+  c.parallel_connections = 16;
+  HubClient client(c);
+  absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::string sha = Sha256Hex(g->model_big);
+  const std::string incomplete =
+      absl::StrCat(cache_dir_, "/models--owner--model/blobs/", sha, ".incomplete");
+  std::vector<uint64_t> reported;
+  bool prefix_ok = true;
+  absl::StatusOr<std::string> path =
+      client.Download(*r, "model.safetensors", [&](uint64_t done, uint64_t total) {
+        if (!reported.empty() && reported.back() == done) return;
+        reported.push_back(done);
+        if (done == 0 || done == total) return;
+        // What is reported is on disk already, as a prefix.
+        std::error_code ec;
+        if (fs::file_size(incomplete, ec) != done || ec ||
+            ReadFile(incomplete) != g->model_big.substr(0, done)) {
+          prefix_ok = false;
+        }
+      });
+  ASSERT_TRUE(path.ok()) << path.status();
+  EXPECT_EQ(ReadFile(*path), g->model_big);
+  std::vector<uint64_t> every_part;
+  for (uint64_t at = 0; at <= g->model_big.size(); at += 256 << 10) every_part.push_back(at);
+  EXPECT_EQ(reported, every_part);
+  EXPECT_TRUE(prefix_ok);
+}
+
+TEST_F(HubClientTest, ACancelledDownloadKeepsItsIncompleteAndResumes) {
+  const std::string sha = Sha256Hex(g->model_big);
+  const std::string incomplete =
+      absl::StrCat(cache_dir_, "/models--owner--model/blobs/", sha, ".incomplete");
+  uint64_t kept = 0;
+  {
+    HubConfig c = Config();
+    c.parallel_connections = 4;
+    HubClient client(c);
+    absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
+    ASSERT_TRUE(r.ok()) << r.status();
+    Unthrottle unthrottle;
+    ASSERT_TRUE(g->hub->Throttle(1u << 20).ok());  // ~3 s for the file
+    std::atomic<bool> cancel{false};
+    std::chrono::steady_clock::time_point cancelled_at;
+    DownloadOptions options;
+    options.cancel = &cancel;
+    options.progress = [&](uint64_t done, uint64_t) {
+      if (done > 0 && !cancel.load()) {
+        cancelled_at = std::chrono::steady_clock::now();
+        cancel.store(true);
+      }
+    };
+    absl::StatusOr<std::string> path = client.Download(*r, "model.safetensors", options);
+    const auto took = std::chrono::steady_clock::now() - cancelled_at;
+    EXPECT_EQ(path.status().code(), absl::StatusCode::kCancelled) << path.status();
+    EXPECT_TRUE(cancel.load());
+    // It stopped the transfers in flight (the rest would take ~2.5 s more).
+    EXPECT_LT(took, std::chrono::milliseconds(1500));
+    EXPECT_FALSE(client.cache().BlobFile("owner/model", sha).has_value());
+    ASSERT_TRUE(fs::exists(incomplete));
+    kept = fs::file_size(incomplete);
+    EXPECT_GT(kept, 0u);
+    EXPECT_LT(kept, g->model_big.size());
+    EXPECT_EQ(kept % (256 << 10), 0u);
+    EXPECT_TRUE(ReadFile(incomplete) == g->model_big.substr(0, kept));
+    // Cancelled before it starts: nothing is asked.
+    const uint64_t before = Net(client);
+    absl::StatusOr<std::string> again = client.Download(*r, "model.safetensors", options);
+    EXPECT_EQ(again.status().code(), absl::StatusCode::kCancelled) << again.status();
+    EXPECT_EQ(Net(client), before);
+  }
+  HubClient client(Config());
+  absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  uint64_t first_progress = UINT64_MAX;
+  absl::StatusOr<std::string> path =
+      client.Download(*r, "model.safetensors", [&](uint64_t done, uint64_t) {
+        first_progress = std::min(first_progress, done);
+      });
+  ASSERT_TRUE(path.ok()) << path.status();
+  EXPECT_EQ(first_progress, kept);  // resumed
+  EXPECT_EQ(ReadFile(*path), g->model_big);
+}
+
+// Requests of the fake's log for `sha256`: resolve ones and CDN ones.
+struct RequestCounts {
+  int resolve = 0, cdn = 0, cdn_authorized = 0;
+};
+RequestCounts CountFor(const nlohmann::json& stats, const std::string& file_path,
+                       const std::string& sha256) {
+  RequestCounts n;
+  for (const nlohmann::json& e : stats["log"]) {
+    const std::string path = e.value("path", "");
+    if (absl::StrContains(path, "/resolve/") && absl::EndsWith(path, file_path)) ++n.resolve;
+    if (path == "/_cdn/" + sha256) {
+      ++n.cdn;
+      if (e.value("authorized", false)) ++n.cdn_authorized;
+    }
+  }
+  return n;
+}
+
+TEST_F(HubClientTest, ARemoteSourceGoesStraightToTheCdnAfterTheFirstRead) {
+  HubConfig c = Config(/*token=*/true);  // the token must not reach the CDN
+  HubClient client(c);
+  absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<std::unique_ptr<ByteSource>> src = client.OpenRemote(*r, "model.safetensors");
+  ASSERT_TRUE(src.ok()) << src.status();
+  const std::string sha = Sha256Hex(g->model_big);
+  auto read = [&](uint64_t offset) {
+    std::vector<uint8_t> out(4096);
+    absl::Status st = (*src)->ReadAt(offset, absl::MakeSpan(out));
+    EXPECT_TRUE(st.ok()) << st;
+    EXPECT_TRUE(std::string(out.begin(), out.end()) == g->model_big.substr(offset, 4096));
+  };
+  // The fake counts a request once answered: wait for the count to settle.
+  auto counts = [&](int cdn_at_least) {
+    RequestCounts n = CountFor(Stats(), "model.safetensors", sha);
+    for (int i = 0; i < 2000 && n.cdn < cdn_at_least; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      n = CountFor(Stats(), "model.safetensors", sha);
+    }
+    return n;
+  };
+  ASSERT_TRUE(g->hub->ResetStats().ok());
+  const uint64_t before = Net(client);
+  for (int i = 0; i < 5; ++i) read(1000 * i);
+  EXPECT_EQ(Net(client) - before, 6u);  // resolve + CDN, then the CDN only
+  RequestCounts n = counts(5);
+  EXPECT_EQ(n.resolve, 1);
+  EXPECT_EQ(n.cdn, 5);
+  EXPECT_EQ(n.cdn_authorized, 0);
+
+  // The CDN refuses the remembered URL (expired): resolved again, once.
+  for (int status : {403, 404, 410, 401}) {
+    SCOPED_TRACE(status);
+    ASSERT_TRUE(g->hub->ResetStats().ok());
+    ASSERT_TRUE(g->hub
+                    ->AddFaults(absl::StrCat(R"({"rules": [{"path": "^/_cdn/", "kind": "status",
+                                "status": )", status, R"(, "times": 1}]})"))
+                    .ok());
+    read(77);
+    read(5000);
+    n = counts(3);
+    EXPECT_EQ(n.resolve, 1);
+    EXPECT_EQ(n.cdn, 3);  // refused, then the new URL twice
+    EXPECT_EQ(n.cdn_authorized, 0);
+  }
+}
+
+TEST_F(HubClientTest, ARemoteSourceResolvesAgainOnceItsCdnUrlIsOld) {
+  HubConfig c = Config();
+  c.final_url_ttl = std::chrono::milliseconds(300);
+  HubClient client(c);
+  absl::StatusOr<RepoInfo> r = client.Resolve(Ref("owner/model"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<std::unique_ptr<ByteSource>> src = client.OpenRemote(*r, "model.safetensors");
+  ASSERT_TRUE(src.ok()) << src.status();
+  std::vector<uint8_t> out(100);
+  const uint64_t before = Net(client);
+  ASSERT_TRUE((*src)->ReadAt(0, absl::MakeSpan(out)).ok());
+  ASSERT_TRUE((*src)->ReadAt(100, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(Net(client) - before, 3u);
+  // The subject is time itself: the URL's age passes the bound.
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  ASSERT_TRUE((*src)->ReadAt(200, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(Net(client) - before, 5u);  // resolve + CDN again
+  EXPECT_TRUE(std::string(out.begin(), out.end()) == g->model_big.substr(200, 100));
 }
 
 TEST_F(HubClientTest, CorruptBytesNeverBecomeAVisibleBlob) {

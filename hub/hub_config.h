@@ -44,6 +44,10 @@ struct HubConfig {
   // Parallel ranged GETs of one download and their size.
   int parallel_connections = 8;
   uint64_t part_bytes = 32ull << 20;
+  // How long a file's final (CDN) URL, found by following its resolve URL's
+  // redirects, is used for later ranged GETs without asking the resolve URL
+  // again (presigned URLs expire; a refused one is resolved again anyway).
+  std::chrono::milliseconds final_url_ttl{5 * 60'000};
   // 0: unlimited. Shared by every transfer of one HttpClient.
   uint64_t max_bytes_per_second = 0;
   std::string user_agent = "bigsmall/0.1";
