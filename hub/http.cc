@@ -21,6 +21,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "codec/status_util.h"
+#include "hub/hub_parse.h"
 
 namespace bigsmall::hub {
 namespace {
@@ -151,22 +152,11 @@ bool RetryableCurl(CURLcode code) {
 
 bool RetryableStatus(long status) { return status == 429 || (status >= 500 && status <= 599); }
 
-// Retry-After: delta-seconds or an HTTP date; nullopt when absent or
-// unreadable (then the backoff applies).
+// Retry-After (hub_parse.h); nullopt when absent or unreadable (then the
+// backoff applies).
 std::optional<milliseconds> ParseRetryAfter(const std::string* value) {
   if (value == nullptr) return std::nullopt;
-  absl::string_view v = absl::StripAsciiWhitespace(*value);
-  int64_t seconds = 0;
-  if (absl::SimpleAtoi(v, &seconds)) {
-    if (seconds < 0) return std::nullopt;
-    seconds = std::min<int64_t>(seconds, int64_t{1} << 40);
-    return milliseconds(seconds * 1000);
-  }
-  std::string date(v);
-  time_t when = curl_getdate(date.c_str(), nullptr);
-  if (when == -1) return std::nullopt;
-  time_t now = time(nullptr);
-  return milliseconds(when > now ? static_cast<int64_t>(when - now) * 1000 : 0);
+  return hub::ParseRetryAfter(*value, time(nullptr));
 }
 
 milliseconds Backoff(const HubConfig& config, int attempt) {
@@ -400,29 +390,15 @@ int SeekCallback(void* user, curl_off_t offset, int origin) {
   return CURL_SEEKFUNC_OK;
 }
 
-// "bytes a-b/total" (total may be '*').
+// Content-Range (hub_parse.h).
 bool ParseContentRange(const std::string* value, uint64_t* a, uint64_t* b,
                        std::optional<uint64_t>* total) {
   if (value == nullptr) return false;
-  absl::string_view v = absl::StripAsciiWhitespace(*value);
-  if (!absl::ConsumePrefix(&v, "bytes ")) return false;
-  size_t dash = v.find('-');
-  size_t slash = v.find('/');
-  if (dash == absl::string_view::npos || slash == absl::string_view::npos || slash < dash) {
-    return false;
-  }
-  if (!absl::SimpleAtoi(v.substr(0, dash), a) ||
-      !absl::SimpleAtoi(v.substr(dash + 1, slash - dash - 1), b) || *b < *a) {
-    return false;
-  }
-  absl::string_view t = v.substr(slash + 1);
-  if (t == "*") {
-    total->reset();
-  } else {
-    uint64_t x = 0;
-    if (!absl::SimpleAtoi(t, &x) || x <= *b) return false;
-    *total = x;
-  }
+  std::optional<ContentRange> r = hub::ParseContentRange(*value);
+  if (!r) return false;
+  *a = r->first;
+  *b = r->last;
+  *total = r->total;
   return true;
 }
 

@@ -26,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "codec/status_util.h"
+#include "hub/hub_parse.h"
 
 namespace bigsmall::hub {
 namespace {
@@ -38,27 +39,6 @@ constexpr size_t kMaxCachedFiles = 100'000;
 // parallel_connections + 1 of them at most.
 constexpr uint64_t kMinDownloadPartBytes = 64ull << 10;
 constexpr uint64_t kMaxDownloadPartBytes = 64ull << 20;
-
-bool IsHex(absl::string_view s, size_t size) {
-  if (s.size() != size) return false;
-  for (char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
-
-// A file path the Hub listed: relative, '/'-separated, no empty, "." or
-// ".." segment, no NUL or control character.
-bool IsSafeRepoPath(absl::string_view path) {
-  if (path.empty() || path.size() > 4096 || path.front() == '/') return false;
-  for (unsigned char c : path) {
-    if (c < 0x20 || c == 0x7f) return false;
-  }
-  for (absl::string_view seg : absl::StrSplit(path, '/')) {
-    if (seg.empty() || seg == "." || seg == ".." || seg.size() > 255) return false;
-  }
-  return true;
-}
 
 std::string HfName(const RepoRef& ref) { return absl::StrCat("hf://", ref.ToString()); }
 std::string HfName(const RepoInfo& repo) {
@@ -81,101 +61,6 @@ absl::Status CheckRepoInfo(const RepoInfo& repo) {
         absl::StrCat(EscapeForLog(repo.ref.repo_id), ": the repo is not resolved to a commit"));
   }
   return CheckRef(repo.ref);
-}
-
-// "W/\"abc\"" -> "abc".
-std::string Unquote(absl::string_view etag) {
-  absl::ConsumePrefix(&etag, "W/");
-  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') {
-    etag = etag.substr(1, etag.size() - 2);
-  }
-  return std::string(etag);
-}
-
-// `location` made absolute against `base` (an absolute http(s) URL).
-std::string AbsoluteUrl(absl::string_view base, absl::string_view location) {
-  if (absl::StartsWith(location, "http://") || absl::StartsWith(location, "https://")) {
-    return std::string(location);
-  }
-  const size_t scheme_end = base.find("://");
-  if (scheme_end == absl::string_view::npos) return std::string(location);
-  const size_t path_start = base.find('/', scheme_end + 3);
-  const absl::string_view origin =
-      path_start == absl::string_view::npos ? base : base.substr(0, path_start);
-  if (absl::StartsWith(location, "//")) {
-    return absl::StrCat(base.substr(0, scheme_end + 1), location);
-  }
-  if (absl::StartsWith(location, "/")) return absl::StrCat(origin, location);
-  // Relative to the current directory.
-  absl::string_view path =
-      path_start == absl::string_view::npos ? absl::string_view("/") : base.substr(path_start);
-  path = path.substr(0, path.find_first_of("?#"));
-  path = path.substr(0, path.rfind('/') + 1);
-  return absl::StrCat(origin, path, location);
-}
-
-// The model API's answer (GET /api/models/{repo}/revision/{rev}?blobs=true).
-absl::StatusOr<RepoInfo> ParseModelInfo(const RepoRef& ref, const std::string& body) {
-  const std::string what = HfName(ref);
-  nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::DataLossError(absl::StrCat(what, ": the Hub's model info is not a JSON object"));
-  }
-  RepoInfo info;
-  info.ref = ref;
-  auto sha = j.find("sha");
-  if (sha == j.end() || !sha->is_string() || !IsCommitHash(sha->get<std::string>())) {
-    return absl::DataLossError(absl::StrCat(what, ": the Hub's model info has no 40-hex \"sha\""));
-  }
-  info.commit = sha->get<std::string>();
-  if (auto p = j.find("private"); p != j.end() && p->is_boolean()) info.is_private = p->get<bool>();
-  if (auto g = j.find("gated"); g != j.end()) {
-    // false, or "auto" / "manual".
-    info.gated =
-        (g->is_boolean() && g->get<bool>()) || (g->is_string() && !g->get<std::string>().empty());
-  }
-  auto siblings = j.find("siblings");
-  if (siblings == j.end()) return info;
-  if (!siblings->is_array()) {
-    return absl::DataLossError(absl::StrCat(what, ": \"siblings\" is not a list"));
-  }
-  info.files.reserve(siblings->size());
-  for (const nlohmann::json& s : *siblings) {
-    if (!s.is_object())
-      return absl::DataLossError(absl::StrCat(what, ": a sibling is not an object"));
-    auto name = s.find("rfilename");
-    if (name == s.end() || !name->is_string()) {
-      return absl::DataLossError(absl::StrCat(what, ": a sibling has no \"rfilename\""));
-    }
-    RepoFile f;
-    f.path = name->get<std::string>();
-    if (!IsSafeRepoPath(f.path)) {
-      return absl::DataLossError(absl::StrCat(what, ": the Hub listed a file with an unsafe path '",
-                                              EscapeForLog(f.path), "'"));
-    }
-    auto size = s.find("size");
-    if (size != s.end() && size->is_number_unsigned()) f.size = size->get<uint64_t>();
-    // Asked with ?blobs=true: every file has its git blob id.
-    auto blob = s.find("blobId");
-    if (blob == s.end() || !blob->is_string() || !IsHex(blob->get<std::string>(), 40)) {
-      return absl::DataLossError(
-          absl::StrCat(what, ": file '", EscapeForLog(f.path), "' has no 40-hex blobId"));
-    }
-    f.blob_id = blob->get<std::string>();
-    if (auto lfs = s.find("lfs"); lfs != s.end() && lfs->is_object()) {
-      auto oid = lfs->find("sha256");
-      if (oid == lfs->end() || !oid->is_string() || !IsHex(oid->get<std::string>(), 64)) {
-        return absl::DataLossError(
-            absl::StrCat(what, ": LFS file '", EscapeForLog(f.path), "' has no sha256"));
-      }
-      f.sha256 = oid->get<std::string>();
-      if (auto lsize = lfs->find("size"); lsize != lfs->end() && lsize->is_number_unsigned()) {
-        f.size = lsize->get<uint64_t>();
-      }
-    }
-    info.files.push_back(std::move(f));
-  }
-  return info;
 }
 
 // A ByteSource over one file of a commit: the cached blob once it is
@@ -444,7 +329,7 @@ absl::StatusOr<FileMeta> HubClient::Head(const RepoInfo& repo, absl::string_view
   const std::string* etag = resp->Header("x-linked-etag");
   if (etag == nullptr) etag = resp->Header("etag");
   if (etag == nullptr) return absl::DataLossError(absl::StrCat(what, ": the Hub sent no ETag"));
-  meta.etag = Unquote(*etag);
+  meta.etag = UnquoteEtag(*etag);
   const std::string* size = resp->Header("x-linked-size");
   if (size == nullptr) size = resp->Header("content-length");
   if (size == nullptr || !absl::SimpleAtoi(*size, &meta.size)) {

@@ -31,6 +31,7 @@
 #include "codec/status_macros.h"
 #include "codec/status_util.h"
 #include "hub/http.h"
+#include "hub/hub_parse.h"
 #include "hub/repo_ref.h"
 #include "nlohmann/json.hpp"
 
@@ -59,10 +60,6 @@ constexpr uint64_t kMaxCommitBodyBytes = 1ull << 30;
 // (S3 takes at most 5 GiB in one PUT; the Hub answers "multipart" beyond,
 // and a server that does not refuses it itself.)
 constexpr uint64_t kMaxInMemoryBasicBytes = 4ull << 20;
-// A multipart chunk_size the Hub may ask for (S3 allows 5 GiB; the Hub
-// uses far less), and parts per object (S3's limit).
-constexpr uint64_t kMaxPartBytes = 1ull << 30;
-constexpr uint64_t kMaxParts = 10'000;
 constexpr uint64_t kMaxAnswerBytes = 64ull << 20;
 
 class Fd {
@@ -326,25 +323,8 @@ std::optional<std::string> StringMember(const json& object, const char* key) {
   return v->get<std::string>();
 }
 
-// An unsigned number, given as a number or as a decimal string.
-std::optional<uint64_t> NumberMember(const json& object, const char* key) {
-  const json* v = Member(object, key);
-  if (v == nullptr) return std::nullopt;
-  if (v->is_number_unsigned()) return v->get<uint64_t>();
-  if (v->is_number_integer()) {
-    const int64_t n = v->get<int64_t>();
-    if (n < 0) return std::nullopt;
-    return static_cast<uint64_t>(n);
-  }
-  if (v->is_string()) {
-    uint64_t n = 0;
-    if (absl::SimpleAtoi(v->get_ref<const std::string&>(), &n)) return n;
-  }
-  return std::nullopt;
-}
-
 absl::Status Malformed(absl::string_view what, absl::string_view why) {
-  return absl::InternalError(absl::StrCat(what, ": malformed answer from the Hub (", why, ")"));
+  return MalformedAnswer(what, why);
 }
 
 std::string Dump(const json& value) {
@@ -377,10 +357,9 @@ class Uploader {
   // Nothing to commit: the branch's head.
   absl::Status CurrentHead();
   absl::Status UploadLfs(std::vector<LocalFile>& files);
-  absl::Status UploadObject(const LocalFile& file, const json& object);
+  absl::Status UploadObject(const LocalFile& file, const LfsObjectAnswer& object);
   absl::Status PutBasic(const LocalFile& file, const std::string& href);
-  absl::Status PutMultipart(const LocalFile& file, const json& header, uint64_t chunk_size,
-                            const std::string& href);
+  absl::Status PutMultipart(const LocalFile& file, const LfsObjectAnswer& object);
   absl::Status Commit(const std::vector<LocalFile>& files);
   void Progress() {
     if (options_.progress) options_.progress(bytes_done_, bytes_total_);
@@ -499,24 +478,18 @@ absl::Status Uploader::Preupload(std::vector<LocalFile>& files) {
       by_path[files[i].path] = &files[i];
     }
     ASSIGN_OR_RETURN(json answer, PostJson(url, json{{"files", list}}, what));
-    const json* answered = Member(answer, "files");
-    if (answered == nullptr || !answered->is_array()) return Malformed(what, "no files");
-    for (const json& entry : *answered) {
-      const auto path = StringMember(entry, "path");
-      const auto mode = StringMember(entry, "uploadMode");
-      if (!path || !mode) return Malformed(what, "a file without path or uploadMode");
-      auto it = by_path.find(*path);
+    ASSIGN_OR_RETURN(std::vector<PreuploadEntry> entries, ParsePreuploadAnswer(Dump(answer), what));
+    for (PreuploadEntry& entry : entries) {
+      auto it = by_path.find(entry.path);
       if (it == by_path.end()) return Malformed(what, "a file that was not asked about");
-      if (const auto oid = StringMember(entry, "oid"); oid && !orphan_branch_) {
-        remote_oids_[*path] = *oid;
-      }
-      if (*mode == "lfs") {
+      if (entry.oid && !orphan_branch_) remote_oids_[entry.path] = *entry.oid;
+      if (entry.mode == "lfs") {
         it->second->lfs = true;
-      } else if (*mode == "regular") {
+      } else if (entry.mode == "regular") {
         it->second->lfs = false;
       } else {
         return absl::UnimplementedError(absl::StrCat(
-            what, ": the Hub wants ", Quoted(*path), " uploaded as '", EscapeForLog(*mode),
+            what, ": the Hub wants ", Quoted(entry.path), " uploaded as '", EscapeForLog(entry.mode),
             "', which bigsmall does not speak (only regular and LFS)"));
       }
       by_path.erase(it);
@@ -589,30 +562,25 @@ absl::Status Uploader::UploadLfs(std::vector<LocalFile>& files) {
                  {"hash_algo", "sha256"},
                  {"ref", {{"name", options_.revision}}}};
     ASSIGN_OR_RETURN(json answer, PostJson(url, body, what, /*lfs_headers=*/true));
-    const json* answered = Member(answer, "objects");
-    if (answered == nullptr || !answered->is_array()) return Malformed(what, "no objects");
+    ASSIGN_OR_RETURN(std::vector<LfsObjectAnswer> answered, ParseLfsBatchAnswer(Dump(answer), what));
     std::map<std::string, const LocalFile*> pending;
     for (size_t i = begin; i < end; ++i) pending[objects[i]->sha256] = objects[i];
-    for (const json& object : *answered) {
-      const auto oid = StringMember(object, "oid");
-      if (!oid) return Malformed(what, "an object without oid");
-      auto it = pending.find(*oid);
+    for (const LfsObjectAnswer& object : answered) {
+      auto it = pending.find(object.oid);
       if (it == pending.end()) return Malformed(what, "an object that was not asked about");
       const LocalFile& file = *it->second;
       pending.erase(it);
-      if (const json* error = Member(object, "error"); error != nullptr) {
-        const auto code = NumberMember(*error, "code").value_or(0);
-        const std::string message = StringMember(*error, "message").value_or("");
+      if (object.has_error) {
+        const uint64_t code = object.error_code;
         const std::string text = absl::StrCat(what, ": the Hub refused ", Quoted(file.path),
-                                              " (", code, "): ", EscapeForLog(message));
+                                              " (", code, "): ", EscapeForLog(object.error_message));
         if (code == 401) return absl::UnauthenticatedError(text);
         if (code == 403) return absl::PermissionDeniedError(text);
         if (code == 404) return absl::NotFoundError(text);
         if (code >= 500) return absl::UnavailableError(text);
         return absl::InvalidArgumentError(text);
       }
-      const json* actions = Member(object, "actions");
-      if (actions == nullptr || Member(*actions, "upload") == nullptr) {
+      if (!object.upload) {
         // The Hub has it already: an earlier (perhaps interrupted) upload
         // sent it.
         ++result_.lfs_files_skipped;
@@ -620,7 +588,7 @@ absl::Status Uploader::UploadLfs(std::vector<LocalFile>& files) {
         Progress();
         continue;
       }
-      RETURN_IF_ERROR(UploadObject(file, *actions));
+      RETURN_IF_ERROR(UploadObject(file, object));
       ++result_.lfs_files_sent;
     }
     if (!pending.empty()) {
@@ -630,28 +598,16 @@ absl::Status Uploader::UploadLfs(std::vector<LocalFile>& files) {
   return absl::OkStatus();
 }
 
-absl::Status Uploader::UploadObject(const LocalFile& file, const json& actions) {
+absl::Status Uploader::UploadObject(const LocalFile& file, const LfsObjectAnswer& object) {
   const std::string what = absl::StrCat("upload: LFS object of ", Quoted(file.path));
-  const json& upload = *Member(actions, "upload");
-  const auto href = StringMember(upload, "href");
-  if (!href) return Malformed(what, "upload action without href");
-  const json* header = Member(upload, "header");
-  if (header != nullptr && !header->is_null() && !header->is_object()) {
-    return Malformed(what, "upload header is not an object");
-  }
-  if (header != nullptr && Member(*header, "chunk_size") != nullptr) {
-    const auto chunk_size = NumberMember(*header, "chunk_size");
-    if (!chunk_size || *chunk_size == 0 || *chunk_size > kMaxPartBytes) {
-      return Malformed(what, "chunk_size out of range");
-    }
-    RETURN_IF_ERROR(PutMultipart(file, *header, *chunk_size, *href));
+  if (object.chunk_size) {
+    RETURN_IF_ERROR(CheckMultipart(object, file.size, what));
+    RETURN_IF_ERROR(PutMultipart(file, object));
   } else {
-    RETURN_IF_ERROR(PutBasic(file, *href));
+    RETURN_IF_ERROR(PutBasic(file, object.upload_href));
   }
-  if (const json* verify = Member(actions, "verify"); verify != nullptr) {
-    const auto verify_href = StringMember(*verify, "href");
-    if (!verify_href) return Malformed(what, "verify action without href");
-    RETURN_IF_ERROR(PostJson(*verify_href, json{{"oid", file.sha256}, {"size", file.size}},
+  if (object.verify_href) {
+    RETURN_IF_ERROR(PostJson(*object.verify_href, json{{"oid", file.sha256}, {"size", file.size}},
                              absl::StrCat(what, ": verify"), /*lfs_headers=*/true)
                         .status());
   }
@@ -724,26 +680,13 @@ absl::Status Uploader::PutBasic(const LocalFile& file, const std::string& href) 
   return absl::OkStatus();
 }
 
-absl::Status Uploader::PutMultipart(const LocalFile& file, const json& header,
-                                    uint64_t chunk_size, const std::string& href) {
+absl::Status Uploader::PutMultipart(const LocalFile& file, const LfsObjectAnswer& object) {
   const std::string what = absl::StrCat("upload: multipart ", Quoted(file.path));
-  const uint64_t parts = (file.size + chunk_size - 1) / chunk_size;
-  if (parts > kMaxParts) return Malformed(what, "too many parts");
-  std::map<uint64_t, std::string> urls;
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& key = it.key();
-    if (key.empty() || !std::all_of(key.begin(), key.end(), absl::ascii_isdigit)) continue;
-    uint64_t number = 0;
-    if (!absl::SimpleAtoi(key, &number) || number == 0 || number > parts ||
-        !it.value().is_string()) {
-      return Malformed(what, absl::StrCat("part '", EscapeForLog(key), "'"));
-    }
-    urls[number] = it.value().get<std::string>();
-  }
-  if (urls.size() != parts) {
-    return Malformed(what, absl::StrCat(urls.size(), " part URLs for ", parts, " parts of ",
-                                        chunk_size, " bytes"));
-  }
+  // CheckMultipart: part URLs 1..parts, every one.
+  const uint64_t chunk_size = *object.chunk_size;
+  const uint64_t parts = object.part_urls.size();
+  const std::map<uint64_t, std::string>& urls = object.part_urls;
+  const std::string& href = object.upload_href;
   ASSIGN_OR_RETURN(Fd fd, OpenBeneath(root_.get(), file));
   Sha256 sha;
   json completed = json::array();
@@ -824,12 +767,9 @@ absl::Status Uploader::Commit(const std::vector<LocalFile>& files) {
   request.max_body = kMaxAnswerBytes;
   ASSIGN_OR_RETURN(HttpResponse response, Send(std::move(request)));
   if (response.status < 200 || response.status >= 300) return HttpError(response, what);
-  json answer = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
-  if (answer.is_discarded()) return Malformed(what, "not JSON");
-  const auto oid = StringMember(answer, "commitOid");
-  if (!oid) return Malformed(what, "no commitOid");
-  result_.commit = *oid;
-  result_.commit_url = StringMember(answer, "commitUrl").value_or("");
+  ASSIGN_OR_RETURN(CommitAnswer answer, ParseCommitAnswer(response.body, what));
+  result_.commit = std::move(answer.commit);
+  result_.commit_url = std::move(answer.commit_url);
   return absl::OkStatus();
 }
 
