@@ -86,7 +86,7 @@ if [[ ${SKIP_FUZZ:-0} != 1 ]]; then
   begin "4. fuzz smoke (libFuzzer, ${FUZZ_SECONDS:-20}s per target)"
   CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DBIGSMALL_FUZZ=ON \
     -DBIGSMALL_BUILD_SERVICE=OFF -DBIGSMALL_CUDA=OFF "${launcher[@]}" >/dev/null
-  for target in safetensors_fuzz bs_file_fuzz bs_index_fuzz tensor_blob_fuzz gpu_plan_fuzz manifest_fuzz; do
+  for target in safetensors_fuzz bs_file_fuzz bs_index_fuzz tensor_blob_fuzz gpu_plan_fuzz manifest_fuzz hub_parse_fuzz; do
     cmake --build build-fuzz -j "$jobs" --target "$target"
     seeds="$root/tests/fuzz/corpus/${target%_fuzz}"
     work=$(mktemp -d)
