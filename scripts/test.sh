@@ -5,9 +5,10 @@
 #   2. ASan/UBSan build (service ON, CUDA OFF): codec, CLI, daemon, client and
 #      integration tests, all of them
 #   3. TSan build (service ON, CUDA OFF): the daemon (cache, sessions, io_uring,
-#      config), client and integration tests. The codec-only tests (codec_test,
-#      codec_common_test, kernels_test, golden_test, cli_test, hub_cli_test) are left to
-#      stages 2 and 5: single-threaded decode loops, slow under TSan.
+#      config), client, hub (its HTTP client is multi-threaded) and integration
+#      tests. The codec-only tests (codec_test, codec_common_test, kernels_test,
+#      golden_test, cli_test, hub_cli_test) are left to stages 2 and 5:
+#      single-threaded decode loops, slow under TSan.
 #   4. libFuzzer smoke run of every decoder fuzz target (clang)
 #   5. Release build of everything (CUDA kernels too when nvcc is present), all tests
 # Each stage prints its time; a summary closes the run. ccache is used when
@@ -64,11 +65,11 @@ if [[ ${SKIP_TSAN:-0} != 1 ]]; then
   begin "3. TSan: daemon, cache, sessions, io_uring, client, integration"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBIGSMALL_TSAN=ON \
     -DBIGSMALL_SANITIZE=OFF -DBIGSMALL_BUILD_SERVICE=ON -DBIGSMALL_CUDA=OFF "${launcher[@]}" >/dev/null
-  # The test executables of daemon/, client/ and tests/integration/ (whatever
-  # their names), the emulated device's (its streams are threads), and the
-  # binaries the integration tests run.
+  # The test executables of daemon/, client/, hub/ and tests/integration/
+  # (whatever their names), the emulated device's (its streams are threads),
+  # and the binaries the integration tests run.
   mapfile -t tsan_targets < <(ninja -C build-tsan -t targets all |
-    sed -nE 's#^(daemon|client|tests/integration)/([A-Za-z0-9_-]+_test): .*#\2#p;
+    sed -nE 's#^(daemon|client|hub|tests/integration)/([A-Za-z0-9_-]+_test): .*#\2#p;
              s#^kernels/(device_api_test): .*#\1#p' | sort -u)
   ((${#tsan_targets[@]})) || { echo "no TSan test targets found" >&2; exit 1; }
   echo "TSan targets: ${tsan_targets[*]}"
