@@ -418,7 +418,7 @@ class Handler(BaseHTTPRequestHandler):
         return STATE.take_fault(phase, self.command, self.split.path, self.path)
 
     # Stats are kept as the client sees the answer: a request is in the log
-    # (status 0) as soon as it is read, its status is set before its headers
+    # (status 0) once its headers are read, its status is set before its headers
     # go out and its body bytes are counted before they are written, so a
     # client holding any part of an answer finds it counted in /_fake/stats.
     def record_start(self):
