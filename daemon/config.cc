@@ -267,6 +267,8 @@ absl::Status ApplyConfigJson(const nlohmann::json& json, DaemonConfig* c,
       RETURN_IF_ERROR(GetSize(v, key, &c->hub_max_bandwidth));
     } else if (key == "hub_concurrency") {
       RETURN_IF_ERROR(Get(v, key, &c->hub_concurrency));
+    } else if (key == "hub_read_ahead") {
+      RETURN_IF_ERROR(GetSize(v, key, &c->hub_read_ahead));
     } else if (key == "hub_offline") {
       RETURN_IF_ERROR(Get(v, key, &c->hub_offline));
     } else {
@@ -485,6 +487,7 @@ nlohmann::json ConfigToJson(const DaemonConfig& c) {
           {"hub_cache", c.hub_cache},
           {"hub_max_bandwidth", c.hub_max_bandwidth},
           {"hub_concurrency", c.hub_concurrency},
+          {"hub_read_ahead", c.hub_read_ahead},
           {"hub_offline", c.hub_offline}};
 }
 

@@ -105,6 +105,10 @@ struct DaemonConfig {
   std::string hub_cache;               // "" = huggingface_hub's cache dir
   uint64_t hub_max_bandwidth = 0;      // bytes/s of the background fill (0: unlimited)
   uint32_t hub_concurrency = 2;        // files filled at once (0: no background fill)
+  // A read of a file being filled that starts at most this far past the
+  // fill's prefix waits for the fill (which then runs at full speed);
+  // farther reads are ranged GETs of their own.
+  uint64_t hub_read_ahead = 64ull << 20;
   bool hub_offline = false;            // only what the cache holds (also HF_HUB_OFFLINE=1)
 };
 

@@ -201,19 +201,22 @@ TEST(ConfigTest, HubKeys) {
   EXPECT_TRUE(c.hub_allow.empty());
   EXPECT_EQ(c.hub_concurrency, 2u);
   EXPECT_EQ(c.hub_max_bandwidth, 0u);
+  EXPECT_EQ(c.hub_read_ahead, 64ull << 20);
   EXPECT_FALSE(c.hub_offline);
   auto json = nlohmann::json::parse(
       R"({"hub": false, "hub_allow": ["acme", "org/m-*", "*"], "hub_endpoint": "http://h:1",
           "hub_token_file": "/t", "hub_cache": "/c", "hub_max_bandwidth": "20M",
-          "hub_concurrency": 4, "hub_offline": true})");
+          "hub_concurrency": 4, "hub_read_ahead": "1M", "hub_offline": true})");
   ASSERT_TRUE(ApplyConfigJson(json, &c, nullptr).ok());
   ASSERT_TRUE(FinalizeConfig(&c).ok());
   EXPECT_FALSE(c.hub);
   EXPECT_EQ(c.hub_allow, (std::vector<std::string>{"acme", "org/m-*", "*"}));
   EXPECT_EQ(c.hub_max_bandwidth, 20ull << 20);
   EXPECT_EQ(c.hub_concurrency, 4u);
+  EXPECT_EQ(c.hub_read_ahead, 1ull << 20);
   EXPECT_TRUE(c.hub_offline);
   EXPECT_EQ(ConfigToJson(c)["hub_endpoint"], "http://h:1");
+  EXPECT_EQ(ConfigToJson(c)["hub_read_ahead"], 1ull << 20);
   for (const char* good : {"*", "acme", "acme/*", "acme/tiny-bs", "a.b_c/m-?.x"}) {
     EXPECT_TRUE(ValidHubPattern(good)) << good;
   }

@@ -1,9 +1,12 @@
 #include "daemon/hub_models.h"
 
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <fstream>
@@ -37,6 +40,21 @@ constexpr int kFillConnections = 4;
 // How long the fill waits for another process (huggingface_hub) that writes
 // the same blob; after that the file stays remote for now.
 constexpr int kFillLockTimeoutMs = 2000;
+// A read waiting for the fill gives up (and fetches its range itself) when
+// the fill's prefix has not grown for this long (the fill's own requests
+// have the stall timeout and retries of HubConfig; this only bounds a fill
+// that neither progresses nor fails).
+constexpr auto kFillWaitStall = std::chrono::seconds(30);
+
+// The fill's .incomplete, opened for reading: always a prefix of the file,
+// only ever appended to while the fill holds its lock.
+struct PrefixFile {
+  explicit PrefixFile(int f) : fd(f) {}
+  ~PrefixFile() { ::close(fd); }
+  PrefixFile(const PrefixFile&) = delete;
+  PrefixFile& operator=(const PrefixFile&) = delete;
+  const int fd;
+};
 
 absl::Status NotAllowed() { return absl::PermissionDeniedError(kHubNotAllowed); }
 
@@ -51,7 +69,24 @@ struct FileState {
   std::mutex mu;
   std::string blob_path;  // set (under mu) once the cache holds the file
   std::atomic<bool> cached{false};
-  bool queued = false;  // under Core::mu
+  bool queued = false;  // under Core::mu: in Core::queue
+  bool busy = false;    // under Core::mu: a thread fills it
+  // Fill() asked for it: a reader may start its fill (the reads of
+  // OpenModel itself, headers and indexes, come before and are ranged GETs).
+  std::atomic<bool> fill_wanted{false};
+
+  // The fill's progress, under mu (readers wait on cv):
+  enum class Phase { kIdle, kStarting, kFilling };
+  Phase phase = Phase::kIdle;
+  uint64_t prefix = 0;                      // bytes of the .incomplete written
+  std::shared_ptr<PrefixFile> prefix_file;  // set while kFilling
+  // A Commit of this file failed its sha256: its .incomplete is never read
+  // again by this daemon (reads are ranged GETs until the blob is cached).
+  bool prefix_bad = false;
+  // The ends of the ranges readers wait for (the fill fetches up to the
+  // nearest one first: the pipeline's first layer before its read-ahead).
+  std::multiset<uint64_t> waiting;
+  std::condition_variable cv;
 };
 
 struct HubModels::Core {
@@ -70,6 +105,12 @@ struct HubModels::Core {
   std::map<std::string, std::shared_ptr<FileState>> files;  // "repo@commit/path"
   std::deque<std::shared_ptr<FileState>> queue;
   std::vector<std::thread> workers;
+  // Files a reader waits for while every worker is busy: one more thread
+  // fills them (one at a time; a read that finds it busy fetches its own
+  // range).
+  std::thread demand_worker;
+  std::shared_ptr<FileState> demand;  // handed to demand_worker
+  bool demand_busy = false;
   std::atomic<bool> stop_flag{false};
 
   std::mutex stats_mu;
@@ -127,7 +168,33 @@ struct HubModels::Core {
     state.cached.store(true, std::memory_order_release);
   }
 
+  bool fill_enabled() const { return !workers.empty(); }
+
+  // Starts filling `state` now for a reader (a queued file or one no worker
+  // took); false when it cannot (the demand worker is busy, the daemon
+  // stops, the file is cached or being filled: the caller looks again).
+  bool DemandFill(const std::shared_ptr<FileState>& state) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (stopping || demand_busy || state->busy || state->cached.load()) return false;
+      Claim(*state);
+      demand_busy = true;
+      demand = state;
+    }
+    cv.notify_all();
+    return true;
+  }
+  // Under mu: `state` is being filled from now on.
+  static void Claim(FileState& state) {
+    state.busy = true;
+    std::lock_guard<std::mutex> lock(state.mu);
+    state.phase = FileState::Phase::kStarting;
+  }
+
   void Worker();
+  void DemandWorker();
+  // Fills one claimed file, and logs and counts the outcome.
+  void RunFill(const std::shared_ptr<FileState>& state);
   absl::Status FillOne(FileState& state);
 };
 
@@ -163,6 +230,20 @@ class HubFileSource final : public ByteSource {
       if (core_->metrics != nullptr) core_->metrics->AddHubCacheHit("read");
       return bulk ? local->ReadBulk(offset, out) : local->ReadAt(offset, out);
     }
+    if (core_->fill_enabled()) {
+      switch (FromFill(offset, out)) {
+        case FillRead::kDone:
+          return absl::OkStatus();
+        case FillRead::kCached:
+          if (ByteSource* local = Local()) {
+            if (core_->metrics != nullptr) core_->metrics->AddHubCacheHit("read");
+            return bulk ? local->ReadBulk(offset, out) : local->ReadAt(offset, out);
+          }
+          break;
+        case FillRead::kRemote:
+          break;
+      }
+    }
     auto remote = Remote();
     if (!remote.ok()) {
       core_->FetchError();
@@ -175,6 +256,80 @@ class HubFileSource final : public ByteSource {
       return absl::Status(st.code(), absl::StrCat(name_, ": ", st.message()));
     }
     return st;
+  }
+
+  enum class FillRead { kDone, kCached, kRemote };
+
+  // Reads [offset, offset + out.size()) from the fill's .incomplete when the
+  // fill has written it, or will soon: a read at most hub_read_ahead past
+  // the prefix waits for it (the fill then fetches up to the read's end at
+  // full speed). A file no thread fills yet is started for this reader.
+  // kRemote: fetch the range directly (far ahead, no fill, the fill failed
+  // or stalled, a corrupt download before); kCached: the blob is complete.
+  FillRead FromFill(uint64_t offset, absl::Span<uint8_t> out) {
+    FileState& s = *state_;
+    const uint64_t end = offset + out.size();
+    std::unique_lock<std::mutex> lock(s.mu);
+    if (s.prefix_bad) return FillRead::kRemote;
+    if (s.phase == FileState::Phase::kIdle) {
+      if (!s.fill_wanted.load()) return FillRead::kRemote;
+      lock.unlock();
+      core_->DemandFill(state_);  // or a worker has it by now
+      lock.lock();
+      if (s.phase == FileState::Phase::kIdle) {
+        return s.cached.load() ? FillRead::kCached : FillRead::kRemote;
+      }
+    }
+    bool registered = false;
+    uint64_t seen = s.prefix;
+    auto deadline = std::chrono::steady_clock::now() + kFillWaitStall;
+    FillRead result = FillRead::kRemote;
+    std::shared_ptr<PrefixFile> file;
+    while (true) {
+      if (s.cached.load()) {
+        result = FillRead::kCached;
+        break;
+      }
+      if (s.prefix_bad || s.phase == FileState::Phase::kIdle) break;
+      if (s.phase == FileState::Phase::kFilling) {
+        if (s.prefix_file != nullptr && end <= s.prefix) {
+          file = s.prefix_file;
+          break;
+        }
+        if (s.prefix_file == nullptr || offset > s.prefix + core_->config.hub_read_ahead) break;
+        if (!registered) {
+          s.waiting.insert(end);
+          registered = true;
+        }
+      }
+      if (s.prefix != seen) {
+        seen = s.prefix;
+        deadline = std::chrono::steady_clock::now() + kFillWaitStall;
+      }
+      if (s.cv.wait_until(lock, deadline) == std::cv_status::timeout && s.prefix == seen) {
+        spdlog::warn("{}: the cache fill made no progress for {} s; reading the range directly",
+                     name_, kFillWaitStall.count());
+        break;
+      }
+    }
+    if (registered) s.waiting.erase(s.waiting.find(end));
+    lock.unlock();
+    if (file == nullptr) return result;
+    size_t done = 0;
+    while (done < out.size()) {
+      ssize_t n = ::pread(file->fd, out.data() + done, out.size() - done,
+                          static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        spdlog::warn("{}: reading the cache fill's .incomplete failed ({}); reading the range "
+                     "directly", name_, n < 0 ? ErrnoToStatus(errno, "pread").ToString()
+                                              : std::string("short read"));
+        return FillRead::kRemote;
+      }
+      done += static_cast<size_t>(n);
+    }
+    if (core_->metrics != nullptr) core_->metrics->AddHubCacheHit("read");
+    return FillRead::kDone;
   }
 
   // The cached blob's source once the cache holds the file, else null.
@@ -253,20 +408,55 @@ void HubModels::Core::Worker() {
       if (stopping) return;
       state = std::move(queue.front());
       queue.pop_front();
+      state->queued = false;
+      if (state->busy || state->cached.load()) continue;  // a reader's fill took it
+      Claim(*state);
     }
-    absl::Status st = FillOne(*state);
-    PublishTransfers();
-    if (!st.ok() && !stop_flag.load()) {
-      FetchError();
-      spdlog::warn("Hub fill of {}@{}/{}: {}", EscapeForLog(state->repo_id), state->commit,
-                   EscapeForLog(state->file.path), st.ToString());
-    } else if (st.ok()) {
-      spdlog::info("Hub fill: {}@{}/{} is in the cache ({} bytes)", EscapeForLog(state->repo_id),
-                   state->commit, EscapeForLog(state->file.path), state->file.size);
-    }
-    std::lock_guard<std::mutex> lock(mu);
-    state->queued = false;
+    RunFill(state);
   }
+}
+
+void HubModels::Core::DemandWorker() {
+  while (true) {
+    std::shared_ptr<FileState> state;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return stopping || demand != nullptr; });
+      if (stopping && demand == nullptr) return;
+      state = std::move(demand);
+      demand = nullptr;
+    }
+    RunFill(state);
+    std::lock_guard<std::mutex> lock(mu);
+    demand_busy = false;
+    if (stopping) return;
+  }
+}
+
+void HubModels::Core::RunFill(const std::shared_ptr<FileState>& state) {
+  absl::Status st = stop_flag.load() ? absl::CancelledError("the daemon is stopping")
+                                     : FillOne(*state);
+  {
+    // Whatever happened, readers stop waiting for this fill.
+    std::lock_guard<std::mutex> lock(state->mu);
+    state->phase = FileState::Phase::kIdle;
+    state->prefix_file.reset();
+  }
+  // A failed fill is not started again by the next read (each would fail
+  // the same way): the reads fetch their ranges until Fill() asks again.
+  if (!st.ok()) state->fill_wanted.store(false);
+  state->cv.notify_all();
+  PublishTransfers();
+  if (!st.ok() && !stop_flag.load()) {
+    FetchError();
+    spdlog::warn("Hub fill of {}@{}/{}: {}", EscapeForLog(state->repo_id), state->commit,
+                 EscapeForLog(state->file.path), st.ToString());
+  } else if (st.ok()) {
+    spdlog::info("Hub fill: {}@{}/{} is in the cache ({} bytes)", EscapeForLog(state->repo_id),
+                 state->commit, EscapeForLog(state->file.path), state->file.size);
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  state->busy = false;
 }
 
 absl::Status HubModels::Core::FillOne(FileState& state) {
@@ -276,26 +466,81 @@ absl::Status HubModels::Core::FillOne(FileState& state) {
   ASSIGN_OR_RETURN(auto writer,
                    cache.BeginBlob(state.repo_id, etag, file.size, kFillLockTimeoutMs));
   if (!writer->complete()) {
-    ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> remote,
-                     background->OpenRemote(*state.repo, file.path));
-    uint64_t chunk = kMaxFillChunk;
-    if (config.hub_max_bandwidth > 0) {
-      chunk = std::clamp<uint64_t>(config.hub_max_bandwidth / 2, kMinFillChunk, kMaxFillChunk);
-    }
-    std::vector<uint8_t> buffer(static_cast<size_t>(std::min<uint64_t>(chunk, file.size)));
     uint64_t offset = writer->resume_offset();
+    // Readers read the written prefix from the .incomplete (our lock keeps
+    // every other writer out; it only grows until Commit renames it).
+    const std::string incomplete =
+        absl::StrCat(cache.RepoDir(state.repo_id), "/blobs/", etag, ".incomplete");
+    int fd = ::open(incomplete.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    std::shared_ptr<PrefixFile> prefix_file;
+    if (fd >= 0) {
+      prefix_file = std::make_shared<PrefixFile>(fd);
+    } else {
+      spdlog::warn("Hub fill: {} cannot be read ({}); reads fetch their ranges",
+                   EscapeForLog(incomplete), ErrnoToStatus(errno, "open").ToString());
+    }
+    {
+      std::lock_guard<std::mutex> lock(state.mu);
+      state.prefix = offset;
+      if (!state.prefix_bad) state.prefix_file = std::move(prefix_file);
+      state.phase = FileState::Phase::kFilling;
+    }
+    state.cv.notify_all();
+    // Without a reader waiting: the background client (hub_max_bandwidth),
+    // chunks growing from kMinFillChunk (a reader that comes waits for one
+    // chunk at most). For a waiting reader: the foreground client (no
+    // limit), up to the reader's end.
+    std::unique_ptr<ByteSource> slow, fast;
+    uint64_t limit_chunk = kMaxFillChunk;
+    if (config.hub_max_bandwidth > 0) {
+      limit_chunk =
+          std::clamp<uint64_t>(config.hub_max_bandwidth / 2, kMinFillChunk, kMaxFillChunk);
+    }
+    uint64_t chunk = kMinFillChunk;
+    std::vector<uint8_t> buffer;
     while (offset < file.size) {
       if (stop_flag.load()) return absl::CancelledError("the daemon is stopping");
-      const uint64_t n = std::min<uint64_t>(buffer.size(), file.size - offset);
+      uint64_t want = 0;
+      {
+        std::lock_guard<std::mutex> lock(state.mu);
+        auto next = state.waiting.upper_bound(offset);
+        if (next != state.waiting.end()) want = *next;
+      }
+      const bool demanded = want > offset;
+      uint64_t n = demanded ? std::clamp<uint64_t>(want - offset, kMinFillChunk, kMaxFillChunk)
+                            : std::min(chunk, limit_chunk);
+      n = std::min<uint64_t>(n, file.size - offset);
+      std::unique_ptr<ByteSource>& remote = demanded ? fast : slow;
+      if (remote == nullptr) {
+        ASSIGN_OR_RETURN(remote, (demanded ? foreground : background)
+                                     ->OpenRemote(*state.repo, file.path));
+      }
+      if (buffer.size() < n) buffer.resize(static_cast<size_t>(n));
       absl::Span<uint8_t> part(buffer.data(), static_cast<size_t>(n));
       RETURN_IF_ERROR(remote->ReadBulk(offset, part));
       RETURN_IF_ERROR(writer->Append(part));
       offset += n;
+      if (!demanded) chunk = std::min(chunk * 2, kMaxFillChunk);
+      {
+        std::lock_guard<std::mutex> lock(state.mu);
+        state.prefix = offset;
+      }
+      state.cv.notify_all();
       PublishTransfers();
     }
     // Checks the size and the sha256 (LFS) or git blob id: a corrupt
-    // download is removed, never made visible.
-    RETURN_IF_ERROR(writer->Commit().status());
+    // download is removed, never made visible; the open models' reads of
+    // this file stop trusting its .incomplete.
+    absl::Status committed = writer->Commit().status();
+    if (!committed.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(state.mu);
+        state.prefix_bad = true;
+        state.prefix_file.reset();
+      }
+      state.cv.notify_all();
+      return committed;
+    }
   }
   writer.reset();
   RETURN_IF_ERROR(cache.LinkSnapshot(state.repo_id, state.commit, file.path, etag));
@@ -374,10 +619,11 @@ absl::StatusOr<std::unique_ptr<HubModels>> HubModels::Create(const DaemonConfig&
                config.hub_allow.empty() ? "any public repo" : "the hub_allow list");
   core->foreground = std::make_unique<hub::HubClient>(std::move(hub));
   core->background = std::make_unique<hub::HubClient>(std::move(background));
-  if (!core->foreground->config().offline) {
+  if (!core->foreground->config().offline && config.hub_concurrency > 0) {
     for (uint32_t i = 0; i < config.hub_concurrency; ++i) {
       core->workers.emplace_back([c = core.get()] { c->Worker(); });
     }
+    core->demand_worker = std::thread([c = core.get()] { c->DemandWorker(); });
   }
   return std::unique_ptr<HubModels>(new HubModels(std::move(core)));
 }
@@ -393,6 +639,7 @@ HubModels::~HubModels() {
   core_->stop_flag.store(true);
   core_->cv.notify_all();
   for (std::thread& t : core_->workers) t.join();
+  if (core_->demand_worker.joinable()) core_->demand_worker.join();
 }
 
 const hub::HubConfig& HubModels::hub_config() const { return core_->foreground->config(); }
@@ -481,11 +728,12 @@ void HubModels::Fill(const std::shared_ptr<const hub::RepoInfo>& repo) {
   if (files.index != nullptr) wanted.insert(wanted.begin(), files.index);
   std::vector<std::shared_ptr<FileState>> states;
   for (const hub::RepoFile* f : wanted) states.push_back(core_->StateFor(repo, *f));
+  for (auto& s : states) s->fill_wanted.store(true);
   {
     std::lock_guard<std::mutex> lock(core_->mu);
     if (core_->stopping) return;
     for (auto& s : states) {
-      if (s->cached.load() || s->queued) continue;
+      if (s->cached.load() || s->queued || s->busy) continue;
       s->queued = true;
       core_->queue.push_back(std::move(s));
     }

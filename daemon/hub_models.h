@@ -17,6 +17,22 @@
 //    into huggingface_hub's cache (verified: the LFS sha256 or the git blob
 //    id; a corrupt download is never made visible), and the open model's
 //    reads switch to the cached blob once it is complete.
+//  * Each byte of a shard is fetched once in the common case (one client
+//    streaming in layer order): the fill appends the blob's .incomplete in
+//    order, and a read of a file being filled (after Fill; OpenModel's own
+//    header and index reads are ranged GETs) is served from the
+//    .incomplete when the fill has written it; when it starts at most
+//    hub_read_ahead past the fill's prefix it waits for the fill, which
+//    then fetches up to the nearest waiting read's end at once without the
+//    bandwidth limit; farther reads (a client starting at a late layer) are
+//    ranged GETs of their own. A file a reader needs that no worker took
+//    is started at once by one extra thread (or the read is a ranged GET
+//    while that thread is busy). A fill that fails, or makes no progress
+//    for 30 s, sends its waiting reads to ranged GETs (and a failed fill
+//    is not restarted by reads, only by the next Fill); a fill whose sha256
+//    check fails at Commit removes the .incomplete and this daemon never
+//    reads that file's .incomplete again. The pipeline's group checksums
+//    and tensor hashes verify every read, wherever it came from.
 //  * Offline (hub_offline or HF_HUB_OFFLINE): only what the cache holds.
 #ifndef BIGSMALL_DAEMON_HUB_MODELS_H_
 #define BIGSMALL_DAEMON_HUB_MODELS_H_

@@ -96,6 +96,7 @@ int main(int argc, char** argv) {
                  "(tests) flip a staged byte of this layer index after the check stage")
       ->group("");
   std::string hub_max_bandwidth;
+  std::string hub_read_ahead;
   app.add_flag("--hub,!--no-hub", config.hub,
                "serve Hugging Face Hub models, OpenModel(\"owner/repo[@rev]\") (default on)");
   app.add_option("--hub-allow", config.hub_allow,
@@ -114,6 +115,9 @@ int main(int argc, char** argv) {
   app.add_option("--hub-concurrency", config.hub_concurrency,
                  "Hub files downloaded into the cache at once (0: no background fill)")
       ->capture_default_str();
+  app.add_option("--hub-read-ahead", hub_read_ahead,
+                 "a read at most this far past the cache fill's progress waits for the fill "
+                 "instead of fetching its own range, e.g. 64M (default 64M)");
   app.add_flag("--hub-offline", config.hub_offline,
                "no network: Hub models only from the cache (also HF_HUB_OFFLINE=1)");
   app.add_flag("--print-config", print_config, "print the effective config as JSON and exit");
@@ -168,6 +172,11 @@ int main(int argc, char** argv) {
     auto v = bigsmall::daemon::ParseByteSize(hub_max_bandwidth);
     if (!v.ok()) return fail(absl::StrCat("--hub-max-bandwidth: ", v.status().message()));
     config.hub_max_bandwidth = *v;
+  }
+  if (!hub_read_ahead.empty()) {
+    auto v = bigsmall::daemon::ParseByteSize(hub_read_ahead);
+    if (!v.ok()) return fail(absl::StrCat("--hub-read-ahead: ", v.status().message()));
+    config.hub_read_ahead = *v;
   }
   if (!read_chunk.empty()) {
     auto v = bigsmall::daemon::ParseByteSize(read_chunk);

@@ -318,11 +318,10 @@ TEST_F(HubIntegrationTest, FirstLayerIsServedBeforeTheDownloadEnds) {
   layer0->reset();
   stream->reset();
   ASSERT_TRUE(fake_->Throttle(0).ok());
-  auto compared = StreamExact(d->client(), desc->model_id());
-  ASSERT_TRUE(compared.ok()) << compared.status() << d->log();
-  EXPECT_EQ(*compared, g_repo->tensors.size());
-  // The fill (256 KiB/s) is still running: a SIGTERM stops it within a
-  // chunk (256 KiB here), and the daemon exits cleanly.
+  // The fill (256 KiB/s again: no reader waits for it) is still running: a
+  // SIGTERM stops it within a chunk (256 KiB here), and the daemon exits
+  // cleanly. (Streaming the rest now would drive the fill to the end at
+  // full speed: StreamedInLayerOrderEachByteIsFetchedOnce does.)
   EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
   std::chrono::milliseconds took{0};
   EXPECT_TRUE(d->Stop(&took)) << d->log();
@@ -502,6 +501,125 @@ TEST_F(HubIntegrationTest, DroppedConnectionsResume) {
   EXPECT_EQ(Sample(metrics, "bigsmall_hub_fetch_errors_total"), 0) << metrics;
 }
 
+// The body bytes the fake sent of one file of kRepo (resolve and CDN).
+uint64_t FileBytesOf(const nlohmann::json& stats, const std::string& name) {
+  const std::string key = absl::StrCat(kRepo, "/", name);
+  if (!stats.contains("bytes_by_file") || !stats["bytes_by_file"].contains(key)) return 0;
+  return stats["bytes_by_file"][key].get<uint64_t>();
+}
+
+TEST_F(HubIntegrationTest, StreamedInLayerOrderEachByteIsFetchedOnce) {
+  // One client streams a fresh model in layer order while the fill (no
+  // limit of its own) runs: its reads wait for the fill and come from the
+  // .incomplete, so each shard's bytes cross the network once (plus the
+  // header and index OpenModel reads first). The fake sends at 4 MB/s, so
+  // the first layer still comes before the download ends.
+  ASSERT_TRUE(fake_->Throttle(4 << 20).ok());
+  auto d = StartDaemon();
+  auto desc = d->client().OpenModel(kRepo);
+  ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
+  client::StreamOptions options;
+  options.include_non_layer = true;
+  auto stream = d->client().Stream(desc->model_id(), options);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  size_t compared = 0;
+  bool first = true;
+  while (true) {
+    auto layer = (*stream)->Next();
+    ASSERT_TRUE(layer.ok()) << layer.status() << d->log();
+    if (*layer == nullptr) break;
+    if (first) {
+      first = false;
+      const nlohmann::json stats = Stats();
+      EXPECT_LT(stats["total_bytes"].get<uint64_t>(), g_repo->total) << stats.dump();
+      EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
+    }
+    for (const auto& t : (*layer)->tensors()) {
+      const auto& want = g_repo->tensors.at(t.name);
+      ASSERT_EQ(want.size(), t.size) << t.name;
+      EXPECT_EQ(std::memcmp(want.data(), t.data, t.size), 0) << t.name;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, g_repo->tensors.size());
+  ASSERT_TRUE(WaitCached(kRepo, CommitOf(*desc))) << d->log();
+  const nlohmann::json stats = Stats();
+  for (const auto& [name, bytes] : g_repo->files) {
+    if (!absl::EndsWith(name, ".bs")) continue;
+    const uint64_t sent = FileBytesOf(stats, name);
+    std::cout << name << ": " << sent << " bytes sent for its " << bytes.size() << "\n";
+    EXPECT_GE(sent, bytes.size()) << name;
+    EXPECT_LE(sent, bytes.size() + bytes.size() / 20) << name << "\n" << stats.dump();
+  }
+  EXPECT_EQ(ReadAll(SnapshotDir(kRepo, CommitOf(*desc)) + "/model-00002-of-00002.safetensors.bs"),
+            g_repo->files.at("model-00002-of-00002.safetensors.bs"));
+}
+
+TEST_F(HubIntegrationTest, ALateLayerFarAheadOfTheFillIsItsOwnRange) {
+  // A slow fill (256 KiB/s) and a read-ahead bound of 64 KiB: a client that
+  // starts at the last layer does not wait for the fill to get there; its
+  // layer comes by a ranged GET of its own while the fill is still near the
+  // start of the shard.
+  auto d = StartDaemon({"--hub-max-bandwidth", "256K", "--hub-read-ahead", "64K"});
+  auto desc = d->client().OpenModel(kRepo);
+  ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
+  const int last = static_cast<int>(desc->num_layers()) - 1;
+  ASSERT_GT(last, 0);
+  client::StreamOptions options;
+  options.from_layer = last;
+  auto stream = d->client().Stream(desc->model_id(), options);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto layer = (*stream)->Next();
+  ASSERT_TRUE(layer.ok()) << layer.status() << d->log();
+  ASSERT_NE(*layer, nullptr);
+  EXPECT_EQ((*layer)->index(), last);
+  for (const auto& t : (*layer)->tensors()) {
+    const auto& want = g_repo->tensors.at(t.name);
+    ASSERT_EQ(want.size(), t.size) << t.name;
+    EXPECT_EQ(std::memcmp(want.data(), t.data, t.size), 0) << t.name;
+  }
+  // The order: the last shard's bytes sent so far are its header and index,
+  // that layer, and what the slow fill has read: far less than the shard
+  // (a read that waited for the fill would have needed all before it).
+  const nlohmann::json stats = Stats();
+  const std::string name = "model-00002-of-00002.safetensors.bs";
+  EXPECT_LT(FileBytesOf(stats, name), g_repo->files.at(name).size() / 2) << stats.dump();
+  EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
+  layer->reset();
+  stream->reset();
+  EXPECT_TRUE(d->Stop());
+}
+
+TEST_F(HubIntegrationTest, AFailingFillDoesNotFailTheStream) {
+  // OpenModel's own reads (the daemon's foreground client) resolve each
+  // shard's URL once and then go to the CDN; the fill's client resolves
+  // them again, and those requests fail (404, not retried): the fill fails,
+  // and the stream's reads (some waiting for the fill) fetch their own
+  // ranges, exact. The first rule lets OpenModel's two resolves through.
+  ASSERT_TRUE(fake_
+                  ->AddFaults(R"({"rules": [
+                      {"path": "/resolve/.*[.]bs$", "method": "GET", "kind": "stall",
+                       "seconds": 0, "times": 2},
+                      {"path": "/resolve/.*[.]bs$", "method": "GET", "kind": "status",
+                       "status": 404, "times": -1}]})")
+                  .ok());
+  auto d = StartDaemon();
+  auto desc = d->client().OpenModel(kRepo);
+  ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
+  auto compared = StreamExact(d->client(), desc->model_id());
+  ASSERT_TRUE(compared.ok()) << compared.status() << d->log();
+  EXPECT_EQ(*compared, g_repo->tensors.size());
+  // The fill did fail (and so nothing is cached).
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline &&
+         !absl::StrContains(d->log(), "model-00001-of-00002.safetensors.bs: ")) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(absl::StrContains(d->log(), "model-00001-of-00002.safetensors.bs: ")) << d->log();
+  EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
+  EXPECT_TRUE(d->Stop());
+}
+
 TEST_F(HubIntegrationTest, CorruptRangeIsDataLossThenExact) {
   auto d = StartDaemon({"--hub-concurrency", "0"});
   auto desc = d->client().OpenModel(kRepo);
@@ -522,8 +640,10 @@ TEST_F(HubIntegrationTest, CorruptRangeIsDataLossThenExact) {
 }
 
 TEST_F(HubIntegrationTest, CorruptDownloadIsNeverCached) {
-  // Every body longer than a layer group gets a byte flipped at its middle:
-  // only the fill's whole-file GETs are; the layers' ranges are exact.
+  // Every body longer than a quarter of a shard gets a byte flipped there:
+  // only the fill's GETs are (no reader waits for it here, so it reads
+  // chunks of 256 KiB, 512 KiB, 1 MiB...); the layers' ranges (a layer
+  // group each, under 300 KB) are exact.
   uint64_t smallest = UINT64_MAX;
   for (const auto& [name, bytes] : g_repo->files) {
     if (absl::EndsWith(name, ".bs")) smallest = std::min<uint64_t>(smallest, bytes.size());
@@ -531,7 +651,7 @@ TEST_F(HubIntegrationTest, CorruptDownloadIsNeverCached) {
   ASSERT_TRUE(fake_
                   ->AddFaults(absl::StrCat(R"({"rules": [{"path": "/_cdn/", "method": "GET",
                                   "kind": "corrupt", "times": -1, "offset": )",
-                                           smallest / 2, "}]}"))
+                                           smallest / 4, "}]}"))
                   .ok());
   std::string commit;
   {
@@ -539,14 +659,19 @@ TEST_F(HubIntegrationTest, CorruptDownloadIsNeverCached) {
     auto desc = d->client().OpenModel(kRepo);
     ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
     commit = CommitOf(*desc);
-    auto compared = StreamExact(d->client(), desc->model_id());
-    ASSERT_TRUE(compared.ok()) << compared.status() << d->log();
     // The fill fails its checks: no shard ever appears in the cache.
     auto deadline = std::chrono::steady_clock::now() + 20s;
     while (std::chrono::steady_clock::now() < deadline &&
-           !absl::StrContains(d->log(), "model-00002-of-00002.safetensors.bs: ")) {
+           !(absl::StrContains(d->log(), "model-00001-of-00002.safetensors.bs: ") &&
+             absl::StrContains(d->log(), "model-00002-of-00002.safetensors.bs: "))) {
       std::this_thread::sleep_for(20ms);
     }
+    EXPECT_TRUE(absl::StrContains(d->log(), "model-00001-of-00002.safetensors.bs: ")) << d->log();
+    // The corrupt .incomplete is gone, and the open model's reads do not
+    // come from it (nor from a new fill of it): ranged GETs, exact.
+    auto compared = StreamExact(d->client(), desc->model_id());
+    ASSERT_TRUE(compared.ok()) << compared.status() << d->log();
+    EXPECT_EQ(*compared, g_repo->tensors.size());
     EXPECT_FALSE(WaitCached(kRepo, commit, 0ms));
     for (const auto& [name, bytes] : g_repo->files) {
       if (!absl::EndsWith(name, ".bs")) continue;
