@@ -19,7 +19,9 @@
 //             <etag>.<8 hex>.incomplete and do not resume ours.)
 //   OpenRemote a ByteSource over one file of a resolved commit: reads come
 //             from the cached blob when it is complete, else by ranged GETs
-//             (the daemon streams layers this way before the download ends).
+//             (the daemon streams layers this way before the download ends),
+//             after the first one straight to the file's CDN URL (HttpClient
+//             remembers it for final_url_ttl; a CDN refusal resolves again).
 // Errors: see HttpError (hub/http.h); offline and not cached is NOT_FOUND
 // saying so; a size or sha256 that does not match is DATA_LOSS.
 #ifndef BIGSMALL_HUB_HUB_CLIENT_H_
