@@ -302,6 +302,11 @@ int main(int argc, char** argv) {
               {"decode_gbps", s->decode_gbps()},
               {"gpu_backend", s->gpu_backend()},
               {"gpu_unavailable", s->gpu_unavailable()},
+              {"hub_bytes_fetched", s->hub_bytes_fetched()},
+              {"hub_retries", s->hub_retries()},
+              {"hub_fetch_errors", s->hub_fetch_errors()},
+              {"hub_cache_hit_opens", s->hub_cache_hit_opens()},
+              {"hub_cache_hit_reads", s->hub_cache_hit_reads()},
               {"devices", devices},
               {"models", models}};
     std::cout << (as_json ? j.dump() : j.dump(2)) << std::endl;

@@ -51,6 +51,11 @@ void BigSmallService::FillStats(v1::StatsResponse* r) {
     r->set_layers_served(metrics_->layers_served());
     r->set_layer_decodes(metrics_->layer_decodes());
     r->set_errors(metrics_->errors());
+    r->set_hub_bytes_fetched(metrics_->hub_bytes_fetched());
+    r->set_hub_retries(metrics_->hub_retries());
+    r->set_hub_fetch_errors(metrics_->hub_fetch_errors());
+    r->set_hub_cache_hit_opens(metrics_->hub_cache_hits("open"));
+    r->set_hub_cache_hit_reads(metrics_->hub_cache_hits("read"));
     r->set_decode_seconds(metrics_->decode_seconds());
     if (metrics_->decode_seconds() > 0) {
       r->set_decode_gbps(static_cast<double>(metrics_->bytes_decoded()) /

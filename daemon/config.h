@@ -107,8 +107,9 @@ struct DaemonConfig {
   uint32_t hub_concurrency = 2;        // files filled at once (0: no background fill)
   // A read of a file being filled that starts at most this far past the
   // fill's prefix waits for the fill (which then runs at full speed);
-  // farther reads are ranged GETs of their own.
-  uint64_t hub_read_ahead = 64ull << 20;
+  // farther reads are ranged GETs of their own (whose bytes the fill then
+  // appends instead of fetching them again).
+  uint64_t hub_read_ahead = 8ull << 20;
   bool hub_offline = false;            // only what the cache holds (also HF_HUB_OFFLINE=1)
 };
 

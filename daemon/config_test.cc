@@ -201,7 +201,7 @@ TEST(ConfigTest, HubKeys) {
   EXPECT_TRUE(c.hub_allow.empty());
   EXPECT_EQ(c.hub_concurrency, 2u);
   EXPECT_EQ(c.hub_max_bandwidth, 0u);
-  EXPECT_EQ(c.hub_read_ahead, 64ull << 20);
+  EXPECT_EQ(c.hub_read_ahead, 8ull << 20);
   EXPECT_FALSE(c.hub_offline);
   auto json = nlohmann::json::parse(
       R"({"hub": false, "hub_allow": ["acme", "org/m-*", "*"], "hub_endpoint": "http://h:1",

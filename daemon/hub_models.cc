@@ -45,6 +45,10 @@ constexpr int kFillLockTimeoutMs = 2000;
 // have the stall timeout and retries of HubConfig; this only bounds a fill
 // that neither progresses nor fails).
 constexpr auto kFillWaitStall = std::chrono::seconds(30);
+// Ranges fetched by reads ahead of a fill are kept (at most this many bytes
+// over all files) for the fill to append when it gets there, instead of
+// fetching them again.
+constexpr uint64_t kMaxDonatedBytes = 256ull << 20;
 
 // The fill's .incomplete, opened for reading: always a prefix of the file,
 // only ever appended to while the fill holds its lock.
@@ -79,6 +83,7 @@ struct FileState {
   enum class Phase { kIdle, kStarting, kFilling };
   Phase phase = Phase::kIdle;
   uint64_t prefix = 0;                      // bytes of the .incomplete written
+  uint64_t fetching_to = 0;                 // the end of the chunk in flight
   std::shared_ptr<PrefixFile> prefix_file;  // set while kFilling
   // A Commit of this file failed its sha256: its .incomplete is never read
   // again by this daemon (reads are ranged GETs until the blob is cached).
@@ -86,6 +91,12 @@ struct FileState {
   // The ends of the ranges readers wait for (the fill fetches up to the
   // nearest one first: the pipeline's first layer before its read-ahead).
   std::multiset<uint64_t> waiting;
+  // Ranges past the prefix that reads fetched themselves, by offset (not
+  // overlapping): the fill appends them instead of fetching them again.
+  std::map<uint64_t, std::vector<uint8_t>> donated;
+  // Those reads while in flight (start -> end): the fill waits for a read
+  // that covers its prefix, and ends its chunks where the next one starts.
+  std::multimap<uint64_t, uint64_t> reading;
   std::condition_variable cv;
 };
 
@@ -112,6 +123,8 @@ struct HubModels::Core {
   std::shared_ptr<FileState> demand;  // handed to demand_worker
   bool demand_busy = false;
   std::atomic<bool> stop_flag{false};
+
+  std::atomic<uint64_t> donated_bytes{0};  // of every file's `donated`
 
   std::mutex stats_mu;
   hub::TransferStats published;  // of both clients, as already counted
@@ -249,13 +262,56 @@ class HubFileSource final : public ByteSource {
       core_->FetchError();
       return remote.status();
     }
+    const bool donate = core_->fill_enabled() && state_->fill_wanted.load();
+    std::multimap<uint64_t, uint64_t>::iterator reading;
+    if (donate) {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      reading = state_->reading.emplace(offset, offset + out.size());
+    }
     absl::Status st = (*remote)->ReadBulk(offset, out);
     core_->PublishTransfers();
+    if (donate) {
+      {
+        std::lock_guard<std::mutex> lock(state_->mu);
+        if (st.ok()) Donate(offset, out);
+        state_->reading.erase(reading);
+      }
+      state_->cv.notify_all();
+    }
     if (!st.ok()) {
       core_->FetchError();
       return absl::Status(st.code(), absl::StrCat(name_, ": ", st.message()));
     }
     return st;
+  }
+
+  // Keeps what a read fetched past the fill's prefix for the fill (which
+  // then skips fetching it), within kMaxDonatedBytes. The bytes are not
+  // verified here: the fill's sha256 at Commit checks them with the rest.
+  // Under state_->mu.
+  void Donate(uint64_t offset, absl::Span<const uint8_t> bytes) {
+    FileState& s = *state_;
+    if (!s.fill_wanted.load() || s.cached.load() || s.prefix_bad) return;
+    uint64_t start = std::max(offset, s.prefix);
+    const uint64_t end = offset + bytes.size();
+    if (start >= end) return;
+    // Not overlapping what is already kept: the part before the next range
+    // (after the previous one).
+    auto next = s.donated.lower_bound(start);
+    if (next != s.donated.begin()) {
+      auto prev = std::prev(next);
+      start = std::max(start, prev->first + prev->second.size());
+    }
+    uint64_t stop = end;
+    if (next != s.donated.end()) stop = std::min(stop, next->first);
+    if (start >= stop) return;
+    const uint64_t n = stop - start;
+    if (core_->donated_bytes.fetch_add(n) + n > kMaxDonatedBytes) {
+      core_->donated_bytes.fetch_sub(n);
+      return;
+    }
+    s.donated.emplace(start, std::vector<uint8_t>(bytes.begin() + (start - offset),
+                                                  bytes.begin() + (stop - offset)));
   }
 
   enum class FillRead { kDone, kCached, kRemote };
@@ -296,7 +352,12 @@ class HubFileSource final : public ByteSource {
           file = s.prefix_file;
           break;
         }
-        if (s.prefix_file == nullptr || offset > s.prefix + core_->config.hub_read_ahead) break;
+        // Far ahead: neither in the chunk in flight nor within the
+        // read-ahead bound.
+        if (s.prefix_file == nullptr ||
+            (offset >= s.fetching_to && offset > s.prefix + core_->config.hub_read_ahead)) {
+          break;
+        }
         if (!registered) {
           s.waiting.insert(end);
           registered = true;
@@ -441,6 +502,8 @@ void HubModels::Core::RunFill(const std::shared_ptr<FileState>& state) {
     std::lock_guard<std::mutex> lock(state->mu);
     state->phase = FileState::Phase::kIdle;
     state->prefix_file.reset();
+    for (const auto& [offset, bytes] : state->donated) donated_bytes.fetch_sub(bytes.size());
+    state->donated.clear();
   }
   // A failed fill is not started again by the next read (each would fail
   // the same way): the reads fetch their ranges until Fill() asks again.
@@ -501,19 +564,68 @@ absl::Status HubModels::Core::FillOne(FileState& state) {
     while (offset < file.size) {
       if (stop_flag.load()) return absl::CancelledError("the daemon is stopping");
       uint64_t want = 0;
+      uint64_t next_donated = file.size;
+      std::vector<uint8_t> given;  // a read's bytes at `offset`
       {
-        std::lock_guard<std::mutex> lock(state.mu);
+        std::unique_lock<std::mutex> lock(state.mu);
+        // A read in flight over `offset` brings those bytes: wait for it
+        // (it donates them, or fails and the fill fetches them).
+        auto covering = [&] {
+          for (const auto& [start, end] : state.reading) {
+            if (start > offset) break;
+            if (end > offset) return true;
+          }
+          return false;
+        };
+        while (covering() && !stop_flag.load()) {
+          state.cv.wait_for(lock, std::chrono::milliseconds(100));
+        }
+        if (auto r = state.reading.upper_bound(offset); r != state.reading.end()) {
+          next_donated = std::min(next_donated, r->first);
+        }
         auto next = state.waiting.upper_bound(offset);
         if (next != state.waiting.end()) want = *next;
+        // Ranges behind the prefix are of no use; one at the prefix is
+        // appended as it is (from `offset` on).
+        while (!state.donated.empty()) {
+          auto first = state.donated.begin();
+          const uint64_t first_end = first->first + first->second.size();
+          if (first->first > offset) {
+            next_donated = std::min(next_donated, first->first);
+            break;
+          }
+          donated_bytes.fetch_sub(first->second.size());
+          if (first_end > offset) {
+            given = std::move(first->second);
+            given.erase(given.begin(), given.begin() + (offset - first->first));
+            state.donated.erase(first);
+            break;
+          }
+          state.donated.erase(first);
+        }
+      }
+      if (!given.empty()) {
+        RETURN_IF_ERROR(writer->Append(given));
+        offset += given.size();
+        {
+          std::lock_guard<std::mutex> lock(state.mu);
+          state.prefix = offset;
+        }
+        state.cv.notify_all();
+        continue;
       }
       const bool demanded = want > offset;
       uint64_t n = demanded ? std::clamp<uint64_t>(want - offset, kMinFillChunk, kMaxFillChunk)
                             : std::min(chunk, limit_chunk);
-      n = std::min<uint64_t>(n, file.size - offset);
+      n = std::min<uint64_t>(n, next_donated - offset);
       std::unique_ptr<ByteSource>& remote = demanded ? fast : slow;
       if (remote == nullptr) {
         ASSIGN_OR_RETURN(remote, (demanded ? foreground : background)
                                      ->OpenRemote(*state.repo, file.path));
+      }
+      {
+        std::lock_guard<std::mutex> lock(state.mu);
+        state.fetching_to = offset + n;
       }
       if (buffer.size() < n) buffer.resize(static_cast<size_t>(n));
       absl::Span<uint8_t> part(buffer.data(), static_cast<size_t>(n));

@@ -24,8 +24,11 @@
 //    .incomplete when the fill has written it; when it starts at most
 //    hub_read_ahead past the fill's prefix it waits for the fill, which
 //    then fetches up to the nearest waiting read's end at once without the
-//    bandwidth limit; farther reads (a client starting at a late layer) are
-//    ranged GETs of their own. A file a reader needs that no worker took
+//    bandwidth limit; farther reads (a client starting at a late layer, a
+//    layer after a large embedding) are ranged GETs of their own, whose
+//    bytes (at most 256 MiB held over all files) the fill appends when it
+//    gets there instead of fetching them again (it waits for such a read
+//    in flight over its prefix). A file a reader needs that no worker took
 //    is started at once by one extra thread (or the read is a ranged GET
 //    while that thread is busy). A fill that fails, or makes no progress
 //    for 30 s, sends its waiting reads to ranged GETs (and a failed fill

@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--hub-read-ahead", hub_read_ahead,
                  "a read at most this far past the cache fill's progress waits for the fill "
-                 "instead of fetching its own range, e.g. 64M (default 64M)");
+                 "instead of fetching its own range, e.g. 64M (default 8M)");
   app.add_flag("--hub-offline", config.hub_offline,
                "no network: Hub models only from the cache (also HF_HUB_OFFLINE=1)");
   app.add_flag("--print-config", print_config, "print the effective config as JSON and exit");

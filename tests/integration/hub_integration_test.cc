@@ -370,6 +370,14 @@ TEST_F(HubIntegrationTest, SecondOpenAndOfflineAreServedFromTheCache) {
               static_cast<double>(stats["total_bytes"].get<uint64_t>()))
         << metrics;
     EXPECT_EQ(Sample(metrics, "bigsmall_hub_fetch_errors_total"), 0) << metrics;
+    // GetStats says the same.
+    auto daemon_stats = d->client().Stats();
+    ASSERT_TRUE(daemon_stats.ok()) << daemon_stats.status();
+    EXPECT_EQ(daemon_stats->hub_cache_hit_opens(), 1u);
+    EXPECT_EQ(static_cast<double>(daemon_stats->hub_cache_hit_reads()),
+              Sample(metrics, "bigsmall_hub_cache_hits_total{kind=\"read\"}"));
+    EXPECT_EQ(daemon_stats->hub_bytes_fetched(), stats["total_bytes"].get<uint64_t>());
+    EXPECT_EQ(daemon_stats->hub_fetch_errors(), 0u);
     ASSERT_TRUE(fake_->ResetStats().ok());
     auto by_commit = d->client().OpenModel(absl::StrCat(kRepo, "@", commit));
     ASSERT_TRUE(by_commit.ok()) << by_commit.status();
@@ -499,6 +507,13 @@ TEST_F(HubIntegrationTest, DroppedConnectionsResume) {
   const std::string metrics = Metrics(port);
   EXPECT_GE(Sample(metrics, "bigsmall_hub_retries_total"), dropped) << metrics;
   EXPECT_EQ(Sample(metrics, "bigsmall_hub_fetch_errors_total"), 0) << metrics;
+  auto daemon_stats = d->client().Stats();
+  ASSERT_TRUE(daemon_stats.ok()) << daemon_stats.status();
+  EXPECT_GE(daemon_stats->hub_retries(), static_cast<uint64_t>(dropped));
+  EXPECT_EQ(static_cast<double>(daemon_stats->hub_retries()),
+            Sample(metrics, "bigsmall_hub_retries_total"));
+  EXPECT_GT(daemon_stats->hub_bytes_fetched(), 0u);
+  EXPECT_EQ(daemon_stats->hub_cache_hit_reads(), 0u);
 }
 
 // The body bytes the fake sent of one file of kRepo (resolve and CDN).
@@ -508,14 +523,15 @@ uint64_t FileBytesOf(const nlohmann::json& stats, const std::string& name) {
   return stats["bytes_by_file"][key].get<uint64_t>();
 }
 
-TEST_F(HubIntegrationTest, StreamedInLayerOrderEachByteIsFetchedOnce) {
-  // One client streams a fresh model in layer order while the fill (no
-  // limit of its own) runs: its reads wait for the fill and come from the
-  // .incomplete, so each shard's bytes cross the network once (plus the
-  // header and index OpenModel reads first). The fake sends at 4 MB/s, so
-  // the first layer still comes before the download ends.
-  ASSERT_TRUE(fake_->Throttle(4 << 20).ok());
-  auto d = StartDaemon();
+// One client streams a fresh model in layer order while the fill (no limit
+// of its own) runs: each shard's bytes cross the network once (plus the
+// header and index OpenModel reads first), whether its reads wait for the
+// fill and come from the .incomplete, or (past --hub-read-ahead) fetch
+// their ranges and hand them to the fill. The fake sends at 4 MB/s, so the
+// first layer still comes before the download ends.
+void StreamInLayerOrderFetchingEachByteOnce(FakeHub* fake,
+                                            std::unique_ptr<Daemon> d,
+                                            const std::string& cache_dir) {
   auto desc = d->client().OpenModel(kRepo);
   ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
   client::StreamOptions options;
@@ -524,15 +540,19 @@ TEST_F(HubIntegrationTest, StreamedInLayerOrderEachByteIsFetchedOnce) {
   ASSERT_TRUE(stream.ok()) << stream.status();
   size_t compared = 0;
   bool first = true;
+  auto stats_now = [&] {
+    auto text = fake->Stats();
+    EXPECT_TRUE(text.ok()) << text.status();
+    return text.ok() ? nlohmann::json::parse(*text, nullptr, false) : nlohmann::json();
+  };
   while (true) {
     auto layer = (*stream)->Next();
     ASSERT_TRUE(layer.ok()) << layer.status() << d->log();
     if (*layer == nullptr) break;
     if (first) {
       first = false;
-      const nlohmann::json stats = Stats();
+      const nlohmann::json stats = stats_now();
       EXPECT_LT(stats["total_bytes"].get<uint64_t>(), g_repo->total) << stats.dump();
-      EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
     }
     for (const auto& t : (*layer)->tensors()) {
       const auto& want = g_repo->tensors.at(t.name);
@@ -542,17 +562,41 @@ TEST_F(HubIntegrationTest, StreamedInLayerOrderEachByteIsFetchedOnce) {
     }
   }
   EXPECT_EQ(compared, g_repo->tensors.size());
-  ASSERT_TRUE(WaitCached(kRepo, CommitOf(*desc))) << d->log();
-  const nlohmann::json stats = Stats();
+  const std::string snapshot =
+      absl::StrCat(cache_dir, "/models--acme--tiny-bs/snapshots/", CommitOf(*desc));
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  auto cached = [&] {
+    struct stat st;
+    return stat((snapshot + "/model-00001-of-00002.safetensors.bs").c_str(), &st) == 0 &&
+           stat((snapshot + "/model-00002-of-00002.safetensors.bs").c_str(), &st) == 0;
+  };
+  while (!cached() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_TRUE(cached()) << d->log();
+  const nlohmann::json stats = stats_now();
   for (const auto& [name, bytes] : g_repo->files) {
     if (!absl::EndsWith(name, ".bs")) continue;
     const uint64_t sent = FileBytesOf(stats, name);
     std::cout << name << ": " << sent << " bytes sent for its " << bytes.size() << "\n";
     EXPECT_GE(sent, bytes.size()) << name;
     EXPECT_LE(sent, bytes.size() + bytes.size() / 20) << name << "\n" << stats.dump();
+    EXPECT_EQ(ReadAll(snapshot + "/" + name), bytes) << name;
   }
-  EXPECT_EQ(ReadAll(SnapshotDir(kRepo, CommitOf(*desc)) + "/model-00002-of-00002.safetensors.bs"),
-            g_repo->files.at("model-00002-of-00002.safetensors.bs"));
+  EXPECT_TRUE(d->Stop());
+}
+
+TEST_F(HubIntegrationTest, StreamedInLayerOrderEachByteIsFetchedOnce) {
+  ASSERT_TRUE(fake_->Throttle(4 << 20).ok());
+  StreamInLayerOrderFetchingEachByteOnce(fake_.get(), StartDaemon(), cache_);
+}
+
+TEST_F(HubIntegrationTest, ReadsAheadOfTheFillHandTheirBytesToIt) {
+  // --hub-read-ahead 0: only a read at the fill's prefix waits; the others
+  // fetch their ranges, and the fill appends those instead of fetching them.
+  ASSERT_TRUE(fake_->Throttle(4 << 20).ok());
+  StreamInLayerOrderFetchingEachByteOnce(fake_.get(),
+                                         StartDaemon({"--hub-read-ahead", "0"}), cache_);
 }
 
 TEST_F(HubIntegrationTest, ALateLayerFarAheadOfTheFillIsItsOwnRange) {
