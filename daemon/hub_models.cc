@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <fstream>
 #include <map>
@@ -49,6 +50,11 @@ constexpr auto kFillWaitStall = std::chrono::seconds(30);
 // over all files) for the fill to append when it gets there, instead of
 // fetching them again.
 constexpr uint64_t kMaxDonatedBytes = 256ull << 20;
+// Such a read that starts at most this far past the end of what the fill
+// has or will have (its prefix, its chunk in flight, a range handed to it)
+// starts there instead: the fill then has no small gaps left to fetch one
+// request each (the .bs groups are 4 KiB-aligned: a few KB between them).
+constexpr uint64_t kMaxGapBytes = 64ull << 10;
 
 // The fill's .incomplete, opened for reading: always a prefix of the file,
 // only ever appended to while the fill holds its lock.
@@ -264,16 +270,42 @@ class HubFileSource final : public ByteSource {
     }
     const bool donate = core_->fill_enabled() && state_->fill_wanted.load();
     std::multimap<uint64_t, uint64_t>::iterator reading;
+    uint64_t start = offset;  // where the GET starts: `offset`, or a gap before it
     if (donate) {
       std::lock_guard<std::mutex> lock(state_->mu);
-      reading = state_->reading.emplace(offset, offset + out.size());
+      uint64_t covered = std::max(state_->prefix, state_->fetching_to);
+      auto next = state_->donated.upper_bound(offset);
+      if (next != state_->donated.begin()) {
+        auto prev = std::prev(next);
+        covered = std::max(covered, prev->first + prev->second.size());
+      }
+      for (const auto& [a, b] : state_->reading) {
+        if (a > offset) break;
+        covered = std::max(covered, std::min(b, offset));
+      }
+      if (covered < offset && offset - covered <= kMaxGapBytes) start = covered;
+      reading = state_->reading.emplace(start, offset + out.size());
     }
-    absl::Status st = (*remote)->ReadBulk(offset, out);
+    absl::Status st;
+    std::vector<uint8_t> with_gap;
+    if (start < offset) {
+      with_gap.resize(static_cast<size_t>(offset + out.size() - start));
+      st = (*remote)->ReadBulk(start, absl::MakeSpan(with_gap));
+      if (st.ok()) std::memcpy(out.data(), with_gap.data() + (offset - start), out.size());
+    } else {
+      st = (*remote)->ReadBulk(offset, out);
+    }
     core_->PublishTransfers();
     if (donate) {
       {
         std::lock_guard<std::mutex> lock(state_->mu);
-        if (st.ok()) Donate(offset, out);
+        if (st.ok()) {
+          if (start < offset) {
+            Donate(start, absl::MakeConstSpan(with_gap));
+          } else {
+            Donate(offset, out);
+          }
+        }
         state_->reading.erase(reading);
       }
       state_->cv.notify_all();
