@@ -452,7 +452,8 @@ def main() -> int:
             vs_cli = f"{100 * d['first_s'] / dl:.1f} %" if dl else "n/a"
             d_cells = [f"{d['first_s']:.2f} ({fmt(open_s)})", f"{d['last_s']:.2f} ({d['layers']} layers)",
                        fmt(full), vs_cli, ratio,
-                       f"{d['sent'] / 1e6:.1f} MB in {d['requests']} requests (ranges of "
+                       f"{d['sent'] / 1e6:.1f} MB = {d['sent'] / repo_bytes:.3f}x the repo, in "
+                       f"{d['requests']} requests (ranges of "
                        f"{fmt(d.get('range_median') and d['range_median'] / 2**20, '{:.2f}')} MiB)"]
         lines.append(f"| {human_rate(limit)} | {fmt(ideal)} | " + " | ".join(cli_cells) + f" | {hf_cell} | "
                      + " | ".join(d_cells) + " |")
