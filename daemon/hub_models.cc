@@ -401,7 +401,7 @@ class HubFileSource final : public ByteSource {
       }
       if (s.cv.wait_until(lock, deadline) == std::cv_status::timeout && s.prefix == seen) {
         spdlog::warn("{}: the cache fill made no progress for {} s; reading the range directly",
-                     name_, kFillWaitStall.count());
+                     EscapeForLog(name_), kFillWaitStall.count());
         break;
       }
     }
@@ -415,7 +415,7 @@ class HubFileSource final : public ByteSource {
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
         spdlog::warn("{}: reading the cache fill's .incomplete failed ({}); reading the range "
-                     "directly", name_, n < 0 ? ErrnoToStatus(errno, "pread").ToString()
+                     "directly", EscapeForLog(name_), n < 0 ? ErrnoToStatus(errno, "pread").ToString()
                                               : std::string("short read"));
         return FillRead::kRemote;
       }
