@@ -577,6 +577,9 @@ TEST_F(IntegrationTest, CliStreamVerifyLsStatsEvict) {
   ASSERT_EQ(run({"stats", "--json"}), 0);
   auto stats = nlohmann::json::parse(testing::ReadFile(out));
   EXPECT_EQ(stats["layers_served"], 7);
+  // A local model: the Hub counters are there, and zero.
+  EXPECT_EQ(stats["hub_bytes_fetched"], 0) << stats.dump();
+  EXPECT_EQ(stats["hub_cache_hit_reads"], 0) << stats.dump();
   ASSERT_EQ(run({"evict", "--json"}), 0);
   auto ev = nlohmann::json::parse(testing::ReadFile(out));
   EXPECT_EQ(ev["layers_evicted"], 7);
