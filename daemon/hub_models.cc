@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <fnmatch.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -736,6 +738,55 @@ absl::StatusOr<hub::HubConfig> HubConfigFor(const DaemonConfig& config) {
   return hub;
 }
 
+absl::Status CheckCacheIsTrusted(const std::string& cache_dir) {
+  // The cache's directory (or, while it does not exist, the nearest one
+  // that does: the cache makes the rest) and every directory above it.
+  std::string path = cache_dir;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  struct stat st;
+  while (::stat(path.c_str(), &st) != 0) {
+    if (errno != ENOENT && errno != ENOTDIR) {
+      return ErrnoToStatus(errno, absl::StrCat("hub cache ", EscapeForLog(cache_dir)));
+    }
+    size_t slash = path.rfind('/');
+    if (slash == std::string::npos || slash == 0) {
+      path = slash == 0 ? "/" : ".";
+      break;
+    }
+    path.resize(slash);
+  }
+  char resolved[PATH_MAX];
+  if (::realpath(path.c_str(), resolved) == nullptr) {
+    return ErrnoToStatus(errno, absl::StrCat("hub cache ", EscapeForLog(cache_dir)));
+  }
+  std::string dir = resolved;
+  const uid_t me = ::geteuid();
+  while (true) {
+    if (::stat(dir.c_str(), &st) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("hub cache ", EscapeForLog(dir)));
+    }
+    const bool others_write = (st.st_mode & S_IWOTH) != 0 && (st.st_mode & S_ISVTX) == 0;
+    const bool mine_or_root = st.st_uid == me || st.st_uid == 0;
+    // The cache's own directory must not be writable by others even with the
+    // sticky bit (they could create a repo directory first); above it, a
+    // sticky world-writable directory (/tmp) is fine.
+    const bool own_dir_world_writable = dir == resolved && path == cache_dir &&
+                                        (st.st_mode & S_IWOTH) != 0;
+    if (!mine_or_root || others_write || own_dir_world_writable) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "hub cache ", EscapeForLog(cache_dir), ": ", EscapeForLog(dir),
+          mine_or_root ? " is a directory others can write"
+                       : " belongs to another user, who could change what the daemon serves",
+          " (the daemon serves what its cache holds: give it a cache only it, root and its"
+          " group can write; docs/OPERATIONS.md)"));
+    }
+    if (dir == "/") break;
+    size_t slash = dir.rfind('/');
+    dir = slash == 0 ? "/" : dir.substr(0, slash);
+  }
+  return absl::OkStatus();
+}
+
 bool IsHubModelName(const std::string& name) {
   return !name.empty() && name[0] != '/' && hub::LooksLikeHubName(name);
 }
@@ -743,6 +794,7 @@ bool IsHubModelName(const std::string& name) {
 absl::StatusOr<std::unique_ptr<HubModels>> HubModels::Create(const DaemonConfig& config,
                                                              Metrics* metrics) {
   ASSIGN_OR_RETURN(hub::HubConfig hub, HubConfigFor(config));
+  RETURN_IF_ERROR(CheckCacheIsTrusted(hub.cache_dir));
   auto core = std::make_shared<Core>();
   core->config = config;
   core->metrics = metrics;

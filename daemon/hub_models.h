@@ -63,6 +63,13 @@ inline constexpr char kHubNotAllowed[] =
 // unreadable or empty hub_token_file.
 absl::StatusOr<hub::HubConfig> HubConfigFor(const DaemonConfig& config);
 
+// FAILED_PRECONDITION when another user could write the cache: its
+// directory (or the nearest existing ancestor) or one above it belongs to
+// neither the daemon's user nor root, or is writable by others (above the
+// cache, a sticky world-writable one like /tmp is fine). Group-writable is
+// allowed: a team's shared cache. HubModels::Create checks it.
+absl::Status CheckCacheIsTrusted(const std::string& cache_dir);
+
 // True when `name` names a Hub model (not an absolute path).
 bool IsHubModelName(const std::string& name);
 

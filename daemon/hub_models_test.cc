@@ -3,6 +3,7 @@
 #include "daemon/hub_models.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -102,6 +103,48 @@ TEST_F(HubModelsTest, AllowListIsCheckedBeforeAnyRequest) {
   config.hub_allow = {"a/b/c"};
   EXPECT_EQ(HubModels::Create(config, &metrics).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// The daemon serves what its cache holds (the .bs indexes that the tensor
+// hashes are checked against come from there too), so a cache that another
+// user could write is refused at start, like a shared shm directory.
+TEST_F(HubModelsTest, ACacheOthersCanWriteIsRefusedAtStart) {
+  DaemonConfig config;
+  config.hub_endpoint = "http://127.0.0.1:9";
+  config.hub_concurrency = 0;
+  Metrics metrics;
+  const std::string cache = dir_ + "/cache";
+  ASSERT_EQ(mkdir(cache.c_str(), 0755), 0);
+  config.hub_cache = cache;
+  EXPECT_TRUE(HubModels::Create(config, &metrics).ok());
+  // Missing: made later by the cache, beneath a directory we own.
+  config.hub_cache = cache + "/not/yet";
+  EXPECT_TRUE(HubModels::Create(config, &metrics).ok());
+
+  ASSERT_EQ(chmod(cache.c_str(), 0777), 0);
+  config.hub_cache = cache;
+  auto refused = HubModels::Create(config, &metrics);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "others can write")) << refused.status();
+  // Beneath it, too: a world-writable directory without the sticky bit
+  // lets others rename what lies in it.
+  ASSERT_EQ(mkdir((cache + "/hub").c_str(), 0755), 0);
+  config.hub_cache = cache + "/hub";
+  EXPECT_EQ(HubModels::Create(config, &metrics).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Sticky (like /tmp): others cannot rename our entries; ours is fine.
+  ASSERT_EQ(chmod(cache.c_str(), 01777), 0);
+  EXPECT_TRUE(HubModels::Create(config, &metrics).ok());
+  // Group-writable: a group the owner trusts (a team's shared cache).
+  ASSERT_EQ(chmod(cache.c_str(), 0775), 0);
+  config.hub_cache = cache;
+  EXPECT_TRUE(HubModels::Create(config, &metrics).ok());
+  if (geteuid() == 0) {  // another user's directory
+    ASSERT_EQ(chmod(cache.c_str(), 0755), 0);
+    ASSERT_EQ(chown(cache.c_str(), 65534, 65534), 0);
+    EXPECT_EQ(HubModels::Create(config, &metrics).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
 }
 
 }  // namespace
