@@ -326,4 +326,12 @@ absl::StatusOr<CommitAnswer> ParseCommitAnswer(absl::string_view body, absl::str
   return out;
 }
 
+absl::StatusOr<std::string> ParseRevisionSha(absl::string_view body, absl::string_view what) {
+  const json answer = Parse(body);
+  if (answer.is_discarded()) return MalformedAnswer(what, "not JSON");
+  std::optional<std::string> sha = StringMember(answer, "sha");
+  if (!sha || !IsCommitHash(*sha)) return MalformedAnswer(what, "no 40-hex sha");
+  return *sha;
+}
+
 }  // namespace bigsmall::hub

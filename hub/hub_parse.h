@@ -87,6 +87,10 @@ struct CommitAnswer {
 };
 absl::StatusOr<CommitAnswer> ParseCommitAnswer(absl::string_view body, absl::string_view what);
 
+// The "sha" (40 hex digits) of a model-info or revision answer (a branch's
+// head): uploads, to report the commit when there was nothing to commit.
+absl::StatusOr<std::string> ParseRevisionSha(absl::string_view body, absl::string_view what);
+
 // An "INTERNAL: <what>: malformed answer from the Hub (<why>)".
 absl::Status MalformedAnswer(absl::string_view what, absl::string_view why);
 

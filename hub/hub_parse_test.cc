@@ -164,5 +164,16 @@ TEST(HubParseTest, CommitAnswer) {
   EXPECT_FALSE(ParseCommitAnswer("", "t").ok());
 }
 
+TEST(HubParseTest, RevisionSha) {
+  const std::string sha(40, 'a');
+  auto ok = ParseRevisionSha(R"({"id": "o/n", "sha": ")" + sha + R"("})", "t");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(*ok, sha);
+  for (const char* bad : {"", "[]", R"({"sha": 1})", R"({"sha": "abc"})",
+                          R"({"id": "o/n"})", R"({"sha": "../../../../etc/passwd/aaaaaaaaaaaaaaa"})"}) {
+    EXPECT_EQ(ParseRevisionSha(bad, "t").status().code(), absl::StatusCode::kInternal) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace bigsmall::hub

@@ -311,18 +311,6 @@ absl::Status HashFile(int root_fd, LocalFile* file, std::vector<char>* buffer) {
 // ---------------------------------------------------------------------------
 // The Hub's answers.
 
-const json* Member(const json& object, const char* key) {
-  if (!object.is_object()) return nullptr;
-  auto it = object.find(key);
-  return it == object.end() ? nullptr : &*it;
-}
-
-std::optional<std::string> StringMember(const json& object, const char* key) {
-  const json* v = Member(object, key);
-  if (v == nullptr || !v->is_string()) return std::nullopt;
-  return v->get<std::string>();
-}
-
 absl::Status Malformed(absl::string_view what, absl::string_view why) {
   return MalformedAnswer(what, why);
 }
@@ -782,11 +770,9 @@ absl::Status Uploader::CurrentHead() {
   request.max_body = kMaxAnswerBytes;
   ASSIGN_OR_RETURN(HttpResponse response, Send(std::move(request)));
   if (response.status < 200 || response.status >= 300) return HttpError(response, what);
-  json answer = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
-  const auto sha = answer.is_discarded() ? std::nullopt : StringMember(answer, "sha");
-  if (!sha) return Malformed(what, "no sha");
-  result_.commit = *sha;
-  result_.commit_url = absl::StrCat(endpoint_, "/", repo_id_, "/commit/", *sha);
+  ASSIGN_OR_RETURN(std::string sha, ParseRevisionSha(response.body, what));
+  result_.commit = sha;
+  result_.commit_url = absl::StrCat(endpoint_, "/", repo_id_, "/commit/", sha);
   return absl::OkStatus();
 }
 

@@ -83,6 +83,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     case 7:
       ParseCommitAnswer(in, "fuzz").IgnoreError();
+      ParseRevisionSha(in, "fuzz").IgnoreError();
       break;
     case 8: {
       absl::StatusOr<RepoRef> ref = ParseRepoRef(in);
