@@ -131,6 +131,58 @@ int ReportError(const std::string& command, const std::string& message, int exit
   return exit_code;
 }
 
+int ReportCompressed(const CompressArgs& args, const std::string& shown, const std::string& output,
+                     Mode mode, const CompressStats& stats, const Json* hub) {
+  const double rate = Rate(stats.input_bytes, stats.seconds);
+  if (args.json) {
+    Json j;
+    j["ok"] = true;
+    j["command"] = "compress";
+    j["input"] = args.input;
+    j["output"] = output;
+    if (hub != nullptr) j["hub"] = *hub;
+    j["mode"] = ModeName(mode);
+    j["base"] = args.base;
+    j["input_bytes"] = stats.input_bytes;
+    j["output_bytes"] = stats.output_bytes;
+    j["ratio"] = Ratio(stats.output_bytes, stats.input_bytes);
+    j["tensors"] = stats.tensors;
+    j["files"] = stats.files;
+    j["seconds"] = stats.seconds;
+    j["bytes_per_second"] = rate;
+    PrintJson(j);
+  } else if (!args.quiet) {
+    PrintLine(absl::StrCat("compressed ", shown, " -> ", output, ": ", HumanBytes(stats.input_bytes),
+                           " -> ", HumanBytes(stats.output_bytes), " (",
+                           Percent(stats.output_bytes, stats.input_bytes), "), ",
+                           HumanDuration(stats.seconds), ", ", HumanRate(rate)));
+  }
+  return kExitOk;
+}
+
+int ReportDecompressed(const DecompressArgs& args, const std::string& shown,
+                       const std::string& output, const DecompressStats& stats, const Json* hub) {
+  const double rate = Rate(stats.output_bytes, stats.seconds);
+  if (args.json) {
+    Json j = RebuildJson("decompress", args.input, "output", output, args.base, stats, rate);
+    if (hub != nullptr) {
+      // "hub" right after "output", as in compress.
+      Json ordered;
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        ordered[it.key()] = it.value();
+        if (it.key() == "output") ordered["hub"] = *hub;
+      }
+      j = std::move(ordered);
+    }
+    PrintJson(j);
+  } else if (!args.quiet) {
+    PrintLine(absl::StrCat("decompressed ", shown, " -> ", output, ": ", HumanBytes(stats.input_bytes),
+                           " -> ", HumanBytes(stats.output_bytes), ", ", HumanDuration(stats.seconds), ", ",
+                           HumanRate(rate)));
+  }
+  return kExitOk;
+}
+
 int RunCompress(const CompressArgs& args) {
   if (IsHubInput(args.input)) return RunHubCompress(args);
   const std::string output = args.output.empty() ? DefaultCompressedName(args.input) : args.output;
@@ -157,30 +209,7 @@ int RunCompress(const CompressArgs& args) {
   absl::StatusOr<CompressStats> stats = CompressPath(args.input, output, options);
   bar.Finish();
   if (!stats.ok()) return Fail("compress", stats.status(), args.json);
-  const double rate = Rate(stats->input_bytes, stats->seconds);
-  if (args.json) {
-    Json j;
-    j["ok"] = true;
-    j["command"] = "compress";
-    j["input"] = args.input;
-    j["output"] = output;
-    j["mode"] = ModeName(options.mode);
-    j["base"] = args.base;
-    j["input_bytes"] = stats->input_bytes;
-    j["output_bytes"] = stats->output_bytes;
-    j["ratio"] = Ratio(stats->output_bytes, stats->input_bytes);
-    j["tensors"] = stats->tensors;
-    j["files"] = stats->files;
-    j["seconds"] = stats->seconds;
-    j["bytes_per_second"] = rate;
-    PrintJson(j);
-  } else if (!args.quiet) {
-    PrintLine(absl::StrCat("compressed ", args.input, " -> ", output, ": ", HumanBytes(stats->input_bytes),
-                           " -> ", HumanBytes(stats->output_bytes), " (",
-                           Percent(stats->output_bytes, stats->input_bytes), "), ",
-                           HumanDuration(stats->seconds), ", ", HumanRate(rate)));
-  }
-  return kExitOk;
+  return ReportCompressed(args, args.input, output, options.mode, *stats, nullptr);
 }
 
 int RunDecompress(const DecompressArgs& args) {
@@ -201,15 +230,7 @@ int RunDecompress(const DecompressArgs& args) {
   absl::StatusOr<DecompressStats> stats = DecompressPath(args.input, output, options);
   bar.Finish();
   if (!stats.ok()) return Fail("decompress", stats.status(), args.json);
-  const double rate = Rate(stats->output_bytes, stats->seconds);
-  if (args.json) {
-    PrintJson(RebuildJson("decompress", args.input, "output", output, args.base, *stats, rate));
-  } else if (!args.quiet) {
-    PrintLine(absl::StrCat("decompressed ", args.input, " -> ", output, ": ", HumanBytes(stats->input_bytes),
-                           " -> ", HumanBytes(stats->output_bytes), ", ", HumanDuration(stats->seconds), ", ",
-                           HumanRate(rate)));
-  }
-  return kExitOk;
+  return ReportDecompressed(args, args.input, output, *stats, nullptr);
 }
 
 int RunInfo(const InfoArgs& args) {

@@ -8,6 +8,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "codec/compress.h"
+#include "codec/decompress.h"
 #include "nlohmann/json.hpp"
 
 namespace bigsmall::cli {
@@ -65,6 +67,15 @@ int ReportError(const std::string& command, const std::string& message, int exit
 // Shared by the command implementations (commands.cc, hub_commands.cc).
 // One JSON object on stdout (bad UTF-8 replaced, never thrown).
 void PrintJson(const nlohmann::ordered_json& j);
+
+// The summary of a finished compress or decompress: one JSON object with
+// --json (with "hub" after "output" when `hub` is given), else one line
+// naming `shown` (unless --quiet). Returns kExitOk.
+int ReportCompressed(const CompressArgs& args, const std::string& shown, const std::string& output,
+                     Mode mode, const CompressStats& stats, const nlohmann::ordered_json* hub);
+int ReportDecompressed(const DecompressArgs& args, const std::string& shown,
+                       const std::string& output, const DecompressStats& stats,
+                       const nlohmann::ordered_json* hub);
 void PrintLine(const std::string& line);
 // ReportError with the status's message, exit code (ExitCodeFor) and code name.
 int Fail(const std::string& command, const absl::Status& status, bool json);

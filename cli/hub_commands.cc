@@ -318,31 +318,8 @@ int RunHubCompress(const CompressArgs& args) {
   }
   if (absl::Status st = out->Commit(); !st.ok()) return Fail("compress", st, args.json);
 
-  const double rate = Rate(stats->input_bytes, stats->seconds);
-  if (args.json) {
-    Json j;
-    j["ok"] = true;
-    j["command"] = "compress";
-    j["input"] = args.input;
-    j["output"] = output;
-    j["hub"] = HubJson(s, *info);
-    j["mode"] = ModeName(options.mode);
-    j["base"] = args.base;
-    j["input_bytes"] = stats->input_bytes;
-    j["output_bytes"] = stats->output_bytes;
-    j["ratio"] = Ratio(stats->output_bytes, stats->input_bytes);
-    j["tensors"] = stats->tensors;
-    j["files"] = stats->files;
-    j["seconds"] = stats->seconds;
-    j["bytes_per_second"] = rate;
-    PrintJson(j);
-  } else if (!args.quiet) {
-    PrintLine(absl::StrCat("compressed ", HubLabel(*info), " -> ", output, ": ", HumanBytes(stats->input_bytes),
-                           " -> ", HumanBytes(stats->output_bytes), " (",
-                           Percent(stats->output_bytes, stats->input_bytes), "), ",
-                           HumanDuration(stats->seconds), ", ", HumanRate(rate)));
-  }
-  return kExitOk;
+  const Json hub = HubJson(s, *info);
+  return ReportCompressed(args, HubLabel(*info), output, options.mode, *stats, &hub);
 }
 
 // ---------------------------------------------------------------------------
@@ -484,28 +461,8 @@ int RunHubDecompress(const DecompressArgs& args) {
     stats = DecompressPath(staging->dir(), output, options);
   }
   if (!stats.ok()) return Fail("decompress", stats.status(), args.json);
-  const double rate = Rate(stats->output_bytes, stats->seconds);
-  if (args.json) {
-    Json j;
-    j["ok"] = true;
-    j["command"] = "decompress";
-    j["input"] = args.input;
-    j["output"] = output;
-    j["hub"] = HubJson(s, *info);
-    j["base"] = args.base;
-    j["input_bytes"] = stats->input_bytes;
-    j["output_bytes"] = stats->output_bytes;
-    j["tensors"] = stats->tensors;
-    j["files"] = stats->files;
-    j["seconds"] = stats->seconds;
-    j["bytes_per_second"] = rate;
-    PrintJson(j);
-  } else if (!args.quiet) {
-    PrintLine(absl::StrCat("decompressed ", HubLabel(*info), " -> ", output, ": ", HumanBytes(stats->input_bytes),
-                           " -> ", HumanBytes(stats->output_bytes), ", ", HumanDuration(stats->seconds), ", ",
-                           HumanRate(rate)));
-  }
-  return kExitOk;
+  const Json hub = HubJson(s, *info);
+  return ReportDecompressed(args, HubLabel(*info), output, *stats, &hub);
 }
 
 // ---------------------------------------------------------------------------
