@@ -67,7 +67,7 @@ std::optional<uint64_t> NumberMember(const json& object, const char* key) {
 }  // namespace
 
 absl::Status MalformedAnswer(absl::string_view what, absl::string_view why) {
-  return absl::InternalError(absl::StrCat(what, ": malformed answer from the Hub (", why, ")"));
+  return absl::DataLossError(absl::StrCat(what, ": malformed answer from the Hub (", why, ")"));
 }
 
 bool IsSafeRepoPath(absl::string_view path) {

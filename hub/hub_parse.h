@@ -50,7 +50,7 @@ std::string UnquoteEtag(absl::string_view etag);
 std::string AbsoluteUrl(absl::string_view base, absl::string_view location);
 
 // POST /api/models/{repo}/preupload/{rev}: {"files": [{path, uploadMode,
-// oid?}]}. INTERNAL "malformed answer" on a missing piece.
+// oid?}]}. DATA_LOSS "malformed answer" on a missing piece.
 struct PreuploadEntry {
   std::string path;
   std::string mode;  // "lfs", "regular" (anything else is kept to refuse)
@@ -91,7 +91,8 @@ absl::StatusOr<CommitAnswer> ParseCommitAnswer(absl::string_view body, absl::str
 // head): uploads, to report the commit when there was nothing to commit.
 absl::StatusOr<std::string> ParseRevisionSha(absl::string_view body, absl::string_view what);
 
-// An "INTERNAL: <what>: malformed answer from the Hub (<why>)".
+// A "DATA_LOSS: <what>: malformed answer from the Hub (<why>)" (docs/FORMAT.md
+// §10.1 hub-data: an answer that is not what the API answers).
 absl::Status MalformedAnswer(absl::string_view what, absl::string_view why);
 
 }  // namespace bigsmall::hub

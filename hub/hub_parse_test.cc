@@ -115,7 +115,7 @@ TEST(HubParseTest, PreuploadAnswer) {
   EXPECT_FALSE((*e)[1].oid);
   for (const char* bad : {"x", "{}", R"({"files": {}})", R"({"files": [{"path": "a"}]})",
                           R"({"files": [1]})"}) {
-    EXPECT_EQ(ParsePreuploadAnswer(bad, "t").status().code(), absl::StatusCode::kInternal) << bad;
+    EXPECT_EQ(ParsePreuploadAnswer(bad, "t").status().code(), absl::StatusCode::kDataLoss) << bad;
   }
 }
 
@@ -151,7 +151,7 @@ TEST(HubParseTest, LfsBatchAnswer) {
         R"({"objects": [{"oid": "a", "actions": {"upload": {"href": "u", "header":
             {"chunk_size": 5, "1": 7}}}}]})",
         R"({"objects": [{"oid": "a", "actions": {"upload": {"href": "u"}, "verify": {}}}]})"}) {
-    EXPECT_EQ(ParseLfsBatchAnswer(bad, "t").status().code(), absl::StatusCode::kInternal) << bad;
+    EXPECT_EQ(ParseLfsBatchAnswer(bad, "t").status().code(), absl::StatusCode::kDataLoss) << bad;
   }
 }
 
@@ -171,7 +171,7 @@ TEST(HubParseTest, RevisionSha) {
   EXPECT_EQ(*ok, sha);
   for (const char* bad : {"", "[]", R"({"sha": 1})", R"({"sha": "abc"})",
                           R"({"id": "o/n"})", R"({"sha": "../../../../etc/passwd/aaaaaaaaaaaaaaa"})"}) {
-    EXPECT_EQ(ParseRevisionSha(bad, "t").status().code(), absl::StatusCode::kInternal) << bad;
+    EXPECT_EQ(ParseRevisionSha(bad, "t").status().code(), absl::StatusCode::kDataLoss) << bad;
   }
 }
 
