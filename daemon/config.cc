@@ -269,6 +269,10 @@ absl::Status ApplyConfigJson(const nlohmann::json& json, DaemonConfig* c,
       RETURN_IF_ERROR(Get(v, key, &c->hub_concurrency));
     } else if (key == "hub_read_ahead") {
       RETURN_IF_ERROR(GetSize(v, key, &c->hub_read_ahead));
+    } else if (key == "hub_max_model_bytes") {
+      RETURN_IF_ERROR(GetSize(v, key, &c->hub_max_model_bytes));
+    } else if (key == "hub_min_free_bytes") {
+      RETURN_IF_ERROR(GetSize(v, key, &c->hub_min_free_bytes));
     } else if (key == "hub_offline") {
       RETURN_IF_ERROR(Get(v, key, &c->hub_offline));
     } else {
@@ -488,6 +492,8 @@ nlohmann::json ConfigToJson(const DaemonConfig& c) {
           {"hub_max_bandwidth", c.hub_max_bandwidth},
           {"hub_concurrency", c.hub_concurrency},
           {"hub_read_ahead", c.hub_read_ahead},
+          {"hub_max_model_bytes", c.hub_max_model_bytes},
+          {"hub_min_free_bytes", c.hub_min_free_bytes},
           {"hub_offline", c.hub_offline}};
 }
 

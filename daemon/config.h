@@ -110,6 +110,13 @@ struct DaemonConfig {
   // farther reads are ranged GETs of their own (whose bytes the fill then
   // appends instead of fetching them again).
   uint64_t hub_read_ahead = 8ull << 20;
+  // A Hub model whose .bs shards are larger in all is RESOURCE_EXHAUSTED at
+  // open (0: no limit): a bound on what a client can make the daemon fetch.
+  uint64_t hub_max_model_bytes = 0;
+  // The background fill leaves at least this much of the cache's file
+  // system free: a file that would eat into it is not filled (its reads
+  // stay ranged GETs), so no client fills the disk through the daemon.
+  uint64_t hub_min_free_bytes = 1ull << 30;
   bool hub_offline = false;            // only what the cache holds (also HF_HUB_OFFLINE=1)
 };
 

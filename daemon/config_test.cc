@@ -202,11 +202,14 @@ TEST(ConfigTest, HubKeys) {
   EXPECT_EQ(c.hub_concurrency, 2u);
   EXPECT_EQ(c.hub_max_bandwidth, 0u);
   EXPECT_EQ(c.hub_read_ahead, 8ull << 20);
+  EXPECT_EQ(c.hub_max_model_bytes, 0u);
+  EXPECT_EQ(c.hub_min_free_bytes, 1ull << 30);
   EXPECT_FALSE(c.hub_offline);
   auto json = nlohmann::json::parse(
       R"({"hub": false, "hub_allow": ["acme", "org/m-*", "*"], "hub_endpoint": "http://h:1",
           "hub_token_file": "/t", "hub_cache": "/c", "hub_max_bandwidth": "20M",
-          "hub_concurrency": 4, "hub_read_ahead": "1M", "hub_offline": true})");
+          "hub_concurrency": 4, "hub_read_ahead": "1M", "hub_offline": true,
+          "hub_max_model_bytes": "500G", "hub_min_free_bytes": "10G"})");
   ASSERT_TRUE(ApplyConfigJson(json, &c, nullptr).ok());
   ASSERT_TRUE(FinalizeConfig(&c).ok());
   EXPECT_FALSE(c.hub);
@@ -214,6 +217,8 @@ TEST(ConfigTest, HubKeys) {
   EXPECT_EQ(c.hub_max_bandwidth, 20ull << 20);
   EXPECT_EQ(c.hub_concurrency, 4u);
   EXPECT_EQ(c.hub_read_ahead, 1ull << 20);
+  EXPECT_EQ(c.hub_max_model_bytes, 500ull << 30);
+  EXPECT_EQ(c.hub_min_free_bytes, 10ull << 30);
   EXPECT_TRUE(c.hub_offline);
   EXPECT_EQ(ConfigToJson(c)["hub_endpoint"], "http://h:1");
   EXPECT_EQ(ConfigToJson(c)["hub_read_ahead"], 1ull << 20);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -133,6 +134,8 @@ struct HubModels::Core {
   std::atomic<bool> stop_flag{false};
 
   std::atomic<uint64_t> donated_bytes{0};  // of every file's `donated`
+  // Bytes the fills in progress still have to write (hub_min_free_bytes).
+  std::atomic<uint64_t> fill_reserved{0};
 
   std::mutex stats_mu;
   hub::TransferStats published;  // of both clients, as already counted
@@ -560,6 +563,31 @@ absl::Status HubModels::Core::FillOne(FileState& state) {
   hub::HubCache& cache = background->cache();
   const hub::RepoFile& file = state.file;
   const std::string etag = file.etag();
+  // Room for the file (before anything is written: a resumed .incomplete
+  // is counted whole), keeping hub_min_free_bytes free of the cache's file
+  // system and counting what other fills still write: a file that does not
+  // fit is not filled (its reads stay ranged GETs).
+  const uint64_t need = cache.BlobFile(state.repo_id, etag).has_value() ? 0 : file.size;
+  const uint64_t others = fill_reserved.fetch_add(need);
+  struct Unreserve {
+    std::atomic<uint64_t>& reserved;
+    uint64_t bytes;
+    ~Unreserve() { reserved.fetch_sub(bytes); }
+  } unreserve{fill_reserved, need};
+  if (need > 0) {
+    struct statvfs fs;
+    if (::statvfs(cache.root().c_str(), &fs) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("statvfs ", EscapeForLog(cache.root())));
+    }
+    const uint64_t available = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    if (available < others + need || available - others - need < config.hub_min_free_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "not filled into the cache: ", need, " bytes to write, ", available,
+          " bytes free in the cache's file system (", others,
+          " promised to other fills), and hub_min_free_bytes ", config.hub_min_free_bytes,
+          " must stay free; its layers are served by ranged GETs"));
+    }
+  }
   ASSIGN_OR_RETURN(auto writer,
                    cache.BeginBlob(state.repo_id, etag, file.size, kFillLockTimeoutMs));
   if (!writer->complete()) {
@@ -878,6 +906,13 @@ absl::StatusOr<std::shared_ptr<Model>> HubModels::Open(
   ModelFiles files = SelectFiles(*repo);
   if (files.shards.empty()) {
     return absl::NotFoundError(absl::StrCat(what, ": the repo has no .bs files"));
+  }
+  uint64_t total = 0;
+  for (const hub::RepoFile* f : files.shards) total += f->size;
+  if (core_->config.hub_max_model_bytes > 0 && total > core_->config.hub_max_model_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, ": its .bs shards are ", total, " bytes, over the daemon's hub_max_model_bytes ",
+        core_->config.hub_max_model_bytes));
   }
   std::vector<std::shared_ptr<FileState>> states;
   for (const hub::RepoFile* f : files.shards) states.push_back(core_->StateFor(repo, *f));

@@ -97,6 +97,8 @@ int main(int argc, char** argv) {
       ->group("");
   std::string hub_max_bandwidth;
   std::string hub_read_ahead;
+  std::string hub_max_model_bytes;
+  std::string hub_min_free_bytes;
   app.add_flag("--hub,!--no-hub", config.hub,
                "serve Hugging Face Hub models, OpenModel(\"owner/repo[@rev]\") (default on)");
   app.add_option("--hub-allow", config.hub_allow,
@@ -118,6 +120,12 @@ int main(int argc, char** argv) {
   app.add_option("--hub-read-ahead", hub_read_ahead,
                  "a read at most this far past the cache fill's progress waits for the fill "
                  "instead of fetching its own range, e.g. 64M (default 8M)");
+  app.add_option("--hub-max-model-bytes", hub_max_model_bytes,
+                 "a Hub model whose .bs shards are larger in all is refused, e.g. 500G "
+                 "(default 0: no limit)");
+  app.add_option("--hub-min-free-bytes", hub_min_free_bytes,
+                 "the cache fill keeps this much of the cache's file system free; a file that "
+                 "does not fit is streamed by ranged GETs only (default 1G)");
   app.add_flag("--hub-offline", config.hub_offline,
                "no network: Hub models only from the cache (also HF_HUB_OFFLINE=1)");
   app.add_flag("--print-config", print_config, "print the effective config as JSON and exit");
@@ -172,6 +180,16 @@ int main(int argc, char** argv) {
     auto v = bigsmall::daemon::ParseByteSize(hub_max_bandwidth);
     if (!v.ok()) return fail(absl::StrCat("--hub-max-bandwidth: ", v.status().message()));
     config.hub_max_bandwidth = *v;
+  }
+  if (!hub_max_model_bytes.empty()) {
+    auto v = bigsmall::daemon::ParseByteSize(hub_max_model_bytes);
+    if (!v.ok()) return fail(absl::StrCat("--hub-max-model-bytes: ", v.status().message()));
+    config.hub_max_model_bytes = *v;
+  }
+  if (!hub_min_free_bytes.empty()) {
+    auto v = bigsmall::daemon::ParseByteSize(hub_min_free_bytes);
+    if (!v.ok()) return fail(absl::StrCat("--hub-min-free-bytes: ", v.status().message()));
+    config.hub_min_free_bytes = *v;
   }
   if (!hub_read_ahead.empty()) {
     auto v = bigsmall::daemon::ParseByteSize(hub_read_ahead);

@@ -664,6 +664,37 @@ TEST_F(HubIntegrationTest, AFailingFillDoesNotFailTheStream) {
   EXPECT_TRUE(d->Stop());
 }
 
+// What a client can make the daemon hold on disk is bounded: a model over
+// hub_max_model_bytes is refused at open, and a file that would leave less
+// than hub_min_free_bytes of the cache's file system free is not filled
+// (its layers are still served, by ranged GETs).
+TEST_F(HubIntegrationTest, ClientsCannotFillTheDiskThroughTheDaemon) {
+  {
+    auto d = StartDaemon({"--hub-max-model-bytes", "1000"});
+    auto refused = d->client().OpenModel(kRepo);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+    EXPECT_TRUE(absl::StrContains(refused.status().message(), "hub_max_model_bytes"))
+        << refused.status();
+    EXPECT_TRUE(d->Stop());
+  }
+  auto d = StartDaemon({"--hub-min-free-bytes", "1125899906842624"});  // 1 PiB
+  auto desc = d->client().OpenModel(kRepo);
+  ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
+  auto compared = StreamExact(d->client(), desc->model_id());
+  ASSERT_TRUE(compared.ok()) << compared.status() << d->log();
+  EXPECT_EQ(*compared, g_repo->tensors.size());
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline &&
+         !absl::StrContains(d->log(), "not filled into the cache")) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(absl::StrContains(d->log(), "not filled into the cache")) << d->log();
+  EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
+  // Nothing was begun either (no .incomplete).
+  EXPECT_EQ(ListDir(cache_ + "/models--acme--tiny-bs/blobs"), std::vector<std::string>{});
+  EXPECT_TRUE(d->Stop());
+}
+
 TEST_F(HubIntegrationTest, CorruptRangeIsDataLossThenExact) {
   auto d = StartDaemon({"--hub-concurrency", "0"});
   auto desc = d->client().OpenModel(kRepo);
