@@ -361,7 +361,6 @@ class Uploader {
   Fd root_;
   UploadResult result_;
   std::map<std::string, std::string> remote_oids_;  // path -> the branch's oid
-  bool orphan_branch_ = false;  // a new branch the commit makes (no base)
   uint64_t bytes_done_ = 0;
   uint64_t bytes_total_ = 0;
 };
@@ -428,9 +427,7 @@ absl::Status Uploader::EnsureBranch() {
     return HttpError(response, absl::StrCat("upload: ", repo_for_log_, " revision ",
                                             Quoted(revision)));
   }
-  // 409: someone made it meanwhile. 404 without an X-Error-Code is a
-  // server with no branch API (tests/hub/fake_hub.py): there the commit
-  // itself makes the branch.
+  // 409: someone made it meanwhile.
   request = HttpRequest();
   request.method = "POST";
   request.url = absl::StrCat(endpoint_, "/api/models/", repo_id_, "/branch/",
@@ -440,11 +437,6 @@ absl::Status Uploader::EnsureBranch() {
   request.max_body = kMaxAnswerBytes;
   ASSIGN_OR_RETURN(response, Send(std::move(request)));
   if ((response.status >= 200 && response.status < 300) || response.status == 409) {
-    return absl::OkStatus();
-  }
-  if (response.status == 404 && response.Header("x-error-code") == nullptr) {
-    // The commit will start the branch from nothing: every file goes in it.
-    orphan_branch_ = true;
     return absl::OkStatus();
   }
   return HttpError(response, absl::StrCat("upload: create branch ", Quoted(revision), " of ",
@@ -470,7 +462,7 @@ absl::Status Uploader::Preupload(std::vector<LocalFile>& files) {
     for (PreuploadEntry& entry : entries) {
       auto it = by_path.find(entry.path);
       if (it == by_path.end()) return Malformed(what, "a file that was not asked about");
-      if (entry.oid && !orphan_branch_) remote_oids_[entry.path] = *entry.oid;
+      if (entry.oid) remote_oids_[entry.path] = *entry.oid;
       if (entry.mode == "lfs") {
         it->second->lfs = true;
       } else if (entry.mode == "regular") {
