@@ -82,44 +82,25 @@ std::vector<std::string> ListDir(const std::string& path) {
 }
 
 // A TCP port on 127.0.0.1 that nothing listens on right now.
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 // GET /metrics from the daemon's exposer (retried while it starts, 5 s).
 std::string Metrics(int port) {
   for (int attempt = 0; attempt < 250; ++attempt) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    std::string out;
-    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-      const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-      if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-          static_cast<ssize_t>(request.size())) {
-        char buf[8192];
-        ssize_t n;
-        while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
-      }
-    }
-    close(fd);
-    if (absl::StrContains(out, "bigsmall_")) return out;
+    auto text = testing::HttpGet(port, "/metrics");
+    if (text.ok() && absl::StrContains(*text, "bigsmall_")) return *text;
     std::this_thread::sleep_for(20ms);
   }
   return "";
+}
+
+// Whether the daemon's log shows `text` within `timeout`.
+template <typename D>
+bool LogShows(D& daemon, const std::string& text, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!absl::StrContains(daemon.log(), text)) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return true;
 }
 
 // The value of one sample line ("name{labels} value") of a metrics text.
@@ -350,7 +331,7 @@ TEST_F(HubIntegrationTest, SecondOpenAndOfflineAreServedFromTheCache) {
   // moved), no byte of a file is sent; by commit, nothing is asked at all.
   ASSERT_TRUE(fake_->ResetStats().ok());
   {
-    const int port = FreePort();
+    const int port = testing::FreeTcpPort();
     auto d = StartDaemon({"--metrics", absl::StrCat("127.0.0.1:", port)});
     auto desc = d->client().OpenModel(kRepo);
     ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
@@ -416,7 +397,7 @@ TEST_F(HubIntegrationTest, PrivateRepoNeedsTheDaemonsToken) {
     EXPECT_EQ(desc.status().message(), kNotAllowed);
   }
   ASSERT_TRUE(fake_->ResetStats().ok());
-  const int port = FreePort();
+  const int port = testing::FreeTcpPort();
   auto d = StartDaemon({"--hub-token-file", token_file_, "--hub-allow", "acme/private-*",
                         "--metrics", absl::StrCat("127.0.0.1:", port)});
   auto desc = d->client().OpenModel(kPrivate);
@@ -486,7 +467,7 @@ TEST_F(HubIntegrationTest, MovedBranchIsAnotherModel) {
 
 TEST_F(HubIntegrationTest, DroppedConnectionsResume) {
   // No background fill: every layer is read by ranged GETs.
-  const int port = FreePort();
+  const int port = testing::FreeTcpPort();
   auto d = StartDaemon({"--hub-concurrency", "0", "--metrics", absl::StrCat("127.0.0.1:", port)});
   auto desc = d->client().OpenModel(kRepo);
   ASSERT_TRUE(desc.ok()) << desc.status() << d->log();
@@ -654,12 +635,7 @@ TEST_F(HubIntegrationTest, AFailingFillDoesNotFailTheStream) {
   ASSERT_TRUE(compared.ok()) << compared.status() << d->log();
   EXPECT_EQ(*compared, g_repo->tensors.size());
   // The fill did fail (and so nothing is cached).
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (std::chrono::steady_clock::now() < deadline &&
-         !absl::StrContains(d->log(), "model-00001-of-00002.safetensors.bs: ")) {
-    std::this_thread::sleep_for(20ms);
-  }
-  EXPECT_TRUE(absl::StrContains(d->log(), "model-00001-of-00002.safetensors.bs: ")) << d->log();
+  EXPECT_TRUE(LogShows(*d, "model-00001-of-00002.safetensors.bs: ", 10s)) << d->log();
   EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
   EXPECT_TRUE(d->Stop());
 }
@@ -683,12 +659,7 @@ TEST_F(HubIntegrationTest, ClientsCannotFillTheDiskThroughTheDaemon) {
   auto compared = StreamExact(d->client(), desc->model_id());
   ASSERT_TRUE(compared.ok()) << compared.status() << d->log();
   EXPECT_EQ(*compared, g_repo->tensors.size());
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (std::chrono::steady_clock::now() < deadline &&
-         !absl::StrContains(d->log(), "not filled into the cache")) {
-    std::this_thread::sleep_for(20ms);
-  }
-  EXPECT_TRUE(absl::StrContains(d->log(), "not filled into the cache")) << d->log();
+  EXPECT_TRUE(LogShows(*d, "not filled into the cache", 10s)) << d->log();
   EXPECT_FALSE(WaitCached(kRepo, CommitOf(*desc), 0ms));
   // Nothing was begun either (no .incomplete).
   EXPECT_EQ(ListDir(cache_ + "/models--acme--tiny-bs/blobs"), std::vector<std::string>{});
