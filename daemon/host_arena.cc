@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
+#include <cstdint>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -71,6 +73,72 @@ std::shared_ptr<ArenaPool> MakeHostArenaPool(std::shared_ptr<const ShmDir> dir,
       [dir = std::move(dir), tag](uint64_t id,
                                   uint64_t capacity) -> absl::StatusOr<std::unique_ptr<Arena>> {
         auto arena = HostArena::Create(dir, id, capacity, absl::StrFormat("a%d-%016x", id, tag));
+        if (!arena.ok()) return arena.status();
+        return std::unique_ptr<Arena>(std::move(*arena));
+      });
+}
+
+// ---------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<AnonymousArena>> AnonymousArena::Create(uint64_t id,
+                                                                       uint64_t capacity) {
+  if (capacity == 0 || capacity > static_cast<uint64_t>(PTRDIFF_MAX)) {
+    return MarkAllocationFailure(absl::ResourceExhaustedError(
+        absl::StrCat("anonymous arena of ", capacity, " bytes is impossible")));
+  }
+  void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    return MarkAllocationFailure(
+        ErrnoToStatus(errno, absl::StrCat("map an anonymous arena of ", capacity, " bytes")));
+  }
+  return std::unique_ptr<AnonymousArena>(new AnonymousArena(id, capacity, static_cast<uint8_t*>(p)));
+}
+
+AnonymousArena::~AnonymousArena() { ::munmap(data_, capacity()); }
+
+absl::Status AnonymousArena::Commit(uint64_t offset, uint64_t size) {
+  if (offset > capacity() || size > capacity() - offset) {
+    return absl::InternalError(absl::StrCat("commit [", offset, ", +", size,
+                                            ") outside an anonymous arena of ", capacity()));
+  }
+  if (size == 0) return absl::OkStatus();
+#ifdef MADV_POPULATE_WRITE
+  while (true) {
+    if (::madvise(data_ + offset, size, MADV_POPULATE_WRITE) == 0) return absl::OkStatus();
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (err == EINVAL) break;  // an older kernel: touch the pages below
+    absl::Status st = ErrnoToStatus(
+        err, absl::StrCat("back ", size, " bytes of anonymous memory"));
+    // ENOMEM (no memory) and EFAULT/EHWPOISON (a page could not be backed)
+    // are both a failure to get memory.
+    if (err == ENOMEM || err == EFAULT || err == EHWPOISON) {
+      st = absl::ResourceExhaustedError(st.message());
+    }
+    return MarkAllocationFailure(st);
+  }
+#endif
+  // Fallback: write each page (the range is unused: a new or decommitted
+  // block reads as zeros, so writing a zero changes nothing).
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  volatile uint8_t* p = data_ + offset;
+  for (uint64_t at = 0; at < size; at += page) p[at] = 0;
+  return absl::OkStatus();
+}
+
+void AnonymousArena::Decommit(uint64_t offset, uint64_t size) {
+  if (offset > capacity() || size > capacity() - offset || size == 0) return;
+  ::madvise(data_ + offset, size, MADV_DONTNEED);
+}
+
+std::shared_ptr<ArenaPool> MakeAnonymousArenaPool(uint64_t arena_size) {
+  ArenaPool::Options options;
+  options.arena_size = arena_size;
+  options.kind = "anonymous";
+  return ArenaPool::Create(
+      options, [](uint64_t id, uint64_t capacity) -> absl::StatusOr<std::unique_ptr<Arena>> {
+        auto arena = AnonymousArena::Create(id, capacity);
         if (!arena.ok()) return arena.status();
         return std::unique_ptr<Arena>(std::move(*arena));
       });

@@ -52,6 +52,40 @@ class HostArena : public Arena {
 std::shared_ptr<ArenaPool> MakeHostArenaPool(std::shared_ptr<const ShmDir> dir,
                                              uint64_t arena_size = kDefaultArenaSize);
 
+// Anonymous arenas, for loading layers into the process's own memory (the
+// Python extension's in-process loader: nothing is shared with clients).
+// An arena is a private anonymous mapping (MAP_NORESERVE: address space
+// only until committed). Commit backs a block's pages now: with
+// MADV_POPULATE_WRITE (Linux 5.14+), so running out of memory is
+// RESOURCE_EXHAUSTED (an allocation failure) instead of a fault later; on
+// older kernels (EINVAL) it writes one byte per page, which backs the pages
+// but cannot detect running out of memory (the kernel's OOM killer may act).
+// Decommit gives the pages back at once (MADV_DONTNEED): the resident size
+// drops as soon as a layer's block is freed, whichever arena it is in.
+class AnonymousArena : public Arena {
+ public:
+  // RESOURCE_EXHAUSTED (an allocation failure) when the mapping fails.
+  static absl::StatusOr<std::unique_ptr<AnonymousArena>> Create(uint64_t id, uint64_t capacity);
+  ~AnonymousArena() override;
+
+  uint8_t* base() override { return data_; }
+  absl::Status Commit(uint64_t offset, uint64_t size) override;
+  void Decommit(uint64_t offset, uint64_t size) override;
+
+ private:
+  AnonymousArena(uint64_t id, uint64_t capacity, uint8_t* data) : Arena(id, capacity), data_(data) {}
+  uint8_t* const data_;
+};
+
+// Arena size of MakeAnonymousArenaPool: small layers share 64 MiB arenas
+// (one mapping for many); a block over it gets an arena of its own, unmapped
+// when freed. Freed blocks' pages are returned either way (Decommit); the
+// pool keeps at most one empty shared arena (address space, no memory).
+inline constexpr uint64_t kDefaultAnonymousArenaSize = 64ull << 20;
+
+std::shared_ptr<ArenaPool> MakeAnonymousArenaPool(
+    uint64_t arena_size = kDefaultAnonymousArenaSize);
+
 // The cache budget to use: `configured` (the default is RAM / 2), capped at
 // 90% of the free space of the filesystem holding `dir` (DefaultHostBudget),
 // so the limit is one the shm filesystem can keep (a default /dev/shm is

@@ -141,5 +141,82 @@ TEST_F(HostArenaTest, FreedBlocksGiveTheirPagesBack) {
   EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 1u << 20);  // hole punched
 }
 
+// The resident size of this process (/proc/self/statm).
+uint64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  uint64_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+// Anonymous arenas (the Python extension's in-process loader): Commit backs
+// the pages at once, freeing a block gives them back at once, in a block of
+// its own arena (larger than the arena size) as in a shared arena.
+TEST(AnonymousArenaTest, CommitBacksAndFreeReturnsThePages) {
+  constexpr uint64_t kBig = 96ull << 20;
+  constexpr uint64_t kSmall = 8ull << 20;
+  auto pool = MakeAnonymousArenaPool(32ull << 20);
+  const uint64_t start = ResidentBytes();
+  auto big = pool->Allocate(kBig);
+  ASSERT_TRUE(big.ok()) << big.status();
+  EXPECT_LT(ResidentBytes(), start + (4ull << 20));  // address space only
+  ASSERT_TRUE((*big)->Commit().ok());
+  const uint64_t committed = ResidentBytes();
+  EXPECT_GE(committed, start + kBig * 9 / 10);
+  // Committed pages read as zeros and are writable.
+  EXPECT_EQ((*big)->bytes()[0], 0);
+  EXPECT_EQ((*big)->bytes()[kBig - 1], 0);
+  (*big)->bytes()[kBig / 2] = 42;
+  EXPECT_EQ(pool->stats().arenas, 1u);  // its own arena (dedicated)
+
+  auto small = pool->Allocate(kSmall);
+  auto other = pool->Allocate(kSmall);
+  ASSERT_TRUE(small.ok() && other.ok());
+  ASSERT_TRUE((*small)->Commit().ok());
+  ASSERT_TRUE((*other)->Commit().ok());
+  EXPECT_EQ((*small)->arena_id(), (*other)->arena_id());  // one shared arena
+  std::memset((*small)->bytes().data(), 0xab, kSmall);
+  std::memset((*other)->bytes().data(), 0xcd, kSmall);
+  const uint64_t all = ResidentBytes();
+  EXPECT_GE(all, committed + 2 * kSmall * 9 / 10);
+
+  // A freed block of a shared arena returns its pages while the arena stays.
+  small->reset();
+  const uint64_t one_small = ResidentBytes();
+  EXPECT_LE(one_small, all - kSmall * 9 / 10);
+  EXPECT_EQ(pool->stats().arenas, 2u);
+  EXPECT_EQ((*other)->bytes()[kSmall - 1], 0xcd);
+  // The dedicated arena goes with its block.
+  big->reset();
+  EXPECT_LE(ResidentBytes(), one_small - kBig * 9 / 10);
+  EXPECT_EQ(pool->stats().arenas, 1u);
+  other->reset();
+  EXPECT_LT(ResidentBytes(), start + (4ull << 20));
+  EXPECT_EQ(pool->stats().allocated, 0u);
+  // A reused range is committed again and reads as zeros.
+  auto again = pool->Allocate(kSmall);
+  ASSERT_TRUE(again.ok());
+  ASSERT_TRUE((*again)->Commit().ok());
+  EXPECT_EQ((*again)->bytes()[kSmall - 1], 0);
+}
+
+TEST(AnonymousArenaTest, ImpossibleSizesAreAllocationFailures) {
+  auto pool = MakeAnonymousArenaPool();
+  EXPECT_EQ(pool->arena_size(), kDefaultAnonymousArenaSize);
+  for (uint64_t size : {UINT64_MAX, UINT64_MAX - 4096, uint64_t{1} << 62, uint64_t{1} << 50}) {
+    auto block = pool->Allocate(size);
+    ASSERT_FALSE(block.ok()) << size;
+    EXPECT_EQ(block.status().code(), absl::StatusCode::kResourceExhausted) << block.status();
+    if (size <= (uint64_t{1} << 62)) EXPECT_TRUE(IsAllocationFailure(block.status())) << size;
+  }
+  EXPECT_EQ(pool->stats().arenas, 0u);
+  auto direct = AnonymousArena::Create(1, 0);
+  EXPECT_EQ(direct.status().code(), absl::StatusCode::kResourceExhausted);
+  auto arena = AnonymousArena::Create(1, 1 << 20);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  EXPECT_EQ((*arena)->Commit(4096, 1 << 20).code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE((*arena)->Commit(0, 1 << 20).ok());
+}
+
 }  // namespace
 }  // namespace bigsmall::daemon
