@@ -2,11 +2,14 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <cstdint>
 #include <string>
 #include <system_error>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "cli/exit_codes.h"
@@ -47,13 +50,21 @@ bool InsideDirectory(const std::string& input, const std::string& output) {
   return !rel.empty() && *rel.begin() != "..";
 }
 
-int RefuseSamePath(const std::string& command, const std::string& input, const std::string& output,
-                   bool json) {
-  return ReportError(command,
-                     absl::StrCat(output, ": output would overwrite the input (choose another -o)"),
-                     kExitUsage, json, "INVALID_ARGUMENT");
+absl::Status RefuseSamePath(const std::string& output) {
+  return UsageError(absl::StrCat(output, ": output would overwrite the input (choose another -o)"));
 }
 
+// The Hub label a summary names its input by (the "hub" object's repo and
+// commit), else the input as given.
+std::string Shown(const Json& summary) {
+  if (summary.contains("hub")) {
+    const Json& hub = summary["hub"];
+    return absl::StrCat("hf://", hub["repo"].get<std::string>(), "@", hub["commit"].get<std::string>());
+  }
+  return summary["input"].get<std::string>();
+}
+
+constexpr char kUsagePayload[] = "type.googleapis.com/bigsmall.cli.UsageError";
 
 // The --json summary of a decompress or verify job; `target_key` ("output" or
 // "against") names the path that follows the input.
@@ -82,6 +93,19 @@ Json RebuildJson(const std::string& command, const std::string& input, const cha
 
 }  // namespace
 
+absl::Status AsUsageError(absl::Status status) {
+  status.SetPayload(kUsagePayload, absl::Cord("1"));
+  return status;
+}
+
+absl::Status UsageError(absl::string_view message) {
+  return AsUsageError(absl::InvalidArgumentError(message));
+}
+
+bool IsUsageError(const absl::Status& status) { return status.GetPayload(kUsagePayload).has_value(); }
+
+int CliExitCode(const absl::Status& status) { return IsUsageError(status) ? kExitUsage : ExitCodeFor(status); }
+
 void PrintJson(const Json& j) {
   // Paths from the command line need not be UTF-8: replace bad bytes rather than throw.
   const std::string text = j.dump(2, ' ', false, Json::error_handler_t::replace);
@@ -95,22 +119,18 @@ void PrintLine(const std::string& line) {
 }
 
 int Fail(const std::string& command, const absl::Status& status, bool json) {
-  return ReportError(command, std::string(status.message()), ExitCodeFor(status), json,
+  return ReportError(command, std::string(status.message()), CliExitCode(status), json,
                      absl::StatusCodeToString(status.code()));
 }
 
 // Before any work: the output must be creatable (docs/FORMAT.md "Errors":
 // an existing output needs --force, and --force replaces a file with a file,
 // a directory with a directory); stale temporaries of dead runs are removed.
-int CheckOutput(const std::string& command, const std::string& output, bool force, bool directory,
-                bool json) {
+absl::Status CheckOutput(const std::string& output, bool force, bool directory) {
   ReapStaleTemps(output);
   absl::Status st = CheckOutputReplaceable(output, force, directory);
-  if (st.ok()) return kExitOk;
-  if (absl::IsInvalidArgument(st)) {
-    return ReportError(command, std::string(st.message()), kExitUsage, json, "INVALID_ARGUMENT");
-  }
-  return Fail(command, st, json);
+  if (absl::IsInvalidArgument(st)) return AsUsageError(std::move(st));
+  return st;
 }
 
 bool ShowProgress(bool json, bool quiet) { return !json && !quiet && ProgressBar::StderrIsTerminal(); }
@@ -131,70 +151,76 @@ int ReportError(const std::string& command, const std::string& message, int exit
   return exit_code;
 }
 
-int ReportCompressed(const CompressArgs& args, const std::string& shown, const std::string& output,
-                     Mode mode, const CompressStats& stats, const Json* hub) {
-  const double rate = Rate(stats.input_bytes, stats.seconds);
-  if (args.json) {
-    Json j;
-    j["ok"] = true;
-    j["command"] = "compress";
-    j["input"] = args.input;
-    j["output"] = output;
-    if (hub != nullptr) j["hub"] = *hub;
-    j["mode"] = ModeName(mode);
-    j["base"] = args.base;
-    j["input_bytes"] = stats.input_bytes;
-    j["output_bytes"] = stats.output_bytes;
-    j["ratio"] = Ratio(stats.output_bytes, stats.input_bytes);
-    j["tensors"] = stats.tensors;
-    j["files"] = stats.files;
-    j["seconds"] = stats.seconds;
-    j["bytes_per_second"] = rate;
-    PrintJson(j);
-  } else if (!args.quiet) {
-    PrintLine(absl::StrCat("compressed ", shown, " -> ", output, ": ", HumanBytes(stats.input_bytes),
-                           " -> ", HumanBytes(stats.output_bytes), " (",
-                           Percent(stats.output_bytes, stats.input_bytes), "), ",
-                           HumanDuration(stats.seconds), ", ", HumanRate(rate)));
-  }
-  return kExitOk;
+Json CompressedJson(const CompressArgs& args, const std::string& output, Mode mode, const CompressStats& stats,
+                    const Json* hub) {
+  Json j;
+  j["ok"] = true;
+  j["command"] = "compress";
+  j["input"] = args.input;
+  j["output"] = output;
+  if (hub != nullptr) j["hub"] = *hub;
+  j["mode"] = ModeName(mode);
+  j["base"] = args.base;
+  j["input_bytes"] = stats.input_bytes;
+  j["output_bytes"] = stats.output_bytes;
+  j["ratio"] = Ratio(stats.output_bytes, stats.input_bytes);
+  j["tensors"] = stats.tensors;
+  j["files"] = stats.files;
+  j["seconds"] = stats.seconds;
+  j["bytes_per_second"] = Rate(stats.input_bytes, stats.seconds);
+  return j;
 }
 
-int ReportDecompressed(const DecompressArgs& args, const std::string& shown,
-                       const std::string& output, const DecompressStats& stats, const Json* hub) {
+Json DecompressedJson(const DecompressArgs& args, const std::string& output, const DecompressStats& stats,
+                      const Json* hub) {
   const double rate = Rate(stats.output_bytes, stats.seconds);
-  if (args.json) {
-    Json j = RebuildJson("decompress", args.input, "output", output, args.base, stats, rate);
-    if (hub != nullptr) {
-      // "hub" right after "output", as in compress.
-      Json ordered;
-      for (auto it = j.begin(); it != j.end(); ++it) {
-        ordered[it.key()] = it.value();
-        if (it.key() == "output") ordered["hub"] = *hub;
-      }
-      j = std::move(ordered);
-    }
+  Json j = RebuildJson("decompress", args.input, "output", output, args.base, stats, rate);
+  if (hub == nullptr) return j;
+  // "hub" right after "output", as in compress.
+  Json ordered;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    ordered[it.key()] = it.value();
+    if (it.key() == "output") ordered["hub"] = *hub;
+  }
+  return ordered;
+}
+
+int ReportCompressed(bool json, bool quiet, const Json& j) {
+  if (json) {
     PrintJson(j);
-  } else if (!args.quiet) {
-    PrintLine(absl::StrCat("decompressed ", shown, " -> ", output, ": ", HumanBytes(stats.input_bytes),
-                           " -> ", HumanBytes(stats.output_bytes), ", ", HumanDuration(stats.seconds), ", ",
-                           HumanRate(rate)));
+  } else if (!quiet) {
+    const uint64_t in = j["input_bytes"].get<uint64_t>();
+    const uint64_t out = j["output_bytes"].get<uint64_t>();
+    PrintLine(absl::StrCat("compressed ", Shown(j), " -> ", j["output"].get<std::string>(), ": ", HumanBytes(in),
+                           " -> ", HumanBytes(out), " (", Percent(out, in), "), ",
+                           HumanDuration(j["seconds"].get<double>()), ", ",
+                           HumanRate(j["bytes_per_second"].get<double>())));
   }
   return kExitOk;
 }
 
-int RunCompress(const CompressArgs& args) {
-  if (IsHubInput(args.input)) return RunHubCompress(args);
+int ReportDecompressed(bool json, bool quiet, const Json& j) {
+  if (json) {
+    PrintJson(j);
+  } else if (!quiet) {
+    PrintLine(absl::StrCat("decompressed ", Shown(j), " -> ", j["output"].get<std::string>(), ": ",
+                           HumanBytes(j["input_bytes"].get<uint64_t>()), " -> ",
+                           HumanBytes(j["output_bytes"].get<uint64_t>()), ", ",
+                           HumanDuration(j["seconds"].get<double>()), ", ",
+                           HumanRate(j["bytes_per_second"].get<double>())));
+  }
+  return kExitOk;
+}
+
+absl::StatusOr<Json> CompressToJson(const CompressArgs& args) {
+  if (IsHubInput(args.input)) return HubCompress(args);
   const std::string output = args.output.empty() ? DefaultCompressedName(args.input) : args.output;
-  if (SamePath(args.input, output)) return RefuseSamePath("compress", args.input, output, args.json);
+  if (SamePath(args.input, output)) return RefuseSamePath(output);
   if (InsideDirectory(args.input, output)) {
-    return ReportError("compress", absl::StrCat(output, ": output would be inside the input directory ", args.input),
-                       kExitUsage, args.json, "INVALID_ARGUMENT");
+    return UsageError(absl::StrCat(output, ": output would be inside the input directory ", args.input));
   }
   if (PathExists(args.input)) {
-    if (int rc = CheckOutput("compress", output, args.force, IsDirectory(args.input), args.json); rc != kExitOk) {
-      return rc;
-    }
+    if (absl::Status st = CheckOutput(output, args.force, IsDirectory(args.input)); !st.ok()) return st;
   }
   CompressOptions options;
   options.follow_symlinks = args.follow_symlinks;
@@ -208,18 +234,16 @@ int RunCompress(const CompressArgs& args) {
   options.progress = bar.Callback();
   absl::StatusOr<CompressStats> stats = CompressPath(args.input, output, options);
   bar.Finish();
-  if (!stats.ok()) return Fail("compress", stats.status(), args.json);
-  return ReportCompressed(args, args.input, output, options.mode, *stats, nullptr);
+  if (!stats.ok()) return stats.status();
+  return CompressedJson(args, output, options.mode, *stats, nullptr);
 }
 
-int RunDecompress(const DecompressArgs& args) {
-  if (IsHubInput(args.input)) return RunHubDecompress(args);
+absl::StatusOr<Json> DecompressToJson(const DecompressArgs& args) {
+  if (IsHubInput(args.input)) return HubDecompress(args);
   const std::string output = args.output.empty() ? DefaultDecompressedName(args.input) : args.output;
-  if (SamePath(args.input, output)) return RefuseSamePath("decompress", args.input, output, args.json);
+  if (SamePath(args.input, output)) return RefuseSamePath(output);
   if (PathExists(args.input)) {
-    if (int rc = CheckOutput("decompress", output, args.force, IsDirectory(args.input), args.json); rc != kExitOk) {
-      return rc;
-    }
+    if (absl::Status st = CheckOutput(output, args.force, IsDirectory(args.input)); !st.ok()) return st;
   }
   DecompressOptions options;
   options.threads = args.threads;
@@ -229,13 +253,43 @@ int RunDecompress(const DecompressArgs& args) {
   options.progress = bar.Callback();
   absl::StatusOr<DecompressStats> stats = DecompressPath(args.input, output, options);
   bar.Finish();
-  if (!stats.ok()) return Fail("decompress", stats.status(), args.json);
-  return ReportDecompressed(args, args.input, output, *stats, nullptr);
+  if (!stats.ok()) return stats.status();
+  return DecompressedJson(args, output, *stats, nullptr);
+}
+
+absl::StatusOr<Json> InfoToJson(const InfoArgs& args) {
+  if (IsHubInput(args.input)) return HubInfo(args);
+  return BuildInfo(args.input, args.tensors);
+}
+
+absl::StatusOr<Json> VerifyToJson(const VerifyArgs& args) {
+  VerifyOptions options;
+  options.threads = args.threads;
+  options.base = args.base;
+  options.against = args.against;
+  ProgressBar bar("verifying", ShowProgress(args.json, args.quiet));
+  options.progress = bar.Callback();
+  absl::StatusOr<DecompressStats> stats = VerifyPath(args.input, options);
+  bar.Finish();
+  if (!stats.ok()) return stats.status();
+  const double rate = Rate(stats->output_bytes, stats->seconds);
+  return RebuildJson("verify", args.input, "against", args.against, args.base, *stats, rate);
+}
+
+int RunCompress(const CompressArgs& args) {
+  absl::StatusOr<Json> j = CompressToJson(args);
+  if (!j.ok()) return Fail("compress", j.status(), args.json);
+  return ReportCompressed(args.json, args.quiet, *j);
+}
+
+int RunDecompress(const DecompressArgs& args) {
+  absl::StatusOr<Json> j = DecompressToJson(args);
+  if (!j.ok()) return Fail("decompress", j.status(), args.json);
+  return ReportDecompressed(args.json, args.quiet, *j);
 }
 
 int RunInfo(const InfoArgs& args) {
-  if (IsHubInput(args.input)) return RunHubInfo(args);
-  absl::StatusOr<Json> info = BuildInfo(args.input, args.tensors);
+  absl::StatusOr<Json> info = InfoToJson(args);
   if (!info.ok()) return Fail("info", info.status(), args.json);
   if (args.json) {
     PrintJson(*info);
@@ -247,30 +301,27 @@ int RunInfo(const InfoArgs& args) {
 }
 
 int RunVerify(const VerifyArgs& args) {
-  VerifyOptions options;
-  options.threads = args.threads;
-  options.base = args.base;
-  options.against = args.against;
-  ProgressBar bar("verifying", ShowProgress(args.json, args.quiet));
-  options.progress = bar.Callback();
-  absl::StatusOr<DecompressStats> stats = VerifyPath(args.input, options);
-  bar.Finish();
-  if (!stats.ok()) return Fail("verify", stats.status(), args.json);
-  const double rate = Rate(stats->output_bytes, stats->seconds);
+  absl::StatusOr<Json> j = VerifyToJson(args);
+  if (!j.ok()) return Fail("verify", j.status(), args.json);
   if (args.json) {
-    PrintJson(RebuildJson("verify", args.input, "against", args.against, args.base, *stats, rate));
+    PrintJson(*j);
   } else if (!args.quiet) {
-    std::string line = absl::StrCat("verified ", args.input, ": OK, ", stats->files,
-                                    stats->files == 1 ? " file, " : " files, ", stats->tensors, " tensors, ",
-                                    HumanBytes(stats->output_bytes), ", every hash matches");
-    if (stats->device_checksums + stats->group_checksums > 0) {
-      absl::StrAppend(&line, " (with ", stats->device_checksums, " device checksums and ",
-                      stats->group_checksums, " group checksums of format 1.1)");
+    const uint64_t files = (*j)["files"].get<uint64_t>();
+    const uint64_t device_checksums = (*j)["device_checksums"].get<uint64_t>();
+    const uint64_t group_checksums = (*j)["group_checksums"].get<uint64_t>();
+    const std::string against = (*j)["against"].get<std::string>();
+    std::string line = absl::StrCat("verified ", args.input, ": OK, ", files, files == 1 ? " file, " : " files, ",
+                                    (*j)["tensors"].get<uint64_t>(), " tensors, ",
+                                    HumanBytes((*j)["output_bytes"].get<uint64_t>()), ", every hash matches");
+    if (device_checksums + group_checksums > 0) {
+      absl::StrAppend(&line, " (with ", device_checksums, " device checksums and ", group_checksums,
+                      " group checksums of format 1.1)");
     } else {
       absl::StrAppend(&line, " (format 1.0: no device or group checksums)");
     }
-    if (!args.against.empty()) absl::StrAppend(&line, ", identical to ", args.against);
-    absl::StrAppend(&line, ", ", HumanDuration(stats->seconds), ", ", HumanRate(rate));
+    if (!against.empty()) absl::StrAppend(&line, ", identical to ", against);
+    absl::StrAppend(&line, ", ", HumanDuration((*j)["seconds"].get<double>()), ", ",
+                    HumanRate((*j)["bytes_per_second"].get<double>()));
     PrintLine(line);
   }
   return kExitOk;

@@ -64,18 +64,18 @@ struct HubSession {
 };
 
 // Parses the name (a malformed one is a usage error, exit 2) and reads the
-// Hub's settings from the environment; kExitOk, or the error's exit code.
-int OpenSession(const std::string& command, const std::string& name, bool json, HubSession& s) {
+// Hub's settings from the environment.
+absl::Status OpenSession(const std::string& name, HubSession& s) {
   absl::StatusOr<hub::RepoRef> ref = hub::ParseRepoRef(name);
-  if (!ref.ok()) return ReportError(command, std::string(ref.status().message()), kExitUsage, json, "INVALID_ARGUMENT");
+  if (!ref.ok()) return UsageError(ref.status().message());
   s.ref = *std::move(ref);
   absl::StatusOr<hub::HubConfig> config = hub::HubConfigFromEnvironment();
-  if (!config.ok()) return Fail(command, config.status(), json);
+  if (!config.ok()) return config.status();
   // A process holding a token leaves no core file and refuses ptrace by its
   // peers (hub/secret.h); failing to is not fatal, only less protected.
   if (!config->token.empty()) hub::DisableCoreDumps();
   s.client = std::make_unique<hub::HubClient>(*std::move(config));
-  return kExitOk;
+  return absl::OkStatus();
 }
 
 std::string RepoName(const hub::RepoRef& ref) {
@@ -259,46 +259,38 @@ bool IsHubInput(const std::string& input) {
   return !IsDirectory(input.substr(0, input.find('/')));
 }
 
-int RunHubCompress(const CompressArgs& args) {
+absl::StatusOr<Json> HubCompress(const CompressArgs& args) {
   const bool show = ShowProgress(args.json, args.quiet);
   HubSession s;
-  if (int rc = OpenSession("compress", args.input, args.json, s); rc != kExitOk) return rc;
+  RETURN_IF_ERROR(OpenSession(args.input, s));
   const std::string output = args.output.empty() ? RepoName(s.ref) + ".bs" : args.output;
-  if (int rc = CheckOutput("compress", output, args.force, /*directory=*/true, args.json); rc != kExitOk) return rc;
+  RETURN_IF_ERROR(CheckOutput(output, args.force, /*directory=*/true));
 
   absl::StatusOr<hub::RepoInfo> info = s.client->Resolve(s.ref);
-  if (!info.ok()) return Fail("compress", info.status(), args.json);
+  if (!info.ok()) return info.status();
   std::vector<std::string> paths;
   bool shards = false;
   for (const hub::RepoFile& f : info->files) {
     if (f.path == kManifestName) {
-      return Fail("compress",
-                  absl::InvalidArgumentError(absl::StrCat(HubLabel(*info), " is already compressed (it has ",
-                                                          kManifestName, "): use bigsmall decompress")),
-                  args.json);
+      return absl::InvalidArgumentError(
+          absl::StrCat(HubLabel(*info), " is already compressed (it has ", kManifestName, "): use bigsmall decompress"));
     }
     shards = shards || IsSafetensorsName(f.path);
     paths.push_back(f.path);
   }
   if (!shards) {
-    return Fail("compress",
-                absl::InvalidArgumentError(absl::StrCat(HubLabel(*info), ": no .safetensors files in the repo")),
-                args.json);
+    return absl::InvalidArgumentError(absl::StrCat(HubLabel(*info), ": no .safetensors files in the repo"));
   }
   absl::StatusOr<std::vector<std::string>> local = DownloadAll(*s.client, *info, paths, show);
-  if (!local.ok()) return Fail("compress", local.status(), args.json);
-  for (size_t i = 0; i < paths.size(); ++i) {
-    if (absl::Status st = CheckShardIndex(*info, paths[i], (*local)[i]); !st.ok()) {
-      return Fail("compress", st, args.json);
-    }
-  }
+  if (!local.ok()) return local.status();
+  for (size_t i = 0; i < paths.size(); ++i) RETURN_IF_ERROR(CheckShardIndex(*info, paths[i], (*local)[i]));
   const std::string snapshot = SnapshotDir(*s.client, *info);
 
   // The output is built under a temporary name (the codec writes the
   // compressed directory there, then the model card is added) and renamed
   // into place at the end.
   absl::StatusOr<AtomicDirectory> out = AtomicDirectory::Create(output, args.force);
-  if (!out.ok()) return Fail("compress", out.status(), args.json);
+  if (!out.ok()) return out.status();
   CompressOptions options;
   options.mode = args.storage ? Mode::kStorage : args.inference ? Mode::kInference : Mode::kBalanced;
   options.threads = args.threads;
@@ -310,16 +302,18 @@ int RunHubCompress(const CompressArgs& args) {
   options.progress = bar.Callback();
   absl::StatusOr<CompressStats> stats = CompressPath(snapshot, out->temp_path(), options);
   bar.Finish();
-  if (!stats.ok()) return Fail("compress", stats.status(), args.json);
-  if (absl::Status st = AddModelCard(out->temp_path(), *info, s.client->config().endpoint, *stats, options.mode,
-                                   args.base);
-      !st.ok()) {
-    return Fail("compress", st, args.json);
-  }
-  if (absl::Status st = out->Commit(); !st.ok()) return Fail("compress", st, args.json);
+  if (!stats.ok()) return stats.status();
+  RETURN_IF_ERROR(AddModelCard(out->temp_path(), *info, s.client->config().endpoint, *stats, options.mode, args.base));
+  RETURN_IF_ERROR(out->Commit());
 
   const Json hub = HubJson(s, *info);
-  return ReportCompressed(args, HubLabel(*info), output, options.mode, *stats, &hub);
+  return CompressedJson(args, output, options.mode, *stats, &hub);
+}
+
+int RunHubCompress(const CompressArgs& args) {
+  absl::StatusOr<Json> j = HubCompress(args);
+  if (!j.ok()) return Fail("compress", j.status(), args.json);
+  return ReportCompressed(args.json, args.quiet, *j);
 }
 
 // ---------------------------------------------------------------------------
@@ -407,25 +401,25 @@ absl::Status NotCompressed(const hub::RepoInfo& info) {
 
 }  // namespace
 
-int RunHubDecompress(const DecompressArgs& args) {
+absl::StatusOr<Json> HubDecompress(const DecompressArgs& args) {
   const bool show = ShowProgress(args.json, args.quiet);
   HubSession s;
-  if (int rc = OpenSession("decompress", args.input, args.json, s); rc != kExitOk) return rc;
+  RETURN_IF_ERROR(OpenSession(args.input, s));
   absl::StatusOr<hub::RepoInfo> info = s.client->Resolve(s.ref);
-  if (!info.ok()) return Fail("decompress", info.status(), args.json);
+  if (!info.ok()) return info.status();
 
   const bool directory = info->Find(kManifestName) != nullptr;
   std::vector<std::string> bs_files;
   for (const hub::RepoFile& f : info->files) {
     if (absl::EndsWith(f.path, ".bs")) bs_files.push_back(f.path);
   }
-  if (!directory && bs_files.size() != 1) return Fail("decompress", NotCompressed(*info), args.json);
+  if (!directory && bs_files.size() != 1) return NotCompressed(*info);
   std::string output = args.output;
   if (output.empty()) {
     output = directory ? DefaultHubDecompressedName(s.ref)
                        : DefaultDecompressedName(fs::path(bs_files.front()).filename().string());
   }
-  if (int rc = CheckOutput("decompress", output, args.force, directory, args.json); rc != kExitOk) return rc;
+  RETURN_IF_ERROR(CheckOutput(output, args.force, directory));
 
   DecompressOptions options;
   options.threads = args.threads;
@@ -434,7 +428,7 @@ int RunHubDecompress(const DecompressArgs& args) {
   absl::StatusOr<DecompressStats> stats;
   if (!directory) {
     absl::StatusOr<std::vector<std::string>> local = DownloadAll(*s.client, *info, bs_files, show);
-    if (!local.ok()) return Fail("decompress", local.status(), args.json);
+    if (!local.ok()) return local.status();
     ProgressBar bar("decompressing", show);
     options.progress = bar.Callback();
     stats = DecompressPath(local->front(), output, options);
@@ -443,36 +437,42 @@ int RunHubDecompress(const DecompressArgs& args) {
     // .gitattributes the repo also holds are not part of the model).
     absl::StatusOr<std::vector<std::string>> manifest_file =
         DownloadAll(*s.client, *info, {kManifestName}, /*show=*/false);
-    if (!manifest_file.ok()) return Fail("decompress", manifest_file.status(), args.json);
+    if (!manifest_file.ok()) return manifest_file.status();
     const std::string snapshot = SnapshotDir(*s.client, *info);
     absl::StatusOr<ModelManifest> manifest = ReadManifest(snapshot);
-    if (!manifest.ok()) return Fail("decompress", manifest.status(), args.json);
+    if (!manifest.ok()) return manifest.status();
     std::vector<std::string> paths;
     for (const ManifestEntry& e : manifest->entries) paths.push_back(e.stored);
     absl::StatusOr<std::vector<std::string>> local = DownloadAll(*s.client, *info, paths, show);
-    if (!local.ok()) return Fail("decompress", local.status(), args.json);
+    if (!local.ok()) return local.status();
     absl::StatusOr<Staging> staging = Staging::Create(s.client->cache().root());
-    if (!staging.ok()) return Fail("decompress", staging.status(), args.json);
+    if (!staging.ok()) return staging.status();
     absl::Status st = staging->Add(kManifestName, manifest_file->front());
     for (size_t i = 0; st.ok() && i < paths.size(); ++i) st = staging->Add(paths[i], (*local)[i]);
-    if (!st.ok()) return Fail("decompress", st, args.json);
+    if (!st.ok()) return st;
     ProgressBar bar("decompressing", show);
     options.progress = bar.Callback();
     stats = DecompressPath(staging->dir(), output, options);
   }
-  if (!stats.ok()) return Fail("decompress", stats.status(), args.json);
+  if (!stats.ok()) return stats.status();
   const Json hub = HubJson(s, *info);
-  return ReportDecompressed(args, HubLabel(*info), output, *stats, &hub);
+  return DecompressedJson(args, output, *stats, &hub);
+}
+
+int RunHubDecompress(const DecompressArgs& args) {
+  absl::StatusOr<Json> j = HubDecompress(args);
+  if (!j.ok()) return Fail("decompress", j.status(), args.json);
+  return ReportDecompressed(args.json, args.quiet, *j);
 }
 
 // ---------------------------------------------------------------------------
 // info
 
-int RunHubInfo(const InfoArgs& args) {
+absl::StatusOr<Json> HubInfo(const InfoArgs& args) {
   HubSession s;
-  if (int rc = OpenSession("info", args.input, args.json, s); rc != kExitOk) return rc;
+  RETURN_IF_ERROR(OpenSession(args.input, s));
   absl::StatusOr<hub::RepoInfo> info = s.client->Resolve(s.ref);
-  if (!info.ok()) return Fail("info", info.status(), args.json);
+  if (!info.ok()) return info.status();
   const std::string label = HubLabel(*info);
   hub::HubClient& client = *s.client;
   const hub::RepoInfo& repo = *info;
@@ -518,17 +518,23 @@ int RunHubInfo(const InfoArgs& args) {
       }();
     }
   }
-  if (!j.ok()) return Fail("info", j.status(), args.json);
+  if (!j.ok()) return j.status();
   // "hub" goes first after the path, so that text and JSON read alike.
   Json out;
   for (auto it = j->begin(); it != j->end(); ++it) {
     out[it.key()] = it.value();
     if (it.key() == "kind") out["hub"] = HubJson(s, repo);
   }
+  return out;
+}
+
+int RunHubInfo(const InfoArgs& args) {
+  absl::StatusOr<Json> out = HubInfo(args);
+  if (!out.ok()) return Fail("info", out.status(), args.json);
   if (args.json) {
-    PrintJson(out);
+    PrintJson(*out);
   } else {
-    std::fputs(FormatInfo(out).c_str(), stdout);
+    std::fputs(FormatInfo(*out).c_str(), stdout);
     std::fflush(stdout);
   }
   return kExitOk;
@@ -537,29 +543,24 @@ int RunHubInfo(const InfoArgs& args) {
 // ---------------------------------------------------------------------------
 // upload
 
-int RunUpload(const UploadArgs& args) {
-  if (!PathExists(args.dir)) {
-    return Fail("upload", absl::NotFoundError(absl::StrCat(args.dir, ": no such directory")), args.json);
-  }
+absl::StatusOr<Json> HubUpload(const UploadArgs& args) {
+  if (!PathExists(args.dir)) return absl::NotFoundError(absl::StrCat(args.dir, ": no such directory"));
   if (!IsDirectory(args.dir)) {
-    return ReportError("upload", absl::StrCat(args.dir, ": not a directory (upload publishes a directory)"),
-                       kExitUsage, args.json, "INVALID_ARGUMENT");
+    return UsageError(absl::StrCat(args.dir, ": not a directory (upload publishes a directory)"));
   }
   HubSession s;
-  if (int rc = OpenSession("upload", args.repo, args.json, s); rc != kExitOk) return rc;
+  RETURN_IF_ERROR(OpenSession(args.repo, s));
   hub::UploadOptions options;
   options.revision = args.revision;
   if (s.ref.revision_given) {
     if (args.revision != hub::kDefaultRevision && args.revision != s.ref.revision) {
-      return ReportError("upload", absl::StrCat("two branches given: '", s.ref.revision, "' and --revision '",
-                                                args.revision, "'"),
-                         kExitUsage, args.json, "INVALID_ARGUMENT");
+      return UsageError(
+          absl::StrCat("two branches given: '", s.ref.revision, "' and --revision '", args.revision, "'"));
     }
     options.revision = s.ref.revision;
   }
   if (s.client->config().offline) {
-    return Fail("upload", absl::FailedPreconditionError("HF_HUB_OFFLINE is set: uploading needs the network"),
-                args.json);
+    return absl::FailedPreconditionError("HF_HUB_OFFLINE is set: uploading needs the network");
   }
   options.create_repo = args.create;
   options.private_repo = args.private_repo;
@@ -568,26 +569,35 @@ int RunUpload(const UploadArgs& args) {
   options.progress = bar.Callback();
   absl::StatusOr<hub::UploadResult> r = hub::UploadFolder(*s.client, args.dir, s.ref.repo_id, options);
   bar.Finish();
-  if (!r.ok()) return Fail("upload", r.status(), args.json);
+  if (!r.ok()) return r.status();
+  Json j;
+  j["ok"] = true;
+  j["command"] = "upload";
+  j["input"] = args.dir;
+  j["repo"] = s.ref.repo_id;
+  j["revision"] = options.revision;
+  j["commit"] = r->commit;
+  j["commit_url"] = r->commit_url;
+  j["files"] = r->files;
+  j["lfs_files_sent"] = r->lfs_files_sent;
+  j["lfs_files_skipped"] = r->lfs_files_skipped;
+  j["bytes_sent"] = r->bytes_sent;
+  return j;
+}
+
+int RunUpload(const UploadArgs& args) {
+  absl::StatusOr<Json> j = HubUpload(args);
+  if (!j.ok()) return Fail("upload", j.status(), args.json);
   if (args.json) {
-    Json j;
-    j["ok"] = true;
-    j["command"] = "upload";
-    j["input"] = args.dir;
-    j["repo"] = s.ref.repo_id;
-    j["revision"] = options.revision;
-    j["commit"] = r->commit;
-    j["commit_url"] = r->commit_url;
-    j["files"] = r->files;
-    j["lfs_files_sent"] = r->lfs_files_sent;
-    j["lfs_files_skipped"] = r->lfs_files_skipped;
-    j["bytes_sent"] = r->bytes_sent;
-    PrintJson(j);
+    PrintJson(*j);
   } else if (!args.quiet) {
-    PrintLine(absl::StrCat("uploaded ", args.dir, " -> ", s.ref.repo_id, "@", options.revision, ": ", r->files,
-                           r->files == 1 ? " file" : " files", " (", r->lfs_files_sent, " LFS sent, ",
-                           r->lfs_files_skipped, " already on the Hub), ", HumanBytes(r->bytes_sent), " sent"));
-    PrintLine(absl::StrCat("commit ", r->commit, ": ", r->commit_url));
+    const uint64_t files = (*j)["files"].get<uint64_t>();
+    PrintLine(absl::StrCat("uploaded ", args.dir, " -> ", (*j)["repo"].get<std::string>(), "@",
+                           (*j)["revision"].get<std::string>(), ": ", files, files == 1 ? " file" : " files", " (",
+                           (*j)["lfs_files_sent"].get<uint64_t>(), " LFS sent, ",
+                           (*j)["lfs_files_skipped"].get<uint64_t>(), " already on the Hub), ",
+                           HumanBytes((*j)["bytes_sent"].get<uint64_t>()), " sent"));
+    PrintLine(absl::StrCat("commit ", (*j)["commit"].get<std::string>(), ": ", (*j)["commit_url"].get<std::string>()));
   }
   return kExitOk;
 }

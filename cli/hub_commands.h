@@ -11,7 +11,9 @@
 
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "cli/commands.h"
+#include "nlohmann/json.hpp"
 
 namespace bigsmall::cli {
 
@@ -25,12 +27,17 @@ bool IsHubInput(const std::string& input);
 // a model directory into args.output (default: NAME.bs) and adds a README.md
 // model card saying what it is and how to load it (a README.md of the source
 // is kept, under another stored name the manifest maps back).
+// HubCompress does it and returns the --json summary (or the failure);
+// RunHubCompress also reports it, as `bigsmall compress owner/repo` does.
+absl::StatusOr<nlohmann::ordered_json> HubCompress(const CompressArgs& args);
 int RunHubCompress(const CompressArgs& args);
 // Downloads a compressed repo (its manifest and the files it lists) and
 // rebuilds the original files into args.output.
+absl::StatusOr<nlohmann::ordered_json> HubDecompress(const DecompressArgs& args);
 int RunHubDecompress(const DecompressArgs& args);
 // Describes a compressed repo from its .bs headers and indexes only (range
 // requests), with the repo, revision and commit.
+absl::StatusOr<nlohmann::ordered_json> HubInfo(const InfoArgs& args);
 int RunHubInfo(const InfoArgs& args);
 
 struct UploadArgs {
@@ -43,7 +50,9 @@ struct UploadArgs {
   bool json = false;
   bool quiet = false;
 };
-// Publishes every regular file of args.dir as one commit (hub::UploadFolder).
+// Publishes every regular file of args.dir as one commit (hub::UploadFolder);
+// HubUpload returns the --json summary (or the failure), RunUpload reports it.
+absl::StatusOr<nlohmann::ordered_json> HubUpload(const UploadArgs& args);
 int RunUpload(const UploadArgs& args);
 
 }  // namespace bigsmall::cli
