@@ -143,4 +143,5 @@ def compress_hub(repo: str, output_dir: str = "", mode: str = "balanced", thread
     output_dir (with a model card), as `bigsmall compress owner/repo`."""
 def upload(directory: str, repo: str, revision: str = "main", private: bool = False,
            commit_message: str = "", create: bool = True) -> dict:
-    """As `bigsmall upload`: {"repo", "revision", "commit", "files", "bytes", ...}."""
+    """As `bigsmall upload --json`: {"ok", "command", "input", "repo", "revision", "commit",
+    "commit_url", "files", "lfs_files_sent", "lfs_files_skipped", "bytes_sent"}."""
