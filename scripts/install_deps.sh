@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config git python3 python3-pip
+  build-essential cmake ninja-build pkg-config git python3 python3-pip python3-venv python3-dev
   libabsl-dev libzstd-dev zstd libxxhash-dev nlohmann-json3-dev libcli11-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libcurl4-openssl-dev liburing-dev prometheus-cpp-dev libspdlog-dev libsystemd-dev

@@ -11,11 +11,14 @@
 #      single-threaded decode loops, slow under TSan.
 #   4. libFuzzer smoke run of every decoder fuzz target (clang)
 #   5. Release build of everything (CUDA kernels too when nvcc is present), all tests
+#   6. the Python package: `pip install .` into a plain venv (build/venv, by
+#      scripts/install_python.sh: torch, transformers, sentence-transformers
+#      from PyPI), then its pytest suite (tests/python)
 # Each stage prints its time; a summary closes the run. ccache is used when
 # installed (install_deps.sh installs it).
 # Environment: JOBS (parallel build jobs), FUZZ_SECONDS (per target, default 20),
-# BIGSMALL_CACHE (corpus cache), SKIP_SANITIZE=1 / SKIP_TSAN=1 / SKIP_FUZZ=1 to
-# skip stages 2/3/4, TSAN_EXCLUDE (a ctest regex of tests left out of stage 3).
+# BIGSMALL_CACHE (corpus cache), SKIP_SANITIZE=1 / SKIP_TSAN=1 / SKIP_FUZZ=1 /
+# SKIP_PYTHON=1 to skip stages 2/3/4/6, TSAN_EXCLUDE (a ctest regex of tests left out of stage 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -114,6 +117,16 @@ begin "5. Release build and all tests"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs" 2>&1 | tee build/ctest-summary.log
+
+if [[ ${SKIP_PYTHON:-0} != 1 ]]; then
+  begin "6. Python package: pip install . (plain venv), pytest"
+  JOBS=$jobs bash scripts/install_python.sh build/venv
+  # From the repo root: tests import the INSTALLED package (the sources live
+  # in python/bigsmall, not on sys.path).
+  build/venv/bin/python -m pytest tests/python -q -rs -p no:cacheprovider 2>&1 |
+    tee build/pytest-summary.log
+fi
 summary
-# Last: the test runner's own summary line of the final stage.
+# Last: the test runners' own summary lines (ctest of stage 5, pytest of stage 6).
 grep -E '^[0-9]+% tests passed' build/ctest-summary.log | tail -1
+[[ ${SKIP_PYTHON:-0} == 1 ]] || tail -1 build/pytest-summary.log

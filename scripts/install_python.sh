@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Python package into a plain virtual environment, the way a
+# user does: `python3 -m venv VENV; VENV/bin/pip install .` (scikit-build-core
+# builds the extension with this repo's CMake), plus what its tests need
+# (torch from PyPI, safetensors, transformers, sentence-transformers, pytest).
+#   scripts/install_python.sh [VENV]     (default: build/venv)
+# Environment: BIGSMALL_CUDA (ON/OFF/AUTO, default AUTO: kernels when nvcc is
+# found), PIP_EXTRA (more packages to install, e.g. "vllm"), PY (the Python
+# that makes the venv, default python3). ccache is used when installed; the
+# CMake build directory is kept in build/python-<venv name> so a rerun only
+# rebuilds what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+venv=${1:-build/venv}
+py=${PY:-python3}
+[[ -x $venv/bin/python ]] || "$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+# The test extras first (torch is large; pip's cache makes reruns quick).
+"${pip[@]}" install --quiet torch safetensors transformers sentence-transformers pytest numpy ${PIP_EXTRA:-}
+if command -v ccache >/dev/null; then
+  export CCACHE_BASEDIR=$root CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache \
+         CMAKE_CUDA_COMPILER_LAUNCHER=ccache
+fi
+export CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)}
+"${pip[@]}" install --quiet -Cbuild-dir="$root/build/python-$(basename "$venv")" ".[test]"
+"$venv/bin/python" -c "import bigsmall, sys; print('installed bigsmall', bigsmall.__version__, 'in', sys.prefix)"
