@@ -280,36 +280,44 @@ def test_streaming_loader_layer_by_layer(through, compressed, request, st_model,
     assert_bit_identical(encode(st_model), reference)
 
 
+@pytest.fixture(scope="module")
+def hf_reference(offline):
+    """transformers on its own: AutoModel.from_pretrained(original dir), its state dict, and its
+    last hidden states on the tokenized sentences."""
+    _need(MODEL_DIR / "model.safetensors", "the MiniLM corpus directory")
+    tok = transformers.AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    batch = tok(SENTENCES, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    model = transformers.AutoModel.from_pretrained(str(MODEL_DIR)).eval()
+    with torch.inference_mode():
+        hidden = model(**batch).last_hidden_state
+    return {"batch": batch, "class": type(model), "state_dict": model.state_dict(), "hidden": hidden}
+
+
 @pytest.mark.parametrize("through", ["in-process", "daemon"])
-def test_transformers_from_pretrained_state_dict(through, compressed, request, original):
+def test_transformers_from_pretrained_state_dict(through, compressed, request, hf_reference):
     """transformers' own loader: BertModel.from_pretrained(None, config=..., state_dict=bigsmall's)
     on a model built from the .bs directory's config, against AutoModel.from_pretrained(original)."""
     sock = request.getfixturevalue("daemon") if through == "daemon" else False
-    tok = transformers.AutoTokenizer.from_pretrained(str(MODEL_DIR))
-    batch = tok(SENTENCES, padding=True, truncation=True, max_length=256, return_tensors="pt")
-    want_model = transformers.AutoModel.from_pretrained(str(MODEL_DIR)).eval()
-
     weights = bigsmall.from_pretrained(str(compressed["dir"]), device="cpu", daemon=sock)
     # Each weight is cloned: transformers may keep the tensor it is given as the parameter
     # (the daemon's are read-only views of its shared memory).
     weights = {k: v.clone() for k, v in weights.items()}
     config = transformers.AutoConfig.from_pretrained(str(compressed["dir"]))
     model_class = getattr(transformers, config.architectures[0])  # BertModel (the Auto classes want a path)
-    assert model_class is type(want_model)
+    assert model_class is hf_reference["class"]
     torch.manual_seed(1234)
-    got_model, info = model_class.from_pretrained(
+    model, info = model_class.from_pretrained(
         None, config=config, state_dict=weights, output_loading_info=True)
-    got_model.eval()
+    model.eval()
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"] and not info["error_msgs"], info
 
-    want_sd, got_sd = want_model.state_dict(), got_model.state_dict()
+    got_sd, want_sd = model.state_dict(), hf_reference["state_dict"]
     assert list(got_sd) == list(want_sd)
     assert_same_tensors(got_sd, want_sd)
     with torch.inference_mode():
-        want = want_model(**batch).last_hidden_state
-        got = got_model(**batch).last_hidden_state
-    assert_bit_identical(got, want)
+        hidden = model(**hf_reference["batch"]).last_hidden_state
+    assert_bit_identical(hidden, hf_reference["hidden"])
 
 
 @pytest.fixture(scope="module")
