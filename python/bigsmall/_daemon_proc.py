@@ -8,7 +8,7 @@ For tests and for serving from a Python program (``bigsmall.serve(...)``):
         desc = client.open_model(f"{models}/model.bs")
 
 The daemon is the ``bigsmalld`` installed next to the package
-(``bigsmall/bin``; ``$BIGSMALL_BIN_DIR`` overrides that, for a build tree).
+(``bigsmall/bin``; ``$BIGSMALL_BIN_DIR`` is looked in first, for a build tree).
 It serves models only beneath ``model_dirs`` (the daemon's ``--model-dir``),
 never opens Hugging Face Hub models unless ``hub=True``, and logs to a file
 in its directory (``log()`` reads it). Every wait is bounded: start waits
@@ -28,7 +28,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-__all__ = ["DaemonProcess", "DaemonStartError", "bin_dir", "daemon_binary", "tool_binary"]
+__all__ = ["DaemonProcess", "DaemonStartError", "daemon_binary", "tool_binary"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -41,23 +41,13 @@ class DaemonStartError(RuntimeError):
     message ends with the tail of its log."""
 
 
-def bin_dir() -> Path:
-    """Where the package's tools are: ``$BIGSMALL_BIN_DIR``, else ``bigsmall/bin``."""
-    override = os.environ.get("BIGSMALL_BIN_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parent / "bin"
-
-
 def tool_binary(name: str) -> Path:
     """The path of one of the package's tools (``bigsmall``, ``bigsmalld``,
-    ``bigsmall-client``); FileNotFoundError when it is not installed."""
-    path = bin_dir() / name
-    if not path.is_file() or not os.access(path, os.X_OK):
-        raise FileNotFoundError(
-            f"{name} is not installed at {path} (pip install the bigsmall package, "
-            f"or set BIGSMALL_BIN_DIR to a directory holding it)")
-    return path
+    ``bigsmall-client``): ``$BIGSMALL_BIN_DIR`` first, then ``bigsmall/bin``
+    (bigsmall._tools). NotFoundError (a FileNotFoundError) when it is not
+    installed."""
+    from ._tools import tool_path
+    return Path(tool_path(name))
 
 
 def daemon_binary() -> Path:
