@@ -21,10 +21,11 @@ import os as _os
 import torch as _torch  # noqa: F401  (the extension's tensors are torch tensors)
 
 # Tests against a build tree (no pip install) point BIGSMALL_EXT_DIR at the
-# directory holding the built extension (<build>/python/bigsmall).
+# directory holding the built extension (<build>/python/bigsmall); the
+# package's own modules still come from here.
 _ext_dir = _os.environ.get("BIGSMALL_EXT_DIR")
 if _ext_dir:
-    __path__.insert(0, _os.path.abspath(_ext_dir))  # type: ignore[name-defined]  # noqa: F821
+    __path__.append(_os.path.abspath(_ext_dir))  # type: ignore[name-defined]  # noqa: F821
 
 from . import _core  # noqa: E402
 from . import errors  # noqa: E402

@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import weakref
 from typing import Any, Iterator, Optional, Union
 
 import torch
@@ -151,43 +150,10 @@ def _resolve_daemon(daemon: DaemonSpec):
         f"daemon must be None, False, True, a socket path or a DaemonClient, not {type(daemon).__name__}")
 
 
-# ---------------------------------------------------------------- keeping daemon streams open
-
-def _storages_are_preserved() -> bool:
-    t = torch.empty(1)
-    return t.untyped_storage() is t.untyped_storage()
-
-
-_PRESERVED_STORAGES = _storages_are_preserved()
-
-
-def _noop(*_: Any) -> None:
-    pass
-
-
-def _tie(tensor: torch.Tensor, obj: Any) -> None:
-    """Keeps `obj` alive as long as the memory `tensor` views (its storage).
-
-    A daemon session's leases end with its call: the stream must live as
-    long as any tensor (or view) of its layers does.
-    """
-    if _PRESERVED_STORAGES:
-        weakref.finalize(tensor.untyped_storage(), _noop, obj)
-    else:  # older torch: the tensor object itself (views made later do not count)
-        tensor._bigsmall_keepalive = obj
-
-
 # ---------------------------------------------------------------- backends
 
-def _dict_of(records, device: Optional[torch.device], copy: bool,
-             keepalive: Any = None) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for record in records:
-        tensor = to_tensor(record, copy=copy, device=device)
-        if keepalive is not None:
-            _tie(tensor, keepalive)
-        out[record[0]] = tensor
-    return out
+def _dict_of(records, device: Optional[torch.device], copy: bool) -> dict[str, torch.Tensor]:
+    return {record[0]: to_tensor(record, copy=copy, device=device) for record in records}
 
 
 class _LocalBackend:
@@ -196,6 +162,10 @@ class _LocalBackend:
     daemon = False
 
     def __init__(self, source: _Source, device: torch.device, threads: int) -> None:
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise errors.FailedPreconditionError(
+                f"device={str(device)!r}, but this process has no CUDA (torch.cuda.is_available() "
+                f"is False)")
         self.device = device
         if source.hub:
             self.model = _core.LocalModel.open_hub(source.name, int(threads))
@@ -267,7 +237,21 @@ class _DaemonBackend:
         non_layer = self.description.get("non_layer")
         if non_layer is not None:
             self._infos[-1] = non_layer.get("tensors") or []
-        self._warned_emulated = False
+        # device="cuda" in a process without CUDA: only a daemon with an
+        # emulated GPU (CI) can serve it, as host tensors.
+        self.host_only = False
+        if device.type == "cuda" and not torch.cuda.is_available():
+            try:
+                backend = self.client.stats().get("gpu_backend")
+            except errors.BigSmallError:
+                backend = None
+            if backend != "emulated":
+                raise errors.FailedPreconditionError(
+                    f"device={str(device)!r}, but this process has no CUDA "
+                    f"(torch.cuda.is_available() is False)")
+            self.host_only = True
+            log.warning("bigsmalld's GPU is emulated and this process has no CUDA: "
+                        "device layers come back as host tensors")
 
     def layer_count(self) -> int:
         return len(self.description.get("layers") or [])
@@ -286,7 +270,7 @@ class _DaemonBackend:
 
     def _host_target(self) -> Optional[torch.device]:
         """Where host bytes go: None (stay) or the CUDA device."""
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" or self.host_only:
             return None
         return self.device
 
@@ -294,26 +278,23 @@ class _DaemonBackend:
         return self.client.stream(self.model_id, 0, 0, int(window), include_non_layer,
                                   self.device_name)
 
-    def layer_dict(self, layer, copy: bool, keepalive: Any) -> dict[str, torch.Tensor]:
-        """The tensors of one DaemonLayer (zero-copy unless copy or a host->GPU move)."""
+    def layer_dict(self, layer, copy: bool) -> dict[str, torch.Tensor]:
+        """The tensors of one DaemonLayer (zero-copy unless copy or a host->GPU move).
+
+        Zero-copy views hold their layer's lease and the stream's call (the
+        extension's keep-alive) until torch frees them: the stream must not be
+        close()d while they may live, only dropped."""
         if layer.on_device and layer.emulated:
             # The emulated GPU's memory is no CUDA memory: host copies.
-            target = self.device if torch.cuda.is_available() else None
-            if target is None and not self._warned_emulated:
-                self._warned_emulated = True
-                log.warning("bigsmalld's GPU is emulated and this process has no CUDA: "
-                            "its device layers come back as host tensors")
+            target = self._host_target()
             records = [(t["name"], t["dtype"], tuple(t["shape"]), layer.copy_to_host(t["name"]))
                        for t in self._infos.get(int(layer.index), [])]
             return _dict_of(records, target, False)
         records = layer.tensors()
         if layer.on_device:
             # CUDA IPC views on the daemon's device memory.
-            return _dict_of(records, None, copy, None if copy else keepalive)
-        target = self._host_target()
-        if target is not None or copy:
-            return _dict_of(records, target, copy)
-        return _dict_of(records, None, False, keepalive)
+            return _dict_of(records, None, copy)
+        return _dict_of(records, self._host_target(), copy)
 
     def non_layer(self) -> dict[str, torch.Tensor]:
         if not self.has_non_layer():
@@ -343,6 +324,25 @@ def _open_backend(source: _Source, device: torch.device, daemon: DaemonSpec, thr
 
 # ---------------------------------------------------------------- from_pretrained
 
+def _zero_copy_stream(backend: "_DaemonBackend", groups: int):
+    """A stream whose window holds the whole model, and its first layer; None when the
+    daemon refuses such a window. Returns (stream, first layer, whether StreamEnd can be read)."""
+    # groups + 1 leaves room to read StreamEnd with every layer held; a
+    # daemon whose --max-window is exactly the model's size gets `groups`.
+    for window, reads_end in ((groups + 1, True), (max(1, groups), False)):
+        try:
+            stream = backend.stream(window, True)
+            first = stream.next()
+        except (errors.InvalidArgumentError, errors.ResourceExhaustedError) as e:
+            log.info("from_pretrained: bigsmalld refused a window of %d layers (%s)", window,
+                     e.message)
+            continue
+        log.debug("from_pretrained: zero-copy from bigsmalld (window %d, read-only tensors)",
+                  window)
+        return stream, first, reads_end
+    return None
+
+
 def _daemon_state_dict(backend: _DaemonBackend, copy: bool) -> dict[str, torch.Tensor]:
     groups = backend.layer_count() + (1 if backend.has_non_layer() else 0)
     if not copy:
@@ -351,38 +351,35 @@ def _daemon_state_dict(backend: _DaemonBackend, copy: bool) -> dict[str, torch.T
             log.info("from_pretrained: the model (%d bytes) is larger than bigsmalld's cache "
                      "budget (%d): copying each layer", backend.decoded_bytes(), budget)
             copy = True
-    if not copy:
-        window = max(1, groups)
+    opened = None if copy else _zero_copy_stream(backend, groups)
+    if opened is not None:
+        stream, layer, reads_end = opened
+        out: dict[str, torch.Tensor] = {}
+        received = 0
         try:
-            stream = backend.stream(window, True)
-            first = stream.next()
-        except (errors.InvalidArgumentError, errors.ResourceExhaustedError) as e:
-            log.info("from_pretrained: bigsmalld refused a window of %d layers (%s): "
-                     "copying each layer instead", window, e.message)
-        else:
-            log.debug("from_pretrained: zero-copy from bigsmalld (window %d, read-only tensors)",
-                      window)
-            out: dict[str, torch.Tensor] = {}
-            try:
-                layer = first
-                while layer is not None:
-                    out.update(backend.layer_dict(layer, False, stream))
-                    layer.release()
-                    layer = stream.next()
-                return out
-            except errors.ResourceExhaustedError as e:
-                log.info("from_pretrained: bigsmalld cannot hold the whole model leased (%s): "
-                         "copying each layer instead", e.message)
-                out.clear()
-                del layer, first, stream
-    log.debug("from_pretrained: copying each layer from bigsmalld")
+            while layer is not None:
+                out.update(backend.layer_dict(layer, False))
+                layer.release()
+                received += 1
+                if received == groups and not reads_end:
+                    # Every layer is held and the window is full: StreamEnd cannot be
+                    # read; the call stays open while the tensors live.
+                    break
+                layer = stream.next()
+            return out
+        except errors.ResourceExhaustedError as e:
+            log.info("from_pretrained: bigsmalld cannot hold the whole model leased (%s)",
+                     e.message)
+            out.clear()
+            del layer, stream, opened
+    log.info("from_pretrained: copying each layer from bigsmalld (writable tensors)")
     stream = backend.stream(0, True)
     out = {}
     while True:
         layer = stream.next()
         if layer is None:
             break
-        out.update(backend.layer_dict(layer, True, None))
+        out.update(backend.layer_dict(layer, True))
         layer.release()
         del layer
     stream.close()
@@ -531,7 +528,7 @@ class StreamingLoader:
         # ends (or cancels) it.
         while layer is not None:
             index = layer.index
-            tensors = backend.layer_dict(layer, self._copy, stream)
+            tensors = backend.layer_dict(layer, self._copy)
             layer.release()
             del layer
             yield index, tensors
