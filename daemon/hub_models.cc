@@ -471,11 +471,13 @@ class HubFileSource final : public ByteSource {
   std::unique_ptr<ByteSource> remote_;
 };
 
-// The files of a model: every top-level *.bs, and the shard index.
-struct ModelFiles {
-  std::vector<const hub::RepoFile*> shards;  // by path
-  const hub::RepoFile* index = nullptr;
-};
+std::string NormalizePattern(const std::string& pattern) {
+  if (pattern == "*") return "*/*";
+  if (pattern.find('/') == std::string::npos) return pattern + "/*";
+  return pattern;
+}
+
+}  // namespace
 
 ModelFiles SelectFiles(const hub::RepoInfo& repo) {
   ModelFiles out;
@@ -488,14 +490,6 @@ ModelFiles SelectFiles(const hub::RepoInfo& repo) {
             [](const hub::RepoFile* a, const hub::RepoFile* b) { return a->path < b->path; });
   return out;
 }
-
-std::string NormalizePattern(const std::string& pattern) {
-  if (pattern == "*") return "*/*";
-  if (pattern.find('/') == std::string::npos) return pattern + "/*";
-  return pattern;
-}
-
-}  // namespace
 
 void HubModels::Core::Worker() {
   while (true) {

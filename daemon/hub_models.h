@@ -73,6 +73,16 @@ absl::Status CheckCacheIsTrusted(const std::string& cache_dir);
 // True when `name` names a Hub model (not an absolute path).
 bool IsHubModelName(const std::string& name);
 
+// The files of a Hub model: every top-level *.bs (sorted by path) and the
+// shard index (model.safetensors.index.json) when the repo has one. Shared
+// with the Python extension's in-process loader (python/src/local_model.cc).
+// The pointers point into `repo`.
+struct ModelFiles {
+  std::vector<const hub::RepoFile*> shards;
+  const hub::RepoFile* index = nullptr;
+};
+ModelFiles SelectFiles(const hub::RepoInfo& repo);
+
 class HubModels {
  public:
   static absl::StatusOr<std::unique_ptr<HubModels>> Create(const DaemonConfig& config,
