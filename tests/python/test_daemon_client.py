@@ -398,6 +398,40 @@ def test_rpcs_release_the_gil(tmp_path):
     assert errors and errors[0].code == "UNAVAILABLE"
 
 
+def test_daemon_stopped_mid_stream_is_unavailable(model_dir):
+    with DaemonProcess([model_dir]) as d:
+        c = d.client(rpc_timeout_ms=1000, stream_idle_timeout_ms=2000)
+        desc = _open(c, model_dir)
+        stream = c.stream(desc["model_id"], window=1)
+        layer = stream.next()
+        assert d.stop() == 0  # drains (1 s), then ends the session
+        layer.release()
+        start = time.monotonic()
+        with pytest.raises(bigsmall.errors.BigSmallError) as e:
+            stream.next()
+        assert e.value.code == "UNAVAILABLE"
+        with pytest.raises(bigsmall.errors.BigSmallError) as e:
+            c.stats()
+        assert e.value.code == "UNAVAILABLE"
+        assert time.monotonic() - start < 5
+
+
+def test_pin_host_memory(client, model_dir, original):
+    desc = _open(client, model_dir)
+    try:
+        stream = client.stream(desc["model_id"], from_layer=0, to_layer=1, pin_host_memory=True)
+    except bigsmall.errors.BigSmallError as e:
+        # Without CUDA (a CPU build, no driver or GPU) pinning is refused up front.
+        assert e.code == "FAILED_PRECONDITION" and "pin_host_memory" in e.message
+        return
+    layer = stream.next()
+    for name, dtype, shape, data in layer.tensors():
+        original.check(name, dtype, shape, data)
+    del data
+    layer.release()
+    stream.close()
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(bigsmall.errors.BigSmallError) as e:
         _core.DaemonClient(str(tmp_path / "s.sock"), rpc_timeout_ms=-1)
