@@ -94,6 +94,8 @@ class DaemonProcess:
         GPU ``cuda:0``, no CUDA needed), ``"cuda"`` or ``"auto"``.
       workdir: where the socket, the shm directory and the log go; default a
         fresh temporary directory, removed by stop().
+      socket: the socket path (default ``<workdir>/bigsmall.sock``), e.g. a
+        known path for other processes (``environ()`` gives BIGSMALL_SOCKET).
       cache_budget: ``--cache-budget`` (e.g. ``"1G"``); None: the daemon's default.
       gpu_memory: ``--gpu-memory`` for a GPU backend; None: the daemon's default.
       window / max_window: ``--window`` / ``--max-window``; None: defaults.
@@ -106,7 +108,8 @@ class DaemonProcess:
     """
 
     def __init__(self, model_dirs: Sequence[PathLike] = (), *, gpu_backend: str = "none",
-                 workdir: Optional[PathLike] = None, cache_budget: Optional[str] = None,
+                 workdir: Optional[PathLike] = None, socket: Optional[PathLike] = None,
+                 cache_budget: Optional[str] = None,
                  gpu_memory: Optional[str] = None, window: Optional[int] = None,
                  max_window: Optional[int] = None, drain_seconds: float = 1.0,
                  hub: bool = False, extra_args: Sequence[str] = (),
@@ -117,6 +120,7 @@ class DaemonProcess:
         self.gpu_backend = gpu_backend
         self._own_workdir = workdir is None
         self._workdir_arg = Path(workdir) if workdir is not None else None
+        self._socket_arg = str(Path(socket).absolute()) if socket is not None else None
         self.cache_budget = cache_budget
         self.gpu_memory = gpu_memory
         self.window = window
@@ -167,7 +171,7 @@ class DaemonProcess:
             self.workdir = self._workdir_arg
         else:
             self.workdir = _private_dir()
-        self.socket = str(self.workdir / "bigsmall.sock")
+        self.socket = self._socket_arg or str(self.workdir / "bigsmall.sock")
         self.shm_dir = str(self.workdir / "shm")
         self.log_path = str(self.workdir / "bigsmalld.log")
         if len(self.socket) > _MAX_SOCKET_PATH:
@@ -256,6 +260,10 @@ class DaemonProcess:
 
     def returncode(self) -> Optional[int]:
         return None if self._proc is None else self._proc.poll()
+
+    def environ(self) -> dict[str, str]:
+        """The environment a client process needs: {"BIGSMALL_SOCKET": socket}."""
+        return {"BIGSMALL_SOCKET": self.socket}
 
     def client(self, **kwargs: Any):
         """A _core.DaemonClient on this daemon's socket (kwargs: rpc_timeout_ms,

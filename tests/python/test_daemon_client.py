@@ -514,6 +514,17 @@ def test_daemon_process_starts_and_stops_cleanly(model_dir):
     d.stop()  # idempotent
 
 
+def test_daemon_process_on_a_given_socket(model_dir, tmp_path):
+    sock = tmp_path / "run" / "bs.sock"
+    sock.parent.mkdir(mode=0o700)
+    with DaemonProcess([model_dir], socket=sock) as d:
+        assert d.socket == str(sock) and sock.exists()
+        assert d.environ() == {"BIGSMALL_SOCKET": str(sock)}
+        c = _core.DaemonClient(str(sock), rpc_timeout_ms=5000)
+        assert _open(c, model_dir)["num_layers"] == 6
+    assert not sock.exists()
+
+
 def test_daemon_process_reports_a_failed_start(model_dir):
     d = DaemonProcess([model_dir], extra_args=["--no-such-flag"], ready_timeout=10)
     with pytest.raises(DaemonStartError) as e:
