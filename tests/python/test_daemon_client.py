@@ -212,6 +212,47 @@ def test_stream_range(client, model_dir):
     assert e.value.code == "OUT_OF_RANGE"
 
 
+def test_streams_from_several_threads(client, model_dir, original):
+    # One client, streams of their own and one stream shared by two threads:
+    # the GIL is released in next(), so the calls really run at once.
+    desc = _open(client, model_dir)
+    shared = client.stream(desc["model_id"], window=2)
+    seen_shared: list[int] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def own_stream() -> None:
+        try:
+            stream = client.stream(desc["model_id"], include_non_layer=True, window=2)
+            while (layer := stream.next()) is not None:
+                for name, dtype, shape, data in layer.tensors():
+                    original.check(name, dtype, shape, data)
+                layer.release()
+            stream.close()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+
+    def share() -> None:
+        try:
+            while (layer := shared.next()) is not None:
+                with lock:
+                    seen_shared.append(layer.index)
+                layer.release()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=own_stream) for _ in range(3)]
+    threads += [threading.Thread(target=share) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert not failures, failures
+    assert sorted(seen_shared) == list(range(6))
+    shared.close()
+
+
 def test_lease_lives_while_a_tensor_view_lives(client, model_dir, original):
     desc = _open(client, model_dir)
     # One layer: no other lease (a prefetched layer in the window) is counted.
