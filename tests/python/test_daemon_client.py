@@ -101,7 +101,7 @@ def daemon(request, model_dir):
 
 
 @pytest.fixture(scope="module")
-def emulated_daemon(model_dir):
+def emu_daemon(model_dir):
     with DaemonProcess([model_dir], gpu_backend="emulated", cache_budget="1G",
                        gpu_memory="512M") as d:
         yield d
@@ -491,8 +491,8 @@ def test_device_session_on_a_daemon_without_gpu(model_dir):
 # ---------------------------------------------------------------- device sessions
 
 
-def test_emulated_device_layers(emulated_daemon, model_dir, original):
-    c = emulated_daemon.client(rpc_timeout_ms=10000, stream_idle_timeout_ms=10000)
+def test_emulated_device_layers(emu_daemon, model_dir, original):
+    c = emu_daemon.client(rpc_timeout_ms=10000, stream_idle_timeout_ms=10000)
     desc = _open(c, model_dir)
     stream = c.stream(desc["model_id"], include_non_layer=True, window=2, device="cuda:0")
     compared = set()
