@@ -90,6 +90,17 @@ def test_a_small_max_window_falls_back_to_copies(minilm_bs, models_root, caplog,
             bigsmall.from_pretrained(minilm_bs, daemon=False))
 
 
+def test_a_model_larger_than_the_cache_budget_is_copied(llm_bs, models_root, caplog,
+                                                        no_daemon_env):
+    """The daemon cannot hold a model larger than its cache budget leased at once:
+    from_pretrained copies each layer (and says so); same bytes."""
+    with daemon_process([models_root], cache_budget="64M") as proc:
+        with caplog.at_level(logging.INFO, logger="bigsmall"):
+            got = bigsmall.from_pretrained(llm_bs, daemon=proc.socket)
+        assert "larger than bigsmalld's cache budget" in caplog.text, caplog.text
+        assert digest(got) == digest(bigsmall.from_pretrained(llm_bs, daemon=False))
+
+
 def test_zero_copy_tensors_outlive_the_call(minilm_bs, bs_daemon, no_daemon_env):
     """The daemon's call (and so the leases) lives as long as any tensor of it does."""
     import gc
