@@ -274,9 +274,10 @@ class _DaemonBackend:
             return None
         return self.device
 
-    def stream(self, window: int, include_non_layer: bool):
-        return self.client.stream(self.model_id, 0, 0, int(window), include_non_layer,
-                                  self.device_name)
+    def stream(self, window: int, include_non_layer: bool, from_layer: int = 0,
+               to_layer: int = 0):
+        return self.client.stream(self.model_id, from_layer, to_layer, int(window),
+                                  include_non_layer, self.device_name)
 
     def layer_dict(self, layer, copy: bool) -> dict[str, torch.Tensor]:
         """The tensors of one DaemonLayer (zero-copy unless copy or a host->GPU move).
@@ -299,8 +300,23 @@ class _DaemonBackend:
     def non_layer(self) -> dict[str, torch.Tensor]:
         if not self.has_non_layer():
             return {}
-        # GetTensors: copies, so nothing is leased while the caller keeps them.
-        return _dict_of(self.client.get_tensors(self.model_id, []), self._host_target(), False)
+        # A stream of the empty layer range [n, n) with the non-layer group:
+        # that group alone, as any layer (zero-copy, or on the GPU of a
+        # device session).
+        n = self.layer_count()
+        stream = self.stream(2, True, from_layer=n, to_layer=n)
+        layer = stream.next()
+        if layer is None or int(layer.index) != -1:
+            raise errors.InternalError(
+                f"bigsmalld sent {'nothing' if layer is None else f'layer {layer.index}'} for "
+                f"the non-layer group of {self.model_id}")
+        tensors = self.layer_dict(layer, self.copy)
+        layer.release()
+        del layer
+        if stream.next() is not None:  # StreamEnd: the call ends OK once nothing views it
+            raise errors.InternalError(f"bigsmalld sent more than the non-layer group of "
+                                       f"{self.model_id}")
+        return tensors
 
     def cache_budget(self) -> Optional[int]:
         try:
@@ -496,7 +512,9 @@ class StreamingLoader:
     def load_non_layer_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors outside the layers (embeddings, final norm, head): {name: tensor}.
 
-        Yours to keep (through the daemon they are copies)."""
+        Yours to keep. Through the daemon they are zero-copy read-only views
+        of its shared copy (on the GPU for a device session) that hold the
+        group's lease while they live, or copies with copy=True."""
         self._check_open()
         return self._backend.non_layer()
 
