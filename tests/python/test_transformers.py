@@ -124,8 +124,8 @@ def original():
 
 @pytest.fixture(scope="module")
 def st_model(offline):
-    """One SentenceTransformer (the original's tokenizer, pooling, normalisation); each check
-    reloads its weights (after NaN-poisoning them) and restores the original's afterwards."""
+    """One SentenceTransformer (the original's tokenizer, pooling, normalisation), shared: each
+    check NaN-poisons its transformer's weights, then loads the ones under test."""
     _need(MODEL_DIR / "model.safetensors", "the MiniLM corpus directory")
     model = sentence_transformers.SentenceTransformer(str(MODEL_DIR), device="cpu")
     model.eval()
