@@ -319,11 +319,21 @@ class _DaemonBackend:
         return tensors
 
     def cache_budget(self) -> Optional[int]:
+        """The daemon's cache budget for this session's layers (the host's, or the GPU's
+        of a device session); None when it does not say."""
         try:
             stats = self.client.stats()
         except errors.BigSmallError:
             return None
-        budget = stats.get("cache_budget_bytes") if isinstance(stats, dict) else None
+        if not isinstance(stats, dict):
+            return None
+        budget = stats.get("cache_budget_bytes")
+        if self.device_name:
+            devices = stats.get("devices") or []
+            mine = [d for d in devices
+                    if self.device_name in (d.get("name"), d.get("gpu_uuid"))] or devices
+            budgets = [int(d["cache_budget_bytes"]) for d in mine if d.get("cache_budget_bytes")]
+            budget = min(budgets) if budgets else None
         return int(budget) if budget else None
 
     def close(self) -> None:

@@ -101,6 +101,17 @@ def test_a_model_larger_than_the_cache_budget_is_copied(llm_bs, models_root, cap
         assert digest(got) == digest(bigsmall.from_pretrained(llm_bs, daemon=False))
 
 
+def test_a_model_larger_than_the_gpu_budget_is_copied(llm_bs, models_root, caplog,
+                                                      no_daemon_env):
+    """The same for a device session: the GPU's budget (--gpu-memory) counts there."""
+    with daemon_process([models_root], gpu_backend="emulated", cache_budget="1G",
+                        gpu_memory="64M") as proc:
+        with caplog.at_level(logging.INFO, logger="bigsmall"):
+            got = bigsmall.from_pretrained(llm_bs, device="cuda", daemon=proc.socket)
+        assert "larger than bigsmalld's cache budget (67108864)" in caplog.text, caplog.text
+        assert digest(got) == digest(bigsmall.from_pretrained(llm_bs, daemon=False))
+
+
 def test_zero_copy_tensors_outlive_the_call(minilm_bs, bs_daemon, no_daemon_env):
     """The daemon's call (and so the leases) lives as long as any tensor of it does."""
     import gc
