@@ -69,6 +69,22 @@ def test_bigsmall_socket_selects_the_daemon(minilm_bs, bs_daemon, monkeypatch):
         bigsmall.from_pretrained(minilm_bs, daemon=False))
 
 
+def test_daemon_argument_forms(minilm_bs, bs_daemon, monkeypatch):
+    """daemon= a str, an os.PathLike, a DaemonClient, or True (the client's default socket)."""
+    from pathlib import Path
+    want = digest(bigsmall.from_pretrained(minilm_bs, daemon=False))
+    monkeypatch.delenv("BIGSMALL_SOCKET", raising=False)
+    assert digest(bigsmall.from_pretrained(minilm_bs, daemon=Path(bs_daemon.socket))) == want
+    client = bs_daemon.client()
+    assert digest(bigsmall.from_pretrained(minilm_bs, daemon=client)) == want
+    with bigsmall.StreamingLoader(minilm_bs, daemon=client) as loader:
+        assert loader.through_daemon and loader.layer_count() == 6
+    monkeypatch.setenv("BIGSMALL_SOCKET", bs_daemon.socket)
+    assert digest(bigsmall.from_pretrained(minilm_bs, daemon=True)) == want
+    with pytest.raises(bigsmall.InvalidArgumentError):
+        bigsmall.from_pretrained(minilm_bs, daemon="")
+
+
 def test_every_dtype_through_the_daemon(dtype_model, bs_daemon):
     assert_equal_to_reference(bigsmall.from_pretrained(dtype_model.compressed, daemon=bs_daemon.socket),
                               dtype_model.tensors)
