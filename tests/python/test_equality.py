@@ -149,6 +149,43 @@ def test_zero_copy_tensors_outlive_the_call(minilm_bs, bs_daemon, no_daemon_env)
     assert {k: d[2] for k, d in digest(keep).items()} == {k: want[k][2] for k in keep}
 
 
+def _wait_for_leases(client, want: int, timeout: float = 10.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while client.stats()["active_leases"] != want:
+        if time.monotonic() > deadline:
+            pytest.fail(f"active_leases {client.stats()['active_leases']}, not {want}, "
+                        f"after {timeout} s")
+        time.sleep(0.01)
+
+
+def test_daemon_tensors_hold_their_leases_until_freed(minilm_bs, models_root, no_daemon_env):
+    """Zero-copy through the daemon: the non-layer tensors and from_pretrained's hold their
+    groups' leases while they live, and release them when freed; copies hold none."""
+    import gc
+    with daemon_process([models_root]) as proc:
+        client = proc.client()
+        with bigsmall.StreamingLoader(minilm_bs, daemon=proc.socket) as loader:
+            non_layer = loader.load_non_layer_tensors()
+            _wait_for_leases(client, 1)
+            del non_layer
+            gc.collect()
+            _wait_for_leases(client, 0)
+            kept = bigsmall.StreamingLoader(minilm_bs, daemon=proc.socket,
+                                            copy=True).load_non_layer_tensors()
+            _wait_for_leases(client, 0)
+            assert kept
+        sd = bigsmall.from_pretrained(minilm_bs, daemon=proc.socket)
+        _wait_for_leases(client, 7)
+        one = sd["encoder.layer.3.output.dense.weight"][0]  # a view keeps its layer
+        del sd
+        gc.collect()
+        _wait_for_leases(client, 1)
+        del one
+        gc.collect()
+        _wait_for_leases(client, 0)
+
+
 def test_keeping_more_layers_than_the_window_says_so(minilm_bs, bs_daemon, no_daemon_env):
     with bigsmall.StreamingLoader(minilm_bs, daemon=bs_daemon.socket, read_ahead=0) as loader:
         kept = []
