@@ -36,7 +36,17 @@ layers decoded ahead (`read_ahead`), and whatever the caller keeps: it drops
 its own references to a layer (and releases its lease) before it fetches the
 next, and empties the dict it yielded, so a loop that does not keep the
 tensors runs in about (1 + read_ahead) layers of memory plus the non-layer
-tensors it asked for.
+tensors it asked for. Measured (tests/python/test_memory.py, a 173 MB model of
+12 layers x 14.2 MB, peak RSS over the RSS before loading): iter_layers +38 MB
+in process (read_ahead=1: 2.7 layers), +21 MB through bigsmalld;
+from_pretrained +196 MB in process, +183 MB through bigsmalld;
+safetensors.torch.load_file of the uncompressed file +178 MB.
+
+Through the daemon, from_pretrained streams with a window of every layer + 1
+(all leases held, zero-copy); when the daemon refuses that window
+(--max-window, --max-total-window) or the model exceeds its cache budget, it
+copies each layer and releases it instead (logged at INFO on the "bigsmall"
+logger).
 """
 from __future__ import annotations
 
