@@ -171,7 +171,8 @@ class Runner:
     def _spawned(self, case: str, path: str, sock: str) -> dict:
         code = (f"import sys, json; sys.path.insert(0, {str(HERE)!r}); "
                 + "".join(f"import {m}; " for m in PRELOAD)
-                + f"import python_bench; print(json.dumps(python_bench.measure({case!r}, {path!r}, {sock!r})))")
+                + "import python_bench; "
+                + f"print(json.dumps(python_bench.measure({case!r}, {path!r}, {sock!r})))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=600)
         if proc.returncode != 0:
@@ -216,7 +217,8 @@ def prepare(work: Path, args) -> list[dict]:
     for m in models:
         bs = work / (m["short"] + ".bs")
         stamp = work / (m["short"] + ".bs.source")
-        source = f"{m['st']} {m['st'].stat().st_size} {m['st'].stat().st_mtime_ns} {bigsmall.__version__}"
+        st = m["st"].stat()
+        source = f"{m['st']} {st.st_size} {st.st_mtime_ns} {bigsmall.__version__}"
         if not bs.exists() or not stamp.exists() or stamp.read_text() != source:
             if bs.is_dir():
                 shutil.rmtree(bs)
@@ -318,7 +320,8 @@ def table(m: dict, res: dict) -> list[str]:
             f"{m['layers']} layers, the largest {mb(m['largest_layer'])} MB decoded; the non-layer "
             f"group (embeddings, head, final norm) {mb(m['non_layer'])} MB.",
             "",
-            "| case | load s (median) | min-max s | vs load_file | peak RSS MB | at end: anon / shmem / file MB |",
+            "| case | load s (median) | min-max s | vs load_file | peak RSS MB "
+            "| at end: anon / shmem / file MB |",
             "|---|---:|---:|---:|---:|---:|"]
     for label, r in res.items():
         if "error" in r:
@@ -372,7 +375,8 @@ ISOLATION = {
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each case (median)")
     ap.add_argument("--llm-layers", type=int, default=18,
                     help="synthetic model layers (0: none); 18: 0.53 GB BF16")
@@ -380,7 +384,8 @@ def main() -> int:
     ap.add_argument("--llm-intermediate", type=int, default=2816)
     ap.add_argument("--work", default=str(Path.home() / ".cache/bigsmall/bench/python"),
                     help="where the inputs are made and kept")
-    ap.add_argument("--out", default="", help="write the report (markdown) here, e.g. bench/results/python.md")
+    ap.add_argument("--out", default="",
+                    help="write the report (markdown) here, e.g. bench/results/python.md")
     ap.add_argument("--isolation", choices=["spawn", "forkserver"], default="spawn",
                     help="a new interpreter per run (default), or a child forked per run from a fork "
                          "server that imported torch, safetensors and bigsmall (quicker, ~8 MB more "
@@ -398,6 +403,7 @@ def main() -> int:
     results = {}
     for m in models:
         results[m["short"]] = bench_model(m, args.reps, runner)
+    reset_everywhere = all(r.get("reset", True) for res in results.values() for r in res.values())
     lines = ["# Python loading: bigsmall vs safetensors.torch.load_file", "",
              "Measured by `bench/python_bench.py` "
              f"(`--reps {args.reps} --llm-layers {args.llm_layers} --llm-hidden {args.llm_hidden} "
@@ -407,9 +413,8 @@ def main() -> int:
         f"medians of {args.reps}; page cache warm "
         "(inputs read once before); every case touches one byte per 4 KiB page of every tensor",
         "- peak RSS: VmHWM at the end minus VmRSS after the imports (the high-water mark reset there "
-        "through /proc/self/clear_refs" + ("" if all(r.get("reset", True) for res in results.values()
-                                                      for r in res.values()) else
-                                           "; NOT available here: VmHWM minus the baseline's VmHWM") + ")",
+        "through /proc/self/clear_refs"
+        + ("" if reset_everywhere else "; NOT available here: VmHWM minus the baseline's VmHWM") + ")",
         "- daemon: a private bigsmalld (socket and shm on /dev/shm), started per repetition; cold = "
         "its first client (it decodes), warm = a second client (layers in its cache); its own RSS is "
         "not counted (the shared pages a client maps show in the client's RssShmem)", "",

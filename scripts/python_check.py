@@ -55,12 +55,14 @@ class Mismatch(Exception):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("compressed", help="the .bs directory or .bs file")
     ap.add_argument("--original", default=default_original(),
                     help="the uncompressed sentence-transformers model directory")
     ap.add_argument("--daemon", default=os.environ.get("BIGSMALL_SOCKET"),
-                    help="a running bigsmalld's socket (default $BIGSMALL_SOCKET; none: in process only)")
+                    help="a running bigsmalld's socket (default $BIGSMALL_SOCKET; none: in "
+                         "process only)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = ap.parse_args()
 
@@ -71,6 +73,14 @@ def main() -> int:
     if args.device.startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
+    original = Path(args.original)
+    if original.is_file():  # e.g. .../model.safetensors: its directory is the model
+        original = original.parent
+    if not (original / "modules.json").is_file() and not (original / "config.json").is_file():
+        print(f"{original} is not a sentence-transformers / transformers model directory "
+              "(--original)", file=sys.stderr)
+        return 2
+
     import torch
     import bigsmall
     from sentence_transformers import SentenceTransformer
@@ -79,7 +89,7 @@ def main() -> int:
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(0)
 
-    model = SentenceTransformer(args.original, device=args.device)
+    model = SentenceTransformer(str(original), device=args.device)
     model.eval()
     inner = getattr(model[0], "auto_model", None) or model[0].model
 
@@ -161,8 +171,11 @@ def main() -> int:
         try:
             what = run(sock)
             got = encode()
-            if got.shape != reference.shape or not torch.equal(got, reference):
-                diff = (got.float() - reference.float()).abs().max().item() if got.shape == reference.shape else "shape"
+            if got.shape != reference.shape:
+                raise Mismatch(f"embeddings of shape {tuple(got.shape)}, the original's "
+                               f"{tuple(reference.shape)}")
+            if not torch.equal(got, reference):
+                diff = (got.float() - reference.float()).abs().max().item()
                 raise Mismatch(f"embeddings differ from the original's (max |d| = {diff})")
             print(f"{label:<21} embeddings of {len(SENTENCES)} sentences identical to the original's "
                   f"(torch.equal; {what}, {args.device}, {time.perf_counter() - t0:.2f} s)", flush=True)

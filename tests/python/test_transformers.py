@@ -19,6 +19,7 @@ load the rest with strict=True.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -178,8 +179,8 @@ def check_state_dict(module: torch.nn.Module, weights: dict) -> dict:
     for k in extra:
         assert torch.equal(weights[k], buffers[k]), f"{k}: the file's buffer differs from the model's"
     to_load = {k: v for k, v in weights.items() if k not in extra}
-    assert sorted(to_load) == sorted(expected), (
-        f"missing {sorted(set(expected) - set(to_load))}, unexpected {sorted(set(to_load) - set(expected))}")
+    missing, unexpected = set(expected) - set(to_load), set(to_load) - set(expected)
+    assert not missing and not unexpected, f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
     for k, v in to_load.items():
         assert (v.dtype, tuple(v.shape)) == (expected[k].dtype, tuple(expected[k].shape)), k
     return to_load
@@ -303,7 +304,8 @@ def test_transformers_from_pretrained_state_dict(through, compressed, request, h
     # (the daemon's are read-only views of its shared memory).
     weights = {k: v.clone() for k, v in weights.items()}
     config = transformers.AutoConfig.from_pretrained(str(compressed["dir"]))
-    model_class = getattr(transformers, config.architectures[0])  # BertModel (the Auto classes want a path)
+    # BertModel: the Auto classes want a path, a state_dict wants none.
+    model_class = getattr(transformers, config.architectures[0])
     assert model_class is hf_reference["class"]
     torch.manual_seed(1234)
     model, info = model_class.from_pretrained(
@@ -362,3 +364,27 @@ def test_python_check_script(compressed, daemon):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [l for l in proc.stdout.splitlines() if l.startswith(("in-process", "daemon", "streaming"))]
     assert len(lines) == 4 and all(" identical " in l for l in lines), proc.stdout
+
+
+def test_python_check_script_fails_on_one_flipped_bit(compressed, tmp_path, capsys, monkeypatch):
+    """The check is not vacuous: a model one bit away from the original (the lowest mantissa bit
+    of one weight) is reported on every path, with a non-zero exit."""
+    weights = load_file(str(MODEL_DIR / "model.safetensors"))
+    flat = weights["encoder.layer.3.attention.output.dense.weight"].view(-1).view(torch.int32)
+    flat[7] ^= 1
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    flipped = tmp_path / "flipped.safetensors"
+    save_file(weights, str(flipped), metadata={"format": "pt"})
+    bs = tmp_path / "flipped.safetensors.bs"
+    bigsmall.compress(str(flipped), str(bs))
+
+    spec = importlib.util.spec_from_file_location("python_check", ROOT / "scripts/python_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    monkeypatch.setattr(sys, "argv", ["python_check.py", str(bs), "--original", str(MODEL_DIR)])
+    assert check.main() == 1
+    out = capsys.readouterr().out
+    failed = [l for l in out.splitlines() if " FAILED: " in l and "embeddings differ" in l]
+    labels = [l.split(" FAILED: ")[0].strip() for l in failed]
+    assert labels == ["in-process", "streaming in-process"], out
