@@ -66,12 +66,11 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    import torch
-
-__all__ = ["LOAD_FORMAT", "register", "BigSmallModelLoader"]
+# BigSmallModelLoader is also importable (module __getattr__: it needs vLLM),
+# but not by `import *`, which must not import vLLM.
+__all__ = ["LOAD_FORMAT", "register"]
 
 LOAD_FORMAT = "bigsmall"
 """The ``--load-format`` value this plugin registers."""
@@ -221,7 +220,7 @@ def _define_loader_class() -> type:
             return "cpu"
 
         def iter_weights(self, model_config: ModelConfig) -> Iterator[
-                tuple[str, "torch.Tensor"]]:
+                tuple[str, torch.Tensor]]:
             """The checkpoint's (name, tensor) pairs, layer by layer, as
             bigsmall.iter_weights yields them (zero-copy views: see the
             module docstring)."""
