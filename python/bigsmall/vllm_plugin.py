@@ -55,6 +55,13 @@ reading and decoding the checkpoint. Daemon host layers are read-only
 memory: a model whose weight loader wrote into the loaded tensor in place
 would fault; vLLM's loaders only read it.
 
+Limits (vLLM reads some facts from the safetensors headers, which a
+compressed directory does not have): with ``--dtype auto`` and a
+``config.json`` that names no dtype, vLLM falls back to float32 instead of
+the checkpoint's dtype (pass ``--dtype``); a config that claims tied word
+embeddings while the checkpoint has its own ``lm_head`` is not untied.
+Secondary weight sources (``model.secondary_weights``) are not supported.
+
 Importing this module imports neither vLLM nor bigsmall's extension and
 touches no network; :func:`register` imports vLLM's model-loader registry
 (it runs inside vLLM, so vLLM is there). Without vLLM, using the loader
