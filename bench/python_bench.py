@@ -427,9 +427,13 @@ def main() -> int:
         "(RssShmem: shared by every client, not a copy per process).",
         "- daemon warm: the layers are in the daemon's cache, the client only maps them: that is the "
         "cost of a second process loading the same model. Cold includes the daemon's decode.",
-        "- StreamingLoader keeps nothing: its peak is the non-layer group (requested first and held "
-        "by the loop here) plus the layers in flight (read-ahead 1; the daemon's window 2), whatever "
-        "the number of layers; from_pretrained's peak is the whole model.",
+        "- StreamingLoader keeps nothing but the non-layer group (requested first and held by the "
+        "loop here): in process its peak is that group plus the layers in flight (read-ahead 1), "
+        "whatever the number of layers; from_pretrained's peak is the whole model.",
+        "- Through the daemon, a client's RSS counts the daemon's shared pages it has mapped and "
+        "touched (RssShmem; no copy of them exists): the client maps each arena file (256 MiB) once "
+        "and unmaps it with the last layer it holds there, so pages of released layers stay counted "
+        "while their arena stays mapped (e.g. by the held non-layer group's lease).",
         ""]
     for m in models:
         lines += table(m, results[m["short"]])
