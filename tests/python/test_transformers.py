@@ -268,10 +268,12 @@ def test_from_pretrained_sentence_transformers(kind, through, compressed, reques
     assert_bit_identical(encode(st_model), reference)
 
 
+@pytest.mark.parametrize("kind", ["dir", "file"])
 @pytest.mark.parametrize("through", ["in-process", "daemon"])
-def test_streaming_loader_layer_by_layer(through, compressed, request, st_model, reference, original):
+def test_streaming_loader_layer_by_layer(kind, through, compressed, request, st_model, reference,
+                                         original):
     sock = request.getfixturevalue("daemon") if through == "daemon" else False
-    with bigsmall.StreamingLoader(str(compressed["dir"]), device="cpu", daemon=sock) as loader:
+    with bigsmall.StreamingLoader(str(compressed[kind]), device="cpu", daemon=sock) as loader:
         assert loader.layer_count() == 6  # MiniLM-L6
         seen = streamed_into(auto_model(st_model), loader)
     assert sorted(seen) == sorted(original)
