@@ -1,5 +1,6 @@
 #include "cli/hub_commands.h"
 
+#include <atomic>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -57,6 +58,8 @@ constexpr char kStagingDir[] = ".bigsmall-staging";
 // takes its name; the manifest maps it back).
 constexpr char kOriginalReadme[] = "README.original.md";
 
+std::atomic<bool> harden_process_with_token{true};
+
 // The parsed name, the config and a client: what every Hub command starts with.
 struct HubSession {
   hub::RepoRef ref;
@@ -72,8 +75,9 @@ absl::Status OpenSession(const std::string& name, HubSession& s) {
   absl::StatusOr<hub::HubConfig> config = hub::HubConfigFromEnvironment();
   if (!config.ok()) return config.status();
   // A process holding a token leaves no core file and refuses ptrace by its
-  // peers (hub/secret.h); failing to is not fatal, only less protected.
-  if (!config->token.empty()) hub::DisableCoreDumps();
+  // peers (hub/secret.h); failing to is not fatal, only less protected. Not
+  // in a library's host process (SetHardenProcessWithToken).
+  if (!config->token.empty() && harden_process_with_token.load()) hub::DisableCoreDumps();
   s.client = std::make_unique<hub::HubClient>(*std::move(config));
   return absl::OkStatus();
 }
@@ -249,6 +253,8 @@ absl::Status AddModelCard(const std::string& dir, const hub::RepoInfo& info, con
 }
 
 }  // namespace
+
+void SetHardenProcessWithToken(bool harden) { harden_process_with_token.store(harden); }
 
 bool IsHubInput(const std::string& input) {
   if (PathExists(input) || !hub::LooksLikeHubName(input)) return false;

@@ -22,6 +22,13 @@ namespace bigsmall::cli {
 // directory "owner" exists (hub::LooksLikeHubName).
 bool IsHubInput(const std::string& input);
 
+// Whether a Hub command that loaded a token disables the process's core
+// dumps and ptrace first (hub::DisableCoreDumps). On by default (the CLI);
+// the Python extension turns it off at import: changing a user's
+// interpreter process behind its back is not a library's business, and
+// there the token is in the environment or huggingface_hub's memory anyway.
+void SetHardenProcessWithToken(bool harden);
+
 // Downloads every file of the repo at the revision into the cache (with
 // progress; an interrupted run resumes the partial files), compresses it as
 // a model directory into args.output (default: NAME.bs) and adds a README.md

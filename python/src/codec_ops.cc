@@ -106,6 +106,9 @@ void Quiet(Args& args) {
 }  // namespace
 
 void RegisterCodecOps(nb::module_& m) {
+  // A library does not disable its host interpreter's core dumps and ptrace
+  // because a Hub call saw a token (the CLI does: cli/hub_commands.h).
+  cli::SetHardenProcessWithToken(false);
   m.def(
       "compress",
       [](const std::string& src, const std::string& dst, const std::string& mode, const std::string& base,

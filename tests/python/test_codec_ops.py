@@ -477,3 +477,28 @@ def test_hub_errors(hub_env, tmp_path, monkeypatch):
     code, cli = cli_json(["compress", "alice/tiny", "-o", tmp_path / "o.bs"], env=dict(os.environ))
     assert code == 4 and cli["code"] == "NOT_FOUND" and cli["error"] == e.message
     assert not (tmp_path / "o.bs").exists()
+
+
+_DUMPABLE_PROBE = r"""
+import ctypes, os, resource, sys
+from bigsmall import _core
+libc = ctypes.CDLL(None, use_errno=True)
+PR_GET_DUMPABLE = 3
+before = (libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), resource.getrlimit(resource.RLIMIT_CORE))
+try:
+    _core.info("alice/tiny")  # a Hub call that loads the token
+except Exception:
+    pass
+after = (libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), resource.getrlimit(resource.RLIMIT_CORE))
+print(before, after)
+sys.exit(0 if before == after and after[0] == 1 else 1)
+"""
+
+
+def test_a_hub_call_with_a_token_leaves_the_interpreter_dumpable(hub_env):
+    # The CLI disables its own core dumps and ptrace when it loads a token;
+    # the library must not do that to the user's interpreter.
+    env = dict(os.environ, HF_TOKEN=TOKEN)
+    probe = subprocess.run([sys.executable, "-c", _DUMPABLE_PROBE], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
