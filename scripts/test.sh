@@ -14,11 +14,13 @@
 #   6. the Python package: `pip install .` into a plain venv (build/venv, by
 #      scripts/install_python.sh: torch, transformers, sentence-transformers
 #      from PyPI), then its pytest suite (tests/python)
+#   7. the vLLM plugin against real vLLM: a second venv with vllm from PyPI
+#      (it pins its own torch) and the same wheel, then tests/python/test_vllm.py
 # Each stage prints its time; a summary closes the run. ccache is used when
 # installed (install_deps.sh installs it).
 # Environment: JOBS (parallel build jobs), FUZZ_SECONDS (per target, default 20),
 # BIGSMALL_CACHE (corpus cache), SKIP_SANITIZE=1 / SKIP_TSAN=1 / SKIP_FUZZ=1 /
-# SKIP_PYTHON=1 to skip stages 2/3/4/6, TSAN_EXCLUDE (a ctest regex of tests left out of stage 3).
+# SKIP_PYTHON=1 / SKIP_VLLM=1 to skip stages 2/3/4/6/7, TSAN_EXCLUDE (a ctest regex of tests left out of stage 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -126,7 +128,15 @@ if [[ ${SKIP_PYTHON:-0} != 1 ]]; then
   build/venv/bin/python -m pytest tests/python -q -rs -p no:cacheprovider 2>&1 |
     tee build/pytest-summary.log
 fi
+
+if [[ ${SKIP_PYTHON:-0} != 1 && ${SKIP_VLLM:-0} != 1 ]]; then
+  begin "7. vLLM plugin: vllm from PyPI (own venv), test_vllm.py"
+  JOBS=$jobs PIP_EXTRA=vllm bash scripts/install_python.sh build/venv-vllm
+  build/venv-vllm/bin/python -m pytest tests/python/test_vllm.py -q -rs -p no:cacheprovider 2>&1 |
+    tee build/pytest-vllm-summary.log
+fi
 summary
 # Last: the test runners' own summary lines (ctest of stage 5, pytest of stage 6).
 grep -E '^[0-9]+% tests passed' build/ctest-summary.log | tail -1
 [[ ${SKIP_PYTHON:-0} == 1 ]] || tail -1 build/pytest-summary.log
+[[ ${SKIP_PYTHON:-0} == 1 || ${SKIP_VLLM:-0} == 1 ]] || tail -1 build/pytest-vllm-summary.log
