@@ -482,17 +482,27 @@ class StreamCore {
   // idle_timeout. False at the end of the call (then Finish()).
   bool TimedRead(v1::SessionResponse* response) {
     if (idle_timeout.count() <= 0) return rw->Read(response);
+    Arm(idle_timeout);
+    bool ok = rw->Read(response);
+    Disarm();
+    return ok;
+  }
+  // The watchdog cancels the call (TimedOut() then says so) unless Disarm()
+  // comes within `timeout`. Usable before the call exists: a cancel that
+  // comes first cancels the call as soon as gRPC creates it.
+  void Arm(std::chrono::milliseconds timeout) {
     {
       std::lock_guard<std::mutex> lock(watch_mu);
       if (!watchdog.joinable()) watchdog = std::thread([this] { Watch(); });
       watch_armed = true;
-      watch_deadline = std::chrono::steady_clock::now() + idle_timeout;
+      watch_deadline = std::chrono::steady_clock::now() + timeout;
     }
     watch_cv.notify_all();
-    bool ok = rw->Read(response);
+  }
+  // After it returns, the watchdog cancels nothing until the next Arm().
+  void Disarm() {
     std::lock_guard<std::mutex> lock(watch_mu);
     watch_armed = false;
-    return ok;
   }
   bool TimedOut() {
     std::lock_guard<std::mutex> lock(watch_mu);
@@ -817,9 +827,6 @@ absl::StatusOr<std::unique_ptr<LayerStream>> Client::Stream(const std::string& m
   core->daemon_key = target_;
   if (auto uid = DaemonUid(socket_path_); uid.ok()) core->daemon_uid = *uid;
   core->idle_timeout = options_.stream_idle_timeout;
-  // Wait for a starting daemon; the idle timeout bounds the wait.
-  core->ctx.set_wait_for_ready(true);
-  core->rw = stub_->Session(&core->ctx);
   v1::SessionRequest request;
   v1::StartStream* start = request.mutable_start();
   start->set_model_id(model_id);
@@ -851,10 +858,38 @@ absl::StatusOr<std::unique_ptr<LayerStream>> Client::Stream(const std::string& m
     }
     core->pin_api = std::move(api);
   }
+  // Start the call. gRPC's sync bidi call sends its initial metadata in its
+  // constructor and, with wait_for_ready (a starting daemon is waited for),
+  // blocks there until a connection exists: with no daemon, forever. The
+  // watchdog bounds the start (the call and the StartStream write) as it
+  // bounds each Next().
+  const std::chrono::milliseconds start_timeout = options_.stream_idle_timeout.count() > 0
+                                                      ? options_.stream_idle_timeout
+                                                      : options_.rpc_timeout;
+  core->ctx.set_wait_for_ready(true);
+  if (start_timeout.count() > 0) core->Arm(start_timeout);
+  core->rw = stub_->Session(&core->ctx);
+  const bool wrote = core->Write(request);
+  core->Disarm();
+  if (core->TimedOut()) {
+    core->CloseWrites();
+    (void)core->rw->Finish();  // cancelled: ends at once
+    // Never connected (no socket, nobody listening, nobody accepting): as
+    // gRPC says of a server that is not there. Connected: a daemon that is
+    // stuck or too busy to take the call.
+    if (channel_->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY) {
+      return absl::UnavailableError(absl::StrCat("no bigsmalld answers at ", EscapeForLog(target_),
+                                                 " (is it running?): not connected within ",
+                                                 start_timeout.count(), " ms"));
+    }
+    return absl::DeadlineExceededError(absl::StrCat("bigsmalld at ", EscapeForLog(target_),
+                                                    " did not take the stream within ",
+                                                    start_timeout.count(), " ms"));
+  }
   std::unique_ptr<LayerStream> stream(new LayerStream());
   stream->window_ = options.window;
   stream->core_ = core;
-  if (!core->Write(request)) {
+  if (!wrote) {
     // The call failed at once; Next() reports the daemon's status.
   }
   return stream;

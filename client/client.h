@@ -221,7 +221,7 @@ struct ClientOptions {
   // Streams: the longest a Next() (or the final drain) waits for the
   // daemon's next message before the call is cancelled with
   // DEADLINE_EXCEEDED; time the caller spends holding layers does not
-  // count. 0: wait forever.
+  // count. 0: wait forever. Also bounds the start of a stream (Client::Stream).
   std::chrono::milliseconds stream_idle_timeout{60000};
   // HTTP/2 keepalive pings while a call is open (a dead peer is detected
   // even without a Next() in progress). Not below the daemon's minimum ping
@@ -244,6 +244,12 @@ class Client {
 
   absl::StatusOr<v1::ModelDescription> OpenModel(const std::string& path);
   absl::StatusOr<v1::ModelDescription> Describe(const std::string& model_id);
+  // Starts a Session call. Its start waits for the daemon (wait_for_ready:
+  // a starting daemon is waited for) up to ClientOptions::stream_idle_timeout
+  // (when 0: rpc_timeout; both 0: forever), then fails: UNAVAILABLE when the
+  // channel never connected (no socket, nobody listening or accepting),
+  // DEADLINE_EXCEEDED when it is connected but the call did not start.
+  // Errors of the StartStream itself (NOT_FOUND, ...) come from Next().
   absl::StatusOr<std::unique_ptr<LayerStream>> Stream(const std::string& model_id,
                                                       const StreamOptions& options);
   struct OwnedTensor {

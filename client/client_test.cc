@@ -3,13 +3,17 @@
 #include "client/client.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
 #include <map>
 #include <thread>
 #include <mutex>
@@ -387,6 +391,110 @@ TEST(DeviceApiForTest, EmulatedHandlesGetTheEmulatorAndRealOnesNeedCuda) {
     EXPECT_NE(cuda.status().message().find("no CUDA runtime"), std::string::npos)
         << cuda.status();
   }
+}
+
+// ---------------------------------------------------------------------------
+// Client::Stream without a daemon (no OpenModel first): gRPC's sync bidi call
+// starts with wait_for_ready and blocks in its start until a connection
+// exists, so the stream's start must be bounded too.
+
+// The outcome of Stream() and the first Next(), run on a thread of its own
+// so that a hang fails the test (after `bound`) instead of blocking it.
+struct StreamOutcome {
+  bool finished = false;
+  absl::Status status;
+  std::chrono::milliseconds took{0};
+};
+
+StreamOutcome StreamWithin(const std::string& socket, const ClientOptions& options,
+                           std::chrono::milliseconds bound) {
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    StreamOutcome outcome;
+  };
+  auto shared = std::make_shared<Shared>();
+  auto c = Client::Connect(socket, options);
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (!c.ok()) return {};
+  // Leaked if the call hangs: the thread still uses it.
+  Client* client = c->release();
+  std::thread([shared, client] {
+    const auto start = std::chrono::steady_clock::now();
+    absl::Status st;
+    {
+      absl::StatusOr<std::unique_ptr<LayerStream>> stream = client->Stream("m000000000000", {});
+      if (!stream.ok()) {
+        st = stream.status();
+      } else {
+        absl::StatusOr<std::unique_ptr<Layer>> layer = (*stream)->Next();
+        st = layer.ok() ? absl::InternalError("a layer from no daemon") : layer.status();
+      }
+    }
+    std::lock_guard<std::mutex> lock(shared->mu);
+    shared->outcome.finished = true;
+    shared->outcome.status = st;
+    shared->outcome.took = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - start);
+    shared->cv.notify_all();
+    delete client;
+  }).detach();
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->cv.wait_for(lock, bound, [&] { return shared->outcome.finished; });
+  return shared->outcome;
+}
+
+class StreamWithoutDaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/client_streamXXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::system(absl::StrCat("rm -rf '", dir_, "'").c_str()); }
+  std::string dir_;
+};
+
+TEST_F(StreamWithoutDaemonTest, NoSocketIsUnavailableWithinTheIdleTimeout) {
+  ClientOptions options;
+  options.stream_idle_timeout = std::chrono::milliseconds(300);
+  StreamOutcome got = StreamWithin(dir_ + "/nobody.sock", options, std::chrono::seconds(10));
+  ASSERT_TRUE(got.finished) << "Stream()/Next() to no daemon still waits after 10 s";
+  EXPECT_EQ(got.status.code(), absl::StatusCode::kUnavailable) << got.status;
+  EXPECT_GE(got.took.count(), 250) << "the daemon was not waited for";
+  EXPECT_LT(got.took.count(), 5000);
+}
+
+TEST_F(StreamWithoutDaemonTest, WithoutAnIdleTimeoutTheRpcTimeoutBoundsTheStart) {
+  ClientOptions options;
+  options.stream_idle_timeout = std::chrono::milliseconds(0);
+  options.rpc_timeout = std::chrono::milliseconds(300);
+  StreamOutcome got = StreamWithin(dir_ + "/nobody.sock", options, std::chrono::seconds(10));
+  ASSERT_TRUE(got.finished) << "Stream()/Next() to no daemon still waits after 10 s";
+  EXPECT_EQ(got.status.code(), absl::StatusCode::kUnavailable) << got.status;
+  EXPECT_LT(got.took.count(), 5000);
+}
+
+// A socket that is bound and listening but never accepts (a daemon stopped
+// before its first accept): the connection never becomes a gRPC one (no
+// HTTP/2 SETTINGS from the server), so it never connected: UNAVAILABLE.
+TEST_F(StreamWithoutDaemonTest, AListenerThatNeverAnswersIsUnavailableWithinTheIdleTimeout) {
+  const std::string path = dir_ + "/silent.sock";
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(path.size(), sizeof(addr.sun_path));
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(fd, 16), 0);
+  ClientOptions options;
+  options.stream_idle_timeout = std::chrono::milliseconds(300);
+  StreamOutcome got = StreamWithin(path, options, std::chrono::seconds(10));
+  ::close(fd);
+  ASSERT_TRUE(got.finished) << "Stream()/Next() to a silent listener still waits after 10 s";
+  EXPECT_EQ(got.status.code(), absl::StatusCode::kUnavailable) << got.status;
+  EXPECT_LT(got.took.count(), 5000);
 }
 
 }  // namespace
