@@ -6,7 +6,10 @@
 # Hugging Face Hub (a local fake Hub, tests/hub/fake_hub.py, unless
 # BIGSMALL_DEMO_HUB is set to a real endpoint): uploaded, described by range
 # requests, streamed by bigsmalld straight from the Hub, and decompressed from
-# it. Prints ratio and speed.
+# it; and from Python (the package installed by pip into a venv):
+# sentence-transformers computes the original's embeddings, bit for bit, on
+# weights that bigsmall loaded in process, through bigsmalld and layer by
+# layer. Prints ratio and speed.
 # Usage: scripts/demo.sh [MODEL_DIR_OR_FILE]   (default: the MiniLM directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +56,15 @@ build/client/bigsmall-client --socket "$sock" stream "$bs" --verify --non-layer
 echo "-- GPU memory, cuda:0 ($gpu; every tensor's device checksum computed on the device)"
 build/client/bigsmall-client --socket "$sock" stream "$bs" --device cuda:0 --verify --non-layer
 build/client/bigsmall-client --socket "$sock" stats
+echo "== Python: pip install . (a plain venv), load with bigsmall, same embeddings as the original"
+bash scripts/install_python.sh build/venv
+if [[ -f $model/modules.json ]]; then
+  # sentence-transformers on weights from bigsmall.from_pretrained (in process
+  # and through this daemon) and StreamingLoader: bit-identical embeddings.
+  build/venv/bin/python scripts/python_check.py "$bs" --original "$model" --daemon "$sock"
+else
+  echo "-- $model is no sentence-transformers model: the embedding check needs one (the default)"
+fi
 kill -TERM "$daemon_pid" && wait "$daemon_pid" && daemon_pid=""
 
 echo "== decompress and compare"
