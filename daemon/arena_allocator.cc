@@ -110,9 +110,11 @@ absl::Status Block::Commit() {
 }
 
 Block::~Block() {
-  // Decommit before the range can be handed out again.
-  if (committed_) arena_->Decommit(offset_, cost());
-  pool_->Free(arena_.get(), offset_, size_);
+  // Decommit before the range can be handed out again; a retired pool does
+  // neither (a client may still read the range).
+  const bool retired = pool_->retired();
+  if (committed_ && !retired) arena_->Decommit(offset_, cost());
+  pool_->Free(arena_.get(), offset_, size_, /*reuse=*/!retired);
 }
 
 // ---------------------------------------------------------------------------
@@ -141,6 +143,7 @@ absl::StatusOr<std::unique_ptr<Block>> ArenaPool::Allocate(uint64_t size) {
       if (auto offset = slot.ranges.Allocate(size)) {
         stats_.allocated += cost;
         ++stats_.blocks;
+        ++slot.blocks;
         return std::unique_ptr<Block>(new Block(shared_from_this(), slot.arena, *offset, size));
       }
     }
@@ -152,7 +155,7 @@ absl::StatusOr<std::unique_ptr<Block>> ArenaPool::Allocate(uint64_t size) {
   absl::StatusOr<std::unique_ptr<Arena>> made = factory_(id, capacity);
   if (!made.ok()) return made.status();
   Slot slot{std::shared_ptr<Arena>(std::move(*made)), RangeAllocator(capacity, kArenaAlignment),
-            dedicated};
+            dedicated, /*blocks=*/1};
   std::optional<uint64_t> offset = slot.ranges.Allocate(size);
   if (!offset) {
     return absl::InternalError(absl::StrCat("a fresh ", kind_, " arena of ", capacity,
@@ -167,19 +170,25 @@ absl::StatusOr<std::unique_ptr<Block>> ArenaPool::Allocate(uint64_t size) {
   return std::unique_ptr<Block>(new Block(shared_from_this(), std::move(arena), *offset, size));
 }
 
-void ArenaPool::Free(Arena* arena, uint64_t offset, uint64_t size) {
+void ArenaPool::Free(Arena* arena, uint64_t offset, uint64_t size, bool reuse) {
   std::shared_ptr<Arena> dropped;  // destroyed (unmapped, unlinked) outside the lock
   std::lock_guard<std::mutex> lock(mu_);
   auto it = arenas_.find(arena->id());
   if (it == arenas_.end()) return;
   Slot& slot = it->second;
-  slot.ranges.Free(offset, size);
+  if (reuse) {
+    slot.ranges.Free(offset, size);
+  } else {
+    slot.holds_freed = true;  // the range stays allocated: never handed out again
+  }
   stats_.allocated -= ArenaCost(size);
   --stats_.blocks;
-  if (!slot.ranges.empty()) return;
-  // Keep one empty regular arena as a spare; drop the rest.
+  --slot.blocks;
+  if (slot.blocks > 0) return;
+  // Keep one empty regular arena as a spare (not one holding retired
+  // ranges: it could never be emptied for reuse); drop the rest.
   bool keep = false;
-  if (!slot.dedicated) {
+  if (!slot.dedicated && !slot.holds_freed) {
     keep = true;
     for (const auto& [id, other] : arenas_) {
       if (id != it->first && !other.dedicated && other.ranges.empty()) keep = false;

@@ -21,6 +21,7 @@
 #ifndef BIGSMALL_DAEMON_ARENA_ALLOCATOR_H_
 #define BIGSMALL_DAEMON_ARENA_ALLOCATOR_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -102,7 +103,9 @@ class ArenaPool;
 
 // One allocation: a range of one arena. Frees (and decommits) the range when
 // destroyed. The range stays readable by whoever mapped the arena, so the
-// owner must destroy a Block only when no reader (lease) is left.
+// owner must destroy a Block only when no reader (lease) is left. After
+// ArenaPool::Retire() a destroyed block's range is neither decommitted nor
+// reused.
 class Block {
  public:
   ~Block();
@@ -158,15 +161,29 @@ class ArenaPool : public std::enable_shared_from_this<ArenaPool> {
   Stats stats() const;
   uint64_t arena_size() const { return arena_size_; }
 
+  // For a daemon that stops: its clients may still map layers whose leases
+  // the shutdown ended, and a dying daemon must not change bytes under
+  // them. From now on a freed block keeps its pages and its range (no
+  // Decommit, no reuse: new blocks go to ranges never freed since, or to
+  // new arenas); an arena is still dropped once none of its blocks is left
+  // (host: unlinked and unmapped, never truncated or hole-punched, so a
+  // client's mapping keeps the pages until it unmaps). Idempotent.
+  void Retire() { retired_.store(true); }
+  bool retired() const { return retired_.load(); }
+
  private:
   friend class Block;
   ArenaPool(const Options& options, ArenaFactory factory);
-  void Free(Arena* arena, uint64_t offset, uint64_t size);
+  // `reuse`: give the range back to the arena's allocator (false once
+  // retired: the range is never handed out again).
+  void Free(Arena* arena, uint64_t offset, uint64_t size, bool reuse);
 
   struct Slot {
     std::shared_ptr<Arena> arena;
     RangeAllocator ranges;
     bool dedicated = false;
+    uint64_t blocks = 0;        // live blocks
+    bool holds_freed = false;   // ranges freed after Retire(): never empty again
   };
   const uint64_t arena_size_;
   const std::string kind_;
@@ -175,6 +192,7 @@ class ArenaPool : public std::enable_shared_from_this<ArenaPool> {
   std::map<uint64_t, Slot> arenas_;  // by id; lower ids first (first-fit across arenas)
   uint64_t next_id_ = 1;
   Stats stats_;
+  std::atomic<bool> retired_{false};
 };
 
 }  // namespace bigsmall::daemon

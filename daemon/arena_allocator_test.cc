@@ -149,5 +149,55 @@ TEST(ArenaPoolTest, FactoryErrorsAreReturned) {
   EXPECT_FALSE(pool->Allocate(UINT64_MAX).ok());
 }
 
+// A stopping daemon retires its pools: a freed block is neither decommitted
+// nor handed out again (a client may still read it), and an arena is still
+// dropped once its last block is gone.
+TEST(ArenaPoolTest, RetiredPoolNeitherDecommitsNorReusesFreedRanges) {
+  int live = 0;
+  std::vector<FakeArena*> arenas;
+  auto pool = ArenaPool::Create({4 * 4096, "test"}, [&](uint64_t id, uint64_t capacity)
+                                    -> absl::StatusOr<std::unique_ptr<Arena>> {
+    arenas.push_back(new FakeArena(id, capacity, &live));
+    return std::unique_ptr<Arena>(arenas.back());
+  });
+  auto a = pool->Allocate(4096);
+  auto b = pool->Allocate(4096);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE((*a)->Commit().ok() && (*b)->Commit().ok());
+  const uint64_t first = (*a)->arena_id();
+  const uint64_t a_offset = (*a)->offset();
+  EXPECT_EQ(arenas[0]->committed_, 2u * 4096);
+  EXPECT_FALSE(pool->retired());
+  pool->Retire();
+  pool->Retire();  // idempotent
+  EXPECT_TRUE(pool->retired());
+  a->reset();
+  EXPECT_EQ(arenas[0]->committed_, 2u * 4096) << "a retired pool decommitted a freed block";
+  EXPECT_EQ(pool->stats().allocated, 4096u);
+  EXPECT_EQ(pool->stats().blocks, 1u);
+  // The two ranges never used are handed out; a's range is not.
+  auto c = pool->Allocate(4096);
+  auto d = pool->Allocate(4096);
+  ASSERT_TRUE(c.ok() && d.ok());
+  for (const auto* x : {&*c, &*d}) {
+    EXPECT_EQ((*x)->arena_id(), first);
+    EXPECT_NE((*x)->offset(), a_offset);
+  }
+  auto e = pool->Allocate(4096);  // arena 1 has no range left: a new arena
+  ASSERT_TRUE(e.ok());
+  EXPECT_NE((*e)->arena_id(), first);
+  EXPECT_EQ(live, 2);
+  // The arena goes with its last block, not kept as a spare: none of its
+  // freed ranges could be reused.
+  b->reset();
+  c->reset();
+  d->reset();
+  EXPECT_EQ(live, 1);
+  e->reset();
+  EXPECT_EQ(live, 0);
+  EXPECT_EQ(pool->stats().arenas, 0u);
+  EXPECT_EQ(pool->stats().allocated, 0u);
+}
+
 }  // namespace
 }  // namespace bigsmall::daemon

@@ -6,7 +6,10 @@
 // the memory in use is exactly the cached layers' page-rounded sizes.
 //
 // A file is unlinked when its arena is dropped; clients that still map it
-// keep their mapping (its freed ranges read as zeros) until they unmap.
+// keep their mapping (ranges freed before, hole-punched, read as zeros)
+// until they unmap. A stopping daemon retires its pool first
+// (ArenaPool::Retire): nothing is hole-punched or reused from then on, so a
+// layer a client still holds keeps its bytes after the daemon exited.
 #ifndef BIGSMALL_DAEMON_HOST_ARENA_H_
 #define BIGSMALL_DAEMON_HOST_ARENA_H_
 

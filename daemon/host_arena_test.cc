@@ -1,6 +1,8 @@
 #include "daemon/host_arena.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -139,6 +141,43 @@ TEST_F(HostArenaTest, FreedBlocksGiveTheirPagesBack) {
   a->reset();
   ASSERT_EQ(stat(host.path().c_str(), &st), 0);
   EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 1u << 20);  // hole punched
+}
+
+// What a client sees: its own read-only mapping of a layer's arena file
+// keeps the layer's bytes after a retired pool (a stopping daemon) freed
+// the block and dropped the arena (the file is unlinked, not hole-punched).
+// Without Retire() a freed block is hole-punched: the mapping reads zeros.
+TEST_F(HostArenaTest, ARetiredPoolLeavesTheBytesOfFreedBlocksToItsReaders) {
+  for (const bool retire : {false, true}) {
+    SCOPED_TRACE(retire ? "retired" : "not retired");
+    auto pool = MakeHostArenaPool(shm_, 1 << 20);
+    auto block = pool->Allocate(3 * 4096);
+    ASSERT_TRUE(block.ok()) << block.status();
+    ASSERT_TRUE((*block)->Commit().ok());
+    std::memset((*block)->bytes().data(), 0x5a, (*block)->size());
+    LayerData data;
+    data.arena = std::move(*block);
+    v1::HostMemory host;
+    FillHostMemory(data, &host);
+    const int fd = open(host.path().c_str(), O_RDONLY | O_NOFOLLOW);
+    ASSERT_GE(fd, 0) << host.path();
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    void* mapped = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    ASSERT_NE(mapped, MAP_FAILED);
+    const uint8_t* layer = static_cast<const uint8_t*>(mapped) + host.offset();
+    if (retire) pool->Retire();
+    data.arena.reset();  // the lease ended: the block is freed
+    if (retire) {
+      pool.reset();  // the daemon exits: the arena is dropped
+      EXPECT_NE(access(host.path().c_str(), F_OK), 0) << "the arena file was not unlinked";
+    }
+    const std::vector<uint8_t> want(host.size(), 0x5a);
+    const std::vector<uint8_t> zeros(host.size(), 0);
+    EXPECT_EQ(std::memcmp(layer, (retire ? want : zeros).data(), host.size()), 0);
+    munmap(mapped, static_cast<size_t>(st.st_size));
+  }
 }
 
 // The resident size of this process (/proc/self/statm).

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <memory>
 #include <optional>
@@ -46,27 +47,39 @@ constexpr char kServiceName[] = "bigsmall.v1.BigSmall";
 // default) or never (poller disabled, process stopped), so a single idle
 // channel kept the daemon up for the whole grace period with 0 sessions.
 // Here the drain waits for the service's own calls (calls_in_flight: every
-// method until OnDone) and, once none is left, cancels the rest at once: idle
-// connections, health watches, reflection streams.
-void DrainAndShutdown(grpc::Server* server, BigSmallService& service, double drain_seconds) {
+// method until OnDone) and, once none is left or the grace period is over,
+// cancels the rest at once: sessions still running, idle connections,
+// health watches, reflection streams. `before_cancel` runs once, just
+// before the first cancel (so before any session's leases are ended by the
+// shutdown).
+void DrainAndShutdown(grpc::Server* server, BigSmallService& service, double drain_seconds,
+                      const std::function<void()>& before_cancel) {
   const auto start = std::chrono::steady_clock::now();
   const auto grace = std::chrono::milliseconds(static_cast<int64_t>(drain_seconds * 1000));
-  // Shutdown blocks until the server is down; it refuses new calls at once
-  // and cancels every call itself when the grace period ends.
+  // Shutdown blocks until the server is down; it refuses new calls at once.
+  // The loop below cancels what is left when the grace period ends; gRPC's
+  // own cancel at the Shutdown deadline, a little later, is a backstop.
+  constexpr std::chrono::milliseconds kBackstop{2000};
   std::promise<void> stopped;
   std::future<void> stopped_future = stopped.get_future();
   std::thread stopper([&] {
-    server->Shutdown(std::chrono::system_clock::now() + grace);
+    server->Shutdown(std::chrono::system_clock::now() + grace + kBackstop);
     stopped.set_value();
   });
   bool cancelled = false;
   while (true) {
-    if (service.calls_in_flight.load() == 0) {
+    const int32_t in_flight = service.calls_in_flight.load();
+    const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - start);
+    if (in_flight == 0 || elapsed >= grace) {
       if (!cancelled) {
-        spdlog::info("no calls in flight after {} ms; closing connections",
-                     std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::steady_clock::now() - start)
-                         .count());
+        if (in_flight == 0) {
+          spdlog::info("no calls in flight after {} ms; closing connections", elapsed.count());
+        } else {
+          spdlog::info("drain period over after {} ms; cancelling {} calls", elapsed.count(),
+                       in_flight);
+        }
+        before_cancel();
       }
       cancelled = true;
       // Idempotent; repeated in case it ran before Shutdown began refusing
@@ -144,9 +157,9 @@ absl::Status RunDaemon(const DaemonConfig& config) {
 
   absl::Status result;
   {
-    auto service = std::make_unique<BigSmallService>(
-        effective, MakeHostArenaPool(arena_dir, config.arena_size), &metrics, std::move(gpu.api),
-        gpu.unavailable);
+    std::shared_ptr<ArenaPool> host_arenas = MakeHostArenaPool(arena_dir, config.arena_size);
+    auto service = std::make_unique<BigSmallService>(effective, host_arenas, &metrics,
+                                                     std::move(gpu.api), gpu.unavailable);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
@@ -200,7 +213,17 @@ absl::Status RunDaemon(const DaemonConfig& config) {
     // No new connections (connects are refused); connections already open
     // drain. The path stays until the end: streaming clients stat it.
     listener->Stop();
-    DrainAndShutdown(server.get(), *service, config.drain_seconds);
+    // Before the shutdown ends any lease: from then on no arena range is
+    // decommitted (zeroed) or reused, so a client that still holds a layer
+    // when its session is cancelled, or after the daemon exited, reads the
+    // bytes it was handed (ArenaPool::Retire).
+    auto retire_arenas = [&] {
+      host_arenas->Retire();
+      for (const auto& gpu_device : service->gpus()) {
+        if (gpu_device->arenas != nullptr) gpu_device->arenas->Retire();
+      }
+    };
+    DrainAndShutdown(server.get(), *service, config.drain_seconds, retire_arenas);
     server->Wait();
     spdlog::info("server stopped; {} sessions left", service->active_sessions.load());
     server.reset();

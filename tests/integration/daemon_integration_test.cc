@@ -1383,5 +1383,48 @@ TEST_F(IntegrationTest, SwappedShmDirServesNoForgedBytes) {
   EXPECT_NE(access(real_instance.c_str(), F_OK), 0);  // removed through its fd
   EXPECT_EQ(access(arena.c_str(), F_OK), 0);  // the attacker's file untouched
 }
+
+// A client that still holds layers when the daemon stops (SIGTERM: the drain
+// expires, the session is cancelled, the daemon frees its cache and exits)
+// keeps reading the bytes it was handed: a stopping daemon unlinks its arena
+// files but never punches holes in them nor reuses their ranges (the pages
+// go with the client's last mapping).
+TEST_F(IntegrationTest, HeldLayersKeepTheirBytesAfterTheDaemonExits) {
+  Daemon d;  // --drain-seconds 1
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  client::StreamOptions options;
+  options.window = 3;
+  options.include_non_layer = true;
+  auto stream = d.client().Stream(desc->model_id(), options);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::vector<std::unique_ptr<client::Layer>> held;
+  for (int i = 0; i < 3; ++i) {
+    auto layer = (*stream)->Next();
+    ASSERT_TRUE(layer.ok() && *layer != nullptr) << layer.status();
+    ASSERT_TRUE((*layer)->handle().memory().has_host());
+    held.push_back(std::move(*layer));
+  }
+  kill(d.pid(), SIGTERM);
+  const int status = d.WaitExit(15s);
+  ASSERT_TRUE(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0) << d.log();
+  size_t compared = 0;
+  for (const auto& layer : held) {
+    // The files are gone; the mappings hold the pages.
+    EXPECT_NE(access(layer->handle().memory().host().path().c_str(), F_OK), 0);
+    EXPECT_TRUE(layer->Verify().ok()) << "layer " << layer->name()
+                                      << " changed after the daemon exited";
+    for (const client::Tensor& t : layer->tensors()) {
+      const std::vector<uint8_t>& want = small_->tensors.at(t.name);
+      ASSERT_EQ(want.size(), t.size) << t.name;
+      EXPECT_EQ(memcmp(want.data(), t.data, t.size), 0)
+          << "bytes of " << t.name << " changed after the daemon exited";
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 3u);
+}
+
 }  // namespace
 }  // namespace bigsmall
