@@ -105,7 +105,10 @@ class DaemonClient:
 class DaemonStream:
     window: int
     def next(self) -> Optional["DaemonLayer"]: ...  # None at the end
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stops the stream (idempotent): no more layers, next() returns None.
+        Layers and tensor views still held keep their leases (and the call)
+        until the last of them goes, exactly as when the stream is collected."""
 
 class DaemonLayer:
     index: int

@@ -6,10 +6,9 @@
 // it hands out (ByteTensor's keep-alive), so the lease lives exactly as long
 // as the DaemonLayer or any view of its memory; release() drops only the
 // DaemonLayer's own reference. A LayerBox also holds the stream's call
-// (StreamState): a DaemonStream collected by Python while views of its
-// layers live does not end their leases. An explicit DaemonStream.close()
-// does end the call, and with it every lease of the stream: the daemon may
-// then reuse that memory, so views of its layers must not be read after it.
+// (StreamState): a DaemonStream collected by Python, or close()d, while
+// views of its layers live ends neither the call nor their leases; the call
+// ends with the last holder.
 //
 // The GIL is released around every RPC, every Next() and every copy or
 // verification; objects shared with other Python threads are touched only
@@ -68,41 +67,42 @@ struct ClientState {
     return Classify(value.status());
   }
 
-  // Before a stream: the connection, within the stream idle timeout (0:
-  // however long it takes). Client::Stream starts its call with
-  // wait_for_ready and no deadline, and gRPC's sync bidi call blocks in its
-  // start until a connection exists, before the idle watchdog runs: without
-  // this wait a stream to a daemon that is not running would hang forever.
-  absl::Status WaitConnected() const {
-    std::shared_ptr<grpc::Channel> channel = client->channel();
-    if (channel->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY) {
-      return absl::OkStatus();
-    }
-    const bool connected =
-        stream_idle_timeout_ms > 0
-            ? channel->WaitForConnected(std::chrono::system_clock::now() +
-                                        std::chrono::milliseconds(stream_idle_timeout_ms))
-            : channel->WaitForConnected(gpr_inf_future(GPR_CLOCK_REALTIME));
-    if (connected) return absl::OkStatus();
-    return absl::UnavailableError(absl::StrCat("no bigsmalld answers at ", EscapeForLog(target),
-                                               " (is it running?): not connected within ",
-                                               stream_idle_timeout_ms, " ms"));
-  }
 };
 
-// A stream's call; null `stream` once closed. Shared by the DaemonStream
-// and the LayerBoxes of its layers (see the top of this file).
+// A stream's call, shared by the DaemonStream (until close()) and the
+// LayerBoxes of its layers (see the top of this file): the call ends with
+// the last of them.
 struct StreamState {
   std::shared_ptr<ClientState> client;
   std::mutex mu;
   std::unique_ptr<LayerStream> stream;  // guarded by mu
 };
 
+// Runs `drop` without the GIL when this thread holds it: releasing a lease
+// writes to the call, and ending a call is a round trip or a cancel. The
+// last holder may be a tensor view freed by torch (its keep-alive) with the
+// GIL held, or on a thread of its own without it. (PyGILState_Check says 1
+// once the interpreter is finalized: nothing to release then.)
+template <typename F>
+void WithoutGil(F&& drop) {
+  if (Py_IsInitialized() && PyGILState_Check()) {
+    nb::gil_scoped_release nogil;
+    drop();
+  } else {
+    drop();
+  }
+}
+
 // One leased layer: the keep-alive of its DaemonLayer and tensor views.
 struct LayerBox {
   std::shared_ptr<StreamState> stream;
   std::unique_ptr<Layer> layer;
-  ~LayerBox() { layer.reset(); }  // the lease goes before the call can
+  ~LayerBox() {
+    WithoutGil([this] {
+      layer.reset();  // the lease goes before the call can
+      stream.reset();
+    });
+  }
 };
 
 absl::Status Released() {
@@ -221,48 +221,59 @@ class DaemonStream {
  public:
   DaemonStream(std::shared_ptr<StreamState> state, uint32_t window)
       : state_(std::move(state)), window_(window) {}
-  // Collected by Python: the call ends with the last of this object and the
-  // layers it handed out (their LayerBoxes hold StreamState).
+  // Collected by Python, or close()d: the call ends with the last of this
+  // object's reference and the layers it handed out (their LayerBoxes hold
+  // StreamState).
   DaemonStream(DaemonStream&&) = default;
-  DaemonStream& operator=(DaemonStream&&) = default;
+  DaemonStream& operator=(DaemonStream&& other) noexcept {
+    if (this != &other) {
+      Drop(std::move(state_));
+      state_ = std::move(other.state_);
+      window_ = other.window_;
+    }
+    return *this;
+  }
   DaemonStream(const DaemonStream&) = delete;
   DaemonStream& operator=(const DaemonStream&) = delete;
+  ~DaemonStream() { Drop(std::move(state_)); }
 
   uint32_t window() const { return window_; }
 
+  // state_ is read and written only under the GIL; the call under state->mu.
   std::optional<DaemonLayer> Next() {
     std::shared_ptr<StreamState> state = state_;
+    if (state == nullptr) return std::nullopt;  // closed: no more layers
     absl::StatusOr<std::unique_ptr<Layer>> layer;
     {
       nb::gil_scoped_release nogil;
       std::lock_guard<std::mutex> lock(state->mu);
-      if (state->stream == nullptr) {
-        layer = absl::FailedPreconditionError("the stream was closed");
-      } else {
-        layer = state->client->Classify(state->stream->Next());
-      }
+      layer = state->client->Classify(state->stream->Next());
     }
-    std::unique_ptr<Layer> got = ValueOrThrow(std::move(layer));
-    if (got == nullptr) return std::nullopt;
+    if (!layer.ok() || *layer == nullptr) {
+      // A close() on another thread meanwhile may have left this the last
+      // reference: the call then ends here, without the GIL.
+      Drop(std::move(state));
+      if (!layer.ok()) ThrowStatus(layer.status());
+      return std::nullopt;
+    }
     auto box = std::make_shared<LayerBox>();
-    box->stream = state;
-    box->layer = std::move(got);
+    box->stream = std::move(state);
+    box->layer = std::move(*layer);
     return DaemonLayer(std::move(box));
   }
 
-  void Close() {
-    std::shared_ptr<StreamState> state = state_;
-    nb::gil_scoped_release nogil;
-    std::unique_ptr<LayerStream> stream;
-    {
-      std::lock_guard<std::mutex> lock(state->mu);
-      stream = std::move(state->stream);
-    }
-    stream.reset();  // cancels the call unless it is complete; every lease of it ends
-  }
+  // Stops the stream: no more layers (next() is None), and this object's
+  // reference to the call goes. Layers still held (DaemonLayers, tensor
+  // views) keep the call and their leases until the last of them goes.
+  void Close() { Drop(std::move(state_)); }
 
  private:
-  std::shared_ptr<StreamState> state_;
+  // Drops a reference to the call; the last one ends it.
+  static void Drop(std::shared_ptr<StreamState> state) {
+    if (state != nullptr) WithoutGil([&state] { state.reset(); });
+  }
+
+  std::shared_ptr<StreamState> state_;  // null once closed
   uint32_t window_ = 0;
 };
 
@@ -348,13 +359,10 @@ class DaemonClient {
     options.pin_host_memory = pin_host_memory;
     absl::StatusOr<std::unique_ptr<LayerStream>> stream;
     {
+      // Client::Stream bounds its start by the idle timeout: no daemon is
+      // UNAVAILABLE, not a hang.
       nb::gil_scoped_release nogil;
-      absl::Status connected = state_->WaitConnected();
-      if (connected.ok()) {
-        stream = state_->client->Stream(model_id, options);
-      } else {
-        stream = connected;
-      }
+      stream = state_->client->Stream(model_id, options);
     }
     auto s = std::make_shared<StreamState>();
     s->client = state_;
@@ -432,8 +440,9 @@ void RegisterDaemon(nb::module_& m) {
            "The next layer, None at the end. Holding `window` layers (or tensors of them) is "
            "FAILED_PRECONDITION.")
       .def("close", &DaemonStream::Close,
-           "Ends the call (idempotent): every lease of this stream ends, so tensors of its layers "
-           "must not be read afterwards.");
+           "Stops the stream (idempotent): no more layers (next() returns None). Layers and "
+           "tensor views still held keep their leases (and the call) until the last of them "
+           "goes, as when the stream is collected.");
 
   nb::class_<DaemonClient>(m, "DaemonClient", "A connection to bigsmalld (client/client.h).")
       .def(nb::init<const std::optional<std::string>&, int64_t, int64_t>(),

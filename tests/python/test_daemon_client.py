@@ -323,9 +323,49 @@ def test_released_layer_and_closed_stream(client, model_dir):
             call()
         assert e.value.code == "FAILED_PRECONDITION"
     stream.close()
-    with pytest.raises(bigsmall.errors.BigSmallError) as e:
-        stream.next()
-    assert e.value.code == "FAILED_PRECONDITION"
+    assert stream.next() is None  # a closed stream hands out no more layers
+    stream.close()  # idempotent
+
+
+def test_close_with_a_live_view_keeps_its_lease_until_the_view_goes(client, model_dir, original):
+    desc = _open(client, model_dir)
+    stream = client.stream(desc["model_id"], from_layer=1, to_layer=2, window=2)
+    layer = stream.next()
+    records = layer.tensors()
+    layer.release()
+    del layer
+    assert stream.next() is None  # StreamEnd: the call stays open while leases live
+    stream.close()
+    assert stream.next() is None
+    stream.close()  # idempotent
+    # The view is the last holder: its lease (and the call) still live.
+    assert _leases(client) == 1
+    # An Evict of everything unleased leaves a leased layer alone.
+    evicted = subprocess.run([str(_daemon_proc.tool_binary("bigsmall-client")), "--socket",
+                              client.target.removeprefix("unix:"), "evict"],
+                             capture_output=True, text=True, timeout=30)
+    assert evicted.returncode == 0, evicted.stderr
+    assert _leases(client) == 1
+    for name, dtype, shape, data in records:
+        original.check(name, dtype, shape, data)
+    del records, name, dtype, shape, data
+    gc.collect()
+    _wait_for("the lease to end with the last view after close()", lambda: _leases(client) == 0)
+
+
+def test_close_mid_stream_with_a_live_view(client, model_dir, original):
+    desc = _open(client, model_dir)
+    stream = client.stream(desc["model_id"], window=1)
+    layer = stream.next()
+    name, dtype, shape, data = layer.tensors()[0]
+    del layer
+    stream.close()  # before StreamEnd: no more layers; the view keeps its lease
+    assert stream.next() is None
+    assert _leases(client) >= 1
+    original.check(name, dtype, shape, data)
+    del data
+    gc.collect()
+    _wait_for("the leases to end with the last view after close()", lambda: _leases(client) == 0)
 
 
 def test_copy_to_host_of_a_host_layer(client, model_dir, original):
@@ -455,6 +495,36 @@ def test_daemon_stopped_mid_stream_is_unavailable(model_dir):
             c.stats()
         assert e.value.code == "UNAVAILABLE"
         assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("gpu_backend", ["none", "emulated"])
+def test_held_layers_keep_their_bytes_after_the_daemon_exits(model_dir, original, gpu_backend):
+    # A dying daemon (SIGTERM: drain, then its sessions are cancelled and its
+    # cache freed) must not change the bytes under a client's mapping: the
+    # arena files are unlinked, not zeroed (no hole punching at shutdown).
+    device = "cuda:0" if gpu_backend == "emulated" else ""
+    with DaemonProcess([model_dir], gpu_backend=gpu_backend, gpu_memory="512M") as d:
+        c = d.client(rpc_timeout_ms=5000, stream_idle_timeout_ms=5000)
+        desc = _open(c, model_dir)
+        stream = c.stream(desc["model_id"], include_non_layer=True, window=3, device=device)
+        held = [stream.next(), stream.next()]
+        views = [] if device else [r for layer in held for r in layer.tensors()]
+        assert d.stop() == 0  # drains (1 s), then cancels the session
+        assert not d.running()
+    infos = [desc["non_layer"] if layer.index == -1 else desc["layers"][layer.index]
+             for layer in held]
+    checked = 0
+    for name, dtype, shape, data in views:
+        original.check(name, dtype, shape, data)
+        checked += 1
+    for layer, info in zip(held, infos):
+        for t in info["tensors"]:
+            original.check(t["name"], t["dtype"], t["shape"], layer.copy_to_host(t["name"]))
+            checked += 1
+        layer.verify()
+    assert checked > 0
+    del views, held
+    stream.close()
 
 
 def test_pin_host_memory(client, model_dir, original):
