@@ -8,11 +8,17 @@
 #include <string>
 #include <thread>
 
+#include <condition_variable>
+#include <mutex>
+
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
 #include "client/client.h"
 #include "codec/hash.h"
 #include "codec/status_util.h"
+#include "google/protobuf/unknown_field_set.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -59,6 +65,147 @@ json SummaryJson(const bigsmall::v1::ModelSummary& m) {
 }
 
 std::string Mib(uint64_t b) { return absl::StrFormat("%.1f MiB", b / 1048576.0); }
+
+// `bigsmall-client health`: grpc.health.v1.Health/Check. The exit codes are
+// a contract (container HEALTHCHECK, Kubernetes probes, start-up scripts):
+enum HealthExit : int {
+  kHealthServing = 0,         // the daemon answered SERVING
+  kHealthNotServing = 2,      // it answered NOT_SERVING (or UNKNOWN): e.g. draining
+  kHealthUnreachable = 3,     // no answer: no socket, refused, or no reply before --timeout
+  kHealthUnknownService = 4,  // it answered, but does not know --service (NOT_FOUND)
+};                            // 1: anything else (bad arguments, an unexpected error)
+
+// grpc.health.v1.HealthCheckResponse.ServingStatus.
+constexpr uint64_t kServingStatusServing = 1;
+constexpr uint64_t kServingStatusNotServing = 2;
+constexpr uint64_t kServingStatusServiceUnknown = 3;  // Watch only; Check says NOT_FOUND
+
+struct HealthResult {
+  int exit_code = kHealthUnreachable;
+  std::string status;  // SERVING, NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN, UNREACHABLE, ERROR
+  std::string detail;  // why, for anything but SERVING
+};
+
+// One Check call. The health messages are two fields, and the health stubs
+// are not installed with Debian's gRPC: the request and response go through
+// the generic stub, (de)serialized with protobuf's UnknownFieldSet
+// (HealthCheckRequest{string service = 1}, HealthCheckResponse{enum status = 1}).
+// `wait_for_ready`: wait for a daemon that is not accepting yet (--wait)
+// instead of failing on the first refused connect.
+HealthResult HealthCheckOnce(const std::shared_ptr<grpc::Channel>& channel,
+                             const std::string& service,
+                             std::chrono::system_clock::time_point deadline, bool wait_for_ready) {
+  google::protobuf::UnknownFieldSet request_fields;
+  request_fields.AddLengthDelimited(1, service);
+  std::string request_bytes;
+  if (!request_fields.SerializeToString(&request_bytes)) {
+    return {1, "ERROR", "cannot serialize the health request"};
+  }
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline);
+  ctx.set_wait_for_ready(wait_for_ready);
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                    [&](grpc::Status s) {
+                      std::lock_guard<std::mutex> lock(mu);
+                      status = std::move(s);
+                      done = true;
+                      cv.notify_all();
+                    });
+  {
+    // gRPC ends the call at its deadline; the extra second only bounds a
+    // call that somehow never completes (then it is cancelled and waited for).
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_until(lock, deadline + std::chrono::seconds(1), [&] { return done; })) {
+      ctx.TryCancel();
+      cv.wait(lock, [&] { return done; });
+      return {kHealthUnreachable, "UNREACHABLE", "no answer before the deadline"};
+    }
+  }
+  if (!status.ok()) {
+    switch (status.error_code()) {
+      case grpc::StatusCode::NOT_FOUND:
+        return {kHealthUnknownService, "SERVICE_UNKNOWN",
+                absl::StrFormat("the daemon does not know service \"%s\"",
+                                bigsmall::EscapeForLog(service))};
+      case grpc::StatusCode::UNAVAILABLE:
+        return {kHealthUnreachable, "UNREACHABLE", status.error_message()};
+      case grpc::StatusCode::DEADLINE_EXCEEDED:
+        return {kHealthUnreachable, "UNREACHABLE", "no answer before the deadline"};
+      default:
+        return {1, "ERROR",
+                absl::StrFormat("health check failed: %s: %s",
+                                absl::StatusCodeToString(
+                                    static_cast<absl::StatusCode>(status.error_code())),
+                                status.error_message())};
+    }
+  }
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (response.Dump(&slices).ok()) {
+    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  google::protobuf::UnknownFieldSet fields;
+  if (!fields.ParseFromString(bytes)) {
+    return {1, "ERROR", "the daemon's health response does not parse"};
+  }
+  uint64_t serving_status = 0;  // proto3 default: UNKNOWN (an absent field)
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const auto& f = fields.field(i);
+    if (f.number() == 1 && f.type() == google::protobuf::UnknownField::TYPE_VARINT) {
+      serving_status = f.varint();
+    }
+  }
+  if (serving_status == kServingStatusServing) return {kHealthServing, "SERVING", ""};
+  if (serving_status == kServingStatusNotServing) {
+    return {kHealthNotServing, "NOT_SERVING", "the daemon is not serving (draining?)"};
+  }
+  if (serving_status == kServingStatusServiceUnknown) {
+    return {kHealthUnknownService, "SERVICE_UNKNOWN", "the daemon does not know the service"};
+  }
+  return {kHealthNotServing, "UNKNOWN", "the daemon reports an unknown serving status"};
+}
+
+// Without --wait: one call, deadline --timeout (a refused connect fails at
+// once). With --wait: retries (every 100 ms) until SERVING or --timeout.
+HealthResult HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+                         double timeout_s, bool wait) {
+  auto deadline = std::chrono::system_clock::now() +
+                  std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  while (true) {
+    auto now = std::chrono::system_clock::now();
+    // Each try gets at most a second (a reconnect gets its chance to
+    // finish) and never passes the overall deadline.
+    auto try_deadline = wait ? std::min(deadline, now + std::chrono::seconds(1)) : deadline;
+    HealthResult r = HealthCheckOnce(channel, service, try_deadline, wait);
+    if (!wait || r.exit_code == kHealthServing || r.exit_code == 1) return r;
+    if (std::chrono::system_clock::now() + std::chrono::milliseconds(100) >= deadline) return r;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+int RunHealth(const std::shared_ptr<grpc::Channel>& channel, const std::string& socket,
+              const std::string& service, double timeout_s, bool wait, bool as_json) {
+  HealthResult r = HealthCheck(channel, service, timeout_s, wait);
+  if (as_json) {
+    json j = {{"status", r.status}, {"service", service}, {"socket", socket},
+              {"exit_code", r.exit_code}};
+    if (!r.detail.empty()) j["detail"] = r.detail;
+    std::cout << j.dump() << std::endl;
+  } else if (r.exit_code == kHealthServing) {
+    std::cout << "SERVING" << std::endl;
+  } else {
+    std::fprintf(stderr, "bigsmall-client: health: %s: %s (%s)\n", r.status.c_str(),
+                 r.detail.c_str(), bigsmall::EscapeForLog(socket).c_str());
+  }
+  return r.exit_code;
+}
 
 }  // namespace
 
@@ -109,6 +256,23 @@ int main(int argc, char** argv) {
   evict->add_option("model", model, "model path or id (default: all)");
   evict->add_flag("--unload", unload, "also close the model");
   evict->add_flag("--json", as_json, "JSON output");
+  std::string health_service;
+  double health_timeout_s = 2;
+  bool health_wait = false;
+  auto* health = app.add_subcommand(
+      "health",
+      "ask grpc.health.v1.Health/Check; exit 0 SERVING, 2 NOT_SERVING (draining), "
+      "3 unreachable (no socket, refused, no answer in time), 4 unknown --service, 1 other errors");
+  health->add_option("--service", health_service, "the service to ask about (\"\": the daemon)")
+      ->capture_default_str();
+  health->add_option("--timeout", health_timeout_s,
+                     "seconds to wait for the answer (with --wait: for SERVING); "
+                     "no answer in time is unreachable (3)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  health->add_flag("--wait", health_wait,
+                   "retry until SERVING or --timeout (start-up scripts: a daemon that is starting)");
+  health->add_flag("--json", as_json, "one JSON object: status, service, socket, exit_code");
   CLI11_PARSE(app, argc, argv);
 
   bigsmall::client::ClientOptions options;
@@ -118,6 +282,11 @@ int main(int argc, char** argv) {
   auto connected = Client::Connect(socket, options);
   if (!connected.ok()) return Fail(connected.status(), as_json);
   Client& client = **connected;
+
+  if (*health) {
+    return RunHealth(client.channel(), socket, health_service, health_timeout_s, health_wait,
+                     as_json);
+  }
 
   if (*stream) {
     auto desc = Resolve(client, model);
