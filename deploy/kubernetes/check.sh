@@ -35,6 +35,26 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$venv/bin/python" "$here/check_manifests.py" --print-configs "$tmp"
 
+# Self-test: each of these breakages of a copy must be caught, so a checker
+# that finds nothing is not taken for a clean tree.
+selftest() {  # what, sed expression, file
+  rm -rf "$tmp/copy" && cp -r "$here" "$tmp/copy"
+  sed -i "$2" "$tmp/copy/$3"
+  if cmp -s "$here/$3" "$tmp/copy/$3"; then
+    echo "check.sh: self-test '$1': the edit changed nothing"; exit 1
+  fi
+  if BIGSMALL_K8S_DIR="$tmp/copy" "$venv/bin/python" "$here/check_manifests.py" >/dev/null; then
+    echo "check.sh: self-test '$1': not detected"; exit 1
+  fi
+}
+selftest "undefined volume" 's/{name: tmp, mountPath: \/tmp}/{name: tmpx, mountPath: \/tmp}/' daemonset.yaml
+selftest "probe socket" '0,/"--socket", "\/run\/bigsmall\/bigsmall.sock"/s//"--socket", "\/run\/other.sock"/' daemonset.yaml
+selftest "sidecar env socket" 's|value: /run/bigsmall/sock/bigsmall.sock|value: /run/bigsmall/bigsmall.sock|' sidecar/deployment.yaml
+selftest "grace period" 's/terminationGracePeriodSeconds: 60/terminationGracePeriodSeconds: 30/' daemonset.yaml
+selftest "metrics port" 's/"0.0.0.0:9464"/"0.0.0.0:9465"/' configmap.yaml
+selftest "unlisted manifest" 's/  - priorityclass.yaml//' kustomization.yaml
+echo "check.sh: check_manifests.py self-test: 6 breakages detected"
+
 daemon=${BIGSMALLD:-}
 if [[ -z $daemon ]]; then
   for d in "$repo"/build/daemon/bigsmalld "$repo"/build-*/daemon/bigsmalld; do

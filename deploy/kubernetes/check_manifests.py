@@ -9,8 +9,9 @@ For every kustomization (the base and sidecar/) and examples/*.yaml:
     ConfigMap of the same kustomization; that bigsmalld.json parses; its
     socket, shm_dir, model_dirs and hub_cache lie on mounted volumes;
   - every probe or command that runs bigsmall-client, and every
-    BIGSMALL_SOCKET, uses the socket path that config configures, and those
-    containers mount the socket's directory;
+    BIGSMALL_SOCKET, uses the socket path that config configures (in
+    examples/: the base DaemonSet's), and those containers mount the
+    socket's directory (the daemon's own volume, in a pod with a daemon);
   - the metrics port of the config is the container's "metrics" port and the
     prometheus.io/port annotation;
   - terminationGracePeriodSeconds > preStop sleep + drain_seconds.
@@ -25,7 +26,8 @@ import sys
 
 import yaml
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# BIGSMALL_K8S_DIR: check another copy of the tree (check.sh's self-test).
+HERE = os.environ.get("BIGSMALL_K8S_DIR") or os.path.dirname(os.path.abspath(__file__))
 problems = []
 
 
@@ -85,8 +87,12 @@ def client_sockets(argv):
     return found
 
 
-def check_group(name, files):
-    """One kustomization (or one example file): its documents together."""
+def check_group(name, files, default_sockets=()):
+    """One kustomization (or one example file): its documents together.
+
+    default_sockets: the sockets clients must use where the group runs no
+    daemon of its own (examples/ use the base DaemonSet's).
+    """
     docs = []
     for f in files:
         for d in load_docs(f):
@@ -188,7 +194,7 @@ def check_group(name, files):
                 if probe not in c:
                     problem(cw, f"no {probe}")
         # Socket consistency for every container of the pod.
-        sockets = [config["socket"]] if config and config.get("socket") else []
+        sockets = [config["socket"]] if config and config.get("socket") else list(default_sockets)
         for c in containers:
             cw = f"{where} container {c['name']}"
             uses = []
@@ -251,8 +257,12 @@ def main():
             elif p not in listed:
                 problem(os.path.relpath(p, HERE), "listed by no kustomization")
     all_configs = {}
+    base_sockets = ()
     for name, files in groups:
-        all_configs.update(check_group(name, files))
+        configs = check_group(name, files, base_sockets)
+        if name == "kustomization.yaml":  # the base: examples/ connect to its daemon
+            base_sockets = tuple(c["socket"] for c in configs.values() if c.get("socket"))
+        all_configs.update(configs)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         for cm, cfg in all_configs.items():
