@@ -185,6 +185,17 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const ListenerO
   return l;
 }
 
+absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Adopt(int listen_fd,
+                                                                 const ListenerOptions& options) {
+  if (listen_fd < 0) return absl::InvalidArgumentError("no socket to adopt");
+  std::unique_ptr<UnixListener> l(new UnixListener(options));
+  l->listen_fd_ = listen_fd;  // owned from here on (closed by Stop)
+  l->wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (l->wake_fd_ < 0) return ErrnoToStatus(errno, "eventfd");
+  // ino_ stays 0: UnlinkIfOurs never touches systemd's path.
+  return l;
+}
+
 UnixListener::~UnixListener() {
   Stop();
   UnlinkIfOurs();

@@ -81,6 +81,13 @@ class UnixListener {
   // Directory, stale socket, bind, owner/mode, listen. Nothing is accepted
   // before Start.
   static absl::StatusOr<std::unique_ptr<UnixListener>> Bind(const ListenerOptions& options);
+  // Socket activation: takes `listen_fd`, a listening AF_UNIX stream socket
+  // bound to options.path by systemd (sd_notify.h: TakeActivatedUnixSocket).
+  // Its path, owner and mode are the .socket unit's (SocketMode=,
+  // SocketGroup=); this listener never unlinks it (UnlinkIfOurs returns
+  // false) and Stop() closes only its own copy (systemd keeps listening).
+  static absl::StatusOr<std::unique_ptr<UnixListener>> Adopt(int listen_fd,
+                                                             const ListenerOptions& options);
   ~UnixListener();  // Stop() and UnlinkIfOurs()
 
   UnixListener(const UnixListener&) = delete;

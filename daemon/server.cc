@@ -24,10 +24,12 @@
 #include "daemon/listener.h"
 #include "daemon/metrics.h"
 #include "daemon/peer.h"
+#include "daemon/sd_notify.h"
 #include "daemon/service.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/server_posix.h"
 #include "grpc/grpc.h"
 #include "spdlog/spdlog.h"
@@ -92,6 +94,50 @@ void DrainAndShutdown(grpc::Server* server, BigSmallService& service, double dra
   stopper.join();
 }
 
+// The watchdog's probe: a GetStats over the daemon's own Unix socket (the
+// accept loop, gRPC and the service's locks all take part). Sets STATUS=
+// from the answer.
+class WatchdogProbe {
+ public:
+  explicit WatchdogProbe(const std::string& socket)
+      : socket_(socket),
+        stub_(v1::BigSmall::NewStub(
+            grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials()))) {}
+
+  absl::Status operator()(std::chrono::milliseconds deadline) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+    ctx.set_wait_for_ready(true);
+    v1::GetStatsRequest request;
+    v1::StatsResponse response;
+    grpc::Status st = stub_->GetStats(&ctx, request, &response);
+    if (!st.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("GetStats over unix:", socket_, ": ", st.error_message()));
+    }
+    std::string status = SdStatusLine(absl::StrCat("serving on unix:", socket_, "; ",
+                                                   response.models_size(), " models open, ",
+                                                   response.active_sessions(), " sessions"));
+    if (status != *last_status_) {  // only changes
+      (void)SdNotify(absl::StrCat("STATUS=", status));
+      *last_status_ = std::move(status);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::string socket_;
+  std::shared_ptr<v1::BigSmall::Stub> stub_;  // shared: std::function copies the probe
+  std::shared_ptr<std::string> last_status_ = std::make_shared<std::string>();
+};
+
+// Logs a notification that could not be sent (NOTIFY_SOCKET set but
+// unreachable): the daemon serves on regardless.
+void Notify(const std::string& state) {
+  absl::Status st = SdNotify(state);
+  if (!st.ok()) spdlog::warn("systemd notify: {}", st.ToString());
+}
+
 }  // namespace
 
 void BlockShutdownSignals() {
@@ -122,14 +168,31 @@ absl::Status RunDaemon(const DaemonConfig& config) {
   DaemonConfig effective = config;
   effective.cache_budget = HostCacheBudget(config.cache_budget, *arena_dir);
   // The Unix socket is ours, not gRPC's: it knows who connects (peer.h).
-  // Bound now, before the service's threads exist (it sets the umask).
+  // Bound now, before the service's threads exist (it sets the umask);
+  // or, socket-activated, the one systemd passed (LISTEN_FDS).
+  std::optional<std::chrono::microseconds> watchdog_interval;
+  {
+    absl::StatusOr<std::optional<std::chrono::microseconds>> wd = SdWatchdogInterval();
+    if (!wd.ok()) {
+      RemoveShmDir(arena_dir);
+      return wd.status();
+    }
+    watchdog_interval = *wd;
+  }
+  absl::StatusOr<int> activated = TakeActivatedUnixSocket(config.socket);
+  if (!activated.ok()) {
+    RemoveShmDir(arena_dir);
+    return activated.status();
+  }
   ListenerOptions listen_options;
   listen_options.path = config.socket;
   listen_options.mode = config.socket_mode;
   listen_options.gid = gid;
   listen_options.max_connections = config.max_connections;
   listen_options.max_connections_per_uid = config.max_connections_per_uid;
-  absl::StatusOr<std::unique_ptr<UnixListener>> bound = UnixListener::Bind(listen_options);
+  absl::StatusOr<std::unique_ptr<UnixListener>> bound =
+      *activated >= 0 ? UnixListener::Adopt(*activated, listen_options)
+                      : UnixListener::Bind(listen_options);
   if (!bound.ok()) {
     RemoveShmDir(arena_dir);
     return bound.status();
@@ -197,6 +260,17 @@ absl::Status RunDaemon(const DaemonConfig& config) {
                  kVersion, config.socket,
                  config.tcp.empty() ? "" : absl::StrCat(" and ", config.tcp), effective.cache_budget >> 20,
                  config.prefetch, config.io);
+    if (*activated >= 0) spdlog::info("socket-activated: serving on the socket systemd passed");
+    // The socket answers from now on: systemd may start what depends on us.
+    Notify(absl::StrCat("READY=1\nSTATUS=",
+                        SdStatusLine(absl::StrCat("serving on unix:", config.socket,
+                                                  "; 0 models open, cache budget ",
+                                                  effective.cache_budget >> 20, " MiB"))));
+    std::unique_ptr<SdWatchdog> watchdog;
+    if (watchdog_interval.has_value()) {
+      spdlog::info("systemd watchdog every {} ms", watchdog_interval->count() / 1000);
+      watchdog = std::make_unique<SdWatchdog>(*watchdog_interval, WatchdogProbe(config.socket));
+    }
 
     // Wait for SIGTERM / SIGINT (blocked in every thread; taken here).
     sigset_t set;
@@ -208,6 +282,14 @@ absl::Status RunDaemon(const DaemonConfig& config) {
     }
     spdlog::info("signal {}: draining {} sessions (up to {} s)", sig,
                  service->active_sessions.load(), config.drain_seconds);
+    // systemd disarms the watchdog on STOPPING=1; TimeoutStopSec bounds
+    // the drain from here. No probe runs once Stop returns, so none is
+    // counted as a call in flight by the drain.
+    watchdog.reset();  // and its channel to our socket
+    Notify(absl::StrCat("STOPPING=1\nSTATUS=",
+                        SdStatusLine(absl::StrCat("draining ", service->active_sessions.load(),
+                                                  " sessions (up to ", config.drain_seconds,
+                                                  " s)"))));
     server->GetHealthCheckService()->SetServingStatus(kServiceName, false);
     server->GetHealthCheckService()->SetServingStatus("", false);
     // No new connections (connects are refused); connections already open
@@ -226,6 +308,9 @@ absl::Status RunDaemon(const DaemonConfig& config) {
     DrainAndShutdown(server.get(), *service, config.drain_seconds, retire_arenas);
     server->Wait();
     spdlog::info("server stopped; {} sessions left", service->active_sessions.load());
+    Notify(absl::StrCat("STATUS=", SdStatusLine(absl::StrCat(
+                                       "stopped; ", service->active_sessions.load(),
+                                       " sessions left"))));
     server.reset();
     service.reset();
   }
