@@ -293,8 +293,8 @@ class _DaemonBackend:
         """The tensors of one DaemonLayer (zero-copy unless copy or a host->GPU move).
 
         Zero-copy views hold their layer's lease and the stream's call (the
-        extension's keep-alive) until torch frees them: the stream must not be
-        close()d while they may live, only dropped."""
+        extension's keep-alive) until torch frees them, whether the stream is
+        closed or not."""
         if layer.on_device and layer.emulated:
             # The emulated GPU's memory is no CUDA memory: host copies.
             target = self._host_target()
@@ -326,6 +326,7 @@ class _DaemonBackend:
         if stream.next() is not None:  # StreamEnd: the call ends OK once nothing views it
             raise errors.InternalError(f"bigsmalld sent more than the non-layer group of "
                                        f"{self.model_id}")
+        stream.close()
         return tensors
 
     def cache_budget(self) -> Optional[int]:
@@ -402,6 +403,7 @@ def _daemon_state_dict(backend: _DaemonBackend, copy: bool) -> dict[str, torch.T
                     # read; the call stays open while the tensors live.
                     break
                 layer = stream.next()
+            stream.close()  # the tensors hold the leases and the call
             return out
         except errors.ResourceExhaustedError as e:
             log.info("from_pretrained: bigsmalld cannot hold the whole model leased (%s)",
@@ -561,25 +563,27 @@ class StreamingLoader:
             window = 0
             stream = backend.stream(0, False)
             layer = stream.next()
-        # The stream is not closed explicitly: its call must outlive the
-        # tensors the caller kept (they hold it); dropping the last reference
-        # ends (or cancels) it.
-        while layer is not None:
-            index = layer.index
-            tensors = backend.layer_dict(layer, self._copy)
-            layer.release()
-            del layer
-            yield index, tensors
-            tensors.clear()
-            del tensors
-            try:
-                layer = stream.next()
-            except errors.FailedPreconditionError as e:
-                raise errors.FailedPreconditionError(
-                    f"{e.message} (the tensors of earlier layers are still referenced: through "
-                    f"bigsmalld they are zero-copy views that hold their layer's lease, and the "
-                    f"window is {stream.window}; keep copies: StreamingLoader(..., copy=True) or "
-                    f"tensor.clone())") from e
+        # close() at the end (or when the loop stops early) stops the stream;
+        # the tensors the caller kept hold their leases and the call.
+        try:
+            while layer is not None:
+                index = layer.index
+                tensors = backend.layer_dict(layer, self._copy)
+                layer.release()
+                del layer
+                yield index, tensors
+                tensors.clear()
+                del tensors
+                try:
+                    layer = stream.next()
+                except errors.FailedPreconditionError as e:
+                    raise errors.FailedPreconditionError(
+                        f"{e.message} (the tensors of earlier layers are still referenced: "
+                        f"through bigsmalld they are zero-copy views that hold their layer's "
+                        f"lease, and the window is {stream.window}; keep copies: "
+                        f"StreamingLoader(..., copy=True) or tensor.clone())") from e
+        finally:
+            stream.close()
 
     def close(self) -> None:
         """Closes the model (idempotent). Tensors handed out stay valid."""
