@@ -536,6 +536,19 @@ void Layer::Release() {
   if (released_) return;
   released_ = true;
   tensors_.clear();
+  if (drop_pages_ && map_ != nullptr && map_size_ > 0) {
+    // The arena stays mapped while other layers of it live, and the pages
+    // this layer touched would stay in this process's resident set (shared
+    // pages, but they count against a container's memory and any RSS bound):
+    // drop this process's page-table entries of the pages wholly inside the
+    // layer. The mapping is MAP_SHARED of the daemon's file, so nothing is
+    // lost: a later reader of the same pages faults them back in from it.
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(map_.get());
+    const uintptr_t first = (begin + page - 1) / page * page;
+    const uintptr_t last = (begin + map_size_) / page * page;
+    if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  }
   map_.reset();    // the arena is unmapped with its last Layer
   arena_.reset();  // a device arena is closed with its last Layer
   if (core_ != nullptr) core_->Release(handle_.layer().index());
@@ -711,6 +724,8 @@ absl::StatusOr<std::unique_ptr<Layer>> LayerStream::Next() {
     base = arena.get() + host.offset();
     layer->map_ = std::shared_ptr<const void>(std::move(arena), base);
     layer->map_size_ = host.size();
+    // Page-locked mappings keep their pages (see Layer::Release).
+    layer->drop_pages_ = core_->pin_api == nullptr;
   } else {
     const v1::CudaIpcMemory& cuda = layer->handle_.memory().cuda();
     ASSIGN_OR_RETURN(std::shared_ptr<gpu::DeviceApi> api, DeviceApiFor(cuda, *core_->daemon_uid));

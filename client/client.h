@@ -168,6 +168,9 @@ class Layer {
   std::shared_ptr<const DeviceArena> arena_;  // device layers
   std::vector<Tensor> tensors_;
   bool released_ = false;
+  // Host layers of an unpinned mapping: Release drops this process's pages
+  // of the layer (madvise MADV_DONTNEED), so released layers leave its RSS.
+  bool drop_pages_ = false;
 };
 
 struct StreamOptions {

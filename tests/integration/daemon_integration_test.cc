@@ -1,5 +1,6 @@
 // End-to-end tests: a real bigsmalld process on a real Unix socket, driven by
 // the client library and the bigsmall-client CLI.
+#include <sys/mman.h>
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -1424,6 +1425,77 @@ TEST_F(IntegrationTest, HeldLayersKeepTheirBytesAfterTheDaemonExits) {
     }
   }
   EXPECT_GT(compared, 3u);
+}
+
+
+// Pages of a released host layer leave the client's resident set, though the
+// arena stays mapped for the layers still held (without it, a client that
+// streams a model keeps every touched page of it resident: shared pages, but
+// counted in its RSS and its container's memory). The bytes stay readable by
+// a later lease of the same layer.
+TEST_F(IntegrationTest, ReleasedHostLayersLeaveTheClientsResidentSet) {
+  Daemon d;
+  ASSERT_TRUE(d.ready()) << d.log();
+  auto desc = d.client().OpenModel(small_->bs);
+  ASSERT_TRUE(desc.ok()) << desc.status();
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  // This process's resident bytes of the mapping holding `p` (its smaps Rss:
+  // pages in its page tables; mincore would say whether the shm file's pages
+  // are in memory at all, which they stay).
+  auto mapping_rss = [](const void* p) -> uint64_t {
+    std::ifstream smaps("/proc/self/smaps");
+    std::string line;
+    bool in = false;
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+    while (std::getline(smaps, line)) {
+      uintptr_t lo = 0, hi = 0;
+      if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find('-')) {
+        in = addr >= lo && addr < hi;
+        continue;
+      }
+      unsigned long kb = 0;
+      if (in && std::sscanf(line.c_str(), "Rss: %lu kB", &kb) == 1) return uint64_t{kb} << 10;
+    }
+    ADD_FAILURE() << "no mapping holds " << p;
+    return 0;
+  };
+  client::StreamOptions options;
+  options.window = 4;
+  auto stream = d.client().Stream(desc->model_id(), options);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto first = (*stream)->Next();
+  auto second = (*stream)->Next();
+  ASSERT_TRUE(first.ok() && *first != nullptr && second.ok() && *second != nullptr);
+  ASSERT_TRUE((*first)->handle().memory().has_host());
+  const auto& a = (*first)->handle().memory().host();
+  const auto& b = (*second)->handle().memory().host();
+  const uint8_t* data = (*first)->tensors().front().data - (*first)->handle().layer().tensors(0).offset();
+  const uint64_t size = (*first)->size();
+  ASSERT_GE(size, 4 * page) << "the test model's layers are too small to tell";
+  volatile uint64_t sum = 0;
+  for (uint64_t i = 0; i < size; i += page) sum += data[i];  // fault every page in
+  const uint64_t touched = mapping_rss(data);
+  EXPECT_GE(touched, size - 2 * page);
+  (*first)->Release();
+  EXPECT_LE(mapping_rss(data), touched - (size - 2 * page))
+      << "the released layer's pages stayed resident";
+  if (a.path() == b.path()) {
+    EXPECT_TRUE((*second)->Verify().ok());  // the arena is still mapped and intact
+  }
+  // The same layer again (a new lease): its bytes are intact.
+  client::StreamOptions again;
+  again.from_layer = 0;
+  again.to_layer = 1;
+  auto stream2 = d.client().Stream(desc->model_id(), again);
+  ASSERT_TRUE(stream2.ok()) << stream2.status();
+  auto replay = (*stream2)->Next();
+  ASSERT_TRUE(replay.ok() && *replay != nullptr) << replay.status();
+  EXPECT_TRUE((*replay)->Verify().ok());
+  for (const client::Tensor& t : (*replay)->tensors()) {
+    const std::vector<uint8_t>& want = small_->tensors.at(t.name);
+    ASSERT_EQ(want.size(), t.size) << t.name;
+    EXPECT_EQ(memcmp(want.data(), t.data, t.size), 0) << t.name;
+  }
 }
 
 }  // namespace
