@@ -50,8 +50,11 @@ std::string SdStatusLine(std::string_view text) {
 }
 
 SdWatchdog::SdWatchdog(std::chrono::microseconds interval,
-                       std::function<absl::Status(std::chrono::milliseconds)> probe)
-    : period_(std::max(interval / 3, std::chrono::microseconds(1000))), probe_(std::move(probe)) {
+                       std::function<absl::Status(std::chrono::milliseconds)> probe,
+                       std::function<void()> cancel)
+    : period_(std::max(interval / 3, std::chrono::microseconds(1000))),
+      probe_(std::move(probe)),
+      cancel_(std::move(cancel)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -63,6 +66,7 @@ void SdWatchdog::Stop() {
     stop_ = true;
   }
   cv_.notify_all();
+  if (cancel_ != nullptr) cancel_();
   if (thread_.joinable()) thread_.join();
 }
 

@@ -46,14 +46,17 @@ class SdWatchdog {
  public:
   // Starts the pinging thread: every interval/3, probe(deadline) and, if it
   // returned OK, WATCHDOG=1. A failing probe is logged (at most one line
-  // per interval) and not pinged.
+  // per interval) and not pinged. `cancel`, if set, is called by Stop() to
+  // end a probe in progress at once (any thread).
   SdWatchdog(std::chrono::microseconds interval,
-             std::function<absl::Status(std::chrono::milliseconds deadline)> probe);
+             std::function<absl::Status(std::chrono::milliseconds deadline)> probe,
+             std::function<void()> cancel = nullptr);
   ~SdWatchdog();  // Stop()
   SdWatchdog(const SdWatchdog&) = delete;
   SdWatchdog& operator=(const SdWatchdog&) = delete;
 
-  // Stops and joins the thread (no probe runs after it returns). Idempotent.
+  // Stops and joins the thread (no probe runs after it returns; one in
+  // progress is cancelled). Idempotent.
   void Stop();
   // Pings sent so far.
   uint64_t pings() const;
@@ -63,6 +66,7 @@ class SdWatchdog {
 
   const std::chrono::microseconds period_;
   const std::function<absl::Status(std::chrono::milliseconds)> probe_;
+  const std::function<void()> cancel_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;

@@ -7,8 +7,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -134,6 +136,37 @@ TEST(SdWatchdogTest, PingsOnlyWhileTheProbeSucceeds) {
   EXPECT_EQ(listener.Next(100ms), "");
   EXPECT_EQ(probes.load(), after_stop);
   EXPECT_GE(watchdog.pings(), 2u);
+}
+
+// Stop() cancels a probe in progress instead of waiting for its deadline
+// (the drain starts at once after a SIGTERM).
+TEST(SdWatchdogTest, StopCancelsAProbeInProgress) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool cancelled = false, probing = false;
+  SdWatchdog watchdog(
+      30s,
+      [&](std::chrono::milliseconds) {
+        std::unique_lock<std::mutex> lock(mu);
+        probing = true;
+        cv.notify_all();
+        // Bounded: a probe that is never cancelled fails the test below.
+        cv.wait_for(lock, 20s, [&] { return cancelled; });
+        return cancelled ? absl::CancelledError("cancelled") : absl::OkStatus();
+      },
+      [&] {
+        std::lock_guard<std::mutex> lock(mu);
+        cancelled = true;
+        cv.notify_all();
+      });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return probing; }));
+  }
+  auto start = std::chrono::steady_clock::now();
+  watchdog.Stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  EXPECT_EQ(watchdog.pings(), 0u);
 }
 
 TEST(SdActivationTest, WithoutListenFdsNothingIsTaken) {

@@ -12,6 +12,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -96,7 +97,8 @@ void DrainAndShutdown(grpc::Server* server, BigSmallService& service, double dra
 
 // The watchdog's probe: a GetStats over the daemon's own Unix socket (the
 // accept loop, gRPC and the service's locks all take part). Sets STATUS=
-// from the answer.
+// from the answer. Cancel() ends a call in progress and every later one (so
+// the drain does not wait for a probe).
 class WatchdogProbe {
  public:
   explicit WatchdogProbe(const std::string& socket)
@@ -104,13 +106,22 @@ class WatchdogProbe {
         stub_(v1::BigSmall::NewStub(
             grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials()))) {}
 
-  absl::Status operator()(std::chrono::milliseconds deadline) {
+  absl::Status Probe(std::chrono::milliseconds deadline) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + deadline);
     ctx.set_wait_for_ready(true);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cancelled_) return absl::CancelledError("the watchdog is stopping");
+      current_ = &ctx;
+    }
     v1::GetStatsRequest request;
     v1::StatsResponse response;
     grpc::Status st = stub_->GetStats(&ctx, request, &response);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      current_ = nullptr;
+    }
     if (!st.ok()) {
       return absl::UnavailableError(
           absl::StrCat("GetStats over unix:", socket_, ": ", st.error_message()));
@@ -118,17 +129,26 @@ class WatchdogProbe {
     std::string status = SdStatusLine(absl::StrCat("serving on unix:", socket_, "; ",
                                                    response.models_size(), " models open, ",
                                                    response.active_sessions(), " sessions"));
-    if (status != *last_status_) {  // only changes
+    if (status != last_status_) {  // only changes
       (void)SdNotify(absl::StrCat("STATUS=", status));
-      *last_status_ = std::move(status);
+      last_status_ = std::move(status);
     }
     return absl::OkStatus();
   }
 
+  void Cancel() {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    if (current_ != nullptr) current_->TryCancel();
+  }
+
  private:
   const std::string socket_;
-  std::shared_ptr<v1::BigSmall::Stub> stub_;  // shared: std::function copies the probe
-  std::shared_ptr<std::string> last_status_ = std::make_shared<std::string>();
+  const std::unique_ptr<v1::BigSmall::Stub> stub_;
+  std::string last_status_;  // the watchdog thread's only
+  std::mutex mu_;
+  bool cancelled_ = false;
+  grpc::ClientContext* current_ = nullptr;  // the call in progress
 };
 
 // Logs a notification that could not be sent (NOTIFY_SOCKET set but
@@ -266,10 +286,16 @@ absl::Status RunDaemon(const DaemonConfig& config) {
                         SdStatusLine(absl::StrCat("serving on unix:", config.socket,
                                                   "; 0 models open, cache budget ",
                                                   effective.cache_budget >> 20, " MiB"))));
+    // The probe outlives the watchdog (declared first, destroyed last).
+    std::unique_ptr<WatchdogProbe> probe;
     std::unique_ptr<SdWatchdog> watchdog;
     if (watchdog_interval.has_value()) {
       spdlog::info("systemd watchdog every {} ms", watchdog_interval->count() / 1000);
-      watchdog = std::make_unique<SdWatchdog>(*watchdog_interval, WatchdogProbe(config.socket));
+      probe = std::make_unique<WatchdogProbe>(config.socket);
+      WatchdogProbe* p = probe.get();
+      watchdog = std::make_unique<SdWatchdog>(
+          *watchdog_interval, [p](std::chrono::milliseconds deadline) { return p->Probe(deadline); },
+          [p] { p->Cancel(); });
     }
 
     // Wait for SIGTERM / SIGINT (blocked in every thread; taken here).
@@ -283,9 +309,11 @@ absl::Status RunDaemon(const DaemonConfig& config) {
     spdlog::info("signal {}: draining {} sessions (up to {} s)", sig,
                  service->active_sessions.load(), config.drain_seconds);
     // systemd disarms the watchdog on STOPPING=1; TimeoutStopSec bounds
-    // the drain from here. No probe runs once Stop returns, so none is
-    // counted as a call in flight by the drain.
-    watchdog.reset();  // and its channel to our socket
+    // the drain from here. The watchdog stops first (a probe in progress is
+    // cancelled): no WATCHDOG=1 or "serving" STATUS= after STOPPING=1, and
+    // no probe counted as a call in flight by the drain.
+    watchdog.reset();
+    probe.reset();  // and its channel to our socket
     Notify(absl::StrCat("STOPPING=1\nSTATUS=",
                         SdStatusLine(absl::StrCat("draining ", service->active_sessions.load(),
                                                   " sessions (up to ", config.drain_seconds,
