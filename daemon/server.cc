@@ -294,7 +294,8 @@ absl::Status RunDaemon(const DaemonConfig& config) {
       probe = std::make_unique<WatchdogProbe>(config.socket);
       WatchdogProbe* p = probe.get();
       watchdog = std::make_unique<SdWatchdog>(
-          *watchdog_interval, [p](std::chrono::milliseconds deadline) { return p->Probe(deadline); },
+          *watchdog_interval,
+          [p](std::chrono::milliseconds deadline) { return p->Probe(deadline); },
           [p] { p->Cancel(); });
     }
 
