@@ -18,7 +18,7 @@ py=${PY:-python3}
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 # What the tests need first (torch is large; pip's cache makes reruns quick).
 # shellcheck disable=SC2086
-"${pip[@]}" install --quiet torch safetensors transformers sentence-transformers pytest numpy ${PIP_EXTRA:-}
+"${pip[@]}" install --quiet torch safetensors transformers sentence-transformers pytest numpy xxhash ${PIP_EXTRA:-}
 if command -v ccache >/dev/null; then
   export CCACHE_BASEDIR=$root CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache \
          CMAKE_CUDA_COMPILER_LAUNCHER=ccache

@@ -11,16 +11,22 @@
 #      single-threaded decode loops, slow under TSan.
 #   4. libFuzzer smoke run of every decoder fuzz target (clang)
 #   5. Release build of everything (CUDA kernels too when nvcc is present), all tests
-#   6. the Python package: `pip install .` into a plain venv (build/venv, by
+#   6. deploy artefacts, each by a real validator: systemd-analyze verify and
+#      security on the units (deploy/systemd/check.sh), hadolint on the
+#      Dockerfile plus its runtime packages against the Release binaries'
+#      libraries (deploy/check_image.sh), kubernetes-validate on every
+#      manifest and the daemon's own check of their config
+#      (deploy/kubernetes/check.sh)
+#   7. the Python package: `pip install .` into a plain venv (build/venv, by
 #      scripts/install_python.sh: torch, transformers, sentence-transformers
 #      from PyPI), then its pytest suite (tests/python)
-#   7. the vLLM plugin against real vLLM: a second venv with vllm from PyPI
+#   8. the vLLM plugin against real vLLM: a second venv with vllm from PyPI
 #      (it pins its own torch) and the same wheel, then tests/python/test_vllm.py
 # Each stage prints its time; a summary closes the run. ccache is used when
 # installed (install_deps.sh installs it).
 # Environment: JOBS (parallel build jobs), FUZZ_SECONDS (per target, default 20),
 # BIGSMALL_CACHE (corpus cache), SKIP_SANITIZE=1 / SKIP_TSAN=1 / SKIP_FUZZ=1 /
-# SKIP_PYTHON=1 / SKIP_VLLM=1 to skip stages 2/3/4/6/7, TSAN_EXCLUDE (a ctest regex of tests left out of stage 3).
+# SKIP_DEPLOY=1 / SKIP_PYTHON=1 / SKIP_VLLM=1 to skip stages 2/3/4/6/7/8, TSAN_EXCLUDE (a ctest regex of tests left out of stage 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -120,8 +126,15 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" >/dev/n
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs" 2>&1 | tee build/ctest-summary.log
 
+if [[ ${SKIP_DEPLOY:-0} != 1 ]]; then
+  begin "6. deploy: systemd units, Dockerfile, Kubernetes manifests"
+  bash deploy/systemd/check.sh build
+  bash deploy/check_image.sh build
+  BIGSMALLD=build/daemon/bigsmalld bash deploy/kubernetes/check.sh
+fi
+
 if [[ ${SKIP_PYTHON:-0} != 1 ]]; then
-  begin "6. Python package: pip install . (plain venv), pytest"
+  begin "7. Python package: pip install . (plain venv), pytest"
   JOBS=$jobs bash scripts/install_python.sh build/venv
   # From the repo root: tests import the INSTALLED package (the sources live
   # in python/bigsmall, not on sys.path).
@@ -130,13 +143,13 @@ if [[ ${SKIP_PYTHON:-0} != 1 ]]; then
 fi
 
 if [[ ${SKIP_PYTHON:-0} != 1 && ${SKIP_VLLM:-0} != 1 ]]; then
-  begin "7. vLLM plugin: vllm from PyPI (own venv), test_vllm.py"
+  begin "8. vLLM plugin: vllm from PyPI (own venv), test_vllm.py"
   JOBS=$jobs PIP_EXTRA=vllm bash scripts/install_python.sh build/venv-vllm
   build/venv-vllm/bin/python -m pytest tests/python/test_vllm.py -q -rs -p no:cacheprovider 2>&1 |
     tee build/pytest-vllm-summary.log
 fi
 summary
-# Last: the test runners' own summary lines (ctest of stage 5, pytest of stage 6).
+# Last: the test runners' own summary lines (ctest of stage 5, pytest of stages 7 and 8).
 grep -E '^[0-9]+% tests passed' build/ctest-summary.log | tail -1
 [[ ${SKIP_PYTHON:-0} == 1 ]] || tail -1 build/pytest-summary.log
 [[ ${SKIP_PYTHON:-0} == 1 || ${SKIP_VLLM:-0} == 1 ]] || tail -1 build/pytest-vllm-summary.log

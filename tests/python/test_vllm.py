@@ -53,9 +53,10 @@ import pytest
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(
     not HAVE_VLLM,
-    reason="vLLM is not installed in this Python (it is large and not part of the "
-           "default test environment); run this file with a Python that has vLLM, "
-           "e.g. /work/venv-vllm/bin/python -m pytest tests/python/test_vllm.py")
+    reason="vLLM is not installed in this Python (it pins its own torch, so it lives in "
+           "a venv of its own: scripts/test.sh stage 8 runs this file in build/venv-vllm; "
+           "by hand: PIP_EXTRA=vllm scripts/install_python.sh VENV, then VENV/bin/python "
+           "-m pytest tests/python/test_vllm.py)")
 
 CORPUS_DIR = Path(os.environ.get("BIGSMALL_CORPUS_DIR",
                                  "/root/.cache/bigsmall/corpus/minilm-dir"))
