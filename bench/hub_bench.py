@@ -34,10 +34,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 WORK = [None]  # the cwd of every command (set in main)
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "hub"))
+from fake_hub_process import FAKE_HUB, FakeHubProcess, FakeHubStartError  # noqa: E402
 ROOT = os.path.dirname(HERE)
 REPO = "hubbench/llm-bs"  # no such local path in the cwd (work dir): a local path would win
 
@@ -69,67 +70,22 @@ def run(cmd, env=None, timeout=900, what=None) -> tuple[float, str]:
     return dt, p.stdout
 
 
-class FakeHub:
+class FakeHub(FakeHubProcess):
+    """tests/hub/fake_hub_process.py's runner, with what the bench reads."""
+
     def __init__(self, data: str, work: str):
-        self.port_file = os.path.join(work, "fake_hub.port")
-        self.log_path = os.path.join(work, "fake_hub.log")
-        if os.path.exists(self.port_file):
-            os.unlink(self.port_file)
-        script = os.path.join(ROOT, "tests", "hub", "fake_hub.py")
-        if not os.path.exists(script):
-            raise Failed(f"{script} does not exist (the fake Hub has not landed)")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, script, "--data", data, "--port", "0", "--port-file", self.port_file],
-            stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 15
-        self.port = 0
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise Failed(f"the fake Hub exited {self.proc.returncode}; log {self.log_path}")
-            try:
-                with open(self.port_file) as f:
-                    text = f.read()
-                if text.endswith("\n"):
-                    self.port = int(text)
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        if not self.port:
-            self.stop()
-            raise Failed("the fake Hub did not start listening in 15 s")
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-
-    def control(self, method: str, path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else b""
-        req = urllib.request.Request(self.endpoint + path, data=data if method != "GET" else None,
-                                     method=method, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            text = r.read().decode()
-        return json.loads(text) if text.strip() else None
-
-    def throttle(self, bps: int):
-        self.control("POST", "/_fake/throttle", {"bytes_per_second": bps})
-
-    def reset_stats(self):
-        self.control("DELETE", "/_fake/stats")
+        if not os.path.exists(FAKE_HUB):
+            raise Failed(f"{FAKE_HUB} does not exist (the fake Hub has not landed)")
+        try:
+            super().__init__(data, work, quiet=False)
+        except FakeHubStartError as e:
+            raise Failed(str(e)) from None
 
     def total_bytes(self) -> int:
-        return int(self.control("GET", "/_fake/stats")["total_bytes"])
+        return int(self.stats()["total_bytes"])
 
     def repo_info(self) -> dict:
         return self.control("GET", f"/api/models/{REPO}/revision/main?blobs=true")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 def hub_env(endpoint: str, cache: str) -> dict:

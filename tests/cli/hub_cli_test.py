@@ -25,13 +25,13 @@ import tempfile
 import threading
 import time
 import traceback
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import cli_test as ct  # noqa: E402  (write_safetensors, f32_bytes, gauss)
 
-FAKE_HUB = os.path.join(HERE, "..", "hub", "fake_hub.py")
+sys.path.insert(0, os.path.join(HERE, "..", "hub"))
+from fake_hub_process import FakeHubProcess, FakeHubStartError  # noqa: E402
 
 # Exit codes (cli/exit_codes.h, docs/FORMAT.md section 10.3).
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DATA_LOSS, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
@@ -147,65 +147,6 @@ def write_model_repo(path):
 # ----------------------------------------------------------------------------
 # The fake Hub.
 
-class FakeHub:
-    def __init__(self, data, log_path):
-        port_file = os.path.join(os.path.dirname(log_path), "fake_hub.port")
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, FAKE_HUB, "--data", data, "--port", "0", "--port-file", port_file,
-             "--token", GOOD_TOKEN, "--token", GRANTED_TOKEN],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 15
-        self.port = 0
-        while time.time() < deadline and self.proc.poll() is None:
-            try:
-                with open(port_file) as f:
-                    text = f.read().strip()
-                if text:
-                    self.port = int(text)
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        if not self.port:
-            self.stop()
-            raise Failure("the fake Hub did not start: %s" % open(log_path).read()[-2000:])
-        self.endpoint = "http://127.0.0.1:%d" % self.port
-
-    def control(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.endpoint + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            text = r.read()
-        return json.loads(text) if text else None
-
-    def faults(self, rules):
-        self.control("POST", "/_fake/faults", {"rules": rules})
-
-    def clear_faults(self):
-        self.control("DELETE", "/_fake/faults")
-
-    def throttle(self, bps):
-        self.control("POST", "/_fake/throttle", {"bytes_per_second": bps})
-
-    def stats(self):
-        return self.control("GET", "/_fake/stats")
-
-    def reset_stats(self):
-        self.control("DELETE", "/_fake/stats")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 class Env:
     def __init__(self, root):
         self.root = root
@@ -219,7 +160,10 @@ class Env:
             with open(os.path.join(self.data, "alice", name + ".json"), "w") as f:
                 json.dump(options, f)
         shutil.copytree(self.repo_src, os.path.join(self.data, "alice", "resume"))
-        self.hub = FakeHub(self.data, os.path.join(root, "fake_hub.log"))
+        try:
+            self.hub = FakeHubProcess(self.data, root, tokens=[GOOD_TOKEN, GRANTED_TOKEN], quiet=False)
+        except FakeHubStartError as e:
+            raise Failure(str(e))
         self.counter = 0
 
     def scratch(self):

@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from fake_hub_process import FakeHubProcess, FakeHubStartError  # noqa: E402
 FAILURES = []
 CHECKS = [0]
 
@@ -51,32 +52,13 @@ def sha256(b):
     return hashlib.sha256(b).hexdigest()
 
 
-class Fake:
+class Fake(FakeHubProcess):
     def __init__(self, data, tmp, args):
-        self.port_file = os.path.join(tmp, "port")
-        self.log_path = os.path.join(tmp, "fake_hub.log")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "fake_hub.py"), "--data", data, "--port", "0",
-             "--port-file", self.port_file] + args,
-            stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 10
-        self.port = 0
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with open(self.port_file) as f:
-                    text = f.read()
-                if text.endswith("\n"):
-                    self.port = int(text)
-                    break
-            except OSError:
-                pass
-            time.sleep(0.02)
-        if not self.port:
-            raise SystemExit("FAIL: the fake hub did not start:\n" + open(self.log_path).read())
-        self.url = "http://127.0.0.1:%d" % self.port
+        try:
+            super().__init__(data, tmp, extra_args=args, quiet=False, start_timeout=10, stop_timeout=5)
+        except FakeHubStartError as e:
+            raise SystemExit("FAIL: " + str(e))
+        self.url = self.endpoint
 
     def request(self, method, path, body=None, headers=None, host="127.0.0.1"):
         conn = http.client.HTTPConnection(host, self.port, timeout=30)
@@ -98,14 +80,8 @@ class Fake:
 
     def stop(self):
         t0 = time.monotonic()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().stop()
         check(time.monotonic() - t0 < 2, "SIGTERM: the fake hub exits promptly")
-        self.log.close()
 
 
 def write(path, data):

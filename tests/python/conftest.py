@@ -31,6 +31,7 @@ import pytest
 import bigsmall
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "hub"))  # fake_hub_process (the fake Hub's runner)
 CORPUS_ROOT = Path("/root/.cache/bigsmall/corpus")
 MINILM = Path(os.environ.get("BIGSMALL_CORPUS", CORPUS_ROOT / "minilm" / "model.safetensors"))
 MINILM_DIR = Path(os.environ.get("BIGSMALL_CORPUS_DIR", CORPUS_ROOT / "minilm-dir"))

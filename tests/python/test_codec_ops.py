@@ -25,6 +25,7 @@ import pytest
 
 import bigsmall
 from bigsmall import _core, errors
+from fake_hub_process import FakeHubProcess, FakeHubStartError
 
 CORPUS = Path(os.environ.get("BIGSMALL_CORPUS", "/root/.cache/bigsmall/corpus/minilm/model.safetensors"))
 CORPUS_DIR = Path(os.environ.get("BIGSMALL_CORPUS_DIR", "/root/.cache/bigsmall/corpus/minilm-dir"))
@@ -356,41 +357,6 @@ def _small_model(path: Path) -> None:
     (path / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
 
 
-class FakeHub:
-    def __init__(self, data: Path, root: Path) -> None:
-        port_file = root / "fake_hub.port"
-        self.log_path = root / "fake_hub.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(FAKE_HUB), "--data", str(data), "--port", "0", "--port-file", str(port_file),
-             "--token", TOKEN, "--quiet"], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        self.port = 0
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                text = port_file.read_text().strip()
-                if text:
-                    self.port = int(text)
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        if not self.port:
-            self.stop()
-            pytest.skip(f"the fake Hub did not start: {self.log_path.read_text()[-2000:]}")
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def fake_hub(tmp_path_factory):
     if not FAKE_HUB.is_file():
@@ -398,7 +364,10 @@ def fake_hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     data = root / "data"
     _small_model(data / "alice" / "tiny")
-    hub = FakeHub(data, root)
+    try:
+        hub = FakeHubProcess(data, root, tokens=[TOKEN])
+    except FakeHubStartError as e:
+        pytest.skip(str(e))
     hub.root = root
     hub.repo = data / "alice" / "tiny"
     yield hub

@@ -5,50 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import bigsmall
-from conftest import REPO, daemon_process, digest
+from conftest import daemon_process, digest
+from fake_hub_process import FakeHubProcess, FakeHubStartError
 
 TOKEN = "hf_fake_token_for_tests"
-
-
-class FakeHub:
-    def __init__(self, data: Path, workdir: Path) -> None:
-        port_file = workdir / "port"
-        self.log_path = workdir / "fake_hub.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "hub" / "fake_hub.py"), "--data", str(data),
-             "--port", "0", "--port-file", str(port_file), "--token", TOKEN, "--quiet"],
-            stdout=subprocess.DEVNULL, stderr=self._log)
-        deadline = time.monotonic() + 15
-        port = 0
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            text = port_file.read_text() if port_file.exists() else ""
-            if text.endswith("\n"):
-                port = int(text)
-                break
-            time.sleep(0.02)
-        if not port:
-            self.stop()
-            pytest.fail("the fake Hub did not start:\n" + self.log_path.read_text())
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +24,11 @@ def hub(tmp_path_factory, minilm_path):
     repo.mkdir(parents=True)
     shutil.copyfile(minilm_path, repo / "model.safetensors")
     (repo / "config.json").write_text('{"model_type": "bert"}\n')
-    fake = FakeHub(root / "data", root)
-    env = {"HF_ENDPOINT": fake.url, "HF_TOKEN": TOKEN, "HF_HUB_CACHE": str(root / "cache"),
+    try:
+        fake = FakeHubProcess(root / "data", root, tokens=[TOKEN])
+    except FakeHubStartError as e:
+        pytest.fail(str(e))
+    env = {"HF_ENDPOINT": fake.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_CACHE": str(root / "cache"),
            "HF_HOME": str(root / "hf-home"), "HF_HUB_OFFLINE": "0",
            "HF_HUB_DISABLE_TELEMETRY": "1"}
     with pytest.MonkeyPatch.context() as mp:

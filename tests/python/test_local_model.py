@@ -16,10 +16,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,6 +28,7 @@ import torch
 
 import bigsmall
 from bigsmall import _core
+from fake_hub_process import FakeHubProcess, FakeHubStartError
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("BIGSMALL_CORPUS",
@@ -424,38 +423,6 @@ def test_stream_errors_come_in_order(bs_file: Path, cli: str, tmp_path: Path) ->
 # ---------------------------------------------------------------------------- Hub (fake)
 
 
-class FakeHub:
-    def __init__(self, data: Path, workdir: Path) -> None:
-        port_file = workdir / "port"
-        self.log = open(workdir / "fake_hub.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(FAKE_HUB), "--data", str(data), "--port", "0", "--port-file",
-             str(port_file), "--quiet"], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.skip("the fake Hub did not start: "
-                            + (workdir / "fake_hub.log").read_text(errors="replace")[-500:])
-            time.sleep(0.02)
-        self.endpoint = f"http://127.0.0.1:{int(port_file.read_text())}"
-
-    def stats(self) -> dict:
-        import urllib.request
-        with urllib.request.urlopen(self.endpoint + "/_fake/stats", timeout=10) as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def fake_hub(sharded_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     if not FAKE_HUB.is_file():
@@ -464,13 +431,16 @@ def fake_hub(sharded_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     shutil.copytree(sharded_dir, data / "test" / "minilm-bs")
     (data / "test" / "plain").mkdir()
     shutil.copyfile(CORPUS, data / "test" / "plain" / "model.safetensors")
-    hub = FakeHub(data, tmp_path_factory.mktemp("hubrun"))
+    try:
+        hub = FakeHubProcess(data, tmp_path_factory.mktemp("hubrun"), start_timeout=20)
+    except FakeHubStartError as e:
+        pytest.skip(str(e))
     yield hub
     hub.stop()
 
 
 @pytest.fixture
-def hub_env(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def hub_env(fake_hub: FakeHubProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "hf-cache"
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -485,7 +455,7 @@ def _snapshot_files(cache: Path) -> list[str]:
     return sorted(p.name for p in snaps.glob("*/*")) if snaps.is_dir() else []
 
 
-def test_open_hub_downloads_then_serves_offline(fake_hub: FakeHub, hub_env: Path,
+def test_open_hub_downloads_then_serves_offline(fake_hub: FakeHubProcess, hub_env: Path,
                                                  original: Original,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     model = _core.LocalModel.open_hub("test/minilm-bs", threads=2)
@@ -504,14 +474,14 @@ def test_open_hub_downloads_then_serves_offline(fake_hub: FakeHub, hub_env: Path
     assert fake_hub.stats()["requests"] == requests
 
 
-def test_open_hub_without_download_reads_ranges(fake_hub: FakeHub, hub_env: Path,
+def test_open_hub_without_download_reads_ranges(fake_hub: FakeHubProcess, hub_env: Path,
                                                 original: Original) -> None:
     model = _core.LocalModel.open_hub("hf://test/minilm-bs@main", download=False)
     _check_all_layers(model, original)
     assert _snapshot_files(hub_env) == []
 
 
-def test_open_hub_errors(fake_hub: FakeHub, hub_env: Path,
+def test_open_hub_errors(fake_hub: FakeHubProcess, hub_env: Path,
                          monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(Exception) as e:
         _core.LocalModel.open_hub("test/plain")
