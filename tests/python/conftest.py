@@ -22,8 +22,9 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import pytest
@@ -48,6 +49,15 @@ def need(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{what} not found at {path} (python3 bench/corpus.py writes the corpus)")
     return path
+
+
+def wait_for(what: str, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls `condition` every 10 ms; fails the test after `timeout` s, saying what it waited for."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------ safetensors by hand
@@ -175,6 +185,20 @@ def minilm_bs(models_root, minilm_path) -> Path:
     """MiniLM (FP32) compressed into one .bs file."""
     out = models_root / "minilm.bs"
     bigsmall.compress(minilm_path, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_cli_bs(tmp_path_factory, minilm_path) -> Path:
+    """MiniLM (FP32) compressed by the installed `bigsmall compress` CLI into DIR/minilm.bs,
+    alone in its directory (a model directory for bigsmalld)."""
+    try:
+        cli = bigsmall.tool_path("bigsmall")
+    except FileNotFoundError as e:
+        pytest.skip(f"the bigsmall CLI is not installed with the package: {e}")
+    out = tmp_path_factory.mktemp("minilm-cli") / "minilm.bs"
+    subprocess.run([cli, "compress", "-q", "--threads", "2", str(minilm_path), "-o", str(out)],
+                   check=True, timeout=300)
     return out
 
 

@@ -15,7 +15,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ import bigsmall
 from bigsmall import _core
 from bigsmall import _daemon_proc
 from bigsmall._daemon_proc import DaemonProcess, DaemonStartError
+from conftest import wait_for
 
 CORPUS = Path(os.environ.get("BIGSMALL_CORPUS",
                              "/root/.cache/bigsmall/corpus/minilm/model.safetensors"))
@@ -39,14 +39,6 @@ def _require_tools() -> None:
         _daemon_proc.tool_binary("bigsmall")
     except FileNotFoundError as e:
         pytest.skip(f"bigsmall tools not installed with the package: {e}")
-
-
-def _wait_for(what: str, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Original:
@@ -84,12 +76,9 @@ def original() -> Original:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, original) -> Path:
+def model_dir(original, minilm_cli_bs) -> Path:
     _require_tools()
-    out = tmp_path_factory.mktemp("models")
-    subprocess.run([str(_daemon_proc.tool_binary("bigsmall")), "compress", "-q", "--threads", "2",
-                    str(CORPUS), "-o", str(out / "minilm.bs")], check=True, timeout=120)
-    return out
+    return minilm_cli_bs.parent
 
 
 @pytest.fixture(scope="module", params=["none", "emulated"])
@@ -113,7 +102,7 @@ def client(daemon):
     yield c
     gc.collect()
     # Each test leaves no lease behind (its streams and tensors are gone).
-    _wait_for("every lease of the test to end", lambda: c.stats()["active_leases"] == 0)
+    wait_for("every lease of the test to end", lambda: c.stats()["active_leases"] == 0, timeout=5.0)
 
 
 def _open(client, model_dir: Path) -> dict:
@@ -270,7 +259,7 @@ def test_lease_lives_while_a_tensor_view_lives(client, model_dir, original):
     assert np.array_equal(weights.reshape(-1).view(torch.uint8).numpy(), original.bytes_of(name))
     del weights
     gc.collect()
-    _wait_for("the lease to end after the last view went", lambda: _leases(client) == 0)
+    wait_for("the lease to end after the last view went", lambda: _leases(client) == 0, timeout=5.0)
     stream.close()
 
 
@@ -286,7 +275,7 @@ def test_stream_collected_while_views_live_keeps_their_lease(client, model_dir, 
         original.check(name, dtype, shape, data)
     del records, name, dtype, shape, data
     gc.collect()
-    _wait_for("the lease to end with the last view", lambda: _leases(client) == 0)
+    wait_for("the lease to end with the last view", lambda: _leases(client) == 0, timeout=5.0)
 
 
 def test_window_full_is_failed_precondition(client, model_dir):
@@ -350,7 +339,8 @@ def test_close_with_a_live_view_keeps_its_lease_until_the_view_goes(client, mode
         original.check(name, dtype, shape, data)
     del records, name, dtype, shape, data
     gc.collect()
-    _wait_for("the lease to end with the last view after close()", lambda: _leases(client) == 0)
+    wait_for("the lease to end with the last view after close()", lambda: _leases(client) == 0,
+             timeout=5.0)
 
 
 def test_close_mid_stream_with_a_live_view(client, model_dir, original):
@@ -365,7 +355,8 @@ def test_close_mid_stream_with_a_live_view(client, model_dir, original):
     original.check(name, dtype, shape, data)
     del data
     gc.collect()
-    _wait_for("the leases to end with the last view after close()", lambda: _leases(client) == 0)
+    wait_for("the leases to end with the last view after close()", lambda: _leases(client) == 0,
+             timeout=5.0)
 
 
 def test_copy_to_host_of_a_host_layer(client, model_dir, original):
@@ -377,7 +368,7 @@ def test_copy_to_host_of_a_host_layer(client, model_dir, original):
     layer.release()
     del layer
     gc.collect()
-    _wait_for("the lease to end (a copy holds none)", lambda: _leases(client) == 0)
+    wait_for("the lease to end (a copy holds none)", lambda: _leases(client) == 0, timeout=5.0)
     assert np.array_equal(copy.numpy(), original.bytes_of(name))
     stream.close()
 
@@ -584,7 +575,7 @@ def test_emulated_device_layers(emu_daemon, model_dir, original):
     assert compared == set(original.tensors)
     stream.close()
     gc.collect()
-    _wait_for("the device leases to end", lambda: c.stats()["active_leases"] == 0)
+    wait_for("the device leases to end", lambda: c.stats()["active_leases"] == 0, timeout=5.0)
     assert c.stats()["devices"][0]["active_leases"] == 0
 
 

@@ -20,7 +20,7 @@ import struct
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -28,6 +28,7 @@ import torch
 
 import bigsmall
 from bigsmall import _core
+from conftest import wait_for
 from fake_hub_process import FakeHubProcess, FakeHubStartError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,14 +45,6 @@ TENSOR_KEYS = {"name", "dtype", "shape", "size", "offset", "hash"}
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
-
-
-def _wait_for(what: str, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Original:
@@ -119,8 +112,8 @@ def _compress(cli: str, src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bs_file(cli: str, original: Original, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _compress(cli, CORPUS, tmp_path_factory.mktemp("bs") / "model.bs")
+def bs_file(cli: str, original: Original, minilm_cli_bs: Path) -> Path:
+    return minilm_cli_bs
 
 
 @pytest.fixture(scope="module")
@@ -360,13 +353,13 @@ def test_stream_read_ahead_is_bounded(bs_file: Path) -> None:
     before = _rss()
     stream = model.stream(read_ahead=2)
     # It decodes two layers ahead without being asked, then waits.
-    _wait_for("two layers decoded ahead", lambda: _rss() >= before + 2 * layer_size * 0.9)
+    wait_for("two layers decoded ahead", lambda: _rss() >= before + 2 * layer_size * 0.9)
     time.sleep(0.3)  # a third layer would be decoded by now
     ahead = _rss()
     assert ahead <= before + 2 * layer_size + 4 * MIB, (before, ahead, layer_size)
     held = stream.next()
     # One handed out (held), two ahead again.
-    _wait_for("a third layer", lambda: _rss() >= before + 3 * layer_size * 0.9)
+    wait_for("a third layer", lambda: _rss() >= before + 3 * layer_size * 0.9)
     time.sleep(0.3)
     assert _rss() <= before + 3 * layer_size + 4 * MIB
     del held
