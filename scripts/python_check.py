@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+# Fixed, varied inputs: plain English, long (past the 256-token limit: truncation), punctuation,
+# digits, accents, CJK, Cyrillic, Arabic (RTL), emoji and ZWJ sequences, combining marks,
+# control-ish whitespace, a single character, and empty / whitespace-only strings.
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Lossless compression of model weights: every bit must come back.",
@@ -36,11 +39,39 @@ SENTENCES = [
     "Привет, мир! Это проверка кодировки.",
     "مرحبا بالعالم، هذا اختبار للنص من اليمين إلى اليسار.",
     "Emoji: 🚀🔥👩\u200d💻 🏳️\u200d🌈 and flags 🇫🇷🇯🇵",
+    "Combining marks: e\u0301 a\u0308 n\u0303 Z\u0351\u0334a\u0358l\u0337g\u0336o\u0353",
     "3.14159 2.71828 1e-10 0xDEADBEEF 42% $1,000,000 #hashtag @user",
+    "\ttabs\tand\nnew\nlines\r\n",
     "x",
     "",
     "   ",
 ]
+
+
+def auto_model(st_model) -> "torch.nn.Module":
+    """The transformers model inside a SentenceTransformer (its keys are the file's)."""
+    first = st_model[0]
+    model = getattr(first, "auto_model", None)
+    return model if model is not None else first.model
+
+
+def encode(st_model) -> "torch.Tensor":
+    """The embeddings of SENTENCES (unnormalised, batches of 4)."""
+    import torch
+    with torch.inference_mode():
+        return st_model.encode(SENTENCES, convert_to_tensor=True, batch_size=4,
+                               show_progress_bar=False, normalize_embeddings=False)
+
+
+def poison(module: "torch.nn.Module") -> None:
+    """Overwrites every weight of `module`: NaN (floating point), -1 (integers)."""
+    import torch
+    with torch.no_grad():
+        for t in module.state_dict().values():
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+            else:
+                t.fill_(-1)
 
 
 def default_original() -> str:
@@ -91,24 +122,10 @@ def main() -> int:
 
     model = SentenceTransformer(str(original), device=args.device)
     model.eval()
-    inner = getattr(model[0], "auto_model", None) or model[0].model
-
-    def encode() -> "torch.Tensor":
-        with torch.inference_mode():
-            return model.encode(SENTENCES, convert_to_tensor=True, batch_size=4,
-                                show_progress_bar=False, normalize_embeddings=False)
-
-    reference = encode()
+    inner = auto_model(model)
+    reference = encode(model)
     target = inner.state_dict()
     buffers = dict(inner.named_buffers())
-
-    def poison() -> None:
-        with torch.no_grad():
-            for t in target.values():
-                if t.is_floating_point():
-                    t.fill_(float("nan"))
-                else:
-                    t.fill_(-1)
 
     def put(name: str, tensor, seen: set) -> None:
         """One delivered tensor into the model: exactly its key, dtype and shape."""
@@ -135,7 +152,7 @@ def main() -> int:
             raise Mismatch(f"never delivered: {sorted(missing)[:5]} ({len(missing)} keys)")
 
     def whole(sock):
-        poison()
+        poison(inner)
         weights = bigsmall.from_pretrained(args.compressed, device=args.device, daemon=sock)
         seen: set = set()
         for name, tensor in weights.items():
@@ -144,7 +161,7 @@ def main() -> int:
         return f"{len(seen)} tensors"
 
     def streaming(sock):
-        poison()
+        poison(inner)
         seen: set = set()
         with bigsmall.StreamingLoader(args.compressed, device=args.device, daemon=sock) as loader:
             for name, tensor in loader.load_non_layer_tensors().items():
@@ -170,7 +187,7 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             what = run(sock)
-            got = encode()
+            got = encode(model)
             if got.shape != reference.shape:
                 raise Mismatch(f"embeddings of shape {tuple(got.shape)}, the original's "
                                f"{tuple(reference.shape)}")

@@ -37,30 +37,13 @@ import bigsmall  # noqa: E402
 from bigsmall import _daemon_proc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+# The fixed sentences and the embedding helpers: one definition, shared with the demo's check.
+from python_check import SENTENCES, auto_model, encode, poison  # noqa: E402
+
 _CACHE = Path(os.environ.get("BIGSMALL_CACHE", Path.home() / ".cache/bigsmall/corpus"))
 MODEL_DIR = Path(os.environ.get("BIGSMALL_CORPUS_DIR", _CACHE / "minilm-dir"))
 BF16_FILE = Path(os.environ.get("BIGSMALL_CORPUS_BF16", _CACHE / "minilm-bf16.safetensors"))
-
-# Fixed, varied inputs: plain English, long (past the 256-token limit: truncation), punctuation,
-# digits, accents, CJK, Cyrillic, Arabic (RTL), emoji and ZWJ sequences, combining marks,
-# control-ish whitespace, a single character, and empty / whitespace-only strings.
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Lossless compression of model weights: every bit must come back.",
-    " ".join(["A long sentence that keeps going to exceed the model's sequence limit."] * 40),
-    "¿Dónde está la biblioteca? Ça va très bien, merci. Grüße aus Köln!",
-    "机器学习模型的权重可以无损压缩。日本語のテキストも。한국어 문장입니다.",
-    "Привет, мир! Это проверка кодировки.",
-    "مرحبا بالعالم، هذا اختبار للنص من اليمين إلى اليسار.",
-    "Emoji: 🚀🔥👩\u200d💻 🏳️\u200d🌈 and flags 🇫🇷🇯🇵",
-    "Combining marks: e\u0301 a\u0308 n\u0303 Z\u0351\u0334a\u0358l\u0337g\u0336o\u0353",
-    "3.14159 2.71828 1e-10 0xDEADBEEF 42% $1,000,000 #hashtag @user",
-    "\ttabs\tand\nnew\nlines\r\n",
-    "x",
-    "",
-    "   ",
-]
-
 
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
@@ -140,34 +123,12 @@ def reference(st_model):
     return encode(st_model)
 
 
-def auto_model(st_model) -> torch.nn.Module:
-    """The transformers model inside the SentenceTransformer (its keys are the file's)."""
-    first = st_model[0]
-    model = getattr(first, "auto_model", None)
-    return model if model is not None else first.model
-
-
-def encode(st_model) -> torch.Tensor:
-    with torch.inference_mode():
-        return st_model.encode(SENTENCES, convert_to_tensor=True, batch_size=4,
-                               show_progress_bar=False, normalize_embeddings=False)
-
-
 def dropped_buffers(module: torch.nn.Module, keys) -> set[str]:
     """Keys of a checkpoint that are non-persistent buffers of `module` (not in its state_dict):
     what transformers' loader ignores (e.g. BertModel's embeddings.position_ids)."""
     persistent = set(module.state_dict().keys())
     buffers = {name for name, _ in module.named_buffers()}
     return {k for k in keys if k in buffers and k not in persistent}
-
-
-def poison(module: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for t in module.state_dict().values():
-            if t.is_floating_point():
-                t.fill_(float("nan"))
-            else:
-                t.fill_(-1)
 
 
 def check_state_dict(module: torch.nn.Module, weights: dict) -> dict:
