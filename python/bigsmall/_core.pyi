@@ -56,6 +56,10 @@ class LocalModel:
     def layer_count(self) -> int: ...        # layers, without the non-layer group
     def has_non_layer(self) -> bool: ...
     def describe(self) -> dict: ...          # {"id", "path", "layers": [layer dict], "non_layer": layer dict | None}
+    def memory(self) -> dict:
+        """Decoded memory held now (by LoadedLayers, tensors and streams'
+        read-ahead): {"blocks": one per live layer, "allocated": bytes
+        (page-rounded), "arenas", "arena_bytes": address space}."""
     def load_layer(self, index: int) -> "LoadedLayer":
         """Decodes layer `index` (-1: the non-layer group) into fresh memory."""
     def stream(self, from_layer: int = 0, to_layer: int = 0, include_non_layer: bool = False,

@@ -392,6 +392,16 @@ class LocalModel {
   int32_t layer_count() const { return Get().model->num_layers(); }
   bool has_non_layer() const { return Get().has_non_layer(); }
   nb::dict describe() const { return DescriptionDict(Get().model->description()); }
+  // The decoded memory this model's layers hold now (its arena pool).
+  nb::dict memory() const {
+    const daemon::ArenaPool::Stats stats = Get().arenas->stats();
+    nb::dict d;
+    d["blocks"] = stats.blocks;
+    d["allocated"] = stats.allocated;
+    d["arenas"] = stats.arenas;
+    d["arena_bytes"] = stats.arena_bytes;
+    return d;
+  }
 
   LoadedLayer load_layer(int32_t index) const {
     std::shared_ptr<Loader> loader = loader_;
@@ -481,6 +491,9 @@ void RegisterLocal(nb::module_& m) {
       .def("layer_count", &LocalModel::layer_count)
       .def("has_non_layer", &LocalModel::has_non_layer)
       .def("describe", &LocalModel::describe)
+      .def("memory", &LocalModel::memory,
+           "The decoded memory its layers hold now: {blocks (one per live layer), allocated "
+           "(bytes, page-rounded), arenas, arena_bytes (address space)}.")
       .def("load_layer", &LocalModel::load_layer, nb::arg("index"),
            "Decodes layer `index` (-1: the non-layer group) into fresh memory.")
       .def("stream", &LocalModel::stream, nb::arg("from_layer") = 0, nb::arg("to_layer") = 0,
