@@ -56,15 +56,6 @@ build/client/bigsmall-client --socket "$sock" stream "$bs" --verify --non-layer
 echo "-- GPU memory, cuda:0 ($gpu; every tensor's device checksum computed on the device)"
 build/client/bigsmall-client --socket "$sock" stream "$bs" --device cuda:0 --verify --non-layer
 build/client/bigsmall-client --socket "$sock" stats
-echo "== Python: pip install . (a plain venv), load with bigsmall, same embeddings as the original"
-bash scripts/install_python.sh build/venv
-if [[ -f $model/modules.json ]]; then
-  # sentence-transformers on weights from bigsmall.from_pretrained (in process
-  # and through this daemon) and StreamingLoader: bit-identical embeddings.
-  build/venv/bin/python scripts/python_check.py "$bs" --original "$model" --daemon "$sock"
-else
-  echo "-- $model is no sentence-transformers model: the embedding check needs one (the default)"
-fi
 kill -TERM "$daemon_pid" && wait "$daemon_pid" && daemon_pid=""
 
 echo "== decompress and compare"
@@ -105,4 +96,21 @@ if [[ -d $model ]]; then
 else
   cmp "$model" "$work/restored-hub" && echo "restored from the Hub: identical to $model"
 fi
+
+# Last, the Python face: the package installed by pip into a venv, and
+# sentence-transformers on weights from bigsmall.from_pretrained (in process
+# and through bigsmalld) and StreamingLoader: bit-identical embeddings.
+unset HF_ENDPOINT HF_TOKEN HF_HUB_CACHE
+echo "== Python: pip install . (a plain venv), load with bigsmall, same embeddings as the original"
+bash scripts/install_python.sh build/venv
+build/daemon/bigsmalld --socket "$sock" --shm-dir "$work/shm" --model-dir "$work" \
+  --gpu-backend "$gpu" --gpu-memory 1G --drain-seconds 2 --log-level warn &
+daemon_pid=$!
+for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
+if [[ -f $model/modules.json ]]; then
+  build/venv/bin/python scripts/python_check.py "$bs" --original "$model" --daemon "$sock"
+else
+  echo "-- $model is no sentence-transformers model: the embedding check needs one (the default)"
+fi
+kill -TERM "$daemon_pid" && wait "$daemon_pid" && daemon_pid=""
 echo "demo OK"
