@@ -55,7 +55,7 @@ needs_vllm = pytest.mark.skipif(
     not HAVE_VLLM,
     reason="vLLM is not installed in this Python (it pins its own torch, so it lives in "
            "a venv of its own: scripts/test.sh stage 8 runs this file in build/venv-vllm; "
-           "by hand: PIP_EXTRA=vllm scripts/install_python.sh VENV, then VENV/bin/python "
+           "by hand: PIP_EXTRA=vllm==0.33.0 scripts/install_python.sh VENV, then VENV/bin/python "
            "-m pytest tests/python/test_vllm.py)")
 
 CORPUS_DIR = Path(os.environ.get("BIGSMALL_CORPUS_DIR",
