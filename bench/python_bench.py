@@ -431,9 +431,9 @@ def main() -> int:
         "loop here): in process its peak is that group plus the layers in flight (read-ahead 1), "
         "whatever the number of layers; from_pretrained's peak is the whole model.",
         "- Through the daemon, a client's RSS counts the daemon's shared pages it has mapped and "
-        "touched (RssShmem; no copy of them exists): the client maps each arena file (256 MiB) once "
-        "and unmaps it with the last layer it holds there, so pages of released layers stay counted "
-        "while their arena stays mapped (e.g. by the held non-layer group's lease).",
+        "touched (RssShmem; no copy of them exists). The client maps each arena file (256 MiB) once; "
+        "releasing a layer drops its pages from the client's page tables (madvise MADV_DONTNEED, "
+        "client 278b970), so released layers leave its RSS while their arena stays mapped.",
         ""]
     for m in models:
         lines += table(m, results[m["short"]])
