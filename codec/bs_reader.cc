@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
@@ -9,6 +10,8 @@
 #include "codec/device_checksum.h"
 #include "codec/error_kind.h"
 #include "codec/status_macros.h"
+#include "codec/tensor_blob.h"
+#include "codec/thread_pool.h"
 #include "codec/status_util.h"
 #include "zstd.h"
 
@@ -356,6 +359,85 @@ absl::StatusOr<std::vector<uint8_t>> BsReader::ReadTensorImpl(uint32_t t, const 
                    AllocateBytes(bt.info.size(), absl::StrCat(name_, ": tensor '", bt.info.name, "'")));
   RETURN_IF_ERROR(DecodeBlob(bt, blob, absl::MakeSpan(out), options, base_bytes));
   return out;
+}
+
+namespace {
+
+// Checks one job of a batch before any decoding: its tensor, buffer sizes,
+// and (delta tensors) the base against the stored base hash.
+absl::Status CheckDecodeJob(const TensorDecodeJob& job) {
+  if (job.reader == nullptr) return absl::InvalidArgumentError("tensor decode job without a reader");
+  const BsReader& r = *job.reader;
+  const BsIndex& ix = r.index();
+  if (job.tensor >= ix.tensors.size()) {
+    return absl::OutOfRangeError(absl::StrCat(r.name(), ": no tensor ", job.tensor));
+  }
+  const BsTensor& bt = ix.tensors[job.tensor];
+  if (job.group_bytes.size() != ix.groups[bt.group].size) {
+    return absl::InvalidArgumentError(absl::StrCat(r.name(), ": group bytes have the wrong size"));
+  }
+  if (job.out.size() != bt.info.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(r.name(), ": output buffer for '",
+                                                   EscapeForLog(bt.info.name), "' has the wrong size"));
+  }
+  if (bt.is_delta()) {
+    if (job.base.size() != job.out.size()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(r.name(), ": tensor '", EscapeForLog(bt.info.name),
+                       "' is stored as a delta and needs its base tensor (--base)"));
+    }
+    if (HashBytes128(job.base) != bt.base_hash) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(r.name(), ": base tensor '", EscapeForLog(bt.info.name),
+                       "' does not match the base this file was made against (wrong --base?)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunJobs(ThreadPool* pool, size_t n, const std::function<absl::Status(size_t)>& fn) {
+  if (pool != nullptr && n > 1) return pool->ParallelFor(n, fn);
+  for (size_t i = 0; i < n; ++i) RETURN_IF_ERROR(fn(i));
+  return absl::OkStatus();
+}
+
+absl::Status DecodeTensorsImpl(absl::Span<const TensorDecodeJob> jobs, const DecodeOptions& options) {
+  RETURN_IF_ERROR(RunJobs(options.pool, jobs.size(), [&](size_t j) { return CheckDecodeJob(jobs[j]); }));
+  std::vector<BlobDecodeJob> blobs(jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const TensorDecodeJob& job = jobs[j];
+    const BsIndex& ix = job.reader->index();
+    const BsTensor& bt = ix.tensors[job.tensor];
+    blobs[j].blob = job.group_bytes.subspan(bt.blob_offset - ix.groups[bt.group].offset, bt.blob_size);
+    blobs[j].out = job.out;
+    if (bt.is_delta()) blobs[j].xor_base = job.base;
+  }
+  size_t failed = 0;
+  absl::Status st = DecodeBlobBatch(blobs, options, &failed);
+  if (!st.ok()) {
+    const TensorDecodeJob& job = jobs[failed];
+    const BsTensor& bt = job.reader->index().tensors[job.tensor];
+    if (st.code() == absl::StatusCode::kResourceExhausted) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(job.reader->name(), ": tensor '", EscapeForLog(bt.info.name), "': ", st.message()));
+    }
+    return Corrupt(job.reader->name(), absl::StrCat("tensor '", EscapeForLog(bt.info.name), "': ", st.message()));
+  }
+  return RunJobs(options.pool, jobs.size(), [&](size_t j) -> absl::Status {
+    const TensorDecodeJob& job = jobs[j];
+    const BsTensor& bt = job.reader->index().tensors[job.tensor];
+    if (HashBytes128(job.out) != bt.hash) {
+      return Corrupt(job.reader->name(),
+                     absl::StrCat("tensor '", EscapeForLog(bt.info.name), "' failed its hash check"));
+    }
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace
+
+absl::Status DecodeTensors(absl::Span<const TensorDecodeJob> jobs, const DecodeOptions& options) {
+  return NoThrowAlloc("tensor batch", [&] { return DecodeTensorsImpl(jobs, options); });
 }
 
 }  // namespace bigsmall

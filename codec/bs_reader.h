@@ -102,6 +102,24 @@ absl::StatusOr<BsIndex> ParseIndex(absl::Span<const uint8_t> raw, const FileHead
 using BaseTensorFetcher =
     std::function<absl::StatusOr<std::vector<uint8_t>>(const BsTensor& tensor)>;
 
+class BsReader;
+
+// One tensor of a batch decode (DecodeTensors).
+struct TensorDecodeJob {
+  const BsReader* reader = nullptr;
+  uint32_t tensor = 0;
+  absl::Span<const uint8_t> group_bytes;  // the tensor's group, as ReadGroup returns it
+  absl::Span<uint8_t> out;                // exactly the tensor's size
+  absl::Span<const uint8_t> base;         // delta tensors: the base tensor's bytes
+};
+
+// Decodes and verifies a batch of tensors (from one or several readers, e.g.
+// one layer's tensors across shards): every chunk of every tensor on one work
+// queue (options.pool), delta tensors XORed with their base chunk by chunk,
+// then every tensor's XXH3-128 checked (in parallel). The same checks and
+// errors as BsReader::DecodeTensor; the first failing job's error is returned.
+absl::Status DecodeTensors(absl::Span<const TensorDecodeJob> jobs, const DecodeOptions& options = {});
+
 class BsReader {
  public:
   // Reads and checks the header and index. Errors name the source.
@@ -124,6 +142,12 @@ class BsReader {
   // The same check reading the group from the source in bounded pieces
   // (for `bigsmall verify`, which decodes tensor by tensor).
   absl::Status CheckStoredGroup(uint32_t group) const;
+  // Checks that every padding byte of the file is zero (docs/FORMAT.md §1):
+  // [64, first group), between groups, and between the last group and the
+  // index, read in bounded pieces (`bigsmall verify`; Open already checked
+  // the header padding [64, 4096)). DATA_LOSS naming the file and the offset
+  // of the first non-zero byte. 1.0 and 1.1 files alike.
+  absl::Status CheckPadding() const;
 
   // Checks `bytes` (tensor `t`'s rebuilt original bytes) against its 1.1
   // device checksum (docs/FORMAT.md §3.1): DATA_LOSS naming the file and

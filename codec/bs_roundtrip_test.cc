@@ -22,6 +22,7 @@
 #include "codec/decompress.h"
 #include "gmock/gmock.h"
 #include "codec/test_files.h"
+#include "codec/thread_pool.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -207,6 +208,88 @@ TEST_F(RoundTripTest, DeltaAgainstBase) {
   right.base = Path("base.safetensors");
   ASSERT_TRUE(DecompressPath(Path("delta.bs"), Path("x.safetensors"), right).ok());
   EXPECT_EQ(ReadAll(Path("x.safetensors")), ReadAll(Path("ft.safetensors")));
+}
+
+// DecodeTensors: a whole delta file's tensors decoded as one batch (one work
+// queue), bases XORed in, every hash checked; a wrong base and damaged group
+// bytes fail naming the tensor.
+TEST_F(RoundTripTest, DecodeTensorsBatchRebuildsDeltasAndChecksHashes) {
+  auto base = LlamaLike(6);
+  auto ft = base;
+  for (size_t i = 0; i < ft[1].bytes.size(); i += 2) ft[1].bytes[i] ^= (i % 6 == 0) ? 1 : 0;
+  ft.push_back({"lm_head.weight", "BF16", {16, 32}, RandomBf16(512, 77)});
+  WriteAll(Path("base.safetensors"), MakeSafetensors(base));
+  WriteAll(Path("ft.safetensors"), MakeSafetensors(ft));
+  CompressOptions co;
+  co.base = Path("base.safetensors");
+  ASSERT_TRUE(CompressPath(Path("ft.safetensors"), Path("delta.bs"), co).ok());
+  auto reader = BsReader::OpenFile(Path("delta.bs"));
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  const BsIndex& ix = (*reader)->index();
+  std::vector<std::vector<uint8_t>> groups;
+  for (uint32_t g = 0; g < ix.groups.size(); ++g) {
+    auto bytes = (*reader)->ReadGroup(g);
+    ASSERT_TRUE(bytes.ok());
+    groups.push_back(*bytes);
+  }
+  auto base_bytes = [&](const std::string& name) {
+    for (const auto& t : base) {
+      if (t.name == name) return t.bytes;
+    }
+    return std::vector<uint8_t>{};
+  };
+  std::vector<std::vector<uint8_t>> outs(ix.tensors.size()), bases(ix.tensors.size());
+  std::vector<TensorDecodeJob> jobs;
+  int deltas = 0;
+  for (uint32_t t = 0; t < ix.tensors.size(); ++t) {
+    const BsTensor& bt = ix.tensors[t];
+    outs[t].assign(bt.info.size(), 0);
+    if (bt.is_delta()) {
+      bases[t] = base_bytes(bt.info.name);
+      ++deltas;
+    }
+    jobs.push_back({reader->get(), t, groups[bt.group], absl::MakeSpan(outs[t]), bases[t]});
+  }
+  ASSERT_GT(deltas, 0);
+  ThreadPool pool(3);
+  DecodeOptions options;
+  options.pool = &pool;
+  ASSERT_TRUE(DecodeTensors(jobs, options).ok());
+  for (uint32_t t = 0; t < ix.tensors.size(); ++t) {
+    const auto& name = ix.tensors[t].info.name;
+    for (const auto& tt : ft) {
+      if (tt.name == name) EXPECT_EQ(outs[t], tt.bytes) << name;
+    }
+  }
+  // A base that is not the one the file was made against.
+  for (auto& job : jobs) {
+    if (!job.base.empty()) {
+      std::vector<uint8_t>& b = bases[job.tensor];
+      b[0] ^= 1;
+      break;
+    }
+  }
+  absl::Status st = DecodeTensors(jobs, options);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("wrong --base"));
+  for (auto& job : jobs) {
+    if (!job.base.empty()) {
+      bases[job.tensor][0] ^= 1;
+      break;
+    }
+  }
+  // Damaged group bytes (the last payload byte of the largest blob):
+  // DATA_LOSS naming the file and the tensor.
+  uint32_t largest = 0;
+  for (uint32_t t = 0; t < ix.tensors.size(); ++t) {
+    if (ix.tensors[t].blob_size > ix.tensors[largest].blob_size) largest = t;
+  }
+  const BsTensor& lt = ix.tensors[largest];
+  groups[lt.group][lt.blob_offset - ix.groups[lt.group].offset + lt.blob_size - 1] ^= 0x40;
+  st = DecodeTensors(jobs, options);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("delta.bs"));
+  EXPECT_THAT(std::string(st.message()), HasSubstr("tensor '" + lt.info.name + "'"));
 }
 
 // Each damage on its own must be caught with DATA_LOSS naming the file

@@ -12,6 +12,7 @@
 #include "absl/types/span.h"
 #include "codec/format.h"
 #include "codec/rans_decode.h"
+#include "codec/tensor_codec.h"
 
 namespace bigsmall {
 
@@ -47,6 +48,12 @@ struct ParsedBlob {
 inline constexpr uint8_t kBlobVersion = 1;
 
 absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob);
+
+// DecodeTensorBlobs without the job prefix on the error: *failed_job is set
+// to the index of the job whose error is returned (for callers that name the
+// tensor themselves, e.g. DecodeTensors in bs_reader).
+absl::Status DecodeBlobBatch(absl::Span<const BlobDecodeJob> jobs, const DecodeOptions& options,
+                             size_t* failed_job);
 
 }  // namespace bigsmall
 

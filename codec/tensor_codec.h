@@ -59,6 +59,24 @@ absl::StatusOr<BlobSummary> SummarizeTensorBlob(absl::Span<const uint8_t> blob);
 absl::Status DecodeTensorBlob(absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
                               const DecodeOptions& options = {});
 
+// One tensor of a batch decode: its blob and the bytes it decodes into
+// (exactly the tensor's size).
+struct BlobDecodeJob {
+  absl::Span<const uint8_t> blob;
+  absl::Span<uint8_t> out;
+  // Fine-tune deltas (docs/FORMAT.md §7): when set (exactly out's size),
+  // each chunk's output is XORed with these bytes right after it is decoded,
+  // while it is still in cache.
+  absl::Span<const uint8_t> xor_base;
+};
+
+// Decodes every job of a batch. With options.pool, the chunks of every blob
+// go onto one work queue (not a fork/join per tensor), so a layer of many
+// small tensors and one of a few huge ones keep every thread busy alike.
+// Returns the first error in job order, prefixed with "tensor J: " where J
+// is the job's index. Does not hash.
+absl::Status DecodeTensorBlobs(absl::Span<const BlobDecodeJob> jobs, const DecodeOptions& options = {});
+
 struct EncodeOptions {
   Mode mode = Mode::kBalanced;
   uint32_t chunk_elements = 0;  // 0: the mode's default

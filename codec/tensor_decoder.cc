@@ -1,5 +1,8 @@
 // Tensor blob parsing and CPU decoding (decode side).
+#include <algorithm>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <exception>
 #include <memory>
 #include <vector>
@@ -188,6 +191,10 @@ ZSTD_DCtx* ThreadDctx() {
   return holder.ctx;
 }
 
+void XorInto(uint8_t* out, const uint8_t* base, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] ^= base[i];
+}
+
 absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>& tables,
                             absl::Span<const uint8_t> blob, uint32_t c, DecoderImpl impl,
                             uint8_t* out) {
@@ -277,6 +284,106 @@ absl::Status DecodeTensorBlobImpl(absl::Span<const uint8_t> blob, absl::Span<uin
 absl::Status DecodeTensorBlob(absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
                               const DecodeOptions& options) {
   return NoThrowAlloc("tensor blob", [&] { return DecodeTensorBlobImpl(blob, out, options); });
+}
+
+namespace {
+
+// One parsed job of a batch.
+struct BatchBlob {
+  ParsedBlob parsed;
+  std::vector<PlaneTables> tables;
+};
+
+absl::Status PrepareBatchBlob(const BlobDecodeJob& job, BatchBlob* bb) {
+  ASSIGN_OR_RETURN(bb->parsed, ParseTensorBlob(job.blob));
+  const ParsedBlob& b = bb->parsed;
+  if (b.num_bytes != job.out.size()) {
+    return Corrupt(absl::StrCat("blob holds ", b.num_bytes, " bytes, tensor has ", job.out.size()));
+  }
+  if (!job.xor_base.empty() && job.xor_base.size() != job.out.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("delta base has ", job.xor_base.size(),
+                                                   " bytes, tensor has ", job.out.size()));
+  }
+  bb->tables.resize(b.planes.size());
+  for (size_t p = 0; p < b.planes.size(); ++p) {
+    bb->tables[p].tables.resize(b.planes[p].tables.size());
+    for (size_t t = 0; t < b.planes[p].tables.size(); ++t) {
+      RETURN_IF_ERROR(rans::BuildDecodeTable(b.planes[p].tables[t], &bb->tables[p].tables[t]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeBlobBatchImpl(absl::Span<const BlobDecodeJob> jobs, const DecodeOptions& options,
+                                 size_t* failed_job) {
+  *failed_job = 0;
+  if (jobs.empty()) return absl::OkStatus();
+  ThreadPool* pool = options.pool;
+  auto run = [pool](size_t n, const std::function<absl::Status(size_t)>& fn) -> absl::Status {
+    if (pool != nullptr && n > 1) return pool->ParallelFor(n, fn);
+    for (size_t i = 0; i < n; ++i) RETURN_IF_ERROR(fn(i));
+    return absl::OkStatus();
+  };
+  // Phase 1: parse every blob and build its decode tables. Each task writes
+  // only its own slot; the failing job with the lowest index wins.
+  std::vector<BatchBlob> blobs(jobs.size());
+  std::vector<absl::Status> prepared(jobs.size());
+  (void)run(jobs.size(), [&](size_t j) {
+    prepared[j] = PrepareBatchBlob(jobs[j], &blobs[j]);
+    return absl::OkStatus();
+  });
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    if (!prepared[j].ok()) {
+      *failed_job = j;
+      return prepared[j];
+    }
+  }
+  // Phase 2: every chunk of every job on one queue. first_chunk[j] is job
+  // j's first index in the flattened chunk space.
+  std::vector<uint64_t> first_chunk(jobs.size() + 1, 0);
+  for (size_t j = 0; j < jobs.size(); ++j) first_chunk[j + 1] = first_chunk[j] + blobs[j].parsed.num_chunks;
+  const DecoderImpl impl = options.impl == DecoderImpl::kAuto ? BestDecoderImpl() : options.impl;
+  std::vector<absl::Status> failed(jobs.size());
+  std::mutex failed_mu;
+  const absl::Status st = run(first_chunk.back(), [&](size_t k) -> absl::Status {
+    const size_t j = static_cast<size_t>(
+        std::upper_bound(first_chunk.begin(), first_chunk.end(), uint64_t{k}) - first_chunk.begin() - 1);
+    const BatchBlob& bb = blobs[j];
+    const uint32_t c = static_cast<uint32_t>(k - first_chunk[j]);
+    const uint64_t offset = uint64_t{c} * bb.parsed.chunk_elements * bb.parsed.width;
+    uint8_t* out = jobs[j].out.data() + offset;
+    absl::Status s = DecodeOneChunk(bb.parsed, bb.tables, jobs[j].blob, c, impl, out);
+    if (s.ok() && !jobs[j].xor_base.empty()) {
+      XorInto(out, jobs[j].xor_base.data() + offset, bb.parsed.ChunkCount(c) * bb.parsed.width);
+    }
+    if (!s.ok()) {
+      std::lock_guard<std::mutex> lock(failed_mu);
+      if (failed[j].ok()) failed[j] = s;
+    }
+    return s;
+  });
+  if (st.ok()) return st;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    if (!failed[j].ok()) {
+      *failed_job = j;
+      return failed[j];
+    }
+  }
+  return st;  // a failure outside any chunk (the pool's own)
+}
+
+}  // namespace
+
+absl::Status DecodeBlobBatch(absl::Span<const BlobDecodeJob> jobs, const DecodeOptions& options,
+                             size_t* failed_job) {
+  return NoThrowAlloc("tensor blob batch", [&] { return DecodeBlobBatchImpl(jobs, options, failed_job); });
+}
+
+absl::Status DecodeTensorBlobs(absl::Span<const BlobDecodeJob> jobs, const DecodeOptions& options) {
+  size_t failed_job = 0;
+  absl::Status st = DecodeBlobBatch(jobs, options, &failed_job);
+  if (st.ok()) return st;
+  return absl::Status(st.code(), absl::StrCat("tensor ", failed_job, ": ", st.message()));
 }
 
 }  // namespace bigsmall
