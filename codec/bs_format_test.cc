@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "codec/alloc_hook_for_test.h"
 #include "codec/bs_reader.h"
 #include "codec/byte_io.h"
 #include "codec/byte_source.h"
@@ -335,6 +336,162 @@ TEST_F(Format11Test, Version10FilesStillRoundTrip) {
     ++files;
   }
   EXPECT_EQ(files, 3);
+}
+
+// docs/FORMAT.md §1: every byte of a file is covered by a check. The padding
+// (after the header, between groups, before the index) must be zero: Open
+// checks [64, 4096), `bigsmall verify` all of it, naming the first bad offset.
+class PaddingTest : public Format11Test {
+ protected:
+  // `p`'s file with `gap` zero bytes inserted before the index (index_offset,
+  // file_size and the header checksum fixed up).
+  static std::vector<uint8_t> WithGapBeforeIndex(const Parsed& p, uint64_t gap) {
+    std::vector<uint8_t> file(p.file.begin(), p.file.begin() + p.index_offset);
+    file.resize(file.size() + gap, 0);
+    file.insert(file.end(), p.file.begin() + p.index_offset, p.file.end());
+    auto put = [&](size_t at, uint64_t v) { std::memcpy(file.data() + at, &v, 8); };
+    put(16, p.index_offset + gap);
+    put(48, file.size());
+    put(56, HashBytes64(absl::MakeConstSpan(file.data(), 56)));
+    return file;
+  }
+  // The same model as a 1.0 file (no trailer).
+  std::vector<uint8_t> Version10() const {
+    auto r = Open(good_.file, "m.bs");
+    EXPECT_TRUE(r.ok());
+    std::vector<uint8_t> raw = good_.raw;
+    raw.resize(raw.size() - TrailerSize((*r)->index()));
+    return Assemble(good_, raw, 0);
+  }
+  // Verify of `file` (written as bad.bs) fails with DATA_LOSS naming the file
+  // and `offset`.
+  void ExpectVerifyNamesOffset(const std::vector<uint8_t>& file, uint64_t offset, const std::string& what) {
+    WriteAll(Path("bad.bs"), file);
+    auto v = VerifyPath(Path("bad.bs"), {});
+    EXPECT_EQ(v.status().code(), absl::StatusCode::kDataLoss) << what << ": " << v.status();
+    EXPECT_THAT(std::string(v.status().message()), HasSubstr("bad.bs")) << what;
+    EXPECT_THAT(std::string(v.status().message()),
+                HasSubstr(absl::StrCat("non-zero byte at offset ", offset, " in the padding")))
+        << what;
+  }
+};
+
+TEST_F(PaddingTest, CleanFilesOpenAndVerify) {
+  const uint64_t align = kGroupAlignment - good_.index_offset % kGroupAlignment;
+  const std::vector<std::pair<std::string, std::vector<uint8_t>>> files = {
+      {"1.1", good_.file}, {"1.0", Version10()}, {"1.1 with a gap before the index", WithGapBeforeIndex(good_, align)}};
+  for (const auto& [what, file] : files) {
+    EXPECT_TRUE(Open(file, "clean.bs").ok()) << what;
+    WriteAll(Path("clean.bs"), file);
+    auto v = VerifyPath(Path("clean.bs"), {});
+    EXPECT_TRUE(v.ok()) << what << ": " << v.status();
+  }
+}
+
+TEST_F(PaddingTest, HeaderPaddingFlipFailsOpenAndVerifyNamingTheOffset) {
+  for (const auto& [what, good] : {std::make_pair(std::string("1.1"), good_.file), std::make_pair(std::string("1.0"), Version10())}) {
+    for (uint64_t offset : {uint64_t{64}, uint64_t{100}, uint64_t{4095}}) {
+      std::vector<uint8_t> file = good;
+      file[offset] ^= 0x20;
+      const std::string case_name = absl::StrCat(what, " flip at ", offset);
+      auto r = Open(file, "bad.bs");
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << case_name << ": " << r.status();
+      EXPECT_THAT(std::string(r.status().message()),
+                  HasSubstr(absl::StrCat("bad.bs: non-zero byte at offset ", offset, " in the padding after the header")))
+          << case_name;
+      EXPECT_EQ(GetErrorKind(r.status()), ErrorKind::kNone) << case_name;
+      ExpectVerifyNamesOffset(file, offset, case_name);
+      auto d = DecompressPath(Path("bad.bs"), Path("out.safetensors"), {});
+      EXPECT_EQ(d.status().code(), absl::StatusCode::kDataLoss) << case_name;
+      EXPECT_FALSE(fs::exists(Path("out.safetensors"))) << case_name;
+    }
+  }
+}
+
+// Padding between groups: only verify reads it (decompress reads blob by blob
+// and still rebuilds the right bytes).
+TEST_F(PaddingTest, PaddingBetweenGroupsIsCheckedByVerify) {
+  for (const auto& [what, good] : {std::make_pair(std::string("1.1"), good_.file), std::make_pair(std::string("1.0"), Version10())}) {
+    auto r = Open(good, "m.bs");
+    ASSERT_TRUE(r.ok()) << r.status();
+    const BsIndex& ix = (*r)->index();
+    int gaps = 0;
+    for (uint32_t g = 0; g + 1 < ix.groups.size(); ++g) {
+      const uint64_t begin = ix.groups[g].offset + ix.groups[g].size, end = ix.groups[g + 1].offset;
+      if (begin == end) continue;
+      ++gaps;
+      for (uint64_t offset : {begin, end - 1}) {
+        std::vector<uint8_t> file = good;
+        file[offset] ^= 0x01;
+        const std::string case_name = absl::StrCat(what, " flip at ", offset, " after group ", g);
+        ExpectVerifyNamesOffset(file, offset, case_name);
+        ASSERT_TRUE(Open(file, "bad.bs").ok()) << case_name;
+        DecompressOptions d;
+        d.force = true;
+        ASSERT_TRUE(DecompressPath(Path("bad.bs"), Path("out.safetensors"), d).ok()) << case_name;
+        EXPECT_EQ(ReadAll(Path("out.safetensors")), ReadAll(Path("m.safetensors"))) << case_name;
+      }
+    }
+    EXPECT_EQ(gaps, 2) << what << ": the model's three groups each fit in less than 4 KiB";
+  }
+}
+
+TEST_F(PaddingTest, PaddingBeforeTheIndexIsCheckedByVerify) {
+  // The writer puts the index right after the last group: the byte before it
+  // is the last group's, caught by its group checksum.
+  {
+    std::vector<uint8_t> file = good_.file;
+    file[good_.index_offset - 1] ^= 0x01;
+    WriteAll(Path("bad.bs"), file);
+    auto v = VerifyPath(Path("bad.bs"), {});
+    EXPECT_EQ(v.status().code(), absl::StatusCode::kDataLoss) << v.status();
+    EXPECT_THAT(std::string(v.status().message()), HasSubstr("group 2 ('model.layers.1') failed its group checksum"));
+  }
+  // A file (legal, not what this writer makes) with padding before the index:
+  // its first and last byte.
+  const uint64_t gap = kGroupAlignment - good_.index_offset % kGroupAlignment;
+  for (const auto& [what, p] : {std::make_pair(std::string("1.1"), good_), std::make_pair(std::string("1.0"), Parse(Version10()))}) {
+    const std::vector<uint8_t> padded = WithGapBeforeIndex(p, gap);
+    for (uint64_t offset : {p.index_offset, p.index_offset + gap - 1}) {
+      std::vector<uint8_t> file = padded;
+      file[offset] ^= 0x80;
+      const std::string case_name = absl::StrCat(what, " flip at ", offset);
+      ExpectVerifyNamesOffset(file, offset, case_name);
+      WriteAll(Path("bad.bs"), file);
+      auto v = VerifyPath(Path("bad.bs"), {});
+      EXPECT_THAT(std::string(v.status().message()), HasSubstr("after group 2 ('model.layers.1'), before the index"))
+          << case_name;
+    }
+  }
+}
+
+// Verify reads padding in bounded pieces: a 24 MiB gap costs no 24 MiB buffer,
+// and a non-zero byte at its very end is still found.
+TEST_F(PaddingTest, LargePaddingIsReadInBoundedPieces) {
+  constexpr uint64_t kGap = 24ull << 20;
+  std::vector<uint8_t> file = WithGapBeforeIndex(good_, kGap);
+  WriteAll(Path("big.bs"), file);
+  bigsmall::test::ResetLargestAllocation();
+  auto v = VerifyPath(Path("big.bs"), {});
+  EXPECT_TRUE(v.ok()) << v.status();
+  EXPECT_LT(bigsmall::test::LargestAllocation(), size_t{4} << 20);
+  const uint64_t last = good_.index_offset + kGap - 1;
+  file[last] = 1;
+  ExpectVerifyNamesOffset(file, last, "last byte of a 24 MiB gap");
+}
+
+// Nothing after the index: a header whose index ends before file_size (the
+// bytes after it covered by nothing) is refused at Open.
+TEST_F(PaddingTest, IndexMustEndTheFile) {
+  std::vector<uint8_t> file = good_.file;
+  file.resize(file.size() + 8, 0);
+  const uint64_t size = file.size();
+  std::memcpy(file.data() + 48, &size, 8);
+  const uint64_t sum = HashBytes64(absl::MakeConstSpan(file.data(), 56));
+  std::memcpy(file.data() + 56, &sum, 8);
+  auto r = Open(file, "bad.bs");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("bad.bs: index does not end the file (8 bytes after it)"));
 }
 
 }  // namespace

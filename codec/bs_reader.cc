@@ -22,6 +22,16 @@ absl::Status Corrupt(absl::string_view what, absl::string_view message) {
   return absl::DataLossError(absl::StrCat(what, ": ", message));
 }
 
+// docs/FORMAT.md §1: every padding byte is zero. `bytes` lie at file offset
+// `offset`; `region` says which padding they are.
+absl::Status CheckZeroPadding(absl::string_view what, absl::Span<const uint8_t> bytes, uint64_t offset,
+                              absl::string_view region) {
+  const auto it = std::find_if(bytes.begin(), bytes.end(), [](uint8_t b) { return b != 0; });
+  if (it == bytes.end()) return absl::OkStatus();
+  return Corrupt(what, absl::StrCat("non-zero byte at offset ", offset + (it - bytes.begin()), " in the padding ",
+                                    region, " (padding must be zero)"));
+}
+
 }  // namespace
 
 uint64_t MaxIndexRawSize(uint64_t index_stored_size) {
@@ -71,6 +81,11 @@ absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl
   if (h.index_offset < kGroupAlignment || h.index_offset > h.file_size ||
       h.index_stored_size > h.file_size - h.index_offset) {
     return Corrupt(what, "index lies outside the file");
+  }
+  if (h.index_stored_size != h.file_size - h.index_offset) {
+    // docs/FORMAT.md §1: the index ends the file; no byte lies after it.
+    return Corrupt(what, absl::StrCat("index does not end the file (", h.file_size - h.index_offset -
+                                      h.index_stored_size, " bytes after it)"));
   }
   if (h.index_raw_size > MaxIndexRawSize(h.index_stored_size)) {
     return Corrupt(what, absl::StrCat("index of ", h.index_stored_size, " stored bytes claims ",
@@ -211,13 +226,19 @@ absl::StatusOr<std::unique_ptr<BsReader>> BsReader::Open(std::unique_ptr<ByteSou
 absl::StatusOr<std::unique_ptr<BsReader>> BsReader::OpenImpl(std::unique_ptr<ByteSource> source) {
   const std::string what = source->name();
   if (source->size() < kFileHeaderSize) return Corrupt(what, "too short to be a .bs file");
-  uint8_t head[kFileHeaderSize];
-  RETURN_IF_ERROR(source->ReadAt(0, absl::MakeSpan(head, kFileHeaderSize)));
-  ASSIGN_OR_RETURN(FileHeader header, ParseFileHeader(absl::MakeConstSpan(head, kFileHeaderSize), what));
+  // The header and its padding in one read (the file is at least 4096 bytes
+  // once the header checks pass: index_offset >= 4096).
+  std::vector<uint8_t> head(std::min<uint64_t>(source->size(), kGroupAlignment));
+  RETURN_IF_ERROR(source->ReadAt(0, absl::MakeSpan(head)));
+  ASSIGN_OR_RETURN(FileHeader header,
+                   ParseFileHeader(absl::MakeConstSpan(head.data(), kFileHeaderSize), what));
   if (header.file_size != source->size()) {
     return Corrupt(what, absl::StrCat("file is ", source->size(), " bytes, header says ",
                                       header.file_size, " (truncated or appended to)"));
   }
+  if (head.size() != kGroupAlignment) return Corrupt(what, "index lies outside the file");  // unreachable
+  RETURN_IF_ERROR(CheckZeroPadding(what, absl::MakeConstSpan(head).subspan(kFileHeaderSize), kFileHeaderSize,
+                                   "after the header"));
   ASSIGN_OR_RETURN(auto stored, ReadRange(*source, header.index_offset, header.index_stored_size));
   if (HashBytes64(stored) != header.index_checksum) return Corrupt(what, "index checksum mismatch");
   // The zstd frame must be one frame filling the stored bytes and declaring
@@ -277,6 +298,33 @@ absl::Status BsReader::CheckStoredGroup(uint32_t group) const {
       hash.Update(absl::MakeConstSpan(buf.data(), n));
     }
     return hash.Finish() == g.checksum ? absl::OkStatus() : GroupMismatch(group);
+  });
+}
+
+absl::Status BsReader::CheckPadding() const {
+  return NoThrowAlloc(name_, [&]() -> absl::Status {
+    constexpr uint64_t kPiece = 1ull << 20;
+    std::vector<uint8_t> buf;
+    auto check = [&](uint64_t begin, uint64_t end, absl::string_view region) -> absl::Status {
+      for (uint64_t off = begin; off < end;) {
+        const uint64_t n = std::min(kPiece, end - off);
+        if (buf.size() < n) buf.resize(std::min(kPiece, std::max<uint64_t>(n, 4 * buf.size())));
+        RETURN_IF_ERROR(source_->ReadAt(off, absl::MakeSpan(buf.data(), n)));
+        RETURN_IF_ERROR(CheckZeroPadding(name_, absl::MakeConstSpan(buf.data(), n), off, region));
+        off += n;
+      }
+      return absl::OkStatus();
+    };
+    // ParseIndex checked that groups lie in file order in [4096, index_offset).
+    uint64_t cursor = kFileHeaderSize;
+    std::string region = "after the header";
+    for (uint32_t g = 0; g < index_.groups.size(); ++g) {
+      const BsGroup& grp = index_.groups[g];
+      RETURN_IF_ERROR(check(cursor, grp.offset, region));
+      cursor = grp.offset + grp.size;
+      region = absl::StrCat("after group ", g, " ('", EscapeForLog(grp.name), "')");
+    }
+    return check(cursor, index_.index_offset, absl::StrCat(region, ", before the index"));
   });
 }
 

@@ -122,7 +122,8 @@ absl::Status DecodeTensors(absl::Span<const TensorDecodeJob> jobs, const DecodeO
 
 class BsReader {
  public:
-  // Reads and checks the header and index. Errors name the source.
+  // Reads and checks the header, the header padding (zero, docs/FORMAT.md
+  // §1) and the index. Errors name the source.
   static absl::StatusOr<std::unique_ptr<BsReader>> Open(std::unique_ptr<ByteSource> source);
   static absl::StatusOr<std::unique_ptr<BsReader>> OpenFile(const std::string& path);
 

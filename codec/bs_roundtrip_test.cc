@@ -293,13 +293,15 @@ TEST_F(RoundTripTest, DecodeTensorsBatchRebuildsDeltasAndChecksHashes) {
 }
 
 // Each damage on its own must be caught with DATA_LOSS naming the file
-// (docs/FORMAT.md "Errors"), leaving nothing behind; a flip that lands only in
-// alignment padding (which no decoder reads) must change nothing.
+// (docs/FORMAT.md "Errors"), leaving nothing behind. A flip in the padding
+// (docs/FORMAT.md §1: must be zero) fails verify naming its offset; decompress
+// refuses it in the header padding (checked at open) and, elsewhere (padding it
+// never reads), rebuilds the right bytes.
 TEST_F(RoundTripTest, CorruptFilesFailCleanlyAndLeaveNothing) {
   WriteAll(Path("m.safetensors"), MakeSafetensors(LlamaLike(8)));
   ASSERT_TRUE(CompressPath(Path("m.safetensors"), Path("m.bs"), {}).ok());
   const auto good = ReadAll(Path("m.bs"));
-  // Which bytes a decoder reads: the header, the groups, the index.
+  // Which bytes a decoder decodes: the header, the groups, the index.
   std::vector<bool> read(good.size(), false);
   {
     auto reader = BsReader::OpenFile(Path("m.bs"));
@@ -311,8 +313,10 @@ TEST_F(RoundTripTest, CorruptFilesFailCleanlyAndLeaveNothing) {
     }
     for (uint64_t i = ix.index_offset; i < good.size(); ++i) read[i] = true;
   }
+  ASSERT_NE(std::find(read.begin() + kGroupAlignment, read.end(), false), read.end())
+      << "the test needs padding between groups";
   std::mt19937 rng(1);
-  int data_flips = 0, padding_flips = 0;
+  int data_flips = 0, padding_flips = 0, header_padding_flips = 0;
   for (int trial = 0; trial < 90; ++trial) {
     auto bad = good;
     std::string what;
@@ -321,16 +325,28 @@ TEST_F(RoundTripTest, CorruptFilesFailCleanlyAndLeaveNothing) {
       bad.resize(rng() % bad.size());
       what = absl::StrCat("truncated to ", bad.size());
     } else {
-      // Alternate: a byte the decoder reads, then a padding byte.
+      // Alternate: a byte the decoder reads, then a padding byte (in turn
+      // in the header padding and after it).
       const bool want_data = trial % 3 == 1;
+      const bool want_header = padding_flips % 2 == 0;
       size_t pos;
       do {
         pos = rng() % bad.size();
-      } while (read[pos] != want_data);
+      } while (read[pos] != want_data || (!want_data && (pos < kGroupAlignment) != want_header));
       bad[pos] ^= static_cast<uint8_t>(1 + rng() % 255);
-      harmless = !want_data;
-      (harmless ? padding_flips : data_flips)++;
-      what = absl::StrCat(harmless ? "padding" : "data", " flip at ", pos);
+      const bool padding = !want_data;
+      harmless = padding && pos >= kGroupAlignment;
+      (padding ? padding_flips : data_flips)++;
+      header_padding_flips += padding && !harmless ? 1 : 0;
+      what = absl::StrCat(padding ? "padding" : "data", " flip at ", pos);
+      if (padding) {
+        WriteAll(Path("bad.bs"), bad);
+        auto vst = VerifyPath(Path("bad.bs"), {});
+        EXPECT_EQ(vst.status().code(), absl::StatusCode::kDataLoss) << what << ": " << vst.status();
+        EXPECT_THAT(std::string(vst.status().message()),
+                    HasSubstr(absl::StrCat("bad.bs: non-zero byte at offset ", pos, " in the padding")))
+            << what;
+      }
     }
     WriteAll(Path("bad.bs"), bad);
     auto st = DecompressPath(Path("bad.bs"), Path("out.safetensors"), {});
@@ -348,6 +364,7 @@ TEST_F(RoundTripTest, CorruptFilesFailCleanlyAndLeaveNothing) {
   }
   EXPECT_EQ(data_flips, 30);
   EXPECT_EQ(padding_flips, 30);
+  EXPECT_EQ(header_padding_flips, 15);
   EXPECT_EQ(Listing(), (std::vector<std::string>{"bad.bs", "m.bs", "m.safetensors"}));
 }
 

@@ -27,7 +27,8 @@ struct RebuildContext {
   ProgressFn progress;
   uint64_t progress_offset = 0;
   uint64_t progress_total = 0;
-  // Verify: also check the format 1.1 group and device checksums, counted here.
+  // Verify: also check the padding and the format 1.1 group and device
+  // checksums (counted here).
   bool check_checksums = false;
   uint64_t* device_checksums = nullptr;
   uint64_t* group_checksums = nullptr;
@@ -56,6 +57,8 @@ absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& 
     whole.Update(bytes);
     return sink(bytes);
   };
+  // Verify: every padding byte must be zero (docs/FORMAT.md §1; 1.0 and 1.1).
+  if (ctx.check_checksums) RETURN_IF_ERROR(reader->CheckPadding());
   const bool checksums = ctx.check_checksums && ix.has_checksums();
   if (checksums) {
     // docs/FORMAT.md §3.2: a group's stored bytes are checked before decoding.
