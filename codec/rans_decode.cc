@@ -108,17 +108,66 @@ absl::Status DecodeChunk(DecoderImpl impl, const DecodeTable& table,
   return DecodeChunkScalar(table, chunk, out);
 }
 
+absl::Status CheckChunkJob(const ChunkJob& job) {
+  if (job.tables == nullptr || job.num_tables < 1 || job.num_tables > 256) {
+    return StreamError("bad table count");
+  }
+  if (job.context_map == nullptr) return absl::OkStatus();
+  if (job.context.size() != job.out.size()) return StreamError("context size mismatch");
+  for (int c = 0; c < 256; ++c) {
+    if (job.context_map[c] >= job.num_tables) return StreamError("context map out of range");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeChunkConditionalReference(const DecodeTable* tables, size_t num_tables,
+                                             const uint8_t* context_map,
+                                             absl::Span<const uint8_t> context,
+                                             absl::Span<const uint8_t> chunk, absl::Span<uint8_t> out) {
+  ChunkJob job;
+  job.tables = tables;
+  job.num_tables = num_tables;
+  job.context_map = context_map;
+  job.context = context;
+  job.out = out;
+  const absl::Status st = CheckChunkJob(job);
+  if (!st.ok()) return st;
+  return DecodeReference(
+      [&](size_t i) -> const DecodeTable& { return tables[context_map[context[i]]]; }, chunk, out);
+}
+
 absl::Status DecodeChunkConditional(DecoderImpl impl, const DecodeTable* tables,
                                     size_t num_tables, const uint8_t* context_map,
                                     absl::Span<const uint8_t> context,
                                     absl::Span<const uint8_t> chunk, absl::Span<uint8_t> out) {
-  if (context.size() != out.size()) return StreamError("context size mismatch");
-  for (int c = 0; c < 256; ++c) {
-    if (context_map[c] >= num_tables) return StreamError("context map out of range");
+  if (impl == DecoderImpl::kAuto) impl = BestDecoderImpl();
+  switch (impl) {
+    case DecoderImpl::kReference:
+      return DecodeChunkConditionalReference(tables, num_tables, context_map, context, chunk, out);
+    case DecoderImpl::kAvx512:
+      if (CpuHasAvx512()) {
+        return DecodeChunkConditionalAvx512(tables, num_tables, context_map, context, chunk, out);
+      }
+      break;
+    case DecoderImpl::kAvx2:
+      if (CpuHasAvx2()) {
+        return DecodeChunkConditionalAvx2(tables, num_tables, context_map, context, chunk, out);
+      }
+      break;
+    case DecoderImpl::kScalar:
+    case DecoderImpl::kAuto:
+      break;
   }
-  // --storage files favour ratio over speed: one decoder serves every impl.
-  return DecodeReference(
-      [&](size_t i) -> const DecodeTable& { return tables[context_map[context[i]]]; }, chunk, out);
+  return DecodeChunkConditionalScalar(tables, num_tables, context_map, context, chunk, out);
+}
+
+absl::Status DecodeChunkJob(DecoderImpl impl, const ChunkJob& job) {
+  if (job.context_map == nullptr) {
+    if (job.tables == nullptr) return StreamError("bad table count");
+    return DecodeChunk(impl, job.tables[0], job.chunk, job.out);
+  }
+  return DecodeChunkConditional(impl, job.tables, job.num_tables, job.context_map, job.context,
+                                job.chunk, job.out);
 }
 
 }  // namespace bigsmall::rans

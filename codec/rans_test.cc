@@ -1,3 +1,6 @@
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <tuple>
@@ -222,6 +225,265 @@ TEST(ChunkDecode, ConditionalRoundTrip) {
   EXPECT_EQ(DecodeChunkConditional(DecoderImpl::kAuto, dt.data(), 3, bad_map, ctx, stream,
                                    absl::MakeSpan(out)).code(),
             absl::StatusCode::kDataLoss);
+}
+
+// ------------------------------------------------ conditional decoders ----
+
+struct NamedConditionalDecoder {
+  const char* name;
+  absl::Status (*decode)(const DecodeTable*, size_t, const uint8_t*, absl::Span<const uint8_t>,
+                         absl::Span<const uint8_t>, absl::Span<uint8_t>);
+  bool (*available)();
+  const char* needs;
+};
+
+std::vector<NamedConditionalDecoder> AllConditionalDecoders() {
+  return {{"reference", DecodeChunkConditionalReference, Always, ""},
+          {"scalar", DecodeChunkConditionalScalar, Always, ""},
+          {"avx2_gather", DecodeChunkConditionalAvx2Gather, CpuHasAvx2, "AVX2"},
+          {"avx2_scalar_load", DecodeChunkConditionalAvx2ScalarLoad, CpuHasAvx2, "AVX2"},
+          {"avx512", DecodeChunkConditionalAvx512, CpuHasAvx512, "AVX-512 F/BW/VL"},
+          {"avx512_gather", DecodeChunkConditionalAvx512Gather, CpuHasAvx512, "AVX-512 F/BW/VL"},
+          {"avx512_vbmi", DecodeChunkConditionalAvx512Vbmi, CpuHasAvx512Vbmi, "AVX-512 VBMI"}};
+}
+
+// A random conditional plane: contexts, a context map onto num_tables
+// tables, symbols drawn from a per-table distribution (so the tables differ),
+// and its encoded stream.
+struct ConditionalCase {
+  std::vector<uint8_t> context, symbols, stream;
+  uint8_t map[256];
+  std::vector<Frequencies> freqs;
+  std::vector<DecodeTable> tables;
+};
+
+// `context`: given contexts (n bytes) instead of random ones.
+ConditionalCase MakeConditionalCase(size_t n, uint32_t seed, int num_tables,
+                                    const std::vector<uint8_t>* context = nullptr) {
+  std::mt19937 rng(seed);
+  ConditionalCase k;
+  for (int c = 0; c < 256; ++c) k.map[c] = static_cast<uint8_t>(rng() % num_tables);
+  k.context.resize(n);
+  k.symbols.resize(n);
+  // Contexts cluster like exponents; each table has its own centre and spread.
+  std::normal_distribution<double> ctx_d(120, 6);
+  for (size_t i = 0; i < n; ++i) {
+    k.context[i] = context != nullptr ? (*context)[i]
+                                      : static_cast<uint8_t>(std::clamp(ctx_d(rng), 0.0, 255.0));
+    const int t = k.map[k.context[i]];
+    std::normal_distribution<double> d(37.0 * t, 0.5 + 7.0 * (t % 5));
+    k.symbols[i] = static_cast<uint8_t>(static_cast<int>(std::lround(d(rng))) & 0xff);
+  }
+  std::vector<Counts> counts(num_tables);
+  for (auto& c : counts) c.fill(0);
+  for (size_t i = 0; i < n; ++i) ++counts[k.map[k.context[i]]][k.symbols[i]];
+  for (auto& c : counts) {
+    bool any = false;
+    for (uint64_t v : c) any |= v != 0;
+    if (!any) c[rng() & 0xff] = 1;  // unused table: any valid table
+    k.freqs.push_back(NormalizeFrequencies(c));
+  }
+  k.tables.resize(num_tables);
+  for (int t = 0; t < num_tables; ++t) EXPECT_TRUE(BuildDecodeTable(k.freqs[t], &k.tables[t]).ok());
+  EncodeChunkConditional(k.freqs.data(), k.map, k.context, k.symbols, &k.stream);
+  return k;
+}
+
+class ConditionalRoundTrip
+    : public ::testing::TestWithParam<std::tuple<NamedConditionalDecoder, size_t>> {};
+
+TEST_P(ConditionalRoundTrip, DecodesWhatWasEncoded) {
+  const auto& [decoder, n] = GetParam();
+  SKIP_UNLESS_RUNNABLE(decoder);
+  for (int num_tables : {1, 2, 7, 40, 256}) {
+    ConditionalCase k = MakeConditionalCase(n, static_cast<uint32_t>(n * 257 + num_tables), num_tables);
+    std::vector<uint8_t> out(n, 0xAA);
+    absl::Status st = decoder.decode(k.tables.data(), k.tables.size(), k.map, k.context, k.stream,
+                                     absl::MakeSpan(out));
+    ASSERT_TRUE(st.ok()) << decoder.name << " n=" << n << " tables=" << num_tables << ": " << st;
+    EXPECT_EQ(out, k.symbols) << decoder.name << " n=" << n << " tables=" << num_tables;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    DecodersAndSizes, ConditionalRoundTrip,
+    ::testing::Combine(::testing::ValuesIn(AllConditionalDecoders()),
+                       ::testing::Values(0, 1, 31, 32, 33, 63, 65, 1000, 4099, 65536, 70001)),
+    [](const ::testing::TestParamInfo<std::tuple<NamedConditionalDecoder, size_t>>& info) {
+      return std::string(std::get<0>(info.param).name) + "_" + std::to_string(std::get<1>(info.param));
+    });
+
+class ConditionalDecoder : public ::testing::TestWithParam<NamedConditionalDecoder> {};
+
+// Hostile streams (flipped bytes, truncated, extended, random garbage): every
+// decoder gives the reference decoder's verdict and the same output bytes.
+TEST_P(ConditionalDecoder, MatchesTheReferenceOnHostileStreams) {
+  const NamedConditionalDecoder& decoder = GetParam();
+  SKIP_UNLESS_RUNNABLE(decoder);
+  std::mt19937 rng(77);
+  int failures = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const size_t n = 1 + rng() % 3000;
+    ConditionalCase k = MakeConditionalCase(n, 1000 + trial, 1 + trial % 9);
+    std::vector<uint8_t> stream = k.stream;
+    switch (trial % 5) {
+      case 0:  // flipped byte anywhere
+        stream[rng() % stream.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
+        break;
+      case 1:  // truncated by some words
+        stream.resize(std::max<size_t>(kChunkHeaderBytes, stream.size() - 2 * (1 + rng() % 40)));
+        break;
+      case 2:  // extra words
+        for (int w = 1 + rng() % 40; w > 0; --w) {
+          stream.push_back(static_cast<uint8_t>(rng()));
+          stream.push_back(static_cast<uint8_t>(rng()));
+        }
+        break;
+      case 3:  // random garbage of a plausible size
+        for (auto& b : stream) b = static_cast<uint8_t>(rng());
+        break;
+      case 4:  // a context byte changed after encoding
+        k.context[rng() % n] ^= static_cast<uint8_t>(1 + rng() % 255);
+        break;
+    }
+    std::vector<uint8_t> want(n, 0x5A), got(n, 0x5A);
+    const absl::Status ref = DecodeChunkConditionalReference(k.tables.data(), k.tables.size(), k.map,
+                                                             k.context, stream, absl::MakeSpan(want));
+    const absl::Status st =
+        decoder.decode(k.tables.data(), k.tables.size(), k.map, k.context, stream, absl::MakeSpan(got));
+    ASSERT_EQ(st, ref) << decoder.name << " trial " << trial;
+    ASSERT_EQ(got, want) << decoder.name << " trial " << trial;
+    failures += !ref.ok();
+  }
+  EXPECT_GT(failures, 150);  // the corruptions were caught, not just matched
+}
+
+TEST_P(ConditionalDecoder, RejectsBadArguments) {
+  const NamedConditionalDecoder& decoder = GetParam();
+  SKIP_UNLESS_RUNNABLE(decoder);
+  ConditionalCase k = MakeConditionalCase(500, 3, 3);
+  std::vector<uint8_t> out(500);
+  uint8_t bad_map[256] = {};
+  bad_map[200] = 3;  // == num_tables
+  EXPECT_EQ(decoder.decode(k.tables.data(), 3, bad_map, k.context, k.stream, absl::MakeSpan(out)).code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(decoder.decode(k.tables.data(), 0, k.map, k.context, k.stream, absl::MakeSpan(out)).code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(decoder.decode(k.tables.data(), 3, k.map, absl::MakeConstSpan(k.context.data(), 499),
+                           k.stream, absl::MakeSpan(out)).code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(decoder.decode(k.tables.data(), 3, k.map, k.context,
+                           absl::MakeConstSpan(k.stream.data(), 11), absl::MakeSpan(out)).code(),
+            absl::StatusCode::kDataLoss);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllDecoders, ConditionalDecoder, ::testing::ValuesIn(AllConditionalDecoders()),
+                         [](const ::testing::TestParamInfo<NamedConditionalDecoder>& info) {
+                           return std::string(info.param.name);
+                         });
+
+// ------------------------------------------------------------- pairs ----
+
+std::vector<DecoderImpl> RunnableImpls() {
+  std::vector<DecoderImpl> v;
+  for (DecoderImpl impl : {DecoderImpl::kReference, DecoderImpl::kScalar, DecoderImpl::kAvx2,
+                           DecoderImpl::kAvx512}) {
+    if (DecoderImplAvailable(impl)) v.push_back(impl);
+  }
+  return v;
+}
+
+// DecodeChunkPair == DecodeChunkJob(a) then DecodeChunkJob(b) with the
+// reference decoder, in bytes and verdict, for order-0 and conditional jobs,
+// b conditioned on a's output, sizes that are not whole groups, and streams
+// that run out of words early in one of the two (so the interleaved loop
+// stops before the other's end).
+TEST(ChunkPair, MatchesTwoReferenceDecodes) {
+  const std::vector<DecoderImpl> impls = RunnableImpls();
+  if (!DecoderImplAvailable(DecoderImpl::kAvx2)) {
+    std::printf("note: no AVX2 here; only the reference and scalar pair paths run\n");
+  }
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 240; ++trial) {
+    const size_t n = 1 + rng() % 5000;
+    const bool cond_a = trial & 1, cond_b = trial & 2, b_on_a = trial & 4;
+    const int corrupt = (trial >> 3) % 5;  // 0: none, 1: a truncated, 2: b truncated, 3: a flip, 4: b flip
+    // a: plain (its symbols are b's contexts when b_on_a) or conditional.
+    ConditionalCase ka = MakeConditionalCase(n, 5000 + trial, cond_a ? 5 : 1);
+    ConditionalCase kb =
+        MakeConditionalCase(n, 9000 + trial, cond_b ? 4 : 1, cond_b && b_on_a ? &ka.symbols : nullptr);
+    auto mutate = [&](std::vector<uint8_t>& s, bool truncate) {
+      if (truncate) {
+        s.resize(std::max<size_t>(kChunkHeaderBytes, s.size() - 2 * (1 + rng() % (s.size() / 4 + 1))));
+      } else {
+        s[rng() % s.size()] ^= 0x40;
+      }
+    };
+    if (corrupt == 1 || corrupt == 3) mutate(ka.stream, corrupt == 1);
+    if (corrupt == 2 || corrupt == 4) mutate(kb.stream, corrupt == 2);
+    auto jobs = [&](std::vector<uint8_t>& out_a, std::vector<uint8_t>& out_b, ChunkJob* a, ChunkJob* b) {
+      a->tables = ka.tables.data();
+      a->num_tables = ka.tables.size();
+      a->context_map = cond_a ? ka.map : nullptr;
+      a->context = ka.context;
+      a->chunk = ka.stream;
+      a->out = absl::MakeSpan(out_a);
+      b->tables = kb.tables.data();
+      b->num_tables = kb.tables.size();
+      b->context_map = cond_b ? kb.map : nullptr;
+      b->context = cond_b && b_on_a ? absl::Span<const uint8_t>(out_a) : absl::Span<const uint8_t>(kb.context);
+      b->chunk = kb.stream;
+      b->out = absl::MakeSpan(out_b);
+    };
+    std::vector<uint8_t> want_a(n, 1), want_b(n, 2);
+    ChunkJob a, b;
+    jobs(want_a, want_b, &a, &b);
+    absl::Status want = DecodeChunkJob(DecoderImpl::kReference, a);
+    if (want.ok()) want = DecodeChunkJob(DecoderImpl::kReference, b);
+    if (corrupt == 0) {
+      ASSERT_TRUE(want.ok()) << trial << ": " << want;
+      ASSERT_EQ(want_a, ka.symbols);
+      ASSERT_EQ(want_b, kb.symbols);
+    }
+    for (DecoderImpl impl : impls) {
+      std::vector<uint8_t> got_a(n, 1), got_b(n, 2);
+      jobs(got_a, got_b, &a, &b);
+      const absl::Status st = DecodeChunkPair(impl, a, b);
+      ASSERT_EQ(st, want) << DecoderImplName(impl) << " trial " << trial;
+      ASSERT_EQ(got_a, want_a) << DecoderImplName(impl) << " trial " << trial;
+      if (want.ok() || corrupt == 2 || corrupt == 4) {
+        ASSERT_EQ(got_b, want_b) << DecoderImplName(impl) << " trial " << trial;
+      }
+    }
+  }
+}
+
+TEST(ChunkPair, RejectsBadJobs) {
+  ConditionalCase k = MakeConditionalCase(300, 1, 2);
+  std::vector<uint8_t> out_a(300), out_b(300);
+  ChunkJob a;
+  a.tables = k.tables.data();
+  a.num_tables = 2;
+  a.context_map = k.map;
+  a.context = k.context;
+  a.chunk = k.stream;
+  a.out = absl::MakeSpan(out_a);
+  ChunkJob b = a;
+  b.out = absl::MakeSpan(out_b);
+  uint8_t bad_map[256] = {};
+  bad_map[0] = 2;
+  for (DecoderImpl impl : RunnableImpls()) {
+    ChunkJob bad = b;
+    bad.context_map = bad_map;
+    EXPECT_EQ(DecodeChunkPair(impl, a, bad).code(), absl::StatusCode::kDataLoss) << DecoderImplName(impl);
+    EXPECT_EQ(DecodeChunkPair(impl, bad, a).code(), absl::StatusCode::kDataLoss) << DecoderImplName(impl);
+    bad = b;
+    bad.tables = nullptr;
+    EXPECT_EQ(DecodeChunkPair(impl, a, bad).code(), absl::StatusCode::kDataLoss) << DecoderImplName(impl);
+    EXPECT_TRUE(DecodeChunkPair(impl, a, b).ok()) << DecoderImplName(impl);
+    EXPECT_EQ(out_a, k.symbols);
+    EXPECT_EQ(out_b, k.symbols);
+  }
 }
 
 }  // namespace
