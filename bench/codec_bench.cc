@@ -1,11 +1,14 @@
 // Codec benchmark harness: for each safetensors file, measures side by side
 // the per-tensor order-0 entropy floor, our ratio in every mode, zstd -3 and
 // -19, and library encode/decode throughput on 1 thread and on all threads
-// (in-memory .bs blobs -> memory, every tensor hash checked). Prints a
+// (encode: in-memory blobs; decode: the .bs file CompressPath writes, its
+// groups in memory, through the batch DecodeTensors path, every tensor hash
+// checked). Prints a
 // markdown table and one JSON object per file and mode (--json-out).
 //
 // usage: codec_bench [--json-out FILE] [--repeat N] [--skip-zstd19] FILE.safetensors...
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -19,6 +22,7 @@
 #include <vector>
 
 #include "codec/base_model.h"
+#include "codec/bs_reader.h"
 #include "codec/compress.h"
 #include "codec/hash.h"
 #include "codec/tensor_codec.h"
@@ -119,7 +123,7 @@ int Run(int argc, char** argv) {
   ThreadPool pool(threads);
   std::vector<nlohmann::json> rows;
   std::printf("decoder: %s, threads: %d\n", DecoderImplName(BestDecoderImpl()), threads);
-  std::printf("| file | mode | floor bits/w | ours bits/w | floor % | ours % | zstd-3 % | zstd-19 %% | enc 1t GB/s | enc %dt GB/s | dec 1t GB/s | dec %dt GB/s | compress wall s |\n",
+  std::printf("| file | mode | floor bits/w | ours bits/w | floor %% | ours %% | zstd-3 %% | zstd-19 %% | enc 1t GB/s | enc %dt GB/s | dec 1t GB/s | dec %dt GB/s | compress wall s |\n",
               threads, threads);
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const std::string& path : files) {
@@ -173,37 +177,11 @@ int Run(int argc, char** argv) {
         }
         (pass == 0 ? tm.encode_1t : tm.encode_mt) = total / best / 1e9;
       }
-      std::vector<std::vector<uint8_t>> outs(tensors.size());
-      std::vector<Hash128> hashes;
-      for (const auto& t : tensors) hashes.push_back(HashBytes128(t.bytes));
-      for (size_t i = 0; i < tensors.size(); ++i) outs[i].resize(tensors[i].bytes.size());
-      for (int pass = 0; pass < 2; ++pass) {
-        DecodeOptions d;
-        d.pool = pass == 0 ? nullptr : &pool;
-        double best = 1e30;
-        for (int r = 0; r < repeat; ++r) {
-          bool ok = true;
-          auto decode = [&](size_t i) -> absl::Status {
-            absl::Status st = DecodeTensorBlob(blobs[i], absl::MakeSpan(outs[i]), d);
-            if (st.ok() && HashBytes128(outs[i]) != hashes[i]) st = absl::DataLossError("hash");
-            return st;
-          };
-          best = std::min(best, TimeIt(pass == 0, [&] {
-            if (d.pool != nullptr) {
-              ok = d.pool->ParallelFor(tensors.size(), decode).ok();
-            } else {
-              for (size_t i = 0; i < tensors.size() && ok; ++i) ok = decode(i).ok();
-            }
-          }));
-          if (!ok) {
-            std::fprintf(stderr, "decode mismatch in %s\n", path.c_str());
-            return 1;
-          }
-        }
-        (pass == 0 ? tm.decode_1t : tm.decode_mt) = total / best / 1e9;
-      }
-      // The real product: a .bs file written by CompressPath (index, alignment included).
-      const std::string tmp = (std::filesystem::temp_directory_path() / "codec_bench.bs").string();
+      // The real product: a .bs file written by CompressPath (index, alignment included),
+      // decoded through the library's batch path (DecodeTensors: every chunk of every tensor on
+      // one work queue, every tensor's XXH3-128 checked), from its groups held in memory.
+      const std::string tmp = (std::filesystem::temp_directory_path() /
+                               ("codec_bench_" + std::to_string(::getpid()) + ".bs")).string();
       CompressOptions co;
       co.mode = mode;
       co.force = true;
@@ -214,7 +192,42 @@ int Run(int argc, char** argv) {
         std::fprintf(stderr, "%s\n", std::string(stats.status().message()).c_str());
         return 1;
       }
+      auto reader = BsReader::OpenFile(tmp);
+      if (!reader.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(reader.status().message()).c_str());
+        return 1;
+      }
+      const BsIndex& ix = (*reader)->index();
+      std::vector<std::vector<uint8_t>> groups(ix.groups.size());
+      for (uint32_t g = 0; g < ix.groups.size(); ++g) {
+        auto bytes = (*reader)->ReadGroup(g);
+        if (!bytes.ok()) return 1;
+        groups[g] = *std::move(bytes);
+      }
       std::filesystem::remove(tmp);
+      std::vector<std::vector<uint8_t>> outs(ix.tensors.size());
+      std::vector<TensorDecodeJob> jobs(ix.tensors.size());
+      for (uint32_t i = 0; i < ix.tensors.size(); ++i) {
+        outs[i].resize(ix.tensors[i].info.size());
+        jobs[i].reader = reader->get();
+        jobs[i].tensor = i;
+        jobs[i].group_bytes = groups[ix.tensors[i].group];
+        jobs[i].out = absl::MakeSpan(outs[i]);
+      }
+      for (int pass = 0; pass < 2; ++pass) {
+        DecodeOptions d;
+        d.pool = pass == 0 ? nullptr : &pool;
+        double best = 1e30;
+        for (int r = 0; r < repeat; ++r) {
+          absl::Status st;
+          best = std::min(best, TimeIt(pass == 0, [&] { st = DecodeTensors(jobs, d); }));
+          if (!st.ok()) {
+            std::fprintf(stderr, "decode failed in %s: %s\n", path.c_str(), std::string(st.message()).c_str());
+            return 1;
+          }
+        }
+        (pass == 0 ? tm.decode_1t : tm.decode_mt) = total / best / 1e9;
+      }
       const double file_ratio = static_cast<double>(stats->output_bytes) / stats->input_bytes;
       uint64_t blob_total = 0;
       for (const auto& b : blobs) blob_total += b.size();
