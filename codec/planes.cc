@@ -2,6 +2,16 @@
 
 #include <cstring>
 
+#if defined(__x86_64__)
+// GCC 12 reports the _mm512_undefined_epi32() pass-through operand of
+// AVX-512 intrinsics as "may be used uninitialized" once inlined (GCC bug
+// 105593); the operand is never read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#endif
+
 namespace bigsmall {
 
 bool ValidSplit(PlaneSplit split, uint32_t width) {
@@ -51,7 +61,9 @@ void SplitPlanes(PlaneSplit split, uint32_t width, const uint8_t* elements, size
   }
 }
 
-void MergePlanes(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
+namespace {
+
+void MergeScalar(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
                  uint8_t* elements) {
   switch (split) {
     case PlaneSplit::kBf16: {
@@ -92,6 +104,150 @@ void MergePlanes(PlaneSplit split, uint32_t width, const uint8_t* const* planes,
       return;
     }
   }
+}
+
+#if defined(__x86_64__)
+
+// Plane bytes p[0..n) zero-extended to 16- or 32-bit lanes.
+__attribute__((target("avx2"), always_inline)) inline __m256i Widen16x16(const uint8_t* p) {
+  return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+__attribute__((target("avx2"), always_inline)) inline __m256i Widen8x32(const uint8_t* p) {
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512i Widen32x16(const uint8_t* p) {
+  return _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512i Widen16x32(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// The SIMD merges handle whole vectors and leave the tail to MergeScalar.
+// Each covers bf16, fp32 and bytes/2 and bytes/4 (F16, I32, U32); the other
+// byte widths stay scalar.
+size_t MergeAvx2Prefix(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
+                       uint8_t* elements) __attribute__((target("avx2")));
+size_t MergeAvx2Prefix(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
+                       uint8_t* elements) {
+  size_t k = 0;
+  if (split == PlaneSplit::kBf16) {
+    const __m256i k7f = _mm256_set1_epi16(0x7f), k80 = _mm256_set1_epi16(0x80);
+    for (; k + 16 <= count; k += 16) {
+      const __m256i e = Widen16x16(planes[0] + k), sm = Widen16x16(planes[1] + k);
+      __m256i v = _mm256_or_si256(_mm256_slli_epi16(e, 7), _mm256_and_si256(sm, k7f));
+      v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(sm, k80), 8));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(elements + 2 * k), v);
+    }
+  } else if (split == PlaneSplit::kFp32) {
+    const __m256i k7f = _mm256_set1_epi32(0x7f), k80 = _mm256_set1_epi32(0x80);
+    for (; k + 8 <= count; k += 8) {
+      const __m256i e = Widen8x32(planes[0] + k), sm = Widen8x32(planes[1] + k);
+      const __m256i b2 = Widen8x32(planes[2] + k), b3 = Widen8x32(planes[3] + k);
+      __m256i v = _mm256_or_si256(_mm256_slli_epi32(e, 23), _mm256_slli_epi32(_mm256_and_si256(sm, k7f), 16));
+      v = _mm256_or_si256(v, _mm256_slli_epi32(_mm256_and_si256(sm, k80), 24));
+      v = _mm256_or_si256(v, _mm256_or_si256(_mm256_slli_epi32(b2, 8), b3));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(elements + 4 * k), v);
+    }
+  } else if (split == PlaneSplit::kBytes && width == 2) {
+    for (; k + 16 <= count; k += 16) {
+      const __m256i v = _mm256_or_si256(_mm256_slli_epi16(Widen16x16(planes[0] + k), 8), Widen16x16(planes[1] + k));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(elements + 2 * k), v);
+    }
+  } else if (split == PlaneSplit::kBytes && width == 4) {
+    for (; k + 8 <= count; k += 8) {
+      __m256i v = _mm256_or_si256(_mm256_slli_epi32(Widen8x32(planes[0] + k), 24),
+                                  _mm256_slli_epi32(Widen8x32(planes[1] + k), 16));
+      v = _mm256_or_si256(v, _mm256_or_si256(_mm256_slli_epi32(Widen8x32(planes[2] + k), 8), Widen8x32(planes[3] + k)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(elements + 4 * k), v);
+    }
+  }
+  return k;
+}
+
+size_t MergeAvx512Prefix(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
+                         uint8_t* elements) __attribute__((target("avx512f,avx512bw")));
+size_t MergeAvx512Prefix(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
+                         uint8_t* elements) {
+  size_t k = 0;
+  if (split == PlaneSplit::kBf16) {
+    const __m512i k7f = _mm512_set1_epi16(0x7f), k80 = _mm512_set1_epi16(0x80);
+    for (; k + 32 <= count; k += 32) {
+      const __m512i e = Widen32x16(planes[0] + k), sm = Widen32x16(planes[1] + k);
+      __m512i v = _mm512_or_si512(_mm512_slli_epi16(e, 7), _mm512_and_si512(sm, k7f));
+      v = _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(sm, k80), 8));
+      _mm512_storeu_si512(elements + 2 * k, v);
+    }
+  } else if (split == PlaneSplit::kFp32) {
+    const __m512i k7f = _mm512_set1_epi32(0x7f), k80 = _mm512_set1_epi32(0x80);
+    for (; k + 16 <= count; k += 16) {
+      const __m512i e = Widen16x32(planes[0] + k), sm = Widen16x32(planes[1] + k);
+      const __m512i b2 = Widen16x32(planes[2] + k), b3 = Widen16x32(planes[3] + k);
+      __m512i v = _mm512_or_si512(_mm512_slli_epi32(e, 23), _mm512_slli_epi32(_mm512_and_si512(sm, k7f), 16));
+      v = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_and_si512(sm, k80), 24));
+      v = _mm512_or_si512(v, _mm512_or_si512(_mm512_slli_epi32(b2, 8), b3));
+      _mm512_storeu_si512(elements + 4 * k, v);
+    }
+  } else if (split == PlaneSplit::kBytes && width == 2) {
+    for (; k + 32 <= count; k += 32) {
+      const __m512i v = _mm512_or_si512(_mm512_slli_epi16(Widen32x16(planes[0] + k), 8), Widen32x16(planes[1] + k));
+      _mm512_storeu_si512(elements + 2 * k, v);
+    }
+  } else if (split == PlaneSplit::kBytes && width == 4) {
+    for (; k + 16 <= count; k += 16) {
+      __m512i v = _mm512_or_si512(_mm512_slli_epi32(Widen16x32(planes[0] + k), 24),
+                                  _mm512_slli_epi32(Widen16x32(planes[1] + k), 16));
+      v = _mm512_or_si512(v, _mm512_or_si512(_mm512_slli_epi32(Widen16x32(planes[2] + k), 8), Widen16x32(planes[3] + k)));
+      _mm512_storeu_si512(elements + 4 * k, v);
+    }
+  }
+  return k;
+}
+
+bool HasAvx2() { return __builtin_cpu_supports("avx2"); }
+bool HasAvx512() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"); }
+
+#else
+size_t MergeAvx2Prefix(PlaneSplit, uint32_t, const uint8_t* const*, size_t, uint8_t*) { return 0; }
+size_t MergeAvx512Prefix(PlaneSplit, uint32_t, const uint8_t* const*, size_t, uint8_t*) { return 0; }
+bool HasAvx2() { return false; }
+bool HasAvx512() { return false; }
+#endif
+
+// Merges the tail [k, count) with the scalar loop.
+void MergeTail(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t k, size_t count,
+               uint8_t* elements) {
+  if (k == count) return;
+  const uint8_t* rest[kMaxPlanes];
+  const uint32_t np = split == PlaneSplit::kBf16 ? 2 : split == PlaneSplit::kFp32 ? 4 : width;
+  for (uint32_t p = 0; p < np && p < kMaxPlanes; ++p) rest[p] = planes[p] + k;
+  MergeScalar(split, width, rest, count - k, elements + k * width);
+}
+
+}  // namespace
+
+bool MergePlanesWith(MergeImpl impl, PlaneSplit split, uint32_t width, const uint8_t* const* planes,
+                     size_t count, uint8_t* elements) {
+  size_t k = 0;
+  switch (impl) {
+    case MergeImpl::kScalar:
+      break;
+    case MergeImpl::kAvx2:
+      if (!HasAvx2()) return false;
+      k = MergeAvx2Prefix(split, width, planes, count, elements);
+      break;
+    case MergeImpl::kAvx512:
+      if (!HasAvx512()) return false;
+      k = MergeAvx512Prefix(split, width, planes, count, elements);
+      break;
+  }
+  MergeTail(split, width, planes, k, count, elements);
+  return true;
+}
+
+void MergePlanes(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
+                 uint8_t* elements) {
+  static const MergeImpl best = HasAvx512() ? MergeImpl::kAvx512 : HasAvx2() ? MergeImpl::kAvx2 : MergeImpl::kScalar;
+  MergePlanesWith(best, split, width, planes, count, elements);
 }
 
 }  // namespace bigsmall
