@@ -49,8 +49,12 @@ absl::StatusOr<std::shared_ptr<LayerData>> HostBackend::Decode(const StagedLayer
     const TensorPlan& tp = plan.tensors[i];
     const BsReader& shard = model.shard(tp.shard);
     const BsTensor& t = shard.index().tensors[tp.tensor];
+    // Deltas (issue 11): a DELTA_TENSOR is rebuilt as decoded XOR its base
+    // tensor's bytes in the base's cached layer; others get an empty span.
+    absl::Span<const uint8_t> base =
+        layer.base != nullptr ? layer.base->TensorBytes(tp) : absl::Span<const uint8_t>();
     return shard.DecodeTensor(tp.tensor, layer.group_bytes(tp.shard, t.group),
-                              memory.subspan(tp.offset, tp.size), decode);
+                              memory.subspan(tp.offset, tp.size), decode, base);
   };
   absl::Status st;
   if (pool_ != nullptr) {

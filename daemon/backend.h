@@ -35,6 +35,7 @@ namespace bigsmall::daemon {
 
 class Model;
 struct LayerPlan;
+struct BaseLayers;
 
 // Staging memory a layer's compressed bytes are read into (host: aligned
 // heap memory; device: page-locked memory the copy engine reads).
@@ -65,6 +66,10 @@ struct StagedLayer {
   std::unique_ptr<StagingBuffer> staging;
   std::vector<StagedGroup> groups;
   uint64_t bytes = 0;  // end of the last group in staging
+  // Delta models (daemon/model.h BaseLayers): the base's decoded layers the
+  // delta tensors are XORed with; null for a full model. Owned by the caller
+  // of Pipeline::Load for the whole load.
+  const BaseLayers* base = nullptr;
   // The bytes of (shard, group), or an empty span when the layer has no such group.
   absl::Span<const uint8_t> group_bytes(uint32_t shard, uint32_t group) const;
 };

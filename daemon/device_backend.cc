@@ -197,6 +197,9 @@ absl::Status DeviceBackend::DecodeInto(const StagedLayer& layer, Block& block, b
   // The jobs: every tensor's blob in the staged groups, its place in the layer.
   std::vector<gpu::TensorJob> jobs;
   std::vector<bool> needs_host_verify;
+  // Fine-tune deltas: (tensor, its base tensor's device bytes) of every
+  // DELTA_TENSOR, XORed on the device after the decode (LaunchXorChecksum).
+  std::vector<std::pair<size_t, absl::Span<const uint8_t>>> deltas;
   jobs.reserve(plan.tensors.size());
   for (const TensorPlan& tp : plan.tensors) {
     const BsReader& shard = model.shard(tp.shard);
@@ -216,8 +219,20 @@ absl::Status DeviceBackend::DecodeInto(const StagedLayer& layer, Block& block, b
     job.blob_size = t.blob_size;
     job.out_offset = tp.offset;
     job.out_size = tp.size;
-    job.has_checksum = t.has_device_checksum;
+    // A delta tensor's device checksum is of the rebuilt tensor (§3.1): it
+    // is checked after the XOR, not by the decode kernels.
+    job.has_checksum = t.has_device_checksum && tp.base_slot < 0;
     job.checksum = t.device_checksum;
+    if (tp.base_slot >= 0) {
+      absl::Span<const uint8_t> base =
+          layer.base != nullptr ? layer.base->TensorBytes(tp) : absl::Span<const uint8_t>();
+      if (base.size() != tp.size) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "tensor '", EscapeForLog(t.info.name), "' is stored as a delta and its base layer is not on ",
+            info_.uuid));
+      }
+      deltas.emplace_back(jobs.size(), base);
+    }
     jobs.push_back(job);
     needs_host_verify.push_back(!t.has_device_checksum && tp.size > 0);
   }
@@ -241,7 +256,10 @@ absl::Status DeviceBackend::DecodeInto(const StagedLayer& layer, Block& block, b
   const uint64_t image_offset = AlignUp(decode_plan.input_bytes(), kWorkAlignment);
   const uint64_t upload_bytes = image_offset + image.bytes.size();
   const uint64_t results_offset = AlignUp(upload_bytes, kWorkAlignment);
-  const uint64_t host_bytes = results_offset + image.results_bytes;
+  // Then the delta tensors' rebuilt checksums (one u64 each, D2H).
+  const uint64_t xor_bytes = 8 * deltas.size();
+  const uint64_t xor_offset = AlignUp(results_offset + image.results_bytes, kWorkAlignment);
+  const uint64_t host_bytes = xor_offset + xor_bytes;
   std::unique_ptr<StagingBuffer> grown;
   uint8_t* host = layer.staging->data();
   if (host_bytes > layer.staging->capacity()) {
@@ -260,7 +278,8 @@ absl::Status DeviceBackend::DecodeInto(const StagedLayer& layer, Block& block, b
   // Device side: [upload copy][scratch][results].
   const uint64_t scratch_offset = AlignUp(upload_bytes, kWorkAlignment);
   const uint64_t dev_results_offset = AlignUp(scratch_offset + image.scratch_bytes, kWorkAlignment);
-  ASSIGN_OR_RETURN(auto work, TakeWork(dev_results_offset + image.results_bytes));
+  const uint64_t dev_xor_offset = AlignUp(dev_results_offset + image.results_bytes, kWorkAlignment);
+  ASSIGN_OR_RETURN(auto work, TakeWork(dev_xor_offset + xor_bytes));
   uint8_t* dev = work.first;
   Event uploaded(api_), done(api_);
   absl::Status st = uploaded.Create(device_);
@@ -281,6 +300,17 @@ absl::Status DeviceBackend::DecodeInto(const StagedLayer& layer, Block& block, b
     launch.output = block.bytes().data();
     launch.results = dev + dev_results_offset;
     st = api_->LaunchDecode(launch, compute_);
+  }
+  // Deltas: after the decode on the same stream, each delta tensor becomes
+  // decoded XOR base in place, its rebuilt device checksum summed as it goes.
+  for (size_t d = 0; d < deltas.size() && st.ok(); ++d) {
+    const TensorPlan& tp = plan.tensors[deltas[d].first];
+    st = api_->LaunchXorChecksum(block.bytes().data() + tp.offset, deltas[d].second.data(), tp.size,
+                                 reinterpret_cast<uint64_t*>(dev + dev_xor_offset + 8 * d), compute_);
+  }
+  if (st.ok() && xor_bytes > 0) {
+    st = api_->MemcpyAsync(host + xor_offset, dev + dev_xor_offset, xor_bytes,
+                           gpu::CopyKind::kDeviceToHost, compute_);
   }
   if (st.ok()) {
     st = api_->MemcpyAsync(host + results_offset, dev + dev_results_offset, image.results_bytes,
@@ -316,6 +346,18 @@ absl::Status DeviceBackend::DecodeInto(const StagedLayer& layer, Block& block, b
     return verdict.code() == absl::StatusCode::kDataLoss
                ? verdict
                : absl::DataLossError(verdict.message());
+  }
+  for (size_t d = 0; d < deltas.size(); ++d) {
+    const TensorPlan& tp = plan.tensors[deltas[d].first];
+    const BsTensor& t = model.shard(tp.shard).index().tensors[tp.tensor];
+    if (!t.has_device_checksum) continue;  // 1.0: VerifyOnHost hashes it
+    uint64_t rebuilt = 0;
+    std::memcpy(&rebuilt, host + xor_offset + 8 * d, sizeof(rebuilt));
+    if (rebuilt != t.device_checksum) {
+      return absl::DataLossError(absl::StrCat(
+          "tensor ", EscapeForLog(t.info.name), " failed verification on ", info_.uuid,
+          ": the device checksum of the rebuilt tensor (delta XOR base) differs from the stored one"));
+    }
   }
   if (*host_verify) RETURN_IF_ERROR(VerifyOnHost(layer, block, needs_host_verify));
   return absl::OkStatus();

@@ -88,7 +88,50 @@ void LayerCache::WaitIdle() {
   idle_cv_.wait(lock, [&] { return loads_in_flight_ == 0; });
 }
 
+struct LayerCache::HereRunner {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::function<void()> task;  // a load to run on the waiting thread
+  bool done = false;
+  absl::StatusOr<Lease> result = absl::UnknownError("not acquired");
+  bool hit = false;
+};
+
 void LayerCache::Acquire(const LayerKey& key, uint64_t size, LoadFn load, Callback done) {
+  AcquireImpl(key, size, std::move(load), std::move(done), nullptr);
+}
+
+absl::StatusOr<LayerCache::Lease> LayerCache::AcquireHere(const LayerKey& key, uint64_t size,
+                                                          LoadFn load, bool* hit) {
+  auto runner = std::make_shared<HereRunner>();
+  AcquireImpl(
+      key, size, std::move(load),
+      [runner](absl::StatusOr<Lease> lease, bool h) {
+        std::lock_guard<std::mutex> lock(runner->mu);
+        runner->result = std::move(lease);
+        runner->hit = h;
+        runner->done = true;
+        runner->cv.notify_all();
+      },
+      runner);
+  std::unique_lock<std::mutex> lock(runner->mu);
+  while (true) {
+    runner->cv.wait(lock, [&] { return runner->done || runner->task != nullptr; });
+    if (runner->task == nullptr) break;
+    std::function<void()> task = std::move(runner->task);
+    runner->task = nullptr;
+    lock.unlock();
+    task();  // the load, then FinishLoad (which may post a retry)
+    lock.lock();
+  }
+  if (hit != nullptr) *hit = runner->hit;
+  absl::StatusOr<Lease> result = std::move(runner->result);
+  runner->result = absl::UnknownError("taken");
+  return result;
+}
+
+void LayerCache::AcquireImpl(const LayerKey& key, uint64_t size, LoadFn load, Callback done,
+                             std::shared_ptr<HereRunner> here) {
   std::vector<std::shared_ptr<LayerData>> graveyard;
   std::shared_ptr<Entry> to_load;
   absl::Status refused;
@@ -126,6 +169,7 @@ void LayerCache::Acquire(const LayerKey& key, uint64_t size, LoadFn load, Callba
                                 " bytes (raise --cache-budget)"));
     } else if (queue_.empty() && MakeRoomLocked(cost, /*evict_unclaimed=*/true, &graveyard)) {
       to_load = NewLoadingEntryLocked(key, cost, std::move(load));
+      to_load->here = std::move(here);
       to_load->waiters.push_back(std::move(done));
     } else {
       // No room now: wait for admission (in order), without blocking.
@@ -134,6 +178,7 @@ void LayerCache::Acquire(const LayerKey& key, uint64_t size, LoadFn load, Callba
       entry->queued = true;
       entry->cost = cost;
       entry->load = std::move(load);
+      entry->here = std::move(here);
       entry->deadline = std::chrono::steady_clock::now() + options_.admission_timeout;
       entry->waiters.push_back(std::move(done));
       entries_.emplace(key, entry);
@@ -218,13 +263,22 @@ void LayerCache::StartLoads(std::vector<std::shared_ptr<Entry>> entries) {
 
 void LayerCache::StartLoad(std::shared_ptr<Entry> entry) {
   LoadFn load = entry->load;  // a copy: the entry keeps it for a retry
-  executor_([this, entry = std::move(entry), load = std::move(load)]() mutable {
+  std::shared_ptr<HereRunner> here = entry->here;
+  std::function<void()> task = [this, entry = std::move(entry), load = std::move(load)]() mutable {
     absl::StatusOr<std::shared_ptr<LayerData>> result = load();
     if (result.ok() && *result == nullptr) {
       result = absl::InternalError("layer loader returned no data");
     }
     FinishLoad(entry, std::move(result));
-  });
+  };
+  if (here != nullptr) {
+    // AcquireHere's thread waits for exactly this (its entry's load).
+    std::lock_guard<std::mutex> lock(here->mu);
+    here->task = std::move(task);
+    here->cv.notify_all();
+    return;
+  }
+  executor_(std::move(task));
 }
 
 void LayerCache::FinishLoad(const std::shared_ptr<Entry>& entry,
@@ -252,12 +306,14 @@ void LayerCache::FinishLoad(const std::shared_ptr<Entry>& entry,
       stats_.bytes -= entry->reserved;
       entry->reserved = 0;
       entry->load = nullptr;
+      entry->here = nullptr;
       entries_.erase(entry->key);
       AdmitLocked(&to_start, &graveyard);
     } else {
       waiters = std::move(entry->waiters);
       entry->waiters.clear();
       entry->load = nullptr;
+      entry->here = nullptr;
       entry->data = std::move(*result);
       // Charged what admission reserved (a loader that used more is charged
       // more; Model::LoadLayer uses exactly the declared size).

@@ -113,6 +113,15 @@ class LayerCache {
   // Blocking form of Acquire.
   absl::StatusOr<Lease> AcquireSync(const LayerKey& key, uint64_t size, LoadFn load,
                                     bool* hit = nullptr);
+  // AcquireSync for a load that runs inside another load (a fine-tune
+  // delta's layer needs its base's layer first): when this request has to
+  // start the load, the load runs on the calling thread, not on the
+  // executor, also after waiting for admission or for an allocation retry,
+  // so a load thread never blocks on a task queued behind it (one load
+  // thread cannot deadlock). A layer already cached or being loaded by
+  // someone else is shared as with Acquire.
+  absl::StatusOr<Lease> AcquireHere(const LayerKey& key, uint64_t size, LoadFn load,
+                                    bool* hit = nullptr);
   // Starts loading `key` without leasing it, if absent and it fits the budget.
   // Returns true when a load was started.
   bool Prefetch(const LayerKey& key, uint64_t size, LoadFn load);
@@ -155,6 +164,8 @@ class LayerCache {
   void WaitIdle();
 
  private:
+  // The calling thread of AcquireHere: where its entry's load runs.
+  struct HereRunner;
   struct Entry {
     LayerKey key;
     bool ready = false;
@@ -170,7 +181,12 @@ class LayerCache {
     std::vector<Callback> waiters;
     bool in_lru = false;
     std::list<Entry*>::iterator lru_it;
+    // Set by AcquireHere: StartLoad hands the load to that thread.
+    std::shared_ptr<HereRunner> here;
   };
+
+  void AcquireImpl(const LayerKey& key, uint64_t size, LoadFn load, Callback done,
+                   std::shared_ptr<HereRunner> here);
 
   // Registers a new entry being loaded (reserving `cost` bytes). mu_ held.
   std::shared_ptr<Entry> NewLoadingEntryLocked(const LayerKey& key, uint64_t cost, LoadFn load);

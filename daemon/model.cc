@@ -261,11 +261,17 @@ absl::Status Model::AttachShards(std::vector<ShardSource> shards, const ModelOpt
     }
     auto reader = BsReader::Open(std::move(src));
     if (!reader.ok()) return Annotate(reader.status(), what);
-    if ((*reader)->index().is_delta()) {
+    // A fine-tune delta is served once its base is attached (AttachBase):
+    // every shard of a model is a delta or none is.
+    const bool delta = (*reader)->index().is_delta();
+    if (!shards_.empty() && delta != is_delta_) {
       return absl::FailedPreconditionError(absl::StrCat(
-          what, ": ", EscapeForLog(shard.path),
-          " is a fine-tune delta; the daemon serves full models (decompress it with its base)"));
+          what, ": ", EscapeForLog(shard.path), delta ? " is" : " is not",
+          " a fine-tune delta, unlike ", EscapeForLog(shard_paths_[0]),
+          " (a model's shards are all deltas of one base or all full)"));
     }
+    if (delta && base_name_.empty()) base_name_ = (*reader)->index().base_name;
+    is_delta_ = delta;
     shard_paths_.push_back(std::move(shard.path));
     shards_.push_back(std::move(*reader));
   }
@@ -396,9 +402,100 @@ const v1::TensorInfo& Model::tensor_info(const TensorRef& ref) const {
 absl::StatusOr<std::shared_ptr<LayerData>> Model::LoadLayer(int32_t index, ArenaPool* arenas,
                                                             ThreadPool* pool,
                                                             Metrics* metrics) const {
+  const LayerPlan* plan = layer(index);
+  BaseLayers base;
+  if (plan != nullptr && !plan->base_layers.empty()) {
+    if (base_ == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model '", EscapeForLog(path_), "' is a fine-tune delta against '",
+          EscapeForLog(base_name_), "' and has no base attached"));
+    }
+    for (int32_t b : plan->base_layers) {
+      ASSIGN_OR_RETURN(std::shared_ptr<LayerData> data, base_->LoadLayer(b, arenas, pool, metrics));
+      base.layers.push_back(data.get());
+      base.owned.push_back(std::move(data));
+    }
+  }
   Pipeline pipeline(PipelineOptions{}, metrics);
   HostBackend backend(arenas, pool, options_.impl);
-  return pipeline.Load(*this, index, backend);
+  return pipeline.Load(*this, index, backend, base.layers.empty() ? nullptr : &base);
+}
+
+absl::Span<const uint8_t> BaseLayers::TensorBytes(const TensorPlan& tp) const {
+  if (tp.base_slot < 0 || static_cast<size_t>(tp.base_slot) >= layers.size()) return {};
+  const LayerData* data = layers[static_cast<size_t>(tp.base_slot)];
+  if (data == nullptr || data->arena == nullptr) return {};
+  absl::Span<uint8_t> memory = data->arena->bytes();
+  if (tp.base_offset > memory.size() || tp.size > memory.size() - tp.base_offset) return {};
+  return memory.subspan(tp.base_offset, tp.size);
+}
+
+absl::Status Model::MapBase(const Model& base, std::vector<LayerPlan>* layers,
+                            LayerPlan* non_layer) const {
+  const std::string what = absl::StrCat("model '", EscapeForLog(path_), "'");
+  const std::string base_what = absl::StrCat("base model '", EscapeForLog(base.path()), "'");
+  if (!is_delta_) {
+    return absl::FailedPreconditionError(absl::StrCat(what, " is not a fine-tune delta"));
+  }
+  if (base.is_delta()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": ", base_what, " is itself a fine-tune delta; a base must be a full model"));
+  }
+  auto map_layer = [&](LayerPlan& plan) -> absl::Status {
+    plan.base_layers.clear();
+    for (TensorPlan& tp : plan.tensors) {
+      tp.base_slot = -1;
+      tp.base_offset = 0;
+      const BsTensor& t = shards_[tp.shard]->index().tensors[tp.tensor];
+      if (!t.is_delta()) continue;  // stored alone: decoded alone
+      const TensorRef* ref = base.FindTensor(t.info.name);
+      if (ref == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            what, ": tensor '", EscapeForLog(t.info.name), "' is stored as a delta, but ",
+            base_what, " has no tensor of that name (wrong base)"));
+      }
+      const TensorPlan& btp = base.layer(ref->layer)->tensors[ref->index];
+      const BsTensor& bt = base.shard(btp.shard).index().tensors[btp.tensor];
+      if (btp.size != tp.size || bt.info.dtype_name != t.info.dtype_name) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            what, ": base tensor '", EscapeForLog(t.info.name), "' of ", base_what,
+            " has another dtype or size than the delta's (wrong base)"));
+      }
+      if (bt.hash != t.base_hash) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            what, ": base tensor '", EscapeForLog(t.info.name), "' of ", base_what,
+            " does not match the base this delta was made against (its XXH3-128 differs from "
+            "the stored base hash: wrong base)"));
+      }
+      auto slot = std::find(plan.base_layers.begin(), plan.base_layers.end(), ref->layer);
+      if (slot == plan.base_layers.end()) {
+        plan.base_layers.push_back(ref->layer);
+        slot = plan.base_layers.end() - 1;
+      }
+      tp.base_slot = static_cast<int32_t>(slot - plan.base_layers.begin());
+      tp.base_offset = btp.offset;
+    }
+    return absl::OkStatus();
+  };
+  for (LayerPlan& plan : *layers) RETURN_IF_ERROR(map_layer(plan));
+  return map_layer(*non_layer);
+}
+
+absl::Status Model::CheckBase(const Model& base) const {
+  std::vector<LayerPlan> layers = layers_;
+  LayerPlan non_layer = non_layer_;
+  return MapBase(base, &layers, &non_layer);
+}
+
+absl::Status Model::AttachBase(std::shared_ptr<Model> base) {
+  if (base == nullptr) return absl::InvalidArgumentError("AttachBase: no base");
+  std::vector<LayerPlan> layers = layers_;
+  LayerPlan non_layer = non_layer_;
+  RETURN_IF_ERROR(MapBase(*base, &layers, &non_layer));
+  layers_ = std::move(layers);
+  non_layer_ = std::move(non_layer);
+  base_ = std::move(base);
+  return absl::OkStatus();
 }
 
 }  // namespace bigsmall::daemon

@@ -17,6 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "bigsmall/v1/bigsmall.pb.h"
 #include "codec/bs_reader.h"
 #include "codec/tensor_codec.h"
@@ -48,6 +49,12 @@ struct TensorPlan {
   uint32_t tensor = 0;  // index in the shard's BsIndex::tensors
   uint64_t offset = 0;  // in the layer's memory
   uint64_t size = 0;
+  // Delta models (Model::AttachBase): the base layer this DELTA_TENSOR is
+  // XORed with, as an index into its LayerPlan::base_layers, and the base
+  // tensor's offset in that layer's memory. -1: decoded alone (a full
+  // model, or a tensor stored without DELTA_TENSOR).
+  int32_t base_slot = -1;
+  uint64_t base_offset = 0;
 };
 
 // A layer is one (group name, layer number) across every shard: groups of
@@ -62,6 +69,24 @@ struct LayerPlan {
   uint64_t stored_size = 0;
   std::vector<std::pair<uint32_t, uint32_t>> groups;  // (shard, group)
   std::vector<TensorPlan> tensors;
+  // Delta models: the base model's layer indices (-1: its non-layer group)
+  // whose decoded bytes this layer's delta tensors need, each once; empty
+  // for a full model or a layer without delta tensors.
+  std::vector<int32_t> base_layers;
+};
+
+// The base's decoded layers a delta layer is rebuilt from while it decodes
+// (LayerPlan::base_layers order): `layers[i]` is the data of base layer
+// base_layers[i], kept alive by `leases` (the daemon's cache: the base's
+// clients and the delta share one decoded copy) or by `owned` (tools).
+struct BaseLayers {
+  std::vector<LayerCache::Lease> leases;
+  std::vector<std::shared_ptr<LayerData>> owned;
+  std::vector<const LayerData*> layers;
+  // The base tensor bytes for `tp` (host or device memory, as the base
+  // layer's block holds it); empty when `tp` has no base or the base layer
+  // is missing or too small (the decoder then refuses the delta tensor).
+  absl::Span<const uint8_t> TensorBytes(const TensorPlan& tp) const;
 };
 
 // Where a tensor lives: its layer and its position in that layer's
@@ -157,11 +182,31 @@ class Model {
   BsReader& shard(uint32_t s) const { return *shards_[s]; }
   const ModelOptions& options() const { return options_; }
 
+  // Fine-tune deltas (docs/FORMAT.md §7; docs/API.md "Fine-tune deltas"):
+  // whether the model's shards carry the DELTA flag (all or none), the
+  // base's name as given at compress time (the first delta shard's index
+  // base_name), and the base attached by AttachBase (null before).
+  bool is_delta() const { return is_delta_; }
+  const std::string& base_name() const { return base_name_; }
+  const std::shared_ptr<Model>& base() const { return base_; }
+  // Checks that `base` is the model this delta was made against: a full
+  // model holding, for every DELTA_TENSOR, a tensor of the same name and
+  // size whose stored hash is the delta's base_hash. FAILED_PRECONDITION
+  // naming this model, the base and the first tensor that differs or is
+  // missing (docs/FORMAT.md §10.1 base-mismatch).
+  absl::Status CheckBase(const Model& base) const;
+  // CheckBase, then maps every delta tensor to its base layer and offset
+  // (TensorPlan::base_slot/base_offset, LayerPlan::base_layers) and keeps
+  // `base`. Only before the model is shared (the registry calls it right
+  // after opening); nothing changes on an error.
+  absl::Status AttachBase(std::shared_ptr<Model> base);
+
   // Tools and tests: runs the layer through a one-layer load pipeline
   // (daemon/pipeline.h) on the host backend: reads its groups, decodes every
   // tensor on `pool` into a new block of `arenas` (committed first),
   // verifying each tensor's hash. LayerData::bytes is the block's cost
-  // (page-rounded size). The daemon uses its own Pipeline.
+  // (page-rounded size). A delta model's base layers are loaded the same
+  // way first (uncached). The daemon uses its own Pipeline.
   absl::StatusOr<std::shared_ptr<LayerData>> LoadLayer(int32_t index, ArenaPool* arenas,
                                                        ThreadPool* pool, Metrics* metrics) const;
 
@@ -178,6 +223,10 @@ class Model {
   // The id and the cache key from path_, then the plan.
   absl::Status Finish();
   absl::Status BuildPlan();
+  // The base mapping of AttachBase into `layers` and `non_layer` (copies of
+  // this model's plans).
+  absl::Status MapBase(const Model& base, std::vector<LayerPlan>* layers,
+                       LayerPlan* non_layer) const;
 
   std::string id_;
   std::string cache_key_;
@@ -193,6 +242,9 @@ class Model {
   LayerPlan non_layer_;
   absl::flat_hash_map<std::string, TensorRef> by_name_;
   v1::ModelDescription description_;
+  bool is_delta_ = false;
+  std::string base_name_;
+  std::shared_ptr<Model> base_;
 };
 
 // "model 'x': <message>", keeping the code; kOutOfRange from a read of a

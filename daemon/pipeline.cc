@@ -144,7 +144,8 @@ absl::StatusOr<std::shared_ptr<LayerData>> Pipeline::DecodeAndVerify(const Stage
 }
 
 absl::StatusOr<std::shared_ptr<LayerData>> Pipeline::Load(const Model& model, int32_t index,
-                                                          Backend& backend) {
+                                                          Backend& backend,
+                                                          const BaseLayers* base) {
   const LayerPlan* plan = model.layer(index);
   if (plan == nullptr) {
     return absl::OutOfRangeError(absl::StrCat("model ", model.id(), " has no layer ", index));
@@ -152,6 +153,7 @@ absl::StatusOr<std::shared_ptr<LayerData>> Pipeline::Load(const Model& model, in
   auto result = [&]() -> absl::StatusOr<std::shared_ptr<LayerData>> {
     std::unique_ptr<Slot> slot = Admit(plan->stored_size);  // admit
     ASSIGN_OR_RETURN(StagedLayer layer, Read(model, index, backend));  // read
+    layer.base = base;  // deltas: the base layers to XOR with (H2, issue 11)
     RETURN_IF_ERROR(Check(layer));                                     // check
     InjectStagingFault(layer);                                         // (tests)
     return DecodeAndVerify(layer, backend);                            // decode + verify

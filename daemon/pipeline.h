@@ -69,9 +69,11 @@ class Pipeline {
   Pipeline(const PipelineOptions& options, Metrics* metrics);
 
   // Runs layer `index` of `model` through every stage on `backend`; the
-  // calling thread blocks while the pipeline is full.
+  // calling thread blocks while the pipeline is full. `base`: a delta
+  // model's base layers (StagedLayer::base), null for a full model.
   absl::StatusOr<std::shared_ptr<LayerData>> Load(const Model& model, int32_t index,
-                                                  Backend& backend);
+                                                  Backend& backend,
+                                                  const BaseLayers* base = nullptr);
 
   struct Stats {
     uint32_t in_flight = 0;

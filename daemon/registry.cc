@@ -126,6 +126,11 @@ absl::StatusOr<UniqueFd> ModelRegistry::OpenPath(const std::string& path,
 }
 
 absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Open(const std::string& path) {
+  return OpenImpl(path, /*resolve_bases=*/true);
+}
+
+absl::StatusOr<ModelRegistry::Opened> ModelRegistry::OpenImpl(const std::string& path,
+                                                              bool resolve_bases) {
   RETURN_IF_ERROR(CheckPath(path));
   std::string real;
   ASSIGN_OR_RETURN(UniqueFd fd, OpenPath(path, &real));
@@ -133,20 +138,79 @@ absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Open(const std::string& pat
   if (::fstat(fd.get(), &st) != 0) return ErrnoToStatus(errno, "fstat");
   const std::string key = absl::StrCat("file:", st.st_dev, ":", st.st_ino);
   ASSIGN_OR_RETURN(std::string fingerprint, Model::Fingerprint(fd.get()));
-  return Register(key, fingerprint, real, [&]() {
-    return Model::OpenFd(std::move(fd), real, options_.model_options);
-  });
+  return Register(
+      key, fingerprint, real,
+      [&]() -> absl::StatusOr<std::shared_ptr<Model>> {
+        ASSIGN_OR_RETURN(auto model, Model::OpenFd(std::move(fd), real, options_.model_options));
+        if (model->is_delta() && !resolve_bases) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("model '", EscapeForLog(real),
+                           "' is itself a fine-tune delta; a base must be a full model"));
+        }
+        return model;
+      },
+      /*beside=*/true);
 }
 
 absl::StatusOr<ModelRegistry::Opened> ModelRegistry::OpenKeyed(
     const std::string& key, const std::string& fingerprint,
     const std::function<absl::StatusOr<std::shared_ptr<Model>>()>& open) {
-  return Register(key, fingerprint, key, open);
+  return Register(key, fingerprint, key, open, /*beside=*/false);
+}
+
+absl::Status ModelRegistry::ResolveBase(const std::shared_ptr<Model>& model, bool beside) {
+  const std::string what = absl::StrCat("model '", EscapeForLog(model->path()), "'");
+  // 1. An open full model that matches, most recently used first.
+  std::vector<std::pair<uint64_t, std::shared_ptr<Model>>> open;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, entry] : by_key_) {
+      if (!entry.model->is_delta()) open.emplace_back(entry.last_used, entry.model);
+    }
+  }
+  std::sort(open.begin(), open.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (const auto& [used, candidate] : open) {
+    if (model->CheckBase(*candidate).ok()) return model->AttachBase(candidate);
+  }
+  // 2. "<last component of base_name>.bs" beside the delta.
+  std::string name = model->base_name();
+  while (!name.empty() && name.back() == '/') name.pop_back();
+  if (size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);
+  std::string looked_for;
+  if (beside && !name.empty() && name != "." && name != ".." &&
+      name.find('\0') == std::string::npos) {
+    const std::string& path = model->path();
+    const size_t slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos || slash == 0 ? "/" : path.substr(0, slash);
+    const std::string candidate = absl::StrCat(dir == "/" ? "" : dir, "/", name, ".bs");
+    looked_for = absl::StrCat(", nor is '", EscapeForLog(candidate), "' beside it");
+    if (candidate != path) {
+      auto opened = OpenImpl(candidate, /*resolve_bases=*/false);
+      if (opened.ok()) {
+        absl::Status st = model->AttachBase(opened->model);
+        if (st.ok()) {
+          spdlog::info("{}: fine-tune delta against {} ({})", what, EscapeForLog(candidate),
+                       opened->model->id());
+        }
+        return st;
+      }
+      const absl::StatusCode code = opened.status().code();
+      if (code != absl::StatusCode::kNotFound && code != absl::StatusCode::kPermissionDenied) {
+        return absl::Status(code, absl::StrCat(what, ": its base '", EscapeForLog(candidate),
+                                               "': ", opened.status().message()));
+      }
+    }
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      what, " is a fine-tune delta against '", EscapeForLog(model->base_name()),
+      "' and its base is not available: no open model matches its base hashes", looked_for,
+      " (open the base model first, or put its .bs beside the delta)"));
 }
 
 absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Register(
     const std::string& key, const std::string& fingerprint, const std::string& what,
-    const std::function<absl::StatusOr<std::shared_ptr<Model>>()>& open) {
+    const std::function<absl::StatusOr<std::shared_ptr<Model>>()>& open, bool beside) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = by_key_.find(key);
@@ -156,6 +220,7 @@ absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Register(
     }
   }
   ASSIGN_OR_RETURN(auto model, open());
+  if (model->is_delta() && model->base() == nullptr) RETURN_IF_ERROR(ResolveBase(model, beside));
   const size_t description_bytes = model->description().ByteSizeLong();
   if (description_bytes > options_.max_description_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -189,7 +254,7 @@ absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Register(
       dropped.push_back(old);
       spdlog::info("model {} changed on disk; reopened", EscapeForLog(what));
     } else {
-      status = MakeRoomLocked(&dropped);
+      status = MakeRoomLocked(&dropped, model->base().get());
     }
     if (status.ok()) {
       by_key_[key] = Entry{model, ++clock_};
@@ -203,11 +268,21 @@ absl::StatusOr<ModelRegistry::Opened> ModelRegistry::Register(
   return result;
 }
 
-absl::Status ModelRegistry::MakeRoomLocked(std::vector<std::shared_ptr<Model>>* dropped) {
+bool ModelRegistry::IsBaseLocked(const Model& model) const {
+  for (const auto& [key, entry] : by_key_) {
+    if (entry.model->base().get() == &model) return true;
+  }
+  return false;
+}
+
+absl::Status ModelRegistry::MakeRoomLocked(std::vector<std::shared_ptr<Model>>* dropped,
+                                           const Model* keep) {
   while (by_key_.size() >= options_.max_models) {
     const Entry* victim = nullptr;
     for (const auto& [id, entry] : by_key_) {
       if (options_.busy && options_.busy(*entry.model)) continue;
+      // The base of an open delta (or of the one being registered) stays.
+      if (entry.model.get() == keep || IsBaseLocked(*entry.model)) continue;
       if (victim == nullptr || entry.last_used < victim->last_used) victim = &entry;
     }
     if (victim == nullptr) {
@@ -273,6 +348,20 @@ absl::StatusOr<std::vector<std::shared_ptr<Model>>> ModelRegistry::Unload(
     if (!model_id.empty() && victims.empty()) {
       return absl::NotFoundError(
           absl::StrCat("unknown model id '", EscapeForLog(model_id), "' (OpenModel first)"));
+    }
+    // A base goes only with its deltas.
+    for (const auto& [key, entry] : by_key_) {
+      const Model* base = entry.model->base().get();
+      if (base == nullptr) continue;
+      const bool base_goes = std::any_of(victims.begin(), victims.end(),
+                                         [&](const auto& v) { return v.get() == base; });
+      const bool delta_goes = std::any_of(victims.begin(), victims.end(),
+                                          [&](const auto& v) { return v == entry.model; });
+      if (base_goes && !delta_goes) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model ", base->id(), " is the base of the open fine-tune delta ",
+            entry.model->id(), "; unload the delta first"));
+      }
     }
     for (const auto& m : victims) RemoveLocked(m);
   }

@@ -23,6 +23,23 @@
 // least recently used idle model (no session, no lease) is closed; when all
 // are busy, RESOURCE_EXHAUSTED. A description over `max_description_bytes`
 // is refused with RESOURCE_EXHAUSTED and never registered.
+//
+// Fine-tune deltas (docs/API.md "Fine-tune deltas"): a model whose shards
+// are deltas is registered only with its base attached (Model::AttachBase),
+// found in this order:
+//  1. an open full model of the registry that CheckBase accepts (every
+//     DELTA_TENSOR's base hash matches), most recently used first;
+//  2. for a file or directory model, "<B>.bs" beside it, where B is the last
+//     path component of the delta's base_name (the --base given at compress
+//     time, e.g. "base.safetensors" or a base directory "base"), in the
+//     directory that holds the delta: opened with Open (beneath the same
+//     root, no symlinks, the same rules as any model) and registered as a
+//     model of its own, shared with its own clients. It must be a full
+//     model that CheckBase accepts.
+// No base: FAILED_PRECONDITION naming the delta and what was looked for; a
+// base that does not match: FAILED_PRECONDITION naming the tensor
+// (docs/FORMAT.md §10.1 base-mismatch). A model that is the base of an open
+// delta is never closed for room and not unloaded alone.
 #ifndef BIGSMALL_DAEMON_REGISTRY_H_
 #define BIGSMALL_DAEMON_REGISTRY_H_
 
@@ -102,11 +119,21 @@ class ModelRegistry {
   absl::StatusOr<UniqueFd> OpenPath(const std::string& path, std::string* real) const;
   // The common part of Open and OpenKeyed: a registered model of `key` and
   // `fingerprint`, else `open`'s, checked and registered.
+  // `beside`: a file model whose delta base may be opened beside it.
   absl::StatusOr<Opened> Register(
       const std::string& key, const std::string& fingerprint, const std::string& what,
-      const std::function<absl::StatusOr<std::shared_ptr<Model>>()>& open);
-  // Drops LRU idle models until one more fits. mu_ held.
-  absl::Status MakeRoomLocked(std::vector<std::shared_ptr<Model>>* dropped);
+      const std::function<absl::StatusOr<std::shared_ptr<Model>>()>& open, bool beside);
+  // Open; `resolve_bases` false (opening a base beside a delta) refuses a
+  // delta instead of resolving its base.
+  absl::StatusOr<Opened> OpenImpl(const std::string& path, bool resolve_bases);
+  // Finds and attaches the base of the delta `model` (rules above).
+  absl::Status ResolveBase(const std::shared_ptr<Model>& model, bool beside);
+  // True when an open model has `model` as its base. mu_ held.
+  bool IsBaseLocked(const Model& model) const;
+  // Drops LRU idle models until one more fits; `keep` (the base of the
+  // model being registered) stays. mu_ held.
+  absl::Status MakeRoomLocked(std::vector<std::shared_ptr<Model>>* dropped,
+                              const Model* keep = nullptr);
   void RemoveLocked(const std::shared_ptr<Model>& model);
 
   const RegistryOptions options_;

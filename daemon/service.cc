@@ -575,7 +575,32 @@ LayerCache::LoadFn BigSmallService::Loader(const std::shared_ptr<Model>& model, 
     model->layer_decodes.fetch_add(1);
     Backend& backend = device != nullptr ? static_cast<Backend&>(*device->backend)
                                          : static_cast<Backend&>(host_backend_);
-    auto data = pipeline_.Load(*model, index, backend);
+    // Fine-tune deltas (issue 11, daemon/model.h BaseLayers): lease the
+    // base's layers first, in the same cache (shared with the base's own
+    // clients), loaded on this thread when absent (AcquireHere).
+    BaseLayers base;
+    const LayerPlan* plan = model->layer(index);
+    if (model->base() != nullptr && plan != nullptr) {
+      LayerCache& cache = device != nullptr ? *device->cache : *cache_;
+      const std::string where = device != nullptr ? device->backend->device() : "host";
+      for (int32_t b : plan->base_layers) {
+        const LayerPlan* base_plan = model->base()->layer(b);
+        if (base_plan == nullptr) return absl::InternalError("delta plan names no base layer");
+        auto lease = cache.AcquireHere(LayerKey{model->base()->cache_key(), b, where},
+                                       std::max<uint64_t>(base_plan->size, 1),
+                                       Loader(model->base(), b, device));
+        if (!lease.ok()) {
+          absl::Status st(lease.status().code(),
+                          absl::StrCat("model '", EscapeForLog(model->path()), "' layer ", index,
+                                       ": its base layer: ", lease.status().message()));
+          spdlog::warn("{}", st.ToString());
+          return st;
+        }
+        base.layers.push_back(&lease->data());
+        base.leases.push_back(std::move(*lease));
+      }
+    }
+    auto data = pipeline_.Load(*model, index, backend, base.layers.empty() ? nullptr : &base);
     if (!data.ok()) spdlog::warn("{}", data.status().ToString());
     return data;
   };

@@ -158,6 +158,17 @@ class DeviceApi {
   // the device word `out`.
   virtual absl::Status LaunchChecksum(const uint8_t* data, uint64_t bytes, uint64_t* out,
                                       StreamRef stream) = 0;
+  // Fine-tune deltas (docs/FORMAT.md §7): enqueues the XOR kernel, which
+  // rebuilds `bytes` bytes at `data` in place as data XOR `base` (device
+  // memory, both 8-byte aligned; `base` is the base tensor in its own
+  // decoded layer) and writes the device checksum of the rebuilt bytes to
+  // the device word `out` (the caller compares it with the tensor's). The
+  // default (runtimes without it) is UNIMPLEMENTED.
+  virtual absl::Status LaunchXorChecksum(uint8_t* data, const uint8_t* base, uint64_t bytes,
+                                         uint64_t* out, StreamRef stream) {
+    (void)data, (void)base, (void)bytes, (void)out, (void)stream;
+    return absl::UnimplementedError("this device runtime has no XOR kernel");
+  }
 };
 
 // The real CUDA runtime, or FAILED_PRECONDITION (built without CUDA, no

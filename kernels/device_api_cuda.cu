@@ -288,6 +288,13 @@ class CudaDeviceApi final : public DeviceApi {
     return CudaChecksumLaunch(data, bytes, out, AsStream(stream)->stream);
   }
 
+  absl::Status LaunchXorChecksum(uint8_t* data, const uint8_t* base, uint64_t bytes, uint64_t* out,
+                                 StreamRef stream) override {
+    if (stream.p == nullptr) return NullStream();
+    CUDA_API_RETURN_IF_ERROR(cudaSetDevice(AsStream(stream)->device));
+    return CudaXorChecksumLaunch(data, base, bytes, out, AsStream(stream)->stream);
+  }
+
  private:
   const int count_;
 };

@@ -634,6 +634,31 @@ class EmulatedDeviceApi final : public DeviceApi {
     return s->Enqueue(std::move(op));
   }
 
+  absl::Status LaunchXorChecksum(uint8_t* data, const uint8_t* base, uint64_t bytes, uint64_t* out,
+                                 StreamRef stream) override {
+    std::shared_ptr<Stream> s;
+    RETURN_IF_ERROR(Lookup(stream, &s));
+    if (reinterpret_cast<uintptr_t>(data) % 8 != 0 || reinterpret_cast<uintptr_t>(base) % 8 != 0 ||
+        reinterpret_cast<uintptr_t>(out) % 8 != 0) {
+      return absl::InvalidArgumentError("XOR launch: data, base and out must be 8-byte aligned");
+    }
+    if (out == nullptr || (bytes != 0 && (data == nullptr || base == nullptr))) {
+      return absl::InvalidArgumentError("XOR of a null buffer");
+    }
+    Op op;
+    op.work = [this, data, base, bytes, out]() -> absl::Status {
+      if (bytes > 0) {
+        absl::Status st = CheckDeviceRange(data, bytes, true, "XOR data");
+        if (st.ok()) st = CheckDeviceRange(base, bytes, false, "XOR base");
+        if (!st.ok()) return Fault(st);
+      }
+      absl::Status st = CheckDeviceRange(out, sizeof(uint64_t), true, "XOR checksum output");
+      if (!st.ok()) return Fault(st);
+      return EmulateXorChecksumLaunch(data, base, bytes, out);
+    };
+    return s->Enqueue(std::move(op));
+  }
+
  private:
   struct Allocation {
     size_t size = 0;

@@ -21,6 +21,7 @@
 #include "kernels/decode_step.h"
 #include "kernels/gpu_decoder.h"
 #include "kernels/launch.h"
+#include "kernels/xor_step.h"
 
 namespace bigsmall::gpu {
 namespace {
@@ -291,6 +292,21 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 __global__ void ChecksumFinishKernel(uint64_t* out, uint64_t bytes) { *out = ChecksumFinish(*out, bytes); }
 
+// Fine-tune deltas: data ^= base in place, summing the rebuilt words'
+// checksum terms (kernels/xor_step.h), then ChecksumFinishKernel.
+__global__ void __launch_bounds__(kBlockThreads)
+    XorChecksumSumKernel(uint8_t* __restrict__ data, const uint8_t* __restrict__ base, uint64_t bytes,
+                         unsigned long long* out) {
+  const uint64_t words = (bytes + 7) / 8;
+  uint64_t sum = 0;
+  for (uint64_t k = blockIdx.x * uint64_t{blockDim.x} + threadIdx.x; k < words;
+       k += uint64_t{gridDim.x} * blockDim.x) {
+    sum += XorChecksumWordAt(data, base, bytes, k);
+  }
+  sum = BlockSum(sum);
+  if (threadIdx.x == 0 && sum != 0) atomicAdd(out, sum);
+}
+
 uint32_t GridFor(uint64_t items, uint32_t per_block, uint32_t cap) {
   const uint64_t blocks = (items + per_block - 1) / per_block;
   return static_cast<uint32_t>(std::max<uint64_t>(1, std::min<uint64_t>(blocks, cap)));
@@ -503,6 +519,28 @@ absl::Status CudaChecksumLaunch(const uint8_t* data, uint64_t bytes, uint64_t* o
   if (bytes != 0) {
     ChecksumSumKernel<<<GridFor((bytes + 7) / 8, kBlockThreads * 16, 4096), kBlockThreads, 0, s>>>(
         data, bytes, reinterpret_cast<unsigned long long*>(out));
+    CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  }
+  ChecksumFinishKernel<<<1, 1, 0, s>>>(out, bytes);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+absl::Status CudaXorChecksumLaunch(uint8_t* data, const uint8_t* base, uint64_t bytes, uint64_t* out,
+                                   void* stream) {
+  if (out == nullptr || (bytes != 0 && (data == nullptr || base == nullptr))) {
+    return absl::InvalidArgumentError("XOR of a null buffer");
+  }
+  if ((reinterpret_cast<uintptr_t>(data) & 7u) != 0 || (reinterpret_cast<uintptr_t>(base) & 7u) != 0 ||
+      (reinterpret_cast<uintptr_t>(out) & 7u) != 0) {
+    return absl::InvalidArgumentError("XOR launch: data, base and out must be 8-byte aligned");
+  }
+  auto s = static_cast<cudaStream_t>(stream);
+  ClearStaleLaunchError();
+  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out, 0, sizeof(uint64_t), s));
+  if (bytes != 0) {
+    XorChecksumSumKernel<<<GridFor((bytes + 7) / 8, kBlockThreads * 16, 4096), kBlockThreads, 0, s>>>(
+        data, base, bytes, reinterpret_cast<unsigned long long*>(out));
     CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   ChecksumFinishKernel<<<1, 1, 0, s>>>(out, bytes);

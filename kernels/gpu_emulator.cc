@@ -15,6 +15,7 @@
 #include "kernels/decode_step.h"
 #include "kernels/gpu_decoder.h"
 #include "kernels/launch.h"
+#include "kernels/xor_step.h"
 
 namespace bigsmall::gpu {
 namespace {
@@ -234,6 +235,21 @@ absl::Status EmulateChecksumLaunch(const uint8_t* data, uint64_t bytes, uint64_t
   uint64_t sum = 0;
   const uint64_t words = (bytes + 7) / 8;
   for (uint64_t k = 0; k < words; ++k) sum += ChecksumWordAt(data, bytes, k);
+  *out = ChecksumFinish(sum, bytes);
+  return absl::OkStatus();
+}
+
+absl::Status EmulateXorChecksumLaunch(uint8_t* data, const uint8_t* base, uint64_t bytes,
+                                      uint64_t* out) {
+  if (out == nullptr || (bytes != 0 && (data == nullptr || base == nullptr))) {
+    return Malformed("XOR of a null buffer");
+  }
+  if (reinterpret_cast<uintptr_t>(data) % 8 != 0 || reinterpret_cast<uintptr_t>(base) % 8 != 0) {
+    return Malformed("XOR launch: data and base must be 8-byte aligned");
+  }
+  uint64_t sum = 0;
+  const uint64_t words = (bytes + 7) / 8;
+  for (uint64_t k = 0; k < words; ++k) sum += XorChecksumWordAt(data, base, bytes, k);
   *out = ChecksumFinish(sum, bytes);
   return absl::OkStatus();
 }

@@ -30,6 +30,11 @@ absl::Status EmulateDecodeLaunch(const DecodeLaunch& launch);
 // The device checksum of `bytes` bytes at `data`, into *out, as the
 // checksum kernel computes it.
 absl::Status EmulateChecksumLaunch(const uint8_t* data, uint64_t bytes, uint64_t* out);
+// Fine-tune deltas: data[i] ^= base[i] for the `bytes` bytes at `data` (both
+// 8-byte aligned), then the device checksum of the rebuilt bytes into *out,
+// as the XOR kernel does (kernels/xor_step.h).
+absl::Status EmulateXorChecksumLaunch(uint8_t* data, const uint8_t* base, uint64_t bytes,
+                                      uint64_t* out);
 
 #if defined(BIGSMALL_HAVE_CUDA)
 // Enqueues the kernels on `stream` (a cudaStream_t): init results, decode,
@@ -40,6 +45,8 @@ absl::Status EmulateChecksumLaunch(const uint8_t* data, uint64_t bytes, uint64_t
 // surface at the stream's next sync.
 absl::Status CudaDecodeLaunch(const DecodeLaunch& launch, void* stream);
 absl::Status CudaChecksumLaunch(const uint8_t* data, uint64_t bytes, uint64_t* out, void* stream);
+absl::Status CudaXorChecksumLaunch(uint8_t* data, const uint8_t* base, uint64_t bytes, uint64_t* out,
+                                   void* stream);
 #endif
 
 }  // namespace bigsmall::gpu
