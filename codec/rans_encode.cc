@@ -93,15 +93,22 @@ void AppendFrequencies(const Frequencies& freqs, std::vector<uint8_t>* out) {
 
 namespace {
 
-// Encoder-side symbol: x / freq is computed as the high half of x * rcp
-// (rcp = ceil(2^64 / freq)), exact for every 32-bit x (Granlund-Montgomery),
-// which is several times cheaper than a hardware divide.
+// Encoder-side symbol (ryg_rans's RansEncSymbol, for 32-bit states): the
+// step x -> (x / freq) << 12 | (x % freq) + cum is computed without a divide
+// or a branch as
+//   q = high 64 bits of x * rcp;  x' = x + bias + q * cmpl
+// with cmpl = 4096 - freq. For freq >= 2, rcp = ceil(2^64 / freq), and
+// q = x / freq exactly for every 32-bit x (Granlund-Montgomery), bias = cum.
+// For freq == 1, rcp = 2^64 - 1 gives q = x - 1 (x >= 1 always), and
+// bias = cum + 4095 makes x' = 4096 x + cum: the same value. Byte-identical
+// to the divide (docs/FORMAT.md §6; EncodeMatchesTheSpecEncoder tests it).
 struct EncSymbol {
   uint64_t rcp = 0;
-  uint64_t x_max = 0;  // EncodeNeedsWord threshold
-  uint32_t freq = 0;
-  uint32_t cum = 0;
+  uint32_t bias = 0;
+  uint16_t freq = 0;  // renormalise first when (x >> 20) >= freq, i.e. x >= 2^20 * freq
+  uint16_t cmpl = 0;
 };
+static_assert(sizeof(EncSymbol) == 16);
 
 using EncTable = std::array<EncSymbol, 256>;
 
@@ -109,46 +116,73 @@ EncTable MakeEncTable(const Frequencies& freqs) {
   EncTable t{};
   uint32_t cum = 0;
   for (int s = 0; s < 256; ++s) {
-    t[s].freq = freqs[s];
-    t[s].cum = cum;
-    t[s].x_max = uint64_t{(kRansLow >> kProbBits) << kWordBits} * freqs[s];
-    t[s].rcp = freqs[s] > 1 ? ~uint64_t{0} / freqs[s] + 1 : 0;
-    cum += freqs[s];
+    const uint32_t f = freqs[s];
+    EncSymbol& e = t[s];
+    e.freq = static_cast<uint16_t>(f);
+    e.cmpl = static_cast<uint16_t>(kProbScale - f);
+    if (f >= 2) {
+      e.rcp = ~uint64_t{0} / f + 1;
+      e.bias = cum;
+    } else if (f == 1) {
+      e.rcp = ~uint64_t{0};
+      e.bias = cum + kProbScale - 1;
+    }
+    cum += f;
   }
   return t;
 }
 
-// Runs the decoder's schedule backwards. `table_of(i)` gives symbol i's table.
+// x must shed a word before taking a symbol when x >= 2^20 * freq
+// (EncodeNeedsWord in rans.h).
+constexpr int kRenormShift = 20;
+static_assert((uint64_t{1} << kRenormShift) == (uint64_t{(kRansLow >> kProbBits) << kWordBits}));
+
+// Runs the decoder's schedule backwards. `table_of(i)` gives symbol i's
+// table. Words are written backwards from the end of a buffer as they are
+// produced (so they end in decode order) without branches: every symbol
+// stores a word below the cursor and moves the cursor only when it needed
+// one. The words are u16 (not bytes, which may alias anything and would make
+// the compiler reload the tables and states after every store). A symbol
+// whose frequency is 0 cannot be encoded: callers pass tables built from the
+// symbols' counts.
 template <typename TableOf>
 void EncodeLanes(absl::Span<const uint8_t> symbols, TableOf table_of, std::vector<uint8_t>* out) {
   const size_t n = symbols.size();
   uint32_t state[kLanes];
   for (auto& x : state) x = kRansLow;
-  // Words are produced in reverse decode order; at most one per symbol.
-  std::vector<uint16_t> words;
-  words.reserve(n);
-  for (size_t i = n; i-- > 0;) {
-    const int lane = static_cast<int>(i % kLanes);
-    const EncSymbol& sym = table_of(i)[symbols[i]];
+  // Up to one word per symbol, plus one slot of slack below for the
+  // unconditional store.
+  std::vector<uint16_t> buffer(n + 1);
+  uint16_t* const end = buffer.data() + n + 1;
+  uint16_t* w = end;
+  const uint8_t* const sym = symbols.data();
+  size_t i = n;
+  // The tail (the last, partial group) first, then whole groups of 32 with
+  // constant lane numbers.
+  auto step = [&state, &w, sym, &table_of](size_t k, int lane) __attribute__((always_inline)) {
+    const EncSymbol e = table_of(k)[sym[k]];
     uint32_t x = state[lane];
-    if (x >= sym.x_max) {
-      words.push_back(static_cast<uint16_t>(x & 0xffff));
-      x >>= kWordBits;
-    }
-    const uint32_t q = sym.freq > 1
-        ? static_cast<uint32_t>((static_cast<unsigned __int128>(x) * sym.rcp) >> 64)
-        : x;
-    state[lane] = (q << kProbBits) + (x - q * sym.freq) + sym.cum;
+    const bool renorm = (x >> kRenormShift) >= e.freq;
+    w[-1] = static_cast<uint16_t>(x);
+    w -= renorm;
+    x = renorm ? x >> kWordBits : x;
+    const uint32_t q = static_cast<uint32_t>((static_cast<unsigned __int128>(x) * e.rcp) >> 64);
+    state[lane] = x + e.bias + q * e.cmpl;
+  };
+  while (i % kLanes != 0) {
+    --i;
+    step(i, static_cast<int>(i % kLanes));
   }
+  while (i > 0) {
+    i -= kLanes;
+    for (int lane = kLanes - 1; lane >= 0; --lane) step(i + lane, lane);
+  }
+  const size_t num_words = static_cast<size_t>(end - w);
   const size_t base = out->size();
-  out->resize(base + kChunkHeaderBytes + 2 * words.size());
+  out->resize(base + kChunkHeaderBytes + 2 * num_words);
   uint8_t* p = out->data() + base;
   for (int l = 0; l < kLanes; ++l) StoreLe32(p + 4 * l, state[l]);
-  p += kChunkHeaderBytes;
-  for (size_t k = 0; k < words.size(); ++k) {
-    uint16_t w = words[words.size() - 1 - k];
-    std::memcpy(p + 2 * k, &w, 2);
-  }
+  std::memcpy(p + kChunkHeaderBytes, w, 2 * num_words);  // the format is LE, as the hosts are
 }
 
 }  // namespace
@@ -156,7 +190,7 @@ void EncodeLanes(absl::Span<const uint8_t> symbols, TableOf table_of, std::vecto
 void EncodeChunk(const Frequencies& freqs, absl::Span<const uint8_t> symbols,
                  std::vector<uint8_t>* out) {
   const EncTable table = MakeEncTable(freqs);
-  EncodeLanes(symbols, [&](size_t) -> const EncTable& { return table; }, out);
+  EncodeLanes(symbols, [&](size_t) -> const EncSymbol* { return table.data(); }, out);
 }
 
 void EncodeChunkConditional(const Frequencies* tables, const uint8_t* context_map,
@@ -166,8 +200,10 @@ void EncodeChunkConditional(const Frequencies* tables, const uint8_t* context_ma
   for (int c = 0; c < 256; ++c) num_tables = std::max(num_tables, context_map[c] + 1);
   std::vector<EncTable> enc(num_tables);
   for (int t = 0; t < num_tables; ++t) enc[t] = MakeEncTable(tables[t]);
-  EncodeLanes(symbols, [&](size_t i) -> const EncTable& { return enc[context_map[context[i]]]; },
-              out);
+  const EncSymbol* of_context[256];
+  for (int c = 0; c < 256; ++c) of_context[c] = enc[context_map[c]].data();
+  const uint8_t* ctx = context.data();
+  EncodeLanes(symbols, [&](size_t i) -> const EncSymbol* { return of_context[ctx[i]]; }, out);
 }
 
 }  // namespace bigsmall::rans

@@ -488,6 +488,93 @@ TEST(ChunkPair, RejectsBadJobs) {
   }
 }
 
+// ----------------------------------------------------------- encoder ----
+
+// The encoder as docs/FORMAT.md §6 states it (divide, branch, reverse).
+std::vector<uint8_t> SpecEncode(const std::vector<const Frequencies*>& table_of_symbol,
+                                const std::vector<uint8_t>& symbols) {
+  uint32_t x[kLanes];
+  for (auto& v : x) v = kRansLow;
+  std::vector<uint16_t> words;
+  for (size_t i = symbols.size(); i-- > 0;) {
+    const Frequencies& f = *table_of_symbol[i];
+    const uint32_t s = symbols[i];
+    uint32_t cum = 0;
+    for (uint32_t t = 0; t < s; ++t) cum += f[t];
+    const uint32_t freq = f[s];
+    uint32_t& st = x[i % kLanes];
+    if (uint64_t{st} >= (uint64_t{1} << 20) * freq) {
+      words.push_back(static_cast<uint16_t>(st & 0xffff));
+      st >>= 16;
+    }
+    st = ((st / freq) << 12) + st % freq + cum;
+  }
+  std::vector<uint8_t> out(kChunkHeaderBytes);
+  for (int l = 0; l < kLanes; ++l) {
+    for (int b = 0; b < 4; ++b) out[4 * l + b] = static_cast<uint8_t>(x[l] >> (8 * b));
+  }
+  for (size_t k = words.size(); k-- > 0;) {
+    out.push_back(static_cast<uint8_t>(words[k]));
+    out.push_back(static_cast<uint8_t>(words[k] >> 8));
+  }
+  return out;
+}
+
+// EncodeChunk and EncodeChunkConditional (reciprocals, no branches) write
+// exactly the spec encoder's bytes: tables with freq-1 symbols, a symbol
+// holding all 4096, skewed and flat tables, sizes that are not whole groups,
+// and appending after existing bytes.
+TEST(Encoder, MatchesTheSpecEncoder) {
+  std::mt19937 rng(31);
+  for (int trial = 0; trial < 120; ++trial) {
+    const size_t n = trial < 8 ? trial : rng() % 9000;
+    const int num_tables = 1 + trial % 4;
+    std::vector<Frequencies> tables(num_tables);
+    uint8_t map[256];
+    for (int c = 0; c < 256; ++c) map[c] = static_cast<uint8_t>(rng() % num_tables);
+    std::vector<uint8_t> context(n), symbols(n);
+    for (auto& c : context) c = static_cast<uint8_t>(rng() % 16);
+    for (int t = 0; t < num_tables; ++t) {
+      Counts counts{};
+      const int kind = (trial + t) % 4;
+      if (kind == 3) {
+        counts[static_cast<uint8_t>(rng())] = 1;  // one symbol: freq 4096
+      } else {
+        // kind 0: many rare symbols (freq 1); 1: skewed; 2: flat.
+        for (int s = 0; s < 256; ++s) {
+          counts[s] = kind == 0 ? (s % 7 == 0 ? 100000 : 1) : kind == 1 ? (rng() % 3 == 0 ? rng() % 50 : 0) : 10;
+        }
+        counts[rng() & 0xff] += 1;
+      }
+      tables[t] = NormalizeFrequencies(counts);
+    }
+    std::vector<std::vector<uint8_t>> present(num_tables);
+    for (int t = 0; t < num_tables; ++t) {
+      for (int s = 0; s < 256; ++s) {
+        if (tables[t][s] != 0) present[t].push_back(static_cast<uint8_t>(s));
+      }
+    }
+    std::vector<const Frequencies*> order0(n, &tables[0]), cond(n);
+    for (size_t i = 0; i < n; ++i) {
+      const int t = map[context[i]];
+      cond[i] = &tables[t];
+      symbols[i] = present[t][rng() % present[t].size()];
+    }
+    // Order-0 needs symbols present in table 0.
+    std::vector<uint8_t> symbols0(n);
+    for (size_t i = 0; i < n; ++i) symbols0[i] = present[0][rng() % present[0].size()];
+    std::vector<uint8_t> got = {1, 2, 3};
+    EncodeChunk(tables[0], symbols0, &got);
+    std::vector<uint8_t> want = {1, 2, 3};
+    const auto spec0 = SpecEncode(order0, symbols0);
+    want.insert(want.end(), spec0.begin(), spec0.end());
+    ASSERT_EQ(got, want) << "order-0, trial " << trial << " n=" << n;
+    got.clear();
+    EncodeChunkConditional(tables.data(), map, context, symbols, &got);
+    ASSERT_EQ(got, SpecEncode(cond, symbols)) << "conditional, trial " << trial << " n=" << n;
+  }
+}
+
 // ------------------------------------------------------------ planes ----
 
 // Element k rebuilt from its plane bytes, written from docs/FORMAT.md §4.
