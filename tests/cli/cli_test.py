@@ -652,21 +652,29 @@ def decoder_reads(bs, offset):
 
 
 def test_corrupt_exact_middle(env):
-    """Flipping the exact middle byte, and then a padding byte: what the decoder reads is caught (exit 3),
-    padding changes nothing (exit 0, identical bytes); which case each flip is, is known beforehand."""
+    """Flipping the exact middle byte, then a byte of the header padding, then one of the padding after
+    a group: what the decoder reads is caught (exit 3); padding must be zero (docs/FORMAT.md section 1):
+    verify refuses both padding flips naming the offset (exit 3), decompress refuses the header padding
+    (checked at open) and rebuilds identical bytes past a flip in padding it never reads. Which case
+    each flip is, is known beforehand."""
     d = env.scratch()
     m = env.copy_model(d)
     bs = os.path.join(d, "model.bs")
     run(["compress", m, "-o", bs, "-q"], expect=0)
     good = open(bs, "rb").read()
-    padding = next(o for o in range(64, len(good)) if not decoder_reads(bs, o))
-    for offset in (len(good) // 2, padding):
+    header_padding = next(o for o in range(64, len(good)) if not decoder_reads(bs, o))
+    groups = sorted(info_json(bs)["groups"], key=lambda g: g["offset"])
+    group_padding = next(g["offset"] + g["stored_bytes"] for g in groups[:-1]  # the last one ends at the index
+                         if (g["offset"] + g["stored_bytes"]) % 4096 != 0)
+    check(not decoder_reads(bs, group_padding), "padding at %d" % group_padding)
+    check(header_padding < 4096, "header padding at %d" % header_padding)
+    for offset in (len(good) // 2, header_padding, group_padding):
         with open(bs, "wb") as f:
             f.write(good)
         read = decoder_reads(bs, offset)
         flip_byte(bs, offset)
         out = os.path.join(d, "out.safetensors")
-        if read:
+        if read or offset < 4096:
             p = run(["decompress", bs, "-o", out], expect=EXIT_DATA_LOSS)
             check_error(p, "model.bs")
             check(not os.path.exists(out), "output left")
@@ -674,6 +682,10 @@ def test_corrupt_exact_middle(env):
             run(["decompress", bs, "-o", out, "-q"], expect=0)
             check(sha256(out) == sha256(m), "padding flip at %d changed the output" % offset)
             os.remove(out)
+        if not read:
+            p = run(["verify", bs], expect=EXIT_DATA_LOSS)
+            check_error(p, "model.bs")
+            check("non-zero byte at offset %d in the padding" % offset in p.stderr, "verify: %s" % p.stderr)
     no_temp_files(d)
 
 

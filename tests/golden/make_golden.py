@@ -18,7 +18,8 @@ corrupt/*.bs          damaged copies (and huge_index.bs, a small file declaring 
                       status code and CLI exit code that docs/FORMAT.md section 10.1 assigns to that
                       class (read from the spec's table, never from what a build prints), a
                       message fragment, and the command that must refuse it (decompress, or verify
-                      for damage only verify looks for: a wrong 1.1 device or group checksum)
+                      for damage only verify looks for: a wrong 1.1 device or group checksum, a non-zero
+                      byte in the padding between groups)
 corrupt/v1.1_*.bs     need the Python modules xxhash and zstandard to rebuild (index and header
                       checksums); kept from an earlier run when they are missing
 """
@@ -156,7 +157,8 @@ def main():
             # Frozen 1.0 files and the originals stay; corrupt files needing XXH3 to rebuild are kept.
             if d == valid and (name in frozen or name.endswith(".safetensors")):
                 keep[name] = open(os.path.join(d, name), "rb").read()
-            if d == corrupt and (name in ("future_version.bs", "huge_index.bs") or name.startswith("v1.1_")):
+            if d == corrupt and (name in ("future_version.bs", "huge_index.bs", "index_not_last.bs") or
+                                 name.startswith("v1.1_")):
                 keep[name] = open(os.path.join(d, name), "rb").read()
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
@@ -239,6 +241,19 @@ def main():
     flipped[4096 + 200] ^= 0x01  # inside the first group's blobs
     put("blob_flip.bs", bytes(flipped), "tensor-data", "model.embed_tokens.weight")
     put("empty.bs", b"", "truncated", "too short")
+    # docs/FORMAT.md 1: padding must be zero; the header padding is checked at open, the padding
+    # between groups by verify (decompress never reads it).
+    flipped = bytearray(good)
+    flipped[100] ^= 0x01
+    put("header_padding.bs", bytes(flipped), "padding", "non-zero byte at offset 100 in the padding after the header")
+    groups = json.loads(subprocess.run([bigsmall, "info", os.path.join(valid, "bf16_llama.balanced.bs"), "--json"],
+                                       check=True, capture_output=True, text=True).stdout)["groups"]
+    gap = groups[0]["offset"] + groups[0]["stored_bytes"]
+    assert gap < groups[1]["offset"]
+    flipped = bytearray(good)
+    flipped[gap] ^= 0x01
+    put("group_padding.bs", bytes(flipped), "padding",
+        "non-zero byte at offset %d in the padding after group 0" % gap, "verify")
     version = bytearray(good)
     version[8] = 9  # major version 9, header checksum fixed up below
     import importlib
@@ -246,9 +261,16 @@ def main():
         xxhash = importlib.import_module("xxhash")
         struct.pack_into("<Q", version, 56, xxhash.xxh3_64_intdigest(bytes(version[:56])))
         put("future_version.bs", bytes(version), "unknown-major-version", "is not supported")
+        # Eight zero bytes after the index, inside file_size: nothing would cover them.
+        tail = bytearray(good + b"\0" * 8)
+        struct.pack_into("<Q", tail, 48, len(tail))
+        struct.pack_into("<Q", tail, 56, xxhash.xxh3_64_intdigest(bytes(tail[:56])))
+        put("index_not_last.bs", bytes(tail), "index-size", "index does not end the file")
     except ImportError:
         if os.path.exists(os.path.join(corrupt, "future_version.bs")):  # kept from an earlier run
             put("future_version.bs", None, "unknown-major-version", "is not supported")
+        if os.path.exists(os.path.join(corrupt, "index_not_last.bs")):
+            put("index_not_last.bs", None, "index-size", "index does not end the file")
     # 37 KB declaring a 1 GiB index (one zstd frame of RLE blocks that truly inflates to 1 GiB):
     # rejected before allocating. Written by hand once (codec/bs_roundtrip_test.cc FileWithIndex
     # with ZeroFrame(2^30)); kept across regenerations.
