@@ -23,7 +23,9 @@ bool ValidSplit(PlaneSplit split, uint32_t width) {
   return false;
 }
 
-void SplitPlanes(PlaneSplit split, uint32_t width, const uint8_t* elements, size_t count,
+namespace {
+
+void SplitScalar(PlaneSplit split, uint32_t width, const uint8_t* elements, size_t count,
                  uint8_t* const* planes) {
   switch (split) {
     case PlaneSplit::kBf16: {
@@ -61,7 +63,114 @@ void SplitPlanes(PlaneSplit split, uint32_t width, const uint8_t* elements, size
   }
 }
 
-namespace {
+
+#if defined(__x86_64__)
+
+// 16 u16 lanes (each < 256) -> 16 bytes, in order.
+__attribute__((target("avx2"), always_inline)) inline __m128i Pack16(__m256i v) {
+  return _mm_packus_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
+// SIMD splits (the inverse of the merges below) for bf16, fp32, bytes/2 and
+// bytes/4; they return how many elements they did.
+size_t SplitAvx2Prefix(PlaneSplit split, uint32_t width, const uint8_t* elements, size_t count,
+                       uint8_t* const* planes) __attribute__((target("avx2")));
+size_t SplitAvx2Prefix(PlaneSplit split, uint32_t width, const uint8_t* elements, size_t count,
+                       uint8_t* const* planes) {
+  size_t k = 0;
+  const __m256i kByte16 = _mm256_set1_epi16(0xff);
+  if (split == PlaneSplit::kBf16 || (split == PlaneSplit::kBytes && width == 2)) {
+    const bool bf16 = split == PlaneSplit::kBf16;
+    const __m256i k7f = _mm256_set1_epi16(0x7f), k80 = _mm256_set1_epi16(0x80);
+    for (; k + 16 <= count; k += 16) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(elements + 2 * k));
+      __m256i p0, p1;
+      if (bf16) {
+        p0 = _mm256_and_si256(_mm256_srli_epi16(v, 7), kByte16);
+        p1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 8), k80), _mm256_and_si256(v, k7f));
+      } else {
+        p0 = _mm256_srli_epi16(v, 8);
+        p1 = _mm256_and_si256(v, kByte16);
+      }
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[0] + k), Pack16(p0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[1] + k), Pack16(p1));
+    }
+  } else if (split == PlaneSplit::kFp32 || (split == PlaneSplit::kBytes && width == 4)) {
+    const bool fp32 = split == PlaneSplit::kFp32;
+    // Byte b of each u32 -> 8 bytes: pshufb within 128-bit halves, then join.
+    const __m256i kShuf = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                           0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i kJoin = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; k + 8 <= count; k += 8) {
+      __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(elements + 4 * k));
+      if (fp32) {
+        // Byte 3 <- exponent (v >> 23), byte 2 <- sign | mantissa bits 16-22.
+        const __m256i e = _mm256_and_si256(_mm256_srli_epi32(v, 23), _mm256_set1_epi32(0xff));
+        const __m256i sm = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(v, 24), _mm256_set1_epi32(0x80)),
+                                           _mm256_and_si256(_mm256_srli_epi32(v, 16), _mm256_set1_epi32(0x7f)));
+        v = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)),
+                            _mm256_or_si256(_mm256_slli_epi32(sm, 16), _mm256_slli_epi32(e, 24)));
+      }
+      // Now plane p = byte 3 - p of each u32.
+      const __m256i t = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, kShuf), kJoin);
+      // t's 64-bit words: bytes 0, 1, 2, 3 of the 8 elements.
+      alignas(32) uint64_t b[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(b), t);
+      for (int p = 0; p < 4; ++p) std::memcpy(planes[p] + k, &b[3 - p], 8);
+    }
+  }
+  return k;
+}
+
+size_t SplitAvx512Prefix(PlaneSplit split, uint32_t width, const uint8_t* elements, size_t count,
+                         uint8_t* const* planes) __attribute__((target("avx512f,avx512bw")));
+size_t SplitAvx512Prefix(PlaneSplit split, uint32_t width, const uint8_t* elements, size_t count,
+                         uint8_t* const* planes) {
+  size_t k = 0;
+  if (split == PlaneSplit::kBf16 || (split == PlaneSplit::kBytes && width == 2)) {
+    const bool bf16 = split == PlaneSplit::kBf16;
+    const __m512i k7f = _mm512_set1_epi16(0x7f), k80 = _mm512_set1_epi16(0x80);
+    for (; k + 32 <= count; k += 32) {
+      const __m512i v = _mm512_loadu_si512(elements + 2 * k);
+      __m512i p0, p1;
+      if (bf16) {
+        p0 = _mm512_srli_epi16(v, 7);  // vpmovwb keeps the low byte
+        p1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 8), k80), _mm512_and_si512(v, k7f));
+      } else {
+        p0 = _mm512_srli_epi16(v, 8);
+        p1 = v;
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(planes[0] + k), _mm512_cvtepi16_epi8(p0));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(planes[1] + k), _mm512_cvtepi16_epi8(p1));
+    }
+  } else if (split == PlaneSplit::kFp32 || (split == PlaneSplit::kBytes && width == 4)) {
+    const bool fp32 = split == PlaneSplit::kFp32;
+    const __m512i k7f = _mm512_set1_epi32(0x7f), k80 = _mm512_set1_epi32(0x80);
+    for (; k + 16 <= count; k += 16) {
+      const __m512i v = _mm512_loadu_si512(elements + 4 * k);
+      __m512i p0, p1;
+      if (fp32) {
+        p0 = _mm512_srli_epi32(v, 23);  // vpmovdb keeps the low byte
+        p1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(v, 24), k80),
+                             _mm512_and_si512(_mm512_srli_epi32(v, 16), k7f));
+      } else {
+        p0 = _mm512_srli_epi32(v, 24);
+        p1 = _mm512_srli_epi32(v, 16);
+      }
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[0] + k), _mm512_cvtepi32_epi8(p0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[1] + k), _mm512_cvtepi32_epi8(p1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[2] + k), _mm512_cvtepi32_epi8(_mm512_srli_epi32(v, 8)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[3] + k), _mm512_cvtepi32_epi8(v));
+    }
+  }
+  return k;
+}
+
+#else
+size_t SplitAvx2Prefix(PlaneSplit, uint32_t, const uint8_t*, size_t, uint8_t* const*) { return 0; }
+size_t SplitAvx512Prefix(PlaneSplit, uint32_t, const uint8_t*, size_t, uint8_t* const*) { return 0; }
+#endif
+
 
 void MergeScalar(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
                  uint8_t* elements) {
@@ -242,6 +351,36 @@ bool MergePlanesWith(MergeImpl impl, PlaneSplit split, uint32_t width, const uin
   }
   MergeTail(split, width, planes, k, count, elements);
   return true;
+}
+
+bool SplitPlanesWith(MergeImpl impl, PlaneSplit split, uint32_t width, const uint8_t* elements,
+                     size_t count, uint8_t* const* planes) {
+  size_t k = 0;
+  switch (impl) {
+    case MergeImpl::kScalar:
+      break;
+    case MergeImpl::kAvx2:
+      if (!HasAvx2()) return false;
+      k = SplitAvx2Prefix(split, width, elements, count, planes);
+      break;
+    case MergeImpl::kAvx512:
+      if (!HasAvx512()) return false;
+      k = SplitAvx512Prefix(split, width, elements, count, planes);
+      break;
+  }
+  if (k < count) {
+    uint8_t* rest[kMaxPlanes];
+    const uint32_t np = split == PlaneSplit::kBf16 ? 2 : split == PlaneSplit::kFp32 ? 4 : width;
+    for (uint32_t p = 0; p < np && p < kMaxPlanes; ++p) rest[p] = planes[p] + k;
+    SplitScalar(split, width, elements + k * width, count - k, rest);
+  }
+  return true;
+}
+
+void SplitPlanes(PlaneSplit split, uint32_t width, const uint8_t* elements, size_t count,
+                 uint8_t* const* planes) {
+  static const MergeImpl best = HasAvx512() ? MergeImpl::kAvx512 : HasAvx2() ? MergeImpl::kAvx2 : MergeImpl::kScalar;
+  SplitPlanesWith(best, split, width, elements, count, planes);
 }
 
 void MergePlanes(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,

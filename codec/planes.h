@@ -18,12 +18,14 @@ void SplitPlanes(PlaneSplit split, uint32_t width, const uint8_t* elements, size
 void MergePlanes(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
                  uint8_t* elements);
 
-// MergePlanes with a given implementation (for tests and benchmarks):
-// MergePlanes picks the best this CPU runs. Returns false, writing nothing,
+// MergePlanes / SplitPlanes with a given implementation (for tests and
+// benchmarks): MergePlanes and SplitPlanes pick the best this CPU runs. Returns false, writing nothing,
 // where the CPU lacks the instructions.
 enum class MergeImpl { kScalar, kAvx2, kAvx512 };
 bool MergePlanesWith(MergeImpl impl, PlaneSplit split, uint32_t width, const uint8_t* const* planes,
                      size_t count, uint8_t* elements);
+bool SplitPlanesWith(MergeImpl impl, PlaneSplit split, uint32_t width, const uint8_t* elements,
+                     size_t count, uint8_t* const* planes);
 
 // True when (split, width) is a combination the format defines.
 bool ValidSplit(PlaneSplit split, uint32_t width);

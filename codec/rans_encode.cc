@@ -9,19 +9,39 @@
 namespace bigsmall::rans {
 
 Counts CountSymbols(absl::Span<const uint8_t> symbols) {
-  // Four histograms break the store-to-load dependency on repeated symbols.
-  std::array<std::array<uint64_t, 256>, 4> h{};
-  size_t i = 0;
-  const size_t n = symbols.size();
-  for (; i + 4 <= n; i += 4) {
-    ++h[0][symbols[i]];
-    ++h[1][symbols[i + 1]];
-    ++h[2][symbols[i + 2]];
-    ++h[3][symbols[i + 3]];
-  }
-  for (; i < n; ++i) ++h[0][symbols[i]];
+  // Eight u32 histograms, eight bytes per load: a run of one symbol (common
+  // in exponent planes) increments eight different counters in turn instead
+  // of waiting on one counter's store-to-load chain. Blocks of at most 2^31
+  // bytes keep the u32 counters from overflowing.
   Counts c{};
-  for (int s = 0; s < 256; ++s) c[s] = h[0][s] + h[1][s] + h[2][s] + h[3][s];
+  alignas(64) uint32_t h[8][256];
+  const uint8_t* p = symbols.data();
+  size_t left = symbols.size();
+  while (left > 0) {
+    const size_t block = std::min<size_t>(left, size_t{1} << 31);
+    std::memset(h, 0, sizeof(h));
+    size_t i = 0;
+    for (; i + 8 <= block; i += 8) {
+      uint64_t v;
+      std::memcpy(&v, p + i, 8);
+      ++h[0][v & 0xff];
+      ++h[1][(v >> 8) & 0xff];
+      ++h[2][(v >> 16) & 0xff];
+      ++h[3][(v >> 24) & 0xff];
+      ++h[4][(v >> 32) & 0xff];
+      ++h[5][(v >> 40) & 0xff];
+      ++h[6][(v >> 48) & 0xff];
+      ++h[7][v >> 56];
+    }
+    for (; i < block; ++i) ++h[0][p[i]];
+    for (int s = 0; s < 256; ++s) {
+      uint64_t sum = 0;
+      for (int k = 0; k < 8; ++k) sum += h[k][s];
+      c[s] += sum;
+    }
+    p += block;
+    left -= block;
+  }
   return c;
 }
 
