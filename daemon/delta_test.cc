@@ -167,6 +167,19 @@ TEST_F(DeltaTest, RegistryOpensTheBaseBesideTheDeltaAndSharesIt) {
   EXPECT_TRUE(registry.Unload(base->model->id()).ok());
 }
 
+TEST_F(DeltaTest, TheBaseOfAnOpenDeltaIsNotClosedForRoom) {
+  ModelRegistry registry(Registry(/*max_models=*/2));
+  auto ft = registry.Open(ft_bs());
+  ASSERT_TRUE(ft.ok()) << ft.status();
+  std::shared_ptr<Model> base = ft->model->base();
+  ASSERT_EQ(registry.size(), 2u);
+  // Room for a third: the idle delta goes (LRU), not its base.
+  auto other = registry.Open(other_bs());
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_TRUE(registry.Find(base->id()).ok());
+  EXPECT_FALSE(registry.Find(ft->model->id()).ok());
+}
+
 TEST_F(DeltaTest, RegistryUsesAnOpenModelWhoseHashesMatch) {
   // The base under another name, open; the delta's directory has no base.
   const std::string sub = Subdir("alone");
@@ -212,6 +225,33 @@ TEST_F(DeltaTest, TheBaseBesideFollowsTheSafeOpenRules) {
   auto ft = registry.Open(sub + "/ft.safetensors.bs");
   EXPECT_EQ(ft.status().code(), absl::StatusCode::kFailedPrecondition) << ft.status();
   EXPECT_EQ(registry.size(), 0u);
+}
+
+TEST_F(DeltaTest, ADirectoryOfDeltaShardsFindsTheCompressedBaseDirectoryBesideIt) {
+  // A base directory of two shards and its fine-tune, split the other way
+  // round (a delta shard's base tensors lie in either base shard).
+  const auto base = bigsmall::testing::MakeSyntheticTensors(spec_);
+  const auto ft = bigsmall::testing::FineTuneOf(base);
+  ASSERT_EQ(::mkdir((dir_ + "/bdir").c_str(), 0700), 0);
+  ASSERT_EQ(::mkdir((dir_ + "/fdir").c_str(), 0700), 0);
+  const size_t half = base.size() / 2;
+  ASSERT_TRUE(bigsmall::testing::WriteSafetensors(dir_ + "/bdir/a.safetensors", {base.begin(), base.begin() + half}));
+  ASSERT_TRUE(bigsmall::testing::WriteSafetensors(dir_ + "/bdir/b.safetensors", {base.begin() + half, base.end()}));
+  ASSERT_TRUE(bigsmall::testing::WriteSafetensors(dir_ + "/fdir/a.safetensors", {ft.begin(), ft.begin() + 3}));
+  ASSERT_TRUE(bigsmall::testing::WriteSafetensors(dir_ + "/fdir/b.safetensors", {ft.begin() + 3, ft.end()}));
+  CompressOptions options;
+  options.threads = 2;
+  ASSERT_TRUE(CompressPath(dir_ + "/bdir", dir_ + "/bdir.bs", options).ok());
+  options.base = dir_ + "/bdir";
+  ASSERT_TRUE(CompressPath(dir_ + "/fdir", dir_ + "/fdir.bs", options).ok());
+  ModelRegistry registry(Registry());
+  auto opened = registry.Open(dir_ + "/fdir.bs");
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  ASSERT_NE(opened->model->base(), nullptr);
+  EXPECT_EQ(opened->model->base()->path(), dir_ + "/bdir.bs");
+  EXPECT_EQ(opened->model->num_shards(), 2u);
+  ft_ = bigsmall::testing::ByName(ft);
+  ExpectFineTune(*opened->model);
 }
 
 // ---- LayerCache::AcquireHere ----
