@@ -171,8 +171,10 @@ void EncodeLanes(absl::Span<const uint8_t> symbols, TableOf table_of, std::vecto
   uint32_t state[kLanes];
   for (auto& x : state) x = kRansLow;
   // Up to one word per symbol, plus one slot of slack below for the
-  // unconditional store.
-  std::vector<uint16_t> buffer(n + 1);
+  // unconditional store. Kept per thread: a fresh 128 KiB buffer per chunk
+  // is an mmap, page faults and a munmap each time (glibc's threshold).
+  thread_local std::vector<uint16_t> buffer;
+  if (buffer.size() < n + 1) buffer.resize(n + 1);
   uint16_t* const end = buffer.data() + n + 1;
   uint16_t* w = end;
   const uint8_t* const sym = symbols.data();
