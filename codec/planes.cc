@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "codec/tensor_codec.h"
+
 #if defined(__x86_64__)
 // GCC 12 reports the _mm512_undefined_epi32() pass-through operand of
 // AVX-512 intrinsics as "may be used uninitialized" once inlined (GCC bug
@@ -353,6 +355,25 @@ bool MergePlanesWith(MergeImpl impl, PlaneSplit split, uint32_t width, const uin
   return true;
 }
 
+namespace {
+// The widest SIMD the rANS decoders use here (BestDecoderImpl, which
+// BIGSMALL_DECODER can force down), so that a forced avx2 or scalar run
+// measures and exercises the whole path at that level.
+MergeImpl BestMergeImpl() {
+  static const MergeImpl best = [] {
+    switch (BestDecoderImpl()) {
+      case DecoderImpl::kAvx512:
+        return HasAvx512() ? MergeImpl::kAvx512 : HasAvx2() ? MergeImpl::kAvx2 : MergeImpl::kScalar;
+      case DecoderImpl::kAvx2:
+        return HasAvx2() ? MergeImpl::kAvx2 : MergeImpl::kScalar;
+      default:
+        return MergeImpl::kScalar;
+    }
+  }();
+  return best;
+}
+}  // namespace
+
 bool SplitPlanesWith(MergeImpl impl, PlaneSplit split, uint32_t width, const uint8_t* elements,
                      size_t count, uint8_t* const* planes) {
   size_t k = 0;
@@ -379,14 +400,12 @@ bool SplitPlanesWith(MergeImpl impl, PlaneSplit split, uint32_t width, const uin
 
 void SplitPlanes(PlaneSplit split, uint32_t width, const uint8_t* elements, size_t count,
                  uint8_t* const* planes) {
-  static const MergeImpl best = HasAvx512() ? MergeImpl::kAvx512 : HasAvx2() ? MergeImpl::kAvx2 : MergeImpl::kScalar;
-  SplitPlanesWith(best, split, width, elements, count, planes);
+  SplitPlanesWith(BestMergeImpl(), split, width, elements, count, planes);
 }
 
 void MergePlanes(PlaneSplit split, uint32_t width, const uint8_t* const* planes, size_t count,
                  uint8_t* elements) {
-  static const MergeImpl best = HasAvx512() ? MergeImpl::kAvx512 : HasAvx2() ? MergeImpl::kAvx2 : MergeImpl::kScalar;
-  MergePlanesWith(best, split, width, planes, count, elements);
+  MergePlanesWith(BestMergeImpl(), split, width, planes, count, elements);
 }
 
 }  // namespace bigsmall

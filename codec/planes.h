@@ -19,8 +19,10 @@ void MergePlanes(PlaneSplit split, uint32_t width, const uint8_t* const* planes,
                  uint8_t* elements);
 
 // MergePlanes / SplitPlanes with a given implementation (for tests and
-// benchmarks): MergePlanes and SplitPlanes pick the best this CPU runs. Returns false, writing nothing,
-// where the CPU lacks the instructions.
+// benchmarks): MergePlanes and SplitPlanes pick the level BestDecoderImpl()
+// names (the best this CPU runs; BIGSMALL_DECODER=avx2|scalar forces it
+// down). Returns false, writing nothing, where the CPU lacks the
+// instructions.
 enum class MergeImpl { kScalar, kAvx2, kAvx512 };
 bool MergePlanesWith(MergeImpl impl, PlaneSplit split, uint32_t width, const uint8_t* const* planes,
                      size_t count, uint8_t* elements);
