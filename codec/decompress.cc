@@ -1,14 +1,23 @@
 #include "codec/decompress.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <exception>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "codec/base_model.h"
 #include "codec/bs_reader.h"
+#include "codec/byte_io.h"
 #include "codec/file_util.h"
 #include "codec/model_dir.h"
 #include "codec/status_macros.h"
@@ -32,6 +41,9 @@ struct RebuildContext {
   bool check_checksums = false;
   uint64_t* device_checksums = nullptr;
   uint64_t* group_checksums = nullptr;
+  // Decompress to a file (RebuildToFile): DecompressOptions::batch_bytes, in_place.
+  uint64_t batch_bytes = 0;
+  bool in_place = true;
 };
 
 // Tensors decoded concurrently are bounded by this many bytes (or one tensor
@@ -91,6 +103,254 @@ absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& 
     return absl::DataLossError(absl::StrCat(path, ": rebuilt file does not match the stored whole-file hash"));
   }
   if (checksums) *ctx.device_checksums += ix.tensors.size();
+  return done;
+}
+
+// ---------------------------------------------------------------------------
+// Decompress to a file: tensors are decoded straight into the output file's
+// pages (a shared mapping of the temporary, its space reserved first), batch
+// after batch in file order: nothing is copied, and the output's page faults
+// are spread over the decoding threads. While batch k decodes on every core,
+// a helper thread hashes batch k-1 into the whole-file hash and unmaps it,
+// and reserves and maps batch k+1 and maps its input pages. Where the output cannot be
+// reserved or mapped (no fallocate, or no writable mmap), batches decode into
+// two reused buffers and the helper writes them (pwrite). The input .bs is
+// mapped read-only (read group by group where it cannot be).
+
+// Output bytes per batch (or one tensor when it is larger). Small enough to
+// pipeline (and to bound the reused buffers and the mapped window), large
+// enough that the join at each batch's end costs little.
+constexpr uint64_t kFileBatchBytes = 64ull << 20;
+
+// The input .bs, mapped read-only (empty when it cannot be: then groups are read).
+class MappedInput {
+ public:
+  // `expected_size`: the size the reader opened; a file that changed since is not mapped.
+  static MappedInput Open(const std::string& path, uint64_t expected_size) {
+    MappedInput m;
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return m;
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == expected_size &&
+        expected_size > 0) {
+      void* p = mmap(nullptr, expected_size, PROT_READ, MAP_SHARED, fd, 0);
+      if (p != MAP_FAILED) {
+        m.data_ = static_cast<const uint8_t*>(p);
+        m.size_ = expected_size;
+      }
+    }
+    close(fd);
+    return m;
+  }
+  MappedInput() = default;
+  MappedInput(MappedInput&& o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr; }
+  MappedInput& operator=(MappedInput&&) = delete;
+  ~MappedInput() {
+    if (data_ != nullptr) munmap(const_cast<uint8_t*>(data_), size_);
+  }
+  bool ok() const { return data_ != nullptr; }
+  absl::Span<const uint8_t> bytes(uint64_t offset, uint64_t size) const { return {data_ + offset, size}; }
+  // Maps the pages of [offset, offset + size) now (reading them from disk if
+  // needed), so the decoders take no faults; advisory.
+  void Populate(uint64_t offset, uint64_t size) const {
+#ifdef MADV_POPULATE_READ
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const uint64_t start = offset / page * page;
+    if (size > 0) madvise(const_cast<uint8_t*>(data_) + start, offset + size - start, MADV_POPULATE_READ);
+#endif
+  }
+
+ private:
+  const uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+struct FileBatch {
+  size_t begin = 0, end = 0;      // tensors [begin, end)
+  uint64_t offset = 0, size = 0;  // their bytes in the rebuilt file
+  MappedRange mapped;             // in-place mode: the output window
+  absl::Span<uint8_t> out;        // where the batch decodes
+  // Inputs: groups read into memory (no input mapping), base tensors (deltas).
+  std::map<uint32_t, std::vector<uint8_t>> groups;
+  std::vector<std::vector<uint8_t>> base;
+};
+
+// Runs `fn` on its own thread (on the caller's when no thread can start)
+// until Join(). `fn` reports through what it captures; an allocation failure
+// in it becomes `failed`.
+class Helper {
+ public:
+  explicit Helper(std::function<void()> fn) : fn_(std::move(fn)) {
+    try {
+      thread_ = std::thread([this] { Run(); });
+    } catch (const std::exception&) {
+      Run();
+    }
+  }
+  ~Helper() {
+    if (thread_.joinable()) thread_.join();
+  }
+  // OK, or RESOURCE_EXHAUSTED when `fn` threw.
+  absl::Status Join() {
+    if (thread_.joinable()) thread_.join();
+    return status_;
+  }
+
+ private:
+  void Run() {
+    try {
+      fn_();
+    } catch (const std::exception& e) {
+      status_ = absl::ResourceExhaustedError(absl::StrCat("decompress: ", e.what()));
+    }
+  }
+  std::function<void()> fn_;
+  absl::Status status_;
+  std::thread thread_;
+};
+
+absl::Status NeedsBase(const std::string& path, const BsIndex& ix, const BaseModel* base) {
+  if (!ix.is_delta() || base != nullptr) return absl::OkStatus();
+  for (const auto& t : ix.tensors) {
+    if (t.is_delta()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, ": is a fine-tune delta against '", ix.base_name, "'; pass --base"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Rebuilds one .bs file into `file` (empty, just created); checks every
+// tensor hash and the whole-file hash; returns the bytes written.
+absl::StatusOr<uint64_t> RebuildToFile(const std::string& path, const RebuildContext& ctx, AtomicFile& file) {
+  ASSIGN_OR_RETURN(auto reader, BsReader::OpenFile(path));
+  const BsIndex& ix = reader->index();
+  RETURN_IF_ERROR(NeedsBase(path, ix, ctx.base));
+  const auto mismatch = [&] {
+    return absl::DataLossError(absl::StrCat(path, ": rebuilt file does not match the stored whole-file hash"));
+  };
+  // Batches in file order; tensors follow the prefix back to back.
+  const uint64_t batch_bytes = ctx.batch_bytes > 0 ? ctx.batch_bytes : kFileBatchBytes;
+  std::vector<FileBatch> batches;
+  uint64_t end = ix.safetensors_prefix.size();
+  for (size_t t = 0; t < ix.tensors.size();) {
+    FileBatch b;
+    b.begin = t;
+    b.offset = end;
+    while (t < ix.tensors.size() && (t == b.begin || b.size + ix.tensors[t].info.size() <= batch_bytes)) {
+      b.size += ix.tensors[t++].info.size();
+    }
+    b.end = t;
+    end += b.size;
+    batches.push_back(std::move(b));
+  }
+  if (end != ix.original_size) return mismatch();
+
+  RETURN_IF_ERROR(file.Write(ix.safetensors_prefix));
+  StreamingHash128 whole;
+  whole.Update(ix.safetensors_prefix);
+  RETURN_IF_ERROR(file.Resize(ix.original_size));
+  const MappedInput input = MappedInput::Open(path, ix.stored_size);
+  bool in_place = ctx.in_place;
+  std::vector<uint8_t> buffers[2];  // when not in place: batch k decodes into buffers[k % 2]
+
+  // Everything batch k needs before it decodes: its output (reserved, mapped
+  // and pre-faulted, or a reused buffer), its input (pre-faulted, or read)
+  // and its base tensors.
+  auto prepare = [&](size_t k) -> absl::Status {
+    FileBatch& b = batches[k];
+    if (in_place) {
+      absl::Status st = file.Reserve(b.offset, b.size);
+      if (st.ok()) {
+        absl::StatusOr<MappedRange> m = file.MapRange(b.offset, b.size);
+        if (m.ok()) {
+          b.mapped = *std::move(m);
+          b.out = b.mapped.bytes();
+        } else {
+          st = m.status();
+        }
+      }
+      if (!absl::IsUnimplemented(st)) RETURN_IF_ERROR(st);
+      in_place = st.ok();
+    }
+    if (!in_place) {
+      std::vector<uint8_t>& buf = buffers[k % 2];
+      if (buf.size() < b.size) {
+        ASSIGN_OR_RETURN(buf, AllocateBytes(b.size, absl::StrCat(path, ": output buffer")));
+      }
+      b.out = absl::MakeSpan(buf.data(), b.size);
+    }
+    for (size_t t = b.begin; t < b.end; ++t) {
+      const BsTensor& bt = ix.tensors[t];
+      if (input.ok()) {
+        input.Populate(bt.blob_offset, bt.blob_size);
+      } else if (b.groups.count(bt.group) == 0) {
+        ASSIGN_OR_RETURN(b.groups[bt.group], reader->ReadGroup(bt.group));
+      }
+    }
+    if (ctx.base != nullptr) {
+      b.base.resize(b.end - b.begin);
+      for (size_t t = b.begin; t < b.end; ++t) {
+        if (ix.tensors[t].is_delta()) {
+          ASSIGN_OR_RETURN(b.base[t - b.begin], ctx.base->Read(ix.tensors[t].info));
+        }
+      }
+    }
+    return absl::OkStatus();
+  };
+  auto decode = [&](FileBatch& b) -> absl::Status {
+    std::vector<TensorDecodeJob> jobs(b.end - b.begin);
+    uint64_t at = 0;
+    for (size_t t = b.begin; t < b.end; ++t) {
+      const BsTensor& bt = ix.tensors[t];
+      const BsGroup& g = ix.groups[bt.group];
+      TensorDecodeJob& job = jobs[t - b.begin];
+      job.reader = reader.get();
+      job.tensor = static_cast<uint32_t>(t);
+      job.group_bytes = input.ok() ? input.bytes(g.offset, g.size) : absl::MakeConstSpan(b.groups[bt.group]);
+      job.out = b.out.subspan(at, bt.info.size());
+      if (!b.base.empty()) job.base = b.base[t - b.begin];
+      at += bt.info.size();
+    }
+    DecodeOptions opts;
+    opts.pool = ctx.pool;
+    opts.impl = ctx.impl;
+    return DecodeTensors(jobs, opts);
+  };
+  // After batch k decoded: hashed in order, written (when buffered) and released.
+  auto finish = [&](size_t k) -> absl::Status {
+    FileBatch& b = batches[k];
+    whole.Update(b.out);
+    if (b.mapped.bytes().empty()) RETURN_IF_ERROR(file.WriteAt(b.offset, b.out));
+    b.mapped.Reset();
+    b.groups.clear();
+    b.base.clear();
+    b.out = {};
+    return absl::OkStatus();
+  };
+
+  if (!batches.empty()) RETURN_IF_ERROR(prepare(0));
+  uint64_t done = ix.safetensors_prefix.size();
+  for (size_t k = 0; k <= batches.size(); ++k) {
+    // The helper works on batches k-1 and k+1 only; batch k is the decoders'.
+    absl::Status finished, prepared;
+    {
+      Helper helper([&, k] {
+        if (k > 0) finished = finish(k - 1);
+        if (finished.ok() && k + 1 < batches.size()) prepared = prepare(k + 1);
+      });
+      absl::Status decoded = k < batches.size() ? decode(batches[k]) : absl::OkStatus();
+      absl::Status helped = helper.Join();
+      // In file order, as a sequential rebuild reports them.
+      RETURN_IF_ERROR(helped);
+      RETURN_IF_ERROR(finished);
+      RETURN_IF_ERROR(decoded);
+      RETURN_IF_ERROR(prepared);
+    }
+    if (k > 0) done += batches[k - 1].size;
+    if (ctx.progress) ctx.progress(ctx.progress_offset + done, ctx.progress_total);
+  }
+  if (done != ix.original_size || whole.Finish() != ix.original_hash) return mismatch();
   return done;
 }
 
@@ -180,10 +440,12 @@ absl::StatusOr<DecompressStats> DecompressPath(const std::string& input, const s
   ASSIGN_OR_RETURN(std::optional<BaseModel> base, OpenBase(options.base));
   ThreadPool pool(options.threads);
   RebuildContext ctx{&pool, options.impl, base ? &*base : nullptr, options.progress};
+  ctx.batch_bytes = options.batch_bytes;
+  ctx.in_place = options.in_place;
   DecompressStats stats;
   auto one_file = [&](const std::string& in, const std::string& out, bool overwrite) -> absl::Status {
     ASSIGN_OR_RETURN(AtomicFile f, AtomicFile::Create(out, overwrite));
-    ASSIGN_OR_RETURN(uint64_t n, Rebuild(in, ctx, [&](absl::Span<const uint8_t> b) { return f.Write(b); }));
+    ASSIGN_OR_RETURN(uint64_t n, RebuildToFile(in, ctx, f));
     RETURN_IF_ERROR(f.Commit());
     ASSIGN_OR_RETURN(uint64_t in_size, FileSize(in));
     stats.input_bytes += in_size;

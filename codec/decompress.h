@@ -19,6 +19,12 @@ struct DecompressOptions {
   bool force = false;     // overwrite an existing output
   DecoderImpl impl = DecoderImpl::kAuto;
   ProgressFn progress;
+  // Tuning and tests. Output bytes decoded per batch (0: 64 MiB; a larger
+  // tensor is a batch of its own). in_place = false: decode into two reused
+  // buffers and write them, as where the output filesystem cannot reserve
+  // space or map files (instead of decoding straight into the output's pages).
+  uint64_t batch_bytes = 0;
+  bool in_place = true;
 };
 
 struct DecompressStats {
@@ -35,8 +41,11 @@ struct DecompressStats {
 
 // Inverse of CompressPath: a .bs file -> the original .safetensors file, a
 // .bs directory -> the original directory, byte for byte (the whole-file
-// hash is checked before the output is renamed into place). Streams tensor
-// by tensor: memory stays bounded by the largest tensor, not the file.
+// hash is checked before the output is renamed into place). Streams batch by
+// batch in file order, decoding each batch's tensors on every core straight
+// into the output file's pages (nothing copied; the whole-file hash of the
+// previous batch computed meanwhile); memory stays bounded by a batch or the
+// largest tensor, not the file.
 absl::StatusOr<DecompressStats> DecompressPath(const std::string& input, const std::string& output,
                                                const DecompressOptions& options);
 

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <system_error>
 #include <vector>
 
@@ -166,7 +168,7 @@ pid_t TempPid(absl::string_view tail) {
 }  // namespace
 
 void InstallTempCleanupOnSignals() {
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGBUS}) {
     struct sigaction old {};
     if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;  // e.g. nohup
     struct sigaction sa {};
@@ -251,7 +253,8 @@ absl::StatusOr<AtomicFile> AtomicFile::Create(const std::string& path, bool over
   // Registered before it exists, so a signal between creation and
   // registration cannot leave it behind (unlinking a missing name is harmless).
   const int slot = RegisterTemp(temp, /*directory=*/false);
-  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  // Read-write: MapRange's shared mappings need it.
+  int fd = open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0) {
     const int err = errno;
     UnregisterTemp(slot);
@@ -345,6 +348,84 @@ absl::Status AtomicFile::Commit() {
   UnregisterTemp(slot_);
   slot_ = -1;
   return FsyncParent(path_);
+}
+
+absl::Status AtomicFile::Resize(uint64_t size) {
+  if (fd_ < 0) return absl::FailedPreconditionError("file already closed");
+  if (size > static_cast<uint64_t>(std::numeric_limits<off_t>::max())) {
+    return OutputError(absl::InvalidArgumentError(absl::StrCat(EscapeForLog(temp_path_), ": size ", size, " is too large")));
+  }
+  while (ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+    if (errno == EINTR) continue;
+    return OutputError(ErrnoToStatus(errno, absl::StrCat("resize ", EscapeForLog(temp_path_))));
+  }
+  size_ = size;
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFile::Reserve(uint64_t offset, uint64_t length) {
+  if (fd_ < 0) return absl::FailedPreconditionError("file already closed");
+  if (length == 0) return absl::OkStatus();
+  if (offset > static_cast<uint64_t>(std::numeric_limits<off_t>::max()) - length) {
+    return OutputError(absl::InvalidArgumentError(absl::StrCat(EscapeForLog(temp_path_), ": range too large")));
+  }
+  while (fallocate(fd_, 0, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (err == EOPNOTSUPP || err == ENOSYS) {
+      return absl::UnimplementedError(absl::StrCat(EscapeForLog(temp_path_), ": cannot reserve space here"));
+    }
+    return OutputError(ErrnoToStatus(err, absl::StrCat("write to ", EscapeForLog(temp_path_))));
+  }
+  size_ = std::max<uint64_t>(size_, offset + length);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MappedRange> AtomicFile::MapRange(uint64_t offset, uint64_t length) {
+  if (fd_ < 0) return absl::FailedPreconditionError("file already closed");
+  if (offset > size_ || length > size_ - offset) {
+    return absl::OutOfRangeError(absl::StrCat(EscapeForLog(temp_path_), ": mapping past the end"));
+  }
+  MappedRange m;
+  if (length == 0) return m;
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset / page * page;
+  const size_t map_size = static_cast<size_t>(offset + length - start);
+  void* p = mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, static_cast<off_t>(start));
+  if (p == MAP_FAILED) {
+    return absl::UnimplementedError(
+        absl::StrCat(EscapeForLog(temp_path_), ": cannot map for writing: ", std::strerror(errno)));
+  }
+  m.map_ = p;
+  m.map_size_ = map_size;
+  m.data_ = static_cast<uint8_t*>(p) + (offset - start);
+  m.size_ = static_cast<size_t>(length);
+  return m;
+}
+
+MappedRange::MappedRange(MappedRange&& other) noexcept
+    : map_(other.map_), map_size_(other.map_size_), data_(other.data_), size_(other.size_) {
+  other.map_ = nullptr;
+  other.map_size_ = other.size_ = 0;
+  other.data_ = nullptr;
+}
+
+MappedRange& MappedRange::operator=(MappedRange&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    std::swap(map_, other.map_);
+    std::swap(map_size_, other.map_size_);
+    std::swap(data_, other.data_);
+    std::swap(size_, other.size_);
+  }
+  return *this;
+}
+
+void MappedRange::Reset() {
+  if (map_ != nullptr) munmap(map_, map_size_);
+  map_ = nullptr;
+  map_size_ = size_ = 0;
+  data_ = nullptr;
 }
 
 absl::StatusOr<AtomicDirectory> AtomicDirectory::Create(const std::string& path, bool overwrite) {

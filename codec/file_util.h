@@ -13,6 +13,26 @@
 
 namespace bigsmall {
 
+// A writable shared mapping of part of an AtomicFile: writes to bytes() are
+// writes to the file. Unmapped on destruction (or Reset()).
+class MappedRange {
+ public:
+  MappedRange() = default;
+  MappedRange(MappedRange&& other) noexcept;
+  MappedRange& operator=(MappedRange&& other) noexcept;
+  ~MappedRange() { Reset(); }
+  // Exactly the range asked for.
+  absl::Span<uint8_t> bytes() const { return absl::MakeSpan(data_, size_); }
+  void Reset();
+
+ private:
+  friend class AtomicFile;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 // An output file under construction. Write/WriteAt go to "<path>.tmp.<pid>.<n>";
 // Commit() fsyncs and renames; the destructor removes the temporary unless
 // committed. Create() refuses an existing output unless `overwrite`, and with
@@ -31,6 +51,18 @@ class AtomicFile {
   absl::Status WriteAt(uint64_t offset, absl::Span<const uint8_t> bytes);
   absl::Status PadTo(uint64_t offset);  // appends zeros up to offset
   uint64_t size() const { return size_; }
+
+  // Writing in place (decompress decodes straight into the file's pages):
+  // Resize sets the file's size (the new part reads as zeros); Reserve
+  // allocates the space of [offset, offset + length) now (fallocate), so a
+  // full disk is an error here and never a SIGBUS while writing through a
+  // mapping; it is UNIMPLEMENTED where the filesystem cannot reserve space
+  // (write with WriteAt there). MapRange maps [offset, offset + length)
+  // (inside the size) for writing (UNIMPLEMENTED where the filesystem cannot
+  // map files writably). Map only reserved ranges.
+  absl::Status Resize(uint64_t size);
+  absl::Status Reserve(uint64_t offset, uint64_t length);
+  absl::StatusOr<MappedRange> MapRange(uint64_t offset, uint64_t length);
   absl::Status Commit();
   const std::string& path() const { return path_; }
 
@@ -81,7 +113,9 @@ absl::Status CheckOutputReplaceable(const std::string& path, bool overwrite, boo
 
 // Installs SIGINT/SIGTERM/SIGHUP handlers (not over an ignored signal) that
 // remove every AtomicFile/AtomicDirectory temporary still in progress, then
-// re-raise the signal with its default action. For the CLI's main().
+// re-raise the signal with its default action. SIGBUS too (a mapped input
+// truncated by someone else while it is read): the temporaries go, then the
+// process dies of it. For the CLI's main().
 void InstallTempCleanupOnSignals();
 
 // Removes temporaries of `output` ("<name>.tmp.<pid>.<n>", and the
