@@ -6,7 +6,9 @@
 
 For each file the whole data section (everything after the JSON header) is compressed in one call,
 as bytes, in the ZipNN dtype mode of the file's dominant dtype (by bytes): F32 -> 'float32',
-BF16 -> 'bfloat16', F16 -> 'float16', F8_E4M3 -> 'float8_e4m3fn', F8_E5M2 -> 'float8_e5m2'.
+BF16 -> 'bfloat16', F16 -> 'float16', F8_E4M3 -> 'float8_e4m3fn', F8_E5M2 -> 'float8_e5m2'; an
+integer dominant dtype (U8/I8, I16/U16, I32/U32: ZipNN has no integer mode) -> the float byte mode of
+its width (float8_e4m3fn, float16, float32), labelled in the row's note.
 Minor tensors of another dtype (e.g. MiniLM's 4 KB I64 position_ids) go through in that same mode.
 ZipNN's default method ('AUTO': byte-plane Huffman, zstd for zero-heavy chunks) and chunk size
 (256 KiB) are used. Timed: compress() and decompress() calls only, best of --repeat, with threads=1
@@ -37,6 +39,7 @@ import st_io  # noqa: E402
 
 ZIPNN_DTYPE = {"F32": "float32", "BF16": "bfloat16", "F16": "float16",
                "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+ZIPNN_BY_WIDTH = {1: "float8_e4m3fn", 2: "float16", 4: "float32"}
 
 
 def corpus_files(cache: str | None) -> list[tuple[str, dict]]:
@@ -79,6 +82,11 @@ def bench_file(path: str, threads_mt: int, repeat: int, info: dict | None) -> di
     if other:
         notes.append(f"data section also holds {other} bytes of other dtypes, compressed in the {dtype} mode")
     zd = ZIPNN_DTYPE.get(dtype)
+    if zd is None and dtype in st_io.ST_DTYPES and st_io.itemsize(dtype) in ZIPNN_BY_WIDTH:
+        # ZipNN has no integer byte mode: integer data (e.g. GGUF blocks stored as U8) goes through
+        # its float byte mode of the same width, a lossless byte-plane split (as per_tensor.py does)
+        zd = ZIPNN_BY_WIDTH[st_io.itemsize(dtype)]
+        notes.append(f"{dtype} through ZipNN's {zd} byte mode (it has no integer mode)")
     row["zipnn_bytearray_dtype"] = zd
     nulls = {k: None for k in ("zipnn_ratio", "zipnn_compressed_bytes", "zipnn_encode_gbps_1t", "zipnn_decode_gbps_1t",
                                "zipnn_encode_gbps_mt", "zipnn_decode_gbps_mt", "threads_mt", "roundtrip_ok")}
