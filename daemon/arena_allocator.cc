@@ -105,15 +105,24 @@ uint64_t RangeAllocator::largest_free() const {
 absl::Status Block::Commit() {
   if (committed_) return absl::OkStatus();
   absl::Status st = arena_->Commit(offset_, cost());
+  // No memory: warm pages the pool keeps may be what fills the shm
+  // filesystem; give them back and try once more.
+  if (!st.ok() && IsAllocationFailure(st) && pool_->TrimWarm(0) > 0) {
+    st = arena_->Commit(offset_, cost());
+  }
   committed_ = st.ok();
   return st;
 }
 
 Block::~Block() {
-  // Decommit before the range can be handed out again; a retired pool does
-  // neither (a client may still read the range).
+  // Decommit before the range can be handed out again, unless the pool
+  // keeps it warm (recycling); a retired pool does neither (a client may
+  // still read the range).
   const bool retired = pool_->retired();
-  if (committed_ && !retired) arena_->Decommit(offset_, cost());
+  if (committed_ && !retired) {
+    if (pool_->KeepWarm(arena_.get(), offset_, size_)) return;
+    arena_->Decommit(offset_, cost());
+  }
   pool_->Free(arena_.get(), offset_, size_, /*reuse=*/!retired);
 }
 
@@ -124,7 +133,8 @@ std::shared_ptr<ArenaPool> ArenaPool::Create(const Options& options, ArenaFactor
 }
 
 ArenaPool::ArenaPool(const Options& options, ArenaFactory factory)
-    : arena_size_(ArenaCost(std::max<uint64_t>(options.arena_size, kArenaAlignment))),
+    : options_(options),
+      arena_size_(ArenaCost(std::max<uint64_t>(options.arena_size, kArenaAlignment))),
       kind_(options.kind),
       factory_(std::move(factory)) {}
 
@@ -135,39 +145,168 @@ absl::StatusOr<std::unique_ptr<Block>> ArenaPool::Allocate(uint64_t size) {
     return absl::ResourceExhaustedError(absl::StrCat(kind_, " allocation of ", size,
                                                      " bytes is impossible"));
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  const bool dedicated = cost > arena_size_;
-  if (!dedicated) {
-    for (auto& [id, slot] : arenas_) {
-      if (slot.dedicated) continue;
-      if (auto offset = slot.ranges.Allocate(size)) {
+  std::vector<Trimmed> trimmed;  // decommitted and given back after the lock
+  absl::StatusOr<std::unique_ptr<Block>> result = [&]() -> absl::StatusOr<std::unique_ptr<Block>> {
+    std::lock_guard<std::mutex> lock(mu_);
+    const bool dedicated = cost > arena_size_;
+    // Recycling: the best-fitting warm range of the same kind of arena. A
+    // dedicated arena's range is taken only when the block fills most of it
+    // (the rest is given back: nothing else is ever placed there).
+    if (stats_.warm > 0 && !retired_.load()) {
+      Slot* best_slot = nullptr;
+      std::multimap<uint64_t, uint64_t>::iterator best;
+      for (auto& [id, slot] : arenas_) {
+        if (slot.dedicated != dedicated) continue;
+        auto it = slot.warm.lower_bound(cost);
+        if (it == slot.warm.end()) continue;
+        if (dedicated && it->first - cost > it->first / 8) continue;
+        if (best_slot == nullptr || it->first < best->first) {
+          best_slot = &slot;
+          best = it;
+        }
+      }
+      if (best_slot != nullptr) {
+        const uint64_t have = best->first;
+        const uint64_t offset = best->second;
+        best_slot->warm.erase(best);
+        stats_.warm -= have;
+        if (have > cost) {
+          if (dedicated) {
+            trimmed.push_back({best_slot->arena, offset + cost, have - cost});
+            stats_.warm_trimmed += have - cost;
+          } else {
+            best_slot->warm.emplace(have - cost, offset + cost);  // stays warm
+            stats_.warm += have - cost;
+          }
+        }
         stats_.allocated += cost;
         ++stats_.blocks;
-        ++slot.blocks;
-        return std::unique_ptr<Block>(new Block(shared_from_this(), slot.arena, *offset, size));
+        ++stats_.recycled;
+        ++best_slot->blocks;
+        std::unique_ptr<Block> block(new Block(shared_from_this(), best_slot->arena, offset, size));
+        block->committed_ = true;
+        block->recycled_ = true;
+        return block;
       }
     }
+    // Fresh pages: first make room under the memory limit by giving back
+    // warm pages.
+    if (options_.memory_limit > 0 && stats_.warm > 0) {
+      const uint64_t need = stats_.allocated + cost;
+      const uint64_t keep = need >= options_.memory_limit ? 0 : options_.memory_limit - need;
+      TakeWarmLocked(keep, &trimmed);
+    }
+    if (!dedicated) {
+      for (auto& [id, slot] : arenas_) {
+        if (slot.dedicated) continue;
+        if (auto offset = slot.ranges.Allocate(size)) {
+          stats_.allocated += cost;
+          ++stats_.blocks;
+          ++slot.blocks;
+          return std::unique_ptr<Block>(new Block(shared_from_this(), slot.arena, *offset, size));
+        }
+      }
+    }
+    // A new arena: a regular one, or one of its own for a layer larger than
+    // the arena size.
+    const uint64_t capacity = dedicated ? cost : arena_size_;
+    const uint64_t id = next_id_++;
+    absl::StatusOr<std::unique_ptr<Arena>> made = factory_(id, capacity);
+    if (!made.ok()) return made.status();
+    Slot slot{std::shared_ptr<Arena>(std::move(*made)), RangeAllocator(capacity, kArenaAlignment),
+              dedicated, /*blocks=*/1, /*holds_freed=*/false, /*warm=*/{}};
+    std::optional<uint64_t> offset = slot.ranges.Allocate(size);
+    if (!offset) {
+      return absl::InternalError(absl::StrCat("a fresh ", kind_, " arena of ", capacity,
+                                              " bytes cannot hold ", size, " bytes"));
+    }
+    std::shared_ptr<Arena> arena = slot.arena;
+    arenas_.emplace(id, std::move(slot));
+    ++stats_.arenas;
+    stats_.arena_bytes += capacity;
+    stats_.allocated += cost;
+    ++stats_.blocks;
+    return std::unique_ptr<Block>(new Block(shared_from_this(), std::move(arena), *offset, size));
+  }();
+  ReleaseTrimmed(trimmed);
+  return result;
+}
+
+bool ArenaPool::KeepWarm(Arena* arena, uint64_t offset, uint64_t size) {
+  if (options_.warm_limit == 0) return false;
+  const uint64_t cost = ArenaCost(size);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = arenas_.find(arena->id());
+  if (it == arenas_.end() || retired_.load()) return false;
+  // Within both limits, or given back now (the newest freed block is not
+  // worth more than the warm pages already kept: no trimming here, so a
+  // free never waits for other ranges' hole punching).
+  if (stats_.warm + cost > options_.warm_limit) return false;
+  if (options_.memory_limit > 0 && stats_.allocated + stats_.warm > options_.memory_limit) {
+    return false;  // (allocated still counts this block: the sum is unchanged by keeping it)
   }
-  // A new arena: a regular one, or one of its own for a layer larger than
-  // the arena size.
-  const uint64_t capacity = dedicated ? cost : arena_size_;
-  const uint64_t id = next_id_++;
-  absl::StatusOr<std::unique_ptr<Arena>> made = factory_(id, capacity);
-  if (!made.ok()) return made.status();
-  Slot slot{std::shared_ptr<Arena>(std::move(*made)), RangeAllocator(capacity, kArenaAlignment),
-            dedicated, /*blocks=*/1};
-  std::optional<uint64_t> offset = slot.ranges.Allocate(size);
-  if (!offset) {
-    return absl::InternalError(absl::StrCat("a fresh ", kind_, " arena of ", capacity,
-                                            " bytes cannot hold ", size, " bytes"));
+  Slot& slot = it->second;
+  slot.warm.emplace(cost, offset);
+  stats_.warm += cost;
+  stats_.allocated -= cost;
+  --stats_.blocks;
+  --slot.blocks;
+  return true;
+}
+
+void ArenaPool::TakeWarmLocked(uint64_t keep, std::vector<Trimmed>* out) {
+  // Dedicated arenas' ranges first (a whole arena each), then the largest.
+  for (bool dedicated : {true, false}) {
+    for (auto& [id, slot] : arenas_) {
+      if (slot.dedicated != dedicated) continue;
+      while (stats_.warm > keep && !slot.warm.empty()) {
+        auto it = std::prev(slot.warm.end());
+        out->push_back({slot.arena, it->second, it->first});
+        stats_.warm -= it->first;
+        stats_.warm_trimmed += it->first;
+        slot.warm.erase(it);
+      }
+      if (stats_.warm <= keep) return;
+    }
   }
-  std::shared_ptr<Arena> arena = slot.arena;
-  arenas_.emplace(id, std::move(slot));
-  ++stats_.arenas;
-  stats_.arena_bytes += capacity;
-  stats_.allocated += cost;
-  ++stats_.blocks;
-  return std::unique_ptr<Block>(new Block(shared_from_this(), std::move(arena), *offset, size));
+}
+
+void ArenaPool::ReleaseTrimmed(std::vector<Trimmed>& trimmed) {
+  if (trimmed.empty()) return;
+  for (const Trimmed& t : trimmed) t.arena->Decommit(t.offset, t.size);
+  std::vector<std::shared_ptr<Arena>> dropped;  // destroyed outside the lock
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Trimmed& t : trimmed) {
+      auto it = arenas_.find(t.arena->id());
+      if (it == arenas_.end()) continue;
+      it->second.ranges.Free(t.offset, t.size);
+      dropped.push_back(MaybeDropLocked(it));
+    }
+  }
+  trimmed.clear();  // the arenas' last references may go here, outside the lock
+}
+
+uint64_t ArenaPool::TrimWarm(uint64_t keep) {
+  std::vector<Trimmed> trimmed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    TakeWarmLocked(keep, &trimmed);
+  }
+  uint64_t bytes = 0;
+  for (const Trimmed& t : trimmed) bytes += t.size;
+  ReleaseTrimmed(trimmed);
+  return bytes;
+}
+
+absl::Status ArenaPool::Prefault(uint64_t size) {
+  auto block = Allocate(size);
+  if (!block.ok()) return block.status();
+  if ((*block)->recycled()) return absl::OkStatus();  // warm already
+  absl::Status st = (*block)->Commit();
+  if (!st.ok()) return st;
+  (*block)->arena().Populate((*block)->offset(), (*block)->cost());
+  return absl::OkStatus();  // the block goes warm (when the limits allow)
 }
 
 void ArenaPool::Free(Arena* arena, uint64_t offset, uint64_t size, bool reuse) {
@@ -184,7 +323,19 @@ void ArenaPool::Free(Arena* arena, uint64_t offset, uint64_t size, bool reuse) {
   stats_.allocated -= ArenaCost(size);
   --stats_.blocks;
   --slot.blocks;
-  if (slot.blocks > 0) return;
+  dropped = MaybeDropLocked(it);
+}
+
+std::shared_ptr<Arena> ArenaPool::MaybeDropLocked(std::map<uint64_t, Slot>::iterator it) {
+  Slot& slot = it->second;
+  if (slot.blocks > 0) return nullptr;
+  // Warm ranges keep their arena (a retired pool never reuses them).
+  if (!slot.warm.empty() && !retired_.load()) return nullptr;
+  if (!slot.warm.empty()) {
+    for (const auto& [cost, offset] : slot.warm) stats_.warm -= cost;
+    slot.warm.clear();
+    slot.holds_freed = true;
+  }
   // Keep one empty regular arena as a spare (not one holding retired
   // ranges: it could never be emptied for reuse); drop the rest.
   bool keep = false;
@@ -194,11 +345,12 @@ void ArenaPool::Free(Arena* arena, uint64_t offset, uint64_t size, bool reuse) {
       if (id != it->first && !other.dedicated && other.ranges.empty()) keep = false;
     }
   }
-  if (keep) return;
-  dropped = std::move(slot.arena);
+  if (keep) return nullptr;
+  std::shared_ptr<Arena> dropped = std::move(slot.arena);
   stats_.arena_bytes -= slot.ranges.capacity();
   --stats_.arenas;
   arenas_.erase(it);
+  return dropped;
 }
 
 ArenaPool::Stats ArenaPool::stats() const {

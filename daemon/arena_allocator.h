@@ -18,6 +18,21 @@
 // layer (256 B, which is also what cudaMalloc guarantees). The price is at
 // most 4 KiB - 1 of padding per layer, which matters only for models of
 // thousands of layers of a few KiB (documented in docs/API.md).
+//
+// Recycling (Options::warm_limit > 0; the host arenas of bigsmalld): a freed
+// block that was committed keeps its pages for a while instead of giving
+// them back. Its range stays reserved in its arena as a "warm" range, and a
+// later Allocate of the same size (best fit; a regular arena's remainder
+// stays warm) takes it instead of fresh pages, so a streamed model's layers
+// decode into memory already backed and mapped (on a VM a fresh shm page
+// costs more than decoding into it). The pool holds at most warm_limit bytes
+// warm, and live blocks + warm pages stay within memory_limit (the cache
+// budget): a fresh allocation or a failed commit trims warm pages first, so
+// recycling never makes the daemon hold more memory than its budget. A
+// recycled block still holds the bytes of whatever layer had it before
+// (Block::recycled()): its user must overwrite every byte of it (pages())
+// before anyone else may read it; HostBackend::Decode does (each tensor is
+// decoded whole and checked against its hash, every other byte zeroed).
 #ifndef BIGSMALL_DAEMON_ARENA_ALLOCATOR_H_
 #define BIGSMALL_DAEMON_ARENA_ALLOCATOR_H_
 
@@ -29,6 +44,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -90,6 +106,10 @@ class Arena {
   virtual absl::Status Commit(uint64_t offset, uint64_t size) = 0;
   // Gives the range's memory back (host: punches a hole).
   virtual void Decommit(uint64_t offset, uint64_t size) = 0;
+  // Maps the committed range's pages into the daemon now, so writing them
+  // later takes no page faults (host: MADV_POPULATE_WRITE). Best effort;
+  // the default does nothing.
+  virtual void Populate(uint64_t offset, uint64_t size) {}
 
  protected:
   Arena(uint64_t id, uint64_t capacity) : id_(id), capacity_(capacity) {}
@@ -122,8 +142,16 @@ class Block {
   uint64_t size() const { return size_; }  // as asked
   uint64_t cost() const { return ArenaCost(size_); }
   absl::Span<uint8_t> bytes() const { return {arena_->base() + offset_, size_}; }
-  // Backs the block with memory; see Arena::Commit.
+  // Every byte a reader of the arena can see of this block: its pages.
+  absl::Span<uint8_t> pages() const { return {arena_->base() + offset_, cost()}; }
+  // Backs the block with memory; see Arena::Commit. A failure to get memory
+  // first gives the pool's warm pages back and tries again.
   absl::Status Commit();
+  // A block taken from the pool's warm pages: committed already, and its
+  // bytes are those of the block freed there before (another layer's, maybe
+  // another model's): the user must overwrite all of pages() before
+  // publishing it.
+  bool recycled() const { return recycled_; }
 
  private:
   friend class ArenaPool;
@@ -135,6 +163,7 @@ class Block {
   const uint64_t offset_;
   const uint64_t size_;
   bool committed_ = false;
+  bool recycled_ = false;
 };
 
 class ArenaPool : public std::enable_shared_from_this<ArenaPool> {
@@ -145,6 +174,12 @@ class ArenaPool : public std::enable_shared_from_this<ArenaPool> {
   struct Options {
     uint64_t arena_size = kDefaultArenaSize;  // rounded up to kArenaAlignment
     std::string kind = "host";                // for messages
+    // Bytes of freed, committed blocks kept for reuse (0: none; see the top
+    // of this file).
+    uint64_t warm_limit = 0;
+    // Live blocks + warm pages never exceed this through recycling (0: no
+    // limit besides warm_limit). bigsmalld: the host cache budget.
+    uint64_t memory_limit = 0;
   };
   static std::shared_ptr<ArenaPool> Create(const Options& options, ArenaFactory factory);
 
@@ -157,9 +192,22 @@ class ArenaPool : public std::enable_shared_from_this<ArenaPool> {
     uint64_t arena_bytes = 0;   // address space of every arena
     uint64_t allocated = 0;     // cost of the live blocks
     uint64_t blocks = 0;
+    uint64_t warm = 0;          // bytes of freed blocks kept committed for reuse
+    uint64_t recycled = 0;      // allocations served from warm pages (total)
+    uint64_t warm_trimmed = 0;  // warm bytes given back to make room (total)
   };
   Stats stats() const;
   uint64_t arena_size() const { return arena_size_; }
+  const Options& options() const { return options_; }
+
+  // Gives warm pages back until at most `keep` bytes stay warm; returns the
+  // bytes given back.
+  uint64_t TrimWarm(uint64_t keep);
+
+  // Backs and maps `size` bytes now and keeps them warm (when the limits
+  // allow), so the next Allocate of that size takes no page faults: for
+  // the first layers of a model, ahead of need. Errors: Allocate's, Commit's.
+  absl::Status Prefault(uint64_t size);
 
   // For a daemon that stops: its clients may still map layers whose leases
   // the shutdown ended, and a dying daemon must not change bytes under
@@ -177,6 +225,20 @@ class ArenaPool : public std::enable_shared_from_this<ArenaPool> {
   // `reuse`: give the range back to the arena's allocator (false once
   // retired: the range is never handed out again).
   void Free(Arena* arena, uint64_t offset, uint64_t size, bool reuse);
+  // A committed block is being freed: true when its range was kept warm
+  // (within the limits), false when the caller must decommit and Free it.
+  bool KeepWarm(Arena* arena, uint64_t offset, uint64_t size);
+  // A warm range taken out of the warm set (still reserved in its arena),
+  // to decommit and give back outside the lock.
+  struct Trimmed {
+    std::shared_ptr<Arena> arena;
+    uint64_t offset = 0;
+    uint64_t size = 0;
+  };
+  // Under mu_: takes warm ranges out until warm <= keep.
+  void TakeWarmLocked(uint64_t keep, std::vector<Trimmed>* out);
+  // Without mu_: decommits the ranges and gives them back to their arenas.
+  void ReleaseTrimmed(std::vector<Trimmed>& trimmed);
 
   struct Slot {
     std::shared_ptr<Arena> arena;
@@ -184,7 +246,12 @@ class ArenaPool : public std::enable_shared_from_this<ArenaPool> {
     bool dedicated = false;
     uint64_t blocks = 0;        // live blocks
     bool holds_freed = false;   // ranges freed after Retire(): never empty again
+    std::multimap<uint64_t, uint64_t> warm;  // warm ranges: cost -> offset
   };
+  // Under mu_: drops the arena of `it` when nothing is left in it (keeping
+  // one empty regular arena as a spare); returns it, to destroy outside.
+  std::shared_ptr<Arena> MaybeDropLocked(std::map<uint64_t, Slot>::iterator it);
+  const Options options_;
   const uint64_t arena_size_;
   const std::string kind_;
   ArenaFactory factory_;

@@ -1,5 +1,6 @@
 #include "daemon/arena_allocator.h"
 
+#include <cstring>
 #include <random>
 #include <set>
 #include <vector>
@@ -197,6 +198,191 @@ TEST(ArenaPoolTest, RetiredPoolNeitherDecommitsNorReusesFreedRanges) {
   EXPECT_EQ(live, 0);
   EXPECT_EQ(pool->stats().arenas, 0u);
   EXPECT_EQ(pool->stats().allocated, 0u);
+}
+
+// Recycling (issue 11): a freed committed block keeps its pages, within the
+// warm limit, and the next allocation of its size takes them: no new
+// Commit, the same range, flagged recycled() (its bytes are the old
+// block's: the user overwrites them).
+TEST(ArenaPoolTest, FreedCommittedBlocksAreRecycledWithinTheWarmLimit) {
+  int live = 0;
+  std::vector<FakeArena*> arenas;
+  ArenaPool::Options options{1 << 20, "test"};
+  options.warm_limit = 3 * 8192;
+  auto pool = ArenaPool::Create(options, [&](uint64_t id, uint64_t capacity)
+                                    -> absl::StatusOr<std::unique_ptr<Arena>> {
+    arenas.push_back(new FakeArena(id, capacity, &live));
+    return std::unique_ptr<Arena>(arenas.back());
+  });
+  std::vector<std::unique_ptr<Block>> blocks;
+  for (int i = 0; i < 4; ++i) {
+    auto b = pool->Allocate(8000);
+    ASSERT_TRUE(b.ok());
+    EXPECT_FALSE((*b)->recycled());
+    ASSERT_TRUE((*b)->Commit().ok());
+    blocks.push_back(std::move(*b));
+  }
+  ASSERT_EQ(arenas.size(), 1u);
+  EXPECT_EQ(arenas[0]->committed_, 4u * 8192);
+  std::set<uint64_t> freed;
+  for (auto& b : blocks) freed.insert(b->offset());
+  memset(blocks[0]->pages().data(), 0xab, blocks[0]->cost());
+  blocks.clear();
+  // Three stay warm (the limit), the fourth is decommitted.
+  EXPECT_EQ(pool->stats().warm, 3u * 8192);
+  EXPECT_EQ(pool->stats().allocated, 0u);
+  EXPECT_EQ(pool->stats().blocks, 0u);
+  EXPECT_EQ(arenas[0]->committed_, 3u * 8192);
+  auto again = pool->Allocate(8000);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE((*again)->recycled());
+  EXPECT_TRUE(freed.count((*again)->offset()));
+  ASSERT_TRUE((*again)->Commit().ok());  // committed already: no new pages
+  EXPECT_EQ(arenas[0]->committed_, 3u * 8192);
+  EXPECT_EQ(pool->stats().recycled, 1u);
+  EXPECT_EQ(pool->stats().warm, 2u * 8192);
+  EXPECT_EQ(pool->stats().allocated, 8192u);
+  // A smaller block takes the rest of a warm range; the remainder stays warm.
+  auto small = pool->Allocate(100);
+  ASSERT_TRUE(small.ok());
+  EXPECT_TRUE((*small)->recycled());
+  EXPECT_EQ(pool->stats().warm, 2u * 8192 - 4096);
+  // TrimWarm gives every warm page back.
+  EXPECT_EQ(pool->TrimWarm(0), 2u * 8192 - 4096);
+  EXPECT_EQ(pool->stats().warm, 0u);
+  EXPECT_EQ(arenas[0]->committed_, 8192u + 4096u);
+  again->reset();
+  small->reset();
+  EXPECT_EQ(pool->TrimWarm(0), 8192u + 4096u);
+  EXPECT_EQ(arenas[0]->committed_, 0u);
+  EXPECT_EQ(live, 1);  // the spare
+}
+
+// Live blocks + warm pages stay within memory_limit: a fresh allocation
+// gives warm pages back first; a free over the limit is not kept.
+TEST(ArenaPoolTest, WarmPagesNeverTakeLiveAndWarmOverTheMemoryLimit) {
+  int live = 0;
+  std::vector<FakeArena*> arenas;
+  ArenaPool::Options options{1 << 20, "test"};
+  options.warm_limit = 1 << 20;
+  options.memory_limit = 4 * 4096;
+  auto pool = ArenaPool::Create(options, [&](uint64_t id, uint64_t capacity)
+                                    -> absl::StatusOr<std::unique_ptr<Arena>> {
+    arenas.push_back(new FakeArena(id, capacity, &live));
+    return std::unique_ptr<Arena>(arenas.back());
+  });
+  auto a = pool->Allocate(2 * 4096);
+  auto b = pool->Allocate(2 * 4096);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE((*a)->Commit().ok() && (*b)->Commit().ok());
+  a->reset();
+  b->reset();
+  EXPECT_EQ(pool->stats().warm, 4u * 4096);
+  // 3 pages fit no 2-page warm range: fresh pages, after warm is trimmed to
+  // at most the one page left under the limit.
+  auto c = pool->Allocate(3 * 4096);
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE((*c)->recycled());
+  ASSERT_TRUE((*c)->Commit().ok());
+  const auto st = pool->stats();
+  EXPECT_LE(st.allocated + st.warm, options.memory_limit);
+  EXPECT_LE(arenas[0]->committed_, options.memory_limit);
+  EXPECT_GT(st.warm_trimmed, 0u);
+}
+
+TEST(ArenaPoolTest, RetiredPoolDoesNotRecycle) {
+  int live = 0;
+  std::vector<FakeArena*> arenas;
+  ArenaPool::Options options{1 << 20, "test"};
+  options.warm_limit = 1 << 20;
+  auto pool = ArenaPool::Create(options, [&](uint64_t id, uint64_t capacity)
+                                    -> absl::StatusOr<std::unique_ptr<Arena>> {
+    arenas.push_back(new FakeArena(id, capacity, &live));
+    return std::unique_ptr<Arena>(arenas.back());
+  });
+  auto a = pool->Allocate(4096);
+  auto b = pool->Allocate(4096);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE((*a)->Commit().ok() && (*b)->Commit().ok());
+  auto keep = pool->Allocate(4096);  // keeps the arena alive
+  ASSERT_TRUE(keep.ok());
+  const uint64_t a_arena = (*a)->arena_id();
+  const uint64_t a_offset = (*a)->offset();
+  const uint64_t b_offset = (*b)->offset();
+  a->reset();  // warm
+  EXPECT_EQ(pool->stats().warm, 4096u);
+  pool->Retire();
+  b->reset();  // retired: neither warm nor reused
+  EXPECT_EQ(pool->stats().warm, 4096u);
+  EXPECT_EQ(arenas[0]->committed_, 2u * 4096) << "a retired pool decommitted a freed block";
+  auto c = pool->Allocate(4096);
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE((*c)->recycled());
+  EXPECT_EQ((*c)->arena_id(), a_arena);
+  EXPECT_NE((*c)->offset(), a_offset);
+  EXPECT_NE((*c)->offset(), b_offset);
+}
+
+// A commit that finds no memory gives the warm pages back and tries again.
+TEST(ArenaPoolTest, CommitOutOfMemoryGivesWarmPagesBackFirst) {
+  class TightArena : public FakeArena {
+   public:
+    TightArena(uint64_t id, uint64_t capacity, int* live, uint64_t limit)
+        : FakeArena(id, capacity, live), limit_(limit) {}
+    absl::Status Commit(uint64_t offset, uint64_t size) override {
+      if (committed_ + size > limit_) {
+        return MarkAllocationFailure(absl::ResourceExhaustedError("shm full"));
+      }
+      return FakeArena::Commit(offset, size);
+    }
+
+   private:
+    const uint64_t limit_;
+  };
+  int live = 0;
+  ArenaPool::Options options{1 << 20, "test"};
+  options.warm_limit = 1 << 20;
+  auto pool = ArenaPool::Create(options, [&](uint64_t id, uint64_t capacity)
+                                    -> absl::StatusOr<std::unique_ptr<Arena>> {
+    return std::unique_ptr<Arena>(new TightArena(id, capacity, &live, 3 * 4096));
+  });
+  auto a = pool->Allocate(2 * 4096);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE((*a)->Commit().ok());
+  a->reset();
+  EXPECT_EQ(pool->stats().warm, 2u * 4096);
+  auto b = pool->Allocate(3 * 4096);  // no warm range fits: fresh
+  ASSERT_TRUE(b.ok());
+  EXPECT_FALSE((*b)->recycled());
+  absl::Status st = (*b)->Commit();
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(pool->stats().warm, 0u);
+}
+
+// A dedicated arena (a block over the arena size) is recycled for a block
+// of about its size only, never for a much smaller one.
+TEST(ArenaPoolTest, DedicatedWarmArenaIsReusedOnlyForASimilarSize) {
+  int live = 0;
+  ArenaPool::Options options{4 * 4096, "test"};
+  options.warm_limit = 1 << 20;
+  auto pool = ArenaPool::Create(options, [&](uint64_t id, uint64_t capacity)
+                                    -> absl::StatusOr<std::unique_ptr<Arena>> {
+    return std::unique_ptr<Arena>(new FakeArena(id, capacity, &live));
+  });
+  auto big = pool->Allocate(64 * 4096);
+  ASSERT_TRUE(big.ok());
+  ASSERT_TRUE((*big)->Commit().ok());
+  const uint64_t big_arena = (*big)->arena_id();
+  big->reset();
+  EXPECT_EQ(live, 1);  // kept: warm
+  auto other = pool->Allocate(8 * 4096);  // dedicated too, far smaller
+  ASSERT_TRUE(other.ok());
+  EXPECT_FALSE((*other)->recycled());
+  EXPECT_NE((*other)->arena_id(), big_arena);
+  auto same = pool->Allocate(64 * 4096 - 100);
+  ASSERT_TRUE(same.ok());
+  EXPECT_TRUE((*same)->recycled());
+  EXPECT_EQ((*same)->arena_id(), big_arena);
 }
 
 }  // namespace

@@ -16,8 +16,10 @@
 #ifndef BIGSMALL_DAEMON_BACKEND_H_
 #define BIGSMALL_DAEMON_BACKEND_H_
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -88,23 +90,57 @@ class Backend {
   virtual absl::StatusOr<std::shared_ptr<LayerData>> Decode(const StagedLayer& layer) = 0;
 };
 
-// Today's CPU path: a block of `arenas` (committed first: a full shm
-// filesystem is an allocation failure the cache evicts for), every tensor
-// decoded on `pool` (nullptr: the calling thread) with BsReader::DecodeTensor
-// (which checks XXH3-128).
+// The CPU path. A layer's block of `arenas` is allocated and backed before
+// its decode (committed: a full shm filesystem is an allocation failure the
+// cache evicts for; fresh pages also mapped, MADV_POPULATE_WRITE, so decode
+// threads take no page faults), while the layer before it still decodes.
+// Recycled blocks (ArenaPool warm pages) need neither; every byte of one
+// that no tensor covers is zeroed, so no byte of the layer that had the
+// block before reaches a client. Then the layer's tensors decode as one
+// batch (DecodeTensors: every chunk of every tensor on one work queue of
+// `pool`, nullptr: the calling thread; XXH3-128 of each checked), one layer
+// at a time in the order they reach the decode stage: a layer gets every
+// core, so the first layer of a stream is out after its own decode time,
+// not after sharing the cores with the layers prefetched behind it (their
+// reads and page backing overlap its decode). Idle staging buffers are kept
+// for reuse, at most `max_idle_staging` bytes (fresh heap pages cost about
+// as much as decoding into them).
 class HostBackend final : public Backend {
  public:
-  HostBackend(ArenaPool* arenas, ThreadPool* pool, DecoderImpl impl)
-      : arenas_(arenas), pool_(pool), impl_(impl) {}
+  HostBackend(ArenaPool* arenas, ThreadPool* pool, DecoderImpl impl,
+              uint64_t max_idle_staging = 512ull << 20);
+  ~HostBackend() override;
   const std::string& device() const override { return device_; }
   absl::StatusOr<std::unique_ptr<StagingBuffer>> AllocateStaging(uint64_t bytes) override;
   absl::StatusOr<std::shared_ptr<LayerData>> Decode(const StagedLayer& layer) override;
 
+  struct Stats {
+    uint64_t staging_reused = 0;     // AllocateStaging served from idle buffers
+    uint64_t staging_allocated = 0;  // ... from new memory
+    uint64_t idle_staging_bytes = 0;
+    uint64_t recycled_blocks = 0;    // layers decoded into recycled arena pages
+    uint64_t zeroed_bytes = 0;       // bytes of recycled blocks no tensor covers, zeroed
+    uint32_t max_concurrent_decodes = 0;  // 1: layers decode one at a time
+  };
+  Stats stats() const;
+
  private:
+  class Staging;
+  struct StagingPool;
+  // Decodes one layer at a time, in arrival order.
+  class DecodeTurn;
+
   const std::string device_ = "host";
   ArenaPool* const arenas_;
   ThreadPool* const pool_;
   const DecoderImpl impl_;
+  std::shared_ptr<StagingPool> staging_;
+  mutable std::mutex mu_;
+  std::condition_variable turn_cv_;
+  uint64_t next_ticket_ = 0;  // taken on arrival at the decode stage
+  uint64_t serving_ = 0;      // the ticket that may decode now
+  uint32_t decoding_ = 0;
+  Stats stats_;
 };
 
 }  // namespace bigsmall::daemon

@@ -59,8 +59,20 @@ void HostArena::Decommit(uint64_t offset, uint64_t size) {
   }
 }
 
+void HostArena::Populate(uint64_t offset, uint64_t size) {
+#ifdef MADV_POPULATE_WRITE
+  if (offset > capacity() || size > capacity() - offset || size == 0) return;
+  while (::madvise(data_ + offset, size, MADV_POPULATE_WRITE) != 0 && errno == EINTR) {
+  }
+#else
+  (void)offset;
+  (void)size;
+#endif
+}
+
 std::shared_ptr<ArenaPool> MakeHostArenaPool(std::shared_ptr<const ShmDir> dir,
-                                             uint64_t arena_size) {
+                                             uint64_t arena_size, uint64_t warm_limit,
+                                             uint64_t memory_limit) {
   // A per-pool tag in the file names: a restarted daemon with the same pid
   // (containers) never reuses a name a client may still have mapped.
   std::random_device rd;
@@ -68,6 +80,8 @@ std::shared_ptr<ArenaPool> MakeHostArenaPool(std::shared_ptr<const ShmDir> dir,
   ArenaPool::Options options;
   options.arena_size = arena_size;
   options.kind = "host";
+  options.warm_limit = warm_limit;
+  options.memory_limit = memory_limit;
   return ArenaPool::Create(
       options,
       [dir = std::move(dir), tag](uint64_t id,

@@ -37,6 +37,9 @@ class HostArena : public Arena {
   uint8_t* base() override { return data_; }
   absl::Status Commit(uint64_t offset, uint64_t size) override;
   void Decommit(uint64_t offset, uint64_t size) override;
+  // MADV_POPULATE_WRITE on the daemon's mapping (Linux 5.14+; nothing on
+  // older kernels).
+  void Populate(uint64_t offset, uint64_t size) override;
   // The file's path, for clients.
   std::string path() const { return dir_->path() + "/" + name_; }
   const std::string& name() const { return name_; }
@@ -51,9 +54,19 @@ class HostArena : public Arena {
   uint8_t* const data_;
 };
 
-// A pool of host arenas of `arena_size` bytes each in `dir`.
+// A pool of host arenas of `arena_size` bytes each in `dir`. `warm_limit`
+// and `memory_limit`: recycling of freed layers' pages (ArenaPool::Options;
+// bigsmalld: kDefaultHostWarmLimit capped by the cache budget, and the
+// budget).
 std::shared_ptr<ArenaPool> MakeHostArenaPool(std::shared_ptr<const ShmDir> dir,
-                                             uint64_t arena_size = kDefaultArenaSize);
+                                             uint64_t arena_size = kDefaultArenaSize,
+                                             uint64_t warm_limit = 0, uint64_t memory_limit = 0);
+
+// How much of freed layers' shared memory bigsmalld keeps warm for the next
+// layers (at most the cache budget, which also bounds live + warm pages): a
+// few 7B-shaped layers, so a streamed model's layers decode into pages that
+// are already backed and mapped.
+inline constexpr uint64_t kDefaultHostWarmLimit = 2ull << 30;
 
 // Anonymous arenas, for loading layers into the process's own memory (the
 // Python extension's in-process loader: nothing is shared with clients).

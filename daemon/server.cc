@@ -240,7 +240,11 @@ absl::Status RunDaemon(const DaemonConfig& config) {
 
   absl::Status result;
   {
-    std::shared_ptr<ArenaPool> host_arenas = MakeHostArenaPool(arena_dir, config.arena_size);
+    // Freed layers' pages are recycled (issue 11): at most
+    // kDefaultHostWarmLimit warm, live + warm within the cache budget.
+    std::shared_ptr<ArenaPool> host_arenas = MakeHostArenaPool(
+        arena_dir, config.arena_size,
+        std::min<uint64_t>(kDefaultHostWarmLimit, effective.cache_budget), effective.cache_budget);
     auto service = std::make_unique<BigSmallService>(effective, host_arenas, &metrics,
                                                      std::move(gpu.api), gpu.unavailable);
     grpc::EnableDefaultHealthCheckService(true);
