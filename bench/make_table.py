@@ -60,6 +60,10 @@ def main() -> int:
                 continue
             rel = e.get("file") or e.get("path")
             info[os.path.abspath(os.path.join(man["cache"], rel))] = e
+    def label(f):  # the file's path inside its corpus cache (e.g. minilm/model.safetensors)
+        e = info.get(f, {})
+        return e.get("file") or e.get("path") or os.path.basename(f)
+
     codec = load_json(R("codec.json"), []) or []
     zipnn = {os.path.abspath(r["file"]): r for r in load_jsonl(R("zipnn.jsonl"))}
     pypi = {os.path.abspath(r["file"]): r for r in load_jsonl(R("pypi_bigsmall.jsonl"))}
@@ -101,12 +105,21 @@ def main() -> int:
       "(`codec_bench`, `zipnn_bench.py`); zstd -19: the sum of per-tensor frames (`per_tensor.py`, "
       "python zstandard level 19). Floor: per-tensor order-0 entropy of the whole element value for dtypes of "
       "<= 16 bits, and the sum of byte-plane entropies for wider ones (for F32 most values are unique, so no "
-      "element floor exists), over the data section. *Worst tensor vs best peer*: over the file's tensors, "
+      "element floor exists), per tensor, summed over the data section; *(planes)*: most bytes are in "
+      "tensors wider than 16 bits. *Worst tensor vs best peer*: over the file's tensors, "
       "the largest ratio of our `--storage` blob to the smallest peer (zstd -19, ZipNN, PyPI bigsmall) on "
       "that tensor, with the tensor's bytes; *losses*: tensors where `--storage` is larger than the best "
       "peer, and the bytes lost. *Derived* files are value conversions made by `bench/corpus.py` / "
       "`bench/corpus2.py`, not published checkpoints.\n")
 
+    floor_of: dict[str, list] = {}  # file -> [floor bytes, bytes of tensors whose floor is the planes sum]
+    for r in pt_rows:
+        fo = floor_of.setdefault(os.path.abspath(r["file"]), [0.0, 0])
+        if r.get("floor_elem") is not None:
+            fo[0] += r["floor_elem"]
+        else:
+            fo[0] += r.get("floor_planes") or 0
+            fo[1] += r["bytes"]
     w("## Ratio per file\n")
     w("| file | real/derived | dtype | MB | floor | balanced | storage | inference | zstd -3 | zstd -19 | ZipNN | "
       "PyPI bigsmall | worst tensor vs best peer (storage) | storage losses (tensors, bytes) |")
@@ -116,17 +129,18 @@ def main() -> int:
         modes = by_file.get(f, {})
         s = pts.get(f, {})
         data = s.get("bytes") or (modes.get("balanced", {}).get("data_bytes"))
-        fl = None
-        if s and data:
-            fl = (s["floor_elem"] if s.get("floor_elem_complete") else s["floor_planes"]) / data
-        flabel = "" if not s or s.get("floor_elem_complete") else " (planes)"
+        fl, flabel = None, ""
+        fr = floor_of.get(f)
+        if fr and data:
+            fl = fr[0] / data
+            flabel = " (planes)" if fr[1] > data / 2 else (" (planes for some)" if fr[1] > data / 100 else "")
         wst = (s.get("worst") or {}).get("storage")
         worst = "-" if not wst else "%.2fx `%s` (%s B: %s vs %s %s)" % (
             wst["ratio"], wst["name"], f"{wst['bytes']:,}", f"{wst['ours']:,}", wst["peer"], f"{wst['peer_bytes']:,}")
         z19 = s.get("zstd19") / data if s and data else None
         derived = e.get("derived")
         w("| %s | %s | %s | %.1f | %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            os.path.basename(f), "derived" if derived else ("real" if e else "?"), e.get("dtype", "?"),
+            label(f), "derived" if derived else ("real" if e else "?"), e.get("dtype", "?"),
             (e.get("bytes") or os.path.getsize(f) if os.path.exists(f) else 0) / 1e6, pct(fl), flabel,
             pct(modes.get("balanced", {}).get("ours_ratio_file")), pct(modes.get("storage", {}).get("ours_ratio_file")),
             pct(modes.get("inference", {}).get("ours_ratio_file")), pct(modes.get("balanced", {}).get("zstd3_ratio")),
@@ -220,7 +234,7 @@ def main() -> int:
             c = cli.get((f, m), {})
             first = m == "balanced"
             w("| %s | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s |" % (
-                os.path.basename(f) if first else "", m, r["encode_gbps_1t"], r["encode_gbps_mt"],
+                label(f) if first else "", m, r["encode_gbps_1t"], r["encode_gbps_mt"],
                 r["decode_gbps_1t"], r["decode_gbps_mt"], num(c.get("compress_wall_s")),
                 "-" if c.get("decompress_wall_s") is None else "%.2f (%.2f)" % (c["decompress_wall_s"],
                                                                                  c["decompress_gbps"]),
