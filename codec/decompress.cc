@@ -112,15 +112,18 @@ absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& 
 // after batch in file order: nothing is copied, and the output's page faults
 // are spread over the decoding threads. While batch k decodes on every core,
 // a helper thread hashes batch k-1 into the whole-file hash and unmaps it,
-// and reserves and maps batch k+1 and maps its input pages. Where the output cannot be
-// reserved or mapped (no fallocate, or no writable mmap), batches decode into
-// two reused buffers and the helper writes them (pwrite). The input .bs is
-// mapped read-only (read group by group where it cannot be).
+// and reserves and maps batch k+1 and starts reading its input. Where the
+// output cannot be reserved or mapped (no fallocate, or no writable mmap),
+// batches decode into two reused buffers and the helper writes them
+// (pwrite). The input .bs is mapped read-only (read group by group where it
+// cannot be). The resident set stays at about four batches: the output
+// window being decoded and the one being hashed (unmapped after), and their
+// input pages (unmapped after).
 
 // Output bytes per batch (or one tensor when it is larger). Small enough to
-// pipeline (and to bound the reused buffers and the mapped window), large
-// enough that the join at each batch's end costs little.
-constexpr uint64_t kFileBatchBytes = 64ull << 20;
+// pipeline and to bound the resident set (four batches), large enough that
+// the join at each batch's end costs little.
+constexpr uint64_t kFileBatchBytes = 32ull << 20;
 
 // The input .bs, mapped read-only (empty when it cannot be: then groups are read).
 class MappedInput {
@@ -150,17 +153,21 @@ class MappedInput {
   }
   bool ok() const { return data_ != nullptr; }
   absl::Span<const uint8_t> bytes(uint64_t offset, uint64_t size) const { return {data_ + offset, size}; }
-  // Maps the pages of [offset, offset + size) now (reading them from disk if
-  // needed), so the decoders take no faults; advisory.
-  void Populate(uint64_t offset, uint64_t size) const {
-#ifdef MADV_POPULATE_READ
-    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-    const uint64_t start = offset / page * page;
-    if (size > 0) madvise(const_cast<uint8_t*>(data_) + start, offset + size - start, MADV_POPULATE_READ);
-#endif
-  }
+  // Starts reading [offset, offset + size) into the page cache (readahead),
+  // mapping nothing yet; advisory.
+  void WillNeed(uint64_t offset, uint64_t size) const { Advise(offset, size, MADV_WILLNEED); }
+  // Drops this process's mappings of the pages of [offset, offset + size)
+  // (the page cache keeps them; a later read faults them back), so the
+  // resident set stays at the batches in flight; advisory.
+  void Release(uint64_t offset, uint64_t size) const { Advise(offset, size, MADV_DONTNEED); }
 
  private:
+  void Advise(uint64_t offset, uint64_t size, int advice) const {
+    if (data_ == nullptr || size == 0) return;
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const uint64_t start = offset / page * page;
+    madvise(const_cast<uint8_t*>(data_) + start, offset + size - start, advice);
+  }
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
 };
@@ -283,7 +290,7 @@ absl::StatusOr<uint64_t> RebuildToFile(const std::string& path, const RebuildCon
     for (size_t t = b.begin; t < b.end; ++t) {
       const BsTensor& bt = ix.tensors[t];
       if (input.ok()) {
-        input.Populate(bt.blob_offset, bt.blob_size);
+        input.WillNeed(bt.blob_offset, bt.blob_size);
       } else if (b.groups.count(bt.group) == 0) {
         ASSIGN_OR_RETURN(b.groups[bt.group], reader->ReadGroup(bt.group));
       }
@@ -323,6 +330,7 @@ absl::StatusOr<uint64_t> RebuildToFile(const std::string& path, const RebuildCon
     whole.Update(b.out);
     if (b.mapped.bytes().empty()) RETURN_IF_ERROR(file.WriteAt(b.offset, b.out));
     b.mapped.Reset();
+    for (size_t t = b.begin; t < b.end; ++t) input.Release(ix.tensors[t].blob_offset, ix.tensors[t].blob_size);
     b.groups.clear();
     b.base.clear();
     b.out = {};

@@ -19,7 +19,7 @@ struct DecompressOptions {
   bool force = false;     // overwrite an existing output
   DecoderImpl impl = DecoderImpl::kAuto;
   ProgressFn progress;
-  // Tuning and tests. Output bytes decoded per batch (0: 64 MiB; a larger
+  // Tuning and tests. Output bytes decoded per batch (0: 32 MiB; a larger
   // tensor is a batch of its own). in_place = false: decode into two reused
   // buffers and write them, as where the output filesystem cannot reserve
   // space or map files (instead of decoding straight into the output's pages).
