@@ -410,7 +410,8 @@ std::vector<DecoderImpl> RunnableImpls() {
 
 // DecodeChunkPair == DecodeChunkJob(a) then DecodeChunkJob(b) with the
 // reference decoder, in bytes and verdict, for order-0 and conditional jobs,
-// b conditioned on a's output, sizes that are not whole groups, and streams
+// b conditioned on a's output, sizes that are not whole groups and differ
+// between a and b, and streams
 // that run out of words early in one of the two (so the interleaved loop
 // stops before the other's end).
 TEST(ChunkPair, MatchesTwoReferenceDecodes) {
@@ -425,8 +426,10 @@ TEST(ChunkPair, MatchesTwoReferenceDecodes) {
     const int corrupt = (trial >> 3) % 5;  // 0: none, 1: a truncated, 2: b truncated, 3: a flip, 4: b flip
     // a: plain (its symbols are b's contexts when b_on_a) or conditional.
     ConditionalCase ka = MakeConditionalCase(n, 5000 + trial, cond_a ? 5 : 1);
+    // b's size differs from a's unless b takes a's output as its contexts.
+    const size_t nb = cond_b && b_on_a ? n : 1 + rng() % 5000;
     ConditionalCase kb =
-        MakeConditionalCase(n, 9000 + trial, cond_b ? 4 : 1, cond_b && b_on_a ? &ka.symbols : nullptr);
+        MakeConditionalCase(nb, 9000 + trial, cond_b ? 4 : 1, cond_b && b_on_a ? &ka.symbols : nullptr);
     auto mutate = [&](std::vector<uint8_t>& s, bool truncate) {
       if (truncate) {
         s.resize(std::max<size_t>(kChunkHeaderBytes, s.size() - 2 * (1 + rng() % (s.size() / 4 + 1))));
@@ -450,7 +453,7 @@ TEST(ChunkPair, MatchesTwoReferenceDecodes) {
       b->chunk = kb.stream;
       b->out = absl::MakeSpan(out_b);
     };
-    std::vector<uint8_t> want_a(n, 1), want_b(n, 2);
+    std::vector<uint8_t> want_a(n, 1), want_b(nb, 2);
     ChunkJob a, b;
     jobs(want_a, want_b, &a, &b);
     absl::Status want = DecodeChunkJob(DecoderImpl::kReference, a);
@@ -461,7 +464,7 @@ TEST(ChunkPair, MatchesTwoReferenceDecodes) {
       ASSERT_EQ(want_b, kb.symbols);
     }
     for (DecoderImpl impl : impls) {
-      std::vector<uint8_t> got_a(n, 1), got_b(n, 2);
+      std::vector<uint8_t> got_a(n, 1), got_b(nb, 2);
       jobs(got_a, got_b, &a, &b);
       const absl::Status st = DecodeChunkPair(impl, a, b);
       ASSERT_EQ(st, want) << DecoderImplName(impl) << " trial " << trial;
