@@ -18,6 +18,7 @@
 #include "codec/base_model.h"
 #include "codec/bs_reader.h"
 #include "codec/byte_io.h"
+#include "codec/fast_hash.h"
 #include "codec/file_util.h"
 #include "codec/model_dir.h"
 #include "codec/status_macros.h"
@@ -254,7 +255,7 @@ absl::StatusOr<uint64_t> RebuildToFile(const std::string& path, const RebuildCon
   if (end != ix.original_size) return mismatch();
 
   RETURN_IF_ERROR(file.Write(ix.safetensors_prefix));
-  StreamingHash128 whole;
+  FastStreamingHash128 whole;
   whole.Update(ix.safetensors_prefix);
   RETURN_IF_ERROR(file.Resize(ix.original_size));
   const MappedInput input = MappedInput::Open(path, ix.stored_size);

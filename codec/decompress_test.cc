@@ -19,6 +19,7 @@
 #include "codec/compress.h"
 #include "codec/decompress.h"
 #include "codec/error_kind.h"
+#include "codec/fast_hash.h"
 #include "codec/file_util.h"
 #include "codec/test_files.h"
 #include "gmock/gmock.h"
@@ -248,6 +249,34 @@ TEST_F(DecompressTest, SigbusRemovesTemporaries) {
   ASSERT_TRUE(WIFSIGNALED(status)) << "exit " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
   EXPECT_EQ(WTERMSIG(status), SIGBUS);
   EXPECT_EQ(Listing(), std::vector<std::string>{});
+}
+
+// The AVX2 build of XXH3-128 equals libxxhash's on every length class (0,
+// 1-16, 17-128, 129-240, long; stripes and blocks) and however the input is
+// split into updates.
+TEST(FastHashTest, EqualsHashBytes128ForEveryLengthAndSplit) {
+  std::mt19937 rng(9);
+  std::vector<uint8_t> data(3 << 20);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  {
+    FastStreamingHash128 probe;
+    if (__builtin_cpu_supports("avx2")) EXPECT_TRUE(probe.simd());
+  }
+  for (size_t n : {0, 1, 3, 4, 8, 9, 16, 17, 100, 128, 129, 200, 240, 241, 1023, 1024, 1025, 65536, 65537,
+                   (3 << 20) - 5}) {
+    const auto bytes = absl::MakeConstSpan(data.data(), n);
+    const Hash128 want = HashBytes128(bytes);
+    for (int trial = 0; trial < 4; ++trial) {
+      FastStreamingHash128 h;
+      size_t at = 0;
+      while (at < n) {
+        const size_t take = trial == 0 ? n : std::min<size_t>(n - at, 1 + rng() % (trial == 1 ? 64 : 300000));
+        h.Update(bytes.subspan(at, take));
+        at += take;
+      }
+      EXPECT_EQ(h.Finish(), want) << "length " << n << " trial " << trial;
+    }
+  }
 }
 
 }  // namespace
