@@ -112,8 +112,8 @@ absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& 
 // pages (a shared mapping of the temporary, its space reserved first), batch
 // after batch in file order: nothing is copied, and the output's page faults
 // are spread over the decoding threads. While batch k decodes on every core,
-// a helper thread hashes batch k-1 into the whole-file hash and unmaps it,
-// and reserves and maps batch k+1 and starts reading its input. Where the
+// one helper thread hashes batch k-1 into the whole-file hash and unmaps it,
+// another reserves and maps batch k+1 and starts reading its input. Where the
 // output cannot be reserved or mapped (no fallocate, or no writable mmap),
 // batches decode into two reused buffers and the helper writes them
 // (pwrite). The input .bs is mapped read-only (read group by group where it
@@ -341,20 +341,30 @@ absl::StatusOr<uint64_t> RebuildToFile(const std::string& path, const RebuildCon
   if (!batches.empty()) RETURN_IF_ERROR(prepare(0));
   uint64_t done = ix.safetensors_prefix.size();
   for (size_t k = 0; k <= batches.size(); ++k) {
-    // The helper works on batches k-1 and k+1 only; batch k is the decoders'.
+    // Helpers work on batches k-1 (hash, write, release) and k+1 (prepare);
+    // batch k is the decoders'. In place, those two run on two threads (the
+    // whole-file hash and fallocate are each serial: apart, neither waits for
+    // the other); buffered, one after the other (batch k+1 reuses batch k-1's
+    // buffer). Every batch before k+1 was prepared in place when in_place
+    // still holds, so a switch to buffers in prepare(k + 1) takes a buffer
+    // no one uses.
     absl::Status finished, prepared;
+    const bool apart = in_place;
     {
-      Helper helper([&, k] {
+      Helper finisher([&, k] {
         if (k > 0) finished = finish(k - 1);
-        if (finished.ok() && k + 1 < batches.size()) prepared = prepare(k + 1);
+        if (!apart && finished.ok() && k + 1 < batches.size()) prepared = prepare(k + 1);
       });
+      std::optional<Helper> preparer;
+      if (apart && k + 1 < batches.size()) preparer.emplace([&, k] { prepared = prepare(k + 1); });
       absl::Status decoded = k < batches.size() ? decode(batches[k]) : absl::OkStatus();
-      absl::Status helped = helper.Join();
+      absl::Status helped = finisher.Join();
+      if (preparer.has_value()) helped.Update(preparer->Join());
       // In file order, as a sequential rebuild reports them.
-      RETURN_IF_ERROR(helped);
       RETURN_IF_ERROR(finished);
       RETURN_IF_ERROR(decoded);
       RETURN_IF_ERROR(prepared);
+      RETURN_IF_ERROR(helped);
     }
     if (k > 0) done += batches[k - 1].size;
     if (ctx.progress) ctx.progress(ctx.progress_offset + done, ctx.progress_total);
