@@ -121,8 +121,10 @@ absl::StatusOr<Json> FileInfo(BsReader& reader, const std::string& path, bool wi
                        {"delta", t.is_delta()},
                        {"blob_offset", t.blob_offset},
                        {"chunk_elements", summary->chunk_elements},
+                       {"form", BlobFormName(summary->form)},
                        {"coders", absl::StrJoin(coders, "/")},
                        {"planes", std::move(planes)}});
+    if (summary->form == 4) tensors.back()["record_bytes"] = summary->record_bytes;
     if (t.has_device_checksum) tensors.back()["device_checksum"] = absl::StrFormat("%016x", t.device_checksum);
   }
   j["dtypes"] = DtypesJson(local);

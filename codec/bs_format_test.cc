@@ -124,7 +124,7 @@ TEST_F(Format11Test, WriterStoresDeviceAndGroupChecksums) {
   ASSERT_TRUE(r.ok()) << r.status();
   const BsIndex& ix = (*r)->index();
   EXPECT_EQ(ix.version_major, 1);
-  EXPECT_EQ(ix.version_minor, 1);
+  EXPECT_EQ(ix.version_minor, kFormatVersionMinor);
   EXPECT_TRUE(ix.has_checksums());
   ASSERT_EQ(ix.tensors.size(), tensors_.size());
   for (const BsTensor& t : ix.tensors) {
@@ -225,13 +225,13 @@ TEST_F(Format11Test, ReaderRejectsCorruptTrailers) {
 }
 
 TEST_F(Format11Test, UnknownMinorVersionIsUnsupported) {
-  for (uint16_t minor : {uint16_t{2}, uint16_t{0xffff}}) {
+  for (uint16_t minor : {uint16_t{kFormatVersionMinor + 1}, uint16_t{0xffff}}) {
     auto bad = Open(Assemble(good_, good_.raw, minor), "v.bs");
     EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
     EXPECT_EQ(GetErrorKind(bad.status()), ErrorKind::kUnsupportedVersion);
     EXPECT_THAT(std::string(bad.status().message()), HasSubstr(absl::StrCat("format version 1.", minor,
                                                                             " is not supported")));
-    EXPECT_THAT(std::string(bad.status().message()), HasSubstr("reads 1.0 to 1.1"));
+    EXPECT_THAT(std::string(bad.status().message()), HasSubstr(absl::StrCat("reads 1.0 to 1.", kFormatVersionMinor)));
   }
 }
 

@@ -28,7 +28,38 @@ struct BlobPlane {
   std::vector<uint64_t> chunk_offsets;
 };
 
+// Blob forms (the blob's first byte, docs/FORMAT.md §5).
+inline constexpr uint8_t kBlobFormPlanes = 1;  // byte planes, chunked (§5.1)
+inline constexpr uint8_t kBlobFormRaw = 2;     // the tensor's bytes verbatim (§5.3)
+inline constexpr uint8_t kBlobFormZstd = 3;    // one zstd frame of the whole tensor (§5.4)
+inline constexpr uint8_t kBlobFormFields = 4;  // fixed-size records split into fields (§5.5)
+// A form-3 frame holds at most this many bytes (one chunk).
+inline constexpr uint64_t kMaxZstdBlobBytes = kMaxChunkElements;
+// Form 4 limits: a record of 2..kMaxRecordBytes bytes, 2..kMaxFields fields.
+inline constexpr uint32_t kMaxRecordBytes = 4096;
+inline constexpr uint32_t kMaxFields = 16;
+// Chunk size a raw blob is described with (memcpy pieces for threads).
+inline constexpr uint32_t kRawBlobChunk = 1u << 20;
+
+struct ParsedBlob;
+
+// One field of a form-4 blob: bytes [offset, offset + bytes) of every record,
+// stored as its own blob (any form but 4) at [blob_offset, blob_offset +
+// blob_size) of the outer blob, holding records * bytes bytes.
+struct BlobField {
+  uint32_t offset = 0;
+  uint32_t bytes = 0;
+  uint64_t blob_offset = 0;
+  uint64_t blob_size = 0;
+};
+
 struct ParsedBlob {
+  uint8_t form = kBlobFormPlanes;
+  // Form 4 only: the record size, its fields and their parsed blobs. A
+  // form-4 blob has no planes and one "chunk" (the whole tensor).
+  uint32_t record_bytes = 0;
+  std::vector<BlobField> fields;
+  std::vector<ParsedBlob> field_blobs;
   PlaneSplit split = PlaneSplit::kBytes;
   uint32_t width = 1;
   uint64_t num_bytes = 0;
@@ -45,7 +76,6 @@ struct ParsedBlob {
   }
 };
 
-inline constexpr uint8_t kBlobVersion = 1;
 
 absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob);
 

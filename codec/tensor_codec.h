@@ -42,6 +42,8 @@ struct PlaneSummary {
 };
 
 struct BlobSummary {
+  uint8_t form = 1;           // docs/FORMAT.md §5: 1 planes, 2 raw, 3 zstd, 4 fields
+  uint32_t record_bytes = 0;  // form 4: the record size (planes: every field's, in order)
   PlaneSplit split = PlaneSplit::kBytes;
   uint32_t width = 1;
   uint64_t num_bytes = 0;
@@ -49,6 +51,9 @@ struct BlobSummary {
   uint32_t num_chunks = 0;
   std::vector<PlaneSummary> planes;
 };
+
+// Name of a blob form ("planes", "raw", "zstd", "fields"; "unknown").
+const char* BlobFormName(uint8_t form);
 
 // Parses only the blob's header (no payload decode).
 absl::StatusOr<BlobSummary> SummarizeTensorBlob(absl::Span<const uint8_t> blob);

@@ -1,3 +1,5 @@
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -10,6 +12,7 @@
 #include "codec/tensor_codec.h"
 #include "codec/thread_pool.h"
 #include "gtest/gtest.h"
+#include "zstd.h"
 
 namespace bigsmall {
 namespace {
@@ -237,7 +240,7 @@ TEST(TensorCodec, HostileBlobsNeverCrash) {
 // planes, num_bytes, chunk_elements, num_chunks; then constant planes.
 std::vector<uint8_t> ConstantBlob(uint8_t split, uint8_t width, uint8_t planes, uint64_t num_bytes,
                                   uint32_t chunk_elements, uint32_t num_chunks) {
-  std::vector<uint8_t> b = {kBlobVersion, split, width, planes};
+  std::vector<uint8_t> b = {kBlobFormPlanes, split, width, planes};
   for (int i = 0; i < 8; ++i) b.push_back(static_cast<uint8_t>(num_bytes >> (8 * i)));
   for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(chunk_elements >> (8 * i)));
   for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(num_chunks >> (8 * i)));
@@ -395,6 +398,247 @@ TEST(TensorBatch, DecodesEveryBlobOnOneQueue) {
   st = DecodeTensorBlobs(jobs, options);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_TRUE(DecodeTensorBlobs({}, options).ok());
+}
+
+// ---- Blob forms 2-4 (docs/FORMAT.md §5.3-§5.5) and the mode rules (§5.6).
+
+uint8_t FormOf(const std::vector<uint8_t>& blob) { return blob.empty() ? 0 : blob[0]; }
+
+std::vector<uint8_t> DecodeOrDie(const std::vector<uint8_t>& blob, size_t size) {
+  std::vector<uint8_t> out(size, 0xCD);
+  absl::Status st = DecodeTensorBlob(blob, absl::MakeSpan(out));
+  EXPECT_TRUE(st.ok()) << st;
+  return out;
+}
+
+// A tiny tensor costs its bytes plus one (it used to cost 20 more).
+TEST(TensorForms, TinyTensorsCostTheirBytesPlusOne) {
+  std::mt19937 rng(3);
+  for (const char* dtype : {"I64", "BF16", "F32", "U8"}) {
+    for (size_t n : {1u, 8u, 24u}) {
+      std::vector<uint8_t> bytes(n * ResolveDtype(dtype).width);
+      for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+      for (Mode mode : {Mode::kBalanced, Mode::kStorage, Mode::kInference}) {
+        EncodeOptions eo;
+        eo.mode = mode;
+        auto blob = EncodeTensorBlob(bytes, ResolveDtype(dtype), eo);
+        ASSERT_TRUE(blob.ok());
+        EXPECT_LE(blob->size(), bytes.size() + 1) << dtype << " x" << n << " " << ModeName(mode);
+        EXPECT_EQ(DecodeOrDie(*blob, bytes.size()), bytes);
+      }
+    }
+  }
+  auto empty = EncodeTensorBlob({}, ResolveDtype("BF16"));
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(*empty, std::vector<uint8_t>{kBlobFormRaw});
+  EXPECT_TRUE(DecodeTensorBlob(*empty, {}).ok());
+}
+
+// Rows that repeat (a deterministic table): order-0 planes cannot see it,
+// whole-tensor zstd can; every mode takes it (--inference because nothing
+// else comes within its 0.2 % budget).
+std::vector<uint8_t> RepeatingRows(size_t rows, size_t row_floats, size_t distinct, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 0.5f);
+  std::vector<std::vector<float>> base(distinct, std::vector<float>(row_floats));
+  for (auto& r : base) {
+    for (float& v : r) v = d(rng);
+  }
+  std::vector<uint8_t> out(rows * row_floats * 4);
+  for (size_t r = 0; r < rows; ++r) std::memcpy(out.data() + r * row_floats * 4, base[r % distinct].data(), row_floats * 4);
+  return out;
+}
+
+TEST(TensorForms, RepeatingTableIsCodedAsWholeTensorZstd) {
+  const auto bytes = RepeatingRows(2048, 64, 16, 1);  // 512 KiB
+  for (Mode mode : {Mode::kBalanced, Mode::kStorage, Mode::kInference}) {
+    EncodeOptions eo;
+    eo.mode = mode;
+    auto blob = EncodeTensorBlob(bytes, ResolveDtype("F32"), eo);
+    ASSERT_TRUE(blob.ok());
+    EXPECT_EQ(FormOf(*blob), kBlobFormZstd) << ModeName(mode);
+    EXPECT_LT(blob->size(), bytes.size() / 20) << ModeName(mode);
+    EXPECT_EQ(DecodeOrDie(*blob, bytes.size()), bytes);
+    auto s = SummarizeTensorBlob(*blob);
+    ASSERT_TRUE(s.ok());
+    EXPECT_EQ(s->form, kBlobFormZstd);
+    EXPECT_STREQ(BlobFormName(s->form), "zstd");
+  }
+}
+
+// Past one zstd frame (16 MiB) the same LZ coding is a bytes/1 planes blob
+// of 16 MiB zstd chunks, which threads decode in parallel.
+TEST(TensorForms, LargeRepeatingTableIsChunkedZstd) {
+  const auto bytes = RepeatingRows(4200, 1024, 3, 2);  // 16.4 MiB
+  EncodeOptions eo;
+  eo.mode = Mode::kInference;
+  auto blob = EncodeTensorBlob(bytes, ResolveDtype("F32"), eo);
+  ASSERT_TRUE(blob.ok());
+  auto parsed = ParseTensorBlob(*blob);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->form, kBlobFormPlanes);
+  EXPECT_EQ(parsed->width, 1u);
+  ASSERT_EQ(parsed->planes.size(), 1u);
+  EXPECT_EQ(parsed->planes[0].coder, PlaneCoder::kZstd);
+  EXPECT_EQ(parsed->num_chunks, 2u);
+  EXPECT_LT(blob->size(), bytes.size() / 100);
+  ThreadPool pool(2);
+  std::vector<uint8_t> out(bytes.size());
+  DecodeOptions opts;
+  opts.pool = &pool;
+  ASSERT_TRUE(DecodeTensorBlob(*blob, absl::MakeSpan(out), opts).ok());
+  EXPECT_EQ(out, bytes);
+}
+
+// GGUF Q4_1-like blocks stored as U8: 20-byte records of an f16 scale, an
+// f16 minimum and 16 bytes of nibbles. The fields form codes the scales
+// apart from the nibbles and beats order-0 coding of the mixed bytes.
+std::vector<uint8_t> Q41Blocks(size_t blocks, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> out;
+  for (size_t b = 0; b < blocks; ++b) {
+    const uint16_t d = static_cast<uint16_t>(0x2000 + rng() % 96);  // small positive f16 scales
+    const uint16_t m = static_cast<uint16_t>(0xA400 + rng() % 64);  // small negative minimums
+    out.push_back(static_cast<uint8_t>(d));
+    out.push_back(static_cast<uint8_t>(d >> 8));
+    out.push_back(static_cast<uint8_t>(m));
+    out.push_back(static_cast<uint8_t>(m >> 8));
+    for (int k = 0; k < 16; ++k) {
+      const int lo = std::clamp(static_cast<int>(std::lround(7.5 + 2.5 * std::normal_distribution<float>()(rng))), 0, 15);
+      const int hi = std::clamp(static_cast<int>(std::lround(7.5 + 2.5 * std::normal_distribution<float>()(rng))), 0, 15);
+      out.push_back(static_cast<uint8_t>(lo | (hi << 4)));
+    }
+  }
+  return out;
+}
+
+double Order0Bytes(const std::vector<uint8_t>& bytes) {
+  std::array<double, 256> c{};
+  for (uint8_t b : bytes) c[b] += 1;
+  double bits = 0;
+  for (double v : c) {
+    if (v > 0) bits -= v * std::log2(v / bytes.size());
+  }
+  return bits / 8;
+}
+
+TEST(TensorForms, QuantizedBlocksSplitIntoFields) {
+  const auto bytes = Q41Blocks(20000, 4);  // 400,000 bytes
+  for (Mode mode : {Mode::kBalanced, Mode::kStorage, Mode::kInference}) {
+    EncodeOptions eo;
+    eo.mode = mode;
+    auto blob = EncodeTensorBlob(bytes, ResolveDtype("U8"), eo);
+    ASSERT_TRUE(blob.ok());
+    EXPECT_EQ(FormOf(*blob), kBlobFormFields) << ModeName(mode);
+    auto parsed = ParseTensorBlob(*blob);
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(parsed->record_bytes, 20u);
+    EXPECT_LT(blob->size(), 0.97 * Order0Bytes(bytes)) << ModeName(mode);
+    EXPECT_EQ(DecodeOrDie(*blob, bytes.size()), bytes);
+    // Batch decode (a fields blob is one work item) and XOR agree too.
+    std::vector<uint8_t> out(bytes.size()), base(bytes.size(), 0x5A);
+    ThreadPool pool(2);
+    DecodeOptions opts;
+    opts.pool = &pool;
+    std::vector<BlobDecodeJob> jobs = {{*blob, absl::MakeSpan(out), base}};
+    ASSERT_TRUE(DecodeTensorBlobs(jobs, opts).ok());
+    for (size_t i = 0; i < out.size(); ++i) out[i] ^= 0x5A;
+    EXPECT_EQ(out, bytes);
+  }
+  // Random bytes whose size happens to divide by 20 stay unsplit.
+  std::mt19937 rng(5);
+  std::vector<uint8_t> noise(400000);
+  for (auto& b : noise) b = static_cast<uint8_t>(rng());
+  auto blob = EncodeTensorBlob(noise, ResolveDtype("U8"));
+  ASSERT_TRUE(blob.ok());
+  EXPECT_NE(FormOf(*blob), kBlobFormFields);
+}
+
+// --inference: the fastest decode within 0.2 % of the smallest candidate,
+// so within 0.3 % of balanced, tensor by tensor; near-incompressible planes
+// (FP32 low mantissa bytes) stay raw.
+TEST(TensorForms, InferenceStaysWithinItsBudget) {
+  for (const char* dtype : {"BF16", "F32", "F16", "F8_E4M3", "F32_UPCAST"}) {
+    const std::string st_name = std::string(dtype) == "F32_UPCAST" ? "F32" : dtype;
+    const auto bytes = MakeTensor(dtype, 400000, 9);
+    EncodeOptions inf, bal;
+    inf.mode = Mode::kInference;
+    auto a = EncodeTensorBlob(bytes, ResolveDtype(st_name), inf);
+    auto b = EncodeTensorBlob(bytes, ResolveDtype(st_name), bal);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_LE(static_cast<double>(a->size()), b->size() + 0.003 * bytes.size()) << dtype;
+    EXPECT_EQ(DecodeOrDie(*a, bytes.size()), bytes);
+  }
+  auto fp32 = MakeTensor("F32", 400000, 10);
+  std::mt19937 rng(10);
+  for (size_t i = 0; i < fp32.size(); i += 4) fp32[i] = static_cast<uint8_t>(rng());  // random low bytes
+  EncodeOptions inf;
+  inf.mode = Mode::kInference;
+  auto blob = EncodeTensorBlob(fp32, ResolveDtype("F32"), inf);
+  ASSERT_TRUE(blob.ok());
+  auto s = SummarizeTensorBlob(*blob);
+  ASSERT_TRUE(s.ok());
+  ASSERT_EQ(s->planes.size(), 4u);
+  EXPECT_EQ(s->planes[3].coder, PlaneCoder::kRaw) << "random low mantissa bytes";
+  EXPECT_NE(s->planes[0].coder, PlaneCoder::kRaw) << "the exponent plane is worth coding";
+}
+
+// Hostile forms 2-4: cuts and flips never crash; errors are DATA_LOSS.
+TEST(TensorForms, HostileFormsNeverCrash) {
+  std::vector<std::pair<std::vector<uint8_t>, size_t>> blobs;
+  const auto table = RepeatingRows(256, 16, 4, 6);
+  const auto q41 = Q41Blocks(3000, 7);
+  const std::vector<uint8_t> tiny = {1, 2, 3};
+  for (const auto* bytes : {&table, &q41, &tiny}) {
+    auto blob = EncodeTensorBlob(*bytes, ResolveDtype(bytes == &table ? "F32" : "U8"));
+    ASSERT_TRUE(blob.ok());
+    blobs.push_back({*blob, bytes->size()});
+  }
+  EXPECT_EQ(FormOf(blobs[0].first), kBlobFormZstd);
+  EXPECT_EQ(FormOf(blobs[1].first), kBlobFormFields);
+  EXPECT_EQ(FormOf(blobs[2].first), kBlobFormRaw);
+  for (const auto& [blob, size] : blobs) {
+    std::vector<uint8_t> out(size);
+    // Every header byte, then ~128 positions through the payload.
+    const size_t step = std::max<size_t>(1, blob.size() / 128);
+    auto next = [step](size_t at) { return at < 96 ? at + 1 : at + step; };
+    for (size_t cut = 0; cut < blob.size(); cut = next(cut)) {
+      const absl::Status st = DecodeTensorBlob(absl::MakeConstSpan(blob.data(), cut), absl::MakeSpan(out));
+      EXPECT_FALSE(st.ok()) << "cut " << cut;
+      EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+    }
+    std::mt19937 rng(12);
+    for (size_t pos = 0; pos < blob.size(); pos = next(pos)) {
+      auto bad = blob;
+      bad[pos] ^= static_cast<uint8_t>(1 + rng() % 255);
+      const absl::Status st = DecodeTensorBlob(bad, absl::MakeSpan(out));
+      if (!st.ok()) EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << "flip at " << pos << ": " << st;
+    }
+  }
+  // Unknown forms, a fields blob inside a fields blob, a zstd frame that
+  // does not declare its size.
+  EXPECT_EQ(DecodeTensorBlob(std::vector<uint8_t>{5, 0}, {}).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeTensorBlob(std::vector<uint8_t>{0}, {}).code(), absl::StatusCode::kDataLoss);
+  std::vector<uint8_t> nested = {kBlobFormFields, 2, 0, 2, 1, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0};
+  for (int f = 0; f < 2; ++f) {
+    nested.insert(nested.end(), {3, 0, 0, 0, 0, 0, 0, 0});  // blob_size 3
+    nested.insert(nested.end(), {kBlobFormFields, 0, 0});
+  }
+  std::vector<uint8_t> two(2);
+  absl::Status st = DecodeTensorBlob(nested, absl::MakeSpan(two));
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(std::string(st.message()).find("cannot itself be split"), std::string::npos) << st;
+  std::vector<uint8_t> frame(64);
+  const size_t n = ZSTD_compress(frame.data(), frame.size(), "abcd", 4, 1);
+  ASSERT_FALSE(ZSTD_isError(n));
+  frame.resize(n);
+  std::vector<uint8_t> with_form = {kBlobFormZstd};
+  with_form.insert(with_form.end(), frame.begin(), frame.end());
+  std::vector<uint8_t> four(4);
+  EXPECT_TRUE(DecodeTensorBlob(with_form, absl::MakeSpan(four)).ok());
+  EXPECT_EQ(std::string(four.begin(), four.end()), "abcd");
+  with_form.insert(with_form.end(), frame.begin(), frame.end());  // two frames
+  EXPECT_EQ(DecodeTensorBlob(with_form, absl::MakeSpan(four)).code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

@@ -27,11 +27,116 @@ absl::Status Corrupt(const std::string& what) {
 }  // namespace
 
 namespace {
-absl::StatusOr<ParsedBlob> ParseTensorBlobImpl(absl::Span<const uint8_t> blob) {
+
+// One plane stored contiguously (raw) or as one frame (zstd) from `begin`:
+// the single-plane bytes/1 description forms 2 and 3 decode through.
+void SinglePlane(ParsedBlob* b, uint64_t n, uint32_t chunk_elements, PlaneCoder coder) {
+  b->split = PlaneSplit::kBytes;
+  b->width = 1;
+  b->num_bytes = n;
+  b->num_elements = n;
+  b->chunk_elements = chunk_elements;
+  b->num_chunks = static_cast<uint32_t>(n / chunk_elements + (n % chunk_elements != 0 ? 1 : 0));
+  b->planes.assign(1, BlobPlane{});
+  b->planes[0].coder = coder;
+}
+
+absl::StatusOr<ParsedBlob> ParseRawBlob(absl::Span<const uint8_t> blob) {
+  ParsedBlob b;
+  b.form = kBlobFormRaw;
+  const uint64_t n = blob.size() - 1;
+  if (n / kRawBlobChunk >= UINT32_MAX) return Corrupt("raw blob too large");
+  SinglePlane(&b, n, kRawBlobChunk, PlaneCoder::kRaw);
+  auto& offs = b.planes[0].chunk_offsets;
+  offs.resize(b.num_chunks + 1);
+  for (uint32_t c = 0; c <= b.num_chunks; ++c) offs[c] = 1 + std::min<uint64_t>(n, uint64_t{c} * kRawBlobChunk);
+  return b;
+}
+
+absl::StatusOr<ParsedBlob> ParseZstdBlob(absl::Span<const uint8_t> blob) {
+  ParsedBlob b;
+  b.form = kBlobFormZstd;
+  const auto frame = blob.subspan(1);
+  const unsigned long long content = ZSTD_getFrameContentSize(frame.data(), frame.size());
+  if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN) {
+    return Corrupt("zstd blob: not a zstd frame that declares its size");
+  }
+  if (content == 0 || content > kMaxZstdBlobBytes) {
+    return Corrupt(absl::StrCat("zstd blob: bad content size ", content));
+  }
+  const size_t frame_size = ZSTD_findFrameCompressedSize(frame.data(), frame.size());
+  if (ZSTD_isError(frame_size) || frame_size != frame.size()) {
+    return Corrupt("zstd blob: not exactly one zstd frame");
+  }
+  SinglePlane(&b, content, static_cast<uint32_t>(content), PlaneCoder::kZstd);
+  b.planes[0].chunk_offsets = {1, blob.size()};
+  return b;
+}
+
+absl::StatusOr<ParsedBlob> ParseTensorBlobImpl(absl::Span<const uint8_t> blob, bool allow_fields);
+
+absl::StatusOr<ParsedBlob> ParseFieldsBlob(absl::Span<const uint8_t> blob) {
   ByteReader r(blob, "tensor blob");
   ParsedBlob b;
-  ASSIGN_OR_RETURN(uint8_t version, r.U8("blob version"));
-  if (version != kBlobVersion) return Corrupt(absl::StrCat("unknown blob version ", version));
+  b.form = kBlobFormFields;
+  ASSIGN_OR_RETURN(uint8_t form, r.U8("blob form"));
+  (void)form;
+  ASSIGN_OR_RETURN(uint16_t record, r.U16("record size"));
+  ASSIGN_OR_RETURN(uint8_t num_fields, r.U8("field count"));
+  if (record < 2 || record > kMaxRecordBytes) return Corrupt(absl::StrCat("bad record size ", record));
+  if (num_fields < 2 || num_fields > kMaxFields) return Corrupt(absl::StrCat("bad field count ", num_fields));
+  b.record_bytes = record;
+  uint32_t offset = 0;
+  for (uint8_t f = 0; f < num_fields; ++f) {
+    ASSIGN_OR_RETURN(uint16_t bytes, r.U16("field size"));
+    if (bytes == 0 || offset + bytes > record) return Corrupt("fields do not tile the record");
+    b.fields.push_back({offset, bytes, 0, 0});
+    offset += bytes;
+  }
+  if (offset != record) return Corrupt("fields do not tile the record");
+  ASSIGN_OR_RETURN(b.num_bytes, r.U64("byte count"));
+  if (b.num_bytes % record != 0) return Corrupt("byte count not a multiple of the record size");
+  b.num_elements = b.num_bytes;
+  b.width = 1;
+  b.chunk_elements = 1;
+  b.num_chunks = b.num_bytes == 0 ? 0 : 1;
+  const uint64_t records = b.num_bytes / record;
+  for (BlobField& field : b.fields) {
+    ASSIGN_OR_RETURN(uint64_t size, r.U64("field blob size"));
+    if (size == 0 || size > r.remaining()) return Corrupt("field blob past the end of the blob");
+    field.blob_offset = r.position();
+    field.blob_size = size;
+    ASSIGN_OR_RETURN(ParsedBlob sub, ParseTensorBlobImpl(blob.subspan(field.blob_offset, size), false));
+    if (sub.num_bytes != records * field.bytes) {
+      return Corrupt(absl::StrCat("field blob holds ", sub.num_bytes, " bytes, the field has ",
+                                  records * field.bytes));
+    }
+    b.field_blobs.push_back(std::move(sub));
+    RETURN_IF_ERROR(r.Bytes(size, "field blob").status());
+  }
+  if (r.remaining() != 0) return Corrupt("trailing bytes after the last field blob");
+  return b;
+}
+
+absl::StatusOr<ParsedBlob> ParseTensorBlobImpl(absl::Span<const uint8_t> blob, bool allow_fields) {
+  if (blob.empty()) return Corrupt("empty blob");
+  switch (blob[0]) {
+    case kBlobFormPlanes:
+      break;
+    case kBlobFormRaw:
+      return ParseRawBlob(blob);
+    case kBlobFormZstd:
+      return ParseZstdBlob(blob);
+    case kBlobFormFields:
+      if (!allow_fields) return Corrupt("a field blob cannot itself be split into fields");
+      return ParseFieldsBlob(blob);
+    default:
+      return Corrupt(absl::StrCat("unknown blob form ", blob[0]));
+  }
+  ByteReader r(blob, "tensor blob");
+  ParsedBlob b;
+  ASSIGN_OR_RETURN(uint8_t form, r.U8("blob form"));
+  (void)form;
   ASSIGN_OR_RETURN(uint8_t split, r.U8("plane split"));
   ASSIGN_OR_RETURN(uint8_t width, r.U8("element width"));
   ASSIGN_OR_RETURN(uint8_t num_planes, r.U8("plane count"));
@@ -133,13 +238,39 @@ absl::StatusOr<ParsedBlob> ParseTensorBlobImpl(absl::Span<const uint8_t> blob) {
 }  // namespace
 
 absl::StatusOr<ParsedBlob> ParseTensorBlob(absl::Span<const uint8_t> blob) {
-  return NoThrowAlloc("tensor blob", [&] { return ParseTensorBlobImpl(blob); });
+  return NoThrowAlloc("tensor blob", [&] { return ParseTensorBlobImpl(blob, true); });
+}
+
+const char* BlobFormName(uint8_t form) {
+  switch (form) {
+    case kBlobFormPlanes:
+      return "planes";
+    case kBlobFormRaw:
+      return "raw";
+    case kBlobFormZstd:
+      return "zstd";
+    case kBlobFormFields:
+      return "fields";
+    default:
+      return "unknown";
+  }
 }
 
 namespace {
 absl::StatusOr<BlobSummary> SummarizeTensorBlobImpl(absl::Span<const uint8_t> blob) {
   ASSIGN_OR_RETURN(ParsedBlob b, ParseTensorBlob(blob));
   BlobSummary s;
+  s.form = b.form;
+  s.record_bytes = b.record_bytes;
+  if (b.form == kBlobFormFields) {
+    s.num_bytes = b.num_bytes;
+    for (size_t f = 0; f < b.fields.size(); ++f) {
+      ASSIGN_OR_RETURN(BlobSummary fs, SummarizeTensorBlobImpl(
+                                           blob.subspan(b.fields[f].blob_offset, b.fields[f].blob_size)));
+      s.planes.insert(s.planes.end(), fs.planes.begin(), fs.planes.end());
+    }
+    return s;
+  }
   s.split = b.split;
   s.width = b.width;
   s.num_bytes = b.num_bytes;
@@ -255,29 +386,76 @@ absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>&
 }  // namespace
 
 namespace {
-absl::Status DecodeTensorBlobImpl(absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
-                                  const DecodeOptions& options) {
-  ASSIGN_OR_RETURN(ParsedBlob b, ParseTensorBlob(blob));
+
+absl::Status BuildTables(const ParsedBlob& b, std::vector<PlaneTables>* tables) {
+  tables->assign(b.planes.size(), PlaneTables{});
+  for (size_t p = 0; p < b.planes.size(); ++p) {
+    (*tables)[p].tables.resize(b.planes[p].tables.size());
+    for (size_t t = 0; t < b.planes[p].tables.size(); ++t) {
+      RETURN_IF_ERROR(rans::BuildDecodeTable(b.planes[p].tables[t], &(*tables)[p].tables[t]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeParsed(const ParsedBlob& b, absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
+                          DecoderImpl impl, ThreadPool* pool);
+
+// Form 4: each field's blob decodes into scratch, then its bytes go to
+// their place in every record.
+absl::Status DecodeFields(const ParsedBlob& b, absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
+                          DecoderImpl impl) {
+  const uint64_t records = b.num_bytes / b.record_bytes;
+  std::vector<uint8_t> field_bytes;
+  for (size_t f = 0; f < b.fields.size(); ++f) {
+    const BlobField& field = b.fields[f];
+    field_bytes.resize(records * field.bytes);
+    RETURN_IF_ERROR(DecodeParsed(b.field_blobs[f], blob.subspan(field.blob_offset, field.blob_size),
+                                 absl::MakeSpan(field_bytes), impl, nullptr));
+    const uint8_t* src = field_bytes.data();
+    uint8_t* dst = out.data() + field.offset;
+    const uint32_t w = field.bytes;
+    const uint32_t stride = b.record_bytes;
+    switch (w) {
+      case 1:
+        for (uint64_t r = 0; r < records; ++r) dst[r * stride] = src[r];
+        break;
+      case 2:
+        for (uint64_t r = 0; r < records; ++r) std::memcpy(dst + r * stride, src + 2 * r, 2);
+        break;
+      case 4:
+        for (uint64_t r = 0; r < records; ++r) std::memcpy(dst + r * stride, src + 4 * r, 4);
+        break;
+      default:
+        for (uint64_t r = 0; r < records; ++r) std::memcpy(dst + r * stride, src + uint64_t{w} * r, w);
+        break;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeParsed(const ParsedBlob& b, absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
+                          DecoderImpl impl, ThreadPool* pool) {
   if (b.num_bytes != out.size()) {
     return Corrupt(absl::StrCat("blob holds ", b.num_bytes, " bytes, tensor has ", out.size()));
   }
-  std::vector<PlaneTables> tables(b.planes.size());
-  for (size_t p = 0; p < b.planes.size(); ++p) {
-    tables[p].tables.resize(b.planes[p].tables.size());
-    for (size_t t = 0; t < b.planes[p].tables.size(); ++t) {
-      RETURN_IF_ERROR(rans::BuildDecodeTable(b.planes[p].tables[t], &tables[p].tables[t]));
-    }
-  }
-  const DecoderImpl impl = options.impl == DecoderImpl::kAuto ? BestDecoderImpl() : options.impl;
+  if (b.form == kBlobFormFields) return DecodeFields(b, blob, out, impl);
+  std::vector<PlaneTables> tables;
+  RETURN_IF_ERROR(BuildTables(b, &tables));
   auto decode = [&](size_t c) {
     return DecodeOneChunk(b, tables, blob, static_cast<uint32_t>(c), impl,
                           out.data() + uint64_t{c} * b.chunk_elements * b.width);
   };
-  if (options.pool != nullptr && b.num_chunks > 1) {
-    return options.pool->ParallelFor(b.num_chunks, decode);
-  }
+  if (pool != nullptr && b.num_chunks > 1) return pool->ParallelFor(b.num_chunks, decode);
   for (uint32_t c = 0; c < b.num_chunks; ++c) RETURN_IF_ERROR(decode(c));
   return absl::OkStatus();
+}
+
+absl::Status DecodeTensorBlobImpl(absl::Span<const uint8_t> blob, absl::Span<uint8_t> out,
+                                  const DecodeOptions& options) {
+  ASSIGN_OR_RETURN(ParsedBlob b, ParseTensorBlob(blob));
+  const DecoderImpl impl = options.impl == DecoderImpl::kAuto ? BestDecoderImpl() : options.impl;
+  return DecodeParsed(b, blob, out, impl, options.pool);
 }
 }  // namespace
 
@@ -304,14 +482,7 @@ absl::Status PrepareBatchBlob(const BlobDecodeJob& job, BatchBlob* bb) {
     return absl::InvalidArgumentError(absl::StrCat("delta base has ", job.xor_base.size(),
                                                    " bytes, tensor has ", job.out.size()));
   }
-  bb->tables.resize(b.planes.size());
-  for (size_t p = 0; p < b.planes.size(); ++p) {
-    bb->tables[p].tables.resize(b.planes[p].tables.size());
-    for (size_t t = 0; t < b.planes[p].tables.size(); ++t) {
-      RETURN_IF_ERROR(rans::BuildDecodeTable(b.planes[p].tables[t], &bb->tables[p].tables[t]));
-    }
-  }
-  return absl::OkStatus();
+  return BuildTables(b, &bb->tables);
 }
 
 absl::Status DecodeBlobBatchImpl(absl::Span<const BlobDecodeJob> jobs, const DecodeOptions& options,
@@ -352,9 +523,13 @@ absl::Status DecodeBlobBatchImpl(absl::Span<const BlobDecodeJob> jobs, const Dec
     const uint32_t c = static_cast<uint32_t>(k - first_chunk[j]);
     const uint64_t offset = uint64_t{c} * bb.parsed.chunk_elements * bb.parsed.width;
     uint8_t* out = jobs[j].out.data() + offset;
-    absl::Status s = DecodeOneChunk(bb.parsed, bb.tables, jobs[j].blob, c, impl, out);
+    // A form-4 blob is one work item (its fields decode one after another).
+    const bool fields = bb.parsed.form == kBlobFormFields;
+    absl::Status s = fields ? DecodeFields(bb.parsed, jobs[j].blob, jobs[j].out, impl)
+                            : DecodeOneChunk(bb.parsed, bb.tables, jobs[j].blob, c, impl, out);
     if (s.ok() && !jobs[j].xor_base.empty()) {
-      XorInto(out, jobs[j].xor_base.data() + offset, bb.parsed.ChunkCount(c) * bb.parsed.width);
+      const uint64_t bytes = fields ? jobs[j].out.size() : bb.parsed.ChunkCount(c) * bb.parsed.width;
+      XorInto(out, jobs[j].xor_base.data() + offset, bytes);
     }
     if (!s.ok()) {
       std::lock_guard<std::mutex> lock(failed_mu);

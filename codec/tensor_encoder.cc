@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/byte_io.h"
+#include "codec/dtype.h"
 #include "codec/planes.h"
 #include "codec/rans_encode.h"
 #include "codec/status_macros.h"
@@ -137,14 +138,45 @@ absl::StatusOr<PlaneChoice> EncodeZstd(const std::vector<uint8_t>& plane, uint32
   return pc;
 }
 
-// Picks and encodes the coder for plane p.
-absl::StatusOr<PlaneChoice> ChoosePlane(const std::vector<std::vector<uint8_t>>& planes, size_t p,
-                                        const DtypeInfo& dtype, bool split_typed, Mode mode,
-                                        uint32_t ce, uint32_t num_chunks, ThreadPool* pool) {
+// Decode cost model for --inference: relative decode time per plane byte of
+// each coder (one CPU thread; a GPU warp has the same order: raw and constant
+// are a copy or a fill, order-0 rANS a table lookup per byte, conditional rANS
+// a second table indirection, zstd runs on the host in the GPU path, so it is
+// the dearest). Measured on this project's CPU decoders
+// (bench/results/BENCHMARKS.md: raw-heavy planes ~8 GB/s, rANS ~1.5-2 GB/s,
+// conditional ~0.7-1.5 GB/s, zstd on weight-like bytes ~1 GB/s).
+double DecodeCostPerByte(PlaneCoder coder) {
+  switch (coder) {
+    case PlaneCoder::kRaw:
+      return 0.1;
+    case PlaneCoder::kConstant:
+      return 0.05;
+    case PlaneCoder::kRans:
+      return 0.6;
+    case PlaneCoder::kRansConditional:
+      return 1.0;
+    case PlaneCoder::kZstd:
+      return 3.0;
+  }
+  return 3.0;
+}
+// Scattering records back together (form 4), per tensor byte.
+constexpr double kFieldScatterCost = 0.3;
+
+// --inference spends at most this fraction of a tensor's bytes over the
+// smallest encoding it found, to buy faster decode (issue 11: within 0.3
+// points of balanced on every file; the smaller --inference chunks cost up to
+// 0.07 more, bench/results/chunk_curve.md).
+constexpr double kInferenceBudget = 0.002;
+
+// Candidates for plane p (each fully encoded, so sizes are exact).
+absl::StatusOr<std::vector<PlaneChoice>> PlaneCandidates(const std::vector<std::vector<uint8_t>>& planes,
+                                                         size_t p, const DtypeInfo& dtype, bool split_typed,
+                                                         Mode mode, uint32_t ce, uint32_t num_chunks,
+                                                         ThreadPool* pool) {
   const std::vector<uint8_t>& plane = planes[p];
   const uint64_t n = plane.size();
-  PlaneChoice raw;
-  raw.stored = n;
+  std::vector<PlaneChoice> out;
   rans::Counts counts = rans::CountSymbols(plane);
   uint64_t max_count = 0;
   int distinct = 0;
@@ -156,69 +188,78 @@ absl::StatusOr<PlaneChoice> ChoosePlane(const std::vector<std::vector<uint8_t>>&
     PlaneChoice pc;
     pc.coder = PlaneCoder::kConstant;
     pc.constant = plane[0];
-    pc.stored = 1;
-    return pc;
+    pc.stored = 2;
+    out.push_back(std::move(pc));
+    return out;
   }
+  PlaneChoice raw;
+  raw.stored = 1 + n;
+  out.push_back(std::move(raw));
   const rans::Frequencies freqs = rans::NormalizeFrequencies(counts);
   const double rans_estimate = rans::EstimateBits(counts, freqs) / 8 +
                                num_chunks * (rans::kChunkHeaderBytes + 4.0 + 1) +
                                rans::SerializedFrequenciesSize(freqs);
   const double p_max = static_cast<double>(max_count) / static_cast<double>(n);
-
-  // Candidates: (choice, size the mode compares: stored bytes scaled by a
-  // decode-cost factor so that slower coders must earn their place).
-  PlaneChoice best = raw;
-  double best_score = static_cast<double>(n);
-  const double rans_factor = mode == Mode::kInference ? 1.10 : mode == Mode::kBalanced ? 1.01 : 1.0;
-  if (rans_estimate * rans_factor < best_score) {
+  if (rans_estimate < static_cast<double>(n)) {
     ASSIGN_OR_RETURN(PlaneChoice pc, EncodeRans(plane, ce, num_chunks, freqs, pool));
-    const double score = pc.stored * rans_factor;
-    if (score < best_score) {
-      best_score = score;
-      best = std::move(pc);
-    }
+    pc.stored += 1;
+    out.push_back(std::move(pc));
   }
   if (mode == Mode::kStorage && split_typed && static_cast<int>(p) == dtype.conditioned_plane &&
       dtype.exponent_plane >= 0 && dtype.exponent_plane < static_cast<int>(p)) {
     ASSIGN_OR_RETURN(PlaneChoice pc, EncodeConditional(plane, planes[dtype.exponent_plane],
                                                        dtype.exponent_plane, ce, num_chunks, pool));
-    if (static_cast<double>(pc.stored) < best_score) {
-      best_score = static_cast<double>(pc.stored);
-      best = std::move(pc);
-    }
+    pc.stored += 1;
+    out.push_back(std::move(pc));
   }
   // zstd for zero-heavy or structured planes (runs, repeats): order-0 cannot
-  // see those. Not in --inference, whose planes must decode fastest.
-  // Also for near-incompressible planes (rANS saves < 15%): low mantissa
-  // bytes of real FP32 checkpoints often repeat in ways order-0 cannot see.
-  const bool try_zstd = mode != Mode::kInference && (p_max >= 0.5 || rans_estimate > 0.85 * n);
-  if (try_zstd) {
+  // see those. Also for near-incompressible planes (rANS saves < 15%): low
+  // mantissa bytes of real FP32 checkpoints often repeat in ways order-0
+  // cannot see.
+  if (p_max >= 0.5 || rans_estimate > 0.85 * n) {
     const int level = mode == Mode::kStorage ? 9 : 3;
     ASSIGN_OR_RETURN(PlaneChoice pc, EncodeZstd(plane, ce, num_chunks, level, pool));
-    const double zstd_factor = mode == Mode::kStorage ? 1.0 : 1.03;
-    if (pc.stored * zstd_factor < best_score) {
-      best_score = pc.stored * zstd_factor;
-      best = std::move(pc);
-    }
+    pc.stored += 1;
+    out.push_back(std::move(pc));
   }
-  return best;
+  return out;
 }
 
-}  // namespace
+// The score balanced minimises: stored bytes, with slower coders made to
+// earn their place by a small margin.
+double BalancedScore(const PlaneChoice& pc) {
+  const double factor = pc.coder == PlaneCoder::kRans ? 1.01 : pc.coder == PlaneCoder::kZstd ? 1.03 : 1.0;
+  return static_cast<double>(pc.stored) * factor;
+}
 
-absl::StatusOr<std::vector<uint8_t>> EncodeTensorBlob(absl::Span<const uint8_t> bytes,
-                                                      const DtypeInfo& dtype,
-                                                      const EncodeOptions& options) {
-  PlaneSplit split = dtype.split;
-  uint32_t width = dtype.width;
+// The planes form (§5.1) of a tensor: every plane's candidates, before the
+// mode picks one per plane.
+struct PlanesCandidates {
+  PlaneSplit split = PlaneSplit::kBytes;
+  uint32_t width = 1;
+  uint64_t num_bytes = 0;
+  uint32_t ce = 0;
+  uint32_t num_chunks = 0;
+  std::vector<std::vector<uint8_t>> planes;
+  std::vector<std::vector<PlaneChoice>> choices;  // per plane
+  uint64_t header = 20;                           // form, split, width, planes, sizes
+};
+
+absl::StatusOr<PlanesCandidates> BuildPlanes(absl::Span<const uint8_t> bytes, const DtypeInfo& dtype,
+                                             const EncodeOptions& options) {
+  PlanesCandidates pcs;
+  pcs.split = dtype.split;
+  pcs.width = dtype.width;
   bool split_typed = true;
-  if (width == 0 || bytes.size() % width != 0 || !ValidSplit(split, width)) {
+  if (pcs.width == 0 || bytes.size() % pcs.width != 0 || !ValidSplit(pcs.split, pcs.width)) {
     // Size does not match the dtype (cannot happen for parsed safetensors):
     // fall back to plain bytes rather than fail.
-    split = PlaneSplit::kBytes;
-    width = 1;
+    pcs.split = PlaneSplit::kBytes;
+    pcs.width = 1;
     split_typed = false;
   }
+  pcs.num_bytes = bytes.size();
+  const uint32_t width = pcs.width;
   const uint64_t n = bytes.size() / width;
   uint32_t ce = options.chunk_elements;
   if (ce == 0) {
@@ -230,44 +271,125 @@ absl::StatusOr<std::vector<uint8_t>> EncodeTensorBlob(absl::Span<const uint8_t> 
   if (ce > kMaxChunkElements) ce = kMaxChunkElements;
   const uint64_t num_chunks64 = (n + ce - 1) / ce;
   if (num_chunks64 > UINT32_MAX) return absl::InvalidArgumentError("tensor too large for chunk size");
-  const uint32_t num_chunks = static_cast<uint32_t>(num_chunks64);
-  const uint32_t np = split == PlaneSplit::kBf16 ? 2 : split == PlaneSplit::kFp32 ? 4 : width;
-
-  std::vector<std::vector<uint8_t>> planes(np, std::vector<uint8_t>(n));
-  {
-    std::vector<uint8_t*> ptrs(np);
-    RETURN_IF_ERROR(ParallelChunks(options.pool, num_chunks, [&](size_t c) {
-      const uint64_t first = uint64_t{c} * ce;
-      uint8_t* local[kMaxPlanes];
-      for (uint32_t p = 0; p < np; ++p) local[p] = planes[p].data() + first;
-      SplitPlanes(split, width, bytes.data() + first * width, ChunkCount(n, ce, c), local);
-      return absl::OkStatus();
-    }));
-  }
-  std::vector<PlaneChoice> choices;
+  pcs.ce = ce;
+  pcs.num_chunks = static_cast<uint32_t>(num_chunks64);
+  const uint32_t np = NumPlanes(pcs.split, width);
+  pcs.planes.assign(np, std::vector<uint8_t>(n));
+  RETURN_IF_ERROR(ParallelChunks(options.pool, pcs.num_chunks, [&](size_t c) {
+    const uint64_t first = uint64_t{c} * ce;
+    uint8_t* local[kMaxPlanes];
+    for (uint32_t p = 0; p < np; ++p) local[p] = pcs.planes[p].data() + first;
+    SplitPlanes(pcs.split, width, bytes.data() + first * width, ChunkCount(n, ce, c), local);
+    return absl::OkStatus();
+  }));
+  pcs.choices.resize(np);
   for (uint32_t p = 0; p < np; ++p) {
     if (n == 0) {
-      choices.emplace_back();
+      PlaneChoice raw;
+      raw.stored = 1;
+      pcs.choices[p].push_back(std::move(raw));
       continue;
     }
-    ASSIGN_OR_RETURN(PlaneChoice pc,
-                     ChoosePlane(planes, p, dtype, split_typed, options.mode, ce, num_chunks, options.pool));
-    choices.push_back(std::move(pc));
+    ASSIGN_OR_RETURN(pcs.choices[p], PlaneCandidates(pcs.planes, p, dtype, split_typed, options.mode, ce,
+                                                     pcs.num_chunks, options.pool));
+    // Balanced and storage decide plane by plane: drop the losers now (their
+    // payloads can be large). --inference keeps them for its joint choice.
+    if (options.mode != Mode::kInference) {
+      auto& cands = pcs.choices[p];
+      size_t best = 0;
+      for (size_t k = 1; k < cands.size(); ++k) {
+        const bool better = options.mode == Mode::kStorage ? cands[k].stored < cands[best].stored
+                                                           : BalancedScore(cands[k]) < BalancedScore(cands[best]);
+        if (better) best = k;
+      }
+      PlaneChoice keep = std::move(cands[best]);
+      cands.clear();
+      cands.push_back(std::move(keep));
+    }
   }
+  return pcs;
+}
 
+uint64_t MinPlanesSize(const PlanesCandidates& pcs) {
+  uint64_t total = pcs.header;
+  for (const auto& cands : pcs.choices) {
+    uint64_t best = UINT64_MAX;
+    for (const auto& c : cands) best = std::min(best, c.stored);
+    total += best;
+  }
+  return total;
+}
+
+double PlaneCost(const PlanesCandidates& pcs, const PlaneChoice& c) {
+  return DecodeCostPerByte(c.coder) * static_cast<double>(pcs.planes.empty() ? 0 : pcs.planes[0].size());
+}
+
+// Picks one candidate per plane: the first (only) one outside --inference;
+// in --inference the fastest combination no larger than `limit` bytes (the
+// smallest if none fits). Returns the indexes, the blob size and its cost.
+struct PlanesPick {
+  std::vector<size_t> index;
+  uint64_t size = 0;
+  double cost = 0;
+};
+
+PlanesPick PickPlanes(const PlanesCandidates& pcs, uint64_t limit) {
+  const size_t np = pcs.choices.size();
+  PlanesPick best;
+  best.index.assign(np, 0);
+  auto evaluate = [&](const std::vector<size_t>& idx, uint64_t* size, double* cost) {
+    *size = pcs.header;
+    *cost = 0;
+    for (size_t p = 0; p < np; ++p) {
+      *size += pcs.choices[p][idx[p]].stored;
+      *cost += PlaneCost(pcs, pcs.choices[p][idx[p]]);
+    }
+  };
+  // Start from the smallest choice of every plane.
+  for (size_t p = 0; p < np; ++p) {
+    for (size_t k = 1; k < pcs.choices[p].size(); ++k) {
+      if (pcs.choices[p][k].stored < pcs.choices[p][best.index[p]].stored) best.index[p] = k;
+    }
+  }
+  evaluate(best.index, &best.size, &best.cost);
+  // Exhaustive search over the (few) combinations: at most 5 candidates per
+  // plane and 8 planes, but in practice 2-4 planes of 2-3 candidates.
+  uint64_t combos = 1;
+  for (const auto& c : pcs.choices) combos *= c.size();
+  if (combos <= 1 || combos > 4096) return best;
+  std::vector<size_t> idx(np, 0);
+  for (uint64_t k = 0; k < combos; ++k) {
+    uint64_t rest = k;
+    for (size_t p = 0; p < np; ++p) {
+      idx[p] = rest % pcs.choices[p].size();
+      rest /= pcs.choices[p].size();
+    }
+    uint64_t size;
+    double cost;
+    evaluate(idx, &size, &cost);
+    if (size <= limit && (cost < best.cost || (cost == best.cost && size < best.size) || best.size > limit)) {
+      best.index = idx;
+      best.size = size;
+      best.cost = cost;
+    }
+  }
+  return best;
+}
+
+std::vector<uint8_t> AssemblePlanes(PlanesCandidates& pcs, const PlanesPick& pick) {
   std::vector<uint8_t> blob;
-  uint64_t total = 32;
-  for (const auto& pc : choices) total += pc.stored + 64;
-  blob.reserve(total);
+  blob.reserve(pick.size + 64);
   ByteWriter w(&blob);
-  w.U8(kBlobVersion);
-  w.U8(static_cast<uint8_t>(split));
-  w.U8(static_cast<uint8_t>(width));
+  const uint32_t np = static_cast<uint32_t>(pcs.choices.size());
+  w.U8(kBlobFormPlanes);
+  w.U8(static_cast<uint8_t>(pcs.split));
+  w.U8(static_cast<uint8_t>(pcs.width));
   w.U8(static_cast<uint8_t>(np));
-  w.U64(bytes.size());
-  w.U32(ce);
-  w.U32(num_chunks);
-  for (const auto& pc : choices) {
+  w.U64(pcs.num_bytes);
+  w.U32(pcs.ce);
+  w.U32(pcs.num_chunks);
+  for (uint32_t p = 0; p < np; ++p) {
+    const PlaneChoice& pc = pcs.choices[p][pick.index[p]];
     w.U8(static_cast<uint8_t>(pc.coder));
     switch (pc.coder) {
       case PlaneCoder::kRaw:
@@ -291,14 +413,310 @@ absl::StatusOr<std::vector<uint8_t>> EncodeTensorBlob(absl::Span<const uint8_t> 
     }
   }
   for (uint32_t p = 0; p < np; ++p) {
-    const auto& pc = choices[p];
+    const PlaneChoice& pc = pcs.choices[p][pick.index[p]];
     if (pc.coder == PlaneCoder::kRaw) {
-      w.Bytes(planes[p]);
+      w.Bytes(pcs.planes[p]);
     } else {
       for (const auto& ch : pc.chunks) w.Bytes(ch);
     }
   }
   return blob;
+}
+
+// A whole encoded blob and the decode cost the mode weighs it by.
+struct BlobCandidate {
+  std::vector<uint8_t> blob;
+  double cost = 0;
+  // Balanced's score is size * factor + slack: slower forms must save a
+  // little (3 % and 64 bytes for zstd: a constant tensor stays a memset).
+  double balanced_factor = 1.0;
+  double balanced_slack = 0;
+};
+
+std::vector<uint8_t> RawBlob(absl::Span<const uint8_t> bytes) {
+  std::vector<uint8_t> blob;
+  blob.reserve(bytes.size() + 1);
+  blob.push_back(kBlobFormRaw);
+  blob.insert(blob.end(), bytes.begin(), bytes.end());
+  return blob;
+}
+
+// zstd over the tensor's bytes as they are (whole-tensor LZ: repeats and
+// runs anywhere in the tensor, which order-0 plane coding cannot see).
+// Tensors up to kMaxZstdBlobBytes are one frame (form 3); larger ones are a
+// bytes/1 planes blob of 16 MiB zstd chunks (long-distance matching inside
+// each), so threads and the GPU prepass still split them.
+absl::StatusOr<std::vector<uint8_t>> WholeZstdBlob(absl::Span<const uint8_t> bytes, int level,
+                                                   ThreadPool* pool) {
+  auto compress = [level](absl::Span<const uint8_t> in, std::vector<uint8_t>* out, size_t at) -> absl::Status {
+    ZSTD_CCtx* cctx = ZSTD_createCCtx();
+    if (cctx == nullptr) return absl::ResourceExhaustedError("cannot allocate a zstd context");
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0);
+    if (in.size() > (8u << 20)) ZSTD_CCtx_setParameter(cctx, ZSTD_c_enableLongDistanceMatching, 1);
+    out->resize(at + ZSTD_compressBound(in.size()));
+    const size_t got = ZSTD_compress2(cctx, out->data() + at, out->size() - at, in.data(), in.size());
+    ZSTD_freeCCtx(cctx);
+    if (ZSTD_isError(got)) return absl::InternalError(ZSTD_getErrorName(got));
+    out->resize(at + got);
+    return absl::OkStatus();
+  };
+  std::vector<uint8_t> blob;
+  if (bytes.size() <= kMaxZstdBlobBytes) {
+    blob.push_back(kBlobFormZstd);
+    RETURN_IF_ERROR(compress(bytes, &blob, 1));
+    return blob;
+  }
+  const uint32_t ce = kMaxChunkElements;
+  const uint64_t num_chunks = (bytes.size() + ce - 1) / ce;
+  if (num_chunks > UINT32_MAX) return absl::InvalidArgumentError("tensor too large for chunk size");
+  std::vector<std::vector<uint8_t>> chunks(num_chunks);
+  RETURN_IF_ERROR(ParallelChunks(pool, static_cast<uint32_t>(num_chunks), [&](size_t c) {
+    const uint64_t first = uint64_t{c} * ce;
+    return compress(bytes.subspan(first, ChunkCount(bytes.size(), ce, static_cast<uint32_t>(c))), &chunks[c], 0);
+  }));
+  ByteWriter w(&blob);
+  w.U8(kBlobFormPlanes);
+  w.U8(static_cast<uint8_t>(PlaneSplit::kBytes));
+  w.U8(1);
+  w.U8(1);
+  w.U64(bytes.size());
+  w.U32(ce);
+  w.U32(static_cast<uint32_t>(num_chunks));
+  w.U8(static_cast<uint8_t>(PlaneCoder::kZstd));
+  for (const auto& ch : chunks) w.U32(static_cast<uint32_t>(ch.size()));
+  for (const auto& ch : chunks) w.Bytes(ch);
+  return blob;
+}
+
+// Record layouts of quantized block formats that checkpoints store as plain
+// bytes (GGUF / ggml blocks as U8 tensors). Field widths in record order;
+// 2-byte fields are f16 scales (coded as F16: high and low bytes apart), the
+// rest packed quants coded as bytes. Which one (if any) a tensor follows is
+// measured, never assumed: the encoder estimates every layout whose record
+// size divides the tensor, and keeps the best only when it codes smaller.
+struct RecordLayout {
+  const char* name;
+  std::vector<uint16_t> fields;
+};
+const std::vector<RecordLayout>& RecordLayouts() {
+  static const auto* layouts = new std::vector<RecordLayout>{
+      {"q4_0", {2, 16}},          {"q4_1", {2, 2, 16}},       {"q5_0", {2, 4, 16}},
+      {"q5_1", {2, 2, 4, 16}},    {"q8_0", {2, 32}},          {"q8_1", {2, 2, 32}},
+      {"q2_k", {16, 64, 2, 2}},   {"q3_k", {32, 64, 12, 2}},  {"q4_k", {2, 2, 12, 128}},
+      {"q5_k", {2, 2, 12, 32, 128}}, {"q6_k", {128, 64, 16, 2}}, {"q8_k", {4, 256, 32}},
+  };
+  return *layouts;
+}
+
+// Order-0 entropy in bytes of the histogram.
+double EntropyBytes(const rans::Counts& counts) {
+  uint64_t total = 0;
+  for (uint64_t c : counts) total += c;
+  if (total == 0) return 0;
+  double bits = 0;
+  for (uint64_t c : counts) {
+    if (c != 0) bits -= static_cast<double>(c) * std::log2(static_cast<double>(c) / total);
+  }
+  return bits / 8;
+}
+
+// Estimated order-0 size of `sample` split into `layout`'s fields (f16
+// fields as two byte planes).
+double EstimateFields(absl::Span<const uint8_t> sample, const RecordLayout& layout) {
+  uint32_t record = 0;
+  for (uint16_t f : layout.fields) record += f;
+  const uint64_t records = sample.size() / record;
+  double total = 0;
+  uint32_t offset = 0;
+  for (uint16_t f : layout.fields) {
+    if (f == 2) {
+      rans::Counts lo{}, hi{};
+      for (uint64_t r = 0; r < records; ++r) {
+        ++lo[sample[r * record + offset]];
+        ++hi[sample[r * record + offset + 1]];
+      }
+      total += EntropyBytes(lo) + EntropyBytes(hi) + 2 * 300;
+    } else {
+      rans::Counts c{};
+      for (uint64_t r = 0; r < records; ++r) {
+        const uint8_t* p = sample.data() + r * record + offset;
+        for (uint16_t k = 0; k < f; ++k) ++c[p[k]];
+      }
+      total += EntropyBytes(c) + 300;
+    }
+    offset += f;
+  }
+  return total;
+}
+
+absl::StatusOr<BlobCandidate> EncodeBest(absl::Span<const uint8_t> bytes, const DtypeInfo& dtype,
+                                         const EncodeOptions& options, bool allow_fields);
+
+// Form 4: `layout`'s fields, each its own blob.
+absl::StatusOr<BlobCandidate> FieldsBlob(absl::Span<const uint8_t> bytes, const RecordLayout& layout,
+                                         const EncodeOptions& options) {
+  uint32_t record = 0;
+  for (uint16_t f : layout.fields) record += f;
+  const uint64_t records = bytes.size() / record;
+  BlobCandidate out;
+  ByteWriter w(&out.blob);
+  w.U8(kBlobFormFields);
+  w.U16(static_cast<uint16_t>(record));
+  w.U8(static_cast<uint8_t>(layout.fields.size()));
+  for (uint16_t f : layout.fields) w.U16(f);
+  w.U64(bytes.size());
+  out.cost = kFieldScatterCost * static_cast<double>(bytes.size());
+  std::vector<uint8_t> field;
+  uint32_t offset = 0;
+  EncodeOptions sub = options;
+  sub.chunk_elements = 0;
+  for (uint16_t f : layout.fields) {
+    field.resize(records * f);
+    for (uint64_t r = 0; r < records; ++r) std::memcpy(field.data() + r * f, bytes.data() + r * record + offset, f);
+    ASSIGN_OR_RETURN(BlobCandidate fb, EncodeBest(field, ResolveDtype(f == 2 ? "F16" : "U8"), sub, false));
+    w.U64(fb.blob.size());
+    w.Bytes(fb.blob);
+    out.cost += fb.cost;
+    offset += f;
+  }
+  return out;
+}
+
+// Picks among whole-blob candidates by the mode's rule.
+size_t PickBlob(const std::vector<BlobCandidate>& cands, Mode mode, uint64_t num_bytes) {
+  size_t best = 0;
+  uint64_t smallest = UINT64_MAX;
+  for (const auto& c : cands) smallest = std::min<uint64_t>(smallest, c.blob.size());
+  const double limit = static_cast<double>(smallest) + kInferenceBudget * static_cast<double>(num_bytes);
+  for (size_t k = 1; k < cands.size(); ++k) {
+    const BlobCandidate& a = cands[k];
+    const BlobCandidate& b = cands[best];
+    bool better = false;
+    switch (mode) {
+      case Mode::kStorage:
+        better = a.blob.size() < b.blob.size();
+        break;
+      case Mode::kBalanced:
+        better = a.blob.size() * a.balanced_factor + a.balanced_slack <
+                 b.blob.size() * b.balanced_factor + b.balanced_slack;
+        break;
+      case Mode::kInference: {
+        const bool a_fits = a.blob.size() <= limit;
+        const bool b_fits = b.blob.size() <= limit;
+        better = a_fits != b_fits ? a_fits
+                 : a_fits         ? (a.cost < b.cost || (a.cost == b.cost && a.blob.size() < b.blob.size()))
+                                  : a.blob.size() < b.blob.size();
+        break;
+      }
+    }
+    if (better) best = k;
+  }
+  return best;
+}
+
+// A cheap probe for whole-tensor LZ: zstd -1 over the tensor (or, past 8 MiB,
+// over four 1 MiB samples spread through it), scaled to the whole tensor.
+double LzProbe(absl::Span<const uint8_t> bytes) {
+  constexpr size_t kWhole = 8u << 20;
+  constexpr size_t kSample = 1u << 20;
+  std::vector<uint8_t> out;
+  auto probe = [&out](absl::Span<const uint8_t> in) -> double {
+    out.resize(ZSTD_compressBound(in.size()));
+    const size_t got = ZSTD_compress(out.data(), out.size(), in.data(), in.size(), 1);
+    return ZSTD_isError(got) ? static_cast<double>(in.size()) : static_cast<double>(got);
+  };
+  if (bytes.size() <= kWhole) return probe(bytes);
+  double total = 0;
+  for (int k = 0; k < 4; ++k) {
+    const uint64_t at = (bytes.size() - kSample) / 3 * k;
+    total += probe(bytes.subspan(at, kSample));
+  }
+  return total / (4.0 * kSample) * static_cast<double>(bytes.size());
+}
+
+absl::StatusOr<BlobCandidate> EncodeBest(absl::Span<const uint8_t> bytes, const DtypeInfo& dtype,
+                                         const EncodeOptions& options, bool allow_fields) {
+  const Mode mode = options.mode;
+  std::vector<BlobCandidate> cands;
+  // Form 2: the bytes as they are (the floor every other form must beat).
+  BlobCandidate raw;
+  raw.blob = RawBlob(bytes);
+  raw.cost = DecodeCostPerByte(PlaneCoder::kRaw) * static_cast<double>(bytes.size());
+  cands.push_back(std::move(raw));
+  if (bytes.empty()) return std::move(cands[0]);
+
+  // Form 1: byte planes, each plane's coder chosen.
+  ASSIGN_OR_RETURN(PlanesCandidates pcs, BuildPlanes(bytes, dtype, options));
+  uint64_t smallest = std::min<uint64_t>(cands[0].blob.size(), MinPlanesSize(pcs));
+
+  // Whole-tensor LZ, where a probe says the tensor has structure order-0
+  // planes miss (tables, repeats, deterministic tensors), and always for
+  // small tensors in --storage.
+  const bool small = bytes.size() <= (64u << 10);
+  const double probe = LzProbe(bytes);
+  if (probe < 0.98 * static_cast<double>(smallest) || (small && mode == Mode::kStorage)) {
+    // zstd -19 runs at a few MB/s: past 64 MiB --storage settles for -12.
+    const bool huge = bytes.size() > (64u << 20);
+    const int level = mode == Mode::kStorage ? (huge ? 12 : 19) : mode == Mode::kBalanced ? (huge ? 6 : 9) : 3;
+    ASSIGN_OR_RETURN(std::vector<uint8_t> z, WholeZstdBlob(bytes, level, options.pool));
+    BlobCandidate zc;
+    zc.blob = std::move(z);
+    zc.cost = DecodeCostPerByte(PlaneCoder::kZstd) * static_cast<double>(bytes.size());
+    zc.balanced_factor = 1.03;
+    zc.balanced_slack = 64;
+    smallest = std::min<uint64_t>(smallest, zc.blob.size());
+    cands.push_back(std::move(zc));
+  }
+
+  // Form 4 for byte tensors that follow a quantized block layout.
+  if (allow_fields && dtype.width == 1 && bytes.size() >= 4096) {
+    const uint64_t sample_bytes = std::min<uint64_t>(bytes.size(), 8u << 20);
+    rans::Counts whole = rans::CountSymbols(bytes.subspan(0, sample_bytes));
+    const double plain = EntropyBytes(whole);
+    const RecordLayout* best = nullptr;
+    double best_estimate = 0.995 * plain;
+    for (const RecordLayout& layout : RecordLayouts()) {
+      uint32_t record = 0;
+      for (uint16_t f : layout.fields) record += f;
+      if (bytes.size() % record != 0) continue;
+      const uint64_t n = sample_bytes / record * record;
+      const double estimate = EstimateFields(bytes.subspan(0, n), layout) * sample_bytes / std::max<uint64_t>(n, 1);
+      if (estimate < best_estimate) {
+        best_estimate = estimate;
+        best = &layout;
+      }
+    }
+    if (best != nullptr) {
+      ASSIGN_OR_RETURN(BlobCandidate fc, FieldsBlob(bytes, *best, options));
+      fc.balanced_factor = 1.0;
+      smallest = std::min<uint64_t>(smallest, fc.blob.size());
+      cands.push_back(std::move(fc));
+    }
+  }
+
+  // The planes blob, assembled last: --inference picks its planes' coders
+  // knowing the smallest size any form reached.
+  const uint64_t limit = static_cast<uint64_t>(static_cast<double>(smallest) +
+                                               kInferenceBudget * static_cast<double>(bytes.size()));
+  const PlanesPick pick = PickPlanes(pcs, mode == Mode::kInference ? limit : 0);
+  BlobCandidate planes_blob;
+  planes_blob.blob = AssemblePlanes(pcs, pick);
+  planes_blob.cost = pick.cost + DecodeCostPerByte(PlaneCoder::kRaw) * (pcs.choices.size() > 1 ? bytes.size() : 0);
+  planes_blob.balanced_factor = 1.0;
+  cands.push_back(std::move(planes_blob));
+  const size_t chosen = PickBlob(cands, mode, bytes.size());
+  return std::move(cands[chosen]);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<uint8_t>> EncodeTensorBlob(absl::Span<const uint8_t> bytes,
+                                                      const DtypeInfo& dtype,
+                                                      const EncodeOptions& options) {
+  ASSIGN_OR_RETURN(BlobCandidate best, EncodeBest(bytes, dtype, options, true));
+  return std::move(best.blob);
 }
 
 }  // namespace bigsmall

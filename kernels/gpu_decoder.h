@@ -42,12 +42,20 @@ struct TensorJob {
 
 // A zstd chunk of a plane (the one coder the GPU does not run), decoded by
 // the host prepass (RunHostPrepass) into the prepass region.
+// What a prepass task decodes.
+enum class PrepassKind : uint8_t {
+  kZstdFrame = 0,  // one zstd chunk of a plane
+  kWholeBlob = 1,  // a whole tensor blob the kernels do not decode (form 4,
+                   // fields: docs/FORMAT.md §5.5), by the CPU decoder
+};
+
 struct PrepassTask {
-  uint64_t in_offset = 0;   // the zstd frame, bytes into the group
+  uint64_t in_offset = 0;   // the zstd frame (or blob), bytes into the group
   uint64_t out_offset = 0;  // bytes into the prepass region
-  uint32_t in_size = 0;
-  uint32_t count = 0;  // bytes it must decompress to
+  uint64_t in_size = 0;
+  uint64_t count = 0;  // bytes it must decompress to
   uint32_t job = 0;
+  PrepassKind kind = PrepassKind::kZstdFrame;
 };
 
 // Everything the kernels need, built on the host from the blobs' headers
@@ -74,9 +82,10 @@ struct DecodePlan {
 // saw, `staged_extra` the plan.prepass_bytes that the caller stages right
 // after the group bytes (at plan.prepass_offset of the device input).
 // DATA_LOSS naming the job for a frame that does not decode to its size.
-// No-op when plan.prepass is empty (--inference files never have zstd
-// planes; --balanced and --storage files may, for zero-heavy or
-// near-incompressible planes).
+// No-op when plan.prepass is empty (zstd planes are rare in --inference
+// files: only where nothing else comes within its ratio budget, docs/FORMAT.md
+// §5.6; balanced and --storage files have them for zero-heavy or
+// near-incompressible planes). Fields blobs (form 4) decode here whole.
 // With `pool`, chunks decompress in parallel (the first error by chunk order).
 absl::Status RunHostPrepass(const DecodePlan& plan, absl::Span<const uint8_t> group,
                             absl::Span<uint8_t> staged_extra, ThreadPool* pool = nullptr);

@@ -55,9 +55,41 @@ absl::Status PlanJob(absl::Span<const uint8_t> input, const TensorJob& job, uint
   // The decode kernel sums the checksum terms of the words it writes; a word
   // straddling two chunks (chunk bytes not a multiple of 8) is left to the
   // verify kernel, which sums the tensor after the decode.
-  const bool inline_checksum = b.num_chunks <= 1 || (uint64_t{b.chunk_elements} * b.width) % 8 == 0;
+  const bool inline_checksum = b.form == kBlobFormFields || b.num_chunks <= 1 ||
+                               (uint64_t{b.chunk_elements} * b.width) % 8 == 0;
   if (inline_checksum) jt.flags |= kJobInlineChecksum;
   plan.jobs.push_back(jt);
+  if (b.form == kBlobFormFields) {
+    // The kernels do not scatter records: the host prepass decodes the whole
+    // tensor, and the kernels copy it as one raw plane in 1 MiB chunks
+    // (checksumming as they write, like any other tensor).
+    PrepassTask pre;
+    pre.kind = PrepassKind::kWholeBlob;
+    pre.in_offset = job.blob_offset;
+    pre.in_size = job.blob_size;
+    pre.out_offset = plan.prepass_bytes;
+    pre.count = job.out_size;
+    pre.job = j;
+    plan.prepass.push_back(pre);
+    for (uint64_t first = 0; first < job.out_size; first += kRawBlobChunk) {
+      ChunkTask t;
+      t.out_offset = job.out_offset + first;
+      t.tensor_offset = first;
+      t.count = static_cast<uint32_t>(std::min<uint64_t>(kRawBlobChunk, job.out_size - first));
+      t.job = j;
+      t.first_plane = static_cast<uint32_t>(plan.planes.size());
+      t.split = static_cast<uint8_t>(PlaneSplit::kBytes);
+      t.width = 1;
+      t.num_planes = 1;
+      PlaneTask pt;
+      pt.kind = kPlaneRaw;
+      pt.source = plan.prepass_offset + pre.out_offset + first;
+      plan.planes.push_back(pt);
+      plan.chunks.push_back(t);
+    }
+    plan.prepass_bytes += Align16(job.out_size);
+    return absl::OkStatus();
+  }
 
   const size_t np = b.planes.size();
   uint32_t plane_table[kMaxPlanes] = {};
@@ -171,6 +203,12 @@ absl::Status RunHostPrepass(const DecodePlan& plan, absl::Span<const uint8_t> gr
     if (t.in_offset > group.size() || t.in_size > group.size() - t.in_offset ||
         t.out_offset > staged_extra.size() || t.count > staged_extra.size() - t.out_offset) {
       return absl::InternalError(absl::StrCat("prepass: task of tensor job ", t.job, " outside its buffers"));
+    }
+    if (t.kind == PrepassKind::kWholeBlob) {
+      absl::Status st = DecodeTensorBlob(group.subspan(t.in_offset, t.in_size),
+                                         staged_extra.subspan(t.out_offset, t.count));
+      if (!st.ok()) return absl::DataLossError(absl::StrCat("tensor job ", t.job, ": ", st.message()));
+      return absl::OkStatus();
     }
     // One decompression context per thread, reused across calls.
     thread_local struct Dctx {

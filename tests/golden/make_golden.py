@@ -10,10 +10,12 @@ valid/ alone (run it when docs/FORMAT.md section 10 changes).
 valid/*.safetensors   small originals of several dtypes (deterministic)
 valid/NAME.MODE.bs    format 1.0 forms (balanced, storage, inference), written by the 1.0 writer and
                       frozen: this writer cannot make them, so they are never rewritten
-valid/NAME.MODE.v1.1.bs  format 1.1 forms written by this version
-                      golden_test.py checks every future build still decodes both byte for byte, and
-                      checks the 1.1 files' device checksums with an independent Python
-                      implementation of docs/FORMAT.md section 3.1 (device_checksum.py)
+valid/NAME.MODE.v1.1.bs  format 1.1 forms, written by the 1.1 writer and frozen like the 1.0 ones
+valid/NAME.MODE.v1.2.bs  format 1.2 forms written by this version; forms.safetensors holds tensors
+                      that take each 1.2 blob form (docs/FORMAT.md 5.3-5.5: raw, zstd, fields)
+                      golden_test.py checks every future build still decodes all of them byte for
+                      byte, and checks the 1.1 and 1.2 files' device checksums with an independent
+                      Python implementation of docs/FORMAT.md section 3.1 (device_checksum.py)
 corrupt/*.bs          damaged copies (and huge_index.bs, a small file declaring a 1 GiB index); expected.json gives, for each, its failure class and the
                       status code and CLI exit code that docs/FORMAT.md section 10.1 assigns to that
                       class (read from the spec's table, never from what a build prints), a
@@ -68,6 +70,19 @@ def write_st(path, tensors):
             f.write(t[3])
 
 
+def q41_blocks(rng, blocks):
+    out = bytearray()
+    for _ in range(blocks):
+        out += struct.pack("<HH", 0x2000 + rng.randrange(96), 0xA400 + rng.randrange(64))
+        out += bytes(rng.randrange(5, 12) | (rng.randrange(5, 12) << 4) for _ in range(16))
+    return bytes(out)
+
+
+def table_rows(rng, rows, cols, distinct):
+    base = [struct.pack("<%df" % cols, *(rng.gauss(0, 0.5) for _ in range(cols))) for _ in range(distinct)]
+    return b"".join(base[r % distinct] for r in range(rows))
+
+
 def weights(rng, n, width):
     out = bytearray()
     for _ in range(n):
@@ -84,7 +99,7 @@ V11_CASES = [
     ("v1.1_blob_flip.bs", "tensor-data", "group 0 ('') failed its group checksum", "verify"),
     ("v1.1_truncated_trailer.bs", "index-structure", "checksum trailer is truncated", "decompress"),
     ("v1.1_trailing_bytes.bs", "index-structure", "trailing bytes", "decompress"),
-    ("v1.1_future_minor.bs", "unknown-minor-version", "format version 1.2 is not supported", "decompress"),
+    ("v1.1_future_minor.bs", "unknown-minor-version", "format version 1.3 is not supported", "decompress"),
 ]
 
 
@@ -134,7 +149,7 @@ def put_v11(bigsmall, valid, corrupt, put):
     data["v1.1_blob_flip.bs"] = rebuild(raw, body=bytes(body))
     data["v1.1_truncated_trailer.bs"] = rebuild(raw[:-8])
     data["v1.1_trailing_bytes.bs"] = rebuild(raw + b"\0" * 8)
-    data["v1.1_future_minor.bs"] = rebuild(raw, minor=2)
+    data["v1.1_future_minor.bs"] = rebuild(raw, minor=3)
     for name, failure_class, fragment, command in V11_CASES:
         put(name, data[name], failure_class, fragment, command)
 
@@ -145,12 +160,13 @@ def main():
     table = error_table()
     rng = random.Random(2026)
     valid, corrupt = os.path.join(HERE, "valid"), os.path.join(HERE, "corrupt")
-    frozen = ["%s.%s.bs" % (n, m) for n in ("bf16_llama", "mixed_dtypes")
-              for m in ("balanced", "storage", "inference")]
+    frozen = ["%s.%s%s.bs" % (n, m, v) for n in ("bf16_llama", "mixed_dtypes")
+              for m in ("balanced", "storage", "inference") for v in ("", ".v1.1")]
+    frozen.append("bf16_llama_tuned.delta.v1.1.bs")
     missing = [f for f in frozen if not os.path.exists(os.path.join(valid, f))]
     if missing:
-        raise SystemExit("format 1.0 golden files missing (this writer cannot make them; restore them "
-                         "from git): %s" % missing)
+        raise SystemExit("format 1.0/1.1 golden files missing (this writer cannot make them; restore "
+                         "them from git): %s" % missing)
     for d in ((corrupt,) if expectations_only else (valid, corrupt)):
         keep = {}
         for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
@@ -158,7 +174,7 @@ def main():
             if d == valid and (name in frozen or name.endswith(".safetensors")):
                 keep[name] = open(os.path.join(d, name), "rb").read()
             if d == corrupt and (name in ("future_version.bs", "huge_index.bs", "index_not_last.bs") or
-                                 name.startswith("v1.1_")):
+                                 (name.startswith("v1.1_") and name != "v1.1_future_minor.bs")):
                 keep[name] = open(os.path.join(d, name), "rb").read()
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
@@ -179,6 +195,16 @@ def main():
             ("ids", "I64", [16], struct.pack("<16q", *range(16))),
             ("mask", "BOOL", [8], bytes([1, 0] * 4)),
             ("future", "F4", [6], bytes([0x12, 0x34, 0x56]))],
+        "forms.safetensors": [
+            # Q4_1-like blocks as bytes (20-byte records: f16 scale, f16 minimum, 16 nibble bytes):
+            # the fields form (5.5).
+            ("blocks.0.q41", "U8", [2000, 20], q41_blocks(rng, 2000)),
+            # A table whose rows repeat: whole-tensor zstd (5.4).
+            ("blocks.0.table", "F32", [96, 16], table_rows(rng, 96, 16, 3)),
+            # Tiny tensors: raw (5.3).
+            ("blocks.1.step", "I64", [1], struct.pack("<q", 123456789)),
+            ("blocks.1.scale", "BF16", [2], b"\x80\x3f\x00\x40"),
+            ("blocks.1.w", "BF16", [48, 32], weights(rng, 1536, 2))],
     }
     expected = {"valid": {}, "corrupt": {}, "versions": {}}
     for name, tensors in files.items():
@@ -188,15 +214,18 @@ def main():
         expected["valid"][name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
         for mode, flag in (("balanced", []), ("storage", ["--storage"]), ("inference", ["--inference"])):
             stem = "%s.%s" % (name[:-len(".safetensors")], mode)
-            expected["valid"][stem + ".bs"] = name
-            expected["versions"][stem + ".bs"] = "1.0"
-            out = os.path.join(valid, stem + ".v1.1.bs")
+            if name != "forms.safetensors":
+                for version in ("1.0", "1.1"):
+                    frozen_name = stem + (".bs" if version == "1.0" else ".v1.1.bs")
+                    expected["valid"][frozen_name] = name
+                    expected["versions"][frozen_name] = version
+            out = os.path.join(valid, stem + ".v1.2.bs")
             if not expectations_only:
                 subprocess.run([bigsmall, "compress", path, "-o", out, "-q", "--chunk-elements", "100"] + flag,
                                check=True)
             expected["valid"][os.path.basename(out)] = name
-            expected["versions"][os.path.basename(out)] = "1.1"
-    # A 1.1 fine-tune delta (docs/FORMAT.md 7): bf16_llama with the low mantissa bit of about one
+            expected["versions"][os.path.basename(out)] = "1.2"
+    # A fine-tune delta (docs/FORMAT.md 7, 1.1 frozen and 1.2): bf16_llama with the low mantissa bit of about one
     # element in eight flipped, stored against bf16_llama.safetensors (given relative, as the index
     # keeps it). Its device checksums are those of the rebuilt tensors (3.1).
     tuned_rng = random.Random(7)
@@ -211,13 +240,14 @@ def main():
     if not expectations_only and not os.path.exists(os.path.join(valid, tuned_name)):
         write_st(os.path.join(valid, tuned_name), tuned)
     expected["valid"][tuned_name] = hashlib.sha256(open(os.path.join(valid, tuned_name), "rb").read()).hexdigest()
-    delta = "bf16_llama_tuned.delta.v1.1.bs"
+    frozen_delta, delta = "bf16_llama_tuned.delta.v1.1.bs", "bf16_llama_tuned.delta.v1.2.bs"
     if not expectations_only:
         subprocess.run([os.path.abspath(bigsmall), "compress", tuned_name, "-o", delta, "-q", "--chunk-elements",
                         "100", "--base", "bf16_llama.safetensors"], check=True, cwd=valid)
-    expected["valid"][delta] = tuned_name
-    expected["versions"][delta] = "1.1"
-    expected["bases"] = {delta: "bf16_llama.safetensors"}
+    expected["valid"][frozen_delta] = expected["valid"][delta] = tuned_name
+    expected["versions"][frozen_delta] = "1.1"
+    expected["versions"][delta] = "1.2"
+    expected["bases"] = {frozen_delta: "bf16_llama.safetensors", delta: "bf16_llama.safetensors"}
     good = open(os.path.join(valid, "bf16_llama.balanced.bs"), "rb").read()
     hdr_index_offset = struct.unpack_from("<Q", good, 16)[0]
 
