@@ -139,7 +139,7 @@ def main() -> int:
             wst["ratio"], wst["name"], f"{wst['bytes']:,}", f"{wst['ours']:,}", wst["peer"], f"{wst['peer_bytes']:,}")
         z19 = s.get("zstd19") / data if s and data else None
         derived = e.get("derived")
-        w("| %s | %s | %s | %.1f | %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        w("| %s | %s | %s | %.2f | %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             label(f), "derived" if derived else ("real" if e else "?"), e.get("dtype", "?"),
             (e.get("bytes") or os.path.getsize(f) if os.path.exists(f) else 0) / 1e6, pct(fl), flabel,
             pct(modes.get("balanced", {}).get("ours_ratio_file")), pct(modes.get("storage", {}).get("ours_ratio_file")),
@@ -218,7 +218,7 @@ def main() -> int:
     w("## Speed per file (GB/s of original bytes)\n")
     w("Library: `codec_bench`, in memory, encode per tensor; decode of the whole .bs through the batch "
       "`DecodeTensors` path (every tensor's XXH3-128 checked), 1 thread (thread CPU time) and N threads "
-      "(wall). ZipNN: whole data section, threads=1 (1t) and N. PyPI bigsmall: `bigsmall.decompress` of its "
+      "(wall). ZipNN: whole data section, threads=1 (1t, process CPU time) and N (wall). PyPI bigsmall: `bigsmall.decompress` of its "
       "whole file, one thread (process CPU time). CLI: whole-process `bigsmall compress` / `decompress` wall "
       "time with N threads, output on tmpfs.\n")
     w(f"| file | mode | encode 1t | encode {threads}t | decode 1t | decode {threads}t | CLI compress s | "
