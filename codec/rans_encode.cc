@@ -6,6 +6,15 @@
 
 #include "codec/byte_io.h"
 
+#if defined(__x86_64__)
+// GCC 12 reports the undefined pass-through operand of AVX-512 intrinsics
+// as "may be used uninitialized" once inlined (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#endif
+
 namespace bigsmall::rans {
 
 Counts CountSymbols(absl::Span<const uint8_t> symbols) {
@@ -165,8 +174,92 @@ static_assert((uint64_t{1} << kRenormShift) == (uint64_t{(kRansLow >> kProbBits)
 // the compiler reload the tables and states after every store). A symbol
 // whose frequency is 0 cannot be encoded: callers pass tables built from the
 // symbols' counts.
+// The SIMD encoder's tables (struct of arrays, table t's symbol s at
+// t * 256 + s): freq | cum << 16, and 1.0 / freq.
+struct SimdTables {
+  std::vector<uint32_t> fc;
+  std::vector<double> inv;
+  const uint8_t* context = nullptr;  // conditional: table offset ctx_off[context[i]]
+  uint32_t ctx_off[256] = {};
+};
+
+void AddSimdTable(const Frequencies& freqs, SimdTables* t) {
+  uint32_t cum = 0;
+  for (int s = 0; s < 256; ++s) {
+    t->fc.push_back(freqs[s] | (cum << 16));
+    t->inv.push_back(freqs[s] != 0 ? 1.0 / freqs[s] : 0.0);
+    cum += freqs[s];
+  }
+}
+
+bool EncoderHasAvx512() {
+#if defined(__x86_64__)
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return has;
+#else
+  return false;
+#endif
+}
+
+#if defined(__x86_64__)
+// Whole groups [0, groups) of 32 symbols, last group first, as the scalar
+// loop does: per group lanes 16-31 (their words land above), then 0-15.
+// x / freq is computed in double (x * (1 / freq), exact to within one below,
+// then corrected with the remainder), so the states and words are exactly
+// the scalar encoder's.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void EncodeGroupsAvx512(
+    const uint8_t* sym, size_t groups, const SimdTables& t, uint32_t* state, uint16_t** wp) {
+  const int* fc = reinterpret_cast<const int*>(t.fc.data());
+  const double* inv = t.inv.data();
+  const int* ctx_off = reinterpret_cast<const int*>(t.ctx_off);
+  const __m512i kFreq = _mm512_set1_epi32(0xffff);
+  const __m512i kOne = _mm512_set1_epi32(1);
+  __m512i xs[2] = {_mm512_loadu_si512(state), _mm512_loadu_si512(state + 16)};
+  uint16_t* w = *wp;
+  for (size_t g = groups; g-- > 0;) {
+    for (int h = 1; h >= 0; --h) {
+      const size_t k = g * kLanes + 16 * h;
+      __m512i x = xs[h];
+      __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sym + k)));
+      if (t.context != nullptr) {
+        const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t.context + k)));
+        idx = _mm512_or_si512(idx, _mm512_i32gather_epi32(c, ctx_off, 4));
+      }
+      const __m512i e = _mm512_i32gather_epi32(idx, fc, 4);
+      const __m512i freq = _mm512_and_si512(e, kFreq);
+      const __m512i cum = _mm512_srli_epi32(e, 16);
+      const __mmask16 m = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(x, kRenormShift), freq);
+      const int pc = __builtin_popcount(static_cast<unsigned>(m));
+      w -= pc;
+      const __m256i words = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(m, x));
+      _mm256_mask_storeu_epi16(w, static_cast<__mmask16>((1u << pc) - 1), words);
+      x = _mm512_mask_srli_epi32(x, m, x, kWordBits);
+      const __m512d xl = _mm512_cvtepu32_pd(_mm512_castsi512_si256(x));
+      const __m512d xh = _mm512_cvtepu32_pd(_mm512_extracti64x4_epi64(x, 1));
+      const __m512d il = _mm512_i32gather_pd(_mm512_castsi512_si256(idx), inv, 8);
+      const __m512d ih = _mm512_i32gather_pd(_mm512_extracti64x4_epi64(idx, 1), inv, 8);
+      const __m256i ql = _mm512_cvttpd_epu32(_mm512_mul_pd(xl, il));
+      const __m256i qh = _mm512_cvttpd_epu32(_mm512_mul_pd(xh, ih));
+      __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(ql), qh, 1);
+      __m512i r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));
+      const __mmask16 fix = _mm512_cmpge_epu32_mask(r, freq);
+      q = _mm512_mask_add_epi32(q, fix, q, kOne);
+      r = _mm512_mask_sub_epi32(r, fix, r, freq);
+      xs[h] = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(q, kProbBits), r), cum);
+    }
+  }
+  _mm512_storeu_si512(state, xs[0]);
+  _mm512_storeu_si512(state + 16, xs[1]);
+  *wp = w;
+}
+#else
+void EncodeGroupsAvx512(const uint8_t*, size_t, const SimdTables&, uint32_t*, uint16_t**) {}
+#endif
+
 template <typename TableOf>
-void EncodeLanes(absl::Span<const uint8_t> symbols, TableOf table_of, std::vector<uint8_t>* out) {
+void EncodeLanes(absl::Span<const uint8_t> symbols, TableOf table_of, const SimdTables* simd,
+                 std::vector<uint8_t>* out) {
   const size_t n = symbols.size();
   uint32_t state[kLanes];
   for (auto& x : state) x = kRansLow;
@@ -195,6 +288,10 @@ void EncodeLanes(absl::Span<const uint8_t> symbols, TableOf table_of, std::vecto
     --i;
     step(i, static_cast<int>(i % kLanes));
   }
+  if (simd != nullptr && i > 0) {
+    EncodeGroupsAvx512(sym, i / kLanes, *simd, state, &w);
+    i = 0;
+  }
   while (i > 0) {
     i -= kLanes;
     for (int lane = kLanes - 1; lane >= 0; --lane) step(i + lane, lane);
@@ -209,15 +306,21 @@ void EncodeLanes(absl::Span<const uint8_t> symbols, TableOf table_of, std::vecto
 
 }  // namespace
 
-void EncodeChunk(const Frequencies& freqs, absl::Span<const uint8_t> symbols,
-                 std::vector<uint8_t>* out) {
+namespace {
+
+void EncodeChunkImpl(bool use_simd, const Frequencies& freqs, absl::Span<const uint8_t> symbols,
+                     std::vector<uint8_t>* out) {
   const EncTable table = MakeEncTable(freqs);
-  EncodeLanes(symbols, [&](size_t) -> const EncSymbol* { return table.data(); }, out);
+  SimdTables simd;
+  use_simd = use_simd && symbols.size() >= kLanes;
+  if (use_simd) AddSimdTable(freqs, &simd);
+  EncodeLanes(symbols, [&](size_t) -> const EncSymbol* { return table.data(); }, use_simd ? &simd : nullptr,
+              out);
 }
 
-void EncodeChunkConditional(const Frequencies* tables, const uint8_t* context_map,
-                            absl::Span<const uint8_t> context, absl::Span<const uint8_t> symbols,
-                            std::vector<uint8_t>* out) {
+void EncodeChunkConditionalImpl(bool use_simd, const Frequencies* tables, const uint8_t* context_map,
+                                absl::Span<const uint8_t> context, absl::Span<const uint8_t> symbols,
+                                std::vector<uint8_t>* out) {
   int num_tables = 0;
   for (int c = 0; c < 256; ++c) num_tables = std::max(num_tables, context_map[c] + 1);
   std::vector<EncTable> enc(num_tables);
@@ -225,7 +328,39 @@ void EncodeChunkConditional(const Frequencies* tables, const uint8_t* context_ma
   const EncSymbol* of_context[256];
   for (int c = 0; c < 256; ++c) of_context[c] = enc[context_map[c]].data();
   const uint8_t* ctx = context.data();
-  EncodeLanes(symbols, [&](size_t i) -> const EncSymbol* { return of_context[ctx[i]]; }, out);
+  SimdTables simd;
+  use_simd = use_simd && symbols.size() >= kLanes;
+  if (use_simd) {
+    for (int t = 0; t < num_tables; ++t) AddSimdTable(tables[t], &simd);
+    for (int c = 0; c < 256; ++c) simd.ctx_off[c] = uint32_t{context_map[c]} << 8;
+    simd.context = ctx;
+  }
+  EncodeLanes(symbols, [&](size_t i) -> const EncSymbol* { return of_context[ctx[i]]; },
+              use_simd ? &simd : nullptr, out);
+}
+
+}  // namespace
+
+void EncodeChunk(const Frequencies& freqs, absl::Span<const uint8_t> symbols,
+                 std::vector<uint8_t>* out) {
+  EncodeChunkImpl(EncoderHasAvx512(), freqs, symbols, out);
+}
+
+void EncodeChunkConditional(const Frequencies* tables, const uint8_t* context_map,
+                            absl::Span<const uint8_t> context, absl::Span<const uint8_t> symbols,
+                            std::vector<uint8_t>* out) {
+  EncodeChunkConditionalImpl(EncoderHasAvx512(), tables, context_map, context, symbols, out);
+}
+
+void EncodeChunkScalar(const Frequencies& freqs, absl::Span<const uint8_t> symbols,
+                       std::vector<uint8_t>* out) {
+  EncodeChunkImpl(false, freqs, symbols, out);
+}
+
+void EncodeChunkConditionalScalar(const Frequencies* tables, const uint8_t* context_map,
+                                  absl::Span<const uint8_t> context, absl::Span<const uint8_t> symbols,
+                                  std::vector<uint8_t>* out) {
+  EncodeChunkConditionalImpl(false, tables, context_map, context, symbols, out);
 }
 
 }  // namespace bigsmall::rans

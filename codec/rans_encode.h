@@ -36,6 +36,14 @@ void EncodeChunkConditional(const Frequencies* tables, const uint8_t* context_ma
                             absl::Span<const uint8_t> context, absl::Span<const uint8_t> symbols,
                             std::vector<uint8_t>* out);
 
+// Both run 16 lanes at a time with AVX-512 where the CPU has it (the same
+// bytes); these always run the scalar loop (for tests and benchmarks).
+void EncodeChunkScalar(const Frequencies& freqs, absl::Span<const uint8_t> symbols,
+                       std::vector<uint8_t>* out);
+void EncodeChunkConditionalScalar(const Frequencies* tables, const uint8_t* context_map,
+                                  absl::Span<const uint8_t> context, absl::Span<const uint8_t> symbols,
+                                  std::vector<uint8_t>* out);
+
 }  // namespace bigsmall::rans
 
 #endif  // BIGSMALL_CODEC_RANS_ENCODE_H_

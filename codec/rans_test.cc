@@ -536,8 +536,9 @@ std::vector<uint8_t> SpecEncode(const std::vector<const Frequencies*>& table_of_
   return out;
 }
 
-// EncodeChunk and EncodeChunkConditional (reciprocals, no branches) write
-// exactly the spec encoder's bytes: tables with freq-1 symbols, a symbol
+// EncodeChunk and EncodeChunkConditional (reciprocals, no branches; AVX-512
+// where the CPU has it, and the scalar loops) write exactly the spec
+// encoder's bytes: tables with freq-1 symbols, a symbol
 // holding all 4096, skewed and flat tables, sizes that are not whole groups,
 // and appending after existing bytes.
 TEST(Encoder, MatchesTheSpecEncoder) {
@@ -579,15 +580,19 @@ TEST(Encoder, MatchesTheSpecEncoder) {
     // Order-0 needs symbols present in table 0.
     std::vector<uint8_t> symbols0(n);
     for (size_t i = 0; i < n; ++i) symbols0[i] = present[0][rng() % present[0].size()];
-    std::vector<uint8_t> got = {1, 2, 3};
-    EncodeChunk(tables[0], symbols0, &got);
     std::vector<uint8_t> want = {1, 2, 3};
     const auto spec0 = SpecEncode(order0, symbols0);
     want.insert(want.end(), spec0.begin(), spec0.end());
-    ASSERT_EQ(got, want) << "order-0, trial " << trial << " n=" << n;
-    got.clear();
-    EncodeChunkConditional(tables.data(), map, context, symbols, &got);
-    ASSERT_EQ(got, SpecEncode(cond, symbols)) << "conditional, trial " << trial << " n=" << n;
+    const auto spec_cond = SpecEncode(cond, symbols);
+    // The dispatching encoders (AVX-512 where this CPU has it) and the scalar ones.
+    for (bool scalar : {false, true}) {
+      std::vector<uint8_t> got = {1, 2, 3};
+      (scalar ? EncodeChunkScalar : EncodeChunk)(tables[0], symbols0, &got);
+      ASSERT_EQ(got, want) << "order-0, scalar " << scalar << ", trial " << trial << " n=" << n;
+      got.clear();
+      (scalar ? EncodeChunkConditionalScalar : EncodeChunkConditional)(tables.data(), map, context, symbols, &got);
+      ASSERT_EQ(got, spec_cond) << "conditional, scalar " << scalar << ", trial " << trial << " n=" << n;
+    }
   }
 }
 
