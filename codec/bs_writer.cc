@@ -8,6 +8,8 @@
 #include "codec/bs_reader.h"
 #include "codec/byte_io.h"
 #include "codec/device_checksum.h"
+#include "codec/fast_hash.h"
+#include "codec/file_util.h"
 #include "codec/format.h"
 #include "codec/hash.h"
 #include "codec/status_macros.h"
@@ -97,9 +99,21 @@ std::vector<uint8_t> SerializeIndex(const SafetensorsFile& file, uint64_t origin
   return raw;
 }
 
-absl::StatusOr<Hash128> HashWholeFile(ByteSource& source) {
-  StreamingHash128 h;
-  std::vector<uint8_t> buf(16 << 20);
+// XXH3-128 of the whole input: through the mapping when there is one (no
+// copy; pages dropped from the mapping behind the hash, so the resident set
+// stays small), else read in 16 MiB pieces.
+absl::StatusOr<Hash128> HashWholeFile(ByteSource& source, const ReadOnlyMapping& map) {
+  FastStreamingHash128 h;
+  constexpr uint64_t kPiece = 16 << 20;
+  if (map.ok()) {
+    for (uint64_t off = 0; off < map.size(); off += kPiece) {
+      const uint64_t n = std::min<uint64_t>(kPiece, map.size() - off);
+      h.Update(map.bytes(off, n));
+      map.Release(off, n);
+    }
+    return h.Finish();
+  }
+  std::vector<uint8_t> buf(kPiece);
   for (uint64_t off = 0; off < source.size(); off += buf.size()) {
     const uint64_t n = std::min<uint64_t>(buf.size(), source.size() - off);
     RETURN_IF_ERROR(source.ReadAt(off, absl::MakeSpan(buf.data(), n)));
@@ -116,7 +130,9 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
                                           uint64_t progress_total) {
   ASSIGN_OR_RETURN(SafetensorsFile file, OpenSafetensors(input));
   const uint64_t original_size = file.source->size();
-  ASSIGN_OR_RETURN(Hash128 original_hash, HashWholeFile(*file.source));
+  // Tensors are encoded from the mapped input (read where it cannot be mapped).
+  const ReadOnlyMapping map = ReadOnlyMapping::Open(input, original_size);
+  ASSIGN_OR_RETURN(Hash128 original_hash, HashWholeFile(*file.source, map));
 
   const auto& tensors = file.header.tensors;
   std::vector<TensorRecord> records(tensors.size());
@@ -144,18 +160,28 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
         [&](size_t k) -> absl::Status {
           const SafetensorsTensor& st = tensors[g.tensors[k]];
           TensorRecord& rec = records[g.tensors[k]];
-          ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
-                           ReadRange(*file.source, file.header.header_bytes + st.begin, st.size()));
+          const uint64_t at = file.header.header_bytes + st.begin;
+          const bool delta = base != nullptr && base->Find(st) != nullptr;
+          // The mapped bytes as they are; a copy only to XOR with the base.
+          std::vector<uint8_t> copy;
+          absl::Span<const uint8_t> bytes;
+          if (map.ok() && !delta && at + st.size() <= map.size()) {
+            bytes = map.bytes(at, st.size());
+          } else {
+            ASSIGN_OR_RETURN(copy, ReadRange(*file.source, at, st.size()));
+            bytes = copy;
+          }
           rec.hash = HashBytes128(bytes);
           // Of the original bytes, before any XOR with the base (§3.1).
           rec.device_checksum = DeviceChecksum(bytes.data(), bytes.size());
-          if (base != nullptr && base->Find(st) != nullptr) {
+          if (delta) {
             ASSIGN_OR_RETURN(std::vector<uint8_t> base_bytes, base->Read(st));
             rec.base_hash = HashBytes128(base_bytes);
             rec.flags |= kTensorFlagDelta;
-            for (size_t i = 0; i < bytes.size(); ++i) bytes[i] ^= base_bytes[i];
+            for (size_t i = 0; i < copy.size(); ++i) copy[i] ^= base_bytes[i];
           }
           auto blob = EncodeTensorBlob(bytes, st.dtype, eo);
+          map.Release(at, st.size());
           if (!blob.ok()) {
             return absl::Status(blob.status().code(),
                                 absl::StrCat(input, ": tensor '", st.name, "': ", blob.status().message()));

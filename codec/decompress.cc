@@ -1,10 +1,5 @@
 #include "codec/decompress.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <exception>
 #include <filesystem>
@@ -126,53 +121,6 @@ absl::StatusOr<uint64_t> Rebuild(const std::string& path, const RebuildContext& 
 // the join at each batch's end costs little.
 constexpr uint64_t kFileBatchBytes = 32ull << 20;
 
-// The input .bs, mapped read-only (empty when it cannot be: then groups are read).
-class MappedInput {
- public:
-  // `expected_size`: the size the reader opened; a file that changed since is not mapped.
-  static MappedInput Open(const std::string& path, uint64_t expected_size) {
-    MappedInput m;
-    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return m;
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == expected_size &&
-        expected_size > 0) {
-      void* p = mmap(nullptr, expected_size, PROT_READ, MAP_SHARED, fd, 0);
-      if (p != MAP_FAILED) {
-        m.data_ = static_cast<const uint8_t*>(p);
-        m.size_ = expected_size;
-      }
-    }
-    close(fd);
-    return m;
-  }
-  MappedInput() = default;
-  MappedInput(MappedInput&& o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr; }
-  MappedInput& operator=(MappedInput&&) = delete;
-  ~MappedInput() {
-    if (data_ != nullptr) munmap(const_cast<uint8_t*>(data_), size_);
-  }
-  bool ok() const { return data_ != nullptr; }
-  absl::Span<const uint8_t> bytes(uint64_t offset, uint64_t size) const { return {data_ + offset, size}; }
-  // Starts reading [offset, offset + size) into the page cache (readahead),
-  // mapping nothing yet; advisory.
-  void WillNeed(uint64_t offset, uint64_t size) const { Advise(offset, size, MADV_WILLNEED); }
-  // Drops this process's mappings of the pages of [offset, offset + size)
-  // (the page cache keeps them; a later read faults them back), so the
-  // resident set stays at the batches in flight; advisory.
-  void Release(uint64_t offset, uint64_t size) const { Advise(offset, size, MADV_DONTNEED); }
-
- private:
-  void Advise(uint64_t offset, uint64_t size, int advice) const {
-    if (data_ == nullptr || size == 0) return;
-    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-    const uint64_t start = offset / page * page;
-    madvise(const_cast<uint8_t*>(data_) + start, offset + size - start, advice);
-  }
-  const uint8_t* data_ = nullptr;
-  uint64_t size_ = 0;
-};
-
 struct FileBatch {
   size_t begin = 0, end = 0;      // tensors [begin, end)
   uint64_t offset = 0, size = 0;  // their bytes in the rebuilt file
@@ -184,8 +132,8 @@ struct FileBatch {
 };
 
 // Runs `fn` on its own thread (on the caller's when no thread can start)
-// until Join(). `fn` reports through what it captures; an allocation failure
-// in it becomes `failed`.
+// until Join(). `fn` reports through what it captures; an exception in it
+// (an allocation failure) makes Join() RESOURCE_EXHAUSTED.
 class Helper {
  public:
   explicit Helper(std::function<void()> fn) : fn_(std::move(fn)) {
@@ -258,7 +206,8 @@ absl::StatusOr<uint64_t> RebuildToFile(const std::string& path, const RebuildCon
   FastStreamingHash128 whole;
   whole.Update(ix.safetensors_prefix);
   RETURN_IF_ERROR(file.Resize(ix.original_size));
-  const MappedInput input = MappedInput::Open(path, ix.stored_size);
+  // The input, mapped read-only (when it cannot be, groups are read).
+  const ReadOnlyMapping input = ReadOnlyMapping::Open(path, ix.stored_size);
   bool in_place = ctx.in_place;
   std::vector<uint8_t> buffers[2];  // when not in place: batch k decodes into buffers[k % 2]
 

@@ -350,6 +350,44 @@ absl::Status AtomicFile::Commit() {
   return FsyncParent(path_);
 }
 
+ReadOnlyMapping ReadOnlyMapping::Open(const std::string& path, uint64_t expected_size) {
+  ReadOnlyMapping m;
+  if (expected_size == 0 || expected_size > std::numeric_limits<size_t>::max()) return m;
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // never waits on a FIFO
+  if (fd < 0) return m;
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == expected_size) {
+    void* p = mmap(nullptr, static_cast<size_t>(expected_size), PROT_READ, MAP_SHARED, fd, 0);
+    if (p != MAP_FAILED) {
+      m.data_ = static_cast<const uint8_t*>(p);
+      m.size_ = expected_size;
+    }
+  }
+  close(fd);
+  return m;
+}
+
+ReadOnlyMapping::ReadOnlyMapping(ReadOnlyMapping&& other) noexcept : data_(other.data_), size_(other.size_) {
+  other.data_ = nullptr;
+  other.size_ = 0;
+}
+
+ReadOnlyMapping::~ReadOnlyMapping() {
+  if (data_ != nullptr) munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
+}
+
+void ReadOnlyMapping::WillNeed(uint64_t offset, uint64_t size) const { Advise(offset, size, MADV_WILLNEED); }
+
+void ReadOnlyMapping::Release(uint64_t offset, uint64_t size) const { Advise(offset, size, MADV_DONTNEED); }
+
+void ReadOnlyMapping::Advise(uint64_t offset, uint64_t size, int advice) const {
+  if (data_ == nullptr || size == 0 || offset >= size_) return;
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset / page * page;
+  const uint64_t end = std::min(size_, offset + size);
+  madvise(const_cast<uint8_t*>(data_) + start, static_cast<size_t>(end - start), advice);
+}
+
 absl::Status AtomicFile::Resize(uint64_t size) {
   if (fd_ < 0) return absl::FailedPreconditionError("file already closed");
   if (size > static_cast<uint64_t>(std::numeric_limits<off_t>::max())) {

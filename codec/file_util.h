@@ -33,6 +33,37 @@ class MappedRange {
   size_t size_ = 0;
 };
 
+// A regular file mapped read-only, whole (compress and decompress read their
+// input through it: no copy, no buffer). Empty (ok() false) when the file
+// cannot be mapped, is not regular, is empty, or its size is no longer
+// `expected_size` (what the caller opened); callers then read it instead.
+// Someone truncating the file while it is mapped makes a read of the lost
+// pages SIGBUS (InstallTempCleanupOnSignals removes the temporaries then).
+class ReadOnlyMapping {
+ public:
+  static ReadOnlyMapping Open(const std::string& path, uint64_t expected_size);
+  ReadOnlyMapping() = default;
+  ReadOnlyMapping(ReadOnlyMapping&& other) noexcept;
+  ReadOnlyMapping& operator=(ReadOnlyMapping&&) = delete;
+  ~ReadOnlyMapping();
+  bool ok() const { return data_ != nullptr; }
+  uint64_t size() const { return size_; }
+  // [offset, offset + size), which must lie inside the file.
+  absl::Span<const uint8_t> bytes(uint64_t offset, uint64_t size) const { return {data_ + offset, size}; }
+  // Starts reading [offset, offset + size) into the page cache (readahead),
+  // mapping nothing yet; advisory.
+  void WillNeed(uint64_t offset, uint64_t size) const;
+  // Drops this process's mappings of the pages of [offset, offset + size)
+  // (the page cache keeps them; a later read faults them back), so the
+  // resident set stays at the part in use; advisory.
+  void Release(uint64_t offset, uint64_t size) const;
+
+ private:
+  void Advise(uint64_t offset, uint64_t size, int advice) const;
+  const uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
 // An output file under construction. Write/WriteAt go to "<path>.tmp.<pid>.<n>";
 // Commit() fsyncs and renames; the destructor removes the temporary unless
 // committed. Create() refuses an existing output unless `overwrite`, and with
