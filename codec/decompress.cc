@@ -278,7 +278,9 @@ absl::StatusOr<uint64_t> RebuildToFile(const std::string& path, const RebuildCon
   auto finish = [&](size_t k) -> absl::Status {
     FileBatch& b = batches[k];
     whole.Update(b.out);
-    if (b.mapped.bytes().empty()) RETURN_IF_ERROR(file.WriteAt(b.offset, b.out));
+    // Buffered (an empty in-place batch writes nothing: the preparer may be
+    // using the file meanwhile).
+    if (b.mapped.bytes().empty() && !b.out.empty()) RETURN_IF_ERROR(file.WriteAt(b.offset, b.out));
     b.mapped.Reset();
     for (size_t t = b.begin; t < b.end; ++t) input.Release(ix.tensors[t].blob_offset, ix.tensors[t].blob_size);
     b.groups.clear();
