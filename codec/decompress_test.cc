@@ -131,7 +131,7 @@ TEST_F(DecompressTest, DecodesStraightIntoTheOutputFile) {
   const size_t largest = test::LargestAllocation();
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(ReadAll(Path("out.safetensors")), ReadAll(Path("m.safetensors")));
-  EXPECT_LT(largest, 1u << 20) << "a tensor-sized buffer was allocated";
+  EXPECT_LT(largest, 1u << 20) << "a tensor-sized buffer was allocated: " << largest << " bytes";
 
   // Buffered, a batch is decoded into a buffer (reused: allocated once per
   // buffer, not per tensor).
