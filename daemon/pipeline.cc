@@ -37,25 +37,36 @@ Pipeline::Stats Pipeline::stats() const {
 std::unique_ptr<Pipeline::Slot> Pipeline::Admit(uint64_t bytes) {
   std::unique_lock<std::mutex> lock(mu_);
   const uint32_t depth = std::max<uint32_t>(options_.depth, 1);
-  // A layer larger than the whole staging budget goes alone.
+  // A layer larger than the whole staging budget goes alone. A load that
+  // finds the pipeline empty and nobody waiting leads: the loads after it
+  // wait until it is decoded, so the first layer of a stream has every core
+  // for its read, check and decode; then the pipeline fills up to its depth
+  // (the loads that waited for a leader never lead).
+  const bool leader = stats_.in_flight == 0 && stats_.waiting == 0;
   ++stats_.waiting;
   cv_.wait(lock, [&] {
     return stats_.in_flight == 0 ||
-           (stats_.in_flight < depth && stats_.staged_bytes + bytes <= options_.staging_bytes);
+           (!leading_ && stats_.in_flight < depth &&
+            stats_.staged_bytes + bytes <= options_.staging_bytes);
   });
   --stats_.waiting;
+  if (leader) {
+    leading_ = true;
+    ++stats_.leaders;
+  }
   ++stats_.in_flight;
   stats_.staged_bytes += bytes;
   stats_.max_in_flight = std::max(stats_.max_in_flight, stats_.in_flight);
   stats_.max_staged_bytes = std::max(stats_.max_staged_bytes, stats_.staged_bytes);
-  return std::make_unique<Slot>(this, bytes);
+  return std::make_unique<Slot>(this, bytes, leader);
 }
 
-void Pipeline::Leave(uint64_t bytes) {
+void Pipeline::Leave(uint64_t bytes, bool leader) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     --stats_.in_flight;
     stats_.staged_bytes -= bytes;
+    if (leader) leading_ = false;
   }
   cv_.notify_all();
 }

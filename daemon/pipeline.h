@@ -17,7 +17,10 @@
 //
 // Successive layers overlap: the cache runs one Load per layer on its load
 // threads, so with depth 3, layer N+2 is being read while N+1 is uploaded
-// and N decodes. Each Load runs the stages above in order on its thread
+// and N decodes. Except for the first: a load admitted into an empty
+// pipeline (the first layer of a stream, a lone request) goes alone, the
+// loads behind it admitted once it is decoded, so it has every core (on a
+// host backend, layers also decode one at a time: daemon/backend.h). Each Load runs the stages above in order on its thread
 // (a GPU backend's stages are themselves asynchronous on its streams). The
 // daemon has one pipeline: host and device loads share its bounds, so the
 // effective depth is also at most load_threads.
@@ -84,6 +87,7 @@ class Pipeline {
     uint64_t layers = 0;       // loads that went through
     uint64_t errors = 0;       // loads that failed at some stage
     uint64_t faults_injected = 0;
+    uint64_t leaders = 0;  // loads admitted into an empty pipeline (they went alone)
   };
   Stats stats() const;
   const PipelineOptions& options() const { return options_; }
@@ -92,14 +96,16 @@ class Pipeline {
   // A pipeline slot, released on destruction.
   class Slot {
    public:
-    Slot(Pipeline* pipeline, uint64_t bytes) : pipeline_(pipeline), bytes_(bytes) {}
+    Slot(Pipeline* pipeline, uint64_t bytes, bool leader)
+        : pipeline_(pipeline), bytes_(bytes), leader_(leader) {}
     Slot(const Slot&) = delete;
     Slot& operator=(const Slot&) = delete;
-    ~Slot() { pipeline_->Leave(bytes_); }
+    ~Slot() { pipeline_->Leave(bytes_, leader_); }
 
    private:
     Pipeline* const pipeline_;
     const uint64_t bytes_;
+    const bool leader_;
   };
   // The stages.
   std::unique_ptr<Slot> Admit(uint64_t bytes);
@@ -108,12 +114,13 @@ class Pipeline {
   void InjectStagingFault(StagedLayer& layer);
   absl::StatusOr<std::shared_ptr<LayerData>> DecodeAndVerify(const StagedLayer& layer,
                                                              Backend& backend);
-  void Leave(uint64_t bytes);
+  void Leave(uint64_t bytes, bool leader);
 
   const PipelineOptions options_;
   Metrics* const metrics_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
+  bool leading_ = false;  // a load admitted into an empty pipeline is in flight
   Stats stats_;
 };
 

@@ -102,13 +102,20 @@ class GateBackend final : public Backend {
       std::unique_lock<std::mutex> lock(mu_);
       ++entered_;
       cv_.notify_all();
-      cv_.wait_for(lock, std::chrono::seconds(10), [&] { return open_; });
+      cv_.wait_for(lock, std::chrono::seconds(10), [&] { return open_ || released_ > 0; });
+      if (!open_ && released_ > 0) --released_;
     }
     return inner_->Decode(layer);
   }
   void Open() {
     std::lock_guard<std::mutex> lock(mu_);
     open_ = true;
+    cv_.notify_all();
+  }
+  // Lets `n` decodes through.
+  void Release(int n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ += n;
     cv_.notify_all();
   }
   bool WaitEntered(int n) {
@@ -121,6 +128,7 @@ class GateBackend final : public Backend {
   std::mutex mu_;
   std::condition_variable cv_;
   int entered_ = 0;
+  int released_ = 0;
   bool open_ = false;
 };
 
@@ -146,11 +154,19 @@ TEST_F(PipelineTest, DepthBoundsLayersInFlight) {
   for (int32_t i = 0; i < model->num_layers(); ++i) {
     threads.emplace_back([&, i] { EXPECT_TRUE(pipeline.Load(*model, i, backend).ok()); });
   }
-  // Six loads at once: two are in the pipeline (read, decoding), four wait.
-  const uint32_t waiting = static_cast<uint32_t>(model->num_layers()) - options.depth;
-  ASSERT_TRUE(backend.WaitEntered(static_cast<int>(options.depth)));
-  EXPECT_TRUE(
-      WaitForStats(pipeline, [&](const Pipeline::Stats& s) { return s.waiting == waiting; }));
+  // Six loads at once: the first goes alone (it found the pipeline empty),
+  // five wait until it is decoded; then two are in the pipeline (read,
+  // decoding), three wait.
+  const uint32_t layers = static_cast<uint32_t>(model->num_layers());
+  ASSERT_TRUE(backend.WaitEntered(1));
+  EXPECT_TRUE(WaitForStats(pipeline,
+                           [&](const Pipeline::Stats& s) { return s.waiting == layers - 1; }));
+  EXPECT_EQ(pipeline.stats().in_flight, 1u);
+  backend.Release(1);
+  ASSERT_TRUE(backend.WaitEntered(1 + static_cast<int>(options.depth)));
+  EXPECT_TRUE(WaitForStats(pipeline, [&](const Pipeline::Stats& s) {
+    return s.waiting == layers - 1 - options.depth;
+  }));
   EXPECT_EQ(pipeline.stats().in_flight, options.depth);
   backend.Open();
   for (auto& t : threads) t.join();
@@ -158,6 +174,35 @@ TEST_F(PipelineTest, DepthBoundsLayersInFlight) {
   EXPECT_EQ(pipeline.stats().in_flight, 0u);
   EXPECT_EQ(pipeline.stats().staged_bytes, 0u);
   EXPECT_EQ(pipeline.stats().layers, static_cast<uint64_t>(model->num_layers()));
+  EXPECT_GE(pipeline.stats().leaders, 1u);
+}
+
+// The first layer into an empty pipeline goes alone until it is decoded
+// (every core for it: the layers prefetched behind it neither read nor
+// decode meanwhile); then the pipeline fills up to its depth.
+TEST_F(PipelineTest, FirstLayerIntoAnEmptyPipelineGoesAloneUntilDecoded) {
+  auto model = Open();
+  ASSERT_NE(model, nullptr);
+  PipelineOptions options;
+  options.depth = 3;
+  Pipeline pipeline(options, nullptr);
+  HostBackend host(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  GateBackend backend(&host);
+  std::thread first([&] { EXPECT_TRUE(pipeline.Load(*model, 0, backend).ok()); });
+  ASSERT_TRUE(backend.WaitEntered(1));
+  std::thread second([&] { EXPECT_TRUE(pipeline.Load(*model, 1, backend).ok()); });
+  std::thread third([&] { EXPECT_TRUE(pipeline.Load(*model, 2, backend).ok()); });
+  EXPECT_TRUE(WaitForStats(pipeline, [](const Pipeline::Stats& s) { return s.waiting == 2; }));
+  EXPECT_EQ(pipeline.stats().in_flight, 1u);  // not 3: the first is alone
+  backend.Release(1);
+  first.join();
+  ASSERT_TRUE(backend.WaitEntered(3));  // both behind it, together
+  EXPECT_EQ(pipeline.stats().in_flight, 2u);
+  backend.Open();
+  second.join();
+  third.join();
+  EXPECT_EQ(pipeline.stats().max_in_flight, 2u);
+  EXPECT_EQ(pipeline.stats().leaders, 1u);
 }
 
 TEST_F(PipelineTest, StagingBytesBoundTheBytesInFlight) {
@@ -505,7 +550,9 @@ TEST_F(PipelineTest, HostLayersDecodeOneAtATimeOnThePool) {
   for (int32_t i = 0; i < model->num_layers(); ++i) {
     threads.emplace_back([&, i] { results[i] = pipeline.Load(*model, i, backend); });
   }
-  ASSERT_TRUE(backend.WaitEntered(static_cast<int>(options.depth)));
+  ASSERT_TRUE(backend.WaitEntered(1));  // the first goes alone
+  backend.Release(1);
+  ASSERT_TRUE(backend.WaitEntered(1 + static_cast<int>(options.depth)));
   backend.Open();  // four decodes at once
   for (auto& t : threads) t.join();
   for (int32_t i = 0; i < model->num_layers(); ++i) {
