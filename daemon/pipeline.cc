@@ -42,14 +42,19 @@ std::unique_ptr<Pipeline::Slot> Pipeline::Admit(uint64_t bytes) {
   // wait until it is decoded, so the first layer of a stream has every core
   // for its read, check and decode; then the pipeline fills up to its depth
   // (the loads that waited for a leader never lead).
+  // Loads are admitted in arrival order (tickets), so a prefetch that
+  // arrived later never overtakes the layer a client waits for.
   const bool leader = stats_.in_flight == 0 && stats_.waiting == 0;
+  const uint64_t ticket = next_ticket_++;
   ++stats_.waiting;
   cv_.wait(lock, [&] {
-    return stats_.in_flight == 0 ||
-           (!leading_ && stats_.in_flight < depth &&
-            stats_.staged_bytes + bytes <= options_.staging_bytes);
+    return ticket == admit_ticket_ &&
+           (stats_.in_flight == 0 ||
+            (!leading_ && stats_.in_flight < depth &&
+             stats_.staged_bytes + bytes <= options_.staging_bytes));
   });
   --stats_.waiting;
+  ++admit_ticket_;
   if (leader) {
     leading_ = true;
     ++stats_.leaders;
@@ -58,6 +63,8 @@ std::unique_ptr<Pipeline::Slot> Pipeline::Admit(uint64_t bytes) {
   stats_.staged_bytes += bytes;
   stats_.max_in_flight = std::max(stats_.max_in_flight, stats_.in_flight);
   stats_.max_staged_bytes = std::max(stats_.max_staged_bytes, stats_.staged_bytes);
+  lock.unlock();
+  cv_.notify_all();  // the next ticket may fit too
   return std::make_unique<Slot>(this, bytes, leader);
 }
 

@@ -121,6 +121,8 @@ class Pipeline {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool leading_ = false;  // a load admitted into an empty pipeline is in flight
+  uint64_t next_ticket_ = 0;   // taken by each load arriving at admission
+  uint64_t admit_ticket_ = 0;  // the ticket admitted next (arrival order)
   Stats stats_;
 };
 

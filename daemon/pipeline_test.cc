@@ -101,6 +101,7 @@ class GateBackend final : public Backend {
     {
       std::unique_lock<std::mutex> lock(mu_);
       ++entered_;
+      entered_layers_.push_back(layer.plan->index);
       cv_.notify_all();
       cv_.wait_for(lock, std::chrono::seconds(10), [&] { return open_ || released_ > 0; });
       if (!open_ && released_ > 0) --released_;
@@ -118,6 +119,10 @@ class GateBackend final : public Backend {
     released_ += n;
     cv_.notify_all();
   }
+  std::vector<int32_t> entered_layers() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entered_layers_;
+  }
   bool WaitEntered(int n) {
     std::unique_lock<std::mutex> lock(mu_);
     return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_ >= n; });
@@ -128,6 +133,7 @@ class GateBackend final : public Backend {
   std::mutex mu_;
   std::condition_variable cv_;
   int entered_ = 0;
+  std::vector<int32_t> entered_layers_;
   int released_ = 0;
   bool open_ = false;
 };
@@ -582,6 +588,38 @@ TEST_F(PipelineTest, HostStagingIsReusedWithinItsBound) {
   for (int32_t i = 0; i < 2; ++i) ASSERT_TRUE(pipeline.Load(*model, i, none).ok());
   EXPECT_EQ(none.stats().staging_reused, 0u);
   EXPECT_EQ(none.stats().idle_staging_bytes, 0u);
+}
+
+// Loads are admitted in arrival order: a layer asked first is never
+// overtaken by prefetches that arrived after it while both waited.
+TEST_F(PipelineTest, LoadsAreAdmittedInArrivalOrder) {
+  auto model = Open();
+  ASSERT_NE(model, nullptr);
+  PipelineOptions options;
+  options.depth = 1;
+  Pipeline pipeline(options, nullptr);
+  HostBackend host(arenas_.get(), nullptr, DecoderImpl::kAuto);
+  GateBackend backend(&host);
+  auto load = [&](int32_t i) {
+    auto data = pipeline.Load(*model, i, backend);
+    EXPECT_TRUE(data.ok()) << data.status();
+  };
+  std::thread first(load, 0);
+  ASSERT_TRUE(backend.WaitEntered(1));
+  std::vector<std::thread> later;
+  for (int32_t i = 1; i < model->num_layers(); ++i) {
+    later.emplace_back(load, i);
+    // Each waits before the next arrives.
+    ASSERT_TRUE(WaitForStats(pipeline, [&](const Pipeline::Stats& s) {
+      return s.waiting == static_cast<uint32_t>(i);
+    }));
+  }
+  backend.Open();
+  first.join();
+  for (auto& t : later) t.join();
+  const std::vector<int32_t> order = backend.entered_layers();  // the decode stage's order
+  ASSERT_EQ(order.size(), static_cast<size_t>(model->num_layers()));
+  for (int32_t i = 0; i < model->num_layers(); ++i) EXPECT_EQ(order[i], i);
 }
 
 }  // namespace
