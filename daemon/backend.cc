@@ -181,7 +181,6 @@ absl::StatusOr<std::shared_ptr<LayerData>> HostBackend::Decode(const StagedLayer
     return IsAllocationFailure(backed) ? MarkAllocationFailure(annotated) : annotated;
   }
   Block& block = **arena;
-  if (!recycled) PopulateBlock(block, pool_);
   absl::Span<uint8_t> memory = block.bytes();
   // A recycled block holds another layer's bytes: every byte no tensor
   // overwrites is zeroed (each tensor is decoded whole, and its hash check
@@ -211,6 +210,10 @@ absl::StatusOr<std::shared_ptr<LayerData>> HostBackend::Decode(const StagedLayer
     // each load then decodes on its own thread).
     std::optional<DecodeTurn> turn;
     if (pool_ != nullptr) turn.emplace(this);
+    // Fresh pages are mapped in this layer's turn, on every core: mapping
+    // them while an earlier layer decodes would put these tasks on the
+    // pool's queue among its chunks and delay it.
+    if (!recycled) PopulateBlock(block, pool_);
     st = DecodeTensors(jobs, decode);
   }
   if (!st.ok()) return Annotate(st, layer.what);

@@ -90,10 +90,11 @@ class Backend {
   virtual absl::StatusOr<std::shared_ptr<LayerData>> Decode(const StagedLayer& layer) = 0;
 };
 
-// The CPU path. A layer's block of `arenas` is allocated and backed before
-// its decode (committed: a full shm filesystem is an allocation failure the
-// cache evicts for; fresh pages also mapped, MADV_POPULATE_WRITE, so decode
-// threads take no page faults), while the layer before it still decodes.
+// The CPU path. A layer's block of `arenas` is allocated and committed
+// while the layer before it still decodes (a full shm filesystem is an
+// allocation failure the cache evicts for); fresh pages are then mapped in
+// its own decode turn, on the pool (MADV_POPULATE_WRITE: the decode threads
+// take no page faults).
 // Recycled blocks (ArenaPool warm pages) need neither; every byte of one
 // that no tensor covers is zeroed, so no byte of the layer that had the
 // block before reaches a client. Then the layer's tensors decode as one
@@ -104,11 +105,14 @@ class Backend {
 // not after sharing the cores with the layers prefetched behind it (their
 // reads and page backing overlap its decode). Idle staging buffers are kept
 // for reuse, at most `max_idle_staging` bytes (fresh heap pages cost about
-// as much as decoding into them).
+// as much as decoding into them): by default room for two staged 7B-shaped
+// layers (~270 MB stored each, with --staging-bytes 1G so they overlap).
+inline constexpr uint64_t kDefaultMaxIdleStaging = 1ull << 30;
+
 class HostBackend final : public Backend {
  public:
   HostBackend(ArenaPool* arenas, ThreadPool* pool, DecoderImpl impl,
-              uint64_t max_idle_staging = 512ull << 20);
+              uint64_t max_idle_staging = kDefaultMaxIdleStaging);
   ~HostBackend() override;
   const std::string& device() const override { return device_; }
   absl::StatusOr<std::unique_ptr<StagingBuffer>> AllocateStaging(uint64_t bytes) override;
