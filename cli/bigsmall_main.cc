@@ -93,9 +93,13 @@ int Main(int argc, char** argv) {
       ->required();
   compress->add_option("-o,--output", ca.output, "Output path (default: INPUT.bs; a Hub model: NAME.bs)");
   CLI::Option* storage =
-      compress->add_flag("--storage", ca.storage, "Smallest output: exponent-conditioned mantissa tables, larger chunks, zstd level 9");
+      compress->add_flag("--storage", ca.storage,
+                         "Smallest output: every candidate per tensor measured (exponent-conditioned mantissa "
+                         "tables, larger chunks, zstd -19 on small and structured tensors), smallest kept");
   CLI::Option* inference =
-      compress->add_flag("--inference", ca.inference, "Fastest decode: plain rANS/raw planes only (no zstd); default is balanced");
+      compress->add_flag("--inference", ca.inference,
+                         "Fastest decode: per tensor, the cheapest-to-decode coding within 0.2% of the "
+                         "smallest; default is balanced");
   storage->excludes(inference);
   compress->add_option("--base", ca.base, "Store a fine-tune as a delta against this base file or directory");
   AddThreadsOption(compress, ca.threads);
@@ -103,6 +107,10 @@ int Main(int argc, char** argv) {
                        "Custom layer grouping: a prefix with one {N}, e.g. 'decoder.block.{N}.'");
   compress->add_option("--chunk-elements", ca.chunk_elements, "Elements per coded chunk (default: the mode's)")
       ->check(CLI::Range(uint32_t{1}, kMaxChunkElements));
+  compress->add_option("--layout", ca.layout,
+                       "File layout: aligned (4 KiB-aligned groups, for O_DIRECT reads), packed (no padding), "
+                       "or auto (packed below 64 MiB of original; the default)")
+      ->check(CLI::IsMember({"auto", "aligned", "packed"}));
   compress->add_flag("--follow-symlinks", ca.follow_symlinks,
                      "Directories: also follow symlinks that point outside the model directory "
                      "(by default only links inside it, or into its Hugging Face repo's blobs/, are followed)");

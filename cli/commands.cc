@@ -229,6 +229,9 @@ absl::StatusOr<Json> CompressToJson(const CompressArgs& args) {
   options.base = args.base;
   options.layer_pattern = args.layer_pattern;
   options.chunk_elements = args.chunk_elements;
+  options.layout = args.layout == "aligned"  ? Layout::kAligned
+                   : args.layout == "packed" ? Layout::kPacked
+                                             : Layout::kAuto;
   options.force = args.force;
   ProgressBar bar("compressing", ShowProgress(args.json, args.quiet));
   options.progress = bar.Callback();

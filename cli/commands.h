@@ -25,6 +25,7 @@ struct CompressArgs {
   int threads = 0;
   std::string layer_pattern;
   uint32_t chunk_elements = 0;
+  std::string layout = "auto";  // auto | aligned | packed (docs/FORMAT.md §1.1)
   bool follow_symlinks = false;
   bool force = false;
   bool json = false;

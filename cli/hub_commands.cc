@@ -303,6 +303,9 @@ absl::StatusOr<Json> HubCompress(const CompressArgs& args) {
   options.base = args.base;
   options.layer_pattern = args.layer_pattern;
   options.chunk_elements = args.chunk_elements;
+  options.layout = args.layout == "aligned"  ? Layout::kAligned
+                   : args.layout == "packed" ? Layout::kPacked
+                                             : Layout::kAuto;
   options.force = true;  // over the (empty) temporary directory
   ProgressBar bar("compressing", show);
   options.progress = bar.Callback();

@@ -74,11 +74,13 @@ absl::StatusOr<FileHeader> ParseFileHeader(absl::Span<const uint8_t> bytes, absl
                                    kFormatVersionMajor, ".", kFormatVersionMinor, ")")),
         ErrorKind::kUnsupportedVersion);
   }
-  if ((h.flags & ~kFlagDelta) != 0) return Corrupt(what, "unknown header flags");
+  const uint32_t known_flags = kFlagDelta | (h.version_minor >= kFormatVersionMinorPacked ? kFlagPacked : 0);
+  if ((h.flags & ~known_flags) != 0) return Corrupt(what, "unknown header flags");
+  const bool packed = (h.flags & kFlagPacked) != 0;
   if (h.index_raw_size > kMaxIndexSize || h.index_stored_size > kMaxIndexSize) {
     return Corrupt(what, "index size out of range");
   }
-  if (h.index_offset < kGroupAlignment || h.index_offset > h.file_size ||
+  if (h.index_offset < (packed ? kFileHeaderSize : kGroupAlignment) || h.index_offset > h.file_size ||
       h.index_stored_size > h.file_size - h.index_offset) {
     return Corrupt(what, "index lies outside the file");
   }
@@ -151,7 +153,10 @@ absl::StatusOr<BsIndex> ParseIndexImpl(absl::Span<const uint8_t> raw, const File
     if (bt.group >= num_groups) return Corrupt(where, absl::StrCat("tensor ", bt.info.name, ": bad group"));
   }
   ix.groups.resize(num_groups);
-  uint64_t prev_end = kGroupAlignment;
+  // Aligned files: groups on 4 KiB boundaries from 4096, in file order.
+  // Packed files (§1.1): back to back from offset 64, the index right after.
+  const bool packed = (header.flags & kFlagPacked) != 0;
+  uint64_t prev_end = packed ? kFileHeaderSize : kGroupAlignment;
   for (uint32_t g = 0; g < num_groups; ++g) {
     BsGroup& grp = ix.groups[g];
     ASSIGN_OR_RETURN(grp.name, r.String("group name", 4096));
@@ -161,8 +166,8 @@ absl::StatusOr<BsIndex> ParseIndexImpl(absl::Span<const uint8_t> raw, const File
     ASSIGN_OR_RETURN(uint32_t n, r.U32("group tensor count"));
     if (n > num_tensors) return Corrupt(where, "group tensor count out of range");
     if (grp.layer < -1) return Corrupt(where, "bad layer number");
-    if (grp.offset % kGroupAlignment != 0 || grp.offset < prev_end ||
-        grp.size > header.index_offset || grp.offset > header.index_offset - grp.size) {
+    const bool placed = packed ? grp.offset == prev_end : grp.offset % kGroupAlignment == 0 && grp.offset >= prev_end;
+    if (!placed || grp.size > header.index_offset || grp.offset > header.index_offset - grp.size) {
       return Corrupt(where, absl::StrCat("group ", g, " has a bad byte range"));
     }
     prev_end = grp.offset + grp.size;
@@ -181,6 +186,9 @@ absl::StatusOr<BsIndex> ParseIndexImpl(absl::Span<const uint8_t> raw, const File
       grp.tensors.push_back(t);
     }
     if (cursor != grp.offset + grp.size) return Corrupt(where, absl::StrCat("group ", g, " size mismatch"));
+  }
+  if (packed && prev_end != header.index_offset) {
+    return Corrupt(where, "packed file: the index does not follow the last group");
   }
   uint64_t listed = 0;
   for (const auto& g : ix.groups) listed += g.tensors.size();
@@ -236,9 +244,13 @@ absl::StatusOr<std::unique_ptr<BsReader>> BsReader::OpenImpl(std::unique_ptr<Byt
     return Corrupt(what, absl::StrCat("file is ", source->size(), " bytes, header says ",
                                       header.file_size, " (truncated or appended to)"));
   }
-  if (head.size() != kGroupAlignment) return Corrupt(what, "index lies outside the file");  // unreachable
-  RETURN_IF_ERROR(CheckZeroPadding(what, absl::MakeConstSpan(head).subspan(kFileHeaderSize), kFileHeaderSize,
-                                   "after the header"));
+  if ((header.flags & kFlagPacked) == 0) {
+    // Aligned files have 4 KiB of header and padding (index_offset >= 4096);
+    // packed files have no padding (their groups start at 64).
+    if (head.size() != kGroupAlignment) return Corrupt(what, "index lies outside the file");  // unreachable
+    RETURN_IF_ERROR(CheckZeroPadding(what, absl::MakeConstSpan(head).subspan(kFileHeaderSize), kFileHeaderSize,
+                                     "after the header"));
+  }
   ASSIGN_OR_RETURN(auto stored, ReadRange(*source, header.index_offset, header.index_stored_size));
   if (HashBytes64(stored) != header.index_checksum) return Corrupt(what, "index checksum mismatch");
   // The zstd frame must be one frame filling the stored bytes and declaring
@@ -315,7 +327,8 @@ absl::Status BsReader::CheckPadding() const {
       }
       return absl::OkStatus();
     };
-    // ParseIndex checked that groups lie in file order in [4096, index_offset).
+    // ParseIndex checked that groups lie in file order in [4096, index_offset)
+    // (packed files: back to back from 64 up to the index, so no gap).
     uint64_t cursor = kFileHeaderSize;
     std::string region = "after the header";
     for (uint32_t g = 0; g < index_.groups.size(); ++g) {

@@ -65,6 +65,8 @@ struct BsIndex {
   std::vector<BsGroup> groups;    // non-layer group (if any) first, then layers ascending
   std::vector<BsTensor> tensors;  // in safetensors data order
   bool is_delta() const { return (flags & kFlagDelta) != 0; }
+  // Format 1.2 packed layout: no padding, groups back to back from offset 64.
+  bool is_packed() const { return (flags & kFlagPacked) != 0; }
   // Format 1.1 and later: every tensor has a device checksum and every group
   // a group checksum (docs/FORMAT.md §3.2).
   bool has_checksums() const { return version_minor >= kFormatVersionMinorChecksums; }

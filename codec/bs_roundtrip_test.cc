@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/alloc_hook_for_test.h"
 #include "codec/bs_reader.h"
+#include "codec/byte_io.h"
 #include "codec/byte_source.h"
 #include "codec/error_kind.h"
 #include "codec/format.h"
@@ -111,7 +112,9 @@ TEST_F(RoundTripTest, FileRoundTripsInEveryMode) {
 
 TEST_F(RoundTripTest, IndexGroupsLayersInOrder) {
   WriteAll(Path("m.safetensors"), MakeSafetensors(LlamaLike(2, 12)));
-  ASSERT_TRUE(CompressPath(Path("m.safetensors"), Path("m.bs"), {}).ok());
+  CompressOptions aligned;
+  aligned.layout = Layout::kAligned;
+  ASSERT_TRUE(CompressPath(Path("m.safetensors"), Path("m.bs"), aligned).ok());
   auto r = BsReader::OpenFile(Path("m.bs"));
   ASSERT_TRUE(r.ok()) << r.status();
   const auto& ix = (*r)->index();
@@ -292,6 +295,59 @@ TEST_F(RoundTripTest, DecodeTensorsBatchRebuildsDeltasAndChecksHashes) {
   EXPECT_THAT(std::string(st.message()), HasSubstr("tensor '" + lt.info.name + "'"));
 }
 
+// docs/FORMAT.md §1.1: small originals are packed (no padding: groups back
+// to back from offset 64, the index right after the last group); big ones,
+// or --layout aligned, keep 4 KiB alignment. Both decode the same; a packed
+// file whose groups leave a gap, or a packed flag in a 1.1 file, is refused.
+TEST_F(RoundTripTest, PackedLayout) {
+  const auto original = MakeSafetensors(LlamaLike(9, 4));
+  WriteAll(Path("m.safetensors"), original);
+  CompressOptions co;
+  ASSERT_TRUE(CompressPath(Path("m.safetensors"), Path("packed.bs"), co).ok());
+  co.layout = Layout::kAligned;
+  ASSERT_TRUE(CompressPath(Path("m.safetensors"), Path("aligned.bs"), co).ok());
+  auto packed = BsReader::OpenFile(Path("packed.bs"));
+  auto aligned = BsReader::OpenFile(Path("aligned.bs"));
+  ASSERT_TRUE(packed.ok() && aligned.ok());
+  const BsIndex& p = (*packed)->index();
+  EXPECT_TRUE(p.is_packed());
+  EXPECT_FALSE((*aligned)->index().is_packed());
+  uint64_t cursor = kFileHeaderSize;
+  for (const BsGroup& g : p.groups) {
+    EXPECT_EQ(g.offset, cursor);
+    cursor = g.offset + g.size;
+  }
+  EXPECT_EQ(p.index_offset, cursor);
+  const uint64_t packed_size = fs::file_size(Path("packed.bs"));
+  const uint64_t aligned_size = fs::file_size(Path("aligned.bs"));
+  EXPECT_LE(packed_size + 4096 - kFileHeaderSize, aligned_size);
+  for (const char* name : {"packed.bs", "aligned.bs"}) {
+    DecompressOptions d;
+    d.force = true;
+    ASSERT_TRUE(DecompressPath(Path(name), Path("out.safetensors"), d).ok()) << name;
+    EXPECT_EQ(ReadAll(Path("out.safetensors")), original) << name;
+    VerifyOptions v;
+    v.against = Path("m.safetensors");
+    EXPECT_TRUE(VerifyPath(Path(name), v).ok()) << name;
+  }
+  // The packed flag in a 1.1 file is an unknown flag there.
+  auto bytes = ReadAll(Path("packed.bs"));
+  bytes[10] = 1;  // version_minor 1
+  StoreLe64(bytes.data() + 56, HashBytes64(absl::MakeConstSpan(bytes.data(), 56)));
+  WriteAll(Path("v11.bs"), bytes);
+  auto v11 = BsReader::OpenFile(Path("v11.bs"));
+  EXPECT_EQ(v11.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(v11.status().message()), HasSubstr("unknown header flags"));
+  // The packed flag on an aligned file: its groups leave gaps.
+  bytes = ReadAll(Path("aligned.bs"));
+  bytes[12] |= static_cast<uint8_t>(kFlagPacked);
+  StoreLe64(bytes.data() + 56, HashBytes64(absl::MakeConstSpan(bytes.data(), 56)));
+  WriteAll(Path("gaps.bs"), bytes);
+  auto gaps = BsReader::OpenFile(Path("gaps.bs"));
+  EXPECT_EQ(gaps.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(gaps.status().message()), HasSubstr("bad byte range"));
+}
+
 // Each damage on its own must be caught with DATA_LOSS naming the file
 // (docs/FORMAT.md "Errors"), leaving nothing behind. A flip in the padding
 // (docs/FORMAT.md §1: must be zero) fails verify naming its offset; decompress
@@ -299,7 +355,9 @@ TEST_F(RoundTripTest, DecodeTensorsBatchRebuildsDeltasAndChecksHashes) {
 // never reads), rebuilds the right bytes.
 TEST_F(RoundTripTest, CorruptFilesFailCleanlyAndLeaveNothing) {
   WriteAll(Path("m.safetensors"), MakeSafetensors(LlamaLike(8)));
-  ASSERT_TRUE(CompressPath(Path("m.safetensors"), Path("m.bs"), {}).ok());
+  CompressOptions aligned;  // the layout with padding (packed files have none: PackedLayout below)
+  aligned.layout = Layout::kAligned;
+  ASSERT_TRUE(CompressPath(Path("m.safetensors"), Path("m.bs"), aligned).ok());
   const auto good = ReadAll(Path("m.bs"));
   // Which bytes a decoder decodes: the header, the groups, the index.
   std::vector<bool> read(good.size(), false);

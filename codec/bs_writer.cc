@@ -141,14 +141,18 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
   BsWriteResult result;
   result.input_bytes = original_size;
   result.tensors = tensors.size();
-  RETURN_IF_ERROR(out.PadTo(kGroupAlignment));
+  // Small originals are packed (docs/FORMAT.md §1.1): no 4 KiB alignment.
+  const bool packed = options.layout == Layout::kPacked ||
+                      (options.layout == Layout::kAuto && original_size < kPackedBelow);
+  const uint64_t alignment = packed ? 1 : kGroupAlignment;
+  RETURN_IF_ERROR(out.PadTo(packed ? kFileHeaderSize : kGroupAlignment));
   uint64_t done = file.prefix.size();
   EncodeOptions eo;
   eo.mode = options.mode;
   eo.chunk_elements = options.chunk_elements;
   eo.pool = &pool;
   for (GroupPlan& g : groups) {
-    const uint64_t aligned = (out.size() + kGroupAlignment - 1) / kGroupAlignment * kGroupAlignment;
+    const uint64_t aligned = (out.size() + alignment - 1) / alignment * alignment;
     RETURN_IF_ERROR(out.PadTo(aligned));
     g.offset = aligned;
     // Tensors of a group are encoded concurrently in batches of bounded size
@@ -226,7 +230,7 @@ absl::StatusOr<BsWriteResult> WriteBsFile(const std::string& input, AtomicFile& 
   ByteWriter w(&fields);
   w.U16(kFormatVersionMajor);
   w.U16(kFormatVersionMinor);
-  w.U32(base != nullptr ? kFlagDelta : 0);
+  w.U32((base != nullptr ? kFlagDelta : 0) | (packed ? kFlagPacked : 0));
   w.U64(index_offset);
   w.U64(stored.size());
   w.U64(raw.size());

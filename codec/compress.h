@@ -12,8 +12,17 @@
 
 namespace bigsmall {
 
+// File layout (docs/FORMAT.md §1): aligned (groups on 4 KiB boundaries, for
+// O_DIRECT reads of big files) or packed (no padding at all).
+enum class Layout : uint8_t {
+  kAuto = 0,     // packed below kPackedBelow (64 MiB of original), else aligned
+  kAligned = 1,
+  kPacked = 2,
+};
+
 struct CompressOptions {
   Mode mode = Mode::kBalanced;
+  Layout layout = Layout::kAuto;
   int threads = 0;              // 0: all cores
   std::string base;             // fine-tune delta against this safetensors file or directory
   std::string layer_pattern;    // custom layer pattern, see LayerOf()

@@ -39,6 +39,13 @@ inline constexpr uint32_t kMaxChunkElements = 1u << 24;
 
 // File header flags.
 inline constexpr uint32_t kFlagDelta = 1u << 0;  // tensors may be XOR deltas against a base
+// 1.2: groups packed back to back from offset 64, no padding anywhere
+// (docs/FORMAT.md §1.1); writers use it for originals below kPackedBelow,
+// where 4 KiB alignment is a visible share of the file and O_DIRECT does not
+// matter.
+inline constexpr uint32_t kFlagPacked = 1u << 1;
+inline constexpr uint16_t kFormatVersionMinorPacked = 2;  // first minor with kFlagPacked
+inline constexpr uint64_t kPackedBelow = 64ull << 20;
 
 // Per-tensor flags in the index.
 inline constexpr uint8_t kTensorFlagDelta = 1u << 0;  // blob codes (tensor XOR base tensor)

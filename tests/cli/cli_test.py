@@ -668,9 +668,10 @@ def test_corrupt_exact_middle(env):
     d = env.scratch()
     m = env.copy_model(d)
     bs = os.path.join(d, "model.bs")
-    run(["compress", m, "-o", bs, "-q"], expect=0)
+    # The aligned layout: the one with padding (a packed file, section 1.1, has none).
+    run(["compress", m, "-o", bs, "--layout", "aligned", "-q"], expect=0)
     good = open(bs, "rb").read()
-    header_padding = next(o for o in range(64, len(good)) if not decoder_reads(bs, o))
+    header_padding = next(o for o in range(64, 4096) if not decoder_reads(bs, o))
     groups = sorted(info_json(bs)["groups"], key=lambda g: g["offset"])
     group_padding = next(g["offset"] + g["stored_bytes"] for g in groups[:-1]  # the last one ends at the index
                          if (g["offset"] + g["stored_bytes"]) % 4096 != 0)
@@ -788,6 +789,21 @@ def test_options(env):
     layers = sorted(g["layer"] for g in info_json(t5p + ".bs")["groups"])
     check(layers == [-1, 0, 1, 2], "layer-pattern groups %s" % layers)
     run(["verify", t5p + ".bs", "--against", t5p, "-q"], expect=0)
+    # --layout (docs/FORMAT.md 1.1): small files are packed by default (groups back to back from 64),
+    # aligned on request; both verify and decode to the same file.
+    sizes = {}
+    for layout in ("auto", "packed", "aligned"):
+        out_bs = os.path.join(d, "l-%s.bs" % layout)
+        run(["compress", m, "-o", out_bs, "--layout", layout, "-q"], expect=0)
+        offsets = [g["offset"] for g in info_json(out_bs)["groups"]]
+        if layout == "aligned":
+            check(offsets[0] == 4096 and all(o % 4096 == 0 for o in offsets), "aligned offsets %s" % offsets)
+        else:
+            check(offsets[0] == 64, "%s: first group at %s" % (layout, offsets[0]))
+        run(["verify", out_bs, "--against", m, "-q"], expect=0)
+        sizes[layout] = os.path.getsize(out_bs)
+    check(sizes["auto"] == sizes["packed"] and sizes["packed"] + 4032 <= sizes["aligned"], "layout sizes %s" % sizes)
+    run(["compress", m, "-o", os.path.join(d, "x.bs"), "--layout", "sideways", "-q"], expect=2)
 
 
 def run_on_pty(args):
