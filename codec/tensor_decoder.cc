@@ -355,15 +355,46 @@ absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>&
       case PlaneCoder::kConstant:
         break;  // handled above
       case PlaneCoder::kRans:
-        RETURN_IF_ERROR(rans::DecodeChunk(impl, tables[p].tables[0], payload,
-                                          absl::MakeSpan(dst, count)));
-        break;
-      case PlaneCoder::kRansConditional:
-        RETURN_IF_ERROR(rans::DecodeChunkConditional(
-            impl, tables[p].tables.data(), tables[p].tables.size(), plane.context_map.data(),
-            absl::MakeConstSpan(plane_ptr[plane.context_plane], count), payload,
-            absl::MakeSpan(dst, count)));
-        break;
+      case PlaneCoder::kRansConditional: {
+        auto job = [&](size_t q, uint8_t* q_dst, absl::Span<const uint8_t> q_payload,
+                       const uint8_t* q_context) {
+          const BlobPlane& pl = b.planes[q];
+          rans::ChunkJob j;
+          j.tables = tables[q].tables.data();
+          j.num_tables = tables[q].tables.size();
+          if (pl.coder == PlaneCoder::kRansConditional) {
+            j.context_map = pl.context_map.data();
+            j.context = absl::MakeConstSpan(q_context, count);
+          }
+          j.chunk = q_payload;
+          j.out = absl::MakeSpan(q_dst, count);
+          return j;
+        };
+        const uint8_t* context =
+            plane.coder == PlaneCoder::kRansConditional ? plane_ptr[plane.context_plane] : nullptr;
+        const rans::ChunkJob a = job(p, dst, payload, context);
+        const bool pair = np > 1 && p + 1 < np &&
+                          (b.planes[p + 1].coder == PlaneCoder::kRans ||
+                           (b.planes[p + 1].coder == PlaneCoder::kRansConditional &&
+                            static_cast<size_t>(b.planes[p + 1].context_plane) <= p));
+        if (!pair) {
+          RETURN_IF_ERROR(rans::DecodeChunkJob(impl, a));
+          break;
+        }
+        const BlobPlane& next = b.planes[p + 1];
+        uint8_t* next_dst = scratch + (p + 1) * count;
+        const uint64_t nb = next.chunk_offsets[c];
+        const auto next_payload = blob.subspan(nb, next.chunk_offsets[c + 1] - nb);
+        const uint8_t* next_context = nullptr;
+        if (next.coder == PlaneCoder::kRansConditional) {
+          next_context = static_cast<size_t>(next.context_plane) == p ? dst : plane_ptr[next.context_plane];
+        }
+        RETURN_IF_ERROR(rans::DecodeChunkPair(impl, a, job(p + 1, next_dst, next_payload, next_context)));
+        plane_ptr[p] = dst;
+        plane_ptr[p + 1] = next_dst;
+        ++p;
+        continue;
+      }
       case PlaneCoder::kZstd: {
         const size_t got = ZSTD_decompressDCtx(ThreadDctx(), dst, count, payload.data(), payload.size());
         if (ZSTD_isError(got) || got != count) {
@@ -380,6 +411,79 @@ absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>&
     return absl::OkStatus();
   }
   MergePlanes(b.split, b.width, plane_ptr, count, out);
+  return absl::OkStatus();
+}
+
+
+// Chunks c and c + 1 at once: each rANS plane's two chunk streams decode as
+// one rans::DecodeChunkPair (interleaved: one stream alone is latency bound).
+absl::Status DecodeTwoChunks(const ParsedBlob& b, const std::vector<PlaneTables>& tables,
+                             absl::Span<const uint8_t> blob, uint32_t c, DecoderImpl impl,
+                             uint8_t* out) {
+  const size_t np = b.planes.size();
+  const size_t count[2] = {b.ChunkCount(c), b.ChunkCount(c + 1)};
+  uint8_t* outs[2] = {out, out + count[0] * b.width};
+  uint8_t* scratch = np == 1 ? nullptr : Scratch((count[0] + count[1]) * np);
+  if (np > 1 && scratch == nullptr) {
+    return absl::ResourceExhaustedError("tensor blob: cannot allocate decode scratch");
+  }
+  const uint8_t* plane_ptr[2][kMaxPlanes];
+  for (size_t p = 0; p < np; ++p) {
+    const BlobPlane& plane = b.planes[p];
+    uint8_t* dst[2];
+    absl::Span<const uint8_t> payload[2];
+    for (int h = 0; h < 2; ++h) {
+      dst[h] = np == 1 ? outs[h] : scratch + h * count[0] * np + p * count[h];
+      if (plane.coder != PlaneCoder::kConstant) {
+        const uint64_t begin = plane.chunk_offsets[c + h];
+        payload[h] = blob.subspan(begin, plane.chunk_offsets[c + h + 1] - begin);
+      }
+    }
+    if (plane.coder == PlaneCoder::kRans || plane.coder == PlaneCoder::kRansConditional) {
+      rans::ChunkJob j[2];
+      for (int h = 0; h < 2; ++h) {
+        j[h].tables = tables[p].tables.data();
+        j[h].num_tables = tables[p].tables.size();
+        if (plane.coder == PlaneCoder::kRansConditional) {
+          j[h].context_map = plane.context_map.data();
+          j[h].context = absl::MakeConstSpan(plane_ptr[h][plane.context_plane], count[h]);
+        }
+        j[h].chunk = payload[h];
+        j[h].out = absl::MakeSpan(dst[h], count[h]);
+      }
+      RETURN_IF_ERROR(rans::DecodeChunkPair(impl, j[0], j[1]));
+      plane_ptr[0][p] = dst[0];
+      plane_ptr[1][p] = dst[1];
+      continue;
+    }
+    for (int h = 0; h < 2; ++h) {
+      switch (plane.coder) {
+        case PlaneCoder::kConstant:
+          std::memset(dst[h], plane.constant, count[h]);
+          plane_ptr[h][p] = dst[h];
+          break;
+        case PlaneCoder::kRaw:
+          plane_ptr[h][p] = payload[h].data();
+          break;
+        case PlaneCoder::kZstd: {
+          const size_t got = ZSTD_decompressDCtx(ThreadDctx(), dst[h], count[h], payload[h].data(),
+                                                 payload[h].size());
+          if (ZSTD_isError(got) || got != count[h]) return Corrupt("zstd chunk");
+          plane_ptr[h][p] = dst[h];
+          break;
+        }
+        default:
+          return Corrupt("coder");
+      }
+    }
+  }
+  for (int h = 0; h < 2; ++h) {
+    if (np == 1) {
+      if (plane_ptr[h][0] != outs[h]) std::memcpy(outs[h], plane_ptr[h][0], count[h]);
+    } else {
+      MergePlanes(b.split, b.width, plane_ptr[h], count[h], outs[h]);
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -447,7 +551,13 @@ absl::Status DecodeParsed(const ParsedBlob& b, absl::Span<const uint8_t> blob, a
                           out.data() + uint64_t{c} * b.chunk_elements * b.width);
   };
   if (pool != nullptr && b.num_chunks > 1) return pool->ParallelFor(b.num_chunks, decode);
-  for (uint32_t c = 0; c < b.num_chunks; ++c) RETURN_IF_ERROR(decode(c));
+  uint32_t c = 0;
+  int rans_planes = 0;
+  for (const auto& pl : b.planes) rans_planes += pl.coder == PlaneCoder::kRans || pl.coder == PlaneCoder::kRansConditional;
+  for (; rans_planes < 2 && c + 1 < b.num_chunks; c += 2) {
+    RETURN_IF_ERROR(DecodeTwoChunks(b, tables, blob, c, impl, out.data() + uint64_t{c} * b.chunk_elements * b.width));
+  }
+  for (; c < b.num_chunks; ++c) RETURN_IF_ERROR(decode(c));
   return absl::OkStatus();
 }
 
