@@ -385,5 +385,43 @@ TEST(ArenaPoolTest, DedicatedWarmArenaIsReusedOnlyForASimilarSize) {
   EXPECT_EQ((*same)->arena_id(), big_arena);
 }
 
+// Prefault backs and maps a block ahead of need and keeps it warm: the
+// next allocation of that size is recycled (no commit, no faults).
+TEST(ArenaPoolTest, PrefaultLeavesAWarmBlockForTheNextAllocation) {
+  class CountingArena : public FakeArena {
+   public:
+    using FakeArena::FakeArena;
+    void Populate(uint64_t, uint64_t size) override { populated_ += size; }
+    uint64_t populated_ = 0;
+  };
+  int live = 0;
+  std::vector<CountingArena*> arenas;
+  ArenaPool::Options options{1 << 20, "test"};
+  options.warm_limit = 1 << 20;
+  auto pool = ArenaPool::Create(options, [&](uint64_t id, uint64_t capacity)
+                                    -> absl::StatusOr<std::unique_ptr<Arena>> {
+    arenas.push_back(new CountingArena(id, capacity, &live));
+    return std::unique_ptr<Arena>(arenas.back());
+  });
+  ASSERT_TRUE(pool->Prefault(5000).ok());
+  ASSERT_EQ(arenas.size(), 1u);
+  EXPECT_EQ(arenas[0]->committed_, 8192u);
+  EXPECT_EQ(arenas[0]->populated_, 8192u);
+  EXPECT_EQ(pool->stats().warm, 8192u);
+  auto b = pool->Allocate(5000);
+  ASSERT_TRUE(b.ok());
+  EXPECT_TRUE((*b)->recycled());
+  EXPECT_EQ(arenas[0]->committed_, 8192u);
+  // Without a warm limit, Prefault leaves nothing behind.
+  auto plain = ArenaPool::Create({1 << 20, "test"}, [&](uint64_t id, uint64_t capacity)
+                                     -> absl::StatusOr<std::unique_ptr<Arena>> {
+    arenas.push_back(new CountingArena(id, capacity, &live));
+    return std::unique_ptr<Arena>(arenas.back());
+  });
+  ASSERT_TRUE(plain->Prefault(5000).ok());
+  EXPECT_EQ(plain->stats().warm, 0u);
+  EXPECT_EQ(arenas.back()->committed_, 0u);
+}
+
 }  // namespace
 }  // namespace bigsmall::daemon
