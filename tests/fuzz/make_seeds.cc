@@ -52,7 +52,33 @@ int main(int argc, char** argv) {
       ++k;
     }
   }
-  // A tiny safetensors file, compressed plain and as a delta.
+  // Every 1.2 blob form (docs/FORMAT.md §5.3-§5.5): a tiny tensor (raw), a
+  // table of repeating rows (zstd), Q4_1-like blocks as bytes (fields).
+  {
+    const std::vector<uint8_t> tiny = {1, 2, 3, 4, 5, 6, 7, 8};
+    std::vector<uint8_t> table;
+    const auto row = Values(64, 7, 200);
+    for (int r = 0; r < 64; ++r) table.insert(table.end(), row.begin(), row.end());
+    std::mt19937 rng(9);
+    std::vector<uint8_t> blocks;
+    for (int b = 0; b < 2000; ++b) {
+      const uint16_t d = static_cast<uint16_t>(0x2000 + rng() % 96), m = static_cast<uint16_t>(0xA400 + rng() % 64);
+      for (uint16_t v : {d, m}) {
+        blocks.push_back(static_cast<uint8_t>(v));
+        blocks.push_back(static_cast<uint8_t>(v >> 8));
+      }
+      for (int q = 0; q < 16; ++q) blocks.push_back(static_cast<uint8_t>((5 + rng() % 7) | ((5 + rng() % 7) << 4)));
+    }
+    const std::pair<const char*, const std::vector<uint8_t>*> forms[] = {
+        {"form_raw", &tiny}, {"form_zstd", &table}, {"form_fields", &blocks}};
+    for (const auto& [name, bytes] : forms) {
+      auto blob = EncodeTensorBlob(*bytes, ResolveDtype(bytes == &table ? "F32" : "U8"), {});
+      if (!blob.ok()) return 1;
+      Write(out / "tensor_blob" / name, *blob);
+    }
+  }
+  // A tiny safetensors file, compressed plain (packed and aligned layouts)
+  // and as a delta.
   const fs::path tmp = fs::temp_directory_path() / "bigsmall_seeds";
   fs::create_directories(tmp);
   std::string json = R"({"model.layers.0.w":{"dtype":"BF16","shape":[64],"data_offsets":[0,128]},"embed":{"dtype":"F32","shape":[8],"data_offsets":[128,160]}})";
@@ -69,6 +95,9 @@ int main(int argc, char** argv) {
   CompressOptions co;
   co.force = true;
   if (!CompressPath((tmp / "m0.safetensors").string(), (out / "bs_file" / "plain.bs").string(), co).ok()) return 1;
+  co.layout = Layout::kAligned;
+  if (!CompressPath((tmp / "m0.safetensors").string(), (out / "bs_file" / "aligned.bs").string(), co).ok()) return 1;
+  co.layout = Layout::kAuto;
   co.mode = Mode::kStorage;
   if (!CompressPath((tmp / "m0.safetensors").string(), (out / "bs_file" / "storage.bs").string(), co).ok()) return 1;
   co.base = (tmp / "m0.safetensors").string();
