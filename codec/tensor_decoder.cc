@@ -609,10 +609,12 @@ absl::Status DecodeBlobBatchImpl(absl::Span<const BlobDecodeJob> jobs, const Dec
   // only its own slot; the failing job with the lowest index wins.
   std::vector<BatchBlob> blobs(jobs.size());
   std::vector<absl::Status> prepared(jobs.size());
-  (void)run(jobs.size(), [&](size_t j) {
+  // A task that could not run (the pool's own failure, an allocation that
+  // threw) fails the batch: its job would otherwise look prepared.
+  RETURN_IF_ERROR(run(jobs.size(), [&](size_t j) {
     prepared[j] = PrepareBatchBlob(jobs[j], &blobs[j]);
     return absl::OkStatus();
-  });
+  }));
   for (size_t j = 0; j < jobs.size(); ++j) {
     if (!prepared[j].ok()) {
       *failed_job = j;
