@@ -335,6 +335,34 @@ TEST(TensorBlob, AnyAllocationFailureWhileDecodingIsResourceExhausted) {
   EXPECT_EQ(out, bytes);
 }
 
+// Regression: a batch's preparation task that threw (its decode tables
+// could not be allocated, on a pool thread) left its job looking prepared,
+// with tables missing; the batch must fail with RESOURCE_EXHAUSTED instead.
+TEST(TensorBatch, AllocationFailureWhilePreparingFailsTheBatch) {
+  // One-plane rANS blobs: their decode needs no scratch, only the tables.
+  const auto a = MakeTensor("U8", 300000, 3), b = MakeTensor("U8", 300000, 4);
+  auto ba = EncodeTensorBlob(a, ResolveDtype("U8")), bb = EncodeTensorBlob(b, ResolveDtype("U8"));
+  ASSERT_TRUE(ba.ok() && bb.ok());
+  auto sa = SummarizeTensorBlob(*ba);
+  ASSERT_TRUE(sa.ok());
+  ASSERT_EQ(sa->planes.size(), 1u);
+  ASSERT_EQ(sa->planes[0].coder, PlaneCoder::kRans);
+  std::vector<uint8_t> oa(a.size()), ob(b.size());
+  std::vector<BlobDecodeJob> jobs = {{*ba, absl::MakeSpan(oa), {}}, {*bb, absl::MakeSpan(ob), {}}};
+  ThreadPool pool(2);
+  DecodeOptions options;
+  options.pool = &pool;
+  absl::Status st;
+  {
+    test::FailLargeAllocations fail(8192);  // a decode table is 16 KiB
+    st = DecodeTensorBlobs(jobs, options);
+  }
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  ASSERT_TRUE(DecodeTensorBlobs(jobs, options).ok());
+  EXPECT_EQ(oa, a);
+  EXPECT_EQ(ob, b);
+}
+
 // DecodeTensorBlobs: many blobs of different shapes decode on one queue,
 // bit-exact, with and without a pool; xor_base rebuilds deltas; a damaged
 // blob's error names its job.
