@@ -78,6 +78,7 @@ class RoundTripTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
   std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  void MakeDeltaPair(std::vector<TestTensor>* base, std::vector<TestTensor>* ft);
   // Files in the test directory (to check no temporaries are left behind).
   std::vector<std::string> Listing() const {
     std::vector<std::string> v;
@@ -172,10 +173,11 @@ TEST_F(RoundTripTest, DirectoryRoundTrips) {
   EXPECT_EQ(VerifyPath(Path("model.bs"), v).status().code(), absl::StatusCode::kDataLoss);
 }
 
-TEST_F(RoundTripTest, DeltaAgainstBase) {
+// base.safetensors and a fine-tune ft.safetensors of it (a few low mantissa
+// bits changed, plus a tensor the base lacks), ft compressed as delta.bs.
+void RoundTripTest::MakeDeltaPair(std::vector<TestTensor>* base_out, std::vector<TestTensor>* ft_out) {
   auto base = LlamaLike(6);
   auto ft = base;
-  // Fine-tune: a few low mantissa bits change, plus a tensor the base lacks.
   for (size_t i = 0; i < ft[1].bytes.size(); i += 2) ft[1].bytes[i] ^= (i % 6 == 0) ? 1 : 0;
   ft.push_back({"lm_head.weight", "BF16", {16, 32}, RandomBf16(512, 77)});
   WriteAll(Path("base.safetensors"), MakeSafetensors(base));
@@ -183,6 +185,13 @@ TEST_F(RoundTripTest, DeltaAgainstBase) {
   CompressOptions co;
   co.base = Path("base.safetensors");
   ASSERT_TRUE(CompressPath(Path("ft.safetensors"), Path("delta.bs"), co).ok());
+  *base_out = std::move(base);
+  *ft_out = std::move(ft);
+}
+
+TEST_F(RoundTripTest, DeltaAgainstBase) {
+  std::vector<TestTensor> base, ft;
+  ASSERT_NO_FATAL_FAILURE(MakeDeltaPair(&base, &ft));
   ASSERT_TRUE(CompressPath(Path("ft.safetensors"), Path("plain.bs"), {}).ok());
   auto blob_bytes = [](const std::string& path) {
     auto r = BsReader::OpenFile(path);
@@ -217,15 +226,8 @@ TEST_F(RoundTripTest, DeltaAgainstBase) {
 // queue), bases XORed in, every hash checked; a wrong base and damaged group
 // bytes fail naming the tensor.
 TEST_F(RoundTripTest, DecodeTensorsBatchRebuildsDeltasAndChecksHashes) {
-  auto base = LlamaLike(6);
-  auto ft = base;
-  for (size_t i = 0; i < ft[1].bytes.size(); i += 2) ft[1].bytes[i] ^= (i % 6 == 0) ? 1 : 0;
-  ft.push_back({"lm_head.weight", "BF16", {16, 32}, RandomBf16(512, 77)});
-  WriteAll(Path("base.safetensors"), MakeSafetensors(base));
-  WriteAll(Path("ft.safetensors"), MakeSafetensors(ft));
-  CompressOptions co;
-  co.base = Path("base.safetensors");
-  ASSERT_TRUE(CompressPath(Path("ft.safetensors"), Path("delta.bs"), co).ok());
+  std::vector<TestTensor> base, ft;
+  ASSERT_NO_FATAL_FAILURE(MakeDeltaPair(&base, &ft));
   auto reader = BsReader::OpenFile(Path("delta.bs"));
   ASSERT_TRUE(reader.ok()) << reader.status();
   const BsIndex& ix = (*reader)->index();
