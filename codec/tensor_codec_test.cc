@@ -315,7 +315,8 @@ TEST(TensorBlob, ScratchAllocationFailureIsResourceExhausted) {
 // Regression: every other allocation on the decode path (the 16 KiB rANS
 // decode tables, parse tables) threw std::bad_alloc out of DecodeTensorBlob.
 TEST(TensorBlob, AnyAllocationFailureWhileDecodingIsResourceExhausted) {
-  const auto bytes = MakeTensor("BF16", 5000, 3);
+  // Planes past 64 KiB: rANS, whose decode tables are 16 KiB each.
+  const auto bytes = MakeTensor("BF16", 100000, 3);
   auto blob = EncodeTensorBlob(bytes, ResolveDtype("BF16"));
   ASSERT_TRUE(blob.ok());
   std::vector<uint8_t> out(bytes.size());

@@ -223,12 +223,12 @@ absl::StatusOr<std::vector<PlaneChoice>> PlaneCandidates(const std::vector<std::
   // see those. Also for near-incompressible planes (rANS saves < 15%): low
   // mantissa bytes of real FP32 checkpoints often repeat in ways order-0
   // cannot see.
-  // --storage also tries it on every plane up to 64 KiB: there a rANS table
+  // Every mode also tries it (at -19) on every plane up to 64 KiB: there a rANS table
   // (2 bytes a symbol) and the 128 bytes of lane states weigh more than
   // zstd's Huffman literals (ZipNN's method).
   // (A single-plane tensor's plane is the tensor: whole-tensor zstd covers it.)
-  const bool small_storage_plane = mode == Mode::kStorage && n <= (64u << 10) && planes.size() > 1;
-  bool try_zstd = small_storage_plane;
+  const bool small_plane = n <= (64u << 10) && planes.size() > 1;
+  bool try_zstd = small_plane;
   if (!try_zstd && (p_max >= 0.5 || rans_estimate > 0.85 * n)) {
     // On big planes, a zstd -1 probe of 64 KiB from the middle first: most
     // near-incompressible mantissa planes are no better under LZ, and
@@ -244,7 +244,7 @@ absl::StatusOr<std::vector<PlaneChoice>> PlaneCandidates(const std::vector<std::
     }
   }
   if (try_zstd) {
-    const int level = mode == Mode::kStorage ? (small_storage_plane ? 19 : 9) : 3;
+    const int level = small_plane ? 19 : mode == Mode::kStorage ? 9 : 3;
     ASSIGN_OR_RETURN(PlaneChoice pc, EncodeZstd(plane, ce, num_chunks, level, pool));
     pc.stored += 1;
     out.push_back(std::move(pc));
@@ -254,7 +254,11 @@ absl::StatusOr<std::vector<PlaneChoice>> PlaneCandidates(const std::vector<std::
 
 // The score balanced minimises: stored bytes, with slower coders made to
 // earn their place by a small margin.
-double BalancedScore(const PlaneChoice& pc) {
+// On planes up to 64 KiB the decode time is negligible whatever the coder:
+// no penalty there (balanced stays within 0.5 points of --storage on files
+// of small tensors).
+double BalancedScore(const PlaneChoice& pc, uint64_t plane_bytes) {
+  if (plane_bytes <= (64u << 10)) return static_cast<double>(pc.stored);
   const double factor = pc.coder == PlaneCoder::kRans ? 1.01 : pc.coder == PlaneCoder::kZstd ? 1.03 : 1.0;
   return static_cast<double>(pc.stored) * factor;
 }
@@ -326,7 +330,7 @@ absl::StatusOr<PlanesCandidates> BuildPlanes(absl::Span<const uint8_t> bytes, co
       size_t best = 0;
       for (size_t k = 1; k < cands.size(); ++k) {
         const bool better = options.mode == Mode::kStorage ? cands[k].stored < cands[best].stored
-                                                           : BalancedScore(cands[k]) < BalancedScore(cands[best]);
+                                                           : BalancedScore(cands[k], n) < BalancedScore(cands[best], n);
         if (better) best = k;
       }
       PlaneChoice keep = std::move(cands[best]);
@@ -705,7 +709,11 @@ absl::StatusOr<BlobCandidate> EncodeBest(absl::Span<const uint8_t> bytes, const 
       }
     }
   } else {
-    try_lz = LzProbe(bytes, 1) < 0.98 * static_cast<double>(smallest);
+    // Balanced and --inference: tensors up to 64 KiB (cheap at any level),
+    // and where a zstd -3 probe beats the planes by 2 % (-1 misses tables
+    // that -3 sees: an STFT basis is 210 KB at -1, 117 KB at -3, 164 KB as
+    // planes).
+    try_lz = bytes.size() <= (64u << 10) || LzProbe(bytes, 3) < 0.98 * static_cast<double>(smallest);
   }
   if (try_lz) {
     // zstd -19 runs at a few MB/s: past 16 MiB --storage settles for -12.
@@ -713,12 +721,21 @@ absl::StatusOr<BlobCandidate> EncodeBest(absl::Span<const uint8_t> bytes, const 
     // --inference takes balanced's level: zstd decodes as fast at -9 as at
     // -3 (the level is encode time), and -3 left it 2.8 points behind
     // balanced on a file of small structured tensors (basic-pitch).
-    const int level = mode == Mode::kStorage ? (huge ? 12 : 19) : (huge ? 6 : 9);
+    int level = mode == Mode::kStorage ? (huge ? 12 : 19) : (huge ? 6 : 9);
+    // A tensor already shown to be structured, up to 4 MiB, gets -19 in
+    // every mode when a 128 KiB sample says -19's optimal parse finds 5 %
+    // more than -9 (the STFT basis: 114 KB at -9, 60 KB at -19). Decode
+    // speed does not depend on the level.
+    if (level == 9 && bytes.size() <= (4u << 20)) {
+      constexpr size_t kSample = 128u << 10;
+      const auto sample = bytes.size() <= kSample ? bytes : bytes.subspan((bytes.size() - kSample) / 2, kSample);
+      if (bytes.size() <= (64u << 10) || LzProbe(sample, 19) < 0.95 * LzProbe(sample, 9)) level = 19;
+    }
     ASSIGN_OR_RETURN(std::vector<uint8_t> z, WholeZstdBlob(bytes, level, options.pool));
     BlobCandidate zc;
     zc.blob = std::move(z);
     zc.cost = DecodeCostPerByte(PlaneCoder::kZstd) * static_cast<double>(bytes.size());
-    zc.balanced_factor = 1.03;
+    zc.balanced_factor = bytes.size() <= (64u << 10) ? 1.0 : 1.03;
     zc.balanced_slack = 64;
     smallest = std::min<uint64_t>(smallest, zc.blob.size());
     cands.push_back(std::move(zc));
