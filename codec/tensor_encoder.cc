@@ -273,7 +273,11 @@ absl::StatusOr<std::vector<PlaneChoice>> PlaneCandidates(const std::vector<std::
     }
   }
   if (try_zstd) {
-    const int level = small_plane ? 19 : mode == Mode::kStorage ? 9 : 3;
+    // -19 costs ~1 ms a call even on small inputs: outside --storage only
+    // planes up to 16 KiB get it (9 up to 64 KiB).
+    const int level = mode == Mode::kStorage ? (small_plane ? 19 : 9)
+                      : small_plane          ? (n <= (16u << 10) ? 19 : 9)
+                                             : 3;
     ASSIGN_OR_RETURN(PlaneChoice pc, EncodeZstd(plane, ce, num_chunks, level, pool));
     pc.stored += 1;
     out.push_back(std::move(pc));
@@ -754,16 +758,16 @@ absl::StatusOr<BlobCandidate> EncodeBest(absl::Span<const uint8_t> bytes, const 
     // -3 (the level is encode time), and -3 left it 2.8 points behind
     // balanced on a file of small structured tensors (basic-pitch).
     int level = mode == Mode::kStorage ? (huge ? 12 : 19) : (huge ? 6 : 9);
-    // A tensor already shown to be structured, up to 4 MiB, gets -19 in
-    // every mode when a 128 KiB sample says -19's optimal parse finds 5 %
-    // more than -9 (the STFT basis: 114 KB at -9, 60 KB at -19). Decode
-    // speed does not depend on the level.
-    if (level == 9 && bytes.size() <= (4u << 20)) {
-      constexpr size_t kSample = 128u << 10;
-      const auto sample = bytes.size() <= kSample ? bytes : bytes.subspan((bytes.size() - kSample) / 2, kSample);
-      if (bytes.size() <= (64u << 10) || LzProbe(sample, 19) < 0.95 * LzProbe(sample, 9)) level = 19;
-    }
+    if (level == 9 && bytes.size() <= (64u << 10)) level = 19;  // small: cheap at any level
     ASSIGN_OR_RETURN(std::vector<uint8_t> z, WholeZstdBlob(bytes, level, options.pool));
+    // Where LZ already wins (the tensor is structured), up to 4 MiB, -19 is
+    // tried too in every mode: its optimal parse finds much more on tables
+    // (an STFT basis: 114 KB at -9, 60 KB at -19). Decode speed does not
+    // depend on the level; encode pays only on such tensors.
+    if (level == 9 && bytes.size() <= (4u << 20) && z.size() < smallest) {
+      ASSIGN_OR_RETURN(std::vector<uint8_t> z19, WholeZstdBlob(bytes, 19, options.pool));
+      if (z19.size() < z.size()) z = std::move(z19);
+    }
     BlobCandidate zc;
     zc.blob = std::move(z);
     zc.cost = DecodeCostPerByte(PlaneCoder::kZstd) * static_cast<double>(bytes.size());
