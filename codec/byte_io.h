@@ -67,6 +67,23 @@ class ByteWriter {
   void U32(uint32_t v) { Raw(&v, 4); }
   void U64(uint64_t v) { Raw(&v, 8); }
   void I64(int64_t v) { Raw(&v, 8); }
+  // Unsigned LEB128: 7 bits a byte, low bits first, high bit set on every
+  // byte but the last (docs/FORMAT.md §5.6).
+  void Varint(uint64_t v) {
+    while (v >= 0x80) {
+      out_->push_back(static_cast<uint8_t>(v | 0x80));
+      v >>= 7;
+    }
+    out_->push_back(static_cast<uint8_t>(v));
+  }
+  static size_t VarintSize(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+      v >>= 7;
+      ++n;
+    }
+    return n;
+  }
   void Bytes(absl::Span<const uint8_t> b) { out_->insert(out_->end(), b.begin(), b.end()); }
   void String(absl::string_view s) {
     U32(static_cast<uint32_t>(s.size()));
@@ -118,6 +135,23 @@ class ByteReader {
     std::memcpy(&v, bytes_.data() + pos_, 8);
     pos_ += 8;
     return v;
+  }
+  // Unsigned LEB128 of at most max_bytes bytes, in its shortest form (a
+  // value has one encoding: a last byte of 0 after others is refused).
+  absl::StatusOr<uint64_t> Varint(absl::string_view field, int max_bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < max_bytes && i < 10; ++i) {
+      if (remaining() < 1) return Short(field, 1);
+      const uint8_t b = bytes_[pos_++];
+      v |= uint64_t{b & 0x7fu} << (7 * i);
+      if ((b & 0x80) == 0) {
+        if (b == 0 && i > 0) {
+          return absl::DataLossError(absl::StrCat(what_, ": ", field, " is not in its shortest form"));
+        }
+        return v;
+      }
+    }
+    return absl::DataLossError(absl::StrCat(what_, ": ", field, " longer than ", max_bytes, " bytes"));
   }
   absl::StatusOr<absl::Span<const uint8_t>> Bytes(uint64_t n, absl::string_view field) {
     if (remaining() < n) return Short(field, n);

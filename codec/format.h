@@ -15,10 +15,11 @@ namespace bigsmall {
 inline constexpr std::array<uint8_t, 8> kMagic = {0x89, 'B', 'S', 'M', '\r', '\n', 0x1a, '\n'};
 inline constexpr uint16_t kFormatVersionMajor = 1;
 // The minor version this build writes, and the highest it reads (it reads
-// 0, 1 and 2; docs/FORMAT.md §2). 1.1 adds the index trailer (§3.2): a device
+// 0 to 3; docs/FORMAT.md §2). 1.1 adds the index trailer (§3.2): a device
 // checksum per tensor and an XXH3-64 per group. 1.2 adds blob forms 2-4
-// (§5: raw, whole-tensor zstd, fields).
-inline constexpr uint16_t kFormatVersionMinor = 2;
+// (§5: raw, whole-tensor zstd, fields). 1.3 adds forms 5 and 6 (§5.4, §5.6:
+// magicless zstd frames, one-chunk planes with a compact header).
+inline constexpr uint16_t kFormatVersionMinor = 3;
 inline constexpr uint16_t kFormatVersionMinorChecksums = 1;  // first minor with the trailer
 
 inline constexpr size_t kFileHeaderSize = 64;

@@ -13,6 +13,7 @@
 #include "codec/format.h"
 #include "codec/rans_decode.h"
 #include "codec/tensor_codec.h"
+#include "codec/zstd_frame.h"
 
 namespace bigsmall {
 
@@ -22,6 +23,7 @@ struct BlobPlane {
   int context_plane = -1;                     // kRansConditional
   std::vector<rans::Frequencies> tables;      // kRans: 1; kRansConditional: >= 1
   std::array<uint8_t, 256> context_map{};     // kRansConditional
+  ZstdFraming zstd_framing = ZstdFraming::kStandard;  // kZstd: magicless in forms 5 and 6
   // Byte offsets (within the blob) of each chunk's payload; chunk c is
   // [chunk_offsets[c], chunk_offsets[c + 1]). Raw planes have them too;
   // constant planes (no payload) have none.
@@ -33,7 +35,10 @@ inline constexpr uint8_t kBlobFormPlanes = 1;  // byte planes, chunked (§5.1)
 inline constexpr uint8_t kBlobFormRaw = 2;     // the tensor's bytes verbatim (§5.3)
 inline constexpr uint8_t kBlobFormZstd = 3;    // one zstd frame of the whole tensor (§5.4)
 inline constexpr uint8_t kBlobFormFields = 4;  // fixed-size records split into fields (§5.5)
-// A form-3 frame holds at most this many bytes (one chunk).
+inline constexpr uint8_t kBlobFormZstdMagicless = 5;  // form 3 without the frame's magic (§5.4)
+inline constexpr uint8_t kBlobFormSmallPlanes = 6;    // form 1 in one chunk, compact header (§5.6)
+// A form-3 or form-5 frame holds at most this many bytes (one chunk); so
+// does a form-6 blob's chunk, in elements.
 inline constexpr uint64_t kMaxZstdBlobBytes = kMaxChunkElements;
 // Form 4 limits: a record of 2..kMaxRecordBytes bytes, 2..kMaxFields fields.
 inline constexpr uint32_t kMaxRecordBytes = 4096;

@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "codec/alloc_hook_for_test.h"
+#include "codec/byte_io.h"
 #include "codec/dtype.h"
+#include "codec/rans_encode.h"
 #include "codec/tensor_blob.h"
 #include "codec/tensor_codec.h"
 #include "codec/thread_pool.h"
@@ -429,7 +431,7 @@ TEST(TensorBatch, DecodesEveryBlobOnOneQueue) {
   EXPECT_TRUE(DecodeTensorBlobs({}, options).ok());
 }
 
-// ---- Blob forms 2-4 (docs/FORMAT.md §5.3-§5.5) and the mode rules (§5.6).
+// ---- Blob forms 2-6 (docs/FORMAT.md §5.3-§5.6) and the mode rules (§5.7).
 
 uint8_t FormOf(const std::vector<uint8_t>& blob) { return blob.empty() ? 0 : blob[0]; }
 
@@ -485,13 +487,13 @@ TEST(TensorForms, RepeatingTableIsCodedAsWholeTensorZstd) {
     eo.mode = mode;
     auto blob = EncodeTensorBlob(bytes, ResolveDtype("F32"), eo);
     ASSERT_TRUE(blob.ok());
-    EXPECT_EQ(FormOf(*blob), kBlobFormZstd) << ModeName(mode);
+    EXPECT_EQ(FormOf(*blob), kBlobFormZstdMagicless) << ModeName(mode);
     EXPECT_LT(blob->size(), bytes.size() / 20) << ModeName(mode);
     EXPECT_EQ(DecodeOrDie(*blob, bytes.size()), bytes);
     auto s = SummarizeTensorBlob(*blob);
     ASSERT_TRUE(s.ok());
-    EXPECT_EQ(s->form, kBlobFormZstd);
-    EXPECT_STREQ(BlobFormName(s->form), "zstd");
+    EXPECT_EQ(s->form, kBlobFormZstdMagicless);
+    EXPECT_STREQ(BlobFormName(s->form), "zstd-magicless");
   }
 }
 
@@ -615,17 +617,19 @@ TEST(TensorForms, InferenceStaysWithinItsBudget) {
 // Hostile forms 2-4: cuts and flips never crash; errors are DATA_LOSS.
 TEST(TensorForms, HostileFormsNeverCrash) {
   std::vector<std::pair<std::vector<uint8_t>, size_t>> blobs;
-  const auto table = RepeatingRows(256, 16, 4, 6);
+  const auto table = RepeatingRows(2048, 64, 16, 6);
   const auto q41 = Q41Blocks(3000, 7);
   const std::vector<uint8_t> tiny = {1, 2, 3};
-  for (const auto* bytes : {&table, &q41, &tiny}) {
-    auto blob = EncodeTensorBlob(*bytes, ResolveDtype(bytes == &table ? "F32" : "U8"));
+  const auto small = MakeTensor("F32", 3000, 8);
+  for (const auto* bytes : {&table, &q41, &tiny, &small}) {
+    auto blob = EncodeTensorBlob(*bytes, ResolveDtype(bytes == &table || bytes == &small ? "F32" : "U8"));
     ASSERT_TRUE(blob.ok());
     blobs.push_back({*blob, bytes->size()});
   }
-  EXPECT_EQ(FormOf(blobs[0].first), kBlobFormZstd);
+  EXPECT_EQ(FormOf(blobs[0].first), kBlobFormZstdMagicless);
   EXPECT_EQ(FormOf(blobs[1].first), kBlobFormFields);
   EXPECT_EQ(FormOf(blobs[2].first), kBlobFormRaw);
+  EXPECT_EQ(FormOf(blobs[3].first), kBlobFormSmallPlanes);
   for (const auto& [blob, size] : blobs) {
     std::vector<uint8_t> out(size);
     // Every header byte, then ~128 positions through the payload.
@@ -646,6 +650,7 @@ TEST(TensorForms, HostileFormsNeverCrash) {
   }
   // Unknown forms, a fields blob inside a fields blob, a zstd frame that
   // does not declare its size.
+  EXPECT_EQ(DecodeTensorBlob(std::vector<uint8_t>{7, 0}, {}).code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(DecodeTensorBlob(std::vector<uint8_t>{5, 0}, {}).code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(DecodeTensorBlob(std::vector<uint8_t>{0}, {}).code(), absl::StatusCode::kDataLoss);
   std::vector<uint8_t> nested = {kBlobFormFields, 2, 0, 2, 1, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0};
@@ -668,6 +673,162 @@ TEST(TensorForms, HostileFormsNeverCrash) {
   EXPECT_EQ(std::string(four.begin(), four.end()), "abcd");
   with_form.insert(with_form.end(), frame.begin(), frame.end());  // two frames
   EXPECT_EQ(DecodeTensorBlob(with_form, absl::MakeSpan(four)).code(), absl::StatusCode::kDataLoss);
+}
+
+// Form 5 (docs/FORMAT.md §5.4): form 3 without the frame's magic number,
+// 3 bytes less than the frame a zstd tool writes; form 3 still decodes.
+TEST(TensorForms, MagiclessZstdBlobIsTheFrameWithoutItsMagic) {
+  const auto bytes = RepeatingRows(2048, 64, 16, 13);  // 512 KiB
+  std::vector<uint8_t> standard, magicless;
+  ZstdCompressOptions zo;
+  zo.level = 19;
+  ASSERT_TRUE(ZstdCompressFrame(bytes, zo, &standard).ok());
+  zo.framing = ZstdFraming::kMagicless;
+  ASSERT_TRUE(ZstdCompressFrame(bytes, zo, &magicless).ok());
+  ASSERT_EQ(magicless.size() + 4, standard.size());
+  EXPECT_TRUE(std::equal(magicless.begin(), magicless.end(), standard.begin() + 4));
+  for (Mode mode : {Mode::kBalanced, Mode::kStorage, Mode::kInference}) {
+    EncodeOptions eo;
+    eo.mode = mode;
+    auto blob = EncodeTensorBlob(bytes, ResolveDtype("F32"), eo);
+    ASSERT_TRUE(blob.ok());
+    ASSERT_EQ(FormOf(*blob), kBlobFormZstdMagicless) << ModeName(mode);
+    // --storage compresses at level 19, as `standard` was.
+    if (mode == Mode::kStorage) EXPECT_EQ(blob->size(), standard.size() - 3);
+    EXPECT_EQ(DecodeOrDie(*blob, bytes.size()), bytes);
+  }
+  std::vector<uint8_t> form3 = {kBlobFormZstd}, form5 = {kBlobFormZstdMagicless};
+  form3.insert(form3.end(), standard.begin(), standard.end());
+  form5.insert(form5.end(), magicless.begin(), magicless.end());
+  EXPECT_EQ(DecodeOrDie(form3, bytes.size()), bytes);
+  EXPECT_EQ(DecodeOrDie(form5, bytes.size()), bytes);
+  // Each form is read with its own framing: swapped, neither parses.
+  std::vector<uint8_t> out(bytes.size());
+  form3[0] = kBlobFormZstdMagicless;
+  form5[0] = kBlobFormZstd;
+  EXPECT_EQ(DecodeTensorBlob(form3, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeTensorBlob(form5, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+  // A byte after the frame, and a frame declaring no size, are refused.
+  form5[0] = kBlobFormZstdMagicless;
+  form5.push_back(0);
+  EXPECT_EQ(DecodeTensorBlob(form5, absl::MakeSpan(out)).code(), absl::StatusCode::kDataLoss);
+}
+
+// Form 6 (docs/FORMAT.md §5.6): every planes blob of one chunk, with a
+// compact header; the chunk decodes as form 1's would.
+TEST(TensorForms, OneChunkTensorsUseTheSmallPlanesForm) {
+  for (const char* dtype : {"F32", "BF16", "F16"}) {
+    const auto bytes = MakeTensor(dtype, 5000, 21);
+    for (Mode mode : {Mode::kBalanced, Mode::kStorage, Mode::kInference}) {
+      EncodeOptions eo;
+      eo.mode = mode;
+      auto blob = EncodeTensorBlob(bytes, ResolveDtype(dtype), eo);
+      ASSERT_TRUE(blob.ok());
+      ASSERT_EQ(FormOf(*blob), kBlobFormSmallPlanes) << dtype << " " << ModeName(mode);
+      auto parsed = ParseTensorBlob(*blob);
+      ASSERT_TRUE(parsed.ok()) << parsed.status();
+      EXPECT_EQ(parsed->num_chunks, 1u);
+      EXPECT_EQ(parsed->chunk_elements, parsed->num_elements);
+      EXPECT_EQ(parsed->num_bytes, bytes.size());
+      EXPECT_EQ(DecodeOrDie(*blob, bytes.size()), bytes) << dtype << " " << ModeName(mode);
+      // The header is form 6's: 3 bytes, the LEB128 size, then per plane
+      // its coder, table and one LEB128 size (no u32 per chunk).
+      auto s = SummarizeTensorBlob(*blob);
+      ASSERT_TRUE(s.ok());
+      uint64_t payload = 0;
+      for (const auto& p : s->planes) payload += p.stored_bytes;
+      const uint64_t header = blob->size() - payload;
+      uint64_t expect = 3 + ByteWriter::VarintSize(bytes.size());
+      for (size_t p = 0; p < parsed->planes.size(); ++p) {
+        const BlobPlane& pl = parsed->planes[p];
+        expect += 1;
+        if (pl.coder == PlaneCoder::kConstant) expect += 1;
+        if (pl.coder == PlaneCoder::kRansConditional) expect += 1 + 2 + 256;
+        for (const auto& t : pl.tables) expect += rans::SerializedFrequenciesSize(t);
+        if (pl.coder != PlaneCoder::kRaw && pl.coder != PlaneCoder::kConstant) {
+          expect += ByteWriter::VarintSize(s->planes[p].stored_bytes);
+        }
+      }
+      EXPECT_EQ(header, expect) << dtype << " " << ModeName(mode);
+    }
+  }
+  // A tensor of two chunks stays form 1.
+  EncodeOptions eo;
+  eo.chunk_elements = 4096;
+  auto two = EncodeTensorBlob(MakeTensor("F32", 5000, 22), ResolveDtype("F32"), eo);
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(FormOf(*two), kBlobFormPlanes);
+}
+
+// Form 6 written by hand: the normative layout, and what a decoder refuses.
+TEST(TensorForms, SmallPlanesBlobByHand) {
+  std::vector<uint8_t> raw_bytes(200);
+  for (size_t i = 0; i < raw_bytes.size(); ++i) raw_bytes[i] = static_cast<uint8_t>(i * 7);
+  // bytes/1, 200 bytes (LEB128 C8 01), one raw plane.
+  std::vector<uint8_t> blob = {kBlobFormSmallPlanes, 0, 1, 0xC8, 0x01, 0};
+  blob.insert(blob.end(), raw_bytes.begin(), raw_bytes.end());
+  EXPECT_EQ(DecodeOrDie(blob, 200), raw_bytes);
+  // bytes/2, 3 elements: a constant high plane, a magicless zstd low plane.
+  std::vector<uint8_t> frame;
+  ZstdCompressOptions zo;
+  zo.framing = ZstdFraming::kMagicless;
+  const std::vector<uint8_t> low = {9, 8, 7};
+  ASSERT_TRUE(ZstdCompressFrame(low, zo, &frame).ok());
+  std::vector<uint8_t> two = {kBlobFormSmallPlanes, 0, 2, 6, 1, 0xAB, 4, static_cast<uint8_t>(frame.size())};
+  two.insert(two.end(), frame.begin(), frame.end());
+  EXPECT_EQ(DecodeOrDie(two, 6), (std::vector<uint8_t>{9, 0xAB, 8, 0xAB, 7, 0xAB}));
+  std::vector<uint8_t> out(6);
+  auto refused = [&](std::vector<uint8_t> b, size_t size, const char* why) {
+    out.resize(size);
+    const absl::Status st = DecodeTensorBlob(b, absl::MakeSpan(out));
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << why << ": " << st;
+  };
+  auto with = [&](size_t at, uint8_t v) {
+    auto b = two;
+    b[at] = v;
+    return b;
+  };
+  refused(with(3, 7), 7, "num_bytes not a multiple of the width");
+  refused({kBlobFormSmallPlanes, 0, 1, 0}, 0, "no elements");
+  refused({kBlobFormSmallPlanes, 0, 1, 0x81, 0x80, 0x80, 0x08, 0}, 1, "2^24 + 1 elements");
+  refused({kBlobFormSmallPlanes, 0, 1, 0x80, 0x80, 0x80, 0x80, 0x01, 0}, 1, "a 5-byte LEB128");
+  refused({kBlobFormSmallPlanes, 0, 1, 0x81, 0x00, 1, 5}, 1, "a LEB128 not in its shortest form");
+  refused(with(7, static_cast<uint8_t>(frame.size() + 1)), 6, "payload past the end");
+  refused(with(7, static_cast<uint8_t>(frame.size() - 1)), 6, "a byte after the payload");
+  auto extra = two;
+  extra.push_back(0);
+  refused(extra, 6, "trailing byte");
+  auto standard_frame = two;  // a zstd plane of form 6 must be magicless
+  standard_frame.resize(8);
+  std::vector<uint8_t> std_frame;
+  ASSERT_TRUE(ZstdCompressFrame(low, ZstdCompressOptions{}, &std_frame).ok());
+  standard_frame[7] = static_cast<uint8_t>(std_frame.size());
+  standard_frame.insert(standard_frame.end(), std_frame.begin(), std_frame.end());
+  refused(standard_frame, 6, "a standard frame in form 6");
+  for (size_t cut = 0; cut < two.size(); ++cut) {
+    refused(std::vector<uint8_t>(two.begin(), two.begin() + cut), 6, "truncated");
+  }
+}
+
+TEST(ByteIo, VarintRoundTripsAndHasOneEncoding) {
+  for (uint64_t v : {0ull, 1ull, 127ull, 128ull, 16383ull, 16384ull, (1ull << 28) - 1, 1ull << 35, ~0ull}) {
+    std::vector<uint8_t> b;
+    ByteWriter w(&b);
+    w.Varint(v);
+    EXPECT_EQ(b.size(), ByteWriter::VarintSize(v)) << v;
+    ByteReader r(b, "test");
+    auto got = r.Varint("value", 10);
+    ASSERT_TRUE(got.ok()) << v << ": " << got.status();
+    EXPECT_EQ(*got, v);
+    EXPECT_TRUE(r.done());
+    if (b.size() > 1) {
+      ByteReader shorter(b, "test");
+      EXPECT_FALSE(shorter.Varint("value", static_cast<int>(b.size()) - 1).ok()) << v;
+    }
+  }
+  const std::vector<uint8_t> padded = {0x80, 0x00};
+  ByteReader r(padded, "test");
+  EXPECT_EQ(r.Varint("value", 4).status().code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

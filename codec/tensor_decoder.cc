@@ -15,7 +15,7 @@
 #include "codec/tensor_blob.h"
 #include "codec/tensor_codec.h"
 #include "codec/thread_pool.h"
-#include "zstd.h"
+#include "codec/zstd_frame.h"
 
 namespace bigsmall {
 namespace {
@@ -53,22 +53,18 @@ absl::StatusOr<ParsedBlob> ParseRawBlob(absl::Span<const uint8_t> blob) {
   return b;
 }
 
+// Forms 3 and 5: one zstd frame (with or without its magic number).
 absl::StatusOr<ParsedBlob> ParseZstdBlob(absl::Span<const uint8_t> blob) {
   ParsedBlob b;
-  b.form = kBlobFormZstd;
-  const auto frame = blob.subspan(1);
-  const unsigned long long content = ZSTD_getFrameContentSize(frame.data(), frame.size());
-  if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN) {
-    return Corrupt("zstd blob: not a zstd frame that declares its size");
+  b.form = blob[0];
+  const ZstdFraming framing = b.form == kBlobFormZstdMagicless ? ZstdFraming::kMagicless : ZstdFraming::kStandard;
+  auto content = ZstdFrameContentSize(blob.subspan(1), framing);
+  if (!content.ok()) return Corrupt(absl::StrCat("zstd blob: ", content.status().message()));
+  if (*content == 0 || *content > kMaxZstdBlobBytes) {
+    return Corrupt(absl::StrCat("zstd blob: bad content size ", *content));
   }
-  if (content == 0 || content > kMaxZstdBlobBytes) {
-    return Corrupt(absl::StrCat("zstd blob: bad content size ", content));
-  }
-  const size_t frame_size = ZSTD_findFrameCompressedSize(frame.data(), frame.size());
-  if (ZSTD_isError(frame_size) || frame_size != frame.size()) {
-    return Corrupt("zstd blob: not exactly one zstd frame");
-  }
-  SinglePlane(&b, content, static_cast<uint32_t>(content), PlaneCoder::kZstd);
+  SinglePlane(&b, *content, static_cast<uint32_t>(*content), PlaneCoder::kZstd);
+  b.planes[0].zstd_framing = framing;
   b.planes[0].chunk_offsets = {1, blob.size()};
   return b;
 }
@@ -126,32 +122,48 @@ absl::StatusOr<ParsedBlob> ParseTensorBlobImpl(absl::Span<const uint8_t> blob, b
     case kBlobFormRaw:
       return ParseRawBlob(blob);
     case kBlobFormZstd:
+    case kBlobFormZstdMagicless:
       return ParseZstdBlob(blob);
+    case kBlobFormSmallPlanes:
+      break;
     case kBlobFormFields:
       if (!allow_fields) return Corrupt("a field blob cannot itself be split into fields");
       return ParseFieldsBlob(blob);
     default:
       return Corrupt(absl::StrCat("unknown blob form ", blob[0]));
   }
+  // Forms 1 and 6 (planes; form 6 is one chunk with a compact header).
   ByteReader r(blob, "tensor blob");
   ParsedBlob b;
-  ASSIGN_OR_RETURN(uint8_t form, r.U8("blob form"));
-  (void)form;
+  ASSIGN_OR_RETURN(b.form, r.U8("blob form"));
+  const bool small = b.form == kBlobFormSmallPlanes;
   ASSIGN_OR_RETURN(uint8_t split, r.U8("plane split"));
   ASSIGN_OR_RETURN(uint8_t width, r.U8("element width"));
-  ASSIGN_OR_RETURN(uint8_t num_planes, r.U8("plane count"));
   b.split = static_cast<PlaneSplit>(split);
   b.width = width;
   if (!ValidSplit(b.split, b.width)) {
     return Corrupt(absl::StrCat("bad plane split ", split, " for width ", width));
   }
   const uint32_t expect_planes = b.split == PlaneSplit::kBf16 ? 2 : b.split == PlaneSplit::kFp32 ? 4 : b.width;
-  if (num_planes != expect_planes) return Corrupt(absl::StrCat("bad plane count ", num_planes));
-  ASSIGN_OR_RETURN(b.num_bytes, r.U64("byte count"));
-  ASSIGN_OR_RETURN(b.chunk_elements, r.U32("chunk size"));
-  ASSIGN_OR_RETURN(b.num_chunks, r.U32("chunk count"));
+  uint32_t num_planes = expect_planes;
+  if (!small) {
+    ASSIGN_OR_RETURN(uint8_t stored_planes, r.U8("plane count"));
+    if (stored_planes != expect_planes) return Corrupt(absl::StrCat("bad plane count ", stored_planes));
+    ASSIGN_OR_RETURN(b.num_bytes, r.U64("byte count"));
+    ASSIGN_OR_RETURN(b.chunk_elements, r.U32("chunk size"));
+    ASSIGN_OR_RETURN(b.num_chunks, r.U32("chunk count"));
+  } else {
+    ASSIGN_OR_RETURN(b.num_bytes, r.Varint("byte count", 4));
+  }
   if (b.num_bytes % b.width != 0) return Corrupt("byte count not a multiple of the element width");
   b.num_elements = b.num_bytes / b.width;
+  if (small) {
+    if (b.num_elements == 0 || b.num_elements > kMaxChunkElements) {
+      return Corrupt(absl::StrCat("small planes blob of ", b.num_elements, " elements"));
+    }
+    b.chunk_elements = static_cast<uint32_t>(b.num_elements);
+    b.num_chunks = 1;
+  }
   if (b.chunk_elements == 0 || b.chunk_elements > kMaxChunkElements) {
     return Corrupt(absl::StrCat("bad chunk size ", b.chunk_elements));
   }
@@ -208,6 +220,12 @@ absl::StatusOr<ParsedBlob> ParseTensorBlobImpl(absl::Span<const uint8_t> blob, b
         }
         [[fallthrough]];
       case PlaneCoder::kZstd:
+        if (small) {
+          if (plane.coder == PlaneCoder::kZstd) plane.zstd_framing = ZstdFraming::kMagicless;
+          ASSIGN_OR_RETURN(uint64_t s, r.Varint("payload size", 4));
+          sz.assign(1, s);
+          break;
+        }
         if (r.remaining() / 4 < b.num_chunks) return Corrupt("chunk size table past the end of the blob");
         sz.resize(b.num_chunks);
         for (uint32_t c = 0; c < b.num_chunks; ++c) {
@@ -251,6 +269,10 @@ const char* BlobFormName(uint8_t form) {
       return "zstd";
     case kBlobFormFields:
       return "fields";
+    case kBlobFormZstdMagicless:
+      return "zstd-magicless";
+    case kBlobFormSmallPlanes:
+      return "small-planes";
     default:
       return "unknown";
   }
@@ -311,15 +333,6 @@ uint8_t* Scratch(size_t bytes) {
     }
   }
   return scratch.data();
-}
-
-ZSTD_DCtx* ThreadDctx() {
-  struct Holder {
-    ZSTD_DCtx* ctx = ZSTD_createDCtx();
-    ~Holder() { ZSTD_freeDCtx(ctx); }
-  };
-  thread_local Holder holder;
-  return holder.ctx;
 }
 
 void XorInto(uint8_t* out, const uint8_t* base, size_t n) {
@@ -396,10 +409,10 @@ absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>&
         continue;
       }
       case PlaneCoder::kZstd: {
-        const size_t got = ZSTD_decompressDCtx(ThreadDctx(), dst, count, payload.data(), payload.size());
-        if (ZSTD_isError(got) || got != count) {
-          return Corrupt(absl::StrCat("zstd chunk ", c, " of plane ", p, ": ",
-                                      ZSTD_isError(got) ? ZSTD_getErrorName(got) : "wrong size"));
+        const absl::Status st = ZstdDecompressExact(payload, plane.zstd_framing, absl::MakeSpan(dst, count));
+        if (!st.ok()) {
+          if (st.code() != absl::StatusCode::kDataLoss) return st;
+          return Corrupt(absl::StrCat("zstd chunk ", c, " of plane ", p, ": ", st.message()));
         }
         break;
       }
@@ -466,9 +479,12 @@ absl::Status DecodeTwoChunks(const ParsedBlob& b, const std::vector<PlaneTables>
           plane_ptr[h][p] = payload[h].data();
           break;
         case PlaneCoder::kZstd: {
-          const size_t got = ZSTD_decompressDCtx(ThreadDctx(), dst[h], count[h], payload[h].data(),
-                                                 payload[h].size());
-          if (ZSTD_isError(got) || got != count[h]) return Corrupt("zstd chunk");
+          const absl::Status st =
+              ZstdDecompressExact(payload[h], plane.zstd_framing, absl::MakeSpan(dst[h], count[h]));
+          if (!st.ok()) {
+            if (st.code() != absl::StatusCode::kDataLoss) return st;
+            return Corrupt(absl::StrCat("zstd chunk ", c + h, " of plane ", p, ": ", st.message()));
+          }
           plane_ptr[h][p] = dst[h];
           break;
         }

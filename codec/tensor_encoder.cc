@@ -14,6 +14,7 @@
 #include "codec/tensor_blob.h"
 #include "codec/tensor_codec.h"
 #include "codec/thread_pool.h"
+#include "codec/zstd_frame.h"
 #include "zstd.h"
 
 namespace bigsmall {
@@ -47,6 +48,13 @@ struct PlaneChoice {
   uint64_t stored = 0;                       // header + payload bytes
 };
 
+// Bytes of a plane's payload-size table: a u32 per chunk in form 1, one
+// LEB128 in form 6 (a tensor of one chunk, docs/FORMAT.md §5.6).
+uint64_t SizeTableBytes(const std::vector<std::vector<uint8_t>>& chunks) {
+  if (chunks.size() == 1) return ByteWriter::VarintSize(chunks[0].size());
+  return 4ull * chunks.size();
+}
+
 uint64_t ChunkCount(uint64_t n, uint32_t ce, uint32_t c) {
   return std::min<uint64_t>(ce, n - uint64_t{c} * ce);
 }
@@ -71,7 +79,7 @@ absl::StatusOr<PlaneChoice> EncodeRans(const std::vector<uint8_t>& plane, uint32
                       &pc.chunks[c]);
     return absl::OkStatus();
   }));
-  pc.stored = rans::SerializedFrequenciesSize(freqs) + 4ull * num_chunks;
+  pc.stored = rans::SerializedFrequenciesSize(freqs) + SizeTableBytes(pc.chunks);
   for (const auto& ch : pc.chunks) pc.stored += ch.size();
   return pc;
 }
@@ -112,7 +120,7 @@ absl::StatusOr<PlaneChoice> EncodeConditional(const std::vector<uint8_t>& plane,
                                  absl::MakeConstSpan(plane.data() + first, n), &pc.chunks[c]);
     return absl::OkStatus();
   }));
-  pc.stored = 1 + 2 + 256 + 4ull * num_chunks;
+  pc.stored = 1 + 2 + 256 + SizeTableBytes(pc.chunks);
   for (const auto& t : pc.tables) pc.stored += rans::SerializedFrequenciesSize(t);
   for (const auto& ch : pc.chunks) pc.stored += ch.size();
   return pc;
@@ -126,14 +134,13 @@ absl::StatusOr<PlaneChoice> EncodeZstd(const std::vector<uint8_t>& plane, uint32
   RETURN_IF_ERROR(ParallelChunks(pool, num_chunks, [&](size_t c) -> absl::Status {
     const uint64_t first = uint64_t{c} * ce;
     const uint64_t n = ChunkCount(plane.size(), ce, c);
-    auto& out = pc.chunks[c];
-    out.resize(ZSTD_compressBound(n));
-    const size_t got = ZSTD_compress(out.data(), out.size(), plane.data() + first, n, level);
-    if (ZSTD_isError(got)) return absl::InternalError(ZSTD_getErrorName(got));
-    out.resize(got);
-    return absl::OkStatus();
+    ZstdCompressOptions zo;
+    zo.level = level;
+    // A one-chunk plane goes into a form-6 blob, whose frames drop the magic.
+    zo.framing = num_chunks == 1 ? ZstdFraming::kMagicless : ZstdFraming::kStandard;
+    return ZstdCompressFrame(absl::MakeConstSpan(plane.data() + first, n), zo, &pc.chunks[c]);
   }));
-  pc.stored = 4ull * num_chunks;
+  pc.stored = SizeTableBytes(pc.chunks);
   for (const auto& ch : pc.chunks) pc.stored += ch.size();
   return pc;
 }
@@ -309,7 +316,7 @@ struct PlanesCandidates {
   uint32_t num_chunks = 0;
   std::vector<std::vector<uint8_t>> planes;
   std::vector<std::vector<PlaneChoice>> choices;  // per plane
-  uint64_t header = 20;                           // form, split, width, planes, sizes
+  uint64_t header = 20;  // form 1: form, split, width, planes, sizes (form 6: less)
 };
 
 absl::StatusOr<PlanesCandidates> BuildPlanes(absl::Span<const uint8_t> bytes, const DtypeInfo& dtype,
@@ -340,6 +347,8 @@ absl::StatusOr<PlanesCandidates> BuildPlanes(absl::Span<const uint8_t> bytes, co
   if (num_chunks64 > UINT32_MAX) return absl::InvalidArgumentError("tensor too large for chunk size");
   pcs.ce = ce;
   pcs.num_chunks = static_cast<uint32_t>(num_chunks64);
+  // One chunk: form 6's compact header (form, split, width, LEB128 size).
+  if (pcs.num_chunks == 1) pcs.header = 3 + ByteWriter::VarintSize(pcs.num_bytes);
   const uint32_t np = NumPlanes(pcs.split, width);
   pcs.planes.assign(np, std::vector<uint8_t>(n));
   RETURN_IF_ERROR(ParallelChunks(options.pool, pcs.num_chunks, [&](size_t c) {
@@ -448,13 +457,27 @@ std::vector<uint8_t> AssemblePlanes(PlanesCandidates& pcs, const PlanesPick& pic
   blob.reserve(pick.size + 64);
   ByteWriter w(&blob);
   const uint32_t np = static_cast<uint32_t>(pcs.choices.size());
-  w.U8(kBlobFormPlanes);
+  // One chunk (n <= 2^24 elements): form 6, the same planes with a compact
+  // header and magicless zstd frames (EncodeZstd made them so).
+  const bool small = pcs.num_chunks == 1;
+  w.U8(small ? kBlobFormSmallPlanes : kBlobFormPlanes);
   w.U8(static_cast<uint8_t>(pcs.split));
   w.U8(static_cast<uint8_t>(pcs.width));
-  w.U8(static_cast<uint8_t>(np));
-  w.U64(pcs.num_bytes);
-  w.U32(pcs.ce);
-  w.U32(pcs.num_chunks);
+  if (small) {
+    w.Varint(pcs.num_bytes);
+  } else {
+    w.U8(static_cast<uint8_t>(np));
+    w.U64(pcs.num_bytes);
+    w.U32(pcs.ce);
+    w.U32(pcs.num_chunks);
+  }
+  auto sizes = [&](const PlaneChoice& pc) {
+    if (small) {
+      w.Varint(pc.chunks[0].size());
+      return;
+    }
+    for (const auto& ch : pc.chunks) w.U32(static_cast<uint32_t>(ch.size()));
+  };
   for (uint32_t p = 0; p < np; ++p) {
     const PlaneChoice& pc = pcs.choices[p][pick.index[p]];
     w.U8(static_cast<uint8_t>(pc.coder));
@@ -469,13 +492,13 @@ std::vector<uint8_t> AssemblePlanes(PlanesCandidates& pcs, const PlanesPick& pic
         w.U16(static_cast<uint16_t>(pc.tables.size()));
         w.Bytes(pc.context_map);
         for (const auto& t : pc.tables) rans::AppendFrequencies(t, &blob);
-        for (const auto& ch : pc.chunks) w.U32(static_cast<uint32_t>(ch.size()));
+        sizes(pc);
         break;
       case PlaneCoder::kRans:
         rans::AppendFrequencies(pc.tables[0], &blob);
         [[fallthrough]];
       case PlaneCoder::kZstd:
-        for (const auto& ch : pc.chunks) w.U32(static_cast<uint32_t>(ch.size()));
+        sizes(pc);
         break;
     }
   }
@@ -510,38 +533,32 @@ std::vector<uint8_t> RawBlob(absl::Span<const uint8_t> bytes) {
 
 // zstd over the tensor's bytes as they are (whole-tensor LZ: repeats and
 // runs anywhere in the tensor, which order-0 plane coding cannot see).
-// Tensors up to kMaxZstdBlobBytes are one frame (form 3); larger ones are a
+// Tensors up to kMaxZstdBlobBytes are one frame (form 5); larger ones are a
 // bytes/1 planes blob of 16 MiB zstd chunks (long-distance matching inside
 // each), so threads and the GPU prepass still split them.
 absl::StatusOr<std::vector<uint8_t>> WholeZstdBlob(absl::Span<const uint8_t> bytes, int level,
                                                    ThreadPool* pool) {
-  auto compress = [level](absl::Span<const uint8_t> in, std::vector<uint8_t>* out, size_t at) -> absl::Status {
-    ZSTD_CCtx* cctx = ZSTD_createCCtx();
-    if (cctx == nullptr) return absl::ResourceExhaustedError("cannot allocate a zstd context");
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0);
-    if (in.size() > (8u << 20)) ZSTD_CCtx_setParameter(cctx, ZSTD_c_enableLongDistanceMatching, 1);
-    out->resize(at + ZSTD_compressBound(in.size()));
-    const size_t got = ZSTD_compress2(cctx, out->data() + at, out->size() - at, in.data(), in.size());
-    ZSTD_freeCCtx(cctx);
-    if (ZSTD_isError(got)) return absl::InternalError(ZSTD_getErrorName(got));
-    out->resize(at + got);
-    return absl::OkStatus();
-  };
+  // Up to 16 MiB: form 5, one frame without its magic number (4 bytes less
+  // than form 3, which this writer no longer makes).
+  ZstdCompressOptions zo;
+  zo.level = level;
   std::vector<uint8_t> blob;
   if (bytes.size() <= kMaxZstdBlobBytes) {
-    blob.push_back(kBlobFormZstd);
-    RETURN_IF_ERROR(compress(bytes, &blob, 1));
+    zo.framing = ZstdFraming::kMagicless;
+    zo.long_distance = bytes.size() > (8u << 20);
+    blob.push_back(kBlobFormZstdMagicless);
+    RETURN_IF_ERROR(ZstdCompressFrame(bytes, zo, &blob));
     return blob;
   }
+  zo.long_distance = true;
   const uint32_t ce = kMaxChunkElements;
   const uint64_t num_chunks = (bytes.size() + ce - 1) / ce;
   if (num_chunks > UINT32_MAX) return absl::InvalidArgumentError("tensor too large for chunk size");
   std::vector<std::vector<uint8_t>> chunks(num_chunks);
   RETURN_IF_ERROR(ParallelChunks(pool, static_cast<uint32_t>(num_chunks), [&](size_t c) {
     const uint64_t first = uint64_t{c} * ce;
-    return compress(bytes.subspan(first, ChunkCount(bytes.size(), ce, static_cast<uint32_t>(c))), &chunks[c], 0);
+    return ZstdCompressFrame(bytes.subspan(first, ChunkCount(bytes.size(), ce, static_cast<uint32_t>(c))), zo,
+                             &chunks[c]);
   }));
   ByteWriter w(&blob);
   w.U8(kBlobFormPlanes);

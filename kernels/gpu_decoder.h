@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "codec/zstd_frame.h"
 #include "kernels/cuda_status.h"
 #include "kernels/warp_rans.h"
 
@@ -56,6 +57,7 @@ struct PrepassTask {
   uint64_t count = 0;  // bytes it must decompress to
   uint32_t job = 0;
   PrepassKind kind = PrepassKind::kZstdFrame;
+  ZstdFraming framing = ZstdFraming::kStandard;  // kZstdFrame: with or without the magic
 };
 
 // Everything the kernels need, built on the host from the blobs' headers

@@ -206,7 +206,7 @@ TEST(GpuPlan, EmulatedKernelsMatchTheCpuDecoderInEveryModeAndCoder) {
   EXPECT_EQ(seen, (std::set<int>{kPlaneRaw, kPlaneConstant, kPlaneRans, kPlaneRansConditional, kPrepass}));
 }
 
-// Blob forms 2-4 (docs/FORMAT.md §5.3-§5.5) through the GPU path: raw and
+// Blob forms 2-6 (docs/FORMAT.md §5.3-§5.6) through the GPU path: raw and
 // zstd blobs plan as one-plane chunks (zstd through the host prepass), a
 // fields blob is decoded whole by the host prepass and copied by the kernels;
 // every tensor comes out bit-exact with its device checksum.
@@ -235,9 +235,11 @@ TEST(GpuPlan, EveryBlobFormDecodesThroughTheEmulatedKernels) {
     AddTensor(g, tiny, ResolveDtype("I64"), mode, 0);
     std::vector<uint8_t> forms;
     for (const TensorJob& j : g.jobs) forms.push_back(g.input[j.blob_offset]);
-    // Small planes may code smaller as zstd planes (form 1) than as one zstd
-    // frame; either way the table goes through the zstd prepass.
-    const uint8_t table_form = forms[1] == kBlobFormPlanes ? kBlobFormPlanes : kBlobFormZstd;
+    // Small planes may code smaller as zstd planes (form 6: one chunk) than
+    // as one zstd frame (form 5); either way the table goes through the zstd
+    // prepass, in frames without the magic number.
+    const uint8_t table_form = forms[1];
+    EXPECT_TRUE(table_form == kBlobFormSmallPlanes || table_form == kBlobFormZstdMagicless) << int{table_form};
     EXPECT_EQ(forms, (std::vector<uint8_t>{kBlobFormFields, table_form, kBlobFormRaw})) << ModeName(mode);
     auto plan = PlanDecode(g.input, g.jobs);
     ASSERT_TRUE(plan.ok()) << plan.status();
@@ -245,6 +247,7 @@ TEST(GpuPlan, EveryBlobFormDecodesThroughTheEmulatedKernels) {
     for (const PrepassTask& t : plan->prepass) {
       whole += t.kind == PrepassKind::kWholeBlob;
       frames += t.kind == PrepassKind::kZstdFrame && t.job == 1;
+      if (t.kind == PrepassKind::kZstdFrame && t.job == 1) EXPECT_EQ(t.framing, ZstdFraming::kMagicless);
     }
     EXPECT_EQ(whole, 1);
     EXPECT_GE(frames, 1) << "the table's zstd";

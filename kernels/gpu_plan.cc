@@ -13,7 +13,6 @@
 #include "codec/thread_pool.h"
 #include "kernels/decode_step.h"
 #include "kernels/gpu_decoder.h"
-#include "zstd.h"
 
 namespace bigsmall::gpu {
 namespace {
@@ -150,6 +149,7 @@ absl::Status PlanJob(absl::Span<const uint8_t> input, const TensorJob& job, uint
           pre.out_offset = plan.prepass_bytes;
           pre.count = count;
           pre.job = j;
+          pre.framing = plane.zstd_framing;
           plan.prepass.push_back(pre);
           pt.kind = kPlaneRaw;
           pt.source = plan.prepass_offset + pre.out_offset;
@@ -210,19 +210,12 @@ absl::Status RunHostPrepass(const DecodePlan& plan, absl::Span<const uint8_t> gr
       if (!st.ok()) return absl::DataLossError(absl::StrCat("tensor job ", t.job, ": ", st.message()));
       return absl::OkStatus();
     }
-    // One decompression context per thread, reused across calls.
-    thread_local struct Dctx {
-      ZSTD_DCtx* ctx = ZSTD_createDCtx();
-      ~Dctx() { ZSTD_freeDCtx(ctx); }
-    } dctx;
-    if (dctx.ctx == nullptr) return absl::ResourceExhaustedError("prepass: cannot allocate a zstd context");
-    const size_t got = ZSTD_decompressDCtx(dctx.ctx, staged_extra.data() + t.out_offset, t.count,
-                                           group.data() + t.in_offset, t.in_size);
-    if (ZSTD_isError(got) || got != t.count) {
-      return absl::DataLossError(absl::StrCat("tensor job ", t.job, ": zstd chunk corrupt: ",
-                                              ZSTD_isError(got) ? ZSTD_getErrorName(got) : "wrong size"));
+    absl::Status st = ZstdDecompressExact(group.subspan(t.in_offset, t.in_size), t.framing,
+                                          staged_extra.subspan(t.out_offset, t.count));
+    if (st.code() == absl::StatusCode::kDataLoss) {
+      return absl::DataLossError(absl::StrCat("tensor job ", t.job, ": zstd chunk corrupt: ", st.message()));
     }
-    return absl::OkStatus();
+    return st;
   };
   if (pool != nullptr && plan.prepass.size() > 1) return pool->ParallelFor(plan.prepass.size(), decode);
   for (size_t i = 0; i < plan.prepass.size(); ++i) RETURN_IF_ERROR(decode(i));

@@ -331,7 +331,7 @@ def test_info_file(env):
     run(["compress", m, "-q"], expect=0)
     j = info_json(bs)
     check(j["kind"] == "file", "kind")
-    check(j["format_version"] == "1.2", "format_version %r" % j["format_version"])
+    check(j["format_version"] == "1.3", "format_version %r" % j["format_version"])
     check(j["checksums"] is True, "1.1 files carry device and group checksums")
     check(j["mode"] == "balanced", "mode")
     check(j["writer"].startswith("bigsmall"), "writer %r" % j["writer"])
@@ -366,16 +366,17 @@ def test_info_file(env):
         want = "%016x" % device_checksum.device_checksum(data)
         check(t.get("device_checksum") == want, "tensor %s device checksum %s, spec says %s" %
               (name, t.get("device_checksum"), want))
-    # Form 1 (planes) blobs have the dtype's planes; raw and zstd blobs (docs/FORMAT.md 5.3, 5.4:
-    # tiny or table-like tensors) one.
+    # Planes blobs (form 1, or 6 for one chunk) have the dtype's planes; raw and zstd blobs
+    # (docs/FORMAT.md 5.3, 5.4: tiny or table-like tensors) one.
     planes = {"BF16": 2, "F16": 2, "F32": 4, "U8": 1, "I64": 8}
     forms = set()
     for t in j["tensors"]:
         forms.add(t["form"])
         if t["original_bytes"] == 0:
             continue
-        n = planes[t["dtype"]] if t["form"] == "planes" else 1
-        check(t["form"] in ("planes", "raw", "zstd", "fields"), "form of %s: %s" % (t["name"], t["form"]))
+        n = planes[t["dtype"]] if t["form"] in ("planes", "small-planes") else 1
+        check(t["form"] in ("planes", "small-planes", "raw", "zstd-magicless", "fields"),
+              "form of %s: %s" % (t["name"], t["form"]))
         check(len(t["planes"]) == n and t["coders"].count("/") == n - 1, "planes of %s: %s" % (t["name"], t))
         if t["form"] == "raw":
             check(t["stored_bytes"] == t["original_bytes"] + 1, "a raw blob costs its bytes + 1: %s" % t)
@@ -384,7 +385,7 @@ def test_info_file(env):
     check("rans" in by_name["lm_head.weight"]["coders"], "lm_head coders %r" % by_name["lm_head.weight"]["coders"])
 
     p = run(["info", bs], expect=0)
-    for word in ["format", "1.2", "balanced", "model.layers.1", "by dtype", "BF16", "I64", "bits/weight"]:
+    for word in ["format", "1.3", "balanced", "model.layers.1", "by dtype", "BF16", "I64", "bits/weight"]:
         check(word in p.stdout, "info lacks %r:\n%s" % (word, p.stdout))
     check("lm_head.weight" not in p.stdout, "info without --tensors lists tensors")
     p = run(["info", bs, "--tensors"], expect=0)

@@ -52,8 +52,10 @@ int main(int argc, char** argv) {
       ++k;
     }
   }
-  // Every 1.2 blob form (docs/FORMAT.md §5.3-§5.5): a tiny tensor (raw), a
-  // table of repeating rows (zstd), Q4_1-like blocks as bytes (fields).
+  // Every blob form (docs/FORMAT.md §5.3-§5.6): a tiny tensor (raw), a
+  // table of repeating rows (zstd: form 5, and form 3 written by hand as the
+  // 1.2 writer did), Q4_1-like blocks as bytes (fields), a tensor of one
+  // chunk (small planes).
   {
     const std::vector<uint8_t> tiny = {1, 2, 3, 4, 5, 6, 7, 8};
     std::vector<uint8_t> table;
@@ -69,13 +71,20 @@ int main(int argc, char** argv) {
       }
       for (int q = 0; q < 16; ++q) blocks.push_back(static_cast<uint8_t>((5 + rng() % 7) | ((5 + rng() % 7) << 4)));
     }
+    const auto small = Values(4 * 80, 11, 9);
     const std::pair<const char*, const std::vector<uint8_t>*> forms[] = {
-        {"form_raw", &tiny}, {"form_zstd", &table}, {"form_fields", &blocks}};
+        {"form_raw", &tiny}, {"form_zstd", &table}, {"form_fields", &blocks}, {"form_small_planes", &small}};
     for (const auto& [name, bytes] : forms) {
-      auto blob = EncodeTensorBlob(*bytes, ResolveDtype(bytes == &table ? "F32" : "U8"), {});
+      auto blob = EncodeTensorBlob(*bytes, ResolveDtype(bytes == &table || bytes == &small ? "F32" : "U8"), {});
       if (!blob.ok()) return 1;
       Write(out / "tensor_blob" / name, *blob);
     }
+    std::vector<uint8_t> form3(1 + ZSTD_compressBound(table.size()));
+    form3[0] = 3;
+    const size_t n = ZSTD_compress(form3.data() + 1, form3.size() - 1, table.data(), table.size(), 19);
+    if (ZSTD_isError(n)) return 1;
+    form3.resize(1 + n);
+    Write(out / "tensor_blob" / "form_zstd_standard", form3);
   }
   // A tiny safetensors file, compressed plain (packed and aligned layouts)
   // and as a delta.

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Golden files: every committed valid .bs (format 1.0 files frozen from the 1.0 writer, and 1.1
-files frozen from the 1.1 writer, and 1.2 files) must still decode to its original byte for byte and
-verify, and report its format version; forms.*.v1.2.bs must hold every 1.2 blob form (raw, zstd,
-fields: docs/FORMAT.md 5.3-5.5); in the 1.1 and 1.2 files every stored device checksum must equal the one computed from the original bytes by an
+files frozen from the 1.1 writer, 1.2 files from the 1.2 writer, and 1.3 files) must still decode to its
+original byte for byte and verify, and report its format version; forms.*.v1.2.bs must hold every 1.2
+blob form (raw, zstd, fields: docs/FORMAT.md 5.3-5.5) and forms.*.v1.3.bs with small.*.v1.3.bs every
+form the 1.3 writer makes (raw, fields, magicless zstd, small planes: 5.3-5.6); in the 1.1, 1.2 and 1.3 files every stored device checksum must equal the one computed from the original bytes by an
 independent Python implementation of docs/FORMAT.md section 3.1 (device_checksum.py). Every committed
 corrupt .bs must fail (under the command expected.json names: decompress, or verify) with the status
 code and exit code that docs/FORMAT.md section 10.1 gives its failure class (expected.json must agree
@@ -76,12 +77,17 @@ def main():
     versions = expected.get("versions", {})
     bases = expected.get("bases", {})
     check(len(bases) > 0, "a 1.1 delta golden file is listed")
-    check(sorted(set(versions.values())) == ["1.0", "1.1", "1.2"], "golden files of every version: %s" % versions)
+    check(sorted(set(versions.values())) == ["1.0", "1.1", "1.2", "1.3"],
+          "golden files of every version: %s" % versions)
     for mode in ("balanced", "storage", "inference"):
-        p = subprocess.run([bigsmall, "info", os.path.join(HERE, "valid", "forms.%s.v1.2.bs" % mode), "--json",
-                            "--tensors"], capture_output=True, text=True)
-        forms = sorted({t["form"] for t in json.loads(p.stdout)["tensors"]}) if p.returncode == 0 else []
-        check({"fields", "raw", "zstd"} <= set(forms), "forms.%s.v1.2.bs holds blob forms %s" % (mode, forms))
+        for version, stems, want in (("1.2", ["forms"], {"fields", "raw", "zstd"}),
+                                     ("1.3", ["forms", "small"], {"fields", "raw", "zstd-magicless", "small-planes"})):
+            forms = set()
+            for stem in stems:
+                p = subprocess.run([bigsmall, "info", os.path.join(HERE, "valid", "%s.%s.v%s.bs" % (stem, mode, version)),
+                                    "--json", "--tensors"], capture_output=True, text=True)
+                forms |= {t["form"] for t in json.loads(p.stdout)["tensors"]} if p.returncode == 0 else set()
+            check(want <= forms, "%s %s files hold blob forms %s" % (version, mode, sorted(forms)))
     for name, original in sorted(expected["valid"].items()):
         if not name.endswith(".bs"):
             continue
@@ -91,7 +97,7 @@ def main():
         version = json.loads(p.stdout).get("format_version") if p.returncode == 0 else None
         check(version == versions.get(name), "%s: format version %s, expected %s" %
               (name, version, versions.get(name)))
-        if version in ("1.1", "1.2"):
+        if version in ("1.1", "1.2", "1.3"):
             problems, n = check_device_checksums(bigsmall, src, os.path.join(HERE, "valid", original))
             check(not problems and n > 0, "%s device checksums: %s" % (name, problems))
             p = subprocess.run([bigsmall, "verify", src, "--json"] + base, capture_output=True, text=True)

@@ -11,8 +11,11 @@ valid/*.safetensors   small originals of several dtypes (deterministic)
 valid/NAME.MODE.bs    format 1.0 forms (balanced, storage, inference), written by the 1.0 writer and
                       frozen: this writer cannot make them, so they are never rewritten
 valid/NAME.MODE.v1.1.bs  format 1.1 forms, written by the 1.1 writer and frozen like the 1.0 ones
-valid/NAME.MODE.v1.2.bs  format 1.2 forms written by this version; forms.safetensors holds tensors
-                      that take each 1.2 blob form (docs/FORMAT.md 5.3-5.5: raw, zstd, fields)
+valid/NAME.MODE.v1.2.bs  format 1.2 forms, written by the 1.2 writer and frozen like the 1.1 ones;
+                      forms.safetensors holds tensors that take each 1.2 blob form (docs/FORMAT.md
+                      5.3-5.5: raw, zstd, fields)
+valid/NAME.MODE.v1.3.bs  format 1.3 forms written by this version (forms.*.v1.3.bs: raw, fields,
+                      5.4's magicless zstd; small.*.v1.3.bs: 5.6's small planes)
                       golden_test.py checks every future build still decodes all of them byte for
                       byte, and checks the 1.1 and 1.2 files' device checksums with an independent
                       Python implementation of docs/FORMAT.md section 3.1 (device_checksum.py)
@@ -99,7 +102,7 @@ V11_CASES = [
     ("v1.1_blob_flip.bs", "tensor-data", "group 0 ('') failed its group checksum", "verify"),
     ("v1.1_truncated_trailer.bs", "index-structure", "checksum trailer is truncated", "decompress"),
     ("v1.1_trailing_bytes.bs", "index-structure", "trailing bytes", "decompress"),
-    ("v1.1_future_minor.bs", "unknown-minor-version", "format version 1.3 is not supported", "decompress"),
+    ("v1.1_future_minor.bs", "unknown-minor-version", "format version 1.4 is not supported", "decompress"),
 ]
 
 
@@ -149,7 +152,7 @@ def put_v11(bigsmall, valid, corrupt, put):
     data["v1.1_blob_flip.bs"] = rebuild(raw, body=bytes(body))
     data["v1.1_truncated_trailer.bs"] = rebuild(raw[:-8])
     data["v1.1_trailing_bytes.bs"] = rebuild(raw + b"\0" * 8)
-    data["v1.1_future_minor.bs"] = rebuild(raw, minor=3)
+    data["v1.1_future_minor.bs"] = rebuild(raw, minor=4)
     for name, failure_class, fragment, command in V11_CASES:
         put(name, data[name], failure_class, fragment, command)
 
@@ -161,11 +164,12 @@ def main():
     rng = random.Random(2026)
     valid, corrupt = os.path.join(HERE, "valid"), os.path.join(HERE, "corrupt")
     frozen = ["%s.%s%s.bs" % (n, m, v) for n in ("bf16_llama", "mixed_dtypes")
-              for m in ("balanced", "storage", "inference") for v in ("", ".v1.1")]
-    frozen.append("bf16_llama_tuned.delta.v1.1.bs")
+              for m in ("balanced", "storage", "inference") for v in ("", ".v1.1", ".v1.2")]
+    frozen += ["forms.%s.v1.2.bs" % m for m in ("balanced", "storage", "inference")]
+    frozen += ["bf16_llama_tuned.delta.v1.1.bs", "bf16_llama_tuned.delta.v1.2.bs"]
     missing = [f for f in frozen if not os.path.exists(os.path.join(valid, f))]
     if missing:
-        raise SystemExit("format 1.0/1.1 golden files missing (this writer cannot make them; restore "
+        raise SystemExit("format 1.0-1.2 golden files missing (this writer cannot make them; restore "
                          "them from git): %s" % missing)
     for d in ((corrupt,) if expectations_only else (valid, corrupt)):
         keep = {}
@@ -205,6 +209,11 @@ def main():
             ("blocks.1.step", "I64", [1], struct.pack("<q", 123456789)),
             ("blocks.1.scale", "BF16", [2], b"\x80\x3f\x00\x40"),
             ("blocks.1.w", "BF16", [48, 32], weights(rng, 1536, 2))],
+        # 1.3: tensors of one chunk (at most 100 elements here): small planes (5.6).
+        "small.safetensors": [
+            ("head.bias", "F32", [96], weights(rng, 96, 4)),
+            ("head.norm", "BF16", [100], weights(rng, 100, 2)),
+            ("head.gate", "F16", [64], weights(rng, 64, 2))],
     }
     expected = {"valid": {}, "corrupt": {}, "versions": {}}
     for name, tensors in files.items():
@@ -214,17 +223,17 @@ def main():
         expected["valid"][name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
         for mode, flag in (("balanced", []), ("storage", ["--storage"]), ("inference", ["--inference"])):
             stem = "%s.%s" % (name[:-len(".safetensors")], mode)
-            if name != "forms.safetensors":
-                for version in ("1.0", "1.1"):
-                    frozen_name = stem + (".bs" if version == "1.0" else ".v1.1.bs")
-                    expected["valid"][frozen_name] = name
-                    expected["versions"][frozen_name] = version
-            out = os.path.join(valid, stem + ".v1.2.bs")
+            frozen_versions = {"forms.safetensors": ("1.2",), "small.safetensors": ()}.get(name, ("1.0", "1.1", "1.2"))
+            for version in frozen_versions:
+                frozen_name = stem + (".bs" if version == "1.0" else ".v%s.bs" % version)
+                expected["valid"][frozen_name] = name
+                expected["versions"][frozen_name] = version
+            out = os.path.join(valid, stem + ".v1.3.bs")
             if not expectations_only:
                 subprocess.run([bigsmall, "compress", path, "-o", out, "-q", "--chunk-elements", "100"] + flag,
                                check=True)
             expected["valid"][os.path.basename(out)] = name
-            expected["versions"][os.path.basename(out)] = "1.2"
+            expected["versions"][os.path.basename(out)] = "1.3"
     # A fine-tune delta (docs/FORMAT.md 7, 1.1 frozen and 1.2): bf16_llama with the low mantissa bit of about one
     # element in eight flipped, stored against bf16_llama.safetensors (given relative, as the index
     # keeps it). Its device checksums are those of the rebuilt tensors (3.1).
@@ -240,14 +249,16 @@ def main():
     if not expectations_only and not os.path.exists(os.path.join(valid, tuned_name)):
         write_st(os.path.join(valid, tuned_name), tuned)
     expected["valid"][tuned_name] = hashlib.sha256(open(os.path.join(valid, tuned_name), "rb").read()).hexdigest()
-    frozen_delta, delta = "bf16_llama_tuned.delta.v1.1.bs", "bf16_llama_tuned.delta.v1.2.bs"
+    frozen_deltas, delta = ["bf16_llama_tuned.delta.v1.1.bs", "bf16_llama_tuned.delta.v1.2.bs"], \
+        "bf16_llama_tuned.delta.v1.3.bs"
     if not expectations_only:
         subprocess.run([os.path.abspath(bigsmall), "compress", tuned_name, "-o", delta, "-q", "--chunk-elements",
                         "100", "--base", "bf16_llama.safetensors"], check=True, cwd=valid)
-    expected["valid"][frozen_delta] = expected["valid"][delta] = tuned_name
-    expected["versions"][frozen_delta] = "1.1"
-    expected["versions"][delta] = "1.2"
-    expected["bases"] = {frozen_delta: "bf16_llama.safetensors", delta: "bf16_llama.safetensors"}
+    expected["bases"] = {}
+    for name, version in zip(frozen_deltas + [delta], ("1.1", "1.2", "1.3")):
+        expected["valid"][name] = tuned_name
+        expected["versions"][name] = version
+        expected["bases"][name] = "bf16_llama.safetensors"
     good = open(os.path.join(valid, "bf16_llama.balanced.bs"), "rb").read()
     hdr_index_offset = struct.unpack_from("<Q", good, 16)[0]
 
