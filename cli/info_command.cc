@@ -305,6 +305,8 @@ const char* PlaneCoderName(uint8_t coder) {
       return "rans-ctx";
     case PlaneCoder::kZstd:
       return "zstd";
+    case PlaneCoder::kRansSegmented:
+      return "rans-seg";
   }
   return "unknown";
 }

@@ -65,6 +65,10 @@ enum class PlaneCoder : uint8_t {
   kRans = 2,      // order-0 rANS, 32 interleaved lanes, one table per plane
   kRansConditional = 3,  // rANS with a table chosen by another plane's byte at the same element
   kZstd = 4,      // zstd frame per chunk (zero runs, repeats, sparse planes)
+  // Order-0 rANS with one table per run of chunks (1.3): tensors whose
+  // statistics drift along them (embedding rows sorted by token frequency).
+  // Parsed blobs describe it as kRans with BlobPlane::chunks_per_table set.
+  kRansSegmented = 5,
 };
 
 // Compression presets. All produce files the same decoder reads.

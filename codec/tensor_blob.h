@@ -21,7 +21,10 @@ struct BlobPlane {
   PlaneCoder coder = PlaneCoder::kRaw;
   uint8_t constant = 0;
   int context_plane = -1;                     // kRansConditional
-  std::vector<rans::Frequencies> tables;      // kRans: 1; kRansConditional: >= 1
+  // kRans: 1 (or, for a rans_segmented plane, one per run of
+  // chunks_per_table chunks); kRansConditional: >= 1.
+  std::vector<rans::Frequencies> tables;
+  uint32_t chunks_per_table = 0;              // rans_segmented (§5.1); 0 otherwise
   std::array<uint8_t, 256> context_map{};     // kRansConditional
   ZstdFraming zstd_framing = ZstdFraming::kStandard;  // kZstd: magicless in forms 5 and 6
   // Byte offsets (within the blob) of each chunk's payload; chunk c is
@@ -29,6 +32,12 @@ struct BlobPlane {
   // constant planes (no payload) have none.
   std::vector<uint64_t> chunk_offsets;
 };
+
+// The table order-0 chunk c of `plane` is coded with (an index into
+// plane.tables): 0, or c / chunks_per_table for a rans_segmented plane.
+inline uint32_t ChunkTable(const BlobPlane& plane, uint32_t c) {
+  return plane.chunks_per_table == 0 ? 0 : c / plane.chunks_per_table;
+}
 
 // Blob forms (the blob's first byte, docs/FORMAT.md §5).
 inline constexpr uint8_t kBlobFormPlanes = 1;  // byte planes, chunked (§5.1)

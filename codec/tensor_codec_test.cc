@@ -168,7 +168,7 @@ TEST(TensorCodec, StorageConditionsMantissaOnExponent) {
   auto balanced = EncodeTensorBlob(bytes, ResolveDtype("BF16"));
   ASSERT_TRUE(storage.ok() && balanced.ok());
   auto s = SummarizeTensorBlob(*storage);
-  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->planes[1].coder, PlaneCoder::kRansConditional);
   EXPECT_LT(storage->size(), balanced->size());
 }
@@ -829,6 +829,120 @@ TEST(ByteIo, VarintRoundTripsAndHasOneEncoding) {
   const std::vector<uint8_t> padded = {0x80, 0x00};
   ByteReader r(padded, "test");
   EXPECT_EQ(r.Varint("value", 4).status().code(), absl::StatusCode::kDataLoss);
+}
+
+// FP8 bytes whose distribution drifts along the tensor (as embedding rows
+// sorted by token frequency do): the spread of values grows with the row.
+std::vector<uint8_t> DriftingFp8(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    const double scale = 0.02 + 0.5 * static_cast<double>(i) / static_cast<double>(n);
+    const float v = static_cast<float>(std::normal_distribution<double>(0.0, scale)(rng));
+    // e4m3-like: sign, 4-bit exponent (bias 7), 3 mantissa bits.
+    int e = 0;
+    const float m = std::frexp(std::fabs(v), &e);
+    const int exp = std::clamp(e + 6, 0, 15);
+    const int mant = std::clamp(static_cast<int>((m * 2 - 1) * 8), 0, 7);
+    out[i] = static_cast<uint8_t>((v < 0 ? 0x80 : 0) | (exp << 3) | mant);
+  }
+  return out;
+}
+
+// rans_segmented (docs/FORMAT.md §5.1): a table per run of chunks codes a
+// drifting tensor below the order-0 entropy of the whole tensor, which no
+// single table can reach; it decodes alone, in a batch, and XORed.
+TEST(TensorCodec, DriftingStatisticsTakeATablePerRunOfChunks) {
+  const auto bytes = DriftingFp8(4u << 20, 31);
+  const double order0 = Order0Bytes(bytes);
+  for (Mode mode : {Mode::kStorage, Mode::kBalanced, Mode::kInference}) {
+    EncodeOptions eo;
+    eo.mode = mode;
+    auto blob = EncodeTensorBlob(bytes, ResolveDtype("F8_E4M3"), eo);
+    ASSERT_TRUE(blob.ok());
+    auto s = SummarizeTensorBlob(*blob);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_EQ(s->planes.size(), 1u);
+    EXPECT_EQ(s->planes[0].coder, PlaneCoder::kRansSegmented) << ModeName(mode);
+    EXPECT_LT(static_cast<double>(blob->size()), 0.99 * order0) << ModeName(mode);
+    auto parsed = ParseTensorBlob(*blob);
+    ASSERT_TRUE(parsed.ok());
+    const BlobPlane& pl = parsed->planes[0];
+    EXPECT_EQ(pl.coder, PlaneCoder::kRans);
+    ASSERT_GE(pl.chunks_per_table, 1u);
+    EXPECT_EQ(pl.tables.size(), (parsed->num_chunks + pl.chunks_per_table - 1) / pl.chunks_per_table);
+    EXPECT_GE(pl.tables.size(), 2u);
+    EXPECT_EQ(DecodeOrDie(*blob, bytes.size()), bytes) << ModeName(mode);
+    ThreadPool pool(2);
+    DecodeOptions opts;
+    opts.pool = &pool;
+    std::vector<uint8_t> out(bytes.size()), base(bytes.size(), 0x3C);
+    std::vector<BlobDecodeJob> jobs = {{*blob, absl::MakeSpan(out), base}};
+    ASSERT_TRUE(DecodeTensorBlobs(jobs, opts).ok());
+    for (auto& b : out) b ^= 0x3C;
+    EXPECT_EQ(out, bytes);
+    // Every decoder implementation this CPU has agrees.
+    for (DecoderImpl impl : {DecoderImpl::kReference, DecoderImpl::kScalar, DecoderImpl::kAvx2, DecoderImpl::kAvx512}) {
+      if (!DecoderImplAvailable(impl)) continue;  // the SIMD suites report those skips
+      std::vector<uint8_t> o(bytes.size());
+      DecodeOptions io;
+      io.impl = impl;
+      ASSERT_TRUE(DecodeTensorBlob(*blob, absl::MakeSpan(o), io).ok()) << DecoderImplName(impl);
+      EXPECT_EQ(o, bytes) << DecoderImplName(impl);
+    }
+  }
+  // A stationary tensor keeps one table.
+  std::mt19937 rng(32);
+  std::vector<uint8_t> flat(4u << 20);
+  for (auto& b : flat) b = static_cast<uint8_t>(0x30 + std::min<uint32_t>(rng() % 16, rng() % 16));
+  EncodeOptions eo;
+  eo.mode = Mode::kStorage;
+  auto blob = EncodeTensorBlob(flat, ResolveDtype("F8_E4M3"), eo);
+  ASSERT_TRUE(blob.ok());
+  auto s = SummarizeTensorBlob(*blob);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->planes[0].coder, PlaneCoder::kRans);
+}
+
+// Hostile rans_segmented headers: 0 chunks per table, more tables than the
+// blob can hold (refused before anything is allocated for them), a table
+// index past the tables.
+TEST(TensorCodec, HostileSegmentedPlanesAreDataLoss) {
+  auto header = [](uint32_t num_chunks, uint32_t k) {
+    std::vector<uint8_t> b = {kBlobFormPlanes, 0, 1, 1};
+    ByteWriter w(&b);
+    w.U64(uint64_t{num_chunks});
+    w.U32(1);
+    w.U32(num_chunks);
+    w.U8(static_cast<uint8_t>(PlaneCoder::kRansSegmented));
+    w.U32(k);
+    return b;
+  };
+  std::vector<uint8_t> out(1u << 20);
+  auto code = [&](const std::vector<uint8_t>& b, uint64_t n) {
+    return DecodeTensorBlob(b, absl::MakeSpan(out.data(), n)).code();
+  };
+  EXPECT_EQ(code(header(4, 0), 4), absl::StatusCode::kDataLoss);
+  // 2^20 one-element chunks, a table each: 34 MiB of tables the blob cannot hold.
+  EXPECT_EQ(code(header(1u << 20, 1), 1u << 20), absl::StatusCode::kDataLoss);
+  // A valid blob, then every cut and every header flip.
+  const auto bytes = DriftingFp8(1u << 20, 33);
+  EncodeOptions eo;
+  eo.mode = Mode::kStorage;
+  auto blob = EncodeTensorBlob(bytes, ResolveDtype("F8_E4M3"), eo);
+  ASSERT_TRUE(blob.ok());
+  auto s = SummarizeTensorBlob(*blob);
+  ASSERT_TRUE(s.ok());
+  ASSERT_EQ(s->planes[0].coder, PlaneCoder::kRansSegmented);
+  std::mt19937 rng(34);
+  for (size_t pos = 0; pos < 4096 && pos < blob->size(); pos += 1 + pos / 64) {
+    auto bad = *blob;
+    bad[pos] ^= static_cast<uint8_t>(1 + rng() % 255);
+    const absl::Status st = DecodeTensorBlob(bad, absl::MakeSpan(out.data(), bytes.size()));
+    if (!st.ok()) EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << pos << ": " << st;
+    EXPECT_EQ(DecodeTensorBlob(absl::MakeConstSpan(blob->data(), pos), absl::MakeSpan(out.data(), bytes.size())).code(),
+              absl::StatusCode::kDataLoss) << "cut " << pos;
+  }
 }
 
 }  // namespace

@@ -188,10 +188,10 @@ absl::StatusOr<ParsedBlob> ParseTensorBlobImpl(absl::Span<const uint8_t> blob, b
         if (b.num_elements > blob.size()) return Corrupt("raw plane larger than the blob");
         sz.resize(b.num_chunks);
         for (uint32_t c = 0; c < b.num_chunks; ++c) sz[c] = b.ChunkCount(c);
-        break;
+        continue;
       case PlaneCoder::kConstant: {
         ASSIGN_OR_RETURN(plane.constant, r.U8("constant"));
-        break;  // no payload
+        continue;  // no payload
       }
       case PlaneCoder::kRansConditional: {
         ASSIGN_OR_RETURN(uint8_t ctx, r.U8("context plane"));
@@ -211,30 +211,49 @@ absl::StatusOr<ParsedBlob> ParseTensorBlobImpl(absl::Span<const uint8_t> blob, b
           ASSIGN_OR_RETURN(auto f, rans::ReadFrequencies(r));
           plane.tables.push_back(f);
         }
-        [[fallthrough]];
+        break;
       }
-      case PlaneCoder::kRans:
-        if (plane.coder == PlaneCoder::kRans) {
+      case PlaneCoder::kRansSegmented: {
+        // Described as order-0 rANS whose chunk c uses table c / k.
+        ASSIGN_OR_RETURN(uint32_t k, r.U32("chunks per table"));
+        if (k == 0) return Corrupt("rans_segmented plane with 0 chunks per table");
+        if (b.num_chunks == 0) return Corrupt("rans_segmented plane without chunks");
+        const uint64_t num_tables = b.num_chunks / k + (b.num_chunks % k != 0 ? 1 : 0);
+        // A frequency table takes at least 34 bytes (§5.2): no allocation
+        // beyond what the blob can hold.
+        if (r.remaining() / 34 < num_tables) return Corrupt("frequency tables past the end of the blob");
+        plane.tables.reserve(num_tables);
+        for (uint64_t t = 0; t < num_tables; ++t) {
           ASSIGN_OR_RETURN(auto f, rans::ReadFrequencies(r));
           plane.tables.push_back(f);
         }
-        [[fallthrough]];
+        plane.coder = PlaneCoder::kRans;
+        plane.chunks_per_table = k;
+        break;
+      }
+      case PlaneCoder::kRans: {
+        ASSIGN_OR_RETURN(auto f, rans::ReadFrequencies(r));
+        plane.tables.push_back(f);
+        break;
+      }
       case PlaneCoder::kZstd:
-        if (small) {
-          if (plane.coder == PlaneCoder::kZstd) plane.zstd_framing = ZstdFraming::kMagicless;
-          ASSIGN_OR_RETURN(uint64_t s, r.Varint("payload size", 4));
-          sz.assign(1, s);
-          break;
-        }
-        if (r.remaining() / 4 < b.num_chunks) return Corrupt("chunk size table past the end of the blob");
-        sz.resize(b.num_chunks);
-        for (uint32_t c = 0; c < b.num_chunks; ++c) {
-          ASSIGN_OR_RETURN(uint32_t s, r.U32("chunk size"));
-          sz[c] = s;
-        }
+        if (small) plane.zstd_framing = ZstdFraming::kMagicless;
         break;
       default:
         return Corrupt(absl::StrCat("unknown plane coder ", coder));
+    }
+    // rans, rans_segmented, rans_conditional, zstd: a payload size per chunk
+    // (form 6: one LEB128).
+    if (small) {
+      ASSIGN_OR_RETURN(uint64_t s, r.Varint("payload size", 4));
+      sz.assign(1, s);
+      continue;
+    }
+    if (r.remaining() / 4 < b.num_chunks) return Corrupt("chunk size table past the end of the blob");
+    sz.resize(b.num_chunks);
+    for (uint32_t c = 0; c < b.num_chunks; ++c) {
+      ASSIGN_OR_RETURN(uint32_t s, r.U32("chunk size"));
+      sz[c] = s;
     }
   }
   uint64_t offset = r.position();
@@ -300,7 +319,7 @@ absl::StatusOr<BlobSummary> SummarizeTensorBlobImpl(absl::Span<const uint8_t> bl
   s.num_chunks = b.num_chunks;
   for (const BlobPlane& p : b.planes) {
     PlaneSummary ps;
-    ps.coder = p.coder;
+    ps.coder = p.chunks_per_table != 0 ? PlaneCoder::kRansSegmented : p.coder;
     ps.raw_bytes = b.num_elements;
     ps.stored_bytes = p.chunk_offsets.empty() ? 0 : p.chunk_offsets.back() - p.chunk_offsets.front();
     ps.context_plane = p.context_plane;
@@ -367,17 +386,23 @@ absl::Status DecodeOneChunk(const ParsedBlob& b, const std::vector<PlaneTables>&
         continue;
       case PlaneCoder::kConstant:
         break;  // handled above
+      case PlaneCoder::kRansSegmented:
+        // The parser describes rans_segmented as kRans + chunks_per_table.
+        return absl::InternalError("tensor blob: rans_segmented plane left undescribed by the parser");
       case PlaneCoder::kRans:
       case PlaneCoder::kRansConditional: {
         auto job = [&](size_t q, uint8_t* q_dst, absl::Span<const uint8_t> q_payload,
                        const uint8_t* q_context) {
           const BlobPlane& pl = b.planes[q];
           rans::ChunkJob j;
-          j.tables = tables[q].tables.data();
-          j.num_tables = tables[q].tables.size();
           if (pl.coder == PlaneCoder::kRansConditional) {
+            j.tables = tables[q].tables.data();
+            j.num_tables = tables[q].tables.size();
             j.context_map = pl.context_map.data();
             j.context = absl::MakeConstSpan(q_context, count);
+          } else {
+            j.tables = tables[q].tables.data() + ChunkTable(pl, c);
+            j.num_tables = 1;
           }
           j.chunk = q_payload;
           j.out = absl::MakeSpan(q_dst, count);
@@ -455,11 +480,14 @@ absl::Status DecodeTwoChunks(const ParsedBlob& b, const std::vector<PlaneTables>
     if (plane.coder == PlaneCoder::kRans || plane.coder == PlaneCoder::kRansConditional) {
       rans::ChunkJob j[2];
       for (int h = 0; h < 2; ++h) {
-        j[h].tables = tables[p].tables.data();
-        j[h].num_tables = tables[p].tables.size();
         if (plane.coder == PlaneCoder::kRansConditional) {
+          j[h].tables = tables[p].tables.data();
+          j[h].num_tables = tables[p].tables.size();
           j[h].context_map = plane.context_map.data();
           j[h].context = absl::MakeConstSpan(plane_ptr[h][plane.context_plane], count[h]);
+        } else {
+          j[h].tables = tables[p].tables.data() + ChunkTable(plane, c + h);
+          j[h].num_tables = 1;
         }
         j[h].chunk = payload[h];
         j[h].out = absl::MakeSpan(dst[h], count[h]);

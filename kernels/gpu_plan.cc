@@ -121,6 +121,8 @@ absl::Status PlanJob(absl::Span<const uint8_t> input, const TensorJob& job, uint
       const uint64_t begin = plane.chunk_offsets.empty() ? 0 : plane.chunk_offsets[c];
       const uint64_t size = plane.chunk_offsets.empty() ? 0 : plane.chunk_offsets[c + 1] - begin;
       switch (plane.coder) {
+        case PlaneCoder::kRansSegmented:  // parsed as kRans + chunks_per_table
+          return absl::InternalError("GPU plan: rans_segmented plane left undescribed by the parser");
         case PlaneCoder::kRaw:
           pt.kind = kPlaneRaw;
           pt.source = job.blob_offset + begin;
@@ -135,7 +137,7 @@ absl::Status PlanJob(absl::Span<const uint8_t> input, const TensorJob& job, uint
           pt.kind = plane.coder == PlaneCoder::kRans ? kPlaneRans : kPlaneRansConditional;
           pt.source = job.blob_offset + begin;
           pt.in_size = static_cast<uint32_t>(size);
-          pt.table = plane_table[p];
+          pt.table = plane_table[p] + ChunkTable(plane, c);
           if (plane.coder == PlaneCoder::kRansConditional) {
             pt.num_tables = static_cast<uint32_t>(plane.tables.size());
             pt.map = plane_map[p];

@@ -16,6 +16,7 @@
 
 #include "codec/compress.h"
 #include "codec/dtype.h"
+#include "codec/rans_encode.h"
 #include "codec/tensor_codec.h"
 #include "zstd.h"
 
@@ -85,6 +86,29 @@ int main(int argc, char** argv) {
     if (ZSTD_isError(n)) return 1;
     form3.resize(1 + n);
     Write(out / "tensor_blob" / "form_zstd_standard", form3);
+    // A rans_segmented plane (§5.1), written by hand small: 4 chunks of 50
+    // bytes, a table per 2 chunks (the writer uses it on planes of 256K+).
+    std::vector<uint8_t> seg = {1, 0, 1, 1};
+    auto put = [&seg](uint64_t v, int bytes) {
+      for (int i = 0; i < bytes; ++i) seg.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    };
+    put(200, 8);
+    put(50, 4);
+    put(4, 4);
+    seg.push_back(5);
+    put(2, 4);
+    const auto data = Values(200, 13, 4);
+    std::vector<std::vector<uint8_t>> streams(4);
+    for (int t = 0; t < 2; ++t) {
+      const auto freqs = rans::NormalizeFrequencies(rans::CountSymbols(absl::MakeConstSpan(data).subspan(t * 100, 100)));
+      rans::AppendFrequencies(freqs, &seg);
+      for (int c = 2 * t; c < 2 * t + 2; ++c) rans::EncodeChunk(freqs, absl::MakeConstSpan(data).subspan(c * 50, 50), &streams[c]);
+    }
+    for (const auto& st : streams) put(st.size(), 4);
+    for (const auto& st : streams) seg.insert(seg.end(), st.begin(), st.end());
+    std::vector<uint8_t> check(200);
+    if (!DecodeTensorBlob(seg, absl::MakeSpan(check)).ok() || check != data) return 1;
+    Write(out / "tensor_blob" / "coder_rans_segmented", seg);
   }
   // A tiny safetensors file, compressed plain (packed and aligned layouts)
   // and as a delta.

@@ -3,7 +3,7 @@
 files frozen from the 1.1 writer, 1.2 files from the 1.2 writer, and 1.3 files) must still decode to its
 original byte for byte and verify, and report its format version; forms.*.v1.2.bs must hold every 1.2
 blob form (raw, zstd, fields: docs/FORMAT.md 5.3-5.5) and forms.*.v1.3.bs with small.*.v1.3.bs every
-form the 1.3 writer makes (raw, fields, magicless zstd, small planes: 5.3-5.6); in the 1.1, 1.2 and 1.3 files every stored device checksum must equal the one computed from the original bytes by an
+form the 1.3 writer makes, drift.*.v1.3.bs the rans_segmented coder (raw, fields, magicless zstd, small planes: 5.3-5.6); in the 1.1, 1.2 and 1.3 files every stored device checksum must equal the one computed from the original bytes by an
 independent Python implementation of docs/FORMAT.md section 3.1 (device_checksum.py). Every committed
 corrupt .bs must fail (under the command expected.json names: decompress, or verify) with the status
 code and exit code that docs/FORMAT.md section 10.1 gives its failure class (expected.json must agree
@@ -88,6 +88,10 @@ def main():
                                     "--json", "--tensors"], capture_output=True, text=True)
                 forms |= {t["form"] for t in json.loads(p.stdout)["tensors"]} if p.returncode == 0 else set()
             check(want <= forms, "%s %s files hold blob forms %s" % (version, mode, sorted(forms)))
+        p = subprocess.run([bigsmall, "info", os.path.join(HERE, "valid", "drift.%s.v1.3.bs" % mode), "--json",
+                            "--tensors"], capture_output=True, text=True)
+        coders = [t["coders"] for t in json.loads(p.stdout)["tensors"]] if p.returncode == 0 else []
+        check(coders == ["rans-seg"], "drift.%s.v1.3.bs codes its tensor rans_segmented: %s" % (mode, coders))
     for name, original in sorted(expected["valid"].items()):
         if not name.endswith(".bs"):
             continue

@@ -15,7 +15,8 @@ valid/NAME.MODE.v1.2.bs  format 1.2 forms, written by the 1.2 writer and frozen 
                       forms.safetensors holds tensors that take each 1.2 blob form (docs/FORMAT.md
                       5.3-5.5: raw, zstd, fields)
 valid/NAME.MODE.v1.3.bs  format 1.3 forms written by this version (forms.*.v1.3.bs: raw, fields,
-                      5.4's magicless zstd; small.*.v1.3.bs: 5.6's small planes)
+                      5.4's magicless zstd; small.*.v1.3.bs: 5.6's small planes; drift.*.v1.3.bs:
+                      5.1's rans_segmented coder)
                       golden_test.py checks every future build still decodes all of them byte for
                       byte, and checks the 1.1 and 1.2 files' device checksums with an independent
                       Python implementation of docs/FORMAT.md section 3.1 (device_checksum.py)
@@ -84,6 +85,16 @@ def q41_blocks(rng, blocks):
 def table_rows(rng, rows, cols, distinct):
     base = [struct.pack("<%df" % cols, *(rng.gauss(0, 0.5) for _ in range(cols))) for _ in range(distinct)]
     return b"".join(base[r % distinct] for r in range(rows))
+
+
+def drifting_bytes(rng, rows, cols):
+    """FP8-like bytes whose spread grows row by row (embedding rows sorted by frequency): the case
+    for one rANS table per run of chunks (docs/FORMAT.md 5.1, rans_segmented)."""
+    out = bytearray()
+    for r in range(rows):
+        spread = 2 + 14 * r // rows
+        out += bytes(0x30 + min(rng.randrange(spread), rng.randrange(spread)) for _ in range(cols))
+    return bytes(out)
 
 
 def weights(rng, n, width):
@@ -209,6 +220,8 @@ def main():
             ("blocks.1.step", "I64", [1], struct.pack("<q", 123456789)),
             ("blocks.1.scale", "BF16", [2], b"\x80\x3f\x00\x40"),
             ("blocks.1.w", "BF16", [48, 32], weights(rng, 1536, 2))],
+        # 1.3: a drifting tensor (rans_segmented, 5.1; compressed with 64K-element chunks).
+        "drift.safetensors": [("embed.weight", "F8_E4M3", [512, 512], drifting_bytes(rng, 512, 512))],
         # 1.3: tensors of one chunk (at most 100 elements here): small planes (5.6).
         "small.safetensors": [
             ("head.bias", "F32", [96], weights(rng, 96, 4)),
@@ -223,14 +236,16 @@ def main():
         expected["valid"][name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
         for mode, flag in (("balanced", []), ("storage", ["--storage"]), ("inference", ["--inference"])):
             stem = "%s.%s" % (name[:-len(".safetensors")], mode)
-            frozen_versions = {"forms.safetensors": ("1.2",), "small.safetensors": ()}.get(name, ("1.0", "1.1", "1.2"))
+            frozen_versions = {"forms.safetensors": ("1.2",), "small.safetensors": (),
+                               "drift.safetensors": ()}.get(name, ("1.0", "1.1", "1.2"))
             for version in frozen_versions:
                 frozen_name = stem + (".bs" if version == "1.0" else ".v%s.bs" % version)
                 expected["valid"][frozen_name] = name
                 expected["versions"][frozen_name] = version
             out = os.path.join(valid, stem + ".v1.3.bs")
             if not expectations_only:
-                subprocess.run([bigsmall, "compress", path, "-o", out, "-q", "--chunk-elements", "100"] + flag,
+                chunk = "65536" if name == "drift.safetensors" else "100"
+                subprocess.run([bigsmall, "compress", path, "-o", out, "-q", "--chunk-elements", chunk] + flag,
                                check=True)
             expected["valid"][os.path.basename(out)] = name
             expected["versions"][os.path.basename(out)] = "1.3"
