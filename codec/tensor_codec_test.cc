@@ -597,7 +597,17 @@ TEST(TensorForms, InferenceStaysWithinItsBudget) {
     auto a = EncodeTensorBlob(bytes, ResolveDtype(st_name), inf);
     auto b = EncodeTensorBlob(bytes, ResolveDtype(st_name), bal);
     ASSERT_TRUE(a.ok() && b.ok());
-    EXPECT_LE(static_cast<double>(a->size()), b->size() + 0.003 * bytes.size()) << dtype;
+    EXPECT_LE(static_cast<double>(a->size()), b->size() + 0.003 * bytes.size()) << dtype << ": " << [&] {
+      std::string out;
+      for (const auto* blob : {&*a, &*b}) {
+        auto sm = SummarizeTensorBlob(*blob);
+        if (!sm.ok()) continue;
+        out += std::to_string(blob->size()) + " form " + std::to_string(sm->form) + " chunks " + std::to_string(sm->num_chunks);
+        for (const auto& pl : sm->planes) out += " " + std::to_string(static_cast<int>(pl.coder)) + ":" + std::to_string(pl.stored_bytes);
+        out += "; ";
+      }
+      return out;
+    }();
     EXPECT_EQ(DecodeOrDie(*a, bytes.size()), bytes);
   }
   auto fp32 = MakeTensor("F32", 400000, 10);

@@ -302,7 +302,13 @@ absl::StatusOr<std::vector<PlaneChoice>> PlaneCandidates(const std::vector<std::
       }
     }
     const double bar = mode == Mode::kStorage ? 0.998 : 0.997;
-    if (best_k != 0 && best < bar * one_table && best + num_chunks * (rans::kChunkHeaderBytes + 4.0) < rans_bar) {
+    // Outside --storage it must not turn a raw plane into a rANS one for a
+    // few percent (a near-incompressible low mantissa plane that saves 3 %
+    // costs a full rANS decode): the plane is rANS already, or it saves 5 %.
+    const double with_headers = best + num_chunks * (rans::kChunkHeaderBytes + 4.0);
+    const bool worth = mode == Mode::kStorage ? with_headers < n
+                                              : rans_estimate < rans_bar || with_headers < 0.95 * static_cast<double>(n);
+    if (best_k != 0 && best < bar * one_table && worth) {
       ASSIGN_OR_RETURN(PlaneChoice pc, EncodeRansSegmented(plane, ce, num_chunks, chunk_counts, best_k, pool));
       pc.stored += 1;
       out.push_back(std::move(pc));
@@ -391,7 +397,7 @@ double BalancedScore(const PlaneChoice& pc, uint64_t plane_bytes) {
   const double factor = pc.coder == PlaneCoder::kRans               ? 1.01
                         : pc.coder == PlaneCoder::kRansSegmented   ? 1.012
                         : pc.coder == PlaneCoder::kRansConditional ? 1.02
-                        : pc.coder == PlaneCoder::kZstd            ? 1.03
+                        : pc.coder == PlaneCoder::kZstd            ? 1.02
                                                                    : 1.0;
   return static_cast<double>(pc.stored) * factor;
 }
@@ -763,12 +769,10 @@ absl::StatusOr<BlobCandidate> FieldsBlob(absl::Span<const uint8_t> bytes, const 
   return out;
 }
 
-// Picks among whole-blob candidates by the mode's rule.
-size_t PickBlob(const std::vector<BlobCandidate>& cands, Mode mode, uint64_t num_bytes) {
+// Picks among whole-blob candidates by the mode's rule (`limit`: the most
+// bytes --inference may spend).
+size_t PickBlob(const std::vector<BlobCandidate>& cands, Mode mode, double limit) {
   size_t best = 0;
-  uint64_t smallest = UINT64_MAX;
-  for (const auto& c : cands) smallest = std::min<uint64_t>(smallest, c.blob.size());
-  const double limit = static_cast<double>(smallest) + kInferenceBudget * static_cast<double>(num_bytes);
   for (size_t k = 1; k < cands.size(); ++k) {
     const BlobCandidate& a = cands[k];
     const BlobCandidate& b = cands[best];
@@ -916,16 +920,58 @@ absl::StatusOr<BlobCandidate> EncodeBest(absl::Span<const uint8_t> bytes, const 
   }
 
   // The planes blob, assembled last: --inference picks its planes' coders
-  // knowing the smallest size any form reached.
-  const uint64_t limit = static_cast<uint64_t>(static_cast<double>(smallest) +
-                                               kInferenceBudget * static_cast<double>(bytes.size()));
-  const PlanesPick pick = PickPlanes(pcs, mode == Mode::kInference ? limit : 0);
+  // knowing its limit: what balanced's rules would pick from these
+  // candidates, plus its budget. (Against the smallest candidate instead,
+  // every coder --storage finds, such as rANS on a low mantissa plane that
+  // saves 3 %, would force --inference to decode slower than balanced.)
+  double limit = 0;
+  if (mode == Mode::kInference) {
+    const uint64_t n = pcs.planes.empty() ? 0 : pcs.planes[0].size();
+    // --inference's chunks are smaller than balanced's: each rANS plane of
+    // the reference carries the lane states of the extra chunks, which
+    // balanced does not pay.
+    const uint64_t balanced_chunks = (n + kDefaultChunkElements - 1) / kDefaultChunkElements;
+    const uint64_t extra_chunks = pcs.num_chunks > balanced_chunks ? pcs.num_chunks - balanced_chunks : 0;
+    auto as_balanced = [&](const PlaneChoice& c) {
+      const bool lanes = c.coder == PlaneCoder::kRans || c.coder == PlaneCoder::kRansSegmented ||
+                         c.coder == PlaneCoder::kRansConditional;
+      const uint64_t extra = lanes ? extra_chunks * (rans::kChunkHeaderBytes + 4) : 0;
+      return c.stored > extra ? c.stored - extra : c.stored;
+    };
+    uint64_t reference = pcs.header;
+    for (const auto& choices : pcs.choices) {
+      size_t best = 0;
+      double best_score = 0;
+      for (size_t k = 0; k < choices.size(); ++k) {
+        PlaneChoice probe;
+        probe.coder = choices[k].coder;
+        probe.stored = as_balanced(choices[k]);
+        const double score = BalancedScore(probe, n);
+        if (k == 0 || score < best_score) {
+          best = k;
+          best_score = score;
+        }
+      }
+      reference += as_balanced(choices[best]);
+    }
+    double reference_score = static_cast<double>(reference);
+    for (const BlobCandidate& c : cands) {
+      const double score = c.blob.size() * c.balanced_factor + c.balanced_slack;
+      if (score < reference_score) {
+        reference_score = score;
+        reference = c.blob.size();
+      }
+    }
+    (void)smallest;
+    limit = static_cast<double>(reference) + kInferenceBudget * static_cast<double>(bytes.size());
+  }
+  const PlanesPick pick = PickPlanes(pcs, static_cast<uint64_t>(limit));
   BlobCandidate planes_blob;
   planes_blob.blob = AssemblePlanes(pcs, pick);
   planes_blob.cost = pick.cost + DecodeCostPerByte(PlaneCoder::kRaw) * (pcs.choices.size() > 1 ? bytes.size() : 0);
   planes_blob.balanced_factor = 1.0;
   cands.push_back(std::move(planes_blob));
-  const size_t chosen = PickBlob(cands, mode, bytes.size());
+  const size_t chosen = PickBlob(cands, mode, limit);
   return std::move(cands[chosen]);
 }
 
