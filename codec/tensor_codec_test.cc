@@ -955,5 +955,30 @@ TEST(TensorCodec, HostileSegmentedPlanesAreDataLoss) {
   }
 }
 
+// An LSTM's weight_hh [1024, 256] is four 64K-element gates with their own
+// spread: --storage also tries 64K-element chunks, so rans_segmented gives
+// each gate its table, and --storage stays at or below balanced.
+TEST(TensorCodec, StorageFollowsBlocksSmallerThanItsChunks) {
+  std::mt19937 rng(51);
+  std::vector<float> w(1024 * 256);
+  const double spread[4] = {0.01, 0.2, 0.03, 0.5};
+  for (size_t i = 0; i < w.size(); ++i) {
+    w[i] = static_cast<float>(std::normal_distribution<double>(0.0, spread[i / (64 * 1024)])(rng));
+  }
+  std::vector<uint8_t> bytes(w.size() * 4);
+  std::memcpy(bytes.data(), w.data(), bytes.size());
+  EncodeOptions storage;
+  storage.mode = Mode::kStorage;
+  auto s = EncodeTensorBlob(bytes, ResolveDtype("F32"), storage);
+  auto b = EncodeTensorBlob(bytes, ResolveDtype("F32"));
+  ASSERT_TRUE(s.ok() && b.ok());
+  auto parsed = ParseTensorBlob(*s);
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->chunk_elements, 64u * 1024);
+  EXPECT_GE(parsed->planes[0].chunks_per_table, 1u) << "the exponent plane takes a table per gate";
+  EXPECT_LE(s->size(), b->size());
+  EXPECT_EQ(DecodeOrDie(*s, bytes.size()), bytes);
+}
+
 }  // namespace
 }  // namespace bigsmall
