@@ -81,7 +81,7 @@ if stage == "start":
                         capture_output=True, text=True).stdout.strip() if os.path.exists(os.path.join(venv, "bin", "python")) else None
     zs = subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout.strip()
     m.update({"when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+              "commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")),
               "cpu": st_io.cpu_model(), "cores": os.cpu_count(),
               "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
               "quick": quick == "--quick", "zipnn": ver("zipnn"), "zstandard": ver("zstandard"),
