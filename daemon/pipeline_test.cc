@@ -553,10 +553,27 @@ TEST_F(PipelineTest, HostLayersDecodeOneAtATimeOnThePool) {
   std::vector<std::thread> threads;
   std::vector<absl::StatusOr<std::shared_ptr<LayerData>>> results(
       static_cast<size_t>(model->num_layers()), absl::UnknownError("not run"));
+  // On a failed ASSERT below, the gate opens and the loads finish before
+  // the threads are destroyed (a joinable std::thread would terminate).
+  struct Finish {
+    GateBackend& gate;
+    std::vector<std::thread>& threads;
+    ~Finish() {
+      gate.Open();
+      for (auto& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } finish{backend, threads};
   for (int32_t i = 0; i < model->num_layers(); ++i) {
     threads.emplace_back([&, i] { results[i] = pipeline.Load(*model, i, backend); });
   }
+  const uint32_t layers = static_cast<uint32_t>(model->num_layers());
   ASSERT_TRUE(backend.WaitEntered(1));  // the first goes alone
+  // Every other load must be queued before the leader is let go: one that
+  // arrives after the pipeline has drained leads a stream of its own (and
+  // would sit at the gate alone: the ASan CI saw that once).
+  ASSERT_TRUE(WaitForStats(pipeline, [&](const Pipeline::Stats& s) { return s.waiting == layers - 1; }));
   backend.Release(1);
   ASSERT_TRUE(backend.WaitEntered(1 + static_cast<int>(options.depth)));
   backend.Open();  // four decodes at once
