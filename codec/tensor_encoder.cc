@@ -209,6 +209,18 @@ constexpr double kFieldScatterCost = 0.3;
 // 0.07 more, bench/results/chunk_curve.md).
 constexpr double kInferenceBudget = 0.002;
 
+// Order-0 entropy in bytes of the histogram.
+double EntropyBytes(const rans::Counts& counts) {
+  uint64_t total = 0;
+  for (uint64_t c : counts) total += c;
+  if (total == 0) return 0;
+  double bits = 0;
+  for (uint64_t c : counts) {
+    if (c != 0) bits -= static_cast<double>(c) * std::log2(static_cast<double>(c) / total);
+  }
+  return bits / 8;
+}
+
 // Candidates for plane p (each fully encoded, so sizes are exact).
 absl::StatusOr<std::vector<PlaneChoice>> PlaneCandidates(const std::vector<std::vector<uint8_t>>& planes,
                                                          size_t p, const DtypeInfo& dtype, bool split_typed,
@@ -217,7 +229,24 @@ absl::StatusOr<std::vector<PlaneChoice>> PlaneCandidates(const std::vector<std::
   const std::vector<uint8_t>& plane = planes[p];
   const uint64_t n = plane.size();
   std::vector<PlaneChoice> out;
-  rans::Counts counts = rans::CountSymbols(plane);
+  // Planes big enough for rans_segmented (below) are counted chunk by chunk
+  // once; their whole-plane histogram is the sum.
+  const bool try_segmented = num_chunks >= 2 && n >= (256u << 10);
+  std::vector<rans::Counts> chunk_counts;
+  rans::Counts counts{};
+  if (try_segmented) {
+    chunk_counts.resize(num_chunks);
+    RETURN_IF_ERROR(ParallelChunks(pool, num_chunks, [&](size_t c) {
+      const uint64_t first = uint64_t{c} * ce;
+      chunk_counts[c] = rans::CountSymbols(absl::MakeConstSpan(plane.data() + first, ChunkCount(n, ce, c)));
+      return absl::OkStatus();
+    }));
+    for (const auto& cc : chunk_counts) {
+      for (int v = 0; v < 256; ++v) counts[v] += cc[v];
+    }
+  } else {
+    counts = rans::CountSymbols(plane);
+  }
   uint64_t max_count = 0;
   int distinct = 0;
   for (int s = 0; s < 256; ++s) {
@@ -260,27 +289,13 @@ absl::StatusOr<std::vector<PlaneChoice>> PlaneCandidates(const std::vector<std::
   // promises 0.2 % of the plane (0.3 % outside --storage: it decodes as fast
   // as one table, but each table is another decode table to build and, on
   // the GPU path, 16 KiB more of plan image).
-  // Searched on every big plane (one more counting pass): a plane that one
-  // table cannot code below raw may still drift enough for several to.
-  if (num_chunks >= 2 && n >= (256u << 10)) {
-    std::vector<rans::Counts> chunk_counts(num_chunks);
-    RETURN_IF_ERROR(ParallelChunks(pool, num_chunks, [&](size_t c) {
-      const uint64_t first = uint64_t{c} * ce;
-      chunk_counts[c] = rans::CountSymbols(absl::MakeConstSpan(plane.data() + first, ChunkCount(n, ce, c)));
-      return absl::OkStatus();
-    }));
+  // Searched on every big plane: a plane that one table cannot code below
+  // raw may still drift enough for several to.
+  if (try_segmented) {
     auto entropy_bytes = [](const rans::Counts& c) {
-      uint64_t total = 0;
       int present = 0;
-      for (uint64_t v : c) {
-        total += v;
-        present += v != 0;
-      }
-      double bits = 0;
-      for (uint64_t v : c) {
-        if (v != 0) bits -= static_cast<double>(v) * std::log2(static_cast<double>(v) / static_cast<double>(total));
-      }
-      return bits / 8 + 32 + 2.0 * present;  // with its table
+      for (uint64_t v : c) present += v != 0;
+      return EntropyBytes(c) + 32 + 2.0 * present;  // with its table
     };
     const double one_table = entropy_bytes(counts);
     uint32_t best_k = 0;
@@ -695,18 +710,6 @@ const std::vector<RecordLayout>& RecordLayouts() {
   return *layouts;
 }
 
-// Order-0 entropy in bytes of the histogram.
-double EntropyBytes(const rans::Counts& counts) {
-  uint64_t total = 0;
-  for (uint64_t c : counts) total += c;
-  if (total == 0) return 0;
-  double bits = 0;
-  for (uint64_t c : counts) {
-    if (c != 0) bits -= static_cast<double>(c) * std::log2(static_cast<double>(c) / total);
-  }
-  return bits / 8;
-}
-
 // Estimated order-0 size of `sample` split into `layout`'s fields (f16
 // fields as two byte planes).
 double EstimateFields(absl::Span<const uint8_t> sample, const RecordLayout& layout) {
@@ -973,7 +976,6 @@ absl::StatusOr<BlobCandidate> EncodeBest(absl::Span<const uint8_t> bytes, const 
         reference = c.blob.size();
       }
     }
-    (void)smallest;
     limit = static_cast<double>(reference) + kInferenceBudget * static_cast<double>(bytes.size());
   }
   const PlanesPick pick = PickPlanes(pcs, static_cast<uint64_t>(limit));
